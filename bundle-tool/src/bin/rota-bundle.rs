@@ -1,0 +1,2 @@
+//! Host-side bundle tool.
+fn main() {}

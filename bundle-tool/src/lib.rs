@@ -1,0 +1,10 @@
+//! `rota-bundle`: the RAUC-compatible bundle format as a library.
+//!
+//! Bundles are signed squashfs images in one of three containers (`plain`,
+//! `verity`, `crypt`). This crate reads them in user space with every byte
+//! verified before it reaches the caller, and creates them with `mksquashfs`.
+#![deny(missing_docs)]
+
+pub mod keyfile;
+pub mod manifest;
+pub mod semver;

@@ -1,0 +1,2 @@
+//! The multi-call `rota` binary.
+fn main() {}
