@@ -5,6 +5,12 @@
 //! verified before it reaches the caller, and creates them with `mksquashfs`.
 #![deny(missing_docs)]
 
+pub mod container;
+pub mod error;
 pub mod keyfile;
 pub mod manifest;
+pub mod reader;
 pub mod semver;
+pub mod signature;
+pub mod source;
+pub mod verity;

@@ -1,0 +1,212 @@
+//! CMS EnvelopedData around the signature of crypt bundles (spec §1.4):
+//! encrypt to many recipients (RSA key transport, EC key agreement), decrypt
+//! with one private key, and list who can decrypt.
+
+use super::{ffi, openssl_reason};
+use crate::error::{Error, Result};
+use foreign_types::{ForeignType, ForeignTypeRef};
+use openssl::cms::{CMSOptions, CmsContentInfo};
+use openssl::pkey::{PKey, Private};
+use openssl::stack::Stack;
+use openssl::x509::{X509, X509NameRef};
+use std::path::Path;
+
+/// Loads all certificates of one or more PEM files (each may hold many).
+pub fn load_recipients(paths: &[impl AsRef<Path>]) -> Result<Vec<X509>> {
+    let mut out = Vec::new();
+    for p in paths {
+        let p = p.as_ref();
+        let pem = std::fs::read(p).map_err(|e| {
+            Error::Key(format!(
+                "Failed to read recipient certificate '{}': {e}",
+                p.display()
+            ))
+        })?;
+        let certs = X509::stack_from_pem(&pem).map_err(|e| {
+            Error::Key(format!(
+                "Failed to load recipient certificate '{}': {}",
+                p.display(),
+                openssl_reason(&e)
+            ))
+        })?;
+        if certs.is_empty() {
+            return Err(Error::Key(format!(
+                "No certificate found in '{}'",
+                p.display()
+            )));
+        }
+        out.extend(certs);
+    }
+    Ok(out)
+}
+
+/// Wraps `signed_data` (DER SignedData) in an EnvelopedData for `recipients`
+/// (AES-256-CBC content encryption).
+pub fn encrypt(signed_data: &[u8], recipients: &[X509]) -> Result<Vec<u8>> {
+    let mut stack = Stack::new().map_err(|e| Error::Other(e.to_string()))?;
+    for r in recipients {
+        stack
+            .push(r.clone())
+            .map_err(|e| Error::Other(e.to_string()))?;
+    }
+    let env = CmsContentInfo::encrypt(
+        &stack,
+        signed_data,
+        openssl::symm::Cipher::aes_256_cbc(),
+        CMSOptions::BINARY,
+    )
+    .map_err(|e| Error::Key(format!("Failed to encrypt CMS: {}", openssl_reason(&e))))?;
+    env.to_der().map_err(|e| Error::Other(e.to_string()))
+}
+
+/// Decrypts an EnvelopedData with `key` (and its certificate, if known).
+pub fn decrypt(enveloped: &[u8], key: &PKey<Private>, cert: Option<&X509>) -> Result<Vec<u8>> {
+    let cms = CmsContentInfo::from_der(enveloped)
+        .map_err(|e| Error::Format(format!("Failed to parse CMS: {}", openssl_reason(&e))))?;
+    let fail = |e: openssl::error::ErrorStack| {
+        Error::Decrypt(format!(
+            "Failed to decrypt CMS EnvelopedData: {}",
+            openssl_reason(&e)
+        ))
+    };
+    unsafe {
+        let out = openssl_sys::BIO_new(openssl_sys::BIO_s_mem());
+        if out.is_null() {
+            return Err(fail(openssl::error::ErrorStack::get()));
+        }
+        // Without a certificate every recipient is tried; ask for real errors
+        // instead of the anti-oracle random key (no oracle exists here).
+        let flags = openssl_sys::CMS_BINARY
+            | if cert.is_none() {
+                openssl_sys::CMS_DEBUG_DECRYPT
+            } else {
+                0
+            };
+        let ok = openssl_sys::CMS_decrypt(
+            cms.as_ptr(),
+            key.as_ptr(),
+            cert.map_or(std::ptr::null_mut(), |c| c.as_ptr()),
+            std::ptr::null_mut(),
+            out,
+            flags,
+        );
+        let result = if ok == 1 {
+            let mut ptr: *mut libc::c_char = std::ptr::null_mut();
+            let len = openssl_sys::BIO_ctrl(
+                out,
+                ffi::BIO_CTRL_INFO,
+                0,
+                (&mut ptr as *mut *mut libc::c_char).cast(),
+            );
+            Ok(std::slice::from_raw_parts(ptr as *const u8, len.max(0) as usize).to_vec())
+        } else {
+            Err(fail(openssl::error::ErrorStack::get()))
+        };
+        ffi::BIO_free(out);
+        result
+    }
+}
+
+/// Who an EnvelopedData is encrypted to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    /// `RSA key transport` or `key agreement`.
+    pub kind: &'static str,
+    /// Issuer of the recipient certificate (when identified by issuer and serial).
+    pub issuer: Option<String>,
+    /// Serial number in hex (when identified by issuer and serial).
+    pub serial: Option<String>,
+    /// Subject key identifier in hex (when identified by key id).
+    pub key_id: Option<String>,
+}
+
+fn octets(p: *mut openssl_sys::ASN1_OCTET_STRING) -> Option<String> {
+    if p.is_null() {
+        return None;
+    }
+    unsafe {
+        let s = p as *const openssl_sys::ASN1_STRING;
+        let data = openssl_sys::ASN1_STRING_get0_data(s);
+        let len = openssl_sys::ASN1_STRING_length(s);
+        Some(hex::encode(std::slice::from_raw_parts(
+            data,
+            len.max(0) as usize,
+        )))
+    }
+}
+
+fn serial_hex(p: *mut openssl_sys::ASN1_INTEGER) -> Option<String> {
+    if p.is_null() {
+        return None;
+    }
+    let bn = unsafe { openssl::asn1::Asn1IntegerRef::from_ptr(p) }
+        .to_bn()
+        .ok()?;
+    bn.to_hex_str().ok().map(|s| s.to_string())
+}
+
+fn name(p: *mut openssl_sys::X509_NAME) -> Option<String> {
+    if p.is_null() {
+        return None;
+    }
+    Some(super::certinfo::name_oneline(unsafe {
+        X509NameRef::from_ptr(p)
+    }))
+}
+
+/// Lists the recipients of an EnvelopedData.
+pub fn recipients(enveloped: &[u8]) -> Result<Vec<Recipient>> {
+    let cms = CmsContentInfo::from_der(enveloped)
+        .map_err(|e| Error::Format(format!("Failed to parse CMS: {}", openssl_reason(&e))))?;
+    let mut out = Vec::new();
+    unsafe {
+        let ris = ffi::CMS_get0_RecipientInfos(cms.as_ptr());
+        for i in 0..ffi::sk_num(ris) {
+            let ri: *mut ffi::CMS_RecipientInfo = ffi::sk_value(ris, i);
+            match ffi::CMS_RecipientInfo_type(ri) {
+                ffi::CMS_RECIPINFO_TRANS => {
+                    let (mut kid, mut iss, mut sno) = (
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                    );
+                    ffi::CMS_RecipientInfo_ktri_get0_signer_id(ri, &mut kid, &mut iss, &mut sno);
+                    out.push(Recipient {
+                        kind: "RSA key transport",
+                        issuer: name(iss),
+                        serial: serial_hex(sno),
+                        key_id: octets(kid),
+                    });
+                }
+                ffi::CMS_RECIPINFO_AGREE => {
+                    let reks = ffi::CMS_RecipientInfo_kari_get0_reks(ri);
+                    for j in 0..ffi::sk_num(reks) {
+                        let rek: *mut ffi::CMS_RecipientEncryptedKey = ffi::sk_value(reks, j);
+                        let (mut kid, mut iss, mut sno) = (
+                            std::ptr::null_mut(),
+                            std::ptr::null_mut(),
+                            std::ptr::null_mut(),
+                        );
+                        let (mut tm, mut other) = (std::ptr::null_mut(), std::ptr::null_mut());
+                        ffi::CMS_RecipientEncryptedKey_get0_id(
+                            rek, &mut kid, &mut tm, &mut other, &mut iss, &mut sno,
+                        );
+                        out.push(Recipient {
+                            kind: "key agreement",
+                            issuer: name(iss),
+                            serial: serial_hex(sno),
+                            key_id: octets(kid),
+                        });
+                    }
+                }
+                _ => out.push(Recipient {
+                    kind: "other",
+                    issuer: None,
+                    serial: None,
+                    key_id: None,
+                }),
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,582 @@
+//! A bundle on an HTTP(S) server, read with range requests.
+//!
+//! Reads are served from aligned windows (512 KiB by default, one verity leaf
+//! block's worth of data) fetched on a background runtime, several at once,
+//! with read-ahead when access is sequential. Every response must be `206`
+//! with a `Content-Range` that matches the request exactly.
+
+use super::ReadAt;
+use reqwest::header::{
+    CONTENT_RANGE, ETAG, HeaderMap, HeaderName, HeaderValue, LAST_MODIFIED, RANGE,
+};
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+/// How to reach the server.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// Client certificate (PEM) for mutual TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS.
+    pub tls_key: Option<PathBuf>,
+    /// CA file that replaces the system trust store.
+    pub tls_ca: Option<PathBuf>,
+    /// Accept any server certificate.
+    pub tls_no_verify: bool,
+    /// `Name: value` headers sent with every request.
+    pub headers: Vec<(String, String)>,
+    /// Headers sent with the first request only (RAUC's info headers, §10.1).
+    pub info_headers: Vec<(String, String)>,
+    /// `User-Agent` of the first request.
+    pub user_agent: String,
+    /// TCP/TLS connect timeout.
+    pub connect_timeout: Duration,
+    /// Longest pause allowed while a response body is arriving.
+    pub stall_timeout: Duration,
+    /// Bytes per range request (multiple of 4096).
+    pub window: usize,
+    /// Range requests in flight at once.
+    pub max_in_flight: usize,
+    /// Windows fetched ahead of a sequential reader.
+    pub read_ahead: usize,
+    /// Windows kept in memory.
+    pub cache_windows: usize,
+    /// Attempts per request after the first failure.
+    pub retries: u32,
+    /// Pause between attempts.
+    pub retry_pause: Duration,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
+            tls_no_verify: false,
+            headers: Vec::new(),
+            info_headers: Vec::new(),
+            user_agent: concat!("rota/", env!("CARGO_PKG_VERSION")).to_string(),
+            connect_timeout: Duration::from_secs(20),
+            stall_timeout: Duration::from_secs(60),
+            window: 512 * 1024,
+            max_in_flight: 4,
+            read_ahead: 4,
+            cache_windows: 32,
+            retries: 5,
+            retry_pause: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Parses a `Name: value` header argument.
+pub fn parse_header(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once(':') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_string(), value.trim().to_string()))
+        }
+        _ => Err(format!(
+            "Invalid HTTP header '{arg}': expected 'Name: value'"
+        )),
+    }
+}
+
+/// What the first response told us about the bundle.
+#[derive(Debug, Clone, Default)]
+pub struct RemoteInfo {
+    /// URL after redirects.
+    pub effective_url: String,
+    /// Total size from `Content-Range`.
+    pub size: u64,
+    /// `ETag`, if sent.
+    pub etag: Option<String>,
+    /// `Last-Modified`, if sent.
+    pub last_modified: Option<String>,
+    /// `Date`, if sent.
+    pub date: Option<String>,
+}
+
+/// Transfer counters.
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    /// Range requests sent (including retries).
+    pub requests: AtomicU64,
+    /// Body bytes received.
+    pub bytes: AtomicU64,
+}
+
+enum Window {
+    Pending,
+    Ready(Arc<Vec<u8>>),
+    Failed(String),
+}
+
+struct State {
+    windows: HashMap<u64, Window>,
+    order: VecDeque<u64>,
+    in_flight: usize,
+    last_window: Option<u64>,
+}
+
+struct Shared {
+    client: reqwest::Client,
+    url: String,
+    info: RemoteInfo,
+    opts: HttpOptions,
+    headers: HeaderMap,
+    state: Mutex<State>,
+    ready: Condvar,
+    stats: HttpStats,
+}
+
+/// A bundle behind an `http://` or `https://` URL.
+pub struct HttpSource {
+    shared: Arc<Shared>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+fn header_map(pairs: &[(String, String)]) -> Result<HeaderMap, String> {
+    let mut map = HeaderMap::new();
+    for (k, v) in pairs {
+        let name = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| format!("Invalid HTTP header name '{k}'"))?;
+        let value =
+            HeaderValue::from_str(v).map_err(|_| format!("Invalid value for HTTP header '{k}'"))?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+fn read_file(path: &PathBuf, what: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("Failed to read {what} '{}': {e}", path.display()))
+}
+
+fn build_client(opts: &HttpOptions) -> Result<reqwest::Client, String> {
+    let mut b = reqwest::Client::builder()
+        .tls_backend_native()
+        .connect_timeout(opts.connect_timeout)
+        .read_timeout(opts.stall_timeout)
+        .redirect(reqwest::redirect::Policy::limited(8))
+        .pool_max_idle_per_host(opts.max_in_flight.max(1));
+    if let Some(ca) = &opts.tls_ca {
+        let pem = read_file(ca, "CA file")?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("Invalid CA file '{}': {e}", ca.display()))?;
+        b = b.tls_certs_only(certs);
+    }
+    if opts.tls_no_verify {
+        b = b.tls_danger_accept_invalid_certs(true);
+    }
+    match (&opts.tls_cert, &opts.tls_key) {
+        (Some(cert), Some(key)) => {
+            let cert_pem = read_file(cert, "TLS certificate")?;
+            let key_pem = read_file(key, "TLS key")?;
+            // native-tls wants PKCS#8; accept traditional RSA/EC PEM keys too.
+            let pkey = openssl::pkey::PKey::private_key_from_pem(&key_pem)
+                .map_err(|e| format!("Invalid TLS key '{}': {e}", key.display()))?;
+            let pkcs8 = pkey
+                .private_key_to_pem_pkcs8()
+                .map_err(|e| format!("Invalid TLS key '{}': {e}", key.display()))?;
+            let id = reqwest::Identity::from_pkcs8_pem(&cert_pem, &pkcs8)
+                .map_err(|e| format!("Invalid TLS client certificate: {e}"))?;
+            b = b.identity(id);
+        }
+        (None, None) => {}
+        _ => return Err("TLS client certificate and key must be given together".to_string()),
+    }
+    b.build()
+        .map_err(|e| format!("Failed to set up HTTP client: {e}"))
+}
+
+fn describe_status(status: u16) -> String {
+    match status {
+        200 => "range requests not supported by server".to_string(),
+        204 => "no content".to_string(),
+        304 => "not modified".to_string(),
+        401 => "unauthorized".to_string(),
+        404 => "not found".to_string(),
+        other => format!("unexpected HTTP response code {other}"),
+    }
+}
+
+fn error_chain(e: &reqwest::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
+/// Parses `bytes a-b/total`.
+fn parse_content_range(v: &str) -> Option<(u64, u64, u64)> {
+    let rest = v.strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (a, b) = range.split_once('-')?;
+    Some((a.parse().ok()?, b.parse().ok()?, total.parse().ok()?))
+}
+
+enum FetchError {
+    /// No connection could be made (worth another attempt).
+    NoResponse(String),
+    /// Worth another attempt (network trouble, 5xx).
+    Transient(String),
+    /// Retrying will not help.
+    Fatal(String),
+}
+
+async fn fetch_range(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &HeaderMap,
+    start: u64,
+    end_incl: u64,
+    expect_total: Option<u64>,
+    stats: &HttpStats,
+) -> Result<(Vec<u8>, reqwest::header::HeaderMap, String), FetchError> {
+    stats.requests.fetch_add(1, Ordering::Relaxed);
+    let resp = client
+        .get(url)
+        .headers(headers.clone())
+        .header(RANGE, format!("bytes={start}-{end_incl}"))
+        .send()
+        .await
+        .map_err(|e| {
+            if e.is_connect() {
+                FetchError::NoResponse(error_chain(&e))
+            } else if e.is_timeout() || e.is_request() {
+                FetchError::Transient(error_chain(&e))
+            } else {
+                FetchError::Fatal(error_chain(&e))
+            }
+        })?;
+    let status = resp.status().as_u16();
+    if status != 206 {
+        let msg = describe_status(status);
+        return Err(if status >= 500 || status == 408 || status == 429 {
+            FetchError::Transient(msg)
+        } else {
+            FetchError::Fatal(msg)
+        });
+    }
+    let cr = resp
+        .headers()
+        .get(CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let Some((a, b, total)) = cr.as_deref().and_then(parse_content_range) else {
+        return Err(FetchError::Fatal(format!(
+            "invalid Content-Range in response: {}",
+            cr.as_deref().unwrap_or("(missing)")
+        )));
+    };
+    if a != start || b != end_incl || expect_total.is_some_and(|t| t != total) {
+        return Err(FetchError::Fatal(format!(
+            "server answered range {a}-{b}/{total} for requested range {start}-{end_incl}{}",
+            expect_total.map(|t| format!("/{t}")).unwrap_or_default()
+        )));
+    }
+    let effective = resp.url().to_string();
+    let headers_out = resp.headers().clone();
+    let want = (end_incl - start + 1) as usize;
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| FetchError::Transient(format!("transfer failed: {}", error_chain(&e))))?;
+    stats.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+    if body.len() != want {
+        return Err(FetchError::Transient(format!(
+            "short response: got {} of {want} bytes",
+            body.len()
+        )));
+    }
+    Ok((body.to_vec(), headers_out, effective))
+}
+
+impl HttpSource {
+    /// Connects, checks that ranges work and learns the size (`Range: bytes=0-3`).
+    pub fn open(url: &str, opts: HttpOptions) -> Result<HttpSource, String> {
+        let fail = |m: String| format!("Failed to stream bundle {url}: {m}");
+        if opts.window == 0 || !opts.window.is_multiple_of(4096) {
+            return Err(fail(
+                "range window must be a non-zero multiple of 4096".into(),
+            ));
+        }
+        let client = build_client(&opts).map_err(fail)?;
+        let headers = header_map(&opts.headers).map_err(fail)?;
+        let mut first_headers = headers.clone();
+        first_headers.extend(header_map(&opts.info_headers).map_err(fail)?);
+        if let Ok(ua) = HeaderValue::from_str(&opts.user_agent) {
+            first_headers.insert(reqwest::header::USER_AGENT, ua);
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("rota-http")
+            .enable_all()
+            .build()
+            .map_err(|e| fail(format!("failed to start HTTP runtime: {e}")))?;
+        let stats = HttpStats::default();
+        let probe = {
+            let (client, url) = (client.clone(), url.to_string());
+            let (tx, rx) = std::sync::mpsc::channel();
+            let retries = opts.retries;
+            let pause = opts.retry_pause;
+            runtime.spawn(async move {
+                let stats = HttpStats::default();
+                let mut attempt = 0;
+                let result = loop {
+                    match fetch_range(&client, &url, &first_headers, 0, 3, None, &stats).await {
+                        Ok(r) => break Ok(r),
+                        Err(FetchError::Transient(m) | FetchError::NoResponse(m))
+                            if attempt < retries =>
+                        {
+                            attempt += 1;
+                            tracing::warn!("request failed: {m} (retrying {attempt}/{retries})");
+                            tokio::time::sleep(pause).await;
+                        }
+                        Err(FetchError::NoResponse(m)) => {
+                            break Err(format!("server not responding: {m}"));
+                        }
+                        Err(FetchError::Transient(m) | FetchError::Fatal(m)) => break Err(m),
+                    }
+                };
+                let _ = tx.send((
+                    result,
+                    stats.requests.load(Ordering::Relaxed),
+                    stats.bytes.load(Ordering::Relaxed),
+                ));
+            });
+            rx.recv().map_err(|_| fail("HTTP runtime stopped".into()))?
+        };
+        let ((_, resp_headers, effective_url), requests, bytes) = match probe {
+            (Ok(r), q, b) => (r, q, b),
+            (Err(m), _, _) => return Err(fail(m)),
+        };
+        stats.requests.store(requests, Ordering::Relaxed);
+        stats.bytes.store(bytes, Ordering::Relaxed);
+        let get = |name| {
+            resp_headers
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let total = get(CONTENT_RANGE)
+            .as_deref()
+            .and_then(parse_content_range)
+            .map(|(_, _, t)| t)
+            .unwrap_or(0);
+        let info = RemoteInfo {
+            effective_url: effective_url.clone(),
+            size: total,
+            etag: get(ETAG),
+            last_modified: get(LAST_MODIFIED),
+            date: get(reqwest::header::DATE),
+        };
+        let shared = Arc::new(Shared {
+            client,
+            url: effective_url,
+            info,
+            opts,
+            headers,
+            state: Mutex::new(State {
+                windows: HashMap::new(),
+                order: VecDeque::new(),
+                in_flight: 0,
+                last_window: None,
+            }),
+            ready: Condvar::new(),
+            stats,
+        });
+        Ok(HttpSource {
+            shared,
+            runtime: Some(runtime),
+        })
+    }
+
+    /// What the server reported at open.
+    pub fn remote_info(&self) -> &RemoteInfo {
+        &self.shared.info
+    }
+
+    /// Requests and bytes transferred so far.
+    pub fn stats(&self) -> (u64, u64) {
+        (
+            self.shared.stats.requests.load(Ordering::Relaxed),
+            self.shared.stats.bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    fn window_count(&self) -> u64 {
+        self.shared
+            .info
+            .size
+            .div_ceil(self.shared.opts.window as u64)
+    }
+
+    /// Marks `w` pending and starts fetching it if it is not known yet.
+    fn request(&self, st: &mut State, w: u64) {
+        if w >= self.window_count() || st.windows.contains_key(&w) {
+            return;
+        }
+        st.windows.insert(w, Window::Pending);
+        st.in_flight += 1;
+        let shared = self.shared.clone();
+        let rt = self
+            .runtime
+            .as_ref()
+            .expect("runtime lives as long as the source");
+        rt.spawn(async move {
+            let win = shared.opts.window as u64;
+            let start = w * win;
+            let end = (start + win).min(shared.info.size) - 1;
+            let mut attempt = 0;
+            let outcome = loop {
+                match fetch_range(
+                    &shared.client,
+                    &shared.url,
+                    &shared.headers,
+                    start,
+                    end,
+                    Some(shared.info.size),
+                    &shared.stats,
+                )
+                .await
+                {
+                    Ok((body, _, _)) => break Window::Ready(Arc::new(body)),
+                    Err(FetchError::Transient(m) | FetchError::NoResponse(m))
+                        if attempt < shared.opts.retries =>
+                    {
+                        attempt += 1;
+                        tracing::warn!(
+                            "request failed: {m} (retrying {attempt}/{})",
+                            shared.opts.retries
+                        );
+                        tokio::time::sleep(shared.opts.retry_pause).await;
+                    }
+                    Err(FetchError::NoResponse(m)) => {
+                        break Window::Failed(format!("server not responding: {m}"));
+                    }
+                    Err(FetchError::Transient(m) | FetchError::Fatal(m)) => {
+                        break Window::Failed(m);
+                    }
+                }
+            };
+            let mut st = shared.state.lock().expect("state lock");
+            st.in_flight -= 1;
+            st.windows.insert(w, outcome);
+            st.order.push_back(w);
+            shared.ready.notify_all();
+        });
+    }
+
+    fn evict(&self, st: &mut State, keep: &[u64]) {
+        while st.order.len() > self.shared.opts.cache_windows {
+            let Some(old) = st.order.pop_front() else {
+                break;
+            };
+            if keep.contains(&old) {
+                st.order.push_back(old);
+                if st.order.iter().all(|w| keep.contains(w)) {
+                    break;
+                }
+                continue;
+            }
+            if matches!(
+                st.windows.get(&old),
+                Some(Window::Ready(_) | Window::Failed(_))
+            ) {
+                st.windows.remove(&old);
+            }
+        }
+    }
+}
+
+impl ReadAt for HttpSource {
+    fn size(&self) -> u64 {
+        self.shared.info.size
+    }
+
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        super::check_range(offset, buf.len(), self.size())?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let win = self.shared.opts.window as u64;
+        let first = offset / win;
+        let last = (offset + buf.len() as u64 - 1) / win;
+        let needed: Vec<u64> = (first..=last).collect();
+        let mut st = self.shared.state.lock().expect("state lock");
+        let sequential = st.last_window.is_some_and(|l| l + 1 == first || l == first);
+        st.last_window = Some(last);
+        for &w in &needed {
+            self.request(&mut st, w);
+        }
+        if sequential {
+            let mut w = last + 1;
+            while w <= last + self.shared.opts.read_ahead as u64
+                && st.in_flight < self.shared.opts.max_in_flight
+            {
+                self.request(&mut st, w);
+                w += 1;
+            }
+        }
+        for &w in &needed {
+            loop {
+                match st.windows.get(&w) {
+                    Some(Window::Ready(data)) => {
+                        let data = data.clone();
+                        let wstart = w * win;
+                        let from = offset.max(wstart);
+                        let to = (offset + buf.len() as u64).min(wstart + data.len() as u64);
+                        buf[(from - offset) as usize..(to - offset) as usize].copy_from_slice(
+                            &data[(from - wstart) as usize..(to - wstart) as usize],
+                        );
+                        break;
+                    }
+                    Some(Window::Failed(m)) => {
+                        let m = m.clone();
+                        st.windows.remove(&w);
+                        return Err(io::Error::other(format!(
+                            "Failed to stream bundle {}: {m}",
+                            self.shared.url
+                        )));
+                    }
+                    Some(Window::Pending) => st = self.shared.ready.wait(st).expect("state lock"),
+                    None => self.request(&mut st, w),
+                }
+            }
+        }
+        self.evict(&mut st, &needed);
+        Ok(())
+    }
+}
+
+impl Drop for HttpSource {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_and_headers_parse() {
+        assert_eq!(parse_content_range("bytes 0-3/1000"), Some((0, 3, 1000)));
+        assert_eq!(parse_content_range("bytes 0-3/*"), None);
+        assert_eq!(
+            parse_header("X-Token: abc: d").unwrap(),
+            ("X-Token".to_string(), "abc: d".to_string())
+        );
+        assert!(parse_header("nocolon").is_err());
+    }
+}
