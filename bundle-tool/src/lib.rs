@@ -5,12 +5,19 @@
 //! verified before it reaches the caller, and creates them with `mksquashfs`.
 #![deny(missing_docs)]
 
+pub mod bundle;
+pub mod cli;
 pub mod container;
+pub mod create;
 pub mod error;
+pub mod exclusive;
+pub mod hostconfig;
+pub mod info;
 pub mod keyfile;
 pub mod manifest;
 pub mod reader;
 pub mod semver;
 pub mod signature;
 pub mod source;
+pub mod squashfs;
 pub mod verity;

@@ -1,2 +1,10 @@
-//! The multi-call `rota` binary.
-fn main() {}
+//! `rota`: the multi-call command line. Invoked as `rauc` (e.g. through a
+//! symlink) it behaves as RAUC's command line does.
+
+fn main() {
+    let code = rota_bundle::cli::main_with(
+        std::env::args_os().collect(),
+        rota_bundle::cli::commands::HOST_COMMANDS,
+    );
+    std::process::exit(code);
+}

@@ -1,0 +1,484 @@
+//! Opening a bundle (spec §1.6): read the trailer and CMS, decrypt an
+//! EnvelopedData, verify the signature, parse the manifest and set up the
+//! verified payload reader. Nothing past [`Bundle::open`] sees an unverified byte.
+
+use crate::container::{DEFAULT_MAX_SIGNATURE_SIZE, Layout, PLAIN_MAX_PAYLOAD};
+use crate::error::{Error, Result};
+use crate::manifest::{BundleFormat, Manifest, ManifestOrigin, manifest_hash};
+use crate::reader::{ChunkDigester, CryptReader, PinnedReader, VerityReader};
+use crate::signature::{self, SignatureInfo, VerifyOptions, envelope};
+use crate::source::http::{HttpOptions, HttpSource, RemoteInfo};
+use crate::source::{FileSource, ReadAt, Slice};
+use crate::squashfs::BundleFs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// How to open a bundle.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Signature verification policy.
+    pub verify: VerifyOptions,
+    /// `max-bundle-signature-size`.
+    pub max_signature_size: u64,
+    /// `[system] bundle-formats`; `None` allows all.
+    pub allowed_formats: Option<Vec<BundleFormat>>,
+    /// Private key (PEM) for encrypted crypt bundles.
+    pub decryption_key: Option<PathBuf>,
+    /// Certificate matching the decryption key (optional).
+    pub decryption_cert: Option<PathBuf>,
+    /// Skip the exclusive-access checks of plain bundles (`--trust-environment`).
+    pub trust_environment: bool,
+    /// Transport settings for `http(s)://` sources.
+    pub http: HttpOptions,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            verify: VerifyOptions::default(),
+            max_signature_size: DEFAULT_MAX_SIGNATURE_SIZE,
+            allowed_formats: None,
+            decryption_key: None,
+            decryption_cert: None,
+            trust_environment: false,
+            http: HttpOptions::default(),
+        }
+    }
+}
+
+/// Whether `location` names a remote bundle.
+pub fn is_remote(location: &str) -> bool {
+    ["http://", "https://"]
+        .iter()
+        .any(|s| location.starts_with(s))
+}
+
+/// Turns a `file://` URI into a path; other strings are paths already.
+pub fn local_path(location: &str) -> Result<PathBuf> {
+    match location.strip_prefix("file://") {
+        Some(rest) if rest.starts_with('/') => Ok(PathBuf::from(rest)),
+        Some(_) => Err(Error::Other(format!(
+            "Invalid file URI '{location}': a host part is not supported"
+        ))),
+        None => Ok(PathBuf::from(location)),
+    }
+}
+
+/// The verity layer over a bundle's payload.
+type PayloadVerity = VerityReader<Slice<Arc<dyn ReadAt>>>;
+
+/// An opened (and, unless disabled, verified) bundle.
+pub struct Bundle {
+    location: String,
+    source: Arc<dyn ReadAt>,
+    remote: Option<RemoteInfo>,
+    http: Option<Arc<HttpSource>>,
+    layout: Layout,
+    format: BundleFormat,
+    manifest: Manifest,
+    manifest_bytes: Vec<u8>,
+    signature: SignatureInfo,
+    signed_data: Vec<u8>,
+    enveloped: Option<Vec<u8>>,
+    payload: Arc<dyn ReadAt>,
+    verity: Option<Arc<PayloadVerity>>,
+}
+
+fn inline_manifest_check(m: &Manifest) -> Result<()> {
+    match m.bundle.format {
+        BundleFormat::Plain => Err(Error::Format(
+            "Bundle format 'plain' not allowed for external manifest".to_string(),
+        )),
+        _ if m.bundle.verity.is_none() => Err(Error::Format(
+            "Missing verity parameters in signed manifest".to_string(),
+        )),
+        BundleFormat::Crypt if m.bundle.crypt_key.is_none() => Err(Error::Format(
+            "Missing crypt key in signed manifest".to_string(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn check_format_allowed(format: BundleFormat, allowed: &Option<Vec<BundleFormat>>) -> Result<()> {
+    match allowed {
+        Some(list) if !list.contains(&format) => Err(Error::Other(format!(
+            "Bundle format '{format}' not allowed"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Two sources back to back.
+struct Concat<A, B> {
+    first: A,
+    second: B,
+}
+
+impl<A: ReadAt, B: ReadAt> ReadAt for Concat<A, B> {
+    fn size(&self) -> u64 {
+        self.first.size() + self.second.size()
+    }
+
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        crate::source::check_range(offset, buf.len(), self.size())?;
+        let split = self.first.size();
+        let end = offset + buf.len() as u64;
+        if end <= split {
+            return self.first.read_exact_at(offset, buf);
+        }
+        if offset >= split {
+            return self.second.read_exact_at(offset - split, buf);
+        }
+        let (a, b) = buf.split_at_mut((split - offset) as usize);
+        self.first.read_exact_at(offset, a)?;
+        self.second.read_exact_at(0, b)
+    }
+}
+
+/// Feeds every byte read to a [`ChunkDigester`].
+struct DigestingReader<'a> {
+    source: &'a dyn ReadAt,
+    pos: u64,
+    end: u64,
+    digester: ChunkDigester,
+}
+
+impl Read for DigestingReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (self.end - self.pos).min(buf.len() as u64) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        self.source.read_exact_at(self.pos, &mut buf[..n])?;
+        self.digester.update(&buf[..n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Bundle {
+    /// Opens a local path, `file://` URI or `http(s)://` URL.
+    pub fn open(location: &str, opts: &OpenOptions) -> Result<Bundle> {
+        if is_remote(location) {
+            let http = Arc::new(HttpSource::open(location, opts.http.clone()).map_err(Error::Io)?);
+            let remote = http.remote_info().clone();
+            let mut b = Self::open_source(location, http.clone(), None, opts)?;
+            b.remote = Some(remote);
+            b.http = Some(http);
+            return Ok(b);
+        }
+        let path = local_path(location)?;
+        let file = std::fs::File::open(&path)
+            .map_err(|e| Error::Io(format!("Failed to open bundle '{}': {e}", path.display())))?;
+        let source = FileSource::from_file(file)
+            .map_err(|e| Error::Io(format!("Failed to open bundle '{}': {e}", path.display())))?;
+        let source = Arc::new(source);
+        Self::open_source(&path.to_string_lossy(), source.clone(), Some(source), opts)
+    }
+
+    /// Opens a bundle from any source; `file` enables the plain-bundle exclusivity checks.
+    pub fn open_source(
+        location: &str,
+        source: Arc<dyn ReadAt>,
+        file: Option<Arc<FileSource>>,
+        opts: &OpenOptions,
+    ) -> Result<Bundle> {
+        tracing::info!("Reading bundle: {location}");
+        let remote = file.is_none();
+        let layout = Layout::read(source.as_ref(), opts.max_signature_size)?;
+        if remote {
+            layout.require_aligned()?;
+        } else if !layout.payload_aligned() {
+            tracing::info!(
+                "Payload size ({}) is not a multiple of 4096 bytes",
+                layout.payload_size
+            );
+        }
+        let cms = layout.read_signature(source.as_ref())?;
+        let (signed_data, enveloped) = if signature::is_enveloped(&cms) {
+            let key_path = opts.decryption_key.as_ref().ok_or_else(|| {
+                Error::Decrypt("Encrypted bundle detected, but no decryption key given. Use --key=<PEMFILE|PKCS11-URL> to provide one.".to_string())
+            })?;
+            let key = signature::load_private_key(key_path)?;
+            let cert = opts
+                .decryption_cert
+                .as_deref()
+                .map(signature::load_cert)
+                .transpose()?;
+            (envelope::decrypt(&cms, &key, cert.as_ref())?, Some(cms))
+        } else {
+            (cms, None)
+        };
+        let parsed = signature::parse_signed_data(&signed_data)?;
+        let detached = signature::encapsulated_content(&parsed).is_none();
+        drop(parsed);
+        tracing::info!("Verifying bundle signature... ");
+        if detached {
+            Self::open_plain(location, source, file, layout, signed_data, enveloped, opts)
+        } else {
+            let sig = signature::verify(&signed_data, None, &opts.verify)?;
+            let bytes = sig.content.clone().expect("inline signature has content");
+            let text = std::str::from_utf8(&bytes)
+                .map_err(|_| Error::Format("Signed manifest is not valid UTF-8".to_string()))?;
+            let manifest = Manifest::parse(text, ManifestOrigin::Bundle)?;
+            inline_manifest_check(&manifest)?;
+            let format = manifest.bundle.format;
+            check_format_allowed(format, &opts.allowed_formats)?;
+            if enveloped.is_some() && format != BundleFormat::Crypt {
+                return Err(Error::Format(format!(
+                    "Encrypted signature found in a bundle using {format} format"
+                )));
+            }
+            manifest.check_bundle_rules(format)?;
+            layout.require_aligned()?;
+            let v = manifest.bundle.verity.expect("checked");
+            if v.size > layout.payload_size {
+                return Err(Error::Format(format!(
+                    "Verity size ({}) exceeds payload size ({})",
+                    v.size, layout.payload_size
+                )));
+            }
+            let data_size = layout.payload_size - v.size;
+            if data_size <= 4096 {
+                return Err(Error::Format(format!(
+                    "squashfs size ({data_size}) must be larger than 4096 bytes"
+                )));
+            }
+            if data_size % 4096 != 0 {
+                return Err(Error::Format(format!(
+                    "squashfs size ({data_size}) is not a multiple of 4096 bytes"
+                )));
+            }
+            let slice = Slice::new(source.clone(), 0, layout.payload_size)?;
+            let verity = Arc::new(
+                VerityReader::new(slice, data_size, &v.salt, v.hash)
+                    .map_err(|e| Error::Format(e.to_string()))?,
+            );
+            let payload: Arc<dyn ReadAt> = match manifest.bundle.crypt_key {
+                Some(key) if format == BundleFormat::Crypt => {
+                    Arc::new(CryptReader::new(verity.clone(), key))
+                }
+                _ => verity.clone(),
+            };
+            Ok(Bundle {
+                location: location.to_string(),
+                source,
+                remote: None,
+                http: None,
+                layout,
+                format,
+                manifest,
+                manifest_bytes: bytes,
+                signature: sig,
+                signed_data,
+                enveloped,
+                payload,
+                verity: Some(verity),
+            })
+        }
+    }
+
+    fn open_plain(
+        location: &str,
+        source: Arc<dyn ReadAt>,
+        file: Option<Arc<FileSource>>,
+        layout: Layout,
+        signed_data: Vec<u8>,
+        enveloped: Option<Vec<u8>>,
+        opts: &OpenOptions,
+    ) -> Result<Bundle> {
+        check_format_allowed(BundleFormat::Plain, &opts.allowed_formats)?;
+        let Some(file) = file else {
+            return Err(Error::Format(
+                "Bundle format 'plain' not supported in streaming mode".to_string(),
+            ));
+        };
+        if enveloped.is_some() {
+            return Err(Error::Format(
+                "Encrypted signature found in a bundle using plain format".to_string(),
+            ));
+        }
+        if layout.payload_size > PLAIN_MAX_PAYLOAD {
+            return Err(Error::Format(format!(
+                "Bundle payload size {} exceeds maximum for bundles using plain format (2 GiB)",
+                layout.payload_size
+            )));
+        }
+        let slice: Arc<dyn ReadAt> = Arc::new(Slice::new(source.clone(), 0, layout.payload_size)?);
+        let (sig, payload): (SignatureInfo, Arc<dyn ReadAt>) = if opts.verify.no_verify {
+            (signature::verify(&signed_data, None, &opts.verify)?, slice)
+        } else {
+            let _lease = if opts.trust_environment {
+                None
+            } else {
+                Some(crate::exclusive::ensure(file.file())?)
+            };
+            let mut reader = DigestingReader {
+                source: slice.as_ref(),
+                pos: 0,
+                end: layout.payload_size,
+                digester: ChunkDigester::default(),
+            };
+            let sig = signature::verify(&signed_data, Some(&mut reader), &opts.verify)?;
+            let digests = reader.digester.finish();
+            let pinned = PinnedReader::new(slice, digests)?;
+            (sig, Arc::new(pinned))
+        };
+        let fs = BundleFs::open(payload.clone())?;
+        let bytes = fs
+            .read_file("manifest.raucm")
+            .map_err(|e| Error::Other(format!("Failed to read manifest from bundle: {e}")))?;
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| Error::Format("manifest.raucm is not valid UTF-8".to_string()))?;
+        let manifest = Manifest::parse(text, ManifestOrigin::Bundle)?;
+        if manifest.bundle.format != BundleFormat::Plain {
+            return Err(Error::Format(format!(
+                "Bundle with detached signature declares format '{}' in its manifest",
+                manifest.bundle.format
+            )));
+        }
+        manifest.check_bundle_rules(BundleFormat::Plain)?;
+        Ok(Bundle {
+            location: location.to_string(),
+            source,
+            remote: None,
+            http: None,
+            layout,
+            format: BundleFormat::Plain,
+            manifest,
+            manifest_bytes: bytes,
+            signature: sig,
+            signed_data,
+            enveloped,
+            payload,
+            verity: None,
+        })
+    }
+
+    /// Path or URL the bundle was opened from.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Container format.
+    pub fn format(&self) -> BundleFormat {
+        self.format
+    }
+
+    /// Sizes of payload and signature.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// The manifest used for installation (inline for verity/crypt).
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The exact manifest bytes (what the manifest hash covers).
+    pub fn manifest_bytes(&self) -> &[u8] {
+        &self.manifest_bytes
+    }
+
+    /// Lowercase hex SHA-256 of the manifest bytes (spec §2.10).
+    pub fn manifest_hash(&self) -> String {
+        manifest_hash(&self.manifest_bytes)
+    }
+
+    /// Signature details (chains, verified or not).
+    pub fn signature(&self) -> &SignatureInfo {
+        &self.signature
+    }
+
+    /// The SignedData DER (decrypted, for encrypted crypt bundles).
+    pub fn signed_data(&self) -> &[u8] {
+        &self.signed_data
+    }
+
+    /// The EnvelopedData DER, for encrypted crypt bundles.
+    pub fn enveloped(&self) -> Option<&[u8]> {
+        self.enveloped.as_deref()
+    }
+
+    /// Whether the CMS was an EnvelopedData.
+    pub fn was_encrypted(&self) -> bool {
+        self.enveloped.is_some()
+    }
+
+    /// The raw (unverified!) bundle source: only for copying payload bytes
+    /// that are verified separately.
+    pub fn raw_source(&self) -> &Arc<dyn ReadAt> {
+        &self.source
+    }
+
+    /// Server facts for remote bundles.
+    pub fn remote_info(&self) -> Option<&RemoteInfo> {
+        self.remote.as_ref()
+    }
+
+    /// HTTP transfer counters (requests, bytes) for remote bundles.
+    pub fn http_stats(&self) -> Option<(u64, u64)> {
+        self.http.as_ref().map(|h| h.stats())
+    }
+
+    /// The verified squashfs bytes (decrypted for crypt bundles).
+    pub fn payload(&self) -> Arc<dyn ReadAt> {
+        self.payload.clone()
+    }
+
+    /// The whole payload as stored (ciphertext and hash tree included), the
+    /// data part read through the verifier; for copying into a new container.
+    pub fn payload_source(&self) -> Arc<dyn ReadAt> {
+        match &self.verity {
+            Some(v) => {
+                let data = v.size();
+                let tree = Slice::new(self.source.clone(), data, self.layout.payload_size - data)
+                    .expect("tree lies inside the payload");
+                Arc::new(Concat {
+                    first: v.clone(),
+                    second: tree,
+                })
+            }
+            None => self.payload.clone(),
+        }
+    }
+
+    /// Checks every payload byte now (plain bundles were checked at open).
+    pub fn check_payload(&self) -> Result<()> {
+        if let Some(v) = &self.verity {
+            tracing::info!("Verifying bundle payload... ");
+            v.check_all().map_err(|e| Error::Payload(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Opens the squashfs for listing, reading and extracting files.
+    pub fn filesystem(&self) -> Result<BundleFs> {
+        BundleFs::open(self.payload.clone())
+    }
+
+    /// Reads one file of the bundle.
+    pub fn read_file(&self, path: &str) -> Result<Vec<u8>> {
+        self.filesystem()?.read_file(path)
+    }
+
+    /// Extracts the bundle content to `dest` (which must not exist); on any
+    /// failure nothing is left behind.
+    pub fn extract(&self, dest: &Path) -> Result<()> {
+        if dest.exists() {
+            return Err(Error::Other(format!(
+                "output directory '{}' exists",
+                dest.display()
+            )));
+        }
+        let result = self
+            .check_payload()
+            .and_then(|_| self.filesystem())
+            .and_then(|fs| fs.extract_to(dest));
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(dest);
+        }
+        result
+    }
+}

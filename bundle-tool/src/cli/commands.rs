@@ -1,0 +1,355 @@
+//! The bundle commands: `bundle`, `resign`, `replace-signature`,
+//! `extract-signature`, `extract`, `encrypt` and `info`.
+
+use super::options::OptSpec;
+use super::{CliError, Command, Context, fail};
+use crate::bundle::{Bundle, OpenOptions, is_remote};
+use crate::create::{self, CreateOptions, ResignOptions, SigningOptions};
+use crate::info::{self, BundleInfo, OutputFormat};
+use crate::signature::{Keyring, VerifyOptions};
+use crate::source::http::{HttpOptions, parse_header};
+use std::path::{Path, PathBuf};
+
+const CERT: OptSpec = OptSpec::value("cert", "PEMFILE|PKCS11-URL", "signing certificate");
+const SIGN_KEY: OptSpec = OptSpec::value("key", "PEMFILE|PKCS11-URL", "signing key");
+const DECRYPT_KEY: OptSpec = OptSpec::value(
+    "key",
+    "PEMFILE|PKCS11-URL",
+    "private key to decrypt an encrypted bundle",
+);
+const INTERMEDIATE: OptSpec = OptSpec::value(
+    "intermediate",
+    "PEMFILE",
+    "intermediate certificate to embed (repeatable)",
+);
+const SIGNING_KEYRING: OptSpec = OptSpec::value(
+    "signing-keyring",
+    "PEMFILE",
+    "check the new signature against these trust anchors",
+);
+const KEYRING: OptSpec = OptSpec::value(
+    "keyring",
+    "PEMFILE",
+    "trust anchors for checking the input bundle",
+);
+const NO_VERIFY: OptSpec = OptSpec::flag("no-verify", "do not check the bundle signature");
+const NO_CHECK_TIME: OptSpec =
+    OptSpec::flag("no-check-time", "ignore certificate validity periods");
+const TRUST_ENV: OptSpec = OptSpec::flag(
+    "trust-environment",
+    "skip the exclusive-access checks of the bundle file",
+);
+
+const BUNDLE_OPTS: &[OptSpec] = &[
+    CERT,
+    SIGN_KEY,
+    INTERMEDIATE,
+    SIGNING_KEYRING,
+    OptSpec::value("mksquashfs-args", "ARGS", "extra arguments for mksquashfs"),
+];
+const RESIGN_OPTS: &[OptSpec] = &[
+    CERT,
+    SIGN_KEY,
+    INTERMEDIATE,
+    SIGNING_KEYRING,
+    KEYRING,
+    NO_VERIFY,
+    NO_CHECK_TIME,
+    OptSpec::flag("append", "add a signer, keeping the existing signature"),
+];
+const REPLACE_OPTS: &[OptSpec] = &[KEYRING, SIGNING_KEYRING, NO_VERIFY, TRUST_ENV];
+const EXTRACT_SIG_OPTS: &[OptSpec] = &[KEYRING, DECRYPT_KEY, TRUST_ENV];
+const EXTRACT_OPTS: &[OptSpec] = &[KEYRING, DECRYPT_KEY, TRUST_ENV];
+const ENCRYPT_OPTS: &[OptSpec] = &[
+    OptSpec::value("to", "PEMFILE", "recipient certificate(s) (repeatable)"),
+    KEYRING,
+];
+const INFO_OPTS: &[OptSpec] = &[
+    KEYRING,
+    NO_VERIFY,
+    NO_CHECK_TIME,
+    DECRYPT_KEY,
+    OptSpec::value(
+        "output-format",
+        "FORMAT",
+        "readable, shell, json, json-pretty or json-2",
+    ),
+    OptSpec::flag("dump-cert", "print the signer certificates"),
+    OptSpec::flag(
+        "dump-recipients",
+        "print the recipients of an encrypted bundle",
+    ),
+    OptSpec::value("tls-cert", "PEMFILE|PKCS11-URL", "TLS client certificate"),
+    OptSpec::value("tls-key", "PEMFILE|PKCS11-URL", "TLS client key"),
+    OptSpec::value("tls-ca", "PEMFILE", "CA certificates for the HTTPS server"),
+    OptSpec::flag("tls-no-verify", "do not check the HTTPS server certificate"),
+    OptSpec::value(
+        "http-header",
+        "'NAME: VALUE'",
+        "extra HTTP header (repeatable)",
+    )
+    .short('H'),
+];
+
+/// The host-side commands, in help order.
+pub const HOST_COMMANDS: &[Command] = &[
+    Command {
+        name: "bundle",
+        usage: "<INPUTDIR> <BUNDLENAME>",
+        summary: "Create a bundle from a content directory",
+        group_title: "Bundle options:",
+        options: BUNDLE_OPTS,
+        positionals: (2, 2),
+        missing_args: "An input directory and an output bundle name must be provided",
+        run: cmd_bundle,
+    },
+    Command {
+        name: "resign",
+        usage: "<INBUNDLE> <OUTBUNDLE>",
+        summary: "Sign an existing bundle again",
+        group_title: "Resign options:",
+        options: RESIGN_OPTS,
+        positionals: (2, 2),
+        missing_args: "An input bundle and an output bundle name must be provided",
+        run: cmd_resign,
+    },
+    Command {
+        name: "encrypt",
+        usage: "<INBUNDLE> <OUTBUNDLE>",
+        summary: "Encrypt a crypt bundle for recipients",
+        group_title: "Encrypt options:",
+        options: ENCRYPT_OPTS,
+        positionals: (2, 2),
+        missing_args: "An input bundle and an output bundle name must be provided",
+        run: cmd_encrypt,
+    },
+    Command {
+        name: "replace-signature",
+        usage: "<INBUNDLE> <INPUTSIG> <OUTBUNDLE>",
+        summary: "Replace the signature of a bundle",
+        group_title: "Replace signature options:",
+        options: REPLACE_OPTS,
+        positionals: (3, 3),
+        missing_args: "An input bundle, a signature file and an output bundle name must be provided",
+        run: cmd_replace_signature,
+    },
+    Command {
+        name: "extract-signature",
+        usage: "<BUNDLE> <OUTPUTSIG>",
+        summary: "Write the signature of a bundle to a file",
+        group_title: "Extract signature options:",
+        options: EXTRACT_SIG_OPTS,
+        positionals: (2, 2),
+        missing_args: "A bundle and an output file name must be provided",
+        run: cmd_extract_signature,
+    },
+    Command {
+        name: "extract",
+        usage: "<BUNDLE> <OUTPUTDIR>",
+        summary: "Extract the bundle content",
+        group_title: "Extract options:",
+        options: EXTRACT_OPTS,
+        positionals: (2, 2),
+        missing_args: "A bundle and an output directory must be provided",
+        run: cmd_extract,
+    },
+    Command {
+        name: "info",
+        usage: "<BUNDLE>",
+        summary: "Print bundle info",
+        group_title: "Info options:",
+        options: INFO_OPTS,
+        positionals: (1, 1),
+        missing_args: "A bundle file or URL must be provided",
+        run: cmd_info,
+    },
+];
+
+fn keyring_for(ctx: &Context, config: &Keyring, option: &str) -> Keyring {
+    match ctx.path(option) {
+        Some(p) => Keyring {
+            path: Some(p),
+            directory: None,
+            ..config.clone()
+        },
+        None => config.clone(),
+    }
+}
+
+/// Open options from command line and configuration.
+fn open_options(ctx: &Context, use_config: bool) -> Result<OpenOptions, CliError> {
+    let conf = if use_config {
+        ctx.host_config()?
+    } else {
+        Default::default()
+    };
+    let mut http = HttpOptions {
+        tls_ca: ctx.path("tls-ca").or(conf.tls_ca.clone()),
+        tls_cert: ctx.path("tls-cert").or(conf.tls_cert.clone()),
+        tls_key: ctx.path("tls-key").or(conf.tls_key.clone()),
+        tls_no_verify: ctx.args.has("tls-no-verify"),
+        ..HttpOptions::default()
+    };
+    for h in ctx.args.values("http-header") {
+        http.headers.push(parse_header(h)?);
+    }
+    Ok(OpenOptions {
+        verify: VerifyOptions {
+            keyring: keyring_for(ctx, &conf.keyring, "keyring"),
+            no_verify: ctx.args.has("no-verify"),
+            no_check_time: ctx.args.has("no-check-time"),
+        },
+        max_signature_size: conf.max_signature_size,
+        allowed_formats: conf.bundle_formats.clone(),
+        decryption_key: ctx.path("key").or(conf.decryption_key.clone()),
+        decryption_cert: conf.decryption_cert.clone(),
+        trust_environment: ctx.args.has("trust-environment"),
+        http,
+    })
+}
+
+/// Absolute path for local arguments (RAUC makes relative paths absolute), URLs unchanged.
+fn location(arg: &str) -> String {
+    if is_remote(arg) || arg.starts_with("file://") {
+        return arg.to_string();
+    }
+    std::path::absolute(arg)
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| arg.to_string())
+}
+
+fn signing(ctx: &Context) -> Result<SigningOptions, CliError> {
+    let keyring = ctx
+        .path("signing-keyring")
+        .or_else(|| ctx.path("keyring"))
+        .map(Keyring::from_path);
+    Ok(SigningOptions {
+        cert: ctx.path("cert"),
+        key: ctx.path("key"),
+        intermediates: ctx.paths("intermediate"),
+        keyring,
+    })
+}
+
+fn print_warnings(warnings: &[String]) {
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+}
+
+fn cmd_bundle(ctx: &Context) -> Result<(), CliError> {
+    let input = PathBuf::from(ctx.arg(0));
+    let output = PathBuf::from(ctx.arg(1));
+    let signing = signing(ctx)?;
+    if signing.cert.is_none() {
+        return fail("Cert and key files must be provided");
+    }
+    if signing.key.is_none() {
+        return fail("Cert and key files must be provided");
+    }
+    let mksquashfs_args = match ctx.args.value("mksquashfs-args") {
+        Some(a) => shell_words::split(a)
+            .map_err(|e| CliError::from(format!("Invalid --mksquashfs-args: {e}")))?,
+        None => Vec::new(),
+    };
+    if signing.keyring.is_none() {
+        tracing::info!("No keyring given, skipping signature verification");
+    }
+    let opts = CreateOptions {
+        signing,
+        mksquashfs_args,
+    };
+    let created = create::create(&input, &output, &opts, &mut |format| {
+        println!("Creating '{format}' format bundle")
+    })?;
+    print_warnings(&created.warnings);
+    Ok(())
+}
+
+fn cmd_resign(ctx: &Context) -> Result<(), CliError> {
+    let mut open = open_options(ctx, false)?;
+    open.verify.keyring = keyring_for(ctx, &Keyring::default(), "keyring");
+    let opts = ResignOptions {
+        signing: signing(ctx)?,
+        open,
+        append: ctx.args.has("append"),
+    };
+    let warnings = create::resign(&location(ctx.arg(0)), Path::new(ctx.arg(1)), &opts)?;
+    print_warnings(&warnings);
+    Ok(())
+}
+
+fn cmd_encrypt(ctx: &Context) -> Result<(), CliError> {
+    let recipients = ctx.paths("to");
+    if recipients.is_empty() {
+        return fail("At least one recipient certificate must be given with --to");
+    }
+    let mut open = open_options(ctx, false)?;
+    if open.verify.keyring.is_empty() {
+        tracing::info!("No keyring given, not verifying the input bundle");
+        open.verify.no_verify = true;
+    }
+    let out = ctx.arg(1);
+    create::encrypt(&location(ctx.arg(0)), Path::new(out), &recipients, &open)?;
+    println!("Encrypted bundle written to {out}");
+    Ok(())
+}
+
+fn cmd_replace_signature(ctx: &Context) -> Result<(), CliError> {
+    let open = open_options(ctx, false)?;
+    let keyring = if ctx.args.has("no-verify") {
+        None
+    } else {
+        ctx.path("signing-keyring")
+            .or_else(|| ctx.path("keyring"))
+            .map(Keyring::from_path)
+    };
+    create::replace_signature(
+        &location(ctx.arg(0)),
+        Path::new(ctx.arg(1)),
+        Path::new(ctx.arg(2)),
+        keyring.as_ref(),
+        &open,
+    )?;
+    Ok(())
+}
+
+fn cmd_extract_signature(ctx: &Context) -> Result<(), CliError> {
+    let open = open_options(ctx, true)?;
+    create::extract_signature(&location(ctx.arg(0)), Path::new(ctx.arg(1)), &open)?;
+    Ok(())
+}
+
+fn cmd_extract(ctx: &Context) -> Result<(), CliError> {
+    let open = open_options(ctx, true)?;
+    let dest = PathBuf::from(ctx.arg(1));
+    if dest.symlink_metadata().is_ok() {
+        return fail(format!(
+            "Output directory '{}' already exists",
+            dest.display()
+        ));
+    }
+    let bundle = Bundle::open(&location(ctx.arg(0)), &open)?;
+    bundle.extract(&dest)?;
+    Ok(())
+}
+
+fn cmd_info(ctx: &Context) -> Result<(), CliError> {
+    let format = OutputFormat::parse(ctx.args.value("output-format").unwrap_or("readable"))?;
+    let open = open_options(ctx, true)?;
+    let bundle = Bundle::open(&location(ctx.arg(0)), &open)?;
+    let text = info::render(
+        &BundleInfo::of(&bundle),
+        format,
+        ctx.args.has("dump-cert"),
+        ctx.args.has("dump-recipients"),
+    );
+    print!("{text}");
+    if let Some((requests, bytes)) = bundle.http_stats() {
+        let pct = bytes as f64 * 100.0 / bundle.layout().bundle_size.max(1) as f64;
+        tracing::info!(
+            "downloaded {bytes} bytes in {requests} requests ({pct:.1}% of the full bundle)"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,690 @@
+//! Host-side bundle operations (spec §1.8, §9.2): `bundle`, `resign`,
+//! `replace-signature`, `extract-signature` and `encrypt`. Squashfs images are
+//! made by `mksquashfs`, like RAUC does (parity for `--mksquashfs-args`).
+
+use crate::bundle::{Bundle, OpenOptions};
+use crate::container::{self, DEFAULT_MAX_SIGNATURE_SIZE, PLAIN_MAX_PAYLOAD};
+use crate::error::{Error, Result};
+use crate::manifest::{BundleFormat, Manifest, ManifestCopy, ManifestOrigin, VerityParams};
+use crate::reader::crypt_sectors;
+use crate::signature::{self, Keyring, Signer, VerifyOptions, envelope};
+use crate::source::ReadAt;
+use crate::verity::{self, BLOCK_SIZE, HashBlockSink, TreeBuilder};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+use std::fs::{self, File, OpenOptions as FsOpen};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Name of the scratch copy of the input directory (as RAUC names it).
+pub const WORKDIR_NAME: &str = ".rauc-workdir";
+/// Largest image `block-hash-index` supports, in 4 KiB blocks.
+pub const MAX_INDEX_BLOCKS: u64 = 0x7FF_FFFF;
+
+/// Who signs and how the result is checked.
+#[derive(Debug, Clone, Default)]
+pub struct SigningOptions {
+    /// Signer certificate (PEM).
+    pub cert: Option<PathBuf>,
+    /// Signer key (PEM).
+    pub key: Option<PathBuf>,
+    /// Intermediate certificates to embed.
+    pub intermediates: Vec<PathBuf>,
+    /// Keyring the new signature is checked against (`--signing-keyring`, else `--keyring`).
+    pub keyring: Option<Keyring>,
+}
+
+impl SigningOptions {
+    fn signer(&self) -> Result<Signer> {
+        let cert = self
+            .cert
+            .as_ref()
+            .ok_or_else(|| Error::Key("Certificate missing: use --cert".to_string()))?;
+        let key = self
+            .key
+            .as_ref()
+            .ok_or_else(|| Error::Key("Key missing: use --key".to_string()))?;
+        let signer = Signer::load(cert, key, &self.intermediates)?;
+        // Fail before any long work if certificate and key do not belong together.
+        signer.sign_inline(b"")?;
+        Ok(signer)
+    }
+}
+
+/// Options of `bundle`.
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    /// Signing identity.
+    pub signing: SigningOptions,
+    /// Extra `mksquashfs` arguments (already split).
+    pub mksquashfs_args: Vec<String>,
+}
+
+/// What `bundle` made.
+#[derive(Debug, Clone)]
+pub struct Created {
+    /// Container format.
+    pub format: BundleFormat,
+    /// The signed manifest.
+    pub manifest: Manifest,
+    /// Warnings for the user (expiring certificates, large signatures).
+    pub warnings: Vec<String>,
+}
+
+fn io_err(what: &str, p: &Path, e: std::io::Error) -> Error {
+    Error::Io(format!("Failed to {what} '{}': {e}", p.display()))
+}
+
+/// Removes a file when dropped unless disarmed (no half-written bundle survives).
+struct Cleanup(Option<PathBuf>);
+
+impl Cleanup {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            if p.is_dir() {
+                let _ = fs::remove_dir_all(&p);
+            } else {
+                let _ = fs::remove_file(&p);
+            }
+        }
+    }
+}
+
+fn check_new_output(output: &Path) -> Result<()> {
+    if output.symlink_metadata().is_ok() {
+        return Err(Error::Other(format!(
+            "bundle {} already exists",
+            output.display()
+        )));
+    }
+    Ok(())
+}
+
+fn temp_path(output: &Path) -> PathBuf {
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    output.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Mirrors `input` into `work` with hard links (copies across filesystems),
+/// rejecting what RAUC rejects: absolute symlinks, symlinks with `/`, hidden
+/// top-level directories and special files.
+fn mirror_input(input: &Path, work: &Path, top: bool) -> Result<()> {
+    fs::create_dir(work).map_err(|e| io_err("create", work, e))?;
+    let mut entries: Vec<_> = fs::read_dir(input)
+        .map_err(|e| io_err("read", input, e))?
+        .collect::<std::io::Result<_>>()
+        .map_err(|e| io_err("read", input, e))?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name();
+        if top && name == WORKDIR_NAME {
+            continue;
+        }
+        let src = entry.path();
+        let dst = work.join(&name);
+        let ft = entry.file_type().map_err(|e| io_err("stat", &src, e))?;
+        if ft.is_dir() {
+            if top && name.to_string_lossy().starts_with('.') {
+                return Err(Error::Other(format!(
+                    "Hidden directories are not allowed in the bundle input directory: {}",
+                    src.display()
+                )));
+            }
+            mirror_input(&src, &dst, false)?;
+        } else if ft.is_symlink() {
+            let target = fs::read_link(&src).map_err(|e| io_err("read link", &src, e))?;
+            if target.is_absolute() || target.to_string_lossy().contains('/') {
+                return Err(Error::Other(format!(
+                    "Symlink '{}' must point to a file in the same directory (target '{}')",
+                    src.display(),
+                    target.display()
+                )));
+            }
+            std::os::unix::fs::symlink(&target, &dst)
+                .map_err(|e| io_err("create symlink", &dst, e))?;
+        } else if ft.is_file() {
+            if fs::hard_link(&src, &dst).is_err() {
+                fs::copy(&src, &dst).map_err(|e| io_err("copy", &src, e))?;
+            }
+        } else {
+            return Err(Error::Other(format!(
+                "Unsupported file type in bundle input directory: {}",
+                src.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Hashes an image; also writes its `block-hash-index` when `index` is given.
+fn hash_image(path: &Path, index: Option<&Path>) -> Result<(String, u64)> {
+    let mut f = File::open(path).map_err(|e| io_err("open image", path, e))?;
+    let mut sha = Sha256::new();
+    let mut idx_out = match index {
+        Some(p) => Some(std::io::BufWriter::new(
+            File::create(p).map_err(|e| io_err("create", p, e))?,
+        )),
+        None => None,
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = f
+                .read(&mut buf[filled..])
+                .map_err(|e| io_err("read image", path, e))?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            break;
+        }
+        sha.update(&buf[..filled]);
+        size += filled as u64;
+        if let Some(out) = idx_out.as_mut() {
+            if filled % BLOCK_SIZE != 0 {
+                return Err(Error::Other(format!(
+                    "Image '{}' size is not a multiple of 4096 bytes, as block-hash-index requires",
+                    path.display()
+                )));
+            }
+            let digests: Vec<[u8; 32]> = buf[..filled]
+                .par_chunks(BLOCK_SIZE)
+                .map(|b| Sha256::digest(b).into())
+                .collect();
+            for d in digests {
+                out.write_all(&d).map_err(|e| Error::Io(e.to_string()))?;
+            }
+        }
+        if filled < buf.len() {
+            break;
+        }
+    }
+    if let Some(mut out) = idx_out {
+        if size == 0 || size / BLOCK_SIZE as u64 > MAX_INDEX_BLOCKS {
+            return Err(Error::Other(format!(
+                "Image '{}' cannot have a block-hash-index: size must be non-zero and at most {MAX_INDEX_BLOCKS} blocks",
+                path.display()
+            )));
+        }
+        out.flush().map_err(|e| Error::Io(e.to_string()))?;
+    }
+    Ok((hex::encode(sha.finalize()), size))
+}
+
+fn run_mksquashfs(content: &Path, out: &Path, extra: &[String]) -> Result<()> {
+    let mut cmd = Command::new("mksquashfs");
+    cmd.arg(content)
+        .arg(out)
+        .args([
+            "-noappend",
+            "-no-progress",
+            "-all-root",
+            "-no-xattrs",
+            "-quiet",
+        ])
+        .args(extra);
+    let output = cmd
+        .output()
+        .map_err(|e| Error::Other(format!("Failed to run mksquashfs: {e}")))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(Error::Other(format!(
+            "mksquashfs failed ({}): {}",
+            output.status,
+            stderr.trim()
+        )));
+    }
+    Ok(())
+}
+
+struct FileSink<'a> {
+    file: &'a File,
+    base: u64,
+}
+
+impl HashBlockSink for FileSink<'_> {
+    fn put(&mut self, offset: u64, block: &[u8]) -> std::io::Result<()> {
+        self.file.write_all_at(block, self.base + offset)
+    }
+}
+
+/// Encrypts `[0, data_size)` of `file` in place, sector by sector (crypt bundles).
+fn encrypt_in_place(file: &File, data_size: u64, key: &[u8; 32]) -> Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    while off < data_size {
+        let n = (data_size - off).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], off)?;
+        buf[..n]
+            .par_chunks_mut(64 * BLOCK_SIZE)
+            .enumerate()
+            .try_for_each(|(i, chunk)| {
+                crypt_sectors(
+                    key,
+                    (off / BLOCK_SIZE as u64) + (i * 64) as u64,
+                    chunk,
+                    true,
+                )
+            })?;
+        file.write_all_at(&buf[..n], off)?;
+        off += n as u64;
+    }
+    Ok(())
+}
+
+/// Appends the dm-verity tree of `[0, data_size)`; returns the parameters.
+pub fn append_verity_tree(file: &File, data_size: u64) -> Result<VerityParams> {
+    let mut salt = [0u8; 32];
+    openssl::rand::rand_bytes(&mut salt).map_err(|e| Error::Other(e.to_string()))?;
+    let blocks = data_size / BLOCK_SIZE as u64;
+    let mut builder = TreeBuilder::new(blocks, &salt);
+    let mut sink = FileSink {
+        file,
+        base: data_size,
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    while off < data_size {
+        let n = (data_size - off).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], off)?;
+        let digests: Vec<[u8; 32]> = buf[..n]
+            .par_chunks(BLOCK_SIZE)
+            .map(|b| verity::salted_digest(&salt, b))
+            .collect();
+        for d in &digests {
+            builder.push_digest(d, &mut sink)?;
+        }
+        off += n as u64;
+    }
+    let size = builder.geometry().tree_size();
+    let hash = builder.finish(&mut sink)?;
+    file.set_len(data_size + size)?;
+    Ok(VerityParams { hash, salt, size })
+}
+
+fn signature_warnings(cms_len: usize) -> Vec<String> {
+    if cms_len as u64 > DEFAULT_MAX_SIGNATURE_SIZE {
+        vec![format!(
+            "The signature ({cms_len} bytes) is larger than the default max-bundle-signature-size ({DEFAULT_MAX_SIGNATURE_SIZE}); targets need a larger max-bundle-signature-size"
+        )]
+    } else {
+        Vec::new()
+    }
+}
+
+/// Opens the finished bundle with `keyring` and warns about chain
+/// certificates that expire within 30 days.
+fn check_new_bundle(path: &Path, keyring: &Keyring, open: &OpenOptions) -> Result<Vec<String>> {
+    let mut o = open.clone();
+    o.verify = VerifyOptions {
+        keyring: keyring.clone(),
+        no_verify: false,
+        no_check_time: false,
+    };
+    o.max_signature_size = u64::MAX;
+    o.trust_environment = true;
+    let b = Bundle::open(&path.to_string_lossy(), &o)?;
+    let soon =
+        openssl::asn1::Asn1Time::days_from_now(30).map_err(|e| Error::Other(e.to_string()))?;
+    let mut warnings = Vec::new();
+    for chain in &b.signature().chains {
+        for c in chain {
+            if let Ok(cert) = openssl::x509::X509::from_pem(c.pem.as_bytes())
+                && cert.not_after() < soon
+            {
+                warnings.push(format!(
+                    "Certificate '{}' in the signing chain expires soon ({})",
+                    c.subject, c.not_after
+                ));
+            }
+        }
+    }
+    Ok(warnings)
+}
+
+/// `bundle <INPUTDIR> <BUNDLE>`; `announce` learns the format once the
+/// manifest is read.
+pub fn create(
+    input: &Path,
+    output: &Path,
+    opts: &CreateOptions,
+    announce: &mut dyn FnMut(BundleFormat),
+) -> Result<Created> {
+    check_new_output(output)?;
+    let input_abs =
+        fs::canonicalize(input).map_err(|e| io_err("open input directory", input, e))?;
+    if !input_abs.is_dir() {
+        return Err(Error::Other(format!(
+            "Input '{}' is not a directory",
+            input.display()
+        )));
+    }
+    let out_parent = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let out_parent_abs =
+        fs::canonicalize(out_parent).map_err(|e| io_err("open output directory", out_parent, e))?;
+    if out_parent_abs.starts_with(&input_abs) {
+        return Err(Error::Other(format!(
+            "Output bundle '{}' must not be inside the input directory",
+            output.display()
+        )));
+    }
+    let signer = opts.signing.signer()?;
+
+    let work = input_abs.join(WORKDIR_NAME);
+    if work.exists() {
+        fs::remove_dir_all(&work).map_err(|e| io_err("remove stale", &work, e))?;
+    }
+    let _work_guard = Cleanup(Some(work.clone()));
+    mirror_input(&input_abs, &work, true)?;
+
+    let manifest_path = work.join("manifest.raucm");
+    let text = fs::read_to_string(&manifest_path)
+        .map_err(|e| io_err("read manifest", &manifest_path, e))?;
+    let mut manifest = Manifest::parse(&text, ManifestOrigin::Input)?;
+    if !manifest.bundle.format_explicit {
+        tracing::warn!(
+            "No format specified in manifest, using 'plain'. Consider 'verity' for streaming and verified installs."
+        );
+    }
+    let format = manifest.bundle.format;
+    announce(format);
+    for hook_file in [&manifest.hooks.filename, &manifest.handler.filename]
+        .into_iter()
+        .flatten()
+    {
+        if !work.join(hook_file).is_file() {
+            return Err(Error::Other(format!(
+                "Hook or handler file '{hook_file}' not found in input directory"
+            )));
+        }
+    }
+    if format == BundleFormat::Plain && manifest.images.iter().any(|i| i.artifact.is_some()) {
+        return Err(Error::Other(
+            "Artifacts are not supported in bundles using plain format".to_string(),
+        ));
+    }
+    for img in &mut manifest.images {
+        if !img.convert.is_empty() {
+            return Err(Error::Other(format!(
+                "Converters ('convert=' in '[{}]') are not supported by rota's bundle tool yet",
+                img.group_name()
+            )));
+        }
+        for m in &img.adaptive {
+            if m != "block-hash-index" {
+                return Err(Error::Other(format!("Unsupported adaptive method: {m}")));
+            }
+        }
+        let Some(name) = img.filename.clone() else {
+            continue;
+        };
+        let path = work.join(&name);
+        if !path.is_file() {
+            return Err(Error::Other(format!(
+                "Image file '{name}' of '[{}]' not found in input directory",
+                img.group_name()
+            )));
+        }
+        let index = if img.adaptive.iter().any(|m| m == "block-hash-index") {
+            let idx = work.join(format!("{name}.block-hash-index"));
+            let _ = fs::remove_file(&idx);
+            Some(idx)
+        } else {
+            None
+        };
+        let (sha, size) = hash_image(&path, index.as_deref())?;
+        img.sha256 = Some(sha);
+        img.size = Some(size);
+    }
+    // Replace (never write through) the hard link to the author's manifest.
+    fs::remove_file(&manifest_path).map_err(|e| io_err("replace", &manifest_path, e))?;
+    fs::write(&manifest_path, manifest.to_text(ManifestCopy::Internal))
+        .map_err(|e| io_err("write", &manifest_path, e))?;
+
+    let tmp = temp_path(output);
+    let mut out_guard = Cleanup(Some(tmp.clone()));
+    run_mksquashfs(&work, &tmp, &opts.mksquashfs_args)?;
+    let file = FsOpen::new()
+        .read(true)
+        .write(true)
+        .open(&tmp)
+        .map_err(|e| io_err("open", &tmp, e))?;
+    let data_size = file.metadata()?.len();
+    if data_size % BLOCK_SIZE as u64 != 0 {
+        return Err(Error::Other(format!(
+            "squashfs size ({data_size}) is not a multiple of 4096 bytes"
+        )));
+    }
+    let cms = match format {
+        BundleFormat::Plain => {
+            if data_size > PLAIN_MAX_PAYLOAD {
+                return Err(Error::Other(format!(
+                    "Bundle payload size {data_size} exceeds maximum for bundles using plain format (2 GiB)"
+                )));
+            }
+            let mut r = std::io::BufReader::with_capacity(1 << 20, &file);
+            signer.sign_detached(&mut r)?
+        }
+        BundleFormat::Verity | BundleFormat::Crypt => {
+            if data_size <= BLOCK_SIZE as u64 {
+                return Err(Error::Other(format!(
+                    "squashfs size ({data_size}) must be larger than 4096 bytes"
+                )));
+            }
+            if format == BundleFormat::Crypt {
+                let mut key = [0u8; 32];
+                openssl::rand::rand_bytes(&mut key).map_err(|e| Error::Other(e.to_string()))?;
+                encrypt_in_place(&file, data_size, &key)?;
+                manifest.bundle.crypt_key = Some(key);
+            }
+            manifest.bundle.verity = Some(append_verity_tree(&file, data_size)?);
+            signer.sign_inline(manifest.to_text(ManifestCopy::Inline).as_bytes())?
+        }
+    };
+    let mut w = &file;
+    w.seek(SeekFrom::End(0))?;
+    container::write_signature(&mut w, &cms).map_err(|e| io_err("write", &tmp, e))?;
+    file.sync_all()?;
+    drop(file);
+    let mut warnings = signature_warnings(cms.len());
+    if let Some(k) = &opts.signing.keyring {
+        warnings.extend(check_new_bundle(&tmp, k, &OpenOptions::default())?);
+    }
+    check_new_output(output)?;
+    fs::rename(&tmp, output).map_err(|e| io_err("create", output, e))?;
+    out_guard.disarm();
+    Ok(Created {
+        format,
+        manifest,
+        warnings,
+    })
+}
+
+/// Copies the first `len` bytes of `source` into a new file at `out`.
+fn copy_payload(source: &dyn ReadAt, len: u64, out: &mut File) -> Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    while off < len {
+        let n = (len - off).min(buf.len() as u64) as usize;
+        source.read_exact_at(off, &mut buf[..n])?;
+        out.write_all(&buf[..n])?;
+        off += n as u64;
+    }
+    Ok(())
+}
+
+fn new_output(tmp: &Path) -> Result<File> {
+    FsOpen::new()
+        .write(true)
+        .read(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(tmp)
+        .map_err(|e| io_err("create", tmp, e))
+}
+
+fn finish_output(file: File, tmp: &Path, output: &Path, mut guard: Cleanup) -> Result<()> {
+    file.sync_all()?;
+    drop(file);
+    check_new_output(output)?;
+    fs::rename(tmp, output).map_err(|e| io_err("create", output, e))?;
+    guard.disarm();
+    Ok(())
+}
+
+/// Options of `resign`.
+#[derive(Debug, Clone, Default)]
+pub struct ResignOptions {
+    /// New signer.
+    pub signing: SigningOptions,
+    /// How to open (and verify) the input.
+    pub open: OpenOptions,
+    /// Add a signer instead of replacing the signature.
+    pub append: bool,
+}
+
+/// `resign <IN> <OUT>`: verifies input signature and payload, copies the
+/// payload, writes a new (or an additional) signature over the same content.
+pub fn resign(input: &str, output: &Path, opts: &ResignOptions) -> Result<Vec<String>> {
+    check_new_output(output)?;
+    let signer = opts.signing.signer()?;
+    let bundle = Bundle::open(input, &opts.open)?;
+    bundle.check_payload()?;
+    let cms = if opts.append {
+        signer.append_to(bundle.signed_data())?
+    } else if bundle.format() == BundleFormat::Plain {
+        let payload = bundle.payload();
+        let mut r = crate::source::Cursor::with_capacity(payload, 1 << 20);
+        signer.sign_detached(&mut r)?
+    } else {
+        signer.sign_inline(bundle.manifest_bytes())?
+    };
+    let mut warnings = signature_warnings(cms.len());
+    if bundle.was_encrypted() {
+        warnings.push(
+            "The input was encrypted; the resigned bundle is not. Run 'encrypt' on it again."
+                .to_string(),
+        );
+    }
+    let tmp = temp_path(output);
+    let guard = Cleanup(Some(tmp.clone()));
+    let mut file = new_output(&tmp)?;
+    copy_payload(
+        bundle.payload_source().as_ref(),
+        bundle.layout().payload_size,
+        &mut file,
+    )?;
+    container::write_signature(&mut file, &cms)?;
+    if let Some(k) = &opts.signing.keyring {
+        file.sync_all()?;
+        warnings.extend(check_new_bundle(&tmp, k, &opts.open)?);
+    }
+    finish_output(file, &tmp, output, guard)?;
+    Ok(warnings)
+}
+
+/// `replace-signature <IN> <SIG> <OUT>`: the payload of IN with the DER CMS
+/// from SIG; the result is verified with `keyring` when one is given.
+pub fn replace_signature(
+    input: &str,
+    sig: &Path,
+    output: &Path,
+    keyring: Option<&Keyring>,
+    open: &OpenOptions,
+) -> Result<()> {
+    check_new_output(output)?;
+    let cms = fs::read(sig).map_err(|e| io_err("read signature", sig, e))?;
+    if !signature::is_enveloped(&cms) {
+        signature::parse_signed_data(&cms)?;
+    }
+    let path = crate::bundle::local_path(input)?;
+    let source =
+        crate::source::FileSource::open(&path).map_err(|e| io_err("open bundle", &path, e))?;
+    let layout = container::Layout::read(&source, u64::MAX)?;
+    let tmp = temp_path(output);
+    let guard = Cleanup(Some(tmp.clone()));
+    let mut file = new_output(&tmp)?;
+    copy_payload(&source, layout.payload_size, &mut file)?;
+    container::write_signature(&mut file, &cms)?;
+    file.sync_all()?;
+    if let Some(k) = keyring {
+        let mut o = open.clone();
+        o.verify = VerifyOptions {
+            keyring: k.clone(),
+            ..o.verify.clone()
+        };
+        o.trust_environment = true;
+        let b = Bundle::open(&tmp.to_string_lossy(), &o)?;
+        b.check_payload()?;
+    } else {
+        tracing::info!("No keyring given, not verifying the new signature");
+    }
+    finish_output(file, &tmp, output, guard)
+}
+
+/// `extract-signature <BUNDLE> <OUTSIG>`: writes the (decrypted) SignedData, mode 0600.
+pub fn extract_signature(input: &str, output: &Path, open: &OpenOptions) -> Result<()> {
+    let bundle = Bundle::open(input, open)?;
+    let mut f = FsOpen::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(output)
+        .map_err(|e| io_err("create", output, e))?;
+    f.write_all(bundle.signed_data())
+        .map_err(|e| io_err("write", output, e))?;
+    Ok(())
+}
+
+/// `encrypt <IN> <OUT> --to CERT…`: wraps a crypt bundle's signature in an
+/// EnvelopedData for the recipients; the payload is reused byte for byte.
+pub fn encrypt(
+    input: &str,
+    output: &Path,
+    recipients: &[PathBuf],
+    open: &OpenOptions,
+) -> Result<usize> {
+    check_new_output(output)?;
+    if recipients.is_empty() {
+        return Err(Error::Other(
+            "No recipient certificates given: use --to".to_string(),
+        ));
+    }
+    let certs = envelope::load_recipients(recipients)?;
+    let bundle = Bundle::open(input, open)?;
+    if bundle.format() != BundleFormat::Crypt {
+        return Err(Error::Other(
+            "Refused to encrypt input bundle that is not in 'crypt' format.".to_string(),
+        ));
+    }
+    let env = envelope::encrypt(bundle.signed_data(), &certs)?;
+    let tmp = temp_path(output);
+    let guard = Cleanup(Some(tmp.clone()));
+    let mut file = new_output(&tmp)?;
+    copy_payload(
+        bundle.payload_source().as_ref(),
+        bundle.layout().payload_size,
+        &mut file,
+    )?;
+    container::write_signature(&mut file, &env)?;
+    finish_output(file, &tmp, output, guard)?;
+    Ok(env.len())
+}

@@ -1,0 +1,278 @@
+//! The parts of `system.conf` that bundle commands consult (spec §3.1):
+//! keyring, decryption key, signature size limit, allowed formats and
+//! streaming TLS settings. `info` and `extract` use a config when one is
+//! found; a missing file means built-in defaults, a broken one is an error.
+
+use crate::container::DEFAULT_MAX_SIGNATURE_SIZE;
+use crate::error::{Error, Result};
+use crate::keyfile::{self, KeyFile};
+use crate::manifest::BundleFormat;
+use crate::signature::{Keyring, Purpose};
+use std::path::{Path, PathBuf};
+
+/// Where RAUC looks for `system.conf`, first existing wins.
+pub const SEARCH_PATHS: [&str; 3] = [
+    "/etc/rauc/system.conf",
+    "/run/rauc/system.conf",
+    "/usr/lib/rauc/system.conf",
+];
+
+/// Settings bundle commands take from `system.conf`.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// The file read, if any.
+    pub path: Option<PathBuf>,
+    /// `[keyring]`.
+    pub keyring: Keyring,
+    /// `[system] max-bundle-signature-size`.
+    pub max_signature_size: u64,
+    /// `[system] bundle-formats` (`None`: all).
+    pub bundle_formats: Option<Vec<BundleFormat>>,
+    /// `[encryption] key`.
+    pub decryption_key: Option<PathBuf>,
+    /// `[encryption] cert`.
+    pub decryption_cert: Option<PathBuf>,
+    /// `[streaming] tls-ca`.
+    pub tls_ca: Option<PathBuf>,
+    /// `[streaming] tls-cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// `[streaming] tls-key`.
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            path: None,
+            keyring: Keyring::default(),
+            max_signature_size: DEFAULT_MAX_SIGNATURE_SIZE,
+            bundle_formats: None,
+            decryption_key: None,
+            decryption_cert: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+/// Applies one `-C SECTION:KEY=VALUE` override to a parsed key file.
+pub fn apply_override(kf: &mut KeyFile, spec: &str) -> Result<()> {
+    let Some((section, rest)) = spec.split_once(':') else {
+        return Err(Error::Other(
+            "Error in parsing override: Missing ':'".to_string(),
+        ));
+    };
+    let Some((key, value)) = rest.split_once('=') else {
+        return Err(Error::Other(
+            "Error in parsing override: Missing '='".to_string(),
+        ));
+    };
+    if section.is_empty() || key.is_empty() {
+        return Err(Error::Other(
+            "Error in parsing override: you must specify it in format SECTION:KEY=VALUE"
+                .to_string(),
+        ));
+    }
+    kf.group_mut(section).set_raw(key, value);
+    Ok(())
+}
+
+/// Parses `bundle-formats`: a fixed list, or only `+fmt`/`-fmt` changes to the default.
+pub fn parse_bundle_formats(value: &str) -> Result<Vec<BundleFormat>> {
+    let all = [
+        BundleFormat::Plain,
+        BundleFormat::Verity,
+        BundleFormat::Crypt,
+    ];
+    let words: Vec<&str> = value.split_whitespace().collect();
+    let modifiers = words.iter().filter(|w| w.starts_with(['+', '-'])).count();
+    if modifiers != 0 && modifiers != words.len() {
+        return Err(Error::Other(format!(
+            "Invalid bundle-formats '{value}': use either a list of formats or only +/- modifiers"
+        )));
+    }
+    let parse = |w: &str| {
+        BundleFormat::parse(w)
+            .ok_or_else(|| Error::Other(format!("Invalid bundle format '{w}' in bundle-formats")))
+    };
+    let mut set: Vec<BundleFormat> = if modifiers == 0 {
+        Vec::new()
+    } else {
+        all.to_vec()
+    };
+    for w in words {
+        if let Some(f) = w.strip_prefix('+') {
+            let f = parse(f)?;
+            if !set.contains(&f) {
+                set.push(f);
+            }
+        } else if let Some(f) = w.strip_prefix('-') {
+            let f = parse(f)?;
+            set.retain(|x| *x != f);
+        } else {
+            let f = parse(w)?;
+            if !set.contains(&f) {
+                set.push(f);
+            }
+        }
+    }
+    if set.is_empty() {
+        return Err(Error::Other(format!(
+            "Invalid bundle-formats '{value}': no format left"
+        )));
+    }
+    Ok(set)
+}
+
+fn resolve(base: &Path, value: String) -> PathBuf {
+    if value.starts_with("pkcs11:") {
+        return PathBuf::from(value);
+    }
+    let p = PathBuf::from(value);
+    if p.is_absolute() { p } else { base.join(p) }
+}
+
+impl HostConfig {
+    /// Loads `explicit` (which must exist) or the first file of
+    /// [`SEARCH_PATHS`]; then applies `-C` overrides.
+    pub fn load(explicit: Option<&Path>, overrides: &[String]) -> Result<HostConfig> {
+        let path = match explicit {
+            Some(p) => Some(p.to_path_buf()),
+            None => SEARCH_PATHS.iter().map(PathBuf::from).find(|p| p.exists()),
+        };
+        let mut kf = match &path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    Error::Other(format!(
+                        "Failed to load system config '{}': {e}",
+                        p.display()
+                    ))
+                })?;
+                KeyFile::parse(&text).map_err(|e| {
+                    Error::Other(format!(
+                        "Failed to load system config '{}': line {}: {e}",
+                        p.display(),
+                        e.line.unwrap_or(0)
+                    ))
+                })?
+            }
+            None => KeyFile::default(),
+        };
+        for o in overrides {
+            apply_override(&mut kf, o)?;
+        }
+        let base = path
+            .as_deref()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let mut c = HostConfig {
+            path: path.clone(),
+            ..HostConfig::default()
+        };
+        let get = |g: &str, k: &str| -> Result<Option<String>> {
+            match kf.group(g).and_then(|g| g.entry(k)) {
+                Some(e) => keyfile::unescape_string(&e.raw)
+                    .map(Some)
+                    .map_err(Error::Other),
+                None => Ok(None),
+            }
+        };
+        let get_bool = |g: &str, k: &str| -> Result<bool> {
+            match get(g, k)? {
+                Some(v) => keyfile::parse_bool(&v).ok_or_else(|| {
+                    Error::Other(format!(
+                        "Invalid boolean '{v}' for key '{k}' in group '[{g}]'"
+                    ))
+                }),
+                None => Ok(false),
+            }
+        };
+        c.keyring.path = get("keyring", "path")?.map(|v| resolve(&base, v));
+        c.keyring.directory = get("keyring", "directory")?.map(|v| resolve(&base, v));
+        c.keyring.check_crl = get_bool("keyring", "check-crl")?;
+        c.keyring.allow_partial_chain = get_bool("keyring", "allow-partial-chain")?;
+        c.keyring.use_bundle_signing_time = get_bool("keyring", "use-bundle-signing-time")?;
+        c.keyring.check_purpose = get("keyring", "check-purpose")?
+            .map(|p| Purpose::parse(&p))
+            .transpose()?;
+        if let Some(e) = kf
+            .group("keyring")
+            .and_then(|g| g.entry("allowed-signer-cns"))
+        {
+            c.keyring.allowed_signer_cns = keyfile::parse_list(&e.raw).map_err(Error::Other)?;
+        }
+        if let Some(v) = get("system", "max-bundle-signature-size")? {
+            c.max_signature_size = keyfile::parse_u64(&v)
+                .filter(|n| *n > 0)
+                .ok_or_else(|| Error::Other(format!("Invalid max-bundle-signature-size '{v}'")))?;
+        }
+        c.bundle_formats = get("system", "bundle-formats")?
+            .map(|v| parse_bundle_formats(&v))
+            .transpose()?;
+        c.decryption_key = get("encryption", "key")?.map(|v| resolve(&base, v));
+        c.decryption_cert = get("encryption", "cert")?.map(|v| resolve(&base, v));
+        c.tls_ca = get("streaming", "tls-ca")?.map(PathBuf::from);
+        c.tls_cert = get("streaming", "tls-cert")?.map(PathBuf::from);
+        c.tls_key = get("streaming", "tls-key")?.map(PathBuf::from);
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_and_errors() {
+        let mut kf = KeyFile::default();
+        apply_override(&mut kf, "slot.rootfs.0:device=/dev/sda3").unwrap();
+        assert_eq!(
+            kf.group("slot.rootfs.0")
+                .unwrap()
+                .entry("device")
+                .unwrap()
+                .raw,
+            "/dev/sda3"
+        );
+        assert_eq!(
+            apply_override(&mut kf, "a:b").unwrap_err().to_string(),
+            "Error in parsing override: Missing '='"
+        );
+        assert_eq!(
+            apply_override(&mut kf, "ab=c").unwrap_err().to_string(),
+            "Error in parsing override: Missing ':'"
+        );
+    }
+
+    #[test]
+    fn bundle_formats() {
+        use BundleFormat::*;
+        assert_eq!(
+            parse_bundle_formats("plain verity").unwrap(),
+            vec![Plain, Verity]
+        );
+        assert_eq!(parse_bundle_formats("-plain").unwrap(), vec![Verity, Crypt]);
+        assert!(parse_bundle_formats("verity -plain").is_err());
+        assert!(parse_bundle_formats("-plain -verity -crypt").is_err());
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("system.conf");
+        std::fs::write(&conf, "[system]\ncompatible=x\nbootloader=noop\n[keyring]\npath=ca.pem\ncheck-crl=true\n[encryption]\nkey=/abs/key.pem\n").unwrap();
+        let c = HostConfig::load(
+            Some(&conf),
+            &["keyring:allow-partial-chain=true".to_string()],
+        )
+        .unwrap();
+        assert_eq!(
+            c.keyring.path.as_deref(),
+            Some(dir.path().join("ca.pem").as_path())
+        );
+        assert!(c.keyring.check_crl && c.keyring.allow_partial_chain);
+        assert_eq!(c.decryption_key.as_deref(), Some(Path::new("/abs/key.pem")));
+    }
+}

@@ -1,0 +1,346 @@
+//! The bundle's squashfs, read with `backhand` over a verified reader: list,
+//! read and extract files without mounting anything.
+
+use crate::error::{Error, Result};
+use crate::source::{Cursor, ReadAt};
+use backhand::{FilesystemReader, InnerNode, Node, SquashfsFileReader};
+use std::ffi::CString;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Remembers the last error of the verified source, because backhand's file
+/// reader replaces it with a generic "Failed to decompress data".
+#[derive(Clone, Default)]
+struct ErrorSlot(Arc<Mutex<Option<String>>>);
+
+struct RecordingSource {
+    inner: Arc<dyn ReadAt>,
+    slot: ErrorSlot,
+}
+
+impl ReadAt for RecordingSource {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.inner.read_exact_at(offset, buf).inspect_err(|e| {
+            *self.slot.0.lock().expect("error slot") = Some(e.to_string());
+        })
+    }
+}
+
+/// Kind of a squashfs entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    /// Regular file of the given size.
+    File(u64),
+    /// Directory.
+    Dir,
+    /// Symbolic link to the given target.
+    Symlink(PathBuf),
+    /// Character device (Linux `dev_t` encoding of squashfs).
+    CharDevice(u32),
+    /// Block device.
+    BlockDevice(u32),
+    /// Named pipe.
+    Fifo,
+    /// Socket.
+    Socket,
+}
+
+/// One entry with its metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Path relative to the squashfs root (`""` for the root).
+    pub path: String,
+    /// What it is.
+    pub kind: EntryKind,
+    /// Permission bits (no type bits).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time (Unix seconds).
+    pub mtime: u32,
+}
+
+/// A squashfs opened over a (verified) payload reader.
+pub struct BundleFs {
+    fs: FilesystemReader<'static>,
+    errors: ErrorSlot,
+}
+
+fn rel(p: &Path) -> String {
+    p.to_string_lossy().trim_start_matches('/').to_string()
+}
+
+/// Splits a squashfs device number into (major, minor).
+pub fn split_dev(dev: u32) -> (u32, u32) {
+    ((dev & 0xfff00) >> 8, (dev & 0xff) | ((dev >> 12) & 0xfff00))
+}
+
+impl BundleFs {
+    /// Parses the squashfs superblock, tables and directory tree.
+    pub fn open(payload: Arc<dyn ReadAt>) -> Result<BundleFs> {
+        let errors = ErrorSlot::default();
+        let source = RecordingSource {
+            inner: payload,
+            slot: errors.clone(),
+        };
+        let cursor = Cursor::new(source);
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            FilesystemReader::from_reader(cursor)
+        }));
+        let fs = match opened {
+            Ok(Ok(fs)) => fs,
+            Ok(Err(e)) => {
+                return Err(Self::cause(
+                    &errors,
+                    format!("Failed to read bundle squashfs: {e}"),
+                ));
+            }
+            Err(_) => {
+                return Err(Self::cause(
+                    &errors,
+                    "Failed to read bundle squashfs: malformed image".to_string(),
+                ));
+            }
+        };
+        Ok(BundleFs { fs, errors })
+    }
+
+    fn cause(slot: &ErrorSlot, fallback: String) -> Error {
+        match slot.0.lock().expect("error slot").take() {
+            Some(m) => Error::Payload(m),
+            None => Error::Payload(fallback),
+        }
+    }
+
+    fn error(&self, fallback: impl Into<String>) -> Error {
+        Self::cause(&self.errors, fallback.into())
+    }
+
+    fn nodes(&self) -> impl Iterator<Item = &Node<SquashfsFileReader>> {
+        self.fs.files()
+    }
+
+    fn node(&self, path: &str) -> Option<&Node<SquashfsFileReader>> {
+        let want = path.trim_start_matches('/');
+        self.nodes().find(|n| rel(&n.fullpath) == want)
+    }
+
+    /// Every entry, parents before children.
+    pub fn entries(&self) -> Vec<Entry> {
+        self.nodes().map(entry_of).collect()
+    }
+
+    /// The entry at `path`, if any.
+    pub fn entry(&self, path: &str) -> Option<Entry> {
+        self.node(path).map(entry_of)
+    }
+
+    /// Streams one regular file into `out`; returns the bytes written.
+    pub fn copy_file(&self, path: &str, out: &mut dyn Write) -> Result<u64> {
+        let node = self
+            .node(path)
+            .ok_or_else(|| Error::Other(format!("File '{path}' not found in bundle")))?;
+        let InnerNode::File(f) = &node.inner else {
+            return Err(Error::Other(format!(
+                "'{path}' in bundle is not a regular file"
+            )));
+        };
+        self.copy_node(f, path, out)
+    }
+
+    fn copy_node(&self, f: &SquashfsFileReader, path: &str, out: &mut dyn Write) -> Result<u64> {
+        let mut reader = self
+            .fs
+            .file(f)
+            .reader_checked()
+            .map_err(|e| self.error(format!("Failed to read '{path}' from bundle: {e}")))?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(self.error(format!("Failed to read '{path}' from bundle: {e}")));
+                }
+            };
+            out.write_all(&buf[..n])
+                .map_err(|e| Error::Io(format!("Failed to write '{path}': {e}")))?;
+            total += n as u64;
+        }
+        if total != f.file_len() as u64 {
+            return Err(self.error(format!(
+                "Failed to read '{path}' from bundle: got {total} of {} bytes",
+                f.file_len()
+            )));
+        }
+        Ok(total)
+    }
+
+    /// Reads one regular file completely.
+    pub fn read_file(&self, path: &str) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.copy_file(path, &mut out)?;
+        Ok(out)
+    }
+
+    /// Extracts everything below `dest` (created if missing), keeping modes,
+    /// owners (when root), times, links, devices and fifos.
+    pub fn extract_to(&self, dest: &Path) -> Result<()> {
+        let io_err = |what: &str, p: &Path, e: io::Error| {
+            Error::Io(format!("Failed to {what} '{}': {e}", p.display()))
+        };
+        std::fs::create_dir_all(dest).map_err(|e| io_err("create", dest, e))?;
+        let is_root = unsafe { libc::geteuid() } == 0;
+        let mut dirs = Vec::new();
+        for node in self.nodes() {
+            let relp = rel(&node.fullpath);
+            if relp.split('/').any(|c| c == "..") {
+                return Err(Error::Payload(format!("Invalid path in bundle: {relp}")));
+            }
+            let target = if relp.is_empty() {
+                dest.to_path_buf()
+            } else {
+                dest.join(&relp)
+            };
+            let mode = u32::from(node.header.permissions) & 0o7777;
+            match &node.inner {
+                InnerNode::Dir(_) => {
+                    if !relp.is_empty() {
+                        std::fs::create_dir(&target)
+                            .map_err(|e| io_err("create directory", &target, e))?;
+                    }
+                    dirs.push((target.clone(), node));
+                    continue;
+                }
+                InnerNode::File(f) => {
+                    let mut out =
+                        std::fs::File::create(&target).map_err(|e| io_err("create", &target, e))?;
+                    self.copy_node(f, &relp, &mut out)?;
+                }
+                InnerNode::Symlink(s) => {
+                    std::os::unix::fs::symlink(&s.link, &target)
+                        .map_err(|e| io_err("create symlink", &target, e))?;
+                }
+                InnerNode::CharacterDevice(d) => {
+                    mknod(&target, libc::S_IFCHR, mode, d.device_number)?
+                }
+                InnerNode::BlockDevice(d) => mknod(&target, libc::S_IFBLK, mode, d.device_number)?,
+                InnerNode::NamedPipe => mknod(&target, libc::S_IFIFO, mode, 0)?,
+                InnerNode::Socket => {
+                    tracing::warn!("skipping socket '{relp}'");
+                    continue;
+                }
+            }
+            apply_metadata(
+                &target,
+                node,
+                is_root,
+                !matches!(node.inner, InnerNode::Symlink(_)),
+            )?;
+        }
+        // Directories last and deepest first, so read-only modes do not block children.
+        for (path, node) in dirs.into_iter().rev() {
+            apply_metadata(&path, node, is_root, true)?;
+        }
+        Ok(())
+    }
+}
+
+fn entry_of(n: &Node<SquashfsFileReader>) -> Entry {
+    let kind = match &n.inner {
+        InnerNode::File(f) => EntryKind::File(f.file_len() as u64),
+        InnerNode::Dir(_) => EntryKind::Dir,
+        InnerNode::Symlink(s) => EntryKind::Symlink(s.link.clone()),
+        InnerNode::CharacterDevice(d) => EntryKind::CharDevice(d.device_number),
+        InnerNode::BlockDevice(d) => EntryKind::BlockDevice(d.device_number),
+        InnerNode::NamedPipe => EntryKind::Fifo,
+        InnerNode::Socket => EntryKind::Socket,
+    };
+    Entry {
+        path: rel(&n.fullpath),
+        kind,
+        mode: u32::from(n.header.permissions) & 0o7777,
+        uid: n.header.uid,
+        gid: n.header.gid,
+        mtime: n.header.mtime,
+    }
+}
+
+fn cpath(p: &Path) -> Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| Error::Payload(format!("Invalid path in bundle: {}", p.display())))
+}
+
+fn mknod(p: &Path, kind: libc::mode_t, mode: u32, dev: u32) -> Result<()> {
+    let (major, minor) = split_dev(dev);
+    let c = cpath(p)?;
+    if unsafe {
+        libc::mknod(
+            c.as_ptr(),
+            kind | mode as libc::mode_t,
+            libc::makedev(major, minor),
+        )
+    } != 0
+    {
+        return Err(Error::Io(format!(
+            "Failed to create '{}': {}",
+            p.display(),
+            io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
+fn apply_metadata(
+    p: &Path,
+    node: &Node<SquashfsFileReader>,
+    is_root: bool,
+    chmod: bool,
+) -> Result<()> {
+    let c = cpath(p)?;
+    let fail = |what: &str| {
+        Error::Io(format!(
+            "Failed to set {what} of '{}': {}",
+            p.display(),
+            io::Error::last_os_error()
+        ))
+    };
+    unsafe {
+        if is_root && libc::lchown(c.as_ptr(), node.header.uid, node.header.gid) != 0 {
+            return Err(fail("owner"));
+        }
+        if chmod
+            && libc::chmod(
+                c.as_ptr(),
+                (u32::from(node.header.permissions) & 0o7777) as libc::mode_t,
+            ) != 0
+        {
+            return Err(fail("mode"));
+        }
+        let t = libc::timespec {
+            tv_sec: node.header.mtime as libc::time_t,
+            tv_nsec: 0,
+        };
+        let times = [t, t];
+        if libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        ) != 0
+        {
+            return Err(fail("times"));
+        }
+    }
+    Ok(())
+}
