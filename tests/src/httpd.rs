@@ -1,0 +1,212 @@
+//! A small in-process HTTP/1.1 file server for tests. It honours single
+//! `Range` requests like a real server and can be told to misbehave
+//! (ignore ranges, lie about them, fail) to test client behaviour.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+/// How the server answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Honest range support.
+    Normal,
+    /// Ignore `Range` and send `200` with the whole file.
+    IgnoreRange,
+    /// Answer every request with this status and an empty body.
+    Status(u16),
+    /// Send `206` with a `Content-Range` that does not match the request.
+    WrongRange,
+}
+
+/// One request as received.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Request path.
+    pub path: String,
+    /// Header names (lower-case) and values, in order.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Request {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let n = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == n)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Default)]
+struct State {
+    files: HashMap<String, Arc<Vec<u8>>>,
+    requests: Vec<Request>,
+}
+
+/// A running server; stops when dropped.
+pub struct Server {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    mode: Arc<Mutex<Mode>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Server {
+    /// Starts on an ephemeral port of 127.0.0.1.
+    pub fn start() -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(State::default()));
+        let mode = Arc::new(Mutex::new(Mode::Normal));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, m, st) = (state.clone(), mode.clone(), stop.clone());
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let (s, m) = (s.clone(), m.clone());
+                thread::spawn(move || {
+                    let _ = serve_connection(conn, &s, &m);
+                });
+            }
+        });
+        Server {
+            addr,
+            state,
+            mode,
+            stop,
+        }
+    }
+
+    /// Serves `data` at `path` (e.g. `/b.raucb`).
+    pub fn put(&self, path: &str, data: Vec<u8>) {
+        self.state
+            .lock()
+            .unwrap()
+            .files
+            .insert(path.to_string(), Arc::new(data));
+    }
+
+    /// Changes the behaviour for subsequent requests.
+    pub fn set_mode(&self, mode: Mode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    /// URL of `path` on this server.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Requests seen so far.
+    pub fn requests(&self) -> Vec<Request> {
+        self.state.lock().unwrap().requests.clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn parse_range(v: &str, len: u64) -> Option<(u64, u64)> {
+    let spec = v.strip_prefix("bytes=")?;
+    let (a, b) = spec.split_once('-')?;
+    let a: u64 = a.parse().ok()?;
+    let b: u64 = if b.is_empty() {
+        len - 1
+    } else {
+        b.parse().ok()?
+    };
+    (a <= b && b < len).then_some((a, b))
+}
+
+fn serve_connection(
+    conn: TcpStream,
+    state: &Mutex<State>,
+    mode: &Mutex<Mode>,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut out = conn;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_string();
+        let path = parts.next().unwrap_or("/").to_string();
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h)? == 0 {
+                return Ok(());
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+            }
+        }
+        let req = Request {
+            path: path.clone(),
+            headers,
+        };
+        let file = {
+            let mut st = state.lock().unwrap();
+            st.requests.push(req.clone());
+            st.files.get(&path).cloned()
+        };
+        let mode = mode.lock().unwrap().clone();
+        let head = method == "HEAD";
+        let Some(data) = file else {
+            write!(out, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")?;
+            continue;
+        };
+        let len = data.len() as u64;
+        let range = req.header("range").and_then(|r| parse_range(r, len));
+        match (mode, range) {
+            (Mode::Status(code), _) => {
+                write!(out, "HTTP/1.1 {code} Status\r\nContent-Length: 0\r\n\r\n")?
+            }
+            (Mode::IgnoreRange, _) | (_, None) => {
+                write!(out, "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n")?;
+                if !head {
+                    out.write_all(&data)?;
+                }
+            }
+            (Mode::WrongRange, Some((a, b))) => {
+                let (a2, b2) = (a + 1, (b + 1).min(len - 1));
+                write!(
+                    out,
+                    "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a2}-{b2}/{len}\r\nContent-Length: {}\r\n\r\n",
+                    b2 - a2 + 1
+                )?;
+                if !head {
+                    out.write_all(&data[a2 as usize..=b2 as usize])?;
+                }
+            }
+            (Mode::Normal, Some((a, b))) => {
+                write!(
+                    out,
+                    "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a}-{b}/{len}\r\nContent-Length: {}\r\nETag: \"t1\"\r\n\r\n",
+                    b - a + 1
+                )?;
+                if !head {
+                    out.write_all(&data[a as usize..=b as usize])?;
+                }
+            }
+        }
+        out.flush()?;
+    }
+}

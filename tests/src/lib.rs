@@ -1,0 +1,308 @@
+//! Test kit shared by rota's integration tests: the binaries under test, a
+//! real OpenSSL PKI, bundle content builders, command runners and HTTP
+//! servers (nginx, and an in-process one that can misbehave on purpose).
+
+pub mod httpd;
+pub mod nginx;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, OnceLock};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace")
+        .to_path_buf()
+}
+
+/// Cargo's target directory.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"))
+}
+
+/// Runs `f` while holding an exclusive lock on `target/<name>.lock`, so
+/// parallel test binaries do not race on shared fixtures.
+fn with_lock<T>(name: &str, f: impl FnOnce() -> T) -> T {
+    let dir = target_dir();
+    fs::create_dir_all(&dir).expect("target dir");
+    let lock = fs::File::create(dir.join(format!("{name}.lock"))).expect("lock file");
+    assert_eq!(
+        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) },
+        0,
+        "flock"
+    );
+    let r = f();
+    unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_UN) };
+    r
+}
+
+/// Path of a workspace binary, built (once per process) if needed.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "-q", "--bins", "-p", "rota", "-p", "rota-bundle"])
+            .current_dir(workspace())
+            .status()
+            .expect("run cargo build");
+        assert!(st.success(), "building the binaries under test failed");
+    });
+    target_dir().join("debug").join(name)
+}
+
+/// `rota` (the multi-call binary).
+pub fn rota() -> Command {
+    Command::new(bin("rota"))
+}
+
+/// The `rota` binary invoked under the name `rauc` (through a symlink).
+pub fn rota_as_rauc() -> Command {
+    static LINK: OnceLock<PathBuf> = OnceLock::new();
+    let link = LINK.get_or_init(|| {
+        let dir = target_dir().join("rauc-alias");
+        fs::create_dir_all(&dir).unwrap();
+        let link = dir.join("rauc");
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(bin("rota"), &link).unwrap();
+        link
+    });
+    Command::new(link)
+}
+
+/// Debian's `rauc` (1.8), the interop peer.
+pub fn peer_rauc() -> Command {
+    assert!(
+        Path::new("/usr/bin/rauc").exists(),
+        "Debian's rauc is not installed: run scripts/test, or apt-get install rauc"
+    );
+    Command::new("/usr/bin/rauc")
+}
+
+/// The test PKI (see `tests/pki/make-pki.sh`), made once per checkout.
+pub fn pki() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = target_dir().join("test-pki");
+        with_lock("test-pki", || {
+            if !dir.join("keyring.pem").exists() {
+                let tmp = target_dir().join("test-pki.tmp");
+                let _ = fs::remove_dir_all(&tmp);
+                let st = Command::new("sh")
+                    .arg(workspace().join("tests/pki/make-pki.sh"))
+                    .arg(&tmp)
+                    .status()
+                    .expect("run make-pki.sh");
+                assert!(st.success(), "make-pki.sh failed");
+                let _ = fs::remove_dir_all(&dir);
+                fs::rename(&tmp, &dir).expect("install test PKI");
+            }
+        });
+        dir
+    })
+}
+
+/// A file of the test PKI.
+pub fn pki_file(name: &str) -> PathBuf {
+    pki().join(name)
+}
+
+/// Finished command with convenient accessors.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit code (-1 when killed by a signal).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Run {
+    /// Panics with both streams unless the command succeeded.
+    #[track_caller]
+    pub fn ok(self) -> Run {
+        assert_eq!(
+            self.code, 0,
+            "command failed\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// Panics unless the command failed with exit code 1.
+    #[track_caller]
+    pub fn fails(self) -> Run {
+        assert_eq!(
+            self.code, 1,
+            "command should fail with 1\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// Runs a command to completion.
+pub fn run(cmd: &mut Command) -> Run {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), different per `seed`.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Lowercase hex SHA-256.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// A bundle input directory being assembled.
+pub struct Content {
+    /// The directory.
+    pub dir: PathBuf,
+}
+
+impl Content {
+    /// An empty content directory at `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Content {
+        let dir = dir.into();
+        fs::create_dir_all(&dir).unwrap();
+        Content { dir }
+    }
+
+    /// Adds a file with pseudo-random content; returns its bytes.
+    pub fn image(&self, name: &str, len: usize, seed: u64) -> Vec<u8> {
+        let data = pseudo_random(len, seed);
+        fs::write(self.dir.join(name), &data).unwrap();
+        data
+    }
+
+    /// Adds a file with the given content.
+    pub fn file(&self, name: &str, data: &[u8]) -> &Content {
+        fs::write(self.dir.join(name), data).unwrap();
+        self
+    }
+
+    /// Writes `manifest.raucm`.
+    pub fn manifest(&self, text: &str) -> &Content {
+        self.file("manifest.raucm", text.as_bytes())
+    }
+
+    /// The standard two-image content used across tests: `rootfs.img`
+    /// (256 KiB) and `appfs.img` (64 KiB), with the given `[bundle] format`.
+    pub fn standard(dir: impl Into<PathBuf>, format: &str) -> Content {
+        let c = Content::new(dir);
+        c.image("rootfs.img", 256 * 1024, 1);
+        c.image("appfs.img", 64 * 1024, 2);
+        c.manifest(&format!(
+            "[update]\ncompatible=Test Config\nversion=2024.08-1\ndescription=Spec test bundle\nbuild=20240824\n\n[bundle]\nformat={format}\n\n[image.rootfs]\nfilename=rootfs.img\n\n[image.appfs]\nfilename=appfs.img\n"
+        ));
+        c
+    }
+}
+
+/// Signs `content` into `out` with rota, using signer `signer` of the test PKI
+/// (`release`, `expired`, …) and the intermediate.
+pub fn rota_bundle(content: &Path, out: &Path, signer: &str) -> Run {
+    run(rota()
+        .arg("bundle")
+        .arg("--cert")
+        .arg(pki_file(&format!("{signer}.pem")))
+        .arg("--key")
+        .arg(pki_file(&format!("{signer}.key")))
+        .arg("--intermediate")
+        .arg(pki_file("inter.pem"))
+        .arg(content)
+        .arg(out))
+}
+
+/// Signs `content` into `out` with Debian's rauc.
+pub fn peer_bundle(content: &Path, out: &Path, signer: &str) -> Run {
+    run(peer_rauc()
+        .arg("bundle")
+        .arg("--cert")
+        .arg(pki_file(&format!("{signer}.pem")))
+        .arg("--key")
+        .arg(pki_file(&format!("{signer}.key")))
+        .arg("--intermediate")
+        .arg(pki_file("inter.pem"))
+        .arg(content)
+        .arg(out))
+}
+
+/// `cmd` with `--keyring=<test root>` appended.
+pub fn with_keyring(cmd: &mut Command) -> &mut Command {
+    cmd.arg(format!("--keyring={}", pki_file("keyring.pem").display()))
+}
+
+/// Recursively lists files under `dir` with their SHA-256 (relative path → hash).
+pub fn tree_digest(dir: &Path) -> Vec<(String, String)> {
+    fn walk(base: &Path, d: &Path, out: &mut Vec<(String, String)>) {
+        let mut entries: Vec<_> = fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        for p in entries {
+            let rel = p.strip_prefix(base).unwrap().to_string_lossy().into_owned();
+            let md = fs::symlink_metadata(&p).unwrap();
+            if md.is_dir() {
+                out.push((rel, "dir".into()));
+                walk(base, &p, out);
+            } else if md.file_type().is_symlink() {
+                out.push((rel, format!("-> {}", fs::read_link(&p).unwrap().display())));
+            } else {
+                out.push((rel, sha256_hex(&fs::read(&p).unwrap())));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// Serializes tests that must not run concurrently (e.g. heavy I/O).
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static M: Mutex<()> = Mutex::new(());
+    M.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether `prog` is on `PATH`.
+pub fn have(prog: impl AsRef<OsStr>) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "command -v {} >/dev/null",
+            prog.as_ref().to_string_lossy()
+        ))
+        .status()
+        .is_ok_and(|s| s.success())
+}
