@@ -49,18 +49,14 @@ impl Default for OpenOptions {
 
 /// Whether `location` names a remote bundle.
 pub fn is_remote(location: &str) -> bool {
-    ["http://", "https://"]
-        .iter()
-        .any(|s| location.starts_with(s))
+    ["http://", "https://"].iter().any(|s| location.starts_with(s))
 }
 
 /// Turns a `file://` URI into a path; other strings are paths already.
 pub fn local_path(location: &str) -> Result<PathBuf> {
     match location.strip_prefix("file://") {
         Some(rest) if rest.starts_with('/') => Ok(PathBuf::from(rest)),
-        Some(_) => Err(Error::Other(format!(
-            "Invalid file URI '{location}': a host part is not supported"
-        ))),
+        Some(_) => Err(Error::Other(format!("Invalid file URI '{location}': a host part is not supported"))),
         None => Ok(PathBuf::from(location)),
     }
 }
@@ -87,24 +83,22 @@ pub struct Bundle {
 
 fn inline_manifest_check(m: &Manifest) -> Result<()> {
     match m.bundle.format {
-        BundleFormat::Plain => Err(Error::Format(
-            "Bundle format 'plain' not allowed for external manifest".to_string(),
-        )),
-        _ if m.bundle.verity.is_none() => Err(Error::Format(
-            "Missing verity parameters in signed manifest".to_string(),
-        )),
-        BundleFormat::Crypt if m.bundle.crypt_key.is_none() => Err(Error::Format(
-            "Missing crypt key in signed manifest".to_string(),
-        )),
+        BundleFormat::Plain => {
+            Err(Error::Format("Bundle format 'plain' not allowed for external manifest".to_string()))
+        }
+        _ if m.bundle.verity.is_none() => {
+            Err(Error::Format("Missing verity parameters in signed manifest".to_string()))
+        }
+        BundleFormat::Crypt if m.bundle.crypt_key.is_none() => {
+            Err(Error::Format("Missing crypt key in signed manifest".to_string()))
+        }
         _ => Ok(()),
     }
 }
 
 fn check_format_allowed(format: BundleFormat, allowed: &Option<Vec<BundleFormat>>) -> Result<()> {
     match allowed {
-        Some(list) if !list.contains(&format) => Err(Error::Other(format!(
-            "Bundle format '{format}' not allowed"
-        ))),
+        Some(list) if !list.contains(&format) => Err(Error::Other(format!("Bundle format '{format}' not allowed"))),
         _ => Ok(()),
     }
 }
@@ -190,10 +184,7 @@ impl Bundle {
         if remote {
             layout.require_aligned()?;
         } else if !layout.payload_aligned() {
-            tracing::info!(
-                "Payload size ({}) is not a multiple of 4096 bytes",
-                layout.payload_size
-            );
+            tracing::info!("Payload size ({}) is not a multiple of 4096 bytes", layout.payload_size);
         }
         let cms = layout.read_signature(source.as_ref())?;
         let (signed_data, enveloped) = if signature::is_enveloped(&cms) {
@@ -201,11 +192,7 @@ impl Bundle {
                 Error::Decrypt("Encrypted bundle detected, but no decryption key given. Use --key=<PEMFILE|PKCS11-URL> to provide one.".to_string())
             })?;
             let key = signature::load_private_key(key_path)?;
-            let cert = opts
-                .decryption_cert
-                .as_deref()
-                .map(signature::load_cert)
-                .transpose()?;
+            let cert = opts.decryption_cert.as_deref().map(signature::load_cert).transpose()?;
             (envelope::decrypt(&cms, &key, cert.as_ref())?, Some(cms))
         } else {
             (cms, None)
@@ -226,9 +213,7 @@ impl Bundle {
             let format = manifest.bundle.format;
             check_format_allowed(format, &opts.allowed_formats)?;
             if enveloped.is_some() && format != BundleFormat::Crypt {
-                return Err(Error::Format(format!(
-                    "Encrypted signature found in a bundle using {format} format"
-                )));
+                return Err(Error::Format(format!("Encrypted signature found in a bundle using {format} format")));
             }
             manifest.check_bundle_rules(format)?;
             layout.require_aligned()?;
@@ -241,24 +226,17 @@ impl Bundle {
             }
             let data_size = layout.payload_size - v.size;
             if data_size <= 4096 {
-                return Err(Error::Format(format!(
-                    "squashfs size ({data_size}) must be larger than 4096 bytes"
-                )));
+                return Err(Error::Format(format!("squashfs size ({data_size}) must be larger than 4096 bytes")));
             }
             if data_size % 4096 != 0 {
-                return Err(Error::Format(format!(
-                    "squashfs size ({data_size}) is not a multiple of 4096 bytes"
-                )));
+                return Err(Error::Format(format!("squashfs size ({data_size}) is not a multiple of 4096 bytes")));
             }
             let slice = Slice::new(source.clone(), 0, layout.payload_size)?;
             let verity = Arc::new(
-                VerityReader::new(slice, data_size, &v.salt, v.hash)
-                    .map_err(|e| Error::Format(e.to_string()))?,
+                VerityReader::new(slice, data_size, &v.salt, v.hash).map_err(|e| Error::Format(e.to_string()))?,
             );
             let payload: Arc<dyn ReadAt> = match manifest.bundle.crypt_key {
-                Some(key) if format == BundleFormat::Crypt => {
-                    Arc::new(CryptReader::new(verity.clone(), key))
-                }
+                Some(key) if format == BundleFormat::Crypt => Arc::new(CryptReader::new(verity.clone(), key)),
                 _ => verity.clone(),
             };
             Ok(Bundle {
@@ -290,14 +268,10 @@ impl Bundle {
     ) -> Result<Bundle> {
         check_format_allowed(BundleFormat::Plain, &opts.allowed_formats)?;
         let Some(file) = file else {
-            return Err(Error::Format(
-                "Bundle format 'plain' not supported in streaming mode".to_string(),
-            ));
+            return Err(Error::Format("Bundle format 'plain' not supported in streaming mode".to_string()));
         };
         if enveloped.is_some() {
-            return Err(Error::Format(
-                "Encrypted signature found in a bundle using plain format".to_string(),
-            ));
+            return Err(Error::Format("Encrypted signature found in a bundle using plain format".to_string()));
         }
         if layout.payload_size > PLAIN_MAX_PAYLOAD {
             return Err(Error::Format(format!(
@@ -309,11 +283,7 @@ impl Bundle {
         let (sig, payload): (SignatureInfo, Arc<dyn ReadAt>) = if opts.verify.no_verify {
             (signature::verify(&signed_data, None, &opts.verify)?, slice)
         } else {
-            let _lease = if opts.trust_environment {
-                None
-            } else {
-                Some(crate::exclusive::ensure(file.file())?)
-            };
+            let _lease = if opts.trust_environment { None } else { Some(crate::exclusive::ensure(file.file())?) };
             let mut reader = DigestingReader {
                 source: slice.as_ref(),
                 pos: 0,
@@ -329,8 +299,8 @@ impl Bundle {
         let bytes = fs
             .read_file("manifest.raucm")
             .map_err(|e| Error::Other(format!("Failed to read manifest from bundle: {e}")))?;
-        let text = std::str::from_utf8(&bytes)
-            .map_err(|_| Error::Format("manifest.raucm is not valid UTF-8".to_string()))?;
+        let text =
+            std::str::from_utf8(&bytes).map_err(|_| Error::Format("manifest.raucm is not valid UTF-8".to_string()))?;
         let manifest = Manifest::parse(text, ManifestOrigin::Bundle)?;
         if manifest.bundle.format != BundleFormat::Plain {
             return Err(Error::Format(format!(
@@ -435,10 +405,7 @@ impl Bundle {
                 let data = v.size();
                 let tree = Slice::new(self.source.clone(), data, self.layout.payload_size - data)
                     .expect("tree lies inside the payload");
-                Arc::new(Concat {
-                    first: v.clone(),
-                    second: tree,
-                })
+                Arc::new(Concat { first: v.clone(), second: tree })
             }
             None => self.payload.clone(),
         }
@@ -467,15 +434,9 @@ impl Bundle {
     /// failure nothing is left behind.
     pub fn extract(&self, dest: &Path) -> Result<()> {
         if dest.exists() {
-            return Err(Error::Other(format!(
-                "output directory '{}' exists",
-                dest.display()
-            )));
+            return Err(Error::Other(format!("output directory '{}' exists", dest.display())));
         }
-        let result = self
-            .check_payload()
-            .and_then(|_| self.filesystem())
-            .and_then(|fs| fs.extract_to(dest));
+        let result = self.check_payload().and_then(|_| self.filesystem()).and_then(|fs| fs.extract_to(dest));
         if result.is_err() {
             let _ = std::fs::remove_dir_all(dest);
         }

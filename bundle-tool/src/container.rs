@@ -38,20 +38,14 @@ impl Layout {
             return Err(Error::Format("Signature size is 0".to_string()));
         }
         if sig > size - TRAILER_SIZE {
-            return Err(Error::Format(format!(
-                "Signature size ({sig}) exceeds bundle size"
-            )));
+            return Err(Error::Format(format!("Signature size ({sig}) exceeds bundle size")));
         }
         if sig > max_signature_size {
             return Err(Error::Format(format!(
                 "Signature size ({sig}) exceeds max-bundle-signature-size ({max_signature_size})"
             )));
         }
-        Ok(Layout {
-            bundle_size: size,
-            payload_size: size - TRAILER_SIZE - sig,
-            signature_size: sig,
-        })
+        Ok(Layout { bundle_size: size, payload_size: size - TRAILER_SIZE - sig, signature_size: sig })
     }
 
     /// Whether the payload is 4 KiB aligned (required for verity, streaming and mounting).
@@ -64,10 +58,7 @@ impl Layout {
         if self.payload_aligned() {
             Ok(())
         } else {
-            Err(Error::Format(format!(
-                "Payload size ({}) is not a multiple of 4096 bytes",
-                self.payload_size
-            )))
+            Err(Error::Format(format!("Payload size ({}) is not a multiple of 4096 bytes", self.payload_size)))
         }
     }
 
@@ -107,30 +98,16 @@ mod tests {
     #[test]
     fn malformed_trailers_use_rauc_texts() {
         let msg = |b: Vec<u8>, max| Layout::read(&b, max).unwrap_err().to_string();
-        assert_eq!(
-            msg(vec![0; 5], 65536),
-            "Invalid bundle format: Bundle size (5) is too small"
-        );
-        assert_eq!(
-            msg(vec![0; 16], 65536),
-            "Invalid bundle format: Signature size is 0"
-        );
+        assert_eq!(msg(vec![0; 5], 65536), "Invalid bundle format: Bundle size (5) is too small");
+        assert_eq!(msg(vec![0; 16], 65536), "Invalid bundle format: Signature size is 0");
         let mut b = vec![0u8; 16];
         b[8..].copy_from_slice(&100u64.to_be_bytes());
-        assert_eq!(
-            msg(b, 65536),
-            "Invalid bundle format: Signature size (100) exceeds bundle size"
-        );
+        assert_eq!(msg(b, 65536), "Invalid bundle format: Signature size (100) exceeds bundle size");
         assert_eq!(
             msg(bundle(4096, &[0; 300]), 200),
             "Invalid bundle format: Signature size (300) exceeds max-bundle-signature-size (200)"
         );
         let l = Layout::read(&bundle(4000, &[1]), 65536).unwrap();
-        assert!(
-            l.require_aligned()
-                .unwrap_err()
-                .to_string()
-                .contains("not a multiple of 4096 bytes")
-        );
+        assert!(l.require_aligned().unwrap_err().to_string().contains("not a multiple of 4096 bytes"));
     }
 }

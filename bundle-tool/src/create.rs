@@ -38,14 +38,8 @@ pub struct SigningOptions {
 
 impl SigningOptions {
     fn signer(&self) -> Result<Signer> {
-        let cert = self
-            .cert
-            .as_ref()
-            .ok_or_else(|| Error::Key("Certificate missing: use --cert".to_string()))?;
-        let key = self
-            .key
-            .as_ref()
-            .ok_or_else(|| Error::Key("Key missing: use --key".to_string()))?;
+        let cert = self.cert.as_ref().ok_or_else(|| Error::Key("Certificate missing: use --cert".to_string()))?;
+        let key = self.key.as_ref().ok_or_else(|| Error::Key("Key missing: use --key".to_string()))?;
         let signer = Signer::load(cert, key, &self.intermediates)?;
         // Fail before any long work if certificate and key do not belong together.
         signer.sign_inline(b"")?;
@@ -100,19 +94,13 @@ impl Drop for Cleanup {
 
 fn check_new_output(output: &Path) -> Result<()> {
     if output.symlink_metadata().is_ok() {
-        return Err(Error::Other(format!(
-            "bundle {} already exists",
-            output.display()
-        )));
+        return Err(Error::Other(format!("bundle {} already exists", output.display())));
     }
     Ok(())
 }
 
 fn temp_path(output: &Path) -> PathBuf {
-    let name = output
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     output.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
@@ -151,17 +139,13 @@ fn mirror_input(input: &Path, work: &Path, top: bool) -> Result<()> {
                     target.display()
                 )));
             }
-            std::os::unix::fs::symlink(&target, &dst)
-                .map_err(|e| io_err("create symlink", &dst, e))?;
+            std::os::unix::fs::symlink(&target, &dst).map_err(|e| io_err("create symlink", &dst, e))?;
         } else if ft.is_file() {
             if fs::hard_link(&src, &dst).is_err() {
                 fs::copy(&src, &dst).map_err(|e| io_err("copy", &src, e))?;
             }
         } else {
-            return Err(Error::Other(format!(
-                "Unsupported file type in bundle input directory: {}",
-                src.display()
-            )));
+            return Err(Error::Other(format!("Unsupported file type in bundle input directory: {}", src.display())));
         }
     }
     Ok(())
@@ -172,9 +156,7 @@ fn hash_image(path: &Path, index: Option<&Path>) -> Result<(String, u64)> {
     let mut f = File::open(path).map_err(|e| io_err("open image", path, e))?;
     let mut sha = Sha256::new();
     let mut idx_out = match index {
-        Some(p) => Some(std::io::BufWriter::new(
-            File::create(p).map_err(|e| io_err("create", p, e))?,
-        )),
+        Some(p) => Some(std::io::BufWriter::new(File::create(p).map_err(|e| io_err("create", p, e))?)),
         None => None,
     };
     let mut buf = vec![0u8; 1 << 20];
@@ -182,9 +164,7 @@ fn hash_image(path: &Path, index: Option<&Path>) -> Result<(String, u64)> {
     loop {
         let mut filled = 0;
         while filled < buf.len() {
-            let n = f
-                .read(&mut buf[filled..])
-                .map_err(|e| io_err("read image", path, e))?;
+            let n = f.read(&mut buf[filled..]).map_err(|e| io_err("read image", path, e))?;
             if n == 0 {
                 break;
             }
@@ -202,10 +182,8 @@ fn hash_image(path: &Path, index: Option<&Path>) -> Result<(String, u64)> {
                     path.display()
                 )));
             }
-            let digests: Vec<[u8; 32]> = buf[..filled]
-                .par_chunks(BLOCK_SIZE)
-                .map(|b| Sha256::digest(b).into())
-                .collect();
+            let digests: Vec<[u8; 32]> =
+                buf[..filled].par_chunks(BLOCK_SIZE).map(|b| Sha256::digest(b).into()).collect();
             for d in digests {
                 out.write_all(&d).map_err(|e| Error::Io(e.to_string()))?;
             }
@@ -228,26 +206,11 @@ fn hash_image(path: &Path, index: Option<&Path>) -> Result<(String, u64)> {
 
 fn run_mksquashfs(content: &Path, out: &Path, extra: &[String]) -> Result<()> {
     let mut cmd = Command::new("mksquashfs");
-    cmd.arg(content)
-        .arg(out)
-        .args([
-            "-noappend",
-            "-no-progress",
-            "-all-root",
-            "-no-xattrs",
-            "-quiet",
-        ])
-        .args(extra);
-    let output = cmd
-        .output()
-        .map_err(|e| Error::Other(format!("Failed to run mksquashfs: {e}")))?;
+    cmd.arg(content).arg(out).args(["-noappend", "-no-progress", "-all-root", "-no-xattrs", "-quiet"]).args(extra);
+    let output = cmd.output().map_err(|e| Error::Other(format!("Failed to run mksquashfs: {e}")))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        return Err(Error::Other(format!(
-            "mksquashfs failed ({}): {}",
-            output.status,
-            stderr.trim()
-        )));
+        return Err(Error::Other(format!("mksquashfs failed ({}): {}", output.status, stderr.trim())));
     }
     Ok(())
 }
@@ -273,14 +236,7 @@ fn encrypt_in_place(file: &File, data_size: u64, key: &[u8; 32]) -> Result<()> {
         buf[..n]
             .par_chunks_mut(64 * BLOCK_SIZE)
             .enumerate()
-            .try_for_each(|(i, chunk)| {
-                crypt_sectors(
-                    key,
-                    (off / BLOCK_SIZE as u64) + (i * 64) as u64,
-                    chunk,
-                    true,
-                )
-            })?;
+            .try_for_each(|(i, chunk)| crypt_sectors(key, (off / BLOCK_SIZE as u64) + (i * 64) as u64, chunk, true))?;
         file.write_all_at(&buf[..n], off)?;
         off += n as u64;
     }
@@ -293,19 +249,13 @@ pub fn append_verity_tree(file: &File, data_size: u64) -> Result<VerityParams> {
     openssl::rand::rand_bytes(&mut salt).map_err(|e| Error::Other(e.to_string()))?;
     let blocks = data_size / BLOCK_SIZE as u64;
     let mut builder = TreeBuilder::new(blocks, &salt);
-    let mut sink = FileSink {
-        file,
-        base: data_size,
-    };
+    let mut sink = FileSink { file, base: data_size };
     let mut buf = vec![0u8; 1 << 20];
     let mut off = 0u64;
     while off < data_size {
         let n = (data_size - off).min(buf.len() as u64) as usize;
         file.read_exact_at(&mut buf[..n], off)?;
-        let digests: Vec<[u8; 32]> = buf[..n]
-            .par_chunks(BLOCK_SIZE)
-            .map(|b| verity::salted_digest(&salt, b))
-            .collect();
+        let digests: Vec<[u8; 32]> = buf[..n].par_chunks(BLOCK_SIZE).map(|b| verity::salted_digest(&salt, b)).collect();
         for d in &digests {
             builder.push_digest(d, &mut sink)?;
         }
@@ -331,26 +281,19 @@ fn signature_warnings(cms_len: usize) -> Vec<String> {
 /// certificates that expire within 30 days.
 fn check_new_bundle(path: &Path, keyring: &Keyring, open: &OpenOptions) -> Result<Vec<String>> {
     let mut o = open.clone();
-    o.verify = VerifyOptions {
-        keyring: keyring.clone(),
-        no_verify: false,
-        no_check_time: false,
-    };
+    o.verify = VerifyOptions { keyring: keyring.clone(), no_verify: false, no_check_time: false };
     o.max_signature_size = u64::MAX;
     o.trust_environment = true;
     let b = Bundle::open(&path.to_string_lossy(), &o)?;
-    let soon =
-        openssl::asn1::Asn1Time::days_from_now(30).map_err(|e| Error::Other(e.to_string()))?;
+    let soon = openssl::asn1::Asn1Time::days_from_now(30).map_err(|e| Error::Other(e.to_string()))?;
     let mut warnings = Vec::new();
     for chain in &b.signature().chains {
         for c in chain {
             if let Ok(cert) = openssl::x509::X509::from_pem(c.pem.as_bytes())
                 && cert.not_after() < soon
             {
-                warnings.push(format!(
-                    "Certificate '{}' in the signing chain expires soon ({})",
-                    c.subject, c.not_after
-                ));
+                warnings
+                    .push(format!("Certificate '{}' in the signing chain expires soon ({})", c.subject, c.not_after));
             }
         }
     }
@@ -366,20 +309,12 @@ pub fn create(
     announce: &mut dyn FnMut(BundleFormat),
 ) -> Result<Created> {
     check_new_output(output)?;
-    let input_abs =
-        fs::canonicalize(input).map_err(|e| io_err("open input directory", input, e))?;
+    let input_abs = fs::canonicalize(input).map_err(|e| io_err("open input directory", input, e))?;
     if !input_abs.is_dir() {
-        return Err(Error::Other(format!(
-            "Input '{}' is not a directory",
-            input.display()
-        )));
+        return Err(Error::Other(format!("Input '{}' is not a directory", input.display())));
     }
-    let out_parent = output
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let out_parent_abs =
-        fs::canonicalize(out_parent).map_err(|e| io_err("open output directory", out_parent, e))?;
+    let out_parent = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let out_parent_abs = fs::canonicalize(out_parent).map_err(|e| io_err("open output directory", out_parent, e))?;
     if out_parent_abs.starts_with(&input_abs) {
         return Err(Error::Other(format!(
             "Output bundle '{}' must not be inside the input directory",
@@ -396,8 +331,7 @@ pub fn create(
     mirror_input(&input_abs, &work, true)?;
 
     let manifest_path = work.join("manifest.raucm");
-    let text = fs::read_to_string(&manifest_path)
-        .map_err(|e| io_err("read manifest", &manifest_path, e))?;
+    let text = fs::read_to_string(&manifest_path).map_err(|e| io_err("read manifest", &manifest_path, e))?;
     let mut manifest = Manifest::parse(&text, ManifestOrigin::Input)?;
     if !manifest.bundle.format_explicit {
         tracing::warn!(
@@ -406,20 +340,13 @@ pub fn create(
     }
     let format = manifest.bundle.format;
     announce(format);
-    for hook_file in [&manifest.hooks.filename, &manifest.handler.filename]
-        .into_iter()
-        .flatten()
-    {
+    for hook_file in [&manifest.hooks.filename, &manifest.handler.filename].into_iter().flatten() {
         if !work.join(hook_file).is_file() {
-            return Err(Error::Other(format!(
-                "Hook or handler file '{hook_file}' not found in input directory"
-            )));
+            return Err(Error::Other(format!("Hook or handler file '{hook_file}' not found in input directory")));
         }
     }
     if format == BundleFormat::Plain && manifest.images.iter().any(|i| i.artifact.is_some()) {
-        return Err(Error::Other(
-            "Artifacts are not supported in bundles using plain format".to_string(),
-        ));
+        return Err(Error::Other("Artifacts are not supported in bundles using plain format".to_string()));
     }
     for img in &mut manifest.images {
         if !img.convert.is_empty() {
@@ -462,16 +389,10 @@ pub fn create(
     let tmp = temp_path(output);
     let mut out_guard = Cleanup(Some(tmp.clone()));
     run_mksquashfs(&work, &tmp, &opts.mksquashfs_args)?;
-    let file = FsOpen::new()
-        .read(true)
-        .write(true)
-        .open(&tmp)
-        .map_err(|e| io_err("open", &tmp, e))?;
+    let file = FsOpen::new().read(true).write(true).open(&tmp).map_err(|e| io_err("open", &tmp, e))?;
     let data_size = file.metadata()?.len();
     if data_size % BLOCK_SIZE as u64 != 0 {
-        return Err(Error::Other(format!(
-            "squashfs size ({data_size}) is not a multiple of 4096 bytes"
-        )));
+        return Err(Error::Other(format!("squashfs size ({data_size}) is not a multiple of 4096 bytes")));
     }
     let cms = match format {
         BundleFormat::Plain => {
@@ -485,9 +406,7 @@ pub fn create(
         }
         BundleFormat::Verity | BundleFormat::Crypt => {
             if data_size <= BLOCK_SIZE as u64 {
-                return Err(Error::Other(format!(
-                    "squashfs size ({data_size}) must be larger than 4096 bytes"
-                )));
+                return Err(Error::Other(format!("squashfs size ({data_size}) must be larger than 4096 bytes")));
             }
             if format == BundleFormat::Crypt {
                 let mut key = [0u8; 32];
@@ -511,11 +430,7 @@ pub fn create(
     check_new_output(output)?;
     fs::rename(&tmp, output).map_err(|e| io_err("create", output, e))?;
     out_guard.disarm();
-    Ok(Created {
-        format,
-        manifest,
-        warnings,
-    })
+    Ok(Created { format, manifest, warnings })
 }
 
 /// Copies the first `len` bytes of `source` into a new file at `out`.
@@ -532,13 +447,7 @@ fn copy_payload(source: &dyn ReadAt, len: u64, out: &mut File) -> Result<()> {
 }
 
 fn new_output(tmp: &Path) -> Result<File> {
-    FsOpen::new()
-        .write(true)
-        .read(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(tmp)
-        .map_err(|e| io_err("create", tmp, e))
+    FsOpen::new().write(true).read(true).create_new(true).mode(0o644).open(tmp).map_err(|e| io_err("create", tmp, e))
 }
 
 fn finish_output(file: File, tmp: &Path, output: &Path, mut guard: Cleanup) -> Result<()> {
@@ -579,19 +488,12 @@ pub fn resign(input: &str, output: &Path, opts: &ResignOptions) -> Result<Vec<St
     };
     let mut warnings = signature_warnings(cms.len());
     if bundle.was_encrypted() {
-        warnings.push(
-            "The input was encrypted; the resigned bundle is not. Run 'encrypt' on it again."
-                .to_string(),
-        );
+        warnings.push("The input was encrypted; the resigned bundle is not. Run 'encrypt' on it again.".to_string());
     }
     let tmp = temp_path(output);
     let guard = Cleanup(Some(tmp.clone()));
     let mut file = new_output(&tmp)?;
-    copy_payload(
-        bundle.payload_source().as_ref(),
-        bundle.layout().payload_size,
-        &mut file,
-    )?;
+    copy_payload(bundle.payload_source().as_ref(), bundle.layout().payload_size, &mut file)?;
     container::write_signature(&mut file, &cms)?;
     if let Some(k) = &opts.signing.keyring {
         file.sync_all()?;
@@ -616,8 +518,7 @@ pub fn replace_signature(
         signature::parse_signed_data(&cms)?;
     }
     let path = crate::bundle::local_path(input)?;
-    let source =
-        crate::source::FileSource::open(&path).map_err(|e| io_err("open bundle", &path, e))?;
+    let source = crate::source::FileSource::open(&path).map_err(|e| io_err("open bundle", &path, e))?;
     let layout = container::Layout::read(&source, u64::MAX)?;
     let tmp = temp_path(output);
     let guard = Cleanup(Some(tmp.clone()));
@@ -627,10 +528,7 @@ pub fn replace_signature(
     file.sync_all()?;
     if let Some(k) = keyring {
         let mut o = open.clone();
-        o.verify = VerifyOptions {
-            keyring: k.clone(),
-            ..o.verify.clone()
-        };
+        o.verify = VerifyOptions { keyring: k.clone(), ..o.verify.clone() };
         o.trust_environment = true;
         let b = Bundle::open(&tmp.to_string_lossy(), &o)?;
         b.check_payload()?;
@@ -643,47 +541,29 @@ pub fn replace_signature(
 /// `extract-signature <BUNDLE> <OUTSIG>`: writes the (decrypted) SignedData, mode 0600.
 pub fn extract_signature(input: &str, output: &Path, open: &OpenOptions) -> Result<()> {
     let bundle = Bundle::open(input, open)?;
-    let mut f = FsOpen::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(output)
-        .map_err(|e| io_err("create", output, e))?;
-    f.write_all(bundle.signed_data())
-        .map_err(|e| io_err("write", output, e))?;
+    let mut f =
+        FsOpen::new().write(true).create_new(true).mode(0o600).open(output).map_err(|e| io_err("create", output, e))?;
+    f.write_all(bundle.signed_data()).map_err(|e| io_err("write", output, e))?;
     Ok(())
 }
 
 /// `encrypt <IN> <OUT> --to CERT…`: wraps a crypt bundle's signature in an
 /// EnvelopedData for the recipients; the payload is reused byte for byte.
-pub fn encrypt(
-    input: &str,
-    output: &Path,
-    recipients: &[PathBuf],
-    open: &OpenOptions,
-) -> Result<usize> {
+pub fn encrypt(input: &str, output: &Path, recipients: &[PathBuf], open: &OpenOptions) -> Result<usize> {
     check_new_output(output)?;
     if recipients.is_empty() {
-        return Err(Error::Other(
-            "No recipient certificates given: use --to".to_string(),
-        ));
+        return Err(Error::Other("No recipient certificates given: use --to".to_string()));
     }
     let certs = envelope::load_recipients(recipients)?;
     let bundle = Bundle::open(input, open)?;
     if bundle.format() != BundleFormat::Crypt {
-        return Err(Error::Other(
-            "Refused to encrypt input bundle that is not in 'crypt' format.".to_string(),
-        ));
+        return Err(Error::Other("Refused to encrypt input bundle that is not in 'crypt' format.".to_string()));
     }
     let env = envelope::encrypt(bundle.signed_data(), &certs)?;
     let tmp = temp_path(output);
     let guard = Cleanup(Some(tmp.clone()));
     let mut file = new_output(&tmp)?;
-    copy_payload(
-        bundle.payload_source().as_ref(),
-        bundle.layout().payload_size,
-        &mut file,
-    )?;
+    copy_payload(bundle.payload_source().as_ref(), bundle.layout().payload_size, &mut file)?;
     container::write_signature(&mut file, &env)?;
     finish_output(file, &tmp, output, guard)?;
     Ok(env.len())

@@ -55,9 +55,7 @@ fn device_node(dev: u64) -> Option<std::path::PathBuf> {
 
 /// Reasons a file fails the check, without trying to fix anything.
 fn check(file: &File) -> std::result::Result<(), String> {
-    let md = file
-        .metadata()
-        .map_err(|e| format!("failed to stat bundle: {e}"))?;
+    let md = file.metadata().map_err(|e| format!("failed to stat bundle: {e}"))?;
     if !md.file_type().is_file() {
         return Err("unsafe bundle (not a regular file)".to_string());
     }
@@ -73,20 +71,13 @@ fn check(file: &File) -> std::result::Result<(), String> {
     if root_dev != Some(md.dev()) {
         let ty = fs_type(file).map_err(|e| format!("failed to check bundle filesystem: {e}"))?;
         if let Some((_, name)) = LOCAL_FS.iter().find(|(t, _)| *t == ty) {
-            let node = device_node(md.dev()).ok_or_else(|| {
-                format!("unsafe bundle: backing device of {name} filesystem not found")
-            })?;
-            let owner = std::fs::metadata(&node).map(|m| m.uid()).map_err(|e| {
-                format!(
-                    "unsafe bundle: cannot check backing device {}: {e}",
-                    node.display()
-                )
-            })?;
+            let node = device_node(md.dev())
+                .ok_or_else(|| format!("unsafe bundle: backing device of {name} filesystem not found"))?;
+            let owner = std::fs::metadata(&node)
+                .map(|m| m.uid())
+                .map_err(|e| format!("unsafe bundle: cannot check backing device {}: {e}", node.display()))?;
             if owner != 0 {
-                return Err(format!(
-                    "unsafe bundle: backing device {} is not owned by root",
-                    node.display()
-                ));
+                return Err(format!("unsafe bundle: backing device {} is not owned by root", node.display()));
             }
         } else if !ROOT_PREPARED_FS.iter().any(|(t, _)| *t == ty) {
             let what = match ty {
@@ -94,9 +85,7 @@ fn check(file: &File) -> std::result::Result<(), String> {
                 0x6969 => "NFS".to_string(),
                 other => format!("0x{other:x}"),
             };
-            return Err(format!(
-                "unsafe bundle: filesystem type {what} is not trusted"
-            ));
+            return Err(format!("unsafe bundle: filesystem type {what} is not trusted"));
         }
     }
     take_lease(file)
@@ -107,16 +96,17 @@ fn take_lease(file: &File) -> std::result::Result<(), String> {
     // pinned digests make an early release harmless, so ignore it.
     unsafe {
         let mut old: libc::sigaction = std::mem::zeroed();
-        if libc::sigaction(libc::SIGIO, std::ptr::null(), &mut old) == 0
-            && old.sa_sigaction == libc::SIG_DFL
-        {
+        if libc::sigaction(libc::SIGIO, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_DFL {
             libc::signal(libc::SIGIO, libc::SIG_IGN);
         }
     }
     if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) } != 0 {
         let e = std::io::Error::last_os_error();
         return Err(match e.raw_os_error() {
-            Some(libc::EAGAIN) => "could not ensure exclusive bundle access (F_SETLEASE): EAGAIN: existing open file descriptor".to_string(),
+            Some(libc::EAGAIN) => {
+                "could not ensure exclusive bundle access (F_SETLEASE): EAGAIN: existing open file descriptor"
+                    .to_string()
+            }
             _ => format!("could not ensure exclusive bundle access (F_SETLEASE): {e}"),
         });
     }
@@ -169,9 +159,6 @@ mod tests {
         assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o777, 0o644);
         let _writer = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
         let e = ensure(&f).err().unwrap().to_string();
-        assert_eq!(
-            e,
-            "could not ensure exclusive bundle access (F_SETLEASE): EAGAIN: existing open file descriptor"
-        );
+        assert_eq!(e, "could not ensure exclusive bundle access (F_SETLEASE): EAGAIN: existing open file descriptor");
     }
 }

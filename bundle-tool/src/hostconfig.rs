@@ -11,11 +11,7 @@ use crate::signature::{Keyring, Purpose};
 use std::path::{Path, PathBuf};
 
 /// Where RAUC looks for `system.conf`, first existing wins.
-pub const SEARCH_PATHS: [&str; 3] = [
-    "/etc/rauc/system.conf",
-    "/run/rauc/system.conf",
-    "/usr/lib/rauc/system.conf",
-];
+pub const SEARCH_PATHS: [&str; 3] = ["/etc/rauc/system.conf", "/run/rauc/system.conf", "/usr/lib/rauc/system.conf"];
 
 /// Settings bundle commands take from `system.conf`.
 #[derive(Debug, Clone)]
@@ -59,19 +55,14 @@ impl Default for HostConfig {
 /// Applies one `-C SECTION:KEY=VALUE` override to a parsed key file.
 pub fn apply_override(kf: &mut KeyFile, spec: &str) -> Result<()> {
     let Some((section, rest)) = spec.split_once(':') else {
-        return Err(Error::Other(
-            "Error in parsing override: Missing ':'".to_string(),
-        ));
+        return Err(Error::Other("Error in parsing override: Missing ':'".to_string()));
     };
     let Some((key, value)) = rest.split_once('=') else {
-        return Err(Error::Other(
-            "Error in parsing override: Missing '='".to_string(),
-        ));
+        return Err(Error::Other("Error in parsing override: Missing '='".to_string()));
     };
     if section.is_empty() || key.is_empty() {
         return Err(Error::Other(
-            "Error in parsing override: you must specify it in format SECTION:KEY=VALUE"
-                .to_string(),
+            "Error in parsing override: you must specify it in format SECTION:KEY=VALUE".to_string(),
         ));
     }
     kf.group_mut(section).set_raw(key, value);
@@ -80,11 +71,7 @@ pub fn apply_override(kf: &mut KeyFile, spec: &str) -> Result<()> {
 
 /// Parses `bundle-formats`: a fixed list, or only `+fmt`/`-fmt` changes to the default.
 pub fn parse_bundle_formats(value: &str) -> Result<Vec<BundleFormat>> {
-    let all = [
-        BundleFormat::Plain,
-        BundleFormat::Verity,
-        BundleFormat::Crypt,
-    ];
+    let all = [BundleFormat::Plain, BundleFormat::Verity, BundleFormat::Crypt];
     let words: Vec<&str> = value.split_whitespace().collect();
     let modifiers = words.iter().filter(|w| w.starts_with(['+', '-'])).count();
     if modifiers != 0 && modifiers != words.len() {
@@ -93,14 +80,9 @@ pub fn parse_bundle_formats(value: &str) -> Result<Vec<BundleFormat>> {
         )));
     }
     let parse = |w: &str| {
-        BundleFormat::parse(w)
-            .ok_or_else(|| Error::Other(format!("Invalid bundle format '{w}' in bundle-formats")))
+        BundleFormat::parse(w).ok_or_else(|| Error::Other(format!("Invalid bundle format '{w}' in bundle-formats")))
     };
-    let mut set: Vec<BundleFormat> = if modifiers == 0 {
-        Vec::new()
-    } else {
-        all.to_vec()
-    };
+    let mut set: Vec<BundleFormat> = if modifiers == 0 { Vec::new() } else { all.to_vec() };
     for w in words {
         if let Some(f) = w.strip_prefix('+') {
             let f = parse(f)?;
@@ -118,9 +100,7 @@ pub fn parse_bundle_formats(value: &str) -> Result<Vec<BundleFormat>> {
         }
     }
     if set.is_empty() {
-        return Err(Error::Other(format!(
-            "Invalid bundle-formats '{value}': no format left"
-        )));
+        return Err(Error::Other(format!("Invalid bundle-formats '{value}': no format left")));
     }
     Ok(set)
 }
@@ -143,12 +123,8 @@ impl HostConfig {
         };
         let mut kf = match &path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| {
-                    Error::Other(format!(
-                        "Failed to load system config '{}': {e}",
-                        p.display()
-                    ))
-                })?;
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| Error::Other(format!("Failed to load system config '{}': {e}", p.display())))?;
                 KeyFile::parse(&text).map_err(|e| {
                     Error::Other(format!(
                         "Failed to load system config '{}': line {}: {e}",
@@ -162,30 +138,18 @@ impl HostConfig {
         for o in overrides {
             apply_override(&mut kf, o)?;
         }
-        let base = path
-            .as_deref()
-            .and_then(Path::parent)
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        let mut c = HostConfig {
-            path: path.clone(),
-            ..HostConfig::default()
-        };
+        let base = path.as_deref().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+        let mut c = HostConfig { path: path.clone(), ..HostConfig::default() };
         let get = |g: &str, k: &str| -> Result<Option<String>> {
             match kf.group(g).and_then(|g| g.entry(k)) {
-                Some(e) => keyfile::unescape_string(&e.raw)
-                    .map(Some)
-                    .map_err(Error::Other),
+                Some(e) => keyfile::unescape_string(&e.raw).map(Some).map_err(Error::Other),
                 None => Ok(None),
             }
         };
         let get_bool = |g: &str, k: &str| -> Result<bool> {
             match get(g, k)? {
-                Some(v) => keyfile::parse_bool(&v).ok_or_else(|| {
-                    Error::Other(format!(
-                        "Invalid boolean '{v}' for key '{k}' in group '[{g}]'"
-                    ))
-                }),
+                Some(v) => keyfile::parse_bool(&v)
+                    .ok_or_else(|| Error::Other(format!("Invalid boolean '{v}' for key '{k}' in group '[{g}]'"))),
                 None => Ok(false),
             }
         };
@@ -194,13 +158,8 @@ impl HostConfig {
         c.keyring.check_crl = get_bool("keyring", "check-crl")?;
         c.keyring.allow_partial_chain = get_bool("keyring", "allow-partial-chain")?;
         c.keyring.use_bundle_signing_time = get_bool("keyring", "use-bundle-signing-time")?;
-        c.keyring.check_purpose = get("keyring", "check-purpose")?
-            .map(|p| Purpose::parse(&p))
-            .transpose()?;
-        if let Some(e) = kf
-            .group("keyring")
-            .and_then(|g| g.entry("allowed-signer-cns"))
-        {
+        c.keyring.check_purpose = get("keyring", "check-purpose")?.map(|p| Purpose::parse(&p)).transpose()?;
+        if let Some(e) = kf.group("keyring").and_then(|g| g.entry("allowed-signer-cns")) {
             c.keyring.allowed_signer_cns = keyfile::parse_list(&e.raw).map_err(Error::Other)?;
         }
         if let Some(v) = get("system", "max-bundle-signature-size")? {
@@ -208,9 +167,7 @@ impl HostConfig {
                 .filter(|n| *n > 0)
                 .ok_or_else(|| Error::Other(format!("Invalid max-bundle-signature-size '{v}'")))?;
         }
-        c.bundle_formats = get("system", "bundle-formats")?
-            .map(|v| parse_bundle_formats(&v))
-            .transpose()?;
+        c.bundle_formats = get("system", "bundle-formats")?.map(|v| parse_bundle_formats(&v)).transpose()?;
         c.decryption_key = get("encryption", "key")?.map(|v| resolve(&base, v));
         c.decryption_cert = get("encryption", "cert")?.map(|v| resolve(&base, v));
         c.tls_ca = get("streaming", "tls-ca")?.map(PathBuf::from);
@@ -228,31 +185,15 @@ mod tests {
     fn overrides_and_errors() {
         let mut kf = KeyFile::default();
         apply_override(&mut kf, "slot.rootfs.0:device=/dev/sda3").unwrap();
-        assert_eq!(
-            kf.group("slot.rootfs.0")
-                .unwrap()
-                .entry("device")
-                .unwrap()
-                .raw,
-            "/dev/sda3"
-        );
-        assert_eq!(
-            apply_override(&mut kf, "a:b").unwrap_err().to_string(),
-            "Error in parsing override: Missing '='"
-        );
-        assert_eq!(
-            apply_override(&mut kf, "ab=c").unwrap_err().to_string(),
-            "Error in parsing override: Missing ':'"
-        );
+        assert_eq!(kf.group("slot.rootfs.0").unwrap().entry("device").unwrap().raw, "/dev/sda3");
+        assert_eq!(apply_override(&mut kf, "a:b").unwrap_err().to_string(), "Error in parsing override: Missing '='");
+        assert_eq!(apply_override(&mut kf, "ab=c").unwrap_err().to_string(), "Error in parsing override: Missing ':'");
     }
 
     #[test]
     fn bundle_formats() {
         use BundleFormat::*;
-        assert_eq!(
-            parse_bundle_formats("plain verity").unwrap(),
-            vec![Plain, Verity]
-        );
+        assert_eq!(parse_bundle_formats("plain verity").unwrap(), vec![Plain, Verity]);
         assert_eq!(parse_bundle_formats("-plain").unwrap(), vec![Verity, Crypt]);
         assert!(parse_bundle_formats("verity -plain").is_err());
         assert!(parse_bundle_formats("-plain -verity -crypt").is_err());
@@ -263,15 +204,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("system.conf");
         std::fs::write(&conf, "[system]\ncompatible=x\nbootloader=noop\n[keyring]\npath=ca.pem\ncheck-crl=true\n[encryption]\nkey=/abs/key.pem\n").unwrap();
-        let c = HostConfig::load(
-            Some(&conf),
-            &["keyring:allow-partial-chain=true".to_string()],
-        )
-        .unwrap();
-        assert_eq!(
-            c.keyring.path.as_deref(),
-            Some(dir.path().join("ca.pem").as_path())
-        );
+        let c = HostConfig::load(Some(&conf), &["keyring:allow-partial-chain=true".to_string()]).unwrap();
+        assert_eq!(c.keyring.path.as_deref(), Some(dir.path().join("ca.pem").as_path()));
         assert!(c.keyring.check_crl && c.keyring.allow_partial_chain);
         assert_eq!(c.decryption_key.as_deref(), Some(Path::new("/abs/key.pem")));
     }

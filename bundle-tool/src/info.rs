@@ -59,10 +59,8 @@ pub struct BundleInfo {
 impl BundleInfo {
     /// Collects the facts of an opened bundle.
     pub fn of(bundle: &Bundle) -> BundleInfo {
-        let recipients = bundle
-            .enveloped()
-            .and_then(|e| crate::signature::envelope::recipients(e).ok())
-            .unwrap_or_default();
+        let recipients =
+            bundle.enveloped().and_then(|e| crate::signature::envelope::recipients(e).ok()).unwrap_or_default();
         BundleInfo {
             manifest: bundle.manifest().clone(),
             format: bundle.format(),
@@ -79,11 +77,7 @@ impl BundleInfo {
 pub fn format_size(size: u64) -> String {
     const UNITS: [&str; 6] = ["kB", "MB", "GB", "TB", "PB", "EB"];
     if size < 1000 {
-        return if size == 1 {
-            "1 byte".to_string()
-        } else {
-            format!("{size} bytes")
-        };
+        return if size == 1 { "1 byte".to_string() } else { format!("{size} bytes") };
     }
     let mut factor = 1000f64;
     for (i, unit) in UNITS.iter().enumerate() {
@@ -119,11 +113,7 @@ fn image_type_text(img: &Image) -> Option<String> {
 }
 
 fn quote_each(items: &[String]) -> String {
-    items
-        .iter()
-        .map(|s| format!("'{s}'"))
-        .collect::<Vec<_>>()
-        .join(" ")
+    items.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(" ")
 }
 
 /// The readable text (HEAD layout).
@@ -132,12 +122,7 @@ pub fn readable(info: &BundleInfo, dump_cert: bool, dump_recipients: bool) -> St
     let mut o = String::new();
     let _ = writeln!(o, "{:<16}'{}'", "Compatible:", m.update.compatible);
     let _ = writeln!(o, "{:<16}{}", "Version:", quoted_or_null(&m.update.version));
-    let _ = writeln!(
-        o,
-        "{:<16}{}",
-        "Description:",
-        quoted_or_null(&m.update.description)
-    );
+    let _ = writeln!(o, "{:<16}{}", "Description:", quoted_or_null(&m.update.description));
     let _ = writeln!(o, "{:<16}{}", "Build:", quoted_or_null(&m.update.build));
     let _ = writeln!(o, "{:<16}'{}'", "Hooks:", m.hooks.hooks.join(" "));
     let _ = write!(o, "{:<16}{}", "Bundle Format:", info.format);
@@ -177,21 +162,11 @@ pub fn readable(info: &BundleInfo, dump_cert: bool, dump_recipients: bool) -> St
         if let Some(a) = &img.artifact {
             let _ = writeln!(o, "    {:<11}{a}", "Artifact:");
         }
-        let _ = writeln!(
-            o,
-            "    {:<11}{}",
-            "Filename:",
-            img.filename.as_deref().unwrap_or("(no image file)")
-        );
+        let _ = writeln!(o, "    {:<11}{}", "Filename:", img.filename.as_deref().unwrap_or("(no image file)"));
         if let Some(t) = image_type_text(img) {
             let _ = writeln!(o, "    {:<11}{t}", "Type:");
         }
-        let _ = writeln!(
-            o,
-            "    {:<11}{}",
-            "Checksum:",
-            img.sha256.as_deref().unwrap_or("")
-        );
+        let _ = writeln!(o, "    {:<11}{}", "Checksum:", img.sha256.as_deref().unwrap_or(""));
         let size = img.size.unwrap_or(0);
         let _ = writeln!(o, "    {:<11}{} ({size} bytes)", "Size:", format_size(size));
         let _ = writeln!(o, "    {:<11}{}", "Hooks:", img.hooks.names().join(" "));
@@ -250,21 +225,13 @@ pub fn shell(info: &BundleInfo) -> String {
     let m = &info.manifest;
     let q = |v: &Option<String>| shell_quote(v.as_deref().unwrap_or(""));
     let mut o = String::new();
-    let _ = writeln!(
-        o,
-        "RAUC_MF_COMPATIBLE={}",
-        shell_quote(&m.update.compatible)
-    );
+    let _ = writeln!(o, "RAUC_MF_COMPATIBLE={}", shell_quote(&m.update.compatible));
     let _ = writeln!(o, "RAUC_MF_VERSION={}", q(&m.update.version));
     let _ = writeln!(o, "RAUC_MF_DESCRIPTION={}", q(&m.update.description));
     let _ = writeln!(o, "RAUC_MF_BUILD={}", q(&m.update.build));
     let _ = writeln!(o, "RAUC_MF_HASH={}", shell_quote(&info.manifest_hash));
     let _ = writeln!(o, "RAUC_MF_FORMAT={}", shell_quote(info.format.as_str()));
-    let _ = writeln!(
-        o,
-        "RAUC_MF_IMAGES={}",
-        shell_quote(&m.images.len().to_string())
-    );
+    let _ = writeln!(o, "RAUC_MF_IMAGES={}", shell_quote(&m.images.len().to_string()));
     let _ = writeln!(o, "RAUC_MF_HOOKS={}", shell_quote(&m.hooks.hooks.join(" ")));
     for (k, v) in m.meta_env() {
         let _ = writeln!(o, "{k}={}", shell_quote(&v));
@@ -275,21 +242,9 @@ pub fn shell(info: &BundleInfo) -> String {
         let _ = writeln!(o, "RAUC_IMAGE_ARTIFACT_{i}={}", q(&img.artifact));
         let _ = writeln!(o, "RAUC_IMAGE_VARIANT_{i}={}", q(&img.variant));
         let _ = writeln!(o, "RAUC_IMAGE_DIGEST_{i}={}", q(&img.sha256));
-        let _ = writeln!(
-            o,
-            "RAUC_IMAGE_SIZE_{i}={}",
-            shell_quote(&img.size.unwrap_or(0).to_string())
-        );
-        let _ = writeln!(
-            o,
-            "RAUC_IMAGE_HOOKS_{i}={}",
-            shell_quote(&img.hooks.names().join(" "))
-        );
-        for (key, list) in [
-            ("ADAPTIVE", &img.adaptive),
-            ("CONVERT", &img.convert),
-            ("CONVERTED", &img.converted),
-        ] {
+        let _ = writeln!(o, "RAUC_IMAGE_SIZE_{i}={}", shell_quote(&img.size.unwrap_or(0).to_string()));
+        let _ = writeln!(o, "RAUC_IMAGE_HOOKS_{i}={}", shell_quote(&img.hooks.names().join(" ")));
+        for (key, list) in [("ADAPTIVE", &img.adaptive), ("CONVERT", &img.convert), ("CONVERTED", &img.converted)] {
             if !list.is_empty() {
                 let _ = writeln!(o, "RAUC_IMAGE_{key}_{i}={}", shell_quote(&list.join(" ")));
             }
@@ -313,11 +268,7 @@ pub fn json_value(info: &BundleInfo) -> Value {
             o.insert("artifact".into(), opt_str(&img.artifact));
             o.insert("variant".into(), opt_str(&img.variant));
             o.insert("filename".into(), opt_str(&img.filename));
-            o.insert(
-                "type".into(),
-                img.image_type()
-                    .map_or(Value::Null, |t| Value::String(t.to_string())),
-            );
+            o.insert("type".into(), img.image_type().map_or(Value::Null, |t| Value::String(t.to_string())));
             o.insert("checksum".into(), opt_str(&img.sha256));
             o.insert("size".into(), json!(img.size.unwrap_or(0)));
             o.insert("hooks".into(), json!(img.hooks.names()));
@@ -350,11 +301,7 @@ pub fn inspect_value(info: &BundleInfo) -> Value {
     let m = &info.manifest;
     let mut update = Map::new();
     update.insert("compatible".into(), json!(m.update.compatible));
-    for (k, v) in [
-        ("version", &m.update.version),
-        ("description", &m.update.description),
-        ("build", &m.update.build),
-    ] {
+    for (k, v) in [("version", &m.update.version), ("description", &m.update.description), ("build", &m.update.build)] {
         if let Some(v) = v {
             update.insert(k.into(), json!(v));
         }
@@ -362,10 +309,7 @@ pub fn inspect_value(info: &BundleInfo) -> Value {
     let mut root = Map::new();
     root.insert("update".into(), Value::Object(update));
     if let Some(f) = &m.hooks.filename {
-        root.insert(
-            "hooks".into(),
-            json!({ "filename": f, "hooks": m.hooks.hooks }),
-        );
+        root.insert("hooks".into(), json!({ "filename": f, "hooks": m.hooks.hooks }));
     }
     if m.handler.filename.is_some() {
         let mut h = Map::new();
@@ -381,11 +325,7 @@ pub fn inspect_value(info: &BundleInfo) -> Value {
         .map(|img| {
             let mut o = Map::new();
             o.insert("slot-class".into(), json!(img.slotclass));
-            for (k, v) in [
-                ("artifact", &img.artifact),
-                ("variant", &img.variant),
-                ("filename", &img.filename),
-            ] {
+            for (k, v) in [("artifact", &img.artifact), ("variant", &img.variant), ("filename", &img.filename)] {
                 if let Some(v) = v {
                     o.insert(k.into(), json!(v));
                 }
@@ -400,11 +340,7 @@ pub fn inspect_value(info: &BundleInfo) -> Value {
                 o.insert("size".into(), json!(s));
             }
             o.insert("hooks".into(), json!(img.hooks.names()));
-            for (k, list) in [
-                ("adaptive", &img.adaptive),
-                ("convert", &img.convert),
-                ("converted", &img.converted),
-            ] {
+            for (k, list) in [("adaptive", &img.adaptive), ("convert", &img.convert), ("converted", &img.converted)] {
                 if !list.is_empty() {
                     o.insert(k.into(), json!(list));
                 }
@@ -424,11 +360,7 @@ pub fn inspect_value(info: &BundleInfo) -> Value {
     root.insert("bundle".into(), Value::Object(bundle));
     let mut meta = Map::new();
     for g in &m.meta {
-        let entries: Map<String, Value> = g
-            .entries
-            .iter()
-            .map(|(k, v)| (k.clone(), json!(v)))
-            .collect();
+        let entries: Map<String, Value> = g.entries.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
         meta.insert(g.label.clone(), Value::Object(entries));
     }
     root.insert("meta".into(), Value::Object(meta));
@@ -480,12 +412,7 @@ fn write_pretty(v: &Value, depth: usize, out: &mut String) {
 }
 
 /// Renders `info` in the chosen format (with a trailing newline).
-pub fn render(
-    info: &BundleInfo,
-    format: OutputFormat,
-    dump_cert: bool,
-    dump_recipients: bool,
-) -> String {
+pub fn render(info: &BundleInfo, format: OutputFormat, dump_cert: bool, dump_recipients: bool) -> String {
     match format {
         OutputFormat::Readable => readable(info, dump_cert, dump_recipients),
         OutputFormat::Shell => shell(info),
@@ -525,21 +452,23 @@ mod tests {
     #[test]
     fn readable_layout() {
         let r = readable(&sample(), false, false);
-        assert!(r.starts_with("Compatible:     'Test Config'\nVersion:        '2024.08-1'\nDescription:    '(null)'\n"), "{r}");
         assert!(
-            r.contains("Bundle Format:  verity\n  Verity Salt:  '674c"),
+            r.starts_with("Compatible:     'Test Config'\nVersion:        '2024.08-1'\nDescription:    '(null)'\n"),
+            "{r}"
+        );
+        assert!(r.contains("Bundle Format:  verity\n  Verity Salt:  '674c"), "{r}");
+        assert!(r.contains("  Verity Size:  4096\nManifest Hash:  'abab"), "{r}");
+        assert!(r.contains("\nMetadata:\n  version:\n    channel: it's beta\n"), "{r}");
+        assert!(
+            r.contains(
+                "1 Image:\n  \x1b[1m[rootfs]\x1b[0m\n    Filename:  rootfs.ext4\n    Type:      ext4 (detected)\n"
+            ),
             "{r}"
         );
         assert!(
-            r.contains("  Verity Size:  4096\nManifest Hash:  'abab"),
+            r.contains("    Size:      262.1 kB (262144 bytes)\n    Hooks:     \n    Adaptive:  block-hash-index\n"),
             "{r}"
         );
-        assert!(
-            r.contains("\nMetadata:\n  version:\n    channel: it's beta\n"),
-            "{r}"
-        );
-        assert!(r.contains("1 Image:\n  \x1b[1m[rootfs]\x1b[0m\n    Filename:  rootfs.ext4\n    Type:      ext4 (detected)\n"), "{r}");
-        assert!(r.contains("    Size:      262.1 kB (262144 bytes)\n    Hooks:     \n    Adaptive:  block-hash-index\n"), "{r}");
         assert!(r.ends_with("Signature unverified\n"), "{r}");
     }
 
@@ -551,9 +480,7 @@ mod tests {
         assert!(s.contains("RAUC_IMAGE_ADAPTIVE_0='block-hash-index'\n"));
         let out = std::process::Command::new("sh")
             .arg("-c")
-            .arg(format!(
-                "{s}\nprintf %s \"$RAUC_META_VERSION_CHANNEL|$RAUC_MF_DESCRIPTION\""
-            ))
+            .arg(format!("{s}\nprintf %s \"$RAUC_META_VERSION_CHANNEL|$RAUC_MF_DESCRIPTION\""))
             .output()
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "it's beta|");
@@ -565,19 +492,13 @@ mod tests {
         assert!(j.starts_with("{\"compatible\":\"Test Config\",\"version\":\"2024.08-1\",\"description\":null,\"build\":null,\"format\":\"verity\",\"hooks\":[],\"hash\":\"abab"), "{j}");
         assert!(j.contains("\"images\":[{\"rootfs\":{\"artifact\":null,\"variant\":null,\"filename\":\"rootfs.ext4\",\"type\":\"ext4\""), "{j}");
         let p = to_pretty_json(&json_value(&sample()));
-        assert!(
-            p.starts_with("{\n  \"compatible\" : \"Test Config\",\n"),
-            "{p}"
-        );
+        assert!(p.starts_with("{\n  \"compatible\" : \"Test Config\",\n"), "{p}");
         assert!(p.contains("  \"hooks\" : [],\n"), "{p}");
         let back: Value = serde_json::from_str(&p).unwrap();
         assert_eq!(back, json_value(&sample()));
         let i = inspect_value(&sample());
         let keys: Vec<&String> = i.as_object().unwrap().keys().collect();
-        assert_eq!(
-            keys,
-            ["update", "images", "manifest-hash", "bundle", "meta"]
-        );
+        assert_eq!(keys, ["update", "images", "manifest-hash", "bundle", "meta"]);
         assert_eq!(i["bundle"]["verity-size"], json!(4096));
         assert!(i["bundle"].get("crypt-key").is_none());
     }

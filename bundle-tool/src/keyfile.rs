@@ -19,18 +19,12 @@ pub struct KeyFileError {
 
 impl KeyFileError {
     fn at(line: usize, message: impl Into<String>) -> Self {
-        KeyFileError {
-            line: Some(line),
-            message: message.into(),
-        }
+        KeyFileError { line: Some(line), message: message.into() }
     }
 
     /// An error that does not point at a line.
     pub fn new(message: impl Into<String>) -> Self {
-        KeyFileError {
-            line: None,
-            message: message.into(),
-        }
+        KeyFileError { line: None, message: message.into() }
     }
 }
 
@@ -67,11 +61,7 @@ pub struct Group {
 impl Group {
     /// Creates an empty group.
     pub fn new(name: impl Into<String>) -> Self {
-        Group {
-            name: name.into(),
-            line: 0,
-            entries: Vec::new(),
-        }
+        Group { name: name.into(), line: 0, entries: Vec::new() }
     }
 
     /// The entry for `key`, if present.
@@ -85,11 +75,7 @@ impl Group {
         if let Some(e) = self.entries.iter_mut().find(|e| e.key == key) {
             e.raw = raw;
         } else {
-            self.entries.push(Entry {
-                key: key.to_string(),
-                raw,
-                line: 0,
-            });
+            self.entries.push(Entry { key: key.to_string(), raw, line: 0 });
         }
     }
 
@@ -136,17 +122,12 @@ impl KeyFile {
                 continue;
             }
             if trimmed.starts_with('[') {
-                let name = parse_group_header(trimmed).ok_or_else(|| {
-                    KeyFileError::at(lineno, format!("Invalid group name: {trimmed}"))
-                })?;
+                let name = parse_group_header(trimmed)
+                    .ok_or_else(|| KeyFileError::at(lineno, format!("Invalid group name: {trimmed}")))?;
                 current = Some(match kf.groups.iter().position(|g| g.name == name) {
                     Some(pos) => pos,
                     None => {
-                        kf.groups.push(Group {
-                            name: name.to_string(),
-                            line: lineno,
-                            entries: Vec::new(),
-                        });
+                        kf.groups.push(Group { name: name.to_string(), line: lineno, entries: Vec::new() });
                         kf.groups.len() - 1
                     }
                 });
@@ -155,16 +136,11 @@ impl KeyFile {
             let Some(eq) = trimmed.find('=') else {
                 return Err(KeyFileError::at(
                     lineno,
-                    format!(
-                        "Key file contains line '{trimmed}' which is not a key-value pair, group, or comment"
-                    ),
+                    format!("Key file contains line '{trimmed}' which is not a key-value pair, group, or comment"),
                 ));
             };
             let Some(group_idx) = current else {
-                return Err(KeyFileError::at(
-                    lineno,
-                    "Key file does not start with a group",
-                ));
+                return Err(KeyFileError::at(lineno, "Key file does not start with a group"));
             };
             let key = trimmed[..eq].trim_end_matches([' ', '\t']);
             if !is_valid_key(key) {
@@ -177,11 +153,7 @@ impl KeyFile {
                     e.raw = value.to_string();
                     e.line = lineno;
                 }
-                None => group.entries.push(Entry {
-                    key: key.to_string(),
-                    raw: value.to_string(),
-                    line: lineno,
-                }),
+                None => group.entries.push(Entry { key: key.to_string(), raw: value.to_string(), line: lineno }),
             }
         }
         Ok(kf)
@@ -225,15 +197,8 @@ impl KeyFile {
 }
 
 fn parse_group_header(line: &str) -> Option<&str> {
-    let inner = line
-        .trim_end_matches([' ', '\t'])
-        .strip_prefix('[')?
-        .strip_suffix(']')?;
-    if inner.is_empty()
-        || inner
-            .chars()
-            .any(|c| c == '[' || c == ']' || c.is_control())
-    {
+    let inner = line.trim_end_matches([' ', '\t']).strip_prefix('[')?.strip_suffix(']')?;
+    if inner.is_empty() || inner.chars().any(|c| c == '[' || c == ']' || c.is_control()) {
         return None;
     }
     Some(inner)
@@ -289,9 +254,7 @@ fn unescape(raw: &str, separator: Option<char>) -> Result<Vec<String>, String> {
                 Some('\\') => cur.push('\\'),
                 Some(s) if Some(s) == separator => cur.push(s),
                 Some(other) => {
-                    return Err(format!(
-                        "Key file contains invalid escape sequence '\\{other}'"
-                    ));
+                    return Err(format!("Key file contains invalid escape sequence '\\{other}'"));
                 }
                 None => return Err("Key file contains escape character at end of line".to_string()),
             },
@@ -355,11 +318,7 @@ pub fn parse_i64(raw: &str) -> Option<i64> {
 pub fn parse_size(raw: &str) -> Option<u64> {
     let digits_end = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
     let number: u64 = raw[..digits_end].parse().ok()?;
-    let shift = match raw[digits_end..]
-        .chars()
-        .next()
-        .map(|c| c.to_ascii_uppercase())
-    {
+    let shift = match raw[digits_end..].chars().next().map(|c| c.to_ascii_uppercase()) {
         Some('K') => 10,
         Some('M') => 20,
         Some('G') => 30,
@@ -379,10 +338,7 @@ pub struct GroupReader<'a> {
 impl<'a> GroupReader<'a> {
     /// Starts reading `group`.
     pub fn new(group: &'a Group) -> Self {
-        GroupReader {
-            group,
-            used: vec![false; group.entries.len()],
-        }
+        GroupReader { group, used: vec![false; group.entries.len()] }
     }
 
     /// The group's name.
@@ -404,10 +360,7 @@ impl<'a> GroupReader<'a> {
         };
         let v = unescape_string(&e.raw).map_err(|m| KeyFileError::at(e.line, m))?;
         if v.is_empty() {
-            return Err(KeyFileError::at(
-                e.line,
-                format!("Missing value for key '{key}'"),
-            ));
+            return Err(KeyFileError::at(e.line, format!("Missing value for key '{key}'")));
         }
         Ok(Some(v))
     }
@@ -417,9 +370,7 @@ impl<'a> GroupReader<'a> {
         let Some(e) = self.take(key) else {
             return Ok(None);
         };
-        unescape_string(&e.raw)
-            .map(Some)
-            .map_err(|m| KeyFileError::at(e.line, m))
+        unescape_string(&e.raw).map(Some).map_err(|m| KeyFileError::at(e.line, m))
     }
 
     /// A `;`-separated list.
@@ -427,9 +378,7 @@ impl<'a> GroupReader<'a> {
         let Some(e) = self.take(key) else {
             return Ok(None);
         };
-        parse_list(&e.raw)
-            .map(Some)
-            .map_err(|m| KeyFileError::at(e.line, m))
+        parse_list(&e.raw).map(Some).map_err(|m| KeyFileError::at(e.line, m))
     }
 
     /// A boolean.
@@ -440,7 +389,10 @@ impl<'a> GroupReader<'a> {
         parse_bool(&e.raw).map(Some).ok_or_else(|| {
             KeyFileError::at(
                 e.line,
-                format!("Key '{key}' in group '[{}]' has value '{}' which cannot be interpreted as a boolean", self.group.name, e.raw),
+                format!(
+                    "Key '{key}' in group '[{}]' has value '{}' which cannot be interpreted as a boolean",
+                    self.group.name, e.raw
+                ),
             )
         })
     }
@@ -453,7 +405,10 @@ impl<'a> GroupReader<'a> {
         parse_u64(&e.raw).map(Some).ok_or_else(|| {
             KeyFileError::at(
                 e.line,
-                format!("Key '{key}' in group '[{}]' has value '{}' which cannot be interpreted as a number", self.group.name, e.raw),
+                format!(
+                    "Key '{key}' in group '[{}]' has value '{}' which cannot be interpreted as a number",
+                    self.group.name, e.raw
+                ),
             )
         })
     }
@@ -469,10 +424,7 @@ impl<'a> GroupReader<'a> {
         match self.used.iter().position(|u| !u) {
             Some(pos) => {
                 let e = &self.group.entries[pos];
-                Err(KeyFileError::at(
-                    e.line,
-                    format!("Invalid key '{}' in group '[{}]'", e.key, self.group.name),
-                ))
+                Err(KeyFileError::at(e.line, format!("Invalid key '{}' in group '[{}]'", e.key, self.group.name)))
             }
             None => Ok(()),
         }
@@ -497,21 +449,14 @@ mod tests {
     fn duplicate_keys_last_wins_and_groups_merge() {
         let kf = KeyFile::parse("[a]\nk=1\nj=0\nk=2\n[b]\nx=1\n[a]\nm=3\n").unwrap();
         let a = kf.group("a").unwrap();
-        let keys: Vec<_> = a
-            .entries
-            .iter()
-            .map(|e| (e.key.as_str(), e.raw.as_str()))
-            .collect();
+        let keys: Vec<_> = a.entries.iter().map(|e| (e.key.as_str(), e.raw.as_str())).collect();
         assert_eq!(keys, vec![("k", "2"), ("j", "0"), ("m", "3")]);
         assert_eq!(kf.groups.len(), 2);
     }
 
     #[test]
     fn rejects_what_glib_rejects() {
-        assert_eq!(
-            KeyFile::parse("k=v\n").unwrap_err().message,
-            "Key file does not start with a group"
-        );
+        assert_eq!(KeyFile::parse("k=v\n").unwrap_err().message, "Key file does not start with a group");
         let e = KeyFile::parse("[a]\n;comment\n").unwrap_err();
         assert_eq!(e.line, Some(2));
         assert!(e.message.contains("not a key-value pair"), "{}", e.message);
@@ -530,11 +475,7 @@ mod tests {
     #[test]
     fn escapes_and_lists() {
         assert_eq!(unescape_string(r"\sa\tb\\c\nd\r").unwrap(), " a\tb\\c\nd\r");
-        assert!(
-            unescape_string(r"a\x")
-                .unwrap_err()
-                .contains("invalid escape")
-        );
+        assert!(unescape_string(r"a\x").unwrap_err().contains("invalid escape"));
         assert!(unescape_string("a\\").is_err());
         assert!(unescape_string(r"a\;b").is_err());
         assert_eq!(parse_list("a;b").unwrap(), vec!["a", "b"]);
@@ -588,9 +529,6 @@ mod tests {
         assert_eq!(e.line, Some(3));
         let kf = KeyFile::parse("[update]\ncompatible=\n").unwrap();
         let mut r = GroupReader::new(kf.group("update").unwrap());
-        assert_eq!(
-            r.string("compatible").unwrap_err().message,
-            "Missing value for key 'compatible'"
-        );
+        assert_eq!(r.string("compatible").unwrap_err().message, "Missing value for key 'compatible'");
     }
 }

@@ -14,10 +14,7 @@ fn err(message: impl Into<String>) -> ManifestError {
 }
 
 fn err_at(line: usize, message: impl Into<String>) -> ManifestError {
-    KeyFileError {
-        line: Some(line),
-        message: message.into(),
-    }
+    KeyFileError { line: Some(line), message: message.into() }
 }
 
 /// The RAUC feature level rota implements; `min-rauc-version` is compared with it.
@@ -134,11 +131,7 @@ const FILENAME_PATTERNS: [(&str, ImageType); 16] = [
 impl ImageType {
     /// The name used in manifests.
     pub fn as_str(self) -> &'static str {
-        IMAGE_TYPES
-            .iter()
-            .find(|(t, _)| *t == self)
-            .map(|(_, n)| *n)
-            .expect("every type is listed")
+        IMAGE_TYPES.iter().find(|(t, _)| *t == self).map(|(_, n)| *n).expect("every type is listed")
     }
 
     /// Parses a `type=` value.
@@ -148,10 +141,7 @@ impl ImageType {
 
     /// Derives the type from a filename with RAUC's ordered glob table.
     pub fn from_filename(name: &str) -> Option<Self> {
-        FILENAME_PATTERNS
-            .iter()
-            .find(|(pat, _)| glob_match(pat, name))
-            .map(|(_, t)| *t)
+        FILENAME_PATTERNS.iter().find(|(pat, _)| glob_match(pat, name)).map(|(_, t)| *t)
     }
 }
 
@@ -222,12 +212,7 @@ pub struct BundleSection {
 
 impl Default for BundleSection {
     fn default() -> Self {
-        BundleSection {
-            format: BundleFormat::Plain,
-            format_explicit: false,
-            verity: None,
-            crypt_key: None,
-        }
+        BundleSection { format: BundleFormat::Plain, format_explicit: false, verity: None, crypt_key: None }
     }
 }
 
@@ -321,8 +306,7 @@ impl Image {
 
     /// The image type: explicit, else derived from the filename.
     pub fn image_type(&self) -> Option<ImageType> {
-        self.explicit_type
-            .or_else(|| self.filename.as_deref().and_then(ImageType::from_filename))
+        self.explicit_type.or_else(|| self.filename.as_deref().and_then(ImageType::from_filename))
     }
 }
 
@@ -371,9 +355,7 @@ pub enum ManifestCopy {
 }
 
 fn is_meta_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn is_sha256_hex(s: &str) -> bool {
@@ -383,9 +365,9 @@ fn is_sha256_hex(s: &str) -> bool {
 fn parse_hex32(s: &str, key: &str, line: usize) -> Result<[u8; 32], ManifestError> {
     let valid = s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     let bytes = if valid { hex::decode(s).ok() } else { None };
-    bytes
-        .and_then(|b| <[u8; 32]>::try_from(b).ok())
-        .ok_or_else(|| err_at(line, format!("Invalid value for key '{key}' in group '[bundle]': expected 64 lowercase hex characters")))
+    bytes.and_then(|b| <[u8; 32]>::try_from(b).ok()).ok_or_else(|| {
+        err_at(line, format!("Invalid value for key '{key}' in group '[bundle]': expected 64 lowercase hex characters"))
+    })
 }
 
 impl Manifest {
@@ -405,33 +387,23 @@ impl Manifest {
                     m.update.description = r.string("description")?;
                     m.update.build = r.string("build")?;
                     if let Some(e) = r.take("min-rauc-version") {
-                        let v =
-                            keyfile::unescape_string(&e.raw).map_err(|msg| err_at(e.line, msg))?;
+                        let v = keyfile::unescape_string(&e.raw).map_err(|msg| err_at(e.line, msg))?;
                         check_min_rauc_version(&v).map_err(|msg| err_at(e.line, msg))?;
                         m.update.min_rauc_version = Some(v);
                     }
                 }
                 "bundle" => {
                     if let Some(e) = r.take("format") {
-                        let v =
-                            keyfile::unescape_string(&e.raw).map_err(|msg| err_at(e.line, msg))?;
-                        m.bundle.format = BundleFormat::parse(&v).ok_or_else(|| {
-                            err_at(
-                                e.line,
-                                format!("Invalid format value '{v}' in group '[bundle]'"),
-                            )
-                        })?;
+                        let v = keyfile::unescape_string(&e.raw).map_err(|msg| err_at(e.line, msg))?;
+                        m.bundle.format = BundleFormat::parse(&v)
+                            .ok_or_else(|| err_at(e.line, format!("Invalid format value '{v}' in group '[bundle]'")))?;
                         m.bundle.format_explicit = true;
                     }
                     if m.bundle.format != BundleFormat::Plain {
-                        let hash = r
-                            .take("verity-hash")
-                            .map(|e| parse_hex32(&e.raw, "verity-hash", e.line))
-                            .transpose()?;
-                        let salt = r
-                            .take("verity-salt")
-                            .map(|e| parse_hex32(&e.raw, "verity-salt", e.line))
-                            .transpose()?;
+                        let hash =
+                            r.take("verity-hash").map(|e| parse_hex32(&e.raw, "verity-hash", e.line)).transpose()?;
+                        let salt =
+                            r.take("verity-salt").map(|e| parse_hex32(&e.raw, "verity-salt", e.line)).transpose()?;
                         let size = match r.take("verity-size") {
                             Some(e) => {
                                 let n = keyfile::parse_u64(&e.raw).filter(|n| *n > 0 && n % 4096 == 0).ok_or_else(|| {
@@ -489,9 +461,7 @@ impl Manifest {
                 "rollout" => {
                     r.take_all();
                 }
-                _ if name.starts_with("image.") => {
-                    m.images.push(parse_image(&mut r, group.line, origin)?)
-                }
+                _ if name.starts_with("image.") => m.images.push(parse_image(&mut r, group.line, origin)?),
                 _ if name.starts_with("meta.") => {
                     let label = &name["meta.".len()..];
                     if !is_meta_name(label) {
@@ -502,10 +472,7 @@ impl Manifest {
                             ),
                         ));
                     }
-                    let mut mg = MetaGroup {
-                        label: label.to_string(),
-                        entries: Vec::new(),
-                    };
+                    let mut mg = MetaGroup { label: label.to_string(), entries: Vec::new() };
                     for e in r.take_all() {
                         if !is_meta_name(&e.key) {
                             return Err(err_at(
@@ -513,8 +480,7 @@ impl Manifest {
                                 format!("Invalid metadata key '{}' in group '[{name}]'", e.key),
                             ));
                         }
-                        let v =
-                            keyfile::unescape_string(&e.raw).map_err(|msg| err_at(e.line, msg))?;
+                        let v = keyfile::unescape_string(&e.raw).map_err(|msg| err_at(e.line, msg))?;
                         mg.entries.push((e.key.clone(), v));
                     }
                     m.meta.push(mg);
@@ -527,15 +493,11 @@ impl Manifest {
             return Err(err("Missing key 'compatible' in group '[update]'"));
         }
         if !m.hooks.hooks.is_empty() && m.hooks.filename.is_none() {
-            return Err(err(
-                "Hooks used, but no hook 'filename' defined in [hooks] section",
-            ));
+            return Err(err("Hooks used, but no hook 'filename' defined in [hooks] section"));
         }
         let any_slot_hooks = m.images.iter().any(|i| i.hooks != ImageHooks::default());
         if any_slot_hooks && m.hooks.filename.is_none() {
-            return Err(err(
-                "Hooks used, but no hook 'filename' defined in [hooks] section",
-            ));
+            return Err(err("Hooks used, but no hook 'filename' defined in [hooks] section"));
         }
         Ok(m)
     }
@@ -605,10 +567,7 @@ impl Manifest {
             }
             let hooks = img.hooks.names();
             for (key, list) in [
-                (
-                    "hooks",
-                    hooks.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-                ),
+                ("hooks", hooks.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
                 ("adaptive", img.adaptive.clone()),
                 ("convert", img.convert.clone()),
                 ("converted", img.converted.clone()),
@@ -640,23 +599,14 @@ impl Manifest {
                 match &img.sha256 {
                     Some(s) if is_sha256_hex(s) => {}
                     Some(s) => {
-                        return Err(err(format!(
-                            "Invalid sha256 '{s}' for image '{}'",
-                            img.group_name()
-                        )));
+                        return Err(err(format!("Invalid sha256 '{s}' for image '{}'", img.group_name())));
                     }
                     None => {
-                        return Err(err(format!(
-                            "Missing 'sha256' for image '[{}]'",
-                            img.group_name()
-                        )));
+                        return Err(err(format!("Missing 'sha256' for image '[{}]'", img.group_name())));
                     }
                 }
                 if img.size.is_none() && !img.hooks.install {
-                    return Err(err(format!(
-                        "Missing 'size' for image '[{}]'",
-                        img.group_name()
-                    )));
+                    return Err(err(format!("Missing 'size' for image '[{}]'", img.group_name())));
                 }
             }
             if img.converted.len() != img.convert.len() {
@@ -668,14 +618,10 @@ impl Manifest {
         }
         if format == BundleFormat::Plain {
             if self.images.iter().any(|i| i.artifact.is_some()) {
-                return Err(err(
-                    "Artifacts are not supported in bundles using plain format",
-                ));
+                return Err(err("Artifacts are not supported in bundles using plain format"));
             }
             if self.images.iter().any(|i| !i.convert.is_empty()) {
-                return Err(err(
-                    "Converters are not supported in bundles using plain format",
-                ));
+                return Err(err("Converters are not supported in bundles using plain format"));
             }
         }
         Ok(())
@@ -693,10 +639,7 @@ impl Manifest {
         classes
             .into_iter()
             .map(|class| {
-                let candidates = self
-                    .images
-                    .iter()
-                    .filter(|i| i.artifact.is_none() && i.slotclass == class);
+                let candidates = self.images.iter().filter(|i| i.artifact.is_none() && i.slotclass == class);
                 let mut default = None;
                 for img in candidates {
                     match (&img.variant, variant) {
@@ -705,9 +648,7 @@ impl Manifest {
                         _ => {}
                     }
                 }
-                default.ok_or_else(|| {
-                    format!("Failed to find matching variant of image for slot class '{class}'")
-                })
+                default.ok_or_else(|| format!("Failed to find matching variant of image for slot class '{class}'"))
             })
             .collect()
     }
@@ -718,12 +659,7 @@ impl Manifest {
         self.meta
             .iter()
             .flat_map(|g| {
-                g.entries.iter().map(move |(k, v)| {
-                    (
-                        format!("RAUC_META_{}_{}", norm(&g.label), norm(k)),
-                        v.clone(),
-                    )
-                })
+                g.entries.iter().map(move |(k, v)| (format!("RAUC_META_{}_{}", norm(&g.label), norm(k)), v.clone()))
             })
             .collect()
     }
@@ -742,21 +678,14 @@ impl Manifest {
 
     /// Checks the bundle version against `[system] min-bundle-version`.
     pub fn check_min_bundle_version(&self, min: &str) -> Result<(), String> {
-        let min_v = SemVer::parse(min)
-            .ok_or_else(|| format!("Failed to parse 'min-bundle-version' '{min}'"))?;
+        let min_v = SemVer::parse(min).ok_or_else(|| format!("Failed to parse 'min-bundle-version' '{min}'"))?;
         let Some(version) = &self.update.version else {
-            return Err(format!(
-                "Version mismatch: Expected at least '{min}' but bundle manifest has no version"
-            ));
+            return Err(format!("Version mismatch: Expected at least '{min}' but bundle manifest has no version"));
         };
         match SemVer::parse(version) {
             Some(v) if v >= min_v => Ok(()),
-            Some(_) => Err(format!(
-                "Version mismatch: Expected at least '{min}' but bundle manifest has '{version}'"
-            )),
-            None => Err(format!(
-                "Version mismatch: Failed to parse bundle version '{version}'"
-            )),
+            Some(_) => Err(format!("Version mismatch: Expected at least '{min}' but bundle manifest has '{version}'")),
+            None => Err(format!("Version mismatch: Failed to parse bundle version '{version}'")),
         }
     }
 }
@@ -767,12 +696,9 @@ pub fn manifest_hash(bytes: &[u8]) -> String {
 }
 
 fn check_min_rauc_version(v: &str) -> Result<(), String> {
-    let parsed = SemVer::parse(v)
-        .ok_or_else(|| format!("Failed to parse 'min-rauc-version' value '{v}'"))?;
+    let parsed = SemVer::parse(v).ok_or_else(|| format!("Failed to parse 'min-rauc-version' value '{v}'"))?;
     if parsed < SemVer::parse("1.14").expect("constant") {
-        return Err(format!(
-            "Invalid 'min-rauc-version' '{v}': the key exists since 1.14"
-        ));
+        return Err(format!("Invalid 'min-rauc-version' '{v}': the key exists since 1.14"));
     }
     let current = SemVer::parse(RAUC_COMPAT_VERSION).expect("constant");
     if parsed > current {
@@ -783,11 +709,7 @@ fn check_min_rauc_version(v: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn parse_image(
-    r: &mut GroupReader<'_>,
-    line: usize,
-    origin: ManifestOrigin,
-) -> Result<Image, ManifestError> {
+fn parse_image(r: &mut GroupReader<'_>, line: usize, origin: ManifestOrigin) -> Result<Image, ManifestError> {
     let name = r.name();
     let rest = &name["image.".len()..];
     let (target, variant) = match rest.split_once('.') {
@@ -801,20 +723,12 @@ fn parse_image(
     if slotclass.is_empty() || artifact.as_deref() == Some("") || variant.as_deref() == Some("") {
         return Err(err_at(line, format!("Invalid group '[{name}]'")));
     }
-    let mut img = Image {
-        slotclass,
-        artifact,
-        variant,
-        ..Image::default()
-    };
+    let mut img = Image { slotclass, artifact, variant, ..Image::default() };
     img.filename = r.string("filename")?;
     if let Some(f) = &img.filename
         && f.contains('/')
     {
-        return Err(err_at(
-            line,
-            format!("Image filename '{f}' in group '[{name}]' must not contain '/'"),
-        ));
+        return Err(err_at(line, format!("Image filename '{f}' in group '[{name}]' must not contain '/'")));
     }
     if let Some(hooks) = r.list("hooks")? {
         for h in hooks {
@@ -836,10 +750,7 @@ fn parse_image(
     }
     if let Some(t) = r.string("type")? {
         if img.artifact.is_some() {
-            return Err(err_at(
-                line,
-                format!("Key 'type' is not allowed for artifact image '[{name}]'"),
-            ));
+            return Err(err_at(line, format!("Key 'type' is not allowed for artifact image '[{name}]'")));
         }
         match ImageType::parse(&t) {
             Some(ty) => img.explicit_type = Some(ty),
@@ -870,19 +781,14 @@ fn parse_image(
         if let Some(s) = &sha
             && !is_sha256_hex(s)
         {
-            return Err(err_at(
-                line,
-                format!("Invalid sha256 '{s}' for image '[{name}]'"),
-            ));
+            return Err(err_at(line, format!("Invalid sha256 '{s}' for image '[{name}]'")));
         }
         img.sha256 = sha;
         img.size = match size_entry {
-            Some(e) => Some(keyfile::parse_u64(&e.raw).ok_or_else(|| {
-                err_at(
-                    e.line,
-                    format!("Invalid size '{}' for image '[{name}]'", e.raw),
-                )
-            })?),
+            Some(e) => Some(
+                keyfile::parse_u64(&e.raw)
+                    .ok_or_else(|| err_at(e.line, format!("Invalid size '{}' for image '[{name}]'", e.raw)))?,
+            ),
             None => None,
         };
         img.converted = converted.unwrap_or_default();
@@ -891,10 +797,7 @@ fn parse_image(
     img.convert = r.list("convert")?.unwrap_or_default();
     for c in &img.convert {
         if !matches!(c.as_str(), "tar-extract" | "composefs" | "keep") {
-            return Err(err_at(
-                line,
-                format!("Unsupported converter '{c}' in group '[{name}]'"),
-            ));
+            return Err(err_at(line, format!("Unsupported converter '{c}' in group '[{name}]'")));
         }
     }
     // Legacy per-image keys: accepted and dropped.
@@ -902,19 +805,11 @@ fn parse_image(
         r.take(legacy);
     }
     if img.explicit_type == Some(ImageType::Emptyfs) && img.filename.is_some() {
-        return Err(err_at(
-            line,
-            format!("Image '[{name}]' of type 'emptyfs' must not have a filename"),
-        ));
+        return Err(err_at(line, format!("Image '[{name}]' of type 'emptyfs' must not have a filename")));
     }
     let needs_filename = !img.hooks.install && img.explicit_type != Some(ImageType::Emptyfs);
-    if img.filename.is_none()
-        && (needs_filename || !img.adaptive.is_empty() || !img.convert.is_empty())
-    {
-        return Err(err_at(
-            line,
-            format!("Missing 'filename' for image '[{name}]'"),
-        ));
+    if img.filename.is_none() && (needs_filename || !img.adaptive.is_empty() || !img.convert.is_empty()) {
+        return Err(err_at(line, format!("Missing 'filename' for image '[{name}]'")));
     }
     if img.artifact.is_none() && !img.hooks.install && img.image_type().is_none() {
         let f = img.filename.as_deref().unwrap_or_default();
@@ -974,10 +869,7 @@ release-notes=foo bar
         assert_eq!(m.images[1].explicit_type, Some(ImageType::Raw));
         assert_eq!(m.to_text(ManifestCopy::Inline), OBSERVED);
         let internal = m.to_text(ManifestCopy::Internal);
-        assert!(
-            internal.contains("[bundle]\nformat=verity\n\n[hooks]"),
-            "{internal}"
-        );
+        assert!(internal.contains("[bundle]\nformat=verity\n\n[hooks]"), "{internal}");
         assert!(!internal.contains("verity-"));
     }
 
@@ -998,21 +890,10 @@ release-notes=foo bar
 
     #[test]
     fn plain_format_written_only_when_explicit() {
-        let m = Manifest::parse(
-            "[update]\ncompatible=c\n[image.a]\nfilename=a.img\n",
-            ManifestOrigin::Input,
-        )
-        .unwrap();
+        let m = Manifest::parse("[update]\ncompatible=c\n[image.a]\nfilename=a.img\n", ManifestOrigin::Input).unwrap();
         assert!(!m.to_text(ManifestCopy::Internal).contains("[bundle]"));
-        let m = Manifest::parse(
-            "[update]\ncompatible=c\n[bundle]\nformat=plain\n",
-            ManifestOrigin::Input,
-        )
-        .unwrap();
-        assert!(
-            m.to_text(ManifestCopy::Internal)
-                .contains("[bundle]\nformat=plain\n")
-        );
+        let m = Manifest::parse("[update]\ncompatible=c\n[bundle]\nformat=plain\n", ManifestOrigin::Input).unwrap();
+        assert!(m.to_text(ManifestCopy::Internal).contains("[bundle]\nformat=plain\n"));
     }
 
     #[test]
@@ -1024,70 +905,31 @@ release-notes=foo bar
         let m = Manifest::parse(&text, ManifestOrigin::Bundle).unwrap();
         assert_eq!(m.bundle.crypt_key, Some([0xab; 32]));
         assert_eq!(m.to_text(ManifestCopy::Inline), text);
-        assert_eq!(
-            m.to_text(ManifestCopy::Internal),
-            "[update]\ncompatible=c\n\n[bundle]\nformat=crypt\n"
-        );
+        assert_eq!(m.to_text(ManifestCopy::Internal), "[update]\ncompatible=c\n\n[bundle]\nformat=crypt\n");
     }
 
     #[test]
     fn min_rauc_version_is_kept() {
-        let m = Manifest::parse(
-            "[update]\ncompatible=c\nmin-rauc-version=1.14\n",
-            ManifestOrigin::Input,
-        )
-        .unwrap();
-        assert!(
-            m.to_text(ManifestCopy::Internal)
-                .contains("min-rauc-version=1.14\n")
-        );
-        let e = Manifest::parse(
-            "[update]\ncompatible=c\nmin-rauc-version=9.0\n",
-            ManifestOrigin::Input,
-        )
-        .unwrap_err();
+        let m = Manifest::parse("[update]\ncompatible=c\nmin-rauc-version=1.14\n", ManifestOrigin::Input).unwrap();
+        assert!(m.to_text(ManifestCopy::Internal).contains("min-rauc-version=1.14\n"));
+        let e = Manifest::parse("[update]\ncompatible=c\nmin-rauc-version=9.0\n", ManifestOrigin::Input).unwrap_err();
         assert_eq!(
             e.message,
-            format!(
-                "Minimum RAUC version in manifest (9.0) is newer than current version ({RAUC_COMPAT_VERSION})"
-            )
+            format!("Minimum RAUC version in manifest (9.0) is newer than current version ({RAUC_COMPAT_VERSION})")
         );
-        assert!(
-            Manifest::parse(
-                "[update]\ncompatible=c\nmin-rauc-version=1.13\n",
-                ManifestOrigin::Input
-            )
-            .is_err()
-        );
-        assert!(
-            Manifest::parse(
-                "[update]\ncompatible=c\nmin-rauc-version=x\n",
-                ManifestOrigin::Input
-            )
-            .is_err()
-        );
+        assert!(Manifest::parse("[update]\ncompatible=c\nmin-rauc-version=1.13\n", ManifestOrigin::Input).is_err());
+        assert!(Manifest::parse("[update]\ncompatible=c\nmin-rauc-version=x\n", ManifestOrigin::Input).is_err());
     }
 
     fn parse_err(text: &str) -> String {
-        Manifest::parse(text, ManifestOrigin::Bundle)
-            .unwrap_err()
-            .message
+        Manifest::parse(text, ManifestOrigin::Bundle).unwrap_err().message
     }
 
     #[test]
     fn strict_errors_use_spec_wording() {
-        assert_eq!(
-            parse_err("[update]\ncompatible=c\nfoo=1\n"),
-            "Invalid key 'foo' in group '[update]'"
-        );
-        assert_eq!(
-            parse_err("[update]\ncompatible=c\n[weird]\n"),
-            "Invalid group '[weird]'"
-        );
-        assert_eq!(
-            parse_err("[update]\ncompatible=\n"),
-            "Missing value for key 'compatible'"
-        );
+        assert_eq!(parse_err("[update]\ncompatible=c\nfoo=1\n"), "Invalid key 'foo' in group '[update]'");
+        assert_eq!(parse_err("[update]\ncompatible=c\n[weird]\n"), "Invalid group '[weird]'");
+        assert_eq!(parse_err("[update]\ncompatible=\n"), "Missing value for key 'compatible'");
         assert_eq!(
             parse_err("[update]\ncompatible=c\n[bundle]\nformat=zip\n"),
             "Invalid format value 'zip' in group '[bundle]'"
@@ -1097,10 +939,7 @@ release-notes=foo bar
             "Invalid key 'verity-hash' in group '[bundle]'"
         );
         assert_eq!(
-            parse_err(&format!(
-                "[update]\ncompatible=c\n[bundle]\nformat=verity\ncrypt-key={}\n",
-                "0".repeat(64)
-            )),
+            parse_err(&format!("[update]\ncompatible=c\n[bundle]\nformat=verity\ncrypt-key={}\n", "0".repeat(64))),
             "Invalid key 'crypt-key' in group '[bundle]'"
         );
         assert_eq!(
@@ -1112,9 +951,7 @@ release-notes=foo bar
             "Hooks used, but no hook 'filename' defined in [hooks] section"
         );
         assert_eq!(
-            parse_err(
-                "[update]\ncompatible=c\n[hooks]\nfilename=h\n[image.a]\nfilename=a.img\nhooks=later\n"
-            ),
+            parse_err("[update]\ncompatible=c\n[hooks]\nfilename=h\n[image.a]\nfilename=a.img\nhooks=later\n"),
             "slot hook type 'later' not supported"
         );
         assert_eq!(
@@ -1130,11 +967,8 @@ release-notes=foo bar
 
     #[test]
     fn input_manifest_must_not_carry_generated_keys() {
-        let e = Manifest::parse(
-            "[update]\ncompatible=c\n[image.a]\nfilename=a.img\nsize=1\n",
-            ManifestOrigin::Input,
-        )
-        .unwrap_err();
+        let e = Manifest::parse("[update]\ncompatible=c\n[image.a]\nfilename=a.img\nsize=1\n", ManifestOrigin::Input)
+            .unwrap_err();
         assert!(e.message.contains("'size'"), "{}", e.message);
     }
 
@@ -1155,11 +989,7 @@ release-notes=foo bar
             ("a.ubifs", "ubifs"),
         ];
         for (f, t) in cases {
-            assert_eq!(
-                ImageType::from_filename(f).map(|t| t.as_str()),
-                Some(t),
-                "{f}"
-            );
+            assert_eq!(ImageType::from_filename(f).map(|t| t.as_str()), Some(t), "{f}");
         }
         assert_eq!(ImageType::from_filename("a.bin"), None);
     }
@@ -1168,42 +998,25 @@ release-notes=foo bar
     fn variants_are_selected_per_class() {
         let text = "[update]\ncompatible=c\n[image.rootfs.v1]\nfilename=v1.img\n[image.rootfs]\nfilename=def.img\n[image.rootfs.v2]\nfilename=v2.img\n[image.only.x]\nfilename=x.img\n";
         let m = Manifest::parse(text, ManifestOrigin::Input).unwrap();
-        let pick = |v| {
-            m.select_images(v).map(|imgs| {
-                imgs.iter()
-                    .map(|i| i.filename.clone().unwrap())
-                    .collect::<Vec<_>>()
-            })
-        };
-        assert_eq!(
-            pick(Some("v2")).unwrap_err(),
-            "Failed to find matching variant of image for slot class 'only'"
-        );
-        let m2 = Manifest::parse("[update]\ncompatible=c\n[image.rootfs.v1]\nfilename=v1.img\n[image.rootfs]\nfilename=def.img\n", ManifestOrigin::Input).unwrap();
-        let pick2 = |v| {
-            m2.select_images(v)
-                .unwrap()
-                .iter()
-                .map(|i| i.filename.clone().unwrap())
-                .collect::<Vec<_>>()
-        };
+        let pick =
+            |v| m.select_images(v).map(|imgs| imgs.iter().map(|i| i.filename.clone().unwrap()).collect::<Vec<_>>());
+        assert_eq!(pick(Some("v2")).unwrap_err(), "Failed to find matching variant of image for slot class 'only'");
+        let m2 = Manifest::parse(
+            "[update]\ncompatible=c\n[image.rootfs.v1]\nfilename=v1.img\n[image.rootfs]\nfilename=def.img\n",
+            ManifestOrigin::Input,
+        )
+        .unwrap();
+        let pick2 = |v| m2.select_images(v).unwrap().iter().map(|i| i.filename.clone().unwrap()).collect::<Vec<_>>();
         assert_eq!(pick2(Some("v1")), vec!["v1.img"]);
         assert_eq!(pick2(Some("v9")), vec!["def.img"]);
         assert_eq!(pick2(None), vec!["def.img"]);
         assert_eq!(pick(Some("x")).unwrap(), vec!["def.img", "x.img"]);
-        assert_eq!(
-            pick(None).unwrap_err(),
-            "Failed to find matching variant of image for slot class 'only'"
-        );
+        assert_eq!(pick(None).unwrap_err(), "Failed to find matching variant of image for slot class 'only'");
     }
 
     #[test]
     fn checks_compatible_and_version() {
-        let m = Manifest::parse(
-            "[update]\ncompatible=Other\nversion=2024.08-1\n",
-            ManifestOrigin::Bundle,
-        )
-        .unwrap();
+        let m = Manifest::parse("[update]\ncompatible=Other\nversion=2024.08-1\n", ManifestOrigin::Bundle).unwrap();
         assert_eq!(
             m.check_compatible("Test Config").unwrap_err(),
             "Compatible mismatch: Expected 'Test Config' but bundle manifest has 'Other'"
@@ -1219,45 +1032,18 @@ release-notes=foo bar
 
     #[test]
     fn meta_env_names() {
-        let m = Manifest::parse(
-            "[update]\ncompatible=c\n[meta.my-label]\nrelease-notes=x\n",
-            ManifestOrigin::Bundle,
-        )
-        .unwrap();
-        assert_eq!(
-            m.meta_env(),
-            vec![(
-                "RAUC_META_MY_LABEL_RELEASE_NOTES".to_string(),
-                "x".to_string()
-            )]
-        );
-        assert!(
-            Manifest::parse(
-                "[update]\ncompatible=c\n[meta.a.b]\nk=v\n",
-                ManifestOrigin::Bundle
-            )
-            .is_err()
-        );
+        let m = Manifest::parse("[update]\ncompatible=c\n[meta.my-label]\nrelease-notes=x\n", ManifestOrigin::Bundle)
+            .unwrap();
+        assert_eq!(m.meta_env(), vec![("RAUC_META_MY_LABEL_RELEASE_NOTES".to_string(), "x".to_string())]);
+        assert!(Manifest::parse("[update]\ncompatible=c\n[meta.a.b]\nk=v\n", ManifestOrigin::Bundle).is_err());
     }
 
     #[test]
     fn bundle_rules() {
-        let m = Manifest::parse(
-            "[update]\ncompatible=c\n[image.a]\nfilename=a.img\n",
-            ManifestOrigin::Bundle,
-        )
-        .unwrap();
-        assert!(
-            m.check_bundle_rules(BundleFormat::Verity)
-                .unwrap_err()
-                .message
-                .contains("sha256")
-        );
-        let m = Manifest::parse(
-            "[update]\ncompatible=c\n[image.repo/art]\nfilename=a.tar\n",
-            ManifestOrigin::Input,
-        )
-        .unwrap();
+        let m = Manifest::parse("[update]\ncompatible=c\n[image.a]\nfilename=a.img\n", ManifestOrigin::Bundle).unwrap();
+        assert!(m.check_bundle_rules(BundleFormat::Verity).unwrap_err().message.contains("sha256"));
+        let m = Manifest::parse("[update]\ncompatible=c\n[image.repo/art]\nfilename=a.tar\n", ManifestOrigin::Input)
+            .unwrap();
         assert!(m.check_bundle_rules(BundleFormat::Plain).is_err());
     }
 }

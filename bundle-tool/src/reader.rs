@@ -26,9 +26,7 @@ fn read_unaligned(
     mut aligned: impl FnMut(u64, &mut [u8]) -> io::Result<()>,
 ) -> io::Result<()> {
     check_range(offset, buf.len(), size)?;
-    if offset.is_multiple_of(unit)
-        && ((buf.len() as u64).is_multiple_of(unit) || offset + buf.len() as u64 == size)
-    {
+    if offset.is_multiple_of(unit) && ((buf.len() as u64).is_multiple_of(unit) || offset + buf.len() as u64 == size) {
         return aligned(offset, buf).or_else(|e| fail(buf, e));
     }
     let mut done = 0usize;
@@ -60,12 +58,7 @@ pub struct VerityReader<S> {
 
 impl<S: ReadAt> VerityReader<S> {
     /// `source` is the payload: `data_size` bytes of data, then the tree.
-    pub fn new(
-        source: S,
-        data_size: u64,
-        salt: &[u8],
-        root: [u8; 32],
-    ) -> io::Result<VerityReader<S>> {
+    pub fn new(source: S, data_size: u64, salt: &[u8], root: [u8; 32]) -> io::Result<VerityReader<S>> {
         if !data_size.is_multiple_of(BLOCK_SIZE as u64) || data_size == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -74,24 +67,15 @@ impl<S: ReadAt> VerityReader<S> {
         }
         let geometry = Geometry::new(data_size / BLOCK_SIZE as u64);
         if source.size() != data_size + geometry.tree_size() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "payload size does not match the verity tree size",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "payload size does not match the verity tree size"));
         }
-        Ok(VerityReader {
-            source,
-            data_size,
-            verifier: TreeVerifier::new(geometry, salt, root),
-        })
+        Ok(VerityReader { source, data_size, verifier: TreeVerifier::new(geometry, salt, root) })
     }
 
     fn read_blocks(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.source.read_exact_at(offset, buf)?;
         let fetch = |off: u64, b: &mut [u8]| self.source.read_exact_at(self.data_size + off, b);
-        self.verifier
-            .verify(offset / BLOCK_SIZE as u64, buf, &fetch)
-            .map_err(io::Error::from)
+        self.verifier.verify(offset / BLOCK_SIZE as u64, buf, &fetch).map_err(io::Error::from)
     }
 
     /// Reads and checks every data block once (RAUC's `perform-pre-check`).
@@ -113,9 +97,7 @@ impl<S: ReadAt> ReadAt for VerityReader<S> {
     }
 
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        read_unaligned(self.data_size, offset, buf, BLOCK_SIZE as u64, |off, b| {
-            self.read_blocks(off, b)
-        })
+        read_unaligned(self.data_size, offset, buf, BLOCK_SIZE as u64, |off, b| self.read_blocks(off, b))
     }
 }
 
@@ -134,17 +116,9 @@ pub fn sector_iv(sector: u64) -> [u8; 16] {
 }
 
 /// Encrypts or decrypts whole sectors in place, `first_sector` being the index of `data[0..4096]`.
-pub fn crypt_sectors(
-    key: &[u8; 32],
-    first_sector: u64,
-    data: &mut [u8],
-    encrypt: bool,
-) -> io::Result<()> {
+pub fn crypt_sectors(key: &[u8; 32], first_sector: u64, data: &mut [u8], encrypt: bool) -> io::Result<()> {
     if !data.len().is_multiple_of(BLOCK_SIZE) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "crypt data is not a multiple of 4096 bytes",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "crypt data is not a multiple of 4096 bytes"));
     }
     let mut ctx = CipherCtx::new().map_err(io::Error::other)?;
     let cipher = Cipher::aes_256_cbc();
@@ -152,16 +126,12 @@ pub fn crypt_sectors(
     for (i, sector) in data.chunks_exact_mut(BLOCK_SIZE).enumerate() {
         let iv = sector_iv(first_sector + i as u64);
         if encrypt {
-            ctx.encrypt_init(Some(cipher), Some(key), Some(&iv))
-                .map_err(io::Error::other)?;
+            ctx.encrypt_init(Some(cipher), Some(key), Some(&iv)).map_err(io::Error::other)?;
         } else {
-            ctx.decrypt_init(Some(cipher), Some(key), Some(&iv))
-                .map_err(io::Error::other)?;
+            ctx.decrypt_init(Some(cipher), Some(key), Some(&iv)).map_err(io::Error::other)?;
         }
         ctx.set_padding(false);
-        let n = ctx
-            .cipher_update(sector, Some(&mut out))
-            .map_err(io::Error::other)?;
+        let n = ctx.cipher_update(sector, Some(&mut out)).map_err(io::Error::other)?;
         debug_assert_eq!(n, BLOCK_SIZE);
         sector.copy_from_slice(&out[..BLOCK_SIZE]);
     }
@@ -181,16 +151,10 @@ impl<S: ReadAt> ReadAt for CryptReader<S> {
     }
 
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        read_unaligned(
-            self.inner.size(),
-            offset,
-            buf,
-            BLOCK_SIZE as u64,
-            |off, b| {
-                self.inner.read_exact_at(off, b)?;
-                crypt_sectors(&self.key, off / BLOCK_SIZE as u64, b, false)
-            },
-        )
+        read_unaligned(self.inner.size(), offset, buf, BLOCK_SIZE as u64, |off, b| {
+            self.inner.read_exact_at(off, b)?;
+            crypt_sectors(&self.key, off / BLOCK_SIZE as u64, b, false)
+        })
     }
 }
 
@@ -214,8 +178,7 @@ impl ChunkDigester {
             self.filled += n;
             data = &data[n..];
             if self.filled == PIN_CHUNK {
-                self.digests
-                    .push(std::mem::take(&mut self.current).finalize().into());
+                self.digests.push(std::mem::take(&mut self.current).finalize().into());
                 self.filled = 0;
             }
         }
@@ -242,10 +205,7 @@ impl<S: ReadAt> PinnedReader<S> {
     /// `digests` must come from a [`ChunkDigester`] fed exactly the bytes of `source`.
     pub fn new(source: S, digests: Vec<[u8; 32]>) -> io::Result<PinnedReader<S>> {
         if digests.len() as u64 != source.size().div_ceil(PIN_CHUNK as u64) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "chunk digests do not cover the payload",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "chunk digests do not cover the payload"));
         }
         Ok(PinnedReader { source, digests })
     }
@@ -275,13 +235,7 @@ impl<S: ReadAt> ReadAt for PinnedReader<S> {
     }
 
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        read_unaligned(
-            self.source.size(),
-            offset,
-            buf,
-            PIN_CHUNK as u64,
-            |off, b| self.read_chunks(off, b),
-        )
+        read_unaligned(self.source.size(), offset, buf, PIN_CHUNK as u64, |off, b| self.read_chunks(off, b))
     }
 }
 
@@ -291,9 +245,7 @@ mod tests {
     use crate::verity::build_tree;
 
     fn payload(blocks: usize) -> (Vec<u8>, Vec<u8>, [u8; 32]) {
-        let data: Vec<u8> = (0..blocks * BLOCK_SIZE)
-            .map(|i| (i * 31 % 251) as u8)
-            .collect();
+        let data: Vec<u8> = (0..blocks * BLOCK_SIZE).map(|i| (i * 31 % 251) as u8).collect();
         let salt = [3u8; 32];
         let (root, tree) = build_tree(&data, &salt).unwrap();
         let mut p = data.clone();
@@ -305,13 +257,7 @@ mod tests {
     fn verity_reader_serves_unaligned_reads() {
         let (data, p, root) = payload(300);
         let r = VerityReader::new(p, data.len() as u64, &[3u8; 32], root).unwrap();
-        for (off, len) in [
-            (0usize, 10usize),
-            (4095, 2),
-            (5000, 70000),
-            (data.len() - 1, 1),
-            (0, data.len()),
-        ] {
+        for (off, len) in [(0usize, 10usize), (4095, 2), (5000, 70000), (data.len() - 1, 1), (0, data.len())] {
             let mut b = vec![0u8; len];
             r.read_exact_at(off as u64, &mut b).unwrap();
             assert_eq!(&b[..], &data[off..off + len]);
@@ -371,9 +317,6 @@ mod tests {
         changed[199_999] ^= 1;
         let r = PinnedReader::new(changed, digests).unwrap();
         let e = r.read_exact_at(199_000, &mut [0u8; 10]).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("changed after its signature was verified")
-        );
+        assert!(e.to_string().contains("changed after its signature was verified"));
     }
 }

@@ -58,22 +58,20 @@ fn cmp_field(a: &str, b: &str) -> Ordering {
 
 impl Ord for SemVer {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.core
-            .cmp(&other.core)
-            .then_with(|| match (self.pre.is_empty(), other.pre.is_empty()) {
-                (true, true) => Ordering::Equal,
-                (true, false) => Ordering::Greater,
-                (false, true) => Ordering::Less,
-                (false, false) => {
-                    for (a, b) in self.pre.iter().zip(&other.pre) {
-                        let o = cmp_field(a, b);
-                        if o != Ordering::Equal {
-                            return o;
-                        }
+        self.core.cmp(&other.core).then_with(|| match (self.pre.is_empty(), other.pre.is_empty()) {
+            (true, true) => Ordering::Equal,
+            (true, false) => Ordering::Greater,
+            (false, true) => Ordering::Less,
+            (false, false) => {
+                for (a, b) in self.pre.iter().zip(&other.pre) {
+                    let o = cmp_field(a, b);
+                    if o != Ordering::Equal {
+                        return o;
                     }
-                    self.pre.len().cmp(&other.pre.len())
                 }
-            })
+                self.pre.len().cmp(&other.pre.len())
+            }
+        })
     }
 }
 

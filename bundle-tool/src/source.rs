@@ -145,13 +145,7 @@ impl<S: ReadAt> Cursor<S> {
     /// A cursor with a buffer of `capacity` bytes (rounded up to 4 KiB).
     pub fn with_capacity(source: S, capacity: usize) -> Cursor<S> {
         let capacity = capacity.max(4096).next_multiple_of(4096);
-        Cursor {
-            source,
-            buf: vec![0; capacity],
-            buf_start: 0,
-            buf_len: 0,
-            pos: 0,
-        }
+        Cursor { source, buf: vec![0; capacity], buf_start: 0, buf_len: 0, pos: 0 }
     }
 
     /// The wrapped source.
@@ -203,10 +197,7 @@ impl<S: ReadAt> Seek for Cursor<S> {
             SeekFrom::Current(d) => self.pos as i128 + d as i128,
         };
         if target < 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "seek before the start",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"));
         }
         self.pos = target as u64;
         Ok(self.pos)

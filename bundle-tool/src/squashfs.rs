@@ -87,27 +87,16 @@ impl BundleFs {
     /// Parses the squashfs superblock, tables and directory tree.
     pub fn open(payload: Arc<dyn ReadAt>) -> Result<BundleFs> {
         let errors = ErrorSlot::default();
-        let source = RecordingSource {
-            inner: payload,
-            slot: errors.clone(),
-        };
+        let source = RecordingSource { inner: payload, slot: errors.clone() };
         let cursor = Cursor::new(source);
-        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            FilesystemReader::from_reader(cursor)
-        }));
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| FilesystemReader::from_reader(cursor)));
         let fs = match opened {
             Ok(Ok(fs)) => fs,
             Ok(Err(e)) => {
-                return Err(Self::cause(
-                    &errors,
-                    format!("Failed to read bundle squashfs: {e}"),
-                ));
+                return Err(Self::cause(&errors, format!("Failed to read bundle squashfs: {e}")));
             }
             Err(_) => {
-                return Err(Self::cause(
-                    &errors,
-                    "Failed to read bundle squashfs: malformed image".to_string(),
-                ));
+                return Err(Self::cause(&errors, "Failed to read bundle squashfs: malformed image".to_string()));
             }
         };
         Ok(BundleFs { fs, errors })
@@ -145,13 +134,9 @@ impl BundleFs {
 
     /// Streams one regular file into `out`; returns the bytes written.
     pub fn copy_file(&self, path: &str, out: &mut dyn Write) -> Result<u64> {
-        let node = self
-            .node(path)
-            .ok_or_else(|| Error::Other(format!("File '{path}' not found in bundle")))?;
+        let node = self.node(path).ok_or_else(|| Error::Other(format!("File '{path}' not found in bundle")))?;
         let InnerNode::File(f) = &node.inner else {
-            return Err(Error::Other(format!(
-                "'{path}' in bundle is not a regular file"
-            )));
+            return Err(Error::Other(format!("'{path}' in bundle is not a regular file")));
         };
         self.copy_node(f, path, out)
     }
@@ -173,15 +158,13 @@ impl BundleFs {
                     return Err(self.error(format!("Failed to read '{path}' from bundle: {e}")));
                 }
             };
-            out.write_all(&buf[..n])
-                .map_err(|e| Error::Io(format!("Failed to write '{path}': {e}")))?;
+            out.write_all(&buf[..n]).map_err(|e| Error::Io(format!("Failed to write '{path}': {e}")))?;
             total += n as u64;
         }
         if total != f.file_len() as u64 {
-            return Err(self.error(format!(
-                "Failed to read '{path}' from bundle: got {total} of {} bytes",
-                f.file_len()
-            )));
+            return Err(
+                self.error(format!("Failed to read '{path}' from bundle: got {total} of {} bytes", f.file_len()))
+            );
         }
         Ok(total)
     }
@@ -196,9 +179,7 @@ impl BundleFs {
     /// Extracts everything below `dest` (created if missing), keeping modes,
     /// owners (when root), times, links, devices and fifos.
     pub fn extract_to(&self, dest: &Path) -> Result<()> {
-        let io_err = |what: &str, p: &Path, e: io::Error| {
-            Error::Io(format!("Failed to {what} '{}': {e}", p.display()))
-        };
+        let io_err = |what: &str, p: &Path, e: io::Error| Error::Io(format!("Failed to {what} '{}': {e}", p.display()));
         std::fs::create_dir_all(dest).map_err(|e| io_err("create", dest, e))?;
         let is_root = unsafe { libc::geteuid() } == 0;
         let mut dirs = Vec::new();
@@ -207,33 +188,24 @@ impl BundleFs {
             if relp.split('/').any(|c| c == "..") {
                 return Err(Error::Payload(format!("Invalid path in bundle: {relp}")));
             }
-            let target = if relp.is_empty() {
-                dest.to_path_buf()
-            } else {
-                dest.join(&relp)
-            };
+            let target = if relp.is_empty() { dest.to_path_buf() } else { dest.join(&relp) };
             let mode = u32::from(node.header.permissions) & 0o7777;
             match &node.inner {
                 InnerNode::Dir(_) => {
                     if !relp.is_empty() {
-                        std::fs::create_dir(&target)
-                            .map_err(|e| io_err("create directory", &target, e))?;
+                        std::fs::create_dir(&target).map_err(|e| io_err("create directory", &target, e))?;
                     }
                     dirs.push((target.clone(), node));
                     continue;
                 }
                 InnerNode::File(f) => {
-                    let mut out =
-                        std::fs::File::create(&target).map_err(|e| io_err("create", &target, e))?;
+                    let mut out = std::fs::File::create(&target).map_err(|e| io_err("create", &target, e))?;
                     self.copy_node(f, &relp, &mut out)?;
                 }
                 InnerNode::Symlink(s) => {
-                    std::os::unix::fs::symlink(&s.link, &target)
-                        .map_err(|e| io_err("create symlink", &target, e))?;
+                    std::os::unix::fs::symlink(&s.link, &target).map_err(|e| io_err("create symlink", &target, e))?;
                 }
-                InnerNode::CharacterDevice(d) => {
-                    mknod(&target, libc::S_IFCHR, mode, d.device_number)?
-                }
+                InnerNode::CharacterDevice(d) => mknod(&target, libc::S_IFCHR, mode, d.device_number)?,
                 InnerNode::BlockDevice(d) => mknod(&target, libc::S_IFBLK, mode, d.device_number)?,
                 InnerNode::NamedPipe => mknod(&target, libc::S_IFIFO, mode, 0)?,
                 InnerNode::Socket => {
@@ -241,12 +213,7 @@ impl BundleFs {
                     continue;
                 }
             }
-            apply_metadata(
-                &target,
-                node,
-                is_root,
-                !matches!(node.inner, InnerNode::Symlink(_)),
-            )?;
+            apply_metadata(&target, node, is_root, !matches!(node.inner, InnerNode::Symlink(_)))?;
         }
         // Directories last and deepest first, so read-only modes do not block children.
         for (path, node) in dirs.into_iter().rev() {
@@ -284,61 +251,26 @@ fn cpath(p: &Path) -> Result<CString> {
 fn mknod(p: &Path, kind: libc::mode_t, mode: u32, dev: u32) -> Result<()> {
     let (major, minor) = split_dev(dev);
     let c = cpath(p)?;
-    if unsafe {
-        libc::mknod(
-            c.as_ptr(),
-            kind | mode as libc::mode_t,
-            libc::makedev(major, minor),
-        )
-    } != 0
-    {
-        return Err(Error::Io(format!(
-            "Failed to create '{}': {}",
-            p.display(),
-            io::Error::last_os_error()
-        )));
+    if unsafe { libc::mknod(c.as_ptr(), kind | mode as libc::mode_t, libc::makedev(major, minor)) } != 0 {
+        return Err(Error::Io(format!("Failed to create '{}': {}", p.display(), io::Error::last_os_error())));
     }
     Ok(())
 }
 
-fn apply_metadata(
-    p: &Path,
-    node: &Node<SquashfsFileReader>,
-    is_root: bool,
-    chmod: bool,
-) -> Result<()> {
+fn apply_metadata(p: &Path, node: &Node<SquashfsFileReader>, is_root: bool, chmod: bool) -> Result<()> {
     let c = cpath(p)?;
-    let fail = |what: &str| {
-        Error::Io(format!(
-            "Failed to set {what} of '{}': {}",
-            p.display(),
-            io::Error::last_os_error()
-        ))
-    };
+    let fail =
+        |what: &str| Error::Io(format!("Failed to set {what} of '{}': {}", p.display(), io::Error::last_os_error()));
     unsafe {
         if is_root && libc::lchown(c.as_ptr(), node.header.uid, node.header.gid) != 0 {
             return Err(fail("owner"));
         }
-        if chmod
-            && libc::chmod(
-                c.as_ptr(),
-                (u32::from(node.header.permissions) & 0o7777) as libc::mode_t,
-            ) != 0
-        {
+        if chmod && libc::chmod(c.as_ptr(), (u32::from(node.header.permissions) & 0o7777) as libc::mode_t) != 0 {
             return Err(fail("mode"));
         }
-        let t = libc::timespec {
-            tv_sec: node.header.mtime as libc::time_t,
-            tv_nsec: 0,
-        };
+        let t = libc::timespec { tv_sec: node.header.mtime as libc::time_t, tv_nsec: 0 };
         let times = [t, t];
-        if libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        ) != 0
-        {
+        if libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) != 0 {
             return Err(fail("times"));
         }
     }

@@ -53,11 +53,7 @@ impl Geometry {
             level_offsets[level] = off;
             off += level_blocks[level] * BLOCK_SIZE as u64;
         }
-        Geometry {
-            data_blocks,
-            level_blocks,
-            level_offsets,
-        }
+        Geometry { data_blocks, level_blocks, level_offsets }
     }
 
     /// Total tree size in bytes (`verity-size`).
@@ -107,10 +103,7 @@ pub struct TreeBuilder {
 impl TreeBuilder {
     /// Starts a tree over `data_blocks` blocks with the given salt.
     pub fn new(data_blocks: u64, salt: &[u8]) -> TreeBuilder {
-        assert!(
-            data_blocks > 0,
-            "a verity tree needs at least one data block"
-        );
+        assert!(data_blocks > 0, "a verity tree needs at least one data block");
         let geometry = Geometry::new(data_blocks);
         let levels = geometry.levels();
         TreeBuilder {
@@ -129,16 +122,9 @@ impl TreeBuilder {
     }
 
     /// Adds the digests of consecutive data blocks (see [`salted_digest`]).
-    pub fn push_digest(
-        &mut self,
-        digest: &[u8; 32],
-        sink: &mut dyn HashBlockSink,
-    ) -> io::Result<()> {
+    pub fn push_digest(&mut self, digest: &[u8; 32], sink: &mut dyn HashBlockSink) -> io::Result<()> {
         if self.fed >= self.geometry.data_blocks {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "more data blocks than announced",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "more data blocks than announced"));
         }
         self.fed += 1;
         if self.geometry.levels() == 0 {
@@ -151,10 +137,7 @@ impl TreeBuilder {
     /// Hashes and adds whole data blocks (`data.len()` a multiple of 4096).
     pub fn push_data(&mut self, data: &[u8], sink: &mut dyn HashBlockSink) -> io::Result<()> {
         if !data.len().is_multiple_of(BLOCK_SIZE) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "data is not a multiple of 4096 bytes",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "data is not a multiple of 4096 bytes"));
         }
         for block in data.chunks_exact(BLOCK_SIZE) {
             let d = salted_digest(&self.salt, block);
@@ -163,12 +146,7 @@ impl TreeBuilder {
         Ok(())
     }
 
-    fn push_at(
-        &mut self,
-        level: usize,
-        digest: &[u8; 32],
-        sink: &mut dyn HashBlockSink,
-    ) -> io::Result<()> {
+    fn push_at(&mut self, level: usize, digest: &[u8; 32], sink: &mut dyn HashBlockSink) -> io::Result<()> {
         self.pending[level].extend_from_slice(digest);
         if self.pending[level].len() == BLOCK_SIZE {
             self.flush_level(level, sink)?;
@@ -194,19 +172,14 @@ impl TreeBuilder {
     /// Flushes partial blocks and returns the root hash.
     pub fn finish(mut self, sink: &mut dyn HashBlockSink) -> io::Result<[u8; 32]> {
         if self.fed != self.geometry.data_blocks {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "fewer data blocks than announced",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "fewer data blocks than announced"));
         }
         for level in 0..self.geometry.levels() {
             if !self.pending[level].is_empty() {
                 self.flush_level(level, sink)?;
             }
         }
-        Ok(self
-            .root
-            .expect("the top level (or the single data block) sets the root"))
+        Ok(self.root.expect("the top level (or the single data block) sets the root"))
     }
 }
 
@@ -217,9 +190,7 @@ pub enum VerityError {
     #[error("bundle payload is corrupted: data block {0} does not match the signed hash tree")]
     DataBlock(u64),
     /// A hash block does not match its parent (or the root hash).
-    #[error(
-        "bundle payload is corrupted: hash block {index} of level {level} does not match the signed root hash"
-    )]
+    #[error("bundle payload is corrupted: hash block {index} of level {level} does not match the signed root hash")]
     HashBlock {
         /// Tree level (0 = leaf digests).
         level: usize,
@@ -273,11 +244,7 @@ impl TreeVerifier {
     }
 
     fn cached(&self, level: usize, index: u64) -> Option<HashBlock> {
-        self.cache
-            .lock()
-            .expect("cache lock")
-            .get(&(level, index))
-            .cloned()
+        self.cache.lock().expect("cache lock").get(&(level, index)).cloned()
     }
 
     fn remember(&self, level: usize, index: u64, block: HashBlock) {
@@ -289,20 +256,13 @@ impl TreeVerifier {
         cache.insert((level, index), block);
     }
 
-    fn expected_for_hash_block(
-        &self,
-        level: usize,
-        index: u64,
-        fetch: TreeFetch<'_>,
-    ) -> Result<[u8; 32], VerityError> {
+    fn expected_for_hash_block(&self, level: usize, index: u64, fetch: TreeFetch<'_>) -> Result<[u8; 32], VerityError> {
         if level + 1 == self.geometry.levels() {
             return Ok(self.root);
         }
         let parent = self.hash_blocks(level + 1, index / DIGESTS_PER_BLOCK, 1, fetch)?;
         let slot = (index % DIGESTS_PER_BLOCK) as usize * DIGEST_SIZE;
-        Ok(parent[0][slot..slot + DIGEST_SIZE]
-            .try_into()
-            .expect("32 bytes"))
+        Ok(parent[0][slot..slot + DIGEST_SIZE].try_into().expect("32 bytes"))
     }
 
     /// Verified hash blocks `first..first+count` of `level`, fetched in one read when not cached.
@@ -345,29 +305,19 @@ impl TreeVerifier {
 
     /// Checks consecutive data blocks starting at block `first_block`
     /// (`data.len()` a multiple of 4096).
-    pub fn verify(
-        &self,
-        first_block: u64,
-        data: &[u8],
-        fetch: TreeFetch<'_>,
-    ) -> Result<(), VerityError> {
+    pub fn verify(&self, first_block: u64, data: &[u8], fetch: TreeFetch<'_>) -> Result<(), VerityError> {
         let count = (data.len() / BLOCK_SIZE) as u64;
         if count == 0 {
             return Ok(());
         }
-        if first_block + count > self.geometry.data_blocks || !data.len().is_multiple_of(BLOCK_SIZE)
-        {
+        if first_block + count > self.geometry.data_blocks || !data.len().is_multiple_of(BLOCK_SIZE) {
             return Err(VerityError::Io(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "read outside the verity-protected data",
             )));
         }
         if self.geometry.levels() == 0 {
-            return if salted_digest(&self.salt, data) == self.root {
-                Ok(())
-            } else {
-                Err(VerityError::DataBlock(0))
-            };
+            return if salted_digest(&self.salt, data) == self.root { Ok(()) } else { Err(VerityError::DataBlock(0)) };
         }
         let first_leaf = first_block / DIGESTS_PER_BLOCK;
         let last_leaf = (first_block + count - 1) / DIGESTS_PER_BLOCK;
@@ -384,13 +334,9 @@ impl TreeVerifier {
         };
         if count >= 32 {
             use rayon::prelude::*;
-            data.par_chunks_exact(BLOCK_SIZE)
-                .enumerate()
-                .try_for_each(check)
+            data.par_chunks_exact(BLOCK_SIZE).enumerate().try_for_each(check)
         } else {
-            data.chunks_exact(BLOCK_SIZE)
-                .enumerate()
-                .try_for_each(check)
+            data.chunks_exact(BLOCK_SIZE).enumerate().try_for_each(check)
         }
     }
 }
@@ -410,9 +356,7 @@ mod tests {
     use super::*;
 
     fn data(blocks: usize) -> Vec<u8> {
-        (0..blocks * BLOCK_SIZE)
-            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-            .collect()
+        (0..blocks * BLOCK_SIZE).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect()
     }
 
     #[test]
@@ -441,15 +385,11 @@ mod tests {
             };
             v.verify(0, &d, &fetch).unwrap();
             let last = blocks - 1;
-            v.verify(last as u64, &d[last * BLOCK_SIZE..], &fetch)
-                .unwrap();
+            v.verify(last as u64, &d[last * BLOCK_SIZE..], &fetch).unwrap();
             let mut bad = d.clone();
             bad[last * BLOCK_SIZE + 17] ^= 1;
             let e = v.verify(0, &bad, &fetch).unwrap_err();
-            assert!(
-                matches!(e, VerityError::DataBlock(b) if b == last as u64),
-                "{e}"
-            );
+            assert!(matches!(e, VerityError::DataBlock(b) if b == last as u64), "{e}");
         }
     }
 

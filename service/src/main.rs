@@ -2,9 +2,6 @@
 //! symlink) it behaves as RAUC's command line does.
 
 fn main() {
-    let code = rota_bundle::cli::main_with(
-        std::env::args_os().collect(),
-        rota_bundle::cli::commands::HOST_COMMANDS,
-    );
+    let code = rota_bundle::cli::main_with(std::env::args_os().collect(), rota_bundle::cli::commands::HOST_COMMANDS);
     std::process::exit(code);
 }

@@ -35,10 +35,7 @@ impl Request {
     /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         let n = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(k, _)| *k == n)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str())
     }
 }
 
@@ -77,21 +74,12 @@ impl Server {
                 });
             }
         });
-        Server {
-            addr,
-            state,
-            mode,
-            stop,
-        }
+        Server { addr, state, mode, stop }
     }
 
     /// Serves `data` at `path` (e.g. `/b.raucb`).
     pub fn put(&self, path: &str, data: Vec<u8>) {
-        self.state
-            .lock()
-            .unwrap()
-            .files
-            .insert(path.to_string(), Arc::new(data));
+        self.state.lock().unwrap().files.insert(path.to_string(), Arc::new(data));
     }
 
     /// Changes the behaviour for subsequent requests.
@@ -121,19 +109,11 @@ fn parse_range(v: &str, len: u64) -> Option<(u64, u64)> {
     let spec = v.strip_prefix("bytes=")?;
     let (a, b) = spec.split_once('-')?;
     let a: u64 = a.parse().ok()?;
-    let b: u64 = if b.is_empty() {
-        len - 1
-    } else {
-        b.parse().ok()?
-    };
+    let b: u64 = if b.is_empty() { len - 1 } else { b.parse().ok()? };
     (a <= b && b < len).then_some((a, b))
 }
 
-fn serve_connection(
-    conn: TcpStream,
-    state: &Mutex<State>,
-    mode: &Mutex<Mode>,
-) -> std::io::Result<()> {
+fn serve_connection(conn: TcpStream, state: &Mutex<State>, mode: &Mutex<Mode>) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut out = conn;
     loop {
@@ -158,10 +138,7 @@ fn serve_connection(
                 headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
             }
         }
-        let req = Request {
-            path: path.clone(),
-            headers,
-        };
+        let req = Request { path: path.clone(), headers };
         let file = {
             let mut st = state.lock().unwrap();
             st.requests.push(req.clone());
@@ -176,9 +153,7 @@ fn serve_connection(
         let len = data.len() as u64;
         let range = req.header("range").and_then(|r| parse_range(r, len));
         match (mode, range) {
-            (Mode::Status(code), _) => {
-                write!(out, "HTTP/1.1 {code} Status\r\nContent-Length: 0\r\n\r\n")?
-            }
+            (Mode::Status(code), _) => write!(out, "HTTP/1.1 {code} Status\r\nContent-Length: 0\r\n\r\n")?,
             (Mode::IgnoreRange, _) | (_, None) => {
                 write!(out, "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n")?;
                 if !head {

@@ -14,17 +14,12 @@ use std::sync::{Mutex, OnceLock};
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ lives in the workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ lives in the workspace").to_path_buf()
 }
 
 /// Cargo's target directory.
 pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target"))
 }
 
 /// Runs `f` while holding an exclusive lock on `target/<name>.lock`, so
@@ -33,11 +28,7 @@ fn with_lock<T>(name: &str, f: impl FnOnce() -> T) -> T {
     let dir = target_dir();
     fs::create_dir_all(&dir).expect("target dir");
     let lock = fs::File::create(dir.join(format!("{name}.lock"))).expect("lock file");
-    assert_eq!(
-        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) },
-        0,
-        "flock"
-    );
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0, "flock");
     let r = f();
     unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_UN) };
     r
@@ -128,35 +119,21 @@ impl Run {
     /// Panics with both streams unless the command succeeded.
     #[track_caller]
     pub fn ok(self) -> Run {
-        assert_eq!(
-            self.code, 0,
-            "command failed\nstdout:\n{}\nstderr:\n{}",
-            self.stdout, self.stderr
-        );
+        assert_eq!(self.code, 0, "command failed\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
         self
     }
 
     /// Panics unless the command failed with exit code 1.
     #[track_caller]
     pub fn fails(self) -> Run {
-        assert_eq!(
-            self.code, 1,
-            "command should fail with 1\nstdout:\n{}\nstderr:\n{}",
-            self.stdout, self.stderr
-        );
+        assert_eq!(self.code, 1, "command should fail with 1\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
         self
     }
 }
 
 /// Runs a command to completion.
 pub fn run(cmd: &mut Command) -> Run {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let Output { status, stdout, stderr } = cmd.output().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     Run {
         code: status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
@@ -266,10 +243,7 @@ pub fn with_keyring(cmd: &mut Command) -> &mut Command {
 /// Recursively lists files under `dir` with their SHA-256 (relative path → hash).
 pub fn tree_digest(dir: &Path) -> Vec<(String, String)> {
     fn walk(base: &Path, d: &Path, out: &mut Vec<(String, String)>) {
-        let mut entries: Vec<_> = fs::read_dir(d)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
+        let mut entries: Vec<_> = fs::read_dir(d).unwrap().map(|e| e.unwrap().path()).collect();
         entries.sort();
         for p in entries {
             let rel = p.strip_prefix(base).unwrap().to_string_lossy().into_owned();
@@ -299,10 +273,7 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
 pub fn have(prog: impl AsRef<OsStr>) -> bool {
     Command::new("sh")
         .arg("-c")
-        .arg(format!(
-            "command -v {} >/dev/null",
-            prog.as_ref().to_string_lossy()
-        ))
+        .arg(format!("command -v {} >/dev/null", prog.as_ref().to_string_lossy()))
         .status()
         .is_ok_and(|s| s.success())
 }

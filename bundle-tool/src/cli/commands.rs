@@ -12,33 +12,15 @@ use std::path::{Path, PathBuf};
 
 const CERT: OptSpec = OptSpec::value("cert", "PEMFILE|PKCS11-URL", "signing certificate");
 const SIGN_KEY: OptSpec = OptSpec::value("key", "PEMFILE|PKCS11-URL", "signing key");
-const DECRYPT_KEY: OptSpec = OptSpec::value(
-    "key",
-    "PEMFILE|PKCS11-URL",
-    "private key to decrypt an encrypted bundle",
-);
-const INTERMEDIATE: OptSpec = OptSpec::value(
-    "intermediate",
-    "PEMFILE",
-    "intermediate certificate to embed (repeatable)",
-);
-const SIGNING_KEYRING: OptSpec = OptSpec::value(
-    "signing-keyring",
-    "PEMFILE",
-    "check the new signature against these trust anchors",
-);
-const KEYRING: OptSpec = OptSpec::value(
-    "keyring",
-    "PEMFILE",
-    "trust anchors for checking the input bundle",
-);
+const DECRYPT_KEY: OptSpec = OptSpec::value("key", "PEMFILE|PKCS11-URL", "private key to decrypt an encrypted bundle");
+const INTERMEDIATE: OptSpec =
+    OptSpec::value("intermediate", "PEMFILE", "intermediate certificate to embed (repeatable)");
+const SIGNING_KEYRING: OptSpec =
+    OptSpec::value("signing-keyring", "PEMFILE", "check the new signature against these trust anchors");
+const KEYRING: OptSpec = OptSpec::value("keyring", "PEMFILE", "trust anchors for checking the input bundle");
 const NO_VERIFY: OptSpec = OptSpec::flag("no-verify", "do not check the bundle signature");
-const NO_CHECK_TIME: OptSpec =
-    OptSpec::flag("no-check-time", "ignore certificate validity periods");
-const TRUST_ENV: OptSpec = OptSpec::flag(
-    "trust-environment",
-    "skip the exclusive-access checks of the bundle file",
-);
+const NO_CHECK_TIME: OptSpec = OptSpec::flag("no-check-time", "ignore certificate validity periods");
+const TRUST_ENV: OptSpec = OptSpec::flag("trust-environment", "skip the exclusive-access checks of the bundle file");
 
 const BUNDLE_OPTS: &[OptSpec] = &[
     CERT,
@@ -60,35 +42,20 @@ const RESIGN_OPTS: &[OptSpec] = &[
 const REPLACE_OPTS: &[OptSpec] = &[KEYRING, SIGNING_KEYRING, NO_VERIFY, TRUST_ENV];
 const EXTRACT_SIG_OPTS: &[OptSpec] = &[KEYRING, DECRYPT_KEY, TRUST_ENV];
 const EXTRACT_OPTS: &[OptSpec] = &[KEYRING, DECRYPT_KEY, TRUST_ENV];
-const ENCRYPT_OPTS: &[OptSpec] = &[
-    OptSpec::value("to", "PEMFILE", "recipient certificate(s) (repeatable)"),
-    KEYRING,
-];
+const ENCRYPT_OPTS: &[OptSpec] = &[OptSpec::value("to", "PEMFILE", "recipient certificate(s) (repeatable)"), KEYRING];
 const INFO_OPTS: &[OptSpec] = &[
     KEYRING,
     NO_VERIFY,
     NO_CHECK_TIME,
     DECRYPT_KEY,
-    OptSpec::value(
-        "output-format",
-        "FORMAT",
-        "readable, shell, json, json-pretty or json-2",
-    ),
+    OptSpec::value("output-format", "FORMAT", "readable, shell, json, json-pretty or json-2"),
     OptSpec::flag("dump-cert", "print the signer certificates"),
-    OptSpec::flag(
-        "dump-recipients",
-        "print the recipients of an encrypted bundle",
-    ),
+    OptSpec::flag("dump-recipients", "print the recipients of an encrypted bundle"),
     OptSpec::value("tls-cert", "PEMFILE|PKCS11-URL", "TLS client certificate"),
     OptSpec::value("tls-key", "PEMFILE|PKCS11-URL", "TLS client key"),
     OptSpec::value("tls-ca", "PEMFILE", "CA certificates for the HTTPS server"),
     OptSpec::flag("tls-no-verify", "do not check the HTTPS server certificate"),
-    OptSpec::value(
-        "http-header",
-        "'NAME: VALUE'",
-        "extra HTTP header (repeatable)",
-    )
-    .short('H'),
+    OptSpec::value("http-header", "'NAME: VALUE'", "extra HTTP header (repeatable)").short('H'),
 ];
 
 /// The host-side commands, in help order.
@@ -167,22 +134,14 @@ pub const HOST_COMMANDS: &[Command] = &[
 
 fn keyring_for(ctx: &Context, config: &Keyring, option: &str) -> Keyring {
     match ctx.path(option) {
-        Some(p) => Keyring {
-            path: Some(p),
-            directory: None,
-            ..config.clone()
-        },
+        Some(p) => Keyring { path: Some(p), directory: None, ..config.clone() },
         None => config.clone(),
     }
 }
 
 /// Open options from command line and configuration.
 fn open_options(ctx: &Context, use_config: bool) -> Result<OpenOptions, CliError> {
-    let conf = if use_config {
-        ctx.host_config()?
-    } else {
-        Default::default()
-    };
+    let conf = if use_config { ctx.host_config()? } else { Default::default() };
     let mut http = HttpOptions {
         tls_ca: ctx.path("tls-ca").or(conf.tls_ca.clone()),
         tls_cert: ctx.path("tls-cert").or(conf.tls_cert.clone()),
@@ -213,16 +172,11 @@ fn location(arg: &str) -> String {
     if is_remote(arg) || arg.starts_with("file://") {
         return arg.to_string();
     }
-    std::path::absolute(arg)
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| arg.to_string())
+    std::path::absolute(arg).map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|_| arg.to_string())
 }
 
 fn signing(ctx: &Context) -> Result<SigningOptions, CliError> {
-    let keyring = ctx
-        .path("signing-keyring")
-        .or_else(|| ctx.path("keyring"))
-        .map(Keyring::from_path);
+    let keyring = ctx.path("signing-keyring").or_else(|| ctx.path("keyring")).map(Keyring::from_path);
     Ok(SigningOptions {
         cert: ctx.path("cert"),
         key: ctx.path("key"),
@@ -248,20 +202,14 @@ fn cmd_bundle(ctx: &Context) -> Result<(), CliError> {
         return fail("Cert and key files must be provided");
     }
     let mksquashfs_args = match ctx.args.value("mksquashfs-args") {
-        Some(a) => shell_words::split(a)
-            .map_err(|e| CliError::from(format!("Invalid --mksquashfs-args: {e}")))?,
+        Some(a) => shell_words::split(a).map_err(|e| CliError::from(format!("Invalid --mksquashfs-args: {e}")))?,
         None => Vec::new(),
     };
     if signing.keyring.is_none() {
         tracing::info!("No keyring given, skipping signature verification");
     }
-    let opts = CreateOptions {
-        signing,
-        mksquashfs_args,
-    };
-    let created = create::create(&input, &output, &opts, &mut |format| {
-        println!("Creating '{format}' format bundle")
-    })?;
+    let opts = CreateOptions { signing, mksquashfs_args };
+    let created = create::create(&input, &output, &opts, &mut |format| println!("Creating '{format}' format bundle"))?;
     print_warnings(&created.warnings);
     Ok(())
 }
@@ -269,11 +217,7 @@ fn cmd_bundle(ctx: &Context) -> Result<(), CliError> {
 fn cmd_resign(ctx: &Context) -> Result<(), CliError> {
     let mut open = open_options(ctx, false)?;
     open.verify.keyring = keyring_for(ctx, &Keyring::default(), "keyring");
-    let opts = ResignOptions {
-        signing: signing(ctx)?,
-        open,
-        append: ctx.args.has("append"),
-    };
+    let opts = ResignOptions { signing: signing(ctx)?, open, append: ctx.args.has("append") };
     let warnings = create::resign(&location(ctx.arg(0)), Path::new(ctx.arg(1)), &opts)?;
     print_warnings(&warnings);
     Ok(())
@@ -300,9 +244,7 @@ fn cmd_replace_signature(ctx: &Context) -> Result<(), CliError> {
     let keyring = if ctx.args.has("no-verify") {
         None
     } else {
-        ctx.path("signing-keyring")
-            .or_else(|| ctx.path("keyring"))
-            .map(Keyring::from_path)
+        ctx.path("signing-keyring").or_else(|| ctx.path("keyring")).map(Keyring::from_path)
     };
     create::replace_signature(
         &location(ctx.arg(0)),
@@ -324,10 +266,7 @@ fn cmd_extract(ctx: &Context) -> Result<(), CliError> {
     let open = open_options(ctx, true)?;
     let dest = PathBuf::from(ctx.arg(1));
     if dest.symlink_metadata().is_ok() {
-        return fail(format!(
-            "Output directory '{}' already exists",
-            dest.display()
-        ));
+        return fail(format!("Output directory '{}' already exists", dest.display()));
     }
     let bundle = Bundle::open(&location(ctx.arg(0)), &open)?;
     bundle.extract(&dest)?;
@@ -338,18 +277,12 @@ fn cmd_info(ctx: &Context) -> Result<(), CliError> {
     let format = OutputFormat::parse(ctx.args.value("output-format").unwrap_or("readable"))?;
     let open = open_options(ctx, true)?;
     let bundle = Bundle::open(&location(ctx.arg(0)), &open)?;
-    let text = info::render(
-        &BundleInfo::of(&bundle),
-        format,
-        ctx.args.has("dump-cert"),
-        ctx.args.has("dump-recipients"),
-    );
+    let text =
+        info::render(&BundleInfo::of(&bundle), format, ctx.args.has("dump-cert"), ctx.args.has("dump-recipients"));
     print!("{text}");
     if let Some((requests, bytes)) = bundle.http_stats() {
         let pct = bytes as f64 * 100.0 / bundle.layout().bundle_size.max(1) as f64;
-        tracing::info!(
-            "downloaded {bytes} bytes in {requests} requests ({pct:.1}% of the full bundle)"
-        );
+        tracing::info!("downloaded {bytes} bytes in {requests} requests ({pct:.1}% of the full bundle)");
     }
     Ok(())
 }

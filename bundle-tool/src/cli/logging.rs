@@ -12,19 +12,11 @@ struct GlibStyle {
 }
 
 fn local_time() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let secs = now.as_secs() as libc::time_t;
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     unsafe { libc::localtime_r(&secs, &mut tm) };
-    format!(
-        "{:02}:{:02}:{:02}.{:03}",
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec,
-        now.subsec_millis()
-    )
+    format!("{:02}:{:02}:{:02}.{:03}", tm.tm_hour, tm.tm_min, tm.tm_sec, now.subsec_millis())
 }
 
 impl<S, N> FormatEvent<S, N> for GlibStyle
@@ -32,12 +24,7 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut w: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut w: Writer<'_>, event: &Event<'_>) -> fmt::Result {
         let level = match *event.metadata().level() {
             Level::ERROR => "CRITICAL **",
             Level::WARN => "WARNING **",
@@ -63,14 +50,11 @@ where
 pub fn init(prog: &str, debug: bool) {
     let level = if debug { "debug" } else { "info" };
     // Libraries we build on log their own chatter; keep only their warnings.
-    let filter = tracing_subscriber::EnvFilter::new(format!(
-        "{level},backhand=warn,reqwest=warn,hyper=warn,hyper_util=warn"
-    ));
+    let filter =
+        tracing_subscriber::EnvFilter::new(format!("{level},backhand=warn,reqwest=warn,hyper=warn,hyper_util=warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .event_format(GlibStyle {
-            prog: prog.to_string(),
-        })
+        .event_format(GlibStyle { prog: prog.to_string() })
         .try_init();
 }

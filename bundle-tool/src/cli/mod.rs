@@ -15,19 +15,9 @@ use std::path::PathBuf;
 /// Options every command accepts.
 pub const GLOBAL_OPTIONS: &[OptSpec] = &[
     OptSpec::value("conf", "FILENAME", "use this system configuration file").short('c'),
-    OptSpec::value(
-        "confopt",
-        "SECTION:KEY=VALUE",
-        "set a configuration value (repeatable)",
-    )
-    .short('C'),
+    OptSpec::value("confopt", "SECTION:KEY=VALUE", "set a configuration value (repeatable)").short('C'),
     OptSpec::value("keyring", "PEMFILE", "trust anchors for signature checks").hidden(),
-    OptSpec::value(
-        "intermediate",
-        "PEMFILE",
-        "intermediate certificate to embed",
-    )
-    .hidden(),
+    OptSpec::value("intermediate", "PEMFILE", "intermediate certificate to embed").hidden(),
     OptSpec::value("cert", "PEMFILE", "signing certificate").hidden(),
     OptSpec::value("key", "PEMFILE", "signing or decryption key").hidden(),
     OptSpec::value("mount", "PATH", "mount prefix").hidden(),
@@ -47,19 +37,13 @@ pub struct CliError {
 
 impl<E: std::fmt::Display> From<E> for CliError {
     fn from(e: E) -> Self {
-        CliError {
-            message: e.to_string(),
-            code: 1,
-        }
+        CliError { message: e.to_string(), code: 1 }
     }
 }
 
 /// Fails with `message`.
 pub fn fail<T>(message: impl Into<String>) -> Result<T, CliError> {
-    Err(CliError {
-        message: message.into(),
-        code: 1,
-    })
+    Err(CliError { message: message.into(), code: 1 })
 }
 
 /// What a command runs with.
@@ -75,10 +59,7 @@ impl Context {
     /// search path, else defaults; `-C` overrides apply.
     pub fn host_config(&self) -> Result<HostConfig, CliError> {
         let explicit = self.args.value("conf").map(PathBuf::from);
-        Ok(HostConfig::load(
-            explicit.as_deref(),
-            self.args.values("confopt"),
-        )?)
+        Ok(HostConfig::load(explicit.as_deref(), self.args.values("confopt"))?)
     }
 
     /// A path-valued option.
@@ -131,16 +112,12 @@ pub fn version_line(prog: &str) -> String {
     if prog == "rauc" {
         format!("rauc {} (rota {own})", crate::manifest::RAUC_COMPAT_VERSION)
     } else {
-        format!(
-            "{prog} {own} (RAUC {} compatible)",
-            crate::manifest::RAUC_COMPAT_VERSION
-        )
+        format!("{prog} {own} (RAUC {} compatible)", crate::manifest::RAUC_COMPAT_VERSION)
     }
 }
 
 fn top_help(prog: &str, commands: &[Command]) -> String {
-    let mut list =
-        format!("Command-specific help:\n  {prog} <COMMAND> --help\n\nList of {prog} commands:\n");
+    let mut list = format!("Command-specific help:\n  {prog} <COMMAND> --help\n\nList of {prog} commands:\n");
     let width = commands.iter().map(|c| c.name.len()).max().unwrap_or(0);
     for c in commands {
         list.push_str(&format!("  {:width$}  {}\n", c.name, c.summary));
@@ -149,10 +126,7 @@ fn top_help(prog: &str, commands: &[Command]) -> String {
     options::help(
         &format!("{prog} [OPTION…] <COMMAND>"),
         None,
-        &[OptGroup {
-            title: "Options:",
-            options: GLOBAL_OPTIONS,
-        }],
+        &[OptGroup { title: "Options:", options: GLOBAL_OPTIONS }],
         Some(&list),
     )
 }
@@ -164,14 +138,8 @@ fn command_help(prog: &str, c: &Command) -> String {
         format!("{prog} [OPTION…] {} {}", c.name, c.usage)
     };
     let groups = [
-        OptGroup {
-            title: c.group_title,
-            options: c.options,
-        },
-        OptGroup {
-            title: "Application Options:",
-            options: GLOBAL_OPTIONS,
-        },
+        OptGroup { title: c.group_title, options: c.options },
+        OptGroup { title: "Application Options:", options: GLOBAL_OPTIONS },
     ];
     options::help(&usage, Some(c.summary), &groups, None)
 }
@@ -186,11 +154,7 @@ fn print_out(s: &str) {
 /// returns the exit code.
 pub fn main_with(args: Vec<OsString>, commands: &[Command]) -> i32 {
     let prog = program_name(args.first());
-    let rest: Vec<String> = args
-        .iter()
-        .skip(1)
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
+    let rest: Vec<String> = args.iter().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
     let global: Vec<&OptSpec> = GLOBAL_OPTIONS.iter().collect();
     let Some(cmd_idx) = options::find_command(&rest, &global) else {
         return match options::parse(&rest, &global) {
@@ -215,10 +179,7 @@ pub fn main_with(args: Vec<OsString>, commands: &[Command]) -> i32 {
     };
     let name = &rest[cmd_idx];
     let Some(cmd) = commands.iter().find(|c| c.name == name) else {
-        print_out(&format!(
-            "Invalid command '{name}' given\n{}",
-            top_help(&prog, commands)
-        ));
+        print_out(&format!("Invalid command '{name}' given\n{}", top_help(&prog, commands)));
         return 1;
     };
     let mut without_cmd = rest.clone();
@@ -247,11 +208,7 @@ pub fn main_with(args: Vec<OsString>, commands: &[Command]) -> i32 {
         return 1;
     }
     if n > cmd.positionals.1 {
-        eprintln!(
-            "Excess arguments given to '{}': {}",
-            cmd.name,
-            parsed.positionals[cmd.positionals.1..].join(" ")
-        );
+        eprintln!("Excess arguments given to '{}': {}", cmd.name, parsed.positionals[cmd.positionals.1..].join(" "));
         return 1;
     }
     let ctx = Context { prog, args: parsed };

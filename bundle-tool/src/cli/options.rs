@@ -21,24 +21,12 @@ pub struct OptSpec {
 impl OptSpec {
     /// A boolean flag.
     pub const fn flag(long: &'static str, help: &'static str) -> OptSpec {
-        OptSpec {
-            long,
-            short: None,
-            arg: None,
-            help,
-            hidden: false,
-        }
+        OptSpec { long, short: None, arg: None, help, hidden: false }
     }
 
     /// An option taking a value.
     pub const fn value(long: &'static str, arg: &'static str, help: &'static str) -> OptSpec {
-        OptSpec {
-            long,
-            short: None,
-            arg: Some(arg),
-            help,
-            hidden: false,
-        }
+        OptSpec { long, short: None, arg: Some(arg), help, hidden: false }
     }
 
     /// Adds a short letter.
@@ -79,10 +67,7 @@ impl Parsed {
 
     /// The last value of an option.
     pub fn value(&self, long: &str) -> Option<&str> {
-        self.values
-            .get(long)
-            .and_then(|v| v.last())
-            .map(String::as_str)
+        self.values.get(long).and_then(|v| v.last()).map(String::as_str)
     }
 
     /// All values of a repeatable option.
@@ -139,17 +124,13 @@ pub fn parse(args: &[String], specs: &[&OptSpec]) -> Result<Parsed, ParseError> 
                 Some((n, v)) => (n, Some(v.to_string())),
                 None => (body, None),
             };
-            let spec =
-                find(specs, Some(name), None).ok_or_else(|| ParseError::Unknown(a.clone()))?;
+            let spec = find(specs, Some(name), None).ok_or_else(|| ParseError::Unknown(a.clone()))?;
             let value = match (spec.arg, inline) {
                 (None, None) => String::new(),
                 (None, Some(_)) => return Err(ParseError::Unknown(a.clone())),
                 (Some(_), Some(v)) => v,
                 (Some(_), None) => {
-                    let v = args
-                        .get(i)
-                        .cloned()
-                        .ok_or_else(|| ParseError::MissingValue(format!("--{name}")))?;
+                    let v = args.get(i).cloned().ok_or_else(|| ParseError::MissingValue(format!("--{name}")))?;
                     i += 1;
                     v
                 }
@@ -162,8 +143,7 @@ pub fn parse(args: &[String], specs: &[&OptSpec]) -> Result<Parsed, ParseError> 
         let mut k = 0;
         while k < chars.len() {
             let c = chars[k];
-            let spec =
-                find(specs, None, Some(c)).ok_or_else(|| ParseError::Unknown(format!("-{c}")))?;
+            let spec = find(specs, None, Some(c)).ok_or_else(|| ParseError::Unknown(format!("-{c}")))?;
             k += 1;
             let value = if spec.arg.is_some() {
                 if k < chars.len() {
@@ -171,10 +151,7 @@ pub fn parse(args: &[String], specs: &[&OptSpec]) -> Result<Parsed, ParseError> 
                     k = chars.len();
                     v
                 } else {
-                    let v = args
-                        .get(i)
-                        .cloned()
-                        .ok_or_else(|| ParseError::MissingValue(format!("-{c}")))?;
+                    let v = args.get(i).cloned().ok_or_else(|| ParseError::MissingValue(format!("-{c}")))?;
                     i += 1;
                     v
                 }
@@ -203,9 +180,7 @@ pub fn find_command(args: &[String], global: &[&OptSpec]) -> Option<usize> {
             !body.contains('=') && find(global, Some(body), None).is_some_and(|s| s.arg.is_some())
         } else {
             let chars: Vec<char> = a[1..].chars().collect();
-            chars
-                .last()
-                .is_some_and(|&c| find(global, None, Some(c)).is_some_and(|s| s.arg.is_some()))
+            chars.last().is_some_and(|&c| find(global, None, Some(c)).is_some_and(|s| s.arg.is_some()))
                 && chars
                     .iter()
                     .take(chars.len() - 1)
@@ -230,12 +205,7 @@ fn entry_label(s: &OptSpec) -> String {
 
 /// Renders help in GLib's layout: usage line, summary, then option groups
 /// whose descriptions share one column.
-pub fn help(
-    usage: &str,
-    summary: Option<&str>,
-    groups: &[OptGroup],
-    trailer: Option<&str>,
-) -> String {
+pub fn help(usage: &str, summary: Option<&str>, groups: &[OptGroup], trailer: Option<&str>) -> String {
     let width = groups
         .iter()
         .flat_map(|g| g.options.iter())
@@ -288,15 +258,7 @@ mod tests {
     #[test]
     fn options_anywhere_and_all_value_styles() {
         let p = parse(
-            &s(&[
-                "--keyring",
-                "k.pem",
-                "info",
-                "-dcx.conf",
-                "b.raucb",
-                "--no-verify",
-                "--keyring=k2.pem",
-            ]),
+            &s(&["--keyring", "k.pem", "info", "-dcx.conf", "b.raucb", "--no-verify", "--keyring=k2.pem"]),
             &[&A, &B, &K, &N],
         )
         .unwrap();
@@ -304,34 +266,16 @@ mod tests {
         assert_eq!(p.value("conf"), Some("x.conf"));
         assert!(p.has("debug") && p.has("no-verify"));
         assert_eq!(p.values("keyring"), ["k.pem", "k2.pem"]);
-        assert_eq!(
-            parse(&s(&["--foobar"]), &[&A]).unwrap_err().to_string(),
-            "Unknown option --foobar"
-        );
-        assert_eq!(
-            parse(&s(&["--conf"]), &[&A]).unwrap_err().to_string(),
-            "Missing argument for --conf"
-        );
-        assert_eq!(
-            parse(&s(&["--", "--conf"]), &[&A]).unwrap().positionals,
-            vec!["--conf"]
-        );
+        assert_eq!(parse(&s(&["--foobar"]), &[&A]).unwrap_err().to_string(), "Unknown option --foobar");
+        assert_eq!(parse(&s(&["--conf"]), &[&A]).unwrap_err().to_string(), "Missing argument for --conf");
+        assert_eq!(parse(&s(&["--", "--conf"]), &[&A]).unwrap().positionals, vec!["--conf"]);
     }
 
     #[test]
     fn command_is_found_past_global_values() {
-        assert_eq!(
-            find_command(&s(&["-c", "x", "--debug", "info", "b"]), &[&A, &B]),
-            Some(3)
-        );
-        assert_eq!(
-            find_command(&s(&["--no-verify", "info"]), &[&A, &B]),
-            Some(1)
-        );
-        assert_eq!(
-            find_command(&s(&["-dc", "x", "bundle"]), &[&A, &B]),
-            Some(2)
-        );
+        assert_eq!(find_command(&s(&["-c", "x", "--debug", "info", "b"]), &[&A, &B]), Some(3));
+        assert_eq!(find_command(&s(&["--no-verify", "info"]), &[&A, &B]), Some(1));
+        assert_eq!(find_command(&s(&["-dc", "x", "bundle"]), &[&A, &B]), Some(2));
         assert_eq!(find_command(&s(&["--debug"]), &[&A, &B]), None);
     }
 
@@ -341,18 +285,17 @@ mod tests {
             "rauc [OPTION…] info <BUNDLE>",
             Some("Print bundle info"),
             &[
-                OptGroup {
-                    title: "Info options:",
-                    options: &[N],
-                },
-                OptGroup {
-                    title: "Application Options:",
-                    options: &[A, B],
-                },
+                OptGroup { title: "Info options:", options: &[N] },
+                OptGroup { title: "Application Options:", options: &[A, B] },
             ],
             None,
         );
-        assert!(h.starts_with("Usage:\n  rauc [OPTION…] info <BUNDLE>\n\nPrint bundle info\n\nInfo options:\n  --no-verify "), "{h}");
+        assert!(
+            h.starts_with(
+                "Usage:\n  rauc [OPTION…] info <BUNDLE>\n\nPrint bundle info\n\nInfo options:\n  --no-verify "
+            ),
+            "{h}"
+        );
         let lines: Vec<&str> = h.lines().filter(|l| l.starts_with("  -")).collect();
         let col = |l: &str, d: &str| l.find(d).unwrap();
         assert_eq!(col(lines[0], "skip"), col(lines[1], "config"));

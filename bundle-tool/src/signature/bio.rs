@@ -29,17 +29,8 @@ unsafe extern "C" fn bio_read(bio: *mut BIO, buf: *mut c_char, len: c_int) -> c_
     }
 }
 
-unsafe extern "C" fn bio_ctrl(
-    _bio: *mut BIO,
-    cmd: c_int,
-    _num: c_long,
-    _ptr: *mut c_void,
-) -> c_long {
-    if cmd == openssl_sys::BIO_CTRL_FLUSH {
-        1
-    } else {
-        0
-    }
+unsafe extern "C" fn bio_ctrl(_bio: *mut BIO, cmd: c_int, _num: c_long, _ptr: *mut c_void) -> c_long {
+    if cmd == openssl_sys::BIO_CTRL_FLUSH { 1 } else { 0 }
 }
 
 unsafe extern "C" fn bio_create(bio: *mut BIO) -> c_int {
@@ -53,17 +44,10 @@ unsafe extern "C" fn bio_destroy(_bio: *mut BIO) -> c_int {
 
 /// Runs `f` with a BIO that reads from `reader`. Returns `f`'s result and
 /// the first I/O error the reader reported, if any.
-pub fn with_read_bio<R>(
-    reader: &mut dyn Read,
-    f: impl FnOnce(*mut BIO) -> R,
-) -> (R, Option<io::Error>) {
-    let mut state = State {
-        reader,
-        error: None,
-    };
+pub fn with_read_bio<R>(reader: &mut dyn Read, f: impl FnOnce(*mut BIO) -> R) -> (R, Option<io::Error>) {
+    let mut state = State { reader, error: None };
     unsafe {
-        let method: *mut BIO_METHOD =
-            openssl_sys::BIO_meth_new(openssl_sys::BIO_TYPE_NONE, c"rota-reader".as_ptr());
+        let method: *mut BIO_METHOD = openssl_sys::BIO_meth_new(openssl_sys::BIO_TYPE_NONE, c"rota-reader".as_ptr());
         assert!(!method.is_null(), "BIO_meth_new failed");
         openssl_sys::BIO_meth_set_read__fixed_rust(method, Some(bio_read));
         openssl_sys::BIO_meth_set_ctrl__fixed_rust(method, Some(bio_ctrl));

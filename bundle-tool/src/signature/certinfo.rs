@@ -8,23 +8,14 @@ use sha2::{Digest, Sha256};
 
 /// `O = Org, CN = Name` style one-line rendering of an X.509 name.
 pub fn name_oneline(name: &X509NameRef) -> String {
-    ffi::print_to_string(|bio| unsafe {
-        ffi::X509_NAME_print_ex(bio, name.as_ptr(), 0, ffi::XN_FLAG_ONELINE_UTF8)
-    })
-    .unwrap_or_default()
+    ffi::print_to_string(|bio| unsafe { ffi::X509_NAME_print_ex(bio, name.as_ptr(), 0, ffi::XN_FLAG_ONELINE_UTF8) })
+        .unwrap_or_default()
 }
 
 /// SHA-256 over the DER SubjectPublicKeyInfo, uppercase hex pairs joined by `:`.
 pub fn spki_hash(cert: &X509Ref) -> String {
-    let der = cert
-        .public_key()
-        .and_then(|k| k.public_key_to_der())
-        .unwrap_or_default();
-    Sha256::digest(&der)
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    let der = cert.public_key().and_then(|k| k.public_key_to_der()).unwrap_or_default();
+    Sha256::digest(&der).iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
 }
 
 /// Printable facts about one certificate of a chain.
@@ -55,14 +46,8 @@ impl CertInfo {
             spki_sha256: spki_hash(cert),
             not_before: cert.not_before().to_string(),
             not_after: cert.not_after().to_string(),
-            pem: cert
-                .to_pem()
-                .map(|p| String::from_utf8_lossy(&p).into_owned())
-                .unwrap_or_default(),
-            text: cert
-                .to_text()
-                .map(|p| String::from_utf8_lossy(&p).into_owned())
-                .unwrap_or_default(),
+            pem: cert.to_pem().map(|p| String::from_utf8_lossy(&p).into_owned()).unwrap_or_default(),
+            text: cert.to_text().map(|p| String::from_utf8_lossy(&p).into_owned()).unwrap_or_default(),
         }
     }
 }

@@ -16,24 +16,13 @@ pub fn load_recipients(paths: &[impl AsRef<Path>]) -> Result<Vec<X509>> {
     let mut out = Vec::new();
     for p in paths {
         let p = p.as_ref();
-        let pem = std::fs::read(p).map_err(|e| {
-            Error::Key(format!(
-                "Failed to read recipient certificate '{}': {e}",
-                p.display()
-            ))
-        })?;
+        let pem = std::fs::read(p)
+            .map_err(|e| Error::Key(format!("Failed to read recipient certificate '{}': {e}", p.display())))?;
         let certs = X509::stack_from_pem(&pem).map_err(|e| {
-            Error::Key(format!(
-                "Failed to load recipient certificate '{}': {}",
-                p.display(),
-                openssl_reason(&e)
-            ))
+            Error::Key(format!("Failed to load recipient certificate '{}': {}", p.display(), openssl_reason(&e)))
         })?;
         if certs.is_empty() {
-            return Err(Error::Key(format!(
-                "No certificate found in '{}'",
-                p.display()
-            )));
+            return Err(Error::Key(format!("No certificate found in '{}'", p.display())));
         }
         out.extend(certs);
     }
@@ -45,17 +34,10 @@ pub fn load_recipients(paths: &[impl AsRef<Path>]) -> Result<Vec<X509>> {
 pub fn encrypt(signed_data: &[u8], recipients: &[X509]) -> Result<Vec<u8>> {
     let mut stack = Stack::new().map_err(|e| Error::Other(e.to_string()))?;
     for r in recipients {
-        stack
-            .push(r.clone())
-            .map_err(|e| Error::Other(e.to_string()))?;
+        stack.push(r.clone()).map_err(|e| Error::Other(e.to_string()))?;
     }
-    let env = CmsContentInfo::encrypt(
-        &stack,
-        signed_data,
-        openssl::symm::Cipher::aes_256_cbc(),
-        CMSOptions::BINARY,
-    )
-    .map_err(|e| Error::Key(format!("Failed to encrypt CMS: {}", openssl_reason(&e))))?;
+    let env = CmsContentInfo::encrypt(&stack, signed_data, openssl::symm::Cipher::aes_256_cbc(), CMSOptions::BINARY)
+        .map_err(|e| Error::Key(format!("Failed to encrypt CMS: {}", openssl_reason(&e))))?;
     env.to_der().map_err(|e| Error::Other(e.to_string()))
 }
 
@@ -64,10 +46,7 @@ pub fn decrypt(enveloped: &[u8], key: &PKey<Private>, cert: Option<&X509>) -> Re
     let cms = CmsContentInfo::from_der(enveloped)
         .map_err(|e| Error::Format(format!("Failed to parse CMS: {}", openssl_reason(&e))))?;
     let fail = |e: openssl::error::ErrorStack| {
-        Error::Decrypt(format!(
-            "Failed to decrypt CMS EnvelopedData: {}",
-            openssl_reason(&e)
-        ))
+        Error::Decrypt(format!("Failed to decrypt CMS EnvelopedData: {}", openssl_reason(&e)))
     };
     unsafe {
         let out = openssl_sys::BIO_new(openssl_sys::BIO_s_mem());
@@ -76,12 +55,7 @@ pub fn decrypt(enveloped: &[u8], key: &PKey<Private>, cert: Option<&X509>) -> Re
         }
         // Without a certificate every recipient is tried; ask for real errors
         // instead of the anti-oracle random key (no oracle exists here).
-        let flags = openssl_sys::CMS_BINARY
-            | if cert.is_none() {
-                openssl_sys::CMS_DEBUG_DECRYPT
-            } else {
-                0
-            };
+        let flags = openssl_sys::CMS_BINARY | if cert.is_none() { openssl_sys::CMS_DEBUG_DECRYPT } else { 0 };
         let ok = openssl_sys::CMS_decrypt(
             cms.as_ptr(),
             key.as_ptr(),
@@ -92,12 +66,7 @@ pub fn decrypt(enveloped: &[u8], key: &PKey<Private>, cert: Option<&X509>) -> Re
         );
         let result = if ok == 1 {
             let mut ptr: *mut libc::c_char = std::ptr::null_mut();
-            let len = openssl_sys::BIO_ctrl(
-                out,
-                ffi::BIO_CTRL_INFO,
-                0,
-                (&mut ptr as *mut *mut libc::c_char).cast(),
-            );
+            let len = openssl_sys::BIO_ctrl(out, ffi::BIO_CTRL_INFO, 0, (&mut ptr as *mut *mut libc::c_char).cast());
             Ok(std::slice::from_raw_parts(ptr as *const u8, len.max(0) as usize).to_vec())
         } else {
             Err(fail(openssl::error::ErrorStack::get()))
@@ -128,10 +97,7 @@ fn octets(p: *mut openssl_sys::ASN1_OCTET_STRING) -> Option<String> {
         let s = p as *const openssl_sys::ASN1_STRING;
         let data = openssl_sys::ASN1_STRING_get0_data(s);
         let len = openssl_sys::ASN1_STRING_length(s);
-        Some(hex::encode(std::slice::from_raw_parts(
-            data,
-            len.max(0) as usize,
-        )))
+        Some(hex::encode(std::slice::from_raw_parts(data, len.max(0) as usize)))
     }
 }
 
@@ -139,9 +105,7 @@ fn serial_hex(p: *mut openssl_sys::ASN1_INTEGER) -> Option<String> {
     if p.is_null() {
         return None;
     }
-    let bn = unsafe { openssl::asn1::Asn1IntegerRef::from_ptr(p) }
-        .to_bn()
-        .ok()?;
+    let bn = unsafe { openssl::asn1::Asn1IntegerRef::from_ptr(p) }.to_bn().ok()?;
     bn.to_hex_str().ok().map(|s| s.to_string())
 }
 
@@ -149,9 +113,7 @@ fn name(p: *mut openssl_sys::X509_NAME) -> Option<String> {
     if p.is_null() {
         return None;
     }
-    Some(super::certinfo::name_oneline(unsafe {
-        X509NameRef::from_ptr(p)
-    }))
+    Some(super::certinfo::name_oneline(unsafe { X509NameRef::from_ptr(p) }))
 }
 
 /// Lists the recipients of an EnvelopedData.
@@ -165,11 +127,8 @@ pub fn recipients(enveloped: &[u8]) -> Result<Vec<Recipient>> {
             let ri: *mut ffi::CMS_RecipientInfo = ffi::sk_value(ris, i);
             match ffi::CMS_RecipientInfo_type(ri) {
                 ffi::CMS_RECIPINFO_TRANS => {
-                    let (mut kid, mut iss, mut sno) = (
-                        std::ptr::null_mut(),
-                        std::ptr::null_mut(),
-                        std::ptr::null_mut(),
-                    );
+                    let (mut kid, mut iss, mut sno) =
+                        (std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut());
                     ffi::CMS_RecipientInfo_ktri_get0_signer_id(ri, &mut kid, &mut iss, &mut sno);
                     out.push(Recipient {
                         kind: "RSA key transport",
@@ -182,15 +141,10 @@ pub fn recipients(enveloped: &[u8]) -> Result<Vec<Recipient>> {
                     let reks = ffi::CMS_RecipientInfo_kari_get0_reks(ri);
                     for j in 0..ffi::sk_num(reks) {
                         let rek: *mut ffi::CMS_RecipientEncryptedKey = ffi::sk_value(reks, j);
-                        let (mut kid, mut iss, mut sno) = (
-                            std::ptr::null_mut(),
-                            std::ptr::null_mut(),
-                            std::ptr::null_mut(),
-                        );
+                        let (mut kid, mut iss, mut sno) =
+                            (std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut());
                         let (mut tm, mut other) = (std::ptr::null_mut(), std::ptr::null_mut());
-                        ffi::CMS_RecipientEncryptedKey_get0_id(
-                            rek, &mut kid, &mut tm, &mut other, &mut iss, &mut sno,
-                        );
+                        ffi::CMS_RecipientEncryptedKey_get0_id(rek, &mut kid, &mut tm, &mut other, &mut iss, &mut sno);
                         out.push(Recipient {
                             kind: "key agreement",
                             issuer: name(iss),
@@ -199,12 +153,7 @@ pub fn recipients(enveloped: &[u8]) -> Result<Vec<Recipient>> {
                         });
                     }
                 }
-                _ => out.push(Recipient {
-                    kind: "other",
-                    issuer: None,
-                    serial: None,
-                    key_id: None,
-                }),
+                _ => out.push(Recipient { kind: "other", issuer: None, serial: None, key_id: None }),
             }
         }
     }

@@ -4,8 +4,8 @@
 
 use libc::{c_char, c_int, c_ulong, c_void};
 use openssl_sys::{
-    ASN1_INTEGER, ASN1_OBJECT, ASN1_OCTET_STRING, ASN1_TIME, BIO, CMS_ContentInfo, EVP_MD,
-    EVP_PKEY, X509, X509_ALGOR, X509_LOOKUP, X509_NAME, stack_st_X509,
+    ASN1_INTEGER, ASN1_OBJECT, ASN1_OCTET_STRING, ASN1_TIME, BIO, CMS_ContentInfo, EVP_MD, EVP_PKEY, X509, X509_ALGOR,
+    X509_LOOKUP, X509_NAME, stack_st_X509,
 };
 
 pub enum CMS_SignerInfo {}
@@ -31,11 +31,7 @@ unsafe extern "C" {
         pdig: *mut *mut X509_ALGOR,
         psig: *mut *mut X509_ALGOR,
     );
-    pub fn CMS_set1_signers_certs(
-        cms: *mut CMS_ContentInfo,
-        certs: *mut stack_st_X509,
-        flags: u32,
-    ) -> c_int;
+    pub fn CMS_set1_signers_certs(cms: *mut CMS_ContentInfo, certs: *mut stack_st_X509, flags: u32) -> c_int;
     pub fn CMS_get1_certs(cms: *mut CMS_ContentInfo) -> *mut stack_st_X509;
     pub fn CMS_get0_type(cms: *const CMS_ContentInfo) -> *const ASN1_OBJECT;
     pub fn CMS_get0_content(cms: *mut CMS_ContentInfo) -> *mut *mut ASN1_OCTET_STRING;
@@ -61,9 +57,7 @@ unsafe extern "C" {
         issuer: *mut *mut X509_NAME,
         sno: *mut *mut ASN1_INTEGER,
     ) -> c_int;
-    pub fn CMS_RecipientInfo_kari_get0_reks(
-        ri: *mut CMS_RecipientInfo,
-    ) -> *mut OPENSSL_STACK_OPAQUE;
+    pub fn CMS_RecipientInfo_kari_get0_reks(ri: *mut CMS_RecipientInfo) -> *mut OPENSSL_STACK_OPAQUE;
     pub fn CMS_RecipientEncryptedKey_get0_id(
         rek: *mut CMS_RecipientEncryptedKey,
         keyid: *mut *mut ASN1_OCTET_STRING,
@@ -72,14 +66,8 @@ unsafe extern "C" {
         issuer: *mut *mut X509_NAME,
         sno: *mut *mut ASN1_INTEGER,
     ) -> c_int;
-    pub fn X509_NAME_print_ex(
-        out: *mut BIO,
-        nm: *const X509_NAME,
-        indent: c_int,
-        flags: c_ulong,
-    ) -> c_int;
-    pub fn X509_load_cert_crl_file(ctx: *mut X509_LOOKUP, file: *const c_char, typ: c_int)
-    -> c_int;
+    pub fn X509_NAME_print_ex(out: *mut BIO, nm: *const X509_NAME, indent: c_int, flags: c_ulong) -> c_int;
+    pub fn X509_load_cert_crl_file(ctx: *mut X509_LOOKUP, file: *const c_char, typ: c_int) -> c_int;
     pub fn ASN1_TIME_to_tm(s: *const ASN1_TIME, tm: *mut libc::tm) -> c_int;
     pub fn BIO_free(bio: *mut BIO) -> c_int;
 }
@@ -106,8 +94,7 @@ pub fn print_to_string(f: impl FnOnce(*mut BIO) -> c_int) -> Option<String> {
         }
         let ok = f(bio) >= 0;
         let mut ptr: *mut c_char = std::ptr::null_mut();
-        let len =
-            openssl_sys::BIO_ctrl(bio, BIO_CTRL_INFO, 0, (&mut ptr as *mut *mut c_char).cast());
+        let len = openssl_sys::BIO_ctrl(bio, BIO_CTRL_INFO, 0, (&mut ptr as *mut *mut c_char).cast());
         let text = if ok && len >= 0 && !ptr.is_null() {
             let bytes = std::slice::from_raw_parts(ptr as *const u8, len as usize);
             Some(String::from_utf8_lossy(bytes).into_owned())

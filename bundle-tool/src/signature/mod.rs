@@ -45,16 +45,12 @@ pub fn openssl_reason(stack: &ErrorStack) -> String {
 }
 
 fn read_file(path: &Path, what: &str) -> Result<Vec<u8>> {
-    std::fs::read(path)
-        .map_err(|e| Error::Key(format!("Failed to read {what} '{}': {e}", path.display())))
+    std::fs::read(path).map_err(|e| Error::Key(format!("Failed to read {what} '{}': {e}", path.display())))
 }
 
 fn reject_pkcs11(s: &Path, what: &str) -> Result<()> {
     if s.to_string_lossy().starts_with("pkcs11:") {
-        return Err(Error::Key(format!(
-            "PKCS#11 URIs are not supported for the {what} yet: {}",
-            s.display()
-        )));
+        return Err(Error::Key(format!("PKCS#11 URIs are not supported for the {what} yet: {}", s.display())));
     }
     Ok(())
 }
@@ -67,26 +63,15 @@ pub fn load_private_key(path: &Path) -> Result<PKey<Private>> {
         Ok(pass) => PKey::private_key_from_pem_passphrase(&pem, pass.as_bytes()),
         Err(_) => PKey::private_key_from_pem(&pem),
     };
-    key.map_err(|e| {
-        Error::Key(format!(
-            "Failed to load key '{}': {}",
-            path.display(),
-            openssl_reason(&e)
-        ))
-    })
+    key.map_err(|e| Error::Key(format!("Failed to load key '{}': {}", path.display(), openssl_reason(&e))))
 }
 
 /// Loads the first certificate of a PEM file.
 pub fn load_cert(path: &Path) -> Result<X509> {
     reject_pkcs11(path, "certificate")?;
     let pem = read_file(path, "certificate")?;
-    X509::from_pem(&pem).map_err(|e| {
-        Error::Key(format!(
-            "Failed to load certificate '{}': {}",
-            path.display(),
-            openssl_reason(&e)
-        ))
-    })
+    X509::from_pem(&pem)
+        .map_err(|e| Error::Key(format!("Failed to load certificate '{}': {}", path.display(), openssl_reason(&e))))
 }
 
 /// Loads every certificate of the given PEM files.
@@ -94,18 +79,10 @@ pub fn load_certs(paths: &[PathBuf]) -> Result<Vec<X509>> {
     let mut out = Vec::new();
     for p in paths {
         let pem = read_file(p, "certificate")?;
-        let certs = X509::stack_from_pem(&pem).map_err(|e| {
-            Error::Key(format!(
-                "Failed to load certificate '{}': {}",
-                p.display(),
-                openssl_reason(&e)
-            ))
-        })?;
+        let certs = X509::stack_from_pem(&pem)
+            .map_err(|e| Error::Key(format!("Failed to load certificate '{}': {}", p.display(), openssl_reason(&e))))?;
         if certs.is_empty() {
-            return Err(Error::Key(format!(
-                "Failed to load certificate '{}': Expecting: CERTIFICATE",
-                p.display()
-            )));
+            return Err(Error::Key(format!("Failed to load certificate '{}': Expecting: CERTIFICATE", p.display())));
         }
         out.extend(certs);
     }
@@ -122,11 +99,7 @@ pub struct Signer {
 impl Signer {
     /// Loads the signer from PEM files.
     pub fn load(cert: &Path, key: &Path, intermediates: &[PathBuf]) -> Result<Signer> {
-        Ok(Signer {
-            cert: load_cert(cert)?,
-            key: load_private_key(key)?,
-            intermediates: load_certs(intermediates)?,
-        })
+        Ok(Signer { cert: load_cert(cert)?, key: load_private_key(key)?, intermediates: load_certs(intermediates)? })
     }
 
     /// The signer certificate.
@@ -137,27 +110,16 @@ impl Signer {
     fn sign_bio(&self, bio: *mut openssl_sys::BIO, detached: bool) -> Result<CmsContentInfo> {
         let mut extra = Stack::<X509>::new().map_err(|e| Error::Other(e.to_string()))?;
         for c in &self.intermediates {
-            extra
-                .push(c.clone())
-                .map_err(|e| Error::Other(e.to_string()))?;
+            extra.push(c.clone()).map_err(|e| Error::Other(e.to_string()))?;
         }
         let mut flags = openssl_sys::CMS_BINARY | openssl_sys::CMS_NOSMIMECAP;
         if detached {
             flags |= openssl_sys::CMS_DETACHED;
         }
         unsafe {
-            let cms = openssl_sys::CMS_sign(
-                self.cert.as_ptr(),
-                self.key.as_ptr(),
-                extra.as_ptr(),
-                bio,
-                flags,
-            );
+            let cms = openssl_sys::CMS_sign(self.cert.as_ptr(), self.key.as_ptr(), extra.as_ptr(), bio, flags);
             if cms.is_null() {
-                return Err(Error::Key(format!(
-                    "failed to create signature: {}",
-                    openssl_reason(&ErrorStack::get())
-                )));
+                return Err(Error::Key(format!("failed to create signature: {}", openssl_reason(&ErrorStack::get()))));
             }
             Ok(CmsContentInfo::from_ptr(cms))
         }
@@ -187,21 +149,10 @@ impl Signer {
     pub fn append_to(&self, cms_der: &[u8]) -> Result<Vec<u8>> {
         let cms = parse_signed_data(cms_der)?;
         unsafe {
-            let flags = openssl_sys::CMS_BINARY
-                | openssl_sys::CMS_NOSMIMECAP
-                | openssl_sys::CMS_REUSE_DIGEST;
-            let si = ffi::CMS_add1_signer(
-                cms.as_ptr(),
-                self.cert.as_ptr(),
-                self.key.as_ptr(),
-                std::ptr::null(),
-                flags,
-            );
+            let flags = openssl_sys::CMS_BINARY | openssl_sys::CMS_NOSMIMECAP | openssl_sys::CMS_REUSE_DIGEST;
+            let si = ffi::CMS_add1_signer(cms.as_ptr(), self.cert.as_ptr(), self.key.as_ptr(), std::ptr::null(), flags);
             if si.is_null() {
-                return Err(Error::Key(format!(
-                    "failed to add signer: {}",
-                    openssl_reason(&ErrorStack::get())
-                )));
+                return Err(Error::Key(format!("failed to add signer: {}", openssl_reason(&ErrorStack::get()))));
             }
             let present = cms_certificates(&cms);
             for c in &self.intermediates {
@@ -247,33 +198,20 @@ impl SignatureInfo {
     pub fn spki_hashes(&self) -> String {
         self.chains
             .first()
-            .map(|c| {
-                c.iter()
-                    .map(|i| i.spki_sha256.clone())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
+            .map(|c| c.iter().map(|i| i.spki_sha256.clone()).collect::<Vec<_>>().join(" "))
             .unwrap_or_default()
     }
 }
 
 fn nid_of(obj: *const openssl_sys::ASN1_OBJECT) -> i32 {
-    if obj.is_null() {
-        0
-    } else {
-        unsafe { openssl_sys::OBJ_obj2nid(obj) }
-    }
+    if obj.is_null() { 0 } else { unsafe { openssl_sys::OBJ_obj2nid(obj) } }
 }
 
 fn sn_of(obj: *const openssl_sys::ASN1_OBJECT) -> String {
     let nid = nid_of(obj);
     unsafe {
         let p = openssl_sys::OBJ_nid2sn(nid);
-        if p.is_null() {
-            "undefined".into()
-        } else {
-            std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
-        }
+        if p.is_null() { "undefined".into() } else { std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned() }
     }
 }
 
@@ -283,19 +221,15 @@ pub fn parse_signed_data(der: &[u8]) -> Result<CmsContentInfo> {
         .map_err(|e| Error::Format(format!("failed to parse signature: {}", openssl_reason(&e))))?;
     let ty = unsafe { ffi::CMS_get0_type(cms.as_ptr()) };
     if nid_of(ty) != openssl_sys::NID_pkcs7_signed {
-        return Err(Error::Format(format!(
-            "Expected CMS of type 'pkcs7-signedData' but got '{}'",
-            sn_of(ty)
-        )));
+        return Err(Error::Format(format!("Expected CMS of type 'pkcs7-signedData' but got '{}'", sn_of(ty))));
     }
     Ok(cms)
 }
 
 /// True if `der` is a CMS EnvelopedData (an encrypted crypt bundle signature).
 pub fn is_enveloped(der: &[u8]) -> bool {
-    CmsContentInfo::from_der(der).is_ok_and(|cms| {
-        nid_of(unsafe { ffi::CMS_get0_type(cms.as_ptr()) }) == ffi::NID_PKCS7_ENVELOPED
-    })
+    CmsContentInfo::from_der(der)
+        .is_ok_and(|cms| nid_of(unsafe { ffi::CMS_get0_type(cms.as_ptr()) }) == ffi::NID_PKCS7_ENVELOPED)
 }
 
 /// The encapsulated content, if any (no verification).
@@ -325,9 +259,7 @@ fn cms_certificates(cms: &CmsContentInfo) -> Vec<X509> {
 fn signer_infos(cms: &CmsContentInfo) -> Vec<*mut ffi::CMS_SignerInfo> {
     unsafe {
         let sis = ffi::CMS_get0_SignerInfos(cms.as_ptr());
-        (0..ffi::sk_num(sis))
-            .map(|i| ffi::sk_value(sis, i))
-            .collect()
+        (0..ffi::sk_num(sis)).map(|i| ffi::sk_value(sis, i)).collect()
     }
 }
 
@@ -335,18 +267,8 @@ fn signer_infos(cms: &CmsContentInfo) -> Vec<*mut ffi::CMS_SignerInfo> {
 fn signer_cert(si: *mut ffi::CMS_SignerInfo) -> Option<X509> {
     let mut cert: *mut openssl_sys::X509 = std::ptr::null_mut();
     unsafe {
-        ffi::CMS_SignerInfo_get0_algs(
-            si,
-            std::ptr::null_mut(),
-            &mut cert,
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-        );
-        if cert.is_null() {
-            None
-        } else {
-            Some(X509Ref::from_ptr(cert).to_owned())
-        }
+        ffi::CMS_SignerInfo_get0_algs(si, std::ptr::null_mut(), &mut cert, std::ptr::null_mut(), std::ptr::null_mut());
+        if cert.is_null() { None } else { Some(X509Ref::from_ptr(cert).to_owned()) }
     }
 }
 
@@ -354,32 +276,20 @@ fn signer_cert(si: *mut ffi::CMS_SignerInfo) -> Option<X509> {
 fn signing_time(cms: &CmsContentInfo) -> Result<i64> {
     let sis = signer_infos(cms);
     if sis.len() != 1 {
-        return Err(Error::Signature(format!(
-            "Unsupported number of signers: {}",
-            sis.len()
-        )));
+        return Err(Error::Signature(format!("Unsupported number of signers: {}", sis.len())));
     }
     unsafe {
         let obj = openssl_sys::OBJ_nid2obj(openssl_sys::NID_pkcs9_signingTime);
         let mut t = ffi::CMS_signed_get0_data_by_OBJ(sis[0], obj, -3, openssl_sys::V_ASN1_UTCTIME);
         if t.is_null() {
-            t = ffi::CMS_signed_get0_data_by_OBJ(
-                sis[0],
-                obj,
-                -3,
-                openssl_sys::V_ASN1_GENERALIZEDTIME,
-            );
+            t = ffi::CMS_signed_get0_data_by_OBJ(sis[0], obj, -3, openssl_sys::V_ASN1_GENERALIZEDTIME);
         }
         if t.is_null() {
-            return Err(Error::Signature(
-                "Bundle signature has no usable signing time".to_string(),
-            ));
+            return Err(Error::Signature("Bundle signature has no usable signing time".to_string()));
         }
         let mut tm: libc::tm = std::mem::zeroed();
         if ffi::ASN1_TIME_to_tm(t as *const openssl_sys::ASN1_TIME, &mut tm) != 1 {
-            return Err(Error::Signature(
-                "Bundle signature has an invalid signing time".to_string(),
-            ));
+            return Err(Error::Signature("Bundle signature has an invalid signing time".to_string()));
         }
         Ok(libc::timegm(&mut tm) as i64)
     }
@@ -390,8 +300,7 @@ fn build_chain(store: &X509StoreRef, cert: &X509, untrusted: &Stack<X509>) -> Re
     let chain = ctx
         .init(store, cert, untrusted, |c| {
             c.verify_cert()?;
-            Ok(c.chain()
-                .map(|ch| ch.iter().map(|x| x.to_owned()).collect::<Vec<_>>()))
+            Ok(c.chain().map(|ch| ch.iter().map(|x| x.to_owned()).collect::<Vec<_>>()))
         })
         .map_err(|e| Error::Signature(openssl_reason(&e)))?;
     Ok(chain.unwrap_or_else(|| vec![cert.clone()]))
@@ -399,11 +308,7 @@ fn build_chain(store: &X509StoreRef, cert: &X509, untrusted: &Stack<X509>) -> Re
 
 /// Verifies a SignedData. `detached` streams the signed content of a
 /// detached signature (plain bundles); inline content is returned.
-pub fn verify(
-    cms_der: &[u8],
-    detached: Option<&mut dyn Read>,
-    opts: &VerifyOptions,
-) -> Result<SignatureInfo> {
+pub fn verify(cms_der: &[u8], detached: Option<&mut dyn Read>, opts: &VerifyOptions) -> Result<SignatureInfo> {
     let cms = parse_signed_data(cms_der)?;
     let content = encapsulated_content(&cms);
     let signer_count = signer_infos(&cms).len();
@@ -412,34 +317,18 @@ pub fn verify(
         unsafe {
             let mut sk = Stack::<X509>::new().map_err(|e| Error::Other(e.to_string()))?;
             for c in &embedded {
-                sk.push(c.clone())
-                    .map_err(|e| Error::Other(e.to_string()))?;
+                sk.push(c.clone()).map_err(|e| Error::Other(e.to_string()))?;
             }
             ffi::CMS_set1_signers_certs(cms.as_ptr(), sk.as_ptr(), 0);
             openssl::error::ErrorStack::get();
         }
-        let chains = signer_infos(&cms)
-            .into_iter()
-            .filter_map(signer_cert)
-            .map(|c| vec![CertInfo::of(&c)])
-            .collect();
-        return Ok(SignatureInfo {
-            content,
-            verified: false,
-            chains,
-            signer_count,
-        });
+        let chains = signer_infos(&cms).into_iter().filter_map(signer_cert).map(|c| vec![CertInfo::of(&c)]).collect();
+        return Ok(SignatureInfo { content, verified: false, chains, signer_count });
     }
     if detached.is_none() && content.is_none() {
-        return Err(Error::Signature(
-            "signature has no content and no detached data was given".to_string(),
-        ));
+        return Err(Error::Signature("signature has no content and no detached data was given".to_string()));
     }
-    let verify_time = if opts.keyring.use_bundle_signing_time {
-        Some(signing_time(&cms)?)
-    } else {
-        None
-    };
+    let verify_time = if opts.keyring.use_bundle_signing_time { Some(signing_time(&cms)?) } else { None };
     let store = opts.keyring.build_store(verify_time, opts.no_check_time)?;
     let flags = openssl_sys::CMS_BINARY;
     let ok = unsafe {
@@ -476,15 +365,12 @@ pub fn verify(
     }
     let mut untrusted = Stack::<X509>::new().map_err(|e| Error::Other(e.to_string()))?;
     for c in &embedded {
-        untrusted
-            .push(c.clone())
-            .map_err(|e| Error::Other(e.to_string()))?;
+        untrusted.push(c.clone()).map_err(|e| Error::Other(e.to_string()))?;
     }
     let mut chains = Vec::new();
     let mut signer_certs = Vec::new();
     for si in signer_infos(&cms) {
-        let cert = signer_cert(si)
-            .ok_or_else(|| Error::Signature("signer certificate not found".to_string()))?;
+        let cert = signer_cert(si).ok_or_else(|| Error::Signature("signer certificate not found".to_string()))?;
         let chain = build_chain(&store, &cert, &untrusted)?;
         opts.keyring.check_chain_purpose(&chain)?;
         chains.push(chain.iter().map(|c| CertInfo::of(c)).collect::<Vec<_>>());
@@ -496,26 +382,12 @@ pub fn verify(
             .filter_map(|c| trust::common_name(c))
             .any(|cn| opts.keyring.allowed_signer_cns.contains(&cn));
         if !allowed {
-            return Err(Error::Signature(
-                "No signature CN matching allowed-signer-cns found".to_string(),
-            ));
+            return Err(Error::Signature("No signature CN matching allowed-signer-cns found".to_string()));
         }
     }
-    for c in &signer_certs {
-        tracing::info!(
-            "Verified {} signature by '{}'",
-            if content.is_some() {
-                "inline"
-            } else {
-                "detached"
-            },
-            certinfo::name_oneline(c.subject_name())
-        );
-    }
-    Ok(SignatureInfo {
-        content,
-        verified: true,
-        chains,
-        signer_count,
-    })
+    let by: Vec<String> =
+        signer_certs.iter().map(|c| format!("'{}'", certinfo::name_oneline(c.subject_name()))).collect();
+    let kind = if content.is_some() { "inline" } else { "detached" };
+    tracing::info!("Verified {kind} signature by {}", by.join(", "));
+    Ok(SignatureInfo { content, verified: true, chains, signer_count })
 }

@@ -33,9 +33,7 @@ impl Purpose {
             "smimesign" => "smimesign",
             "smimeencrypt" => "smimeencrypt",
             _ => {
-                return Err(Error::Key(format!(
-                    "failed to configure X509 purpose '{name}'"
-                )));
+                return Err(Error::Key(format!("failed to configure X509 purpose '{name}'")));
             }
         };
         let idx = X509PurposeRef::get_by_sname(openssl_name)
@@ -68,10 +66,7 @@ pub struct Keyring {
 impl Keyring {
     /// A keyring of just one PEM file.
     pub fn from_path(path: impl Into<PathBuf>) -> Keyring {
-        Keyring {
-            path: Some(path.into()),
-            ..Keyring::default()
-        }
+        Keyring { path: Some(path.into()), ..Keyring::default() }
     }
 
     /// True if neither a file nor a directory is configured.
@@ -83,42 +78,22 @@ impl Keyring {
     /// `no_check_time` ignores validity periods altogether.
     pub fn build_store(&self, verify_time: Option<i64>, no_check_time: bool) -> Result<X509Store> {
         if self.is_empty() {
-            return Err(Error::Key(
-                "No keyring file or directory provided".to_string(),
-            ));
+            return Err(Error::Key("No keyring file or directory provided".to_string()));
         }
         let mut b = X509StoreBuilder::new().map_err(|e| Error::Key(e.to_string()))?;
         if let Some(path) = &self.path {
-            let text = std::fs::read(path).map_err(|e| {
-                Error::Key(format!(
-                    "Failed to load keyring file '{}': {e}",
-                    path.display()
-                ))
-            })?;
-            let lookup = b
-                .add_lookup(X509Lookup::file())
-                .map_err(|e| Error::Key(e.to_string()))?;
+            let text = std::fs::read(path)
+                .map_err(|e| Error::Key(format!("Failed to load keyring file '{}': {e}", path.display())))?;
+            let lookup = b.add_lookup(X509Lookup::file()).map_err(|e| Error::Key(e.to_string()))?;
             let cpath = CString::new(path.as_os_str().as_encoded_bytes())
                 .map_err(|_| Error::Key("keyring path contains NUL".into()))?;
-            let n = unsafe {
-                ffi::X509_load_cert_crl_file(
-                    lookup.as_ptr(),
-                    cpath.as_ptr(),
-                    ffi::X509_FILETYPE_PEM,
-                )
-            };
+            let n = unsafe { ffi::X509_load_cert_crl_file(lookup.as_ptr(), cpath.as_ptr(), ffi::X509_FILETYPE_PEM) };
             if n <= 0 {
                 let reason = super::openssl_reason(&openssl::error::ErrorStack::get());
-                return Err(Error::Key(format!(
-                    "Failed to load keyring file '{}': {reason}",
-                    path.display()
-                )));
+                return Err(Error::Key(format!("Failed to load keyring file '{}': {reason}", path.display())));
             }
             if !self.check_crl && contains_crl(&text) {
-                tracing::warn!(
-                    "keyring '{}' contains a CRL, but check-crl is disabled",
-                    path.display()
-                );
+                tracing::warn!("keyring '{}' contains a CRL, but check-crl is disabled", path.display());
             }
         }
         if let Some(dir) = &self.directory {
@@ -128,21 +103,16 @@ impl Keyring {
                     dir.display()
                 )));
             }
-            let lookup = b
-                .add_lookup(X509Lookup::hash_dir())
-                .map_err(|e| Error::Key(e.to_string()))?;
-            let d = dir
-                .to_str()
-                .ok_or_else(|| Error::Key("keyring directory is not valid UTF-8".into()))?;
+            let lookup = b.add_lookup(X509Lookup::hash_dir()).map_err(|e| Error::Key(e.to_string()))?;
+            let d = dir.to_str().ok_or_else(|| Error::Key("keyring directory is not valid UTF-8".into()))?;
             lookup
                 .add_dir(d, openssl::ssl::SslFiletype::PEM)
                 .map_err(|e| Error::Key(format!("Failed to load keyring directory '{d}': {e}")))?;
         }
         let mut flags = X509VerifyFlags::empty();
         if self.check_crl {
-            flags |= X509VerifyFlags::CRL_CHECK
-                | X509VerifyFlags::CRL_CHECK_ALL
-                | X509VerifyFlags::EXTENDED_CRL_SUPPORT;
+            flags |=
+                X509VerifyFlags::CRL_CHECK | X509VerifyFlags::CRL_CHECK_ALL | X509VerifyFlags::EXTENDED_CRL_SUPPORT;
         }
         if self.allow_partial_chain {
             flags |= X509VerifyFlags::PARTIAL_CHAIN;
@@ -152,12 +122,10 @@ impl Keyring {
         }
         b.set_flags(flags).map_err(|e| Error::Key(e.to_string()))?;
         match self.check_purpose {
-            Some(Purpose::OpenSsl(id)) => b
-                .set_purpose(X509PurposeId::from_raw(id))
-                .map_err(|e| Error::Key(e.to_string()))?,
-            Some(Purpose::CodeSign) => b
-                .set_purpose(X509PurposeId::ANY)
-                .map_err(|e| Error::Key(e.to_string()))?,
+            Some(Purpose::OpenSsl(id)) => {
+                b.set_purpose(X509PurposeId::from_raw(id)).map_err(|e| Error::Key(e.to_string()))?
+            }
+            Some(Purpose::CodeSign) => b.set_purpose(X509PurposeId::ANY).map_err(|e| Error::Key(e.to_string()))?,
             None => {}
         }
         if let Some(t) = verify_time.filter(|_| !no_check_time) {
@@ -178,11 +146,7 @@ impl Keyring {
             let ptr = cert.as_ptr();
             let (flags, xku, ku) = unsafe {
                 let f = openssl_sys::X509_get_extension_flags(ptr);
-                (
-                    f,
-                    openssl_sys::X509_get_extended_key_usage(ptr),
-                    openssl_sys::X509_get_key_usage(ptr),
-                )
+                (f, openssl_sys::X509_get_extended_key_usage(ptr), openssl_sys::X509_get_key_usage(ptr))
             };
             let has_eku = flags & openssl_sys::EXFLAG_XKUSAGE != 0;
             let codesign = xku & openssl_sys::XKU_CODE_SIGN != 0;
@@ -204,16 +168,12 @@ impl Keyring {
 }
 
 fn contains_crl(pem: &[u8]) -> bool {
-    pem.windows(b"BEGIN X509 CRL".len())
-        .any(|w| w == b"BEGIN X509 CRL")
+    pem.windows(b"BEGIN X509 CRL".len()).any(|w| w == b"BEGIN X509 CRL")
 }
 
 /// The common name of a certificate's subject, if it has exactly one usable one.
 pub fn common_name(cert: &X509Ref) -> Option<String> {
-    let entry = cert
-        .subject_name()
-        .entries_by_nid(openssl::nid::Nid::COMMONNAME)
-        .next()?;
+    let entry = cert.subject_name().entries_by_nid(openssl::nid::Nid::COMMONNAME).next()?;
     let bytes = entry.data().as_slice();
     if bytes.contains(&0) {
         return None;

@@ -6,9 +6,7 @@
 //! with a `Content-Range` that matches the request exactly.
 
 use super::ReadAt;
-use reqwest::header::{
-    CONTENT_RANGE, ETAG, HeaderMap, HeaderName, HeaderValue, LAST_MODIFIED, RANGE,
-};
+use reqwest::header::{CONTENT_RANGE, ETAG, HeaderMap, HeaderName, HeaderValue, LAST_MODIFIED, RANGE};
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::path::PathBuf;
@@ -76,12 +74,8 @@ impl Default for HttpOptions {
 /// Parses a `Name: value` header argument.
 pub fn parse_header(arg: &str) -> Result<(String, String), String> {
     match arg.split_once(':') {
-        Some((name, value)) if !name.trim().is_empty() => {
-            Ok((name.trim().to_string(), value.trim().to_string()))
-        }
-        _ => Err(format!(
-            "Invalid HTTP header '{arg}': expected 'Name: value'"
-        )),
+        Some((name, value)) if !name.trim().is_empty() => Ok((name.trim().to_string(), value.trim().to_string())),
+        _ => Err(format!("Invalid HTTP header '{arg}': expected 'Name: value'")),
     }
 }
 
@@ -142,10 +136,8 @@ pub struct HttpSource {
 fn header_map(pairs: &[(String, String)]) -> Result<HeaderMap, String> {
     let mut map = HeaderMap::new();
     for (k, v) in pairs {
-        let name = HeaderName::from_bytes(k.as_bytes())
-            .map_err(|_| format!("Invalid HTTP header name '{k}'"))?;
-        let value =
-            HeaderValue::from_str(v).map_err(|_| format!("Invalid value for HTTP header '{k}'"))?;
+        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("Invalid HTTP header name '{k}'"))?;
+        let value = HeaderValue::from_str(v).map_err(|_| format!("Invalid value for HTTP header '{k}'"))?;
         map.append(name, value);
     }
     Ok(map)
@@ -178,9 +170,8 @@ fn build_client(opts: &HttpOptions) -> Result<reqwest::Client, String> {
             // native-tls wants PKCS#8; accept traditional RSA/EC PEM keys too.
             let pkey = openssl::pkey::PKey::private_key_from_pem(&key_pem)
                 .map_err(|e| format!("Invalid TLS key '{}': {e}", key.display()))?;
-            let pkcs8 = pkey
-                .private_key_to_pem_pkcs8()
-                .map_err(|e| format!("Invalid TLS key '{}': {e}", key.display()))?;
+            let pkcs8 =
+                pkey.private_key_to_pem_pkcs8().map_err(|e| format!("Invalid TLS key '{}': {e}", key.display()))?;
             let id = reqwest::Identity::from_pkcs8_pem(&cert_pem, &pkcs8)
                 .map_err(|e| format!("Invalid TLS client certificate: {e}"))?;
             b = b.identity(id);
@@ -188,8 +179,7 @@ fn build_client(opts: &HttpOptions) -> Result<reqwest::Client, String> {
         (None, None) => {}
         _ => return Err("TLS client certificate and key must be given together".to_string()),
     }
-    b.build()
-        .map_err(|e| format!("Failed to set up HTTP client: {e}"))
+    b.build().map_err(|e| format!("Failed to set up HTTP client: {e}"))
 }
 
 fn describe_status(status: u16) -> String {
@@ -265,11 +255,7 @@ async fn fetch_range(
             FetchError::Fatal(msg)
         });
     }
-    let cr = resp
-        .headers()
-        .get(CONTENT_RANGE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let cr = resp.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
     let Some((a, b, total)) = cr.as_deref().and_then(parse_content_range) else {
         return Err(FetchError::Fatal(format!(
             "invalid Content-Range in response: {}",
@@ -285,16 +271,11 @@ async fn fetch_range(
     let effective = resp.url().to_string();
     let headers_out = resp.headers().clone();
     let want = (end_incl - start + 1) as usize;
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|e| FetchError::Transient(format!("transfer failed: {}", error_chain(&e))))?;
+    let body =
+        resp.bytes().await.map_err(|e| FetchError::Transient(format!("transfer failed: {}", error_chain(&e))))?;
     stats.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
     if body.len() != want {
-        return Err(FetchError::Transient(format!(
-            "short response: got {} of {want} bytes",
-            body.len()
-        )));
+        return Err(FetchError::Transient(format!("short response: got {} of {want} bytes", body.len())));
     }
     Ok((body.to_vec(), headers_out, effective))
 }
@@ -304,9 +285,7 @@ impl HttpSource {
     pub fn open(url: &str, opts: HttpOptions) -> Result<HttpSource, String> {
         let fail = |m: String| format!("Failed to stream bundle {url}: {m}");
         if opts.window == 0 || !opts.window.is_multiple_of(4096) {
-            return Err(fail(
-                "range window must be a non-zero multiple of 4096".into(),
-            ));
+            return Err(fail("range window must be a non-zero multiple of 4096".into()));
         }
         let client = build_client(&opts).map_err(fail)?;
         let headers = header_map(&opts.headers).map_err(fail)?;
@@ -333,9 +312,7 @@ impl HttpSource {
                 let result = loop {
                     match fetch_range(&client, &url, &first_headers, 0, 3, None, &stats).await {
                         Ok(r) => break Ok(r),
-                        Err(FetchError::Transient(m) | FetchError::NoResponse(m))
-                            if attempt < retries =>
-                        {
+                        Err(FetchError::Transient(m) | FetchError::NoResponse(m)) if attempt < retries => {
                             attempt += 1;
                             tracing::warn!("request failed: {m} (retrying {attempt}/{retries})");
                             tokio::time::sleep(pause).await;
@@ -346,11 +323,7 @@ impl HttpSource {
                         Err(FetchError::Transient(m) | FetchError::Fatal(m)) => break Err(m),
                     }
                 };
-                let _ = tx.send((
-                    result,
-                    stats.requests.load(Ordering::Relaxed),
-                    stats.bytes.load(Ordering::Relaxed),
-                ));
+                let _ = tx.send((result, stats.requests.load(Ordering::Relaxed), stats.bytes.load(Ordering::Relaxed)));
             });
             rx.recv().map_err(|_| fail("HTTP runtime stopped".into()))?
         };
@@ -360,17 +333,8 @@ impl HttpSource {
         };
         stats.requests.store(requests, Ordering::Relaxed);
         stats.bytes.store(bytes, Ordering::Relaxed);
-        let get = |name| {
-            resp_headers
-                .get(name)
-                .and_then(|v: &HeaderValue| v.to_str().ok())
-                .map(str::to_string)
-        };
-        let total = get(CONTENT_RANGE)
-            .as_deref()
-            .and_then(parse_content_range)
-            .map(|(_, _, t)| t)
-            .unwrap_or(0);
+        let get = |name| resp_headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok()).map(str::to_string);
+        let total = get(CONTENT_RANGE).as_deref().and_then(parse_content_range).map(|(_, _, t)| t).unwrap_or(0);
         let info = RemoteInfo {
             effective_url: effective_url.clone(),
             size: total,
@@ -393,10 +357,7 @@ impl HttpSource {
             ready: Condvar::new(),
             stats,
         });
-        Ok(HttpSource {
-            shared,
-            runtime: Some(runtime),
-        })
+        Ok(HttpSource { shared, runtime: Some(runtime) })
     }
 
     /// What the server reported at open.
@@ -406,17 +367,11 @@ impl HttpSource {
 
     /// Requests and bytes transferred so far.
     pub fn stats(&self) -> (u64, u64) {
-        (
-            self.shared.stats.requests.load(Ordering::Relaxed),
-            self.shared.stats.bytes.load(Ordering::Relaxed),
-        )
+        (self.shared.stats.requests.load(Ordering::Relaxed), self.shared.stats.bytes.load(Ordering::Relaxed))
     }
 
     fn window_count(&self) -> u64 {
-        self.shared
-            .info
-            .size
-            .div_ceil(self.shared.opts.window as u64)
+        self.shared.info.size.div_ceil(self.shared.opts.window as u64)
     }
 
     /// Marks `w` pending and starts fetching it if it is not known yet.
@@ -427,10 +382,7 @@ impl HttpSource {
         st.windows.insert(w, Window::Pending);
         st.in_flight += 1;
         let shared = self.shared.clone();
-        let rt = self
-            .runtime
-            .as_ref()
-            .expect("runtime lives as long as the source");
+        let rt = self.runtime.as_ref().expect("runtime lives as long as the source");
         rt.spawn(async move {
             let win = shared.opts.window as u64;
             let start = w * win;
@@ -449,14 +401,9 @@ impl HttpSource {
                 .await
                 {
                     Ok((body, _, _)) => break Window::Ready(Arc::new(body)),
-                    Err(FetchError::Transient(m) | FetchError::NoResponse(m))
-                        if attempt < shared.opts.retries =>
-                    {
+                    Err(FetchError::Transient(m) | FetchError::NoResponse(m)) if attempt < shared.opts.retries => {
                         attempt += 1;
-                        tracing::warn!(
-                            "request failed: {m} (retrying {attempt}/{})",
-                            shared.opts.retries
-                        );
+                        tracing::warn!("request failed: {m} (retrying {attempt}/{})", shared.opts.retries);
                         tokio::time::sleep(shared.opts.retry_pause).await;
                     }
                     Err(FetchError::NoResponse(m)) => {
@@ -487,10 +434,7 @@ impl HttpSource {
                 }
                 continue;
             }
-            if matches!(
-                st.windows.get(&old),
-                Some(Window::Ready(_) | Window::Failed(_))
-            ) {
+            if matches!(st.windows.get(&old), Some(Window::Ready(_) | Window::Failed(_))) {
                 st.windows.remove(&old);
             }
         }
@@ -519,9 +463,7 @@ impl ReadAt for HttpSource {
         }
         if sequential {
             let mut w = last + 1;
-            while w <= last + self.shared.opts.read_ahead as u64
-                && st.in_flight < self.shared.opts.max_in_flight
-            {
+            while w <= last + self.shared.opts.read_ahead as u64 && st.in_flight < self.shared.opts.max_in_flight {
                 self.request(&mut st, w);
                 w += 1;
             }
@@ -534,18 +476,14 @@ impl ReadAt for HttpSource {
                         let wstart = w * win;
                         let from = offset.max(wstart);
                         let to = (offset + buf.len() as u64).min(wstart + data.len() as u64);
-                        buf[(from - offset) as usize..(to - offset) as usize].copy_from_slice(
-                            &data[(from - wstart) as usize..(to - wstart) as usize],
-                        );
+                        buf[(from - offset) as usize..(to - offset) as usize]
+                            .copy_from_slice(&data[(from - wstart) as usize..(to - wstart) as usize]);
                         break;
                     }
                     Some(Window::Failed(m)) => {
                         let m = m.clone();
                         st.windows.remove(&w);
-                        return Err(io::Error::other(format!(
-                            "Failed to stream bundle {}: {m}",
-                            self.shared.url
-                        )));
+                        return Err(io::Error::other(format!("Failed to stream bundle {}: {m}", self.shared.url)));
                     }
                     Some(Window::Pending) => st = self.shared.ready.wait(st).expect("state lock"),
                     None => self.request(&mut st, w),
@@ -573,10 +511,7 @@ mod tests {
     fn content_range_and_headers_parse() {
         assert_eq!(parse_content_range("bytes 0-3/1000"), Some((0, 3, 1000)));
         assert_eq!(parse_content_range("bytes 0-3/*"), None);
-        assert_eq!(
-            parse_header("X-Token: abc: d").unwrap(),
-            ("X-Token".to_string(), "abc: d".to_string())
-        );
+        assert_eq!(parse_header("X-Token: abc: d").unwrap(), ("X-Token".to_string(), "abc: d".to_string()));
         assert!(parse_header("nocolon").is_err());
     }
 }
