@@ -20,10 +20,7 @@ fn make(dir: &Path, format: &str) -> (Content, std::path::PathBuf) {
 
 fn info(bundle: &Path, format: &str, extra: &[&str]) -> String {
     let mut cmd = rota();
-    cmd.arg("info")
-        .arg(format!("--output-format={format}"))
-        .args(extra)
-        .arg(bundle);
+    cmd.arg("info").arg(format!("--output-format={format}")).args(extra).arg(bundle);
     with_keyring(&mut cmd);
     run(&mut cmd).ok().stdout
 }
@@ -43,15 +40,7 @@ fn signed_manifest(bundle: &Path, dir: &Path, format: &str) -> Vec<u8> {
     with_keyring(cmd.arg("extract-signature").arg(bundle).arg(&sig));
     run(&mut cmd).ok();
     let out = run(std::process::Command::new("openssl")
-        .args([
-            "cms",
-            "-verify",
-            "-noverify",
-            "-binary",
-            "-inform",
-            "DER",
-            "-in",
-        ])
+        .args(["cms", "-verify", "-noverify", "-binary", "-inform", "DER", "-in"])
         .arg(&sig));
     out.stdout.into_bytes()
 }
@@ -100,37 +89,16 @@ fn check_info_agrees(bundle: &Path, content: &Content, dir: &Path, format: &str)
     );
     let out = run(std::process::Command::new("sh").arg("-c").arg(script)).ok();
     let appfs = sha256_hex(&fs::read(content.dir.join("appfs.img")).unwrap());
-    assert_eq!(
-        out.stdout,
-        format!("Test Config|{format}|{mhash}|{appfs}|262144|foo bar")
-    );
+    assert_eq!(out.stdout, format!("Test Config|{format}|{mhash}|{appfs}|262144|foo bar"));
 
     // readable text.
     let text = info(bundle, "readable", &[]);
-    assert!(
-        text.starts_with("Compatible:     'Test Config'\nVersion:        '2024.08-1'\n"),
-        "{text}"
-    );
-    assert!(
-        text.contains(&format!("Bundle Format:  {format}")),
-        "{text}"
-    );
-    assert!(
-        text.contains(&format!("Manifest Hash:  '{mhash}'")),
-        "{text}"
-    );
-    assert!(
-        text.contains("2 Images:\n  \x1b[1m[rootfs]\x1b[0m\n    Filename:  rootfs.img\n"),
-        "{text}"
-    );
-    assert!(
-        text.contains("Certificate Chain:\n 0 Subject: O = rota test, CN = rota Release Signer\n"),
-        "{text}"
-    );
-    assert!(
-        text.contains(" 2 Subject: O = rota test, CN = rota Test Root CA\n"),
-        "{text}"
-    );
+    assert!(text.starts_with("Compatible:     'Test Config'\nVersion:        '2024.08-1'\n"), "{text}");
+    assert!(text.contains(&format!("Bundle Format:  {format}")), "{text}");
+    assert!(text.contains(&format!("Manifest Hash:  '{mhash}'")), "{text}");
+    assert!(text.contains("2 Images:\n  \x1b[1m[rootfs]\x1b[0m\n    Filename:  rootfs.img\n"), "{text}");
+    assert!(text.contains("Certificate Chain:\n 0 Subject: O = rota test, CN = rota Release Signer\n"), "{text}");
+    assert!(text.contains(" 2 Subject: O = rota test, CN = rota Test Root CA\n"), "{text}");
 }
 
 fn check_extract(bundle: &Path, content: &Content, dir: &Path) {
@@ -139,18 +107,11 @@ fn check_extract(bundle: &Path, content: &Content, dir: &Path) {
     with_keyring(cmd.arg("extract").arg(bundle).arg(&out));
     run(&mut cmd).ok();
     for f in ["rootfs.img", "appfs.img"] {
-        assert_eq!(
-            fs::read(out.join(f)).unwrap(),
-            fs::read(content.dir.join(f)).unwrap(),
-            "{f}"
-        );
+        assert_eq!(fs::read(out.join(f)).unwrap(), fs::read(content.dir.join(f)).unwrap(), "{f}");
     }
     let internal = fs::read_to_string(out.join("manifest.raucm")).unwrap();
     assert!(internal.contains("sha256="), "{internal}");
-    assert!(
-        !internal.contains("verity-hash"),
-        "internal manifest must not carry verity keys: {internal}"
-    );
+    assert!(!internal.contains("verity-hash"), "internal manifest must not carry verity keys: {internal}");
     // The output directory must not exist beforehand.
     let mut again = rota();
     with_keyring(again.arg("extract").arg(bundle).arg(&out));
@@ -180,9 +141,7 @@ fn crypt_round_trip_unencrypted_and_encrypted() {
     check_info_agrees(&b, &c, t.path(), "crypt");
     let text = info(&b, "readable", &[]);
     assert!(
-        text.contains(
-            "Bundle Format:  crypt \x1b[33m[unencrypted CMS]\x1b[0m\n  Crypt Key:    '<hidden>'\n"
-        ),
+        text.contains("Bundle Format:  crypt \x1b[33m[unencrypted CMS]\x1b[0m\n  Crypt Key:    '<hidden>'\n"),
         "{text}"
     );
 
@@ -193,47 +152,27 @@ fn crypt_round_trip_unencrypted_and_encrypted() {
         .arg(format!("--to={}", pki_file("rsa-recipient.pem").display()))
         .arg(format!("--to={}", pki_file("ec-recipient.pem").display()));
     with_keyring(&mut cmd).arg(&b).arg(&enc);
-    assert_eq!(
-        run(&mut cmd).ok().stdout,
-        format!("Encrypted bundle written to {}\n", enc.display())
-    );
+    assert_eq!(run(&mut cmd).ok().stdout, format!("Encrypted bundle written to {}\n", enc.display()));
     // Same payload, different CMS.
     let (plain_b, enc_b) = (fs::read(&b).unwrap(), fs::read(&enc).unwrap());
-    let payload_len = plain_b.len()
-        - 8
-        - u64::from_be_bytes(plain_b[plain_b.len() - 8..].try_into().unwrap()) as usize;
+    let payload_len = plain_b.len() - 8 - u64::from_be_bytes(plain_b[plain_b.len() - 8..].try_into().unwrap()) as usize;
     assert_eq!(plain_b[..payload_len], enc_b[..payload_len]);
 
     for key in ["rsa-recipient.key", "ec-recipient.key"] {
         let key = pki_file(key);
-        let text = info(
-            &enc,
-            "readable",
-            &[&format!("--key={}", key.display()), "--dump-recipients"],
-        );
-        assert!(
-            text.contains("Bundle Format:  crypt \x1b[32m[encrypted CMS]\x1b[0m\n"),
-            "{text}"
-        );
+        let text = info(&enc, "readable", &[&format!("--key={}", key.display()), "--dump-recipients"]);
+        assert!(text.contains("Bundle Format:  crypt \x1b[32m[encrypted CMS]\x1b[0m\n"), "{text}");
         assert!(text.contains("2 Recipients:"), "{text}");
-        let json: Value =
-            serde_json::from_str(&info(&enc, "json", &[&format!("--key={}", key.display())]))
-                .unwrap();
+        let json: Value = serde_json::from_str(&info(&enc, "json", &[&format!("--key={}", key.display())])).unwrap();
         assert_eq!(json["format"], "crypt");
     }
     let out = t.path().join("dec");
     let mut cmd = rota();
     with_keyring(
-        cmd.arg("extract")
-            .arg(format!("--key={}", pki_file("ec-recipient.key").display()))
-            .arg(&enc)
-            .arg(&out),
+        cmd.arg("extract").arg(format!("--key={}", pki_file("ec-recipient.key").display())).arg(&enc).arg(&out),
     );
     run(&mut cmd).ok();
-    assert_eq!(
-        fs::read(out.join("rootfs.img")).unwrap(),
-        fs::read(c.dir.join("rootfs.img")).unwrap()
-    );
+    assert_eq!(fs::read(out.join("rootfs.img")).unwrap(), fs::read(c.dir.join("rootfs.img")).unwrap());
 
     // Without a key, and with a key that is not a recipient.
     let mut cmd = rota();
@@ -244,32 +183,16 @@ fn crypt_round_trip_unencrypted_and_encrypted() {
         "Encrypted bundle detected, but no decryption key given. Use --key=<PEMFILE|PKCS11-URL> to provide one."
     );
     let mut cmd = rota();
-    with_keyring(
-        cmd.arg("info")
-            .arg(format!("--key={}", pki_file("release.key").display()))
-            .arg(&enc),
-    );
+    with_keyring(cmd.arg("info").arg(format!("--key={}", pki_file("release.key").display())).arg(&enc));
     let r = run(&mut cmd).fails();
-    assert!(
-        r.stderr.contains("Failed to decrypt CMS EnvelopedData"),
-        "{}",
-        r.stderr
-    );
+    assert!(r.stderr.contains("Failed to decrypt CMS EnvelopedData"), "{}", r.stderr);
 
     // Only crypt bundles can be encrypted.
     let (_, vb) = make(&t.path().join("v"), "verity");
     let mut cmd = rota();
-    cmd.arg("encrypt")
-        .arg(format!("--to={}", pki_file("rsa-recipient.pem").display()));
-    with_keyring(&mut cmd)
-        .arg(&vb)
-        .arg(t.path().join("nope.raucb"));
-    assert!(
-        run(&mut cmd)
-            .fails()
-            .stderr
-            .contains("Refused to encrypt input bundle that is not in 'crypt' format.")
-    );
+    cmd.arg("encrypt").arg(format!("--to={}", pki_file("rsa-recipient.pem").display()));
+    with_keyring(&mut cmd).arg(&vb).arg(t.path().join("nope.raucb"));
+    assert!(run(&mut cmd).fails().stderr.contains("Refused to encrypt input bundle that is not in 'crypt' format."));
     assert!(!t.path().join("nope.raucb").exists());
 }
 
@@ -291,14 +214,8 @@ fn adaptive_index_and_hooks_are_bundled() {
     assert_eq!(&index[..32], &sha2_of(&img[..4096])[..]);
     let j: Value = serde_json::from_str(&info(&b, "json", &[])).unwrap();
     assert_eq!(j["hooks"], serde_json::json!(["install-check"]));
-    assert_eq!(
-        j["images"][0]["rootfs"]["hooks"],
-        serde_json::json!(["pre-install", "post-install"])
-    );
-    assert_eq!(
-        j["images"][0]["rootfs"]["adaptive"],
-        serde_json::json!(["block-hash-index"])
-    );
+    assert_eq!(j["images"][0]["rootfs"]["hooks"], serde_json::json!(["pre-install", "post-install"]));
+    assert_eq!(j["images"][0]["rootfs"]["adaptive"], serde_json::json!(["block-hash-index"]));
     assert_eq!(j["images"][0]["rootfs"]["type"], "ext4");
 }
 
