@@ -281,7 +281,7 @@ fn signature_warnings(cms_len: usize) -> Vec<String> {
 /// certificates that expire within 30 days.
 fn check_new_bundle(path: &Path, keyring: &Keyring, open: &OpenOptions) -> Result<Vec<String>> {
     let mut o = open.clone();
-    o.verify = VerifyOptions { keyring: keyring.clone(), no_verify: false, no_check_time: false };
+    o.verify = VerifyOptions { keyring: keyring.clone(), no_verify: false, no_check_time: open.verify.no_check_time };
     o.max_signature_size = u64::MAX;
     o.trust_environment = true;
     let b = Bundle::open(&path.to_string_lossy(), &o)?;
