@@ -4,7 +4,7 @@
 ROTA_PACKAGES=(
   build-essential pkg-config libssl-dev openssl ca-certificates curl
   squashfs-tools cryptsetup-bin e2fsprogs dosfstools
-  nginx-light rauc casync dbus fuse3 time hyperfine
+  nginx-light rauc casync dbus fuse3 time hyperfine faketime
 )
 
 ensure_packages() {

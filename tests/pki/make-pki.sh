@@ -59,14 +59,13 @@ csr() { openssl req -new -key "$1.key" -subj "$2" -out "$1.csr" -config ca.cnf; 
 sign() { # sign CA NAME EXT START END
   CA=$1 openssl ca -batch -config ca.cnf -extensions "$3" -startdate "$4" -enddate "$5" -in "$2.csr" -out "$2.pem" -notext 2>/dev/null
 }
-root() { # root NAME SUBJECT
-  key "$1"
-  openssl req -x509 -new -key "$1.key" -subj "$2" -days 36500 -config ca.cnf -extensions v3_ca -out "$1.pem"
-  newca "$1-ca"
+root() { # root NAME SUBJECT (valid 2015-2100, so past signing times can be tested)
+  key "$1"; csr "$1" "$2"; newca "$1-ca"
+  CA=$1-ca openssl ca -batch -selfsign -config ca.cnf -keyfile "$1.key" -extensions v3_ca \
+    -startdate 20150101000000Z -enddate 21001231235959Z -in "$1.csr" -out "$1.pem" -notext 2>/dev/null
 }
 root root "/O=rota test/CN=rota Test Root CA"
 root other-root "/O=somebody else/CN=Unrelated Root CA"
-cp root.key root-ca/key.pem; cp root.pem root-ca/cert.pem
 key inter; csr inter "/O=rota test/CN=rota Test Intermediate CA"
 CA=root-ca openssl ca -batch -config ca.cnf -keyfile root.key -cert root.pem -extensions v3_ca -startdate 20200101000000Z -enddate 21001231235959Z -in inter.csr -out inter.pem -notext 2>/dev/null
 newca inter-ca
@@ -85,7 +84,6 @@ leaf rsa-recipient "rota RSA Recipient" v3_recipient 20200101000000Z 20991231235
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ec-recipient.key 2>/dev/null
 csr ec-recipient "/O=rota test/CN=rota EC Recipient"
 CA=root-ca openssl ca -batch -config ca.cnf -keyfile root.key -cert root.pem -extensions v3_recipient -startdate 20200101000000Z -enddate 20991231235959Z -in ec-recipient.csr -out ec-recipient.pem -notext 2>/dev/null
-newca other-root-ca
 leaf other "Unrelated Signer" v3_leaf 20200101000000Z 20991231235959Z other-root
 CA=inter-ca openssl ca -batch -config ca.cnf -keyfile inter.key -cert inter.pem -revoke revoked.pem 2>/dev/null
 CA=inter-ca openssl ca -batch -config ca.cnf -keyfile inter.key -cert inter.pem -gencrl -out inter.crl 2>/dev/null

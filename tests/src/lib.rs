@@ -206,6 +206,15 @@ impl Content {
     }
 }
 
+/// `--cert`, `--key` and `--intermediate` arguments for signer `name` of the test PKI.
+pub fn signer_args(name: &str) -> Vec<String> {
+    vec![
+        format!("--cert={}", pki_file(&format!("{name}.pem")).display()),
+        format!("--key={}", pki_file(&format!("{name}.key")).display()),
+        format!("--intermediate={}", pki_file("inter.pem").display()),
+    ]
+}
+
 /// Signs `content` into `out` with rota, using signer `signer` of the test PKI
 /// (`release`, `expired`, …) and the intermediate.
 pub fn rota_bundle(content: &Path, out: &Path, signer: &str) -> Run {

@@ -138,16 +138,7 @@ fn resigned_and_double_signed_bundles_verify_in_both() {
         let b = t.path().join(format!("{format}.raucb"));
         peer_bundle(&c.dir, &b, "release").ok();
         let two = t.path().join(format!("{format}-two.raucb"));
-        run(rota()
-            .arg("resign")
-            .arg("--append")
-            .arg(keyring_arg())
-            .arg(format!("--cert={}", pki_file("second.pem").display()))
-            .arg(format!("--key={}", pki_file("second.key").display()))
-            .arg(format!("--intermediate={}", pki_file("inter.pem").display()))
-            .arg(&b)
-            .arg(&two))
-        .ok();
+        run(rota().arg("resign").arg("--append").arg(keyring_arg()).args(signer_args("second")).arg(&b).arg(&two)).ok();
         let text = run(rota().arg("info").arg(keyring_arg()).arg(&two)).ok().stdout;
         assert!(text.contains("CN = rota Release Signer") && text.contains("CN = rota Second Signer"), "{text}");
         // rauc 1.8 verifies both signers, then its info stops: it shows one chain only.
@@ -158,15 +149,7 @@ fn resigned_and_double_signed_bundles_verify_in_both() {
 
         // A plain resign replaces the signer; payload bytes stay the same.
         let re = t.path().join(format!("{format}-re.raucb"));
-        run(rota()
-            .arg("resign")
-            .arg(keyring_arg())
-            .arg(format!("--cert={}", pki_file("second.pem").display()))
-            .arg(format!("--key={}", pki_file("second.key").display()))
-            .arg(format!("--intermediate={}", pki_file("inter.pem").display()))
-            .arg(&b)
-            .arg(&re))
-        .ok();
+        run(rota().arg("resign").arg(keyring_arg()).args(signer_args("second")).arg(&b).arg(&re)).ok();
         let text = run(peer_rauc().arg("info").arg(keyring_arg()).arg(&re)).ok().stdout;
         assert!(text.contains("CN = rota Second Signer") && !text.contains("CN = rota Release Signer"), "{text}");
         assert_eq!(rota_json(&re, &[])["hash"], rota_json(&b, &[])["hash"]);
