@@ -32,7 +32,7 @@ impl Layout {
             return Err(Error::Format(format!("Bundle size ({size}) is too small")));
         }
         let mut trailer = [0u8; 8];
-        source.read_exact_at(size - TRAILER_SIZE, &mut trailer)?;
+        source.read_small_at(size - TRAILER_SIZE, &mut trailer)?;
         let sig = u64::from_be_bytes(trailer);
         if sig == 0 {
             return Err(Error::Format("Signature size is 0".to_string()));
@@ -65,7 +65,7 @@ impl Layout {
     /// Reads the CMS bytes.
     pub fn read_signature(&self, source: &dyn ReadAt) -> Result<Vec<u8>> {
         let mut sig = vec![0u8; self.signature_size as usize];
-        source.read_exact_at(self.payload_size, &mut sig)?;
+        source.read_small_at(self.payload_size, &mut sig)?;
         Ok(sig)
     }
 }

@@ -16,6 +16,12 @@ pub trait ReadAt: Send + Sync {
 
     /// Fills `buf` from `offset`; reading past the end is an error.
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+
+    /// A one-off read of a few bytes (trailer, signature) that should be
+    /// fetched exactly, without caching or read-ahead.
+    fn read_small_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.read_exact_at(offset, buf)
+    }
 }
 
 impl<T: ReadAt + ?Sized> ReadAt for Arc<T> {
@@ -26,6 +32,10 @@ impl<T: ReadAt + ?Sized> ReadAt for Arc<T> {
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         (**self).read_exact_at(offset, buf)
     }
+
+    fn read_small_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        (**self).read_small_at(offset, buf)
+    }
 }
 
 impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
@@ -35,6 +45,10 @@ impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
 
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         (**self).read_exact_at(offset, buf)
+    }
+
+    fn read_small_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        (**self).read_small_at(offset, buf)
     }
 }
 

@@ -117,14 +117,11 @@ struct State {
 }
 
 struct Shared {
-    client: reqwest::Client,
-    url: String,
+    target: Target,
     info: RemoteInfo,
     opts: HttpOptions,
-    headers: HeaderMap,
     state: Mutex<State>,
     ready: Condvar,
-    stats: HttpStats,
 }
 
 /// A bundle behind an `http://` or `https://` URL.
@@ -221,63 +218,101 @@ enum FetchError {
     Fatal(String),
 }
 
-async fn fetch_range(
-    client: &reqwest::Client,
-    url: &str,
-    headers: &HeaderMap,
-    start: u64,
-    end_incl: u64,
-    expect_total: Option<u64>,
-    stats: &HttpStats,
-) -> Result<(Vec<u8>, reqwest::header::HeaderMap, String), FetchError> {
-    stats.requests.fetch_add(1, Ordering::Relaxed);
-    let resp = client
-        .get(url)
-        .headers(headers.clone())
-        .header(RANGE, format!("bytes={start}-{end_incl}"))
-        .send()
-        .await
-        .map_err(|e| {
-            if e.is_connect() {
-                FetchError::NoResponse(error_chain(&e))
-            } else if e.is_timeout() || e.is_request() {
-                FetchError::Transient(error_chain(&e))
-            } else {
-                FetchError::Fatal(error_chain(&e))
+/// Where range requests go, and what to count them in.
+#[derive(Clone)]
+struct Target {
+    client: reqwest::Client,
+    url: String,
+    headers: HeaderMap,
+    stats: Arc<HttpStats>,
+    retries: u32,
+    retry_pause: Duration,
+}
+
+/// A successful range response.
+struct Fetched {
+    body: Vec<u8>,
+    headers: HeaderMap,
+    url: String,
+}
+
+impl Target {
+    /// One attempt at `bytes=start-end` (inclusive), checked for `206` and an exact `Content-Range`.
+    async fn fetch_once(&self, start: u64, end: u64, expect_total: Option<u64>) -> Result<Fetched, FetchError> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let resp = self
+            .client
+            .get(&self.url)
+            .headers(self.headers.clone())
+            .header(RANGE, format!("bytes={start}-{end}"))
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() {
+                    FetchError::NoResponse(error_chain(&e))
+                } else if e.is_timeout() || e.is_request() {
+                    FetchError::Transient(error_chain(&e))
+                } else {
+                    FetchError::Fatal(error_chain(&e))
+                }
+            })?;
+        let status = resp.status().as_u16();
+        if status != 206 {
+            let msg = describe_status(status);
+            let retry = status >= 500 || status == 408 || status == 429;
+            return Err(if retry { FetchError::Transient(msg) } else { FetchError::Fatal(msg) });
+        }
+        let cr = resp.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let Some((a, b, total)) = cr.as_deref().and_then(parse_content_range) else {
+            let shown = cr.as_deref().unwrap_or("(missing)");
+            return Err(FetchError::Fatal(format!("invalid Content-Range in response: {shown}")));
+        };
+        if a != start || b != end || expect_total.is_some_and(|t| t != total) {
+            return Err(FetchError::Fatal(format!(
+                "server answered range {a}-{b}/{total} for requested range {start}-{end}{}",
+                expect_total.map(|t| format!("/{t}")).unwrap_or_default()
+            )));
+        }
+        let url = resp.url().to_string();
+        let headers = resp.headers().clone();
+        let want = (end - start + 1) as usize;
+        let body =
+            resp.bytes().await.map_err(|e| FetchError::Transient(format!("transfer failed: {}", error_chain(&e))))?;
+        self.stats.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+        if body.len() != want {
+            return Err(FetchError::Transient(format!("short response: got {} of {want} bytes", body.len())));
+        }
+        Ok(Fetched { body: body.to_vec(), headers, url })
+    }
+
+    /// Like [`Target::fetch_once`], retrying transient failures; errors are final texts.
+    async fn fetch(&self, start: u64, end: u64, expect_total: Option<u64>) -> Result<Fetched, String> {
+        let mut attempt = 0;
+        loop {
+            match self.fetch_once(start, end, expect_total).await {
+                Ok(f) => return Ok(f),
+                Err(FetchError::Transient(m) | FetchError::NoResponse(m)) if attempt < self.retries => {
+                    attempt += 1;
+                    tracing::warn!("request failed: {m} (retrying {attempt}/{})", self.retries);
+                    tokio::time::sleep(self.retry_pause).await;
+                }
+                Err(FetchError::NoResponse(m)) => return Err(format!("server not responding: {m}")),
+                Err(FetchError::Transient(m) | FetchError::Fatal(m)) => return Err(m),
             }
-        })?;
-    let status = resp.status().as_u16();
-    if status != 206 {
-        let msg = describe_status(status);
-        return Err(if status >= 500 || status == 408 || status == 429 {
-            FetchError::Transient(msg)
-        } else {
-            FetchError::Fatal(msg)
-        });
+        }
     }
-    let cr = resp.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let Some((a, b, total)) = cr.as_deref().and_then(parse_content_range) else {
-        return Err(FetchError::Fatal(format!(
-            "invalid Content-Range in response: {}",
-            cr.as_deref().unwrap_or("(missing)")
-        )));
-    };
-    if a != start || b != end_incl || expect_total.is_some_and(|t| t != total) {
-        return Err(FetchError::Fatal(format!(
-            "server answered range {a}-{b}/{total} for requested range {start}-{end_incl}{}",
-            expect_total.map(|t| format!("/{t}")).unwrap_or_default()
-        )));
-    }
-    let effective = resp.url().to_string();
-    let headers_out = resp.headers().clone();
-    let want = (end_incl - start + 1) as usize;
-    let body =
-        resp.bytes().await.map_err(|e| FetchError::Transient(format!("transfer failed: {}", error_chain(&e))))?;
-    stats.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
-    if body.len() != want {
-        return Err(FetchError::Transient(format!("short response: got {} of {want} bytes", body.len())));
-    }
-    Ok((body.to_vec(), headers_out, effective))
+}
+
+/// Runs `fut` on `rt` and waits for it from this (non-async) thread.
+fn wait_for<T: Send + 'static>(
+    rt: &tokio::runtime::Runtime,
+    fut: impl Future<Output = T> + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    rt.spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    rx.recv().ok()
 }
 
 impl HttpSource {
@@ -300,54 +335,33 @@ impl HttpSource {
             .enable_all()
             .build()
             .map_err(|e| fail(format!("failed to start HTTP runtime: {e}")))?;
-        let stats = HttpStats::default();
-        let probe = {
-            let (client, url) = (client.clone(), url.to_string());
-            let (tx, rx) = std::sync::mpsc::channel();
-            let retries = opts.retries;
-            let pause = opts.retry_pause;
-            runtime.spawn(async move {
-                let stats = HttpStats::default();
-                let mut attempt = 0;
-                let result = loop {
-                    match fetch_range(&client, &url, &first_headers, 0, 3, None, &stats).await {
-                        Ok(r) => break Ok(r),
-                        Err(FetchError::Transient(m) | FetchError::NoResponse(m)) if attempt < retries => {
-                            attempt += 1;
-                            tracing::warn!("request failed: {m} (retrying {attempt}/{retries})");
-                            tokio::time::sleep(pause).await;
-                        }
-                        Err(FetchError::NoResponse(m)) => {
-                            break Err(format!("server not responding: {m}"));
-                        }
-                        Err(FetchError::Transient(m) | FetchError::Fatal(m)) => break Err(m),
-                    }
-                };
-                let _ = tx.send((result, stats.requests.load(Ordering::Relaxed), stats.bytes.load(Ordering::Relaxed)));
-            });
-            rx.recv().map_err(|_| fail("HTTP runtime stopped".into()))?
+        let stats = Arc::new(HttpStats::default());
+        let probe_target = Target {
+            client: client.clone(),
+            url: url.to_string(),
+            headers: first_headers,
+            stats: stats.clone(),
+            retries: opts.retries,
+            retry_pause: opts.retry_pause,
         };
-        let ((_, resp_headers, effective_url), requests, bytes) = match probe {
-            (Ok(r), q, b) => (r, q, b),
-            (Err(m), _, _) => return Err(fail(m)),
-        };
-        stats.requests.store(requests, Ordering::Relaxed);
-        stats.bytes.store(bytes, Ordering::Relaxed);
-        let get = |name| resp_headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok()).map(str::to_string);
+        let probe = wait_for(&runtime, async move { probe_target.fetch(0, 3, None).await })
+            .ok_or_else(|| fail("HTTP runtime stopped".into()))?
+            .map_err(fail)?;
+        let get = |name| probe.headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok()).map(str::to_string);
         let total = get(CONTENT_RANGE).as_deref().and_then(parse_content_range).map(|(_, _, t)| t).unwrap_or(0);
         let info = RemoteInfo {
-            effective_url: effective_url.clone(),
+            effective_url: probe.url.clone(),
             size: total,
             etag: get(ETAG),
             last_modified: get(LAST_MODIFIED),
             date: get(reqwest::header::DATE),
         };
+        let target =
+            Target { client, url: probe.url, headers, stats, retries: opts.retries, retry_pause: opts.retry_pause };
         let shared = Arc::new(Shared {
-            client,
-            url: effective_url,
+            target,
             info,
             opts,
-            headers,
             state: Mutex::new(State {
                 windows: HashMap::new(),
                 order: VecDeque::new(),
@@ -355,7 +369,6 @@ impl HttpSource {
                 last_window: None,
             }),
             ready: Condvar::new(),
-            stats,
         });
         Ok(HttpSource { shared, runtime: Some(runtime) })
     }
@@ -367,7 +380,16 @@ impl HttpSource {
 
     /// Requests and bytes transferred so far.
     pub fn stats(&self) -> (u64, u64) {
-        (self.shared.stats.requests.load(Ordering::Relaxed), self.shared.stats.bytes.load(Ordering::Relaxed))
+        let s = &self.shared.target.stats;
+        (s.requests.load(Ordering::Relaxed), s.bytes.load(Ordering::Relaxed))
+    }
+
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.runtime.as_ref().expect("runtime lives as long as the source")
+    }
+
+    fn stream_error(&self, m: &str) -> io::Error {
+        io::Error::other(format!("Failed to stream bundle {}: {m}", self.shared.target.url))
     }
 
     fn window_count(&self) -> u64 {
@@ -382,37 +404,13 @@ impl HttpSource {
         st.windows.insert(w, Window::Pending);
         st.in_flight += 1;
         let shared = self.shared.clone();
-        let rt = self.runtime.as_ref().expect("runtime lives as long as the source");
-        rt.spawn(async move {
+        self.runtime().spawn(async move {
             let win = shared.opts.window as u64;
             let start = w * win;
             let end = (start + win).min(shared.info.size) - 1;
-            let mut attempt = 0;
-            let outcome = loop {
-                match fetch_range(
-                    &shared.client,
-                    &shared.url,
-                    &shared.headers,
-                    start,
-                    end,
-                    Some(shared.info.size),
-                    &shared.stats,
-                )
-                .await
-                {
-                    Ok((body, _, _)) => break Window::Ready(Arc::new(body)),
-                    Err(FetchError::Transient(m) | FetchError::NoResponse(m)) if attempt < shared.opts.retries => {
-                        attempt += 1;
-                        tracing::warn!("request failed: {m} (retrying {attempt}/{})", shared.opts.retries);
-                        tokio::time::sleep(shared.opts.retry_pause).await;
-                    }
-                    Err(FetchError::NoResponse(m)) => {
-                        break Window::Failed(format!("server not responding: {m}"));
-                    }
-                    Err(FetchError::Transient(m) | FetchError::Fatal(m)) => {
-                        break Window::Failed(m);
-                    }
-                }
+            let outcome = match shared.target.fetch(start, end, Some(shared.info.size)).await {
+                Ok(f) => Window::Ready(Arc::new(f.body)),
+                Err(m) => Window::Failed(m),
             };
             let mut st = shared.state.lock().expect("state lock");
             st.in_flight -= 1;
@@ -424,9 +422,7 @@ impl HttpSource {
 
     fn evict(&self, st: &mut State, keep: &[u64]) {
         while st.order.len() > self.shared.opts.cache_windows {
-            let Some(old) = st.order.pop_front() else {
-                break;
-            };
+            let Some(old) = st.order.pop_front() else { break };
             if keep.contains(&old) {
                 st.order.push_back(old);
                 if st.order.iter().all(|w| keep.contains(w)) {
@@ -483,7 +479,7 @@ impl ReadAt for HttpSource {
                     Some(Window::Failed(m)) => {
                         let m = m.clone();
                         st.windows.remove(&w);
-                        return Err(io::Error::other(format!("Failed to stream bundle {}: {m}", self.shared.url)));
+                        return Err(self.stream_error(&m));
                     }
                     Some(Window::Pending) => st = self.shared.ready.wait(st).expect("state lock"),
                     None => self.request(&mut st, w),
@@ -491,6 +487,20 @@ impl ReadAt for HttpSource {
             }
         }
         self.evict(&mut st, &needed);
+        Ok(())
+    }
+
+    fn read_small_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        super::check_range(offset, buf.len(), self.size())?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let (target, total) = (self.shared.target.clone(), self.shared.info.size);
+        let end = offset + buf.len() as u64 - 1;
+        let fetched = wait_for(self.runtime(), async move { target.fetch(offset, end, Some(total)).await })
+            .ok_or_else(|| self.stream_error("HTTP runtime stopped"))?
+            .map_err(|m| self.stream_error(&m))?;
+        buf.copy_from_slice(&fetched.body);
         Ok(())
     }
 }
