@@ -1,0 +1,121 @@
+//! Bundles read over HTTP with range requests: from a real nginx, from an
+//! in-process server (headers checked), and from servers that misbehave.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use testkit::httpd::{Mode, Server};
+use testkit::nginx::Nginx;
+use testkit::*;
+
+fn keyring() -> String {
+    format!("--keyring={}", pki_file("keyring.pem").display())
+}
+
+fn make(dir: &Path, format: &str) -> (Content, PathBuf) {
+    let c = Content::standard(dir.join(format!("c-{format}")), format);
+    let b = dir.join(format!("{format}.raucb"));
+    rota_bundle(&c.dir, &b, "release").ok();
+    (c, b)
+}
+
+fn info_json(location: &str, extra: &[&str]) -> String {
+    run(rota().arg("info").arg("--output-format=json").arg(keyring()).args(extra).arg(location)).ok().stdout
+}
+
+#[test]
+fn info_and_extract_from_nginx() {
+    let t = tempfile::tempdir().unwrap();
+    let www = t.path().join("www");
+    fs::create_dir(&www).unwrap();
+    let nginx = Nginx::serve(&www);
+    for format in ["verity", "crypt"] {
+        let (c, b) = make(t.path(), format);
+        fs::copy(&b, www.join(format!("{format}.raucb"))).unwrap();
+        let url = nginx.url(&format!("/{format}.raucb"));
+        assert_eq!(info_json(&url, &[]), info_json(&b.to_string_lossy(), &[]), "{format}");
+        let out = t.path().join(format!("x-{format}"));
+        run(rota().arg("extract").arg(keyring()).arg(&url).arg(&out)).ok();
+        assert_eq!(tree_digest(&out).len(), 3);
+        for f in ["rootfs.img", "appfs.img"] {
+            assert_eq!(fs::read(out.join(f)).unwrap(), fs::read(c.dir.join(f)).unwrap(), "{format} {f}");
+        }
+    }
+    let log = nginx.access_log();
+    assert!(log.contains("\" 206 "), "range requests expected in the access log:\n{log}");
+    assert!(!log.contains("\" 200 "), "no full downloads expected:\n{log}");
+}
+
+#[test]
+fn info_from_in_process_server_sends_the_expected_headers() {
+    let t = tempfile::tempdir().unwrap();
+    let (_, b) = make(t.path(), "verity");
+    let srv = Server::start();
+    srv.put("/b.raucb", fs::read(&b).unwrap());
+    let url = srv.url("/b.raucb");
+    let out = info_json(&url, &["-H", "X-Token: secret 42", "--http-header=Authorization: Bearer abc"]);
+    assert_eq!(out, info_json(&b.to_string_lossy(), &[]));
+    let reqs = srv.requests();
+    assert!(reqs.len() >= 3, "{reqs:?}");
+    assert_eq!(reqs[0].header("range"), Some("bytes=0-3"));
+    assert!(reqs[0].header("user-agent").is_some_and(|ua| ua.starts_with("rota/")), "{:?}", reqs[0]);
+    // Then exactly the trailer and exactly the signature, as RAUC asks for them.
+    let bytes = fs::read(&b).unwrap();
+    let len = bytes.len() as u64;
+    let sig = u64::from_be_bytes(bytes[bytes.len() - 8..].try_into().unwrap());
+    assert_eq!(reqs[1].header("range"), Some(format!("bytes={}-{}", len - 8, len - 1).as_str()));
+    assert_eq!(reqs[2].header("range"), Some(format!("bytes={}-{}", len - 8 - sig, len - 9).as_str()));
+    assert_eq!(reqs.len(), 3, "info of a verity bundle reads nothing else: {reqs:?}");
+    for r in &reqs {
+        assert_eq!(r.header("x-token"), Some("secret 42"));
+        assert_eq!(r.header("authorization"), Some("Bearer abc"));
+    }
+    for r in &reqs[1..] {
+        assert!(r.header("user-agent").is_none(), "only the first request identifies the client: {r:?}");
+    }
+}
+
+#[test]
+fn servers_that_misbehave_get_clear_errors() {
+    let t = tempfile::tempdir().unwrap();
+    let (_, b) = make(t.path(), "verity");
+    let srv = Server::start();
+    srv.put("/b.raucb", fs::read(&b).unwrap());
+    let url = srv.url("/b.raucb");
+    let cases = [
+        (Mode::IgnoreRange, "range requests not supported by server"),
+        (Mode::Status(404), "not found"),
+        (Mode::Status(401), "unauthorized"),
+        (Mode::Status(418), "unexpected HTTP response code 418"),
+        (Mode::WrongRange, "server answered range 1-4/"),
+    ];
+    for (mode, expected) in cases {
+        srv.set_mode(mode.clone());
+        let r = run(rota().arg("info").arg(keyring()).arg(&url)).fails();
+        let last = r.stderr.lines().last().unwrap_or_default();
+        assert!(last.starts_with(&format!("Failed to stream bundle {url}: ")), "{mode:?}: {last}");
+        assert!(last.contains(expected), "{mode:?}: {last}");
+    }
+}
+
+#[test]
+fn plain_bundles_cannot_be_streamed_and_tampered_payloads_fail() {
+    let t = tempfile::tempdir().unwrap();
+    let (_, plain) = make(t.path(), "plain");
+    let (_, verity) = make(t.path(), "verity");
+    let srv = Server::start();
+    srv.put("/p.raucb", fs::read(&plain).unwrap());
+    let mut bytes = fs::read(&verity).unwrap();
+    bytes[5000] ^= 0x10;
+    srv.put("/v.raucb", bytes);
+    let r = run(rota().arg("info").arg(keyring()).arg(srv.url("/p.raucb"))).fails();
+    assert_eq!(
+        r.stderr.lines().last(),
+        Some("Invalid bundle format: Bundle format 'plain' not supported in streaming mode")
+    );
+    // info checks only the signature; extract reads the payload and refuses it.
+    info_json(&srv.url("/v.raucb"), &[]);
+    let out = t.path().join("x");
+    let r = run(rota().arg("extract").arg(keyring()).arg(srv.url("/v.raucb")).arg(&out)).fails();
+    assert!(r.stderr.contains("bundle payload is corrupted"), "{}", r.stderr);
+    assert!(!out.exists());
+}
