@@ -190,15 +190,34 @@ fn describe_status(status: u16) -> String {
     }
 }
 
+/// The error and its causes, each text once (libraries often repeat their source).
 fn error_chain(e: &reqwest::Error) -> String {
-    let mut msg = e.to_string();
-    let mut src = std::error::Error::source(e);
+    let mut parts: Vec<String> = Vec::new();
+    let mut src: Option<&dyn std::error::Error> = Some(e);
     while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
         src = s.source();
     }
-    msg
+    parts.join(": ")
+}
+
+/// Whether OpenSSL failed the TLS handshake (certificate checks and the like):
+/// retrying will not help, and the server did respond.
+fn is_tls_failure(e: &reqwest::Error) -> bool {
+    let mut src: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = src {
+        if s.is::<openssl::ssl::Error>()
+            || s.is::<openssl::error::ErrorStack>()
+            || s.to_string().contains("SSL routines")
+        {
+            return true;
+        }
+        src = s.source();
+    }
+    false
 }
 
 /// Parses `bytes a-b/total`.
@@ -248,7 +267,9 @@ impl Target {
             .send()
             .await
             .map_err(|e| {
-                if e.is_connect() {
+                if is_tls_failure(&e) {
+                    FetchError::Fatal(format!("TLS handshake failed: {}", error_chain(&e)))
+                } else if e.is_connect() {
                     FetchError::NoResponse(error_chain(&e))
                 } else if e.is_timeout() || e.is_request() {
                     FetchError::Transient(error_chain(&e))
