@@ -5,6 +5,7 @@
 #   future.pem             valid from 2099          revoked.pem     revoked in inter's CRL
 #   codesign.pem           EKU codeSigning only     other-root.pem  unrelated CA (+ other.pem signer)
 #   rsa-recipient.pem/key  EC recipient ec-recipient.pem/key
+#   server.pem/key         TLS server 127.0.0.1     client.pem/key  TLS client certificate
 #   keyring.pem            root only                keyring-crl.pem root + CRLs of root and inter
 set -eu
 out=$1
@@ -47,6 +48,15 @@ keyUsage = critical, digitalSignature
 extendedKeyUsage = codeSigning
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
+[ v3_server ]
+basicConstraints = CA:false
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1, DNS:localhost
+[ v3_client ]
+basicConstraints = CA:false
+keyUsage = critical, digitalSignature
+extendedKeyUsage = clientAuth
 [ v3_recipient ]
 basicConstraints = CA:false
 keyUsage = critical, keyEncipherment, keyAgreement
@@ -81,6 +91,8 @@ leaf future "rota Future Signer" v3_leaf 20990101000000Z 20991231235959Z
 leaf revoked "rota Revoked Signer" v3_leaf 20200101000000Z 20991231235959Z
 leaf codesign "rota Codesign Signer" v3_codesign 20200101000000Z 20991231235959Z
 leaf rsa-recipient "rota RSA Recipient" v3_recipient 20200101000000Z 20991231235959Z root
+leaf server "127.0.0.1" v3_server 20200101000000Z 20991231235959Z root
+leaf client "rota Test Client" v3_client 20200101000000Z 20991231235959Z root
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ec-recipient.key 2>/dev/null
 csr ec-recipient "/O=rota test/CN=rota EC Recipient"
 CA=root-ca openssl ca -batch -config ca.cnf -keyfile root.key -cert root.pem -extensions v3_recipient -startdate 20200101000000Z -enddate 20991231235959Z -in ec-recipient.csr -out ec-recipient.pem -notext 2>/dev/null

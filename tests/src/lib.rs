@@ -81,16 +81,16 @@ pub fn pki() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = target_dir().join("test-pki");
+        let script = workspace().join("tests/pki/make-pki.sh");
+        // Rebuilt whenever the generator changes.
+        let stamp = sha256_hex(&fs::read(&script).expect("make-pki.sh"));
         with_lock("test-pki", || {
-            if !dir.join("keyring.pem").exists() {
+            if fs::read_to_string(dir.join(".stamp")).unwrap_or_default() != stamp {
                 let tmp = target_dir().join("test-pki.tmp");
                 let _ = fs::remove_dir_all(&tmp);
-                let st = Command::new("sh")
-                    .arg(workspace().join("tests/pki/make-pki.sh"))
-                    .arg(&tmp)
-                    .status()
-                    .expect("run make-pki.sh");
+                let st = Command::new("sh").arg(&script).arg(&tmp).status().expect("run make-pki.sh");
                 assert!(st.success(), "make-pki.sh failed");
+                fs::write(tmp.join(".stamp"), &stamp).unwrap();
                 let _ = fs::remove_dir_all(&dir);
                 fs::rename(&tmp, &dir).expect("install test PKI");
             }

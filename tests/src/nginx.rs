@@ -13,6 +13,16 @@ pub struct Nginx {
     pub port: u16,
     /// Its scratch directory (config, logs).
     pub dir: tempfile::TempDir,
+    scheme: &'static str,
+}
+
+fn tls_lines(tls: Option<&Tls<'_>>) -> String {
+    let Some(t) = tls else { return String::new() };
+    let mut s = format!("    ssl_certificate {};\n    ssl_certificate_key {};\n", t.cert.display(), t.key.display());
+    if let Some(ca) = t.client_ca {
+        s.push_str(&format!("    ssl_verify_client on;\n    ssl_client_certificate {};\n", ca.display()));
+    }
+    s
 }
 
 fn nginx_binary() -> PathBuf {
@@ -24,15 +34,36 @@ fn nginx_binary() -> PathBuf {
     panic!("nginx is not installed: run scripts/test, or apt-get install nginx-light");
 }
 
+/// TLS settings for [`Nginx::serve_tls`].
+pub struct Tls<'a> {
+    /// Server certificate (PEM).
+    pub cert: &'a Path,
+    /// Server key (PEM).
+    pub key: &'a Path,
+    /// When set, clients must present a certificate issued by this CA.
+    pub client_ca: Option<&'a Path>,
+}
+
 impl Nginx {
-    /// Serves `root` with range support (nginx's default).
+    /// Serves `root` over plain HTTP with range support (nginx's default).
     pub fn serve(root: &Path) -> Nginx {
+        Self::start(root, None)
+    }
+
+    /// Serves `root` over HTTPS.
+    pub fn serve_tls(root: &Path, tls: Tls<'_>) -> Nginx {
+        Self::start(root, Some(tls))
+    }
+
+    fn start(root: &Path, tls: Option<Tls<'_>>) -> Nginx {
         let dir = tempfile::tempdir().unwrap();
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let d = dir.path().display();
         let conf = format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 64; }}\nhttp {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  sendfile on;\n  server {{\n    listen 127.0.0.1:{port};\n    root {};\n  }}\n}}\n",
-            root.display()
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 64; }}\nhttp {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  sendfile on;\n  server {{\n    listen 127.0.0.1:{port}{};\n    root {};\n{}  }}\n}}\n",
+            if tls.is_some() { " ssl" } else { "" },
+            root.display(),
+            tls_lines(tls.as_ref()),
         );
         fs::write(dir.path().join("nginx.conf"), conf).unwrap();
         let child = Command::new(nginx_binary())
@@ -53,12 +84,12 @@ impl Nginx {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Nginx { child, port, dir }
+        Nginx { child, port, dir, scheme: if tls.is_some() { "https" } else { "http" } }
     }
 
     /// URL of `path` (starting with `/`).
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!("{}://127.0.0.1:{}{path}", self.scheme, self.port)
     }
 
     /// The access log so far.

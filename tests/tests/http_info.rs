@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use testkit::httpd::{Mode, Server};
-use testkit::nginx::Nginx;
+use testkit::nginx::{Nginx, Tls};
 use testkit::*;
 
 fn keyring() -> String {
@@ -118,4 +118,43 @@ fn plain_bundles_cannot_be_streamed_and_tampered_payloads_fail() {
     let r = run(rota().arg("extract").arg(keyring()).arg(srv.url("/v.raucb")).arg(&out)).fails();
     assert!(r.stderr.contains("bundle payload is corrupted"), "{}", r.stderr);
     assert!(!out.exists());
+}
+
+#[test]
+fn https_with_ca_pinning_no_verify_and_client_certificates() {
+    let t = tempfile::tempdir().unwrap();
+    let (_, b) = make(t.path(), "verity");
+    let www = t.path().join("www");
+    fs::create_dir(&www).unwrap();
+    fs::copy(&b, www.join("b.raucb")).unwrap();
+    let (cert, key) = (pki_file("server.pem"), pki_file("server.key"));
+    let local = info_json(&b.to_string_lossy(), &[]);
+
+    let server = Nginx::serve_tls(&www, Tls { cert: &cert, key: &key, client_ca: None });
+    let url = server.url("/b.raucb");
+    assert!(url.starts_with("https://"));
+    let ca = format!("--tls-ca={}", pki_file("root.pem").display());
+    assert_eq!(info_json(&url, &[&ca]), local);
+    // The system store does not know the test CA; another CA does not either.
+    let r = run(rota().arg("info").arg(keyring()).arg(&url)).fails();
+    let last = r.stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with(&format!("Failed to stream bundle {url}: TLS handshake failed: ")), "{last}");
+    assert!(
+        last.contains("certificate verify failed") && last.contains("unable to get local issuer certificate"),
+        "{last}"
+    );
+    assert!(!r.stderr.contains("retrying"), "certificate failures are not retried: {}", r.stderr);
+    let wrong = format!("--tls-ca={}", pki_file("other-root.pem").display());
+    run(rota().arg("info").arg(keyring()).arg(&wrong).arg(&url)).fails();
+    assert_eq!(info_json(&url, &["--tls-no-verify"]), local);
+
+    let mtls = Nginx::serve_tls(&www, Tls { cert: &cert, key: &key, client_ca: Some(&pki_file("root.pem")) });
+    let url = mtls.url("/b.raucb");
+    let r = run(rota().arg("info").arg(keyring()).arg(&ca).arg(&url)).fails();
+    assert!(r.stderr.contains("unexpected HTTP response code 400"), "no client certificate: {}", r.stderr);
+    let client = [
+        format!("--tls-cert={}", pki_file("client.pem").display()),
+        format!("--tls-key={}", pki_file("client.key").display()),
+    ];
+    assert_eq!(info_json(&url, &[&ca, &client[0], &client[1]]), local);
 }
