@@ -34,6 +34,41 @@ pub struct HostConfig {
     pub tls_cert: Option<PathBuf>,
     /// `[streaming] tls-key`.
     pub tls_key: Option<PathBuf>,
+    /// `[streaming] send-headers`, validated, in order.
+    pub send_headers: Vec<String>,
+    /// The system variant (`variant-name`, `variant-file` or `variant-dtb`).
+    pub variant: Option<String>,
+}
+
+/// Automatic header names RAUC knows (spec §3.4).
+pub const AUTOMATIC_HEADERS: [&str; 7] =
+    ["boot-id", "machine-id", "system-version", "serial", "variant", "transaction-id", "uptime"];
+
+fn first_line(path: &str) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.lines().next()?.trim();
+    (!line.is_empty()).then(|| line.to_string())
+}
+
+/// Values of the automatic headers that are known without a system-info
+/// handler or a transaction, as `(header name, value)` in `names` order.
+pub fn automatic_headers(names: &[String], variant: Option<&str>) -> Vec<(String, String)> {
+    names
+        .iter()
+        .filter_map(|n| {
+            let (header, value) = match n.as_str() {
+                "boot-id" => ("RAUC-Boot-ID", first_line("/proc/sys/kernel/random/boot_id")),
+                "machine-id" => ("RAUC-Machine-ID", first_line("/etc/machine-id")),
+                "variant" => ("RAUC-Variant", variant.map(str::to_string)),
+                "uptime" => (
+                    "RAUC-Uptime",
+                    first_line("/proc/uptime").and_then(|l| l.split_whitespace().next().map(str::to_string)),
+                ),
+                _ => return None,
+            };
+            value.map(|v| (header.to_string(), v))
+        })
+        .collect()
 }
 
 impl Default for HostConfig {
@@ -48,6 +83,8 @@ impl Default for HostConfig {
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
+            send_headers: Vec::new(),
+            variant: None,
         }
     }
 }
@@ -173,6 +210,29 @@ impl HostConfig {
         c.tls_ca = get("streaming", "tls-ca")?.map(PathBuf::from);
         c.tls_cert = get("streaming", "tls-cert")?.map(PathBuf::from);
         c.tls_key = get("streaming", "tls-key")?.map(PathBuf::from);
+        if let Some(e) = kf.group("streaming").and_then(|g| g.entry("send-headers")) {
+            for name in keyfile::parse_list(&e.raw).map_err(Error::Other)? {
+                if !AUTOMATIC_HEADERS.contains(&name.as_str()) {
+                    return Err(Error::Other(format!("Automatic HTTP header '{name}' not supported")));
+                }
+                c.send_headers.push(name);
+            }
+        }
+        c.variant = match (
+            get("system", "variant-name")?,
+            get("system", "variant-file")?,
+            get_bool("system", "variant-dtb")?,
+        ) {
+            (Some(name), _, _) => Some(name),
+            (None, Some(file), _) => {
+                let text = std::fs::read_to_string(&file)
+                    .map_err(|e| Error::Other(format!("Failed to read variant file '{file}': {e}")))?;
+                Some(text.strip_suffix('\n').unwrap_or(&text).trim().to_string())
+            }
+            (None, None, true) => first_line("/sys/firmware/devicetree/base/compatible")
+                .map(|c| c.split('\0').next().unwrap_or_default().to_string()),
+            _ => None,
+        };
         Ok(c)
     }
 }
@@ -197,6 +257,25 @@ mod tests {
         assert_eq!(parse_bundle_formats("-plain").unwrap(), vec![Verity, Crypt]);
         assert!(parse_bundle_formats("verity -plain").is_err());
         assert!(parse_bundle_formats("-plain -verity -crypt").is_err());
+    }
+
+    #[test]
+    fn send_headers_are_validated_and_filled() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("system.conf");
+        std::fs::write(
+            &conf,
+            "[system]\nvariant-name=v7\n[streaming]\nsend-headers=uptime;variant;system-version;boot-id\n",
+        )
+        .unwrap();
+        let c = HostConfig::load(Some(&conf), &[]).unwrap();
+        let h = automatic_headers(&c.send_headers, c.variant.as_deref());
+        let names: Vec<&str> = h.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["RAUC-Uptime", "RAUC-Variant", "RAUC-Boot-ID"]);
+        assert_eq!(h[1].1, "v7");
+        std::fs::write(&conf, "[streaming]\nsend-headers=boot-id;shoe-size\n").unwrap();
+        let e = HostConfig::load(Some(&conf), &[]).unwrap_err().to_string();
+        assert_eq!(e, "Automatic HTTP header 'shoe-size' not supported");
     }
 
     #[test]

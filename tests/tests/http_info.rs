@@ -158,3 +158,37 @@ fn https_with_ca_pinning_no_verify_and_client_certificates() {
     ];
     assert_eq!(info_json(&url, &[&ca, &client[0], &client[1]]), local);
 }
+
+#[test]
+fn automatic_rauc_headers_go_with_the_first_request_only() {
+    let t = tempfile::tempdir().unwrap();
+    let (_, b) = make(t.path(), "verity");
+    let srv = Server::start();
+    srv.put("/b.raucb", fs::read(&b).unwrap());
+    let conf = t.path().join("system.conf");
+    fs::write(
+        &conf,
+        format!(
+            "[system]\ncompatible=Test Config\nbootloader=noop\nvariant-name=charger-v2\n\n[keyring]\npath={}\n\n[streaming]\nsend-headers=boot-id;uptime;variant;system-version\n",
+            pki_file("keyring.pem").display()
+        ),
+    )
+    .unwrap();
+    run(rota().arg("info").arg("-c").arg(&conf).arg(srv.url("/b.raucb"))).ok();
+    let reqs = srv.requests();
+    let first = &reqs[0];
+    let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    assert_eq!(first.header("rauc-boot-id"), Some(boot_id.trim()));
+    assert_eq!(first.header("rauc-variant"), Some("charger-v2"));
+    assert!(first.header("rauc-uptime").is_some_and(|u| u.parse::<f64>().is_ok()), "{first:?}");
+    // No system-info handler ran, so no system version is known or sent.
+    assert!(first.header("rauc-system-version").is_none());
+    let names: Vec<&str> = first.headers.iter().map(|(k, _)| k.as_str()).filter(|k| k.starts_with("rauc-")).collect();
+    assert_eq!(names, ["rauc-boot-id", "rauc-uptime", "rauc-variant"], "send-headers order");
+    for r in &reqs[1..] {
+        assert!(r.headers.iter().all(|(k, _)| !k.starts_with("rauc-")), "{r:?}");
+    }
+    fs::write(&conf, "[streaming]\nsend-headers=boot-id;shoe-size\n").unwrap();
+    let r = run(rota().arg("info").arg("-c").arg(&conf).arg(srv.url("/b.raucb"))).fails();
+    assert_eq!(r.stderr.lines().last(), Some("Automatic HTTP header 'shoe-size' not supported"));
+}

@@ -149,6 +149,7 @@ fn open_options(ctx: &Context, use_config: bool) -> Result<OpenOptions, CliError
         tls_no_verify: ctx.args.has("tls-no-verify"),
         ..HttpOptions::default()
     };
+    http.info_headers = crate::hostconfig::automatic_headers(&conf.send_headers, conf.variant.as_deref());
     for h in ctx.args.values("http-header") {
         http.headers.push(parse_header(h)?);
     }
