@@ -1,17 +1,20 @@
-//! The bundle's squashfs, read with `backhand` over a verified reader: list,
-//! read and extract files without mounting anything.
+//! The bundle's squashfs over a verified reader: metadata parsed by
+//! `backhand`, file contents read by [`data::DataReader`]; list, read and
+//! extract files without mounting anything.
+
+pub mod data;
 
 use crate::error::{Error, Result};
 use crate::source::{Cursor, ReadAt};
 use backhand::{FilesystemReader, InnerNode, Node, SquashfsFileReader};
 use std::ffi::CString;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-/// Remembers the last error of the verified source, because backhand's file
-/// reader replaces it with a generic "Failed to decompress data".
+/// Remembers the last error of the verified source while backhand parses
+/// the metadata, so the real cause (e.g. a corrupted block) is reported.
 #[derive(Clone, Default)]
 struct ErrorSlot(Arc<Mutex<Option<String>>>);
 
@@ -71,7 +74,7 @@ pub struct Entry {
 /// A squashfs opened over a (verified) payload reader.
 pub struct BundleFs {
     fs: FilesystemReader<'static>,
-    errors: ErrorSlot,
+    data: data::DataReader,
 }
 
 fn rel(p: &Path) -> String {
@@ -87,7 +90,7 @@ impl BundleFs {
     /// Parses the squashfs superblock, tables and directory tree.
     pub fn open(payload: Arc<dyn ReadAt>) -> Result<BundleFs> {
         let errors = ErrorSlot::default();
-        let source = RecordingSource { inner: payload, slot: errors.clone() };
+        let source = RecordingSource { inner: payload.clone(), slot: errors.clone() };
         let cursor = Cursor::new(source);
         let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| FilesystemReader::from_reader(cursor)));
         let fs = match opened {
@@ -99,7 +102,9 @@ impl BundleFs {
                 return Err(Self::cause(&errors, "Failed to read bundle squashfs: malformed image".to_string()));
             }
         };
-        Ok(BundleFs { fs, errors })
+        let compressor = fs.compressor.unwrap_or(backhand::traits::types::Compressor::Uncompressed);
+        let data = data::DataReader::new(payload, compressor, fs.block_size, fs.fragments.clone().unwrap_or_default());
+        Ok(BundleFs { fs, data })
     }
 
     fn cause(slot: &ErrorSlot, fallback: String) -> Error {
@@ -107,10 +112,6 @@ impl BundleFs {
             Some(m) => Error::Payload(m),
             None => Error::Payload(fallback),
         }
-    }
-
-    fn error(&self, fallback: impl Into<String>) -> Error {
-        Self::cause(&self.errors, fallback.into())
     }
 
     fn nodes(&self) -> impl Iterator<Item = &Node<SquashfsFileReader>> {
@@ -142,50 +143,32 @@ impl BundleFs {
     }
 
     fn copy_node(&self, f: &SquashfsFileReader, path: &str, out: &mut dyn Write) -> Result<u64> {
-        let mut reader = self
-            .fs
-            .file(f)
-            .reader_checked()
-            .map_err(|e| self.error(format!("Failed to read '{path}' from bundle: {e}")))?;
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut total = 0u64;
-        loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    return Err(self.error(format!("Failed to read '{path}' from bundle: {e}")));
-                }
-            };
-            out.write_all(&buf[..n]).map_err(|e| Error::Io(format!("Failed to write '{path}': {e}")))?;
-            total += n as u64;
-        }
-        if total != f.file_len() as u64 {
-            return Err(
-                self.error(format!("Failed to read '{path}' from bundle: got {total} of {} bytes", f.file_len()))
-            );
-        }
-        Ok(total)
+        self.data.copy(f, path, &mut data::WriteSink(out))
     }
 
     /// Reads one regular file completely.
     pub fn read_file(&self, path: &str) -> Result<Vec<u8>> {
-        let mut out = Vec::new();
-        self.copy_file(path, &mut out)?;
+        let node = self.node(path).ok_or_else(|| Error::Other(format!("File '{path}' not found in bundle")))?;
+        let InnerNode::File(f) = &node.inner else {
+            return Err(Error::Other(format!("'{path}' in bundle is not a regular file")));
+        };
+        let mut out = Vec::with_capacity(f.file_len().min(64 << 20));
+        self.data.copy(f, path, &mut out)?;
         Ok(out)
     }
 
     /// Extracts everything below `dest` (created if missing), keeping modes,
-    /// owners (when root), times, links, devices and fifos.
+    /// owners (when root), times, links, devices and fifos. Regular files are
+    /// written by a few workers that take them in on-disk order.
     pub fn extract_to(&self, dest: &Path) -> Result<()> {
         let io_err = |what: &str, p: &Path, e: io::Error| Error::Io(format!("Failed to {what} '{}': {e}", p.display()));
         std::fs::create_dir_all(dest).map_err(|e| io_err("create", dest, e))?;
         let is_root = unsafe { libc::geteuid() } == 0;
         let mut dirs = Vec::new();
+        let mut files = Vec::new();
         for node in self.nodes() {
             let relp = rel(&node.fullpath);
-            if relp.split('/').any(|c| c == "..") {
+            if relp.split('/').any(|c| c == ".." || c == ".") {
                 return Err(Error::Payload(format!("Invalid path in bundle: {relp}")));
             }
             let target = if relp.is_empty() { dest.to_path_buf() } else { dest.join(&relp) };
@@ -195,12 +178,12 @@ impl BundleFs {
                     if !relp.is_empty() {
                         std::fs::create_dir(&target).map_err(|e| io_err("create directory", &target, e))?;
                     }
-                    dirs.push((target.clone(), node));
+                    dirs.push((target, node));
                     continue;
                 }
                 InnerNode::File(f) => {
-                    let mut out = std::fs::File::create(&target).map_err(|e| io_err("create", &target, e))?;
-                    self.copy_node(f, &relp, &mut out)?;
+                    files.push((target, relp, f, node));
+                    continue;
                 }
                 InnerNode::Symlink(s) => {
                     std::os::unix::fs::symlink(&s.link, &target).map_err(|e| io_err("create symlink", &target, e))?;
@@ -215,11 +198,50 @@ impl BundleFs {
             }
             apply_metadata(&target, node, is_root, !matches!(node.inner, InnerNode::Symlink(_)))?;
         }
+        files.sort_by_key(|(_, _, f, _)| file_position(f));
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 4);
+        let results: Vec<Result<()>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    scope.spawn(|| -> Result<()> {
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if i >= files.len() || failed.load(std::sync::atomic::Ordering::Relaxed) {
+                                return Ok(());
+                            }
+                            let (target, relp, f, node) = &files[i];
+                            let r = std::fs::File::create(target)
+                                .map_err(|e| io_err("create", target, e))
+                                .and_then(|mut out| self.data.copy(f, relp, &mut out))
+                                .and_then(|_| apply_metadata(target, node, is_root, true));
+                            if r.is_err() {
+                                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                                return r;
+                            }
+                        }
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("extraction worker panicked")).collect()
+        });
+        results.into_iter().collect::<Result<Vec<()>>>()?;
         // Directories last and deepest first, so read-only modes do not block children.
         for (path, node) in dirs.into_iter().rev() {
             apply_metadata(&path, node, is_root, true)?;
         }
         Ok(())
+    }
+}
+
+/// Where a file's data starts, for reading files in on-disk order.
+fn file_position(f: &SquashfsFileReader) -> (u64, u32) {
+    match f {
+        SquashfsFileReader::Basic(b) if !b.block_sizes.is_empty() => (u64::from(b.blocks_start), 0),
+        SquashfsFileReader::Extended(e) if !e.block_sizes.is_empty() => (e.blocks_start, 0),
+        SquashfsFileReader::Basic(b) => (u64::MAX, b.frag_index),
+        SquashfsFileReader::Extended(e) => (u64::MAX, e.frag_index),
     }
 }
 
