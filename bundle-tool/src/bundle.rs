@@ -130,23 +130,47 @@ impl<A: ReadAt, B: ReadAt> ReadAt for Concat<A, B> {
     }
 }
 
-/// Feeds every byte read to a [`ChunkDigester`].
+/// Reads a source in 1 MiB steps (OpenSSL asks for 4 KiB at a time) and
+/// feeds every byte to a [`ChunkDigester`].
 struct DigestingReader<'a> {
     source: &'a dyn ReadAt,
     pos: u64,
     end: u64,
     digester: ChunkDigester,
+    buffer: Vec<u8>,
+    filled: usize,
+    consumed: usize,
+}
+
+impl<'a> DigestingReader<'a> {
+    fn new(source: &'a dyn ReadAt, end: u64) -> Self {
+        DigestingReader {
+            source,
+            pos: 0,
+            end,
+            digester: ChunkDigester::default(),
+            buffer: vec![0; 1 << 20],
+            filled: 0,
+            consumed: 0,
+        }
+    }
 }
 
 impl Read for DigestingReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = (self.end - self.pos).min(buf.len() as u64) as usize;
-        if n == 0 {
-            return Ok(0);
+        if self.filled == self.consumed {
+            let n = (self.end - self.pos).min(self.buffer.len() as u64) as usize;
+            if n == 0 {
+                return Ok(0);
+            }
+            self.source.read_exact_at(self.pos, &mut self.buffer[..n])?;
+            self.digester.update(&self.buffer[..n]);
+            self.pos += n as u64;
+            (self.filled, self.consumed) = (n, 0);
         }
-        self.source.read_exact_at(self.pos, &mut buf[..n])?;
-        self.digester.update(&buf[..n]);
-        self.pos += n as u64;
+        let n = (self.filled - self.consumed).min(buf.len());
+        buf[..n].copy_from_slice(&self.buffer[self.consumed..self.consumed + n]);
+        self.consumed += n;
         Ok(n)
     }
 }
@@ -284,12 +308,7 @@ impl Bundle {
             (signature::verify(&signed_data, None, &opts.verify)?, slice)
         } else {
             let _lease = if opts.trust_environment { None } else { Some(crate::exclusive::ensure(file.file())?) };
-            let mut reader = DigestingReader {
-                source: slice.as_ref(),
-                pos: 0,
-                end: layout.payload_size,
-                digester: ChunkDigester::default(),
-            };
+            let mut reader = DigestingReader::new(slice.as_ref(), layout.payload_size);
             let sig = signature::verify(&signed_data, Some(&mut reader), &opts.verify)?;
             let digests = reader.digester.finish();
             let pinned = PinnedReader::new(slice, digests)?;
@@ -436,7 +455,8 @@ impl Bundle {
         if dest.exists() {
             return Err(Error::Other(format!("output directory '{}' exists", dest.display())));
         }
-        let result = self.check_payload().and_then(|_| self.filesystem()).and_then(|fs| fs.extract_to(dest));
+        // Files are verified as they are read; the blocks no file touched are checked afterwards.
+        let result = self.filesystem().and_then(|fs| fs.extract_to(dest)).and_then(|_| self.check_payload());
         if result.is_err() {
             let _ = std::fs::remove_dir_all(dest);
         }

@@ -8,6 +8,7 @@ use openssl::cipher::Cipher;
 use openssl::cipher_ctx::CipherCtx;
 use sha2::{Digest, Sha256};
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Largest scratch buffer an unaligned read allocates at once.
 const MAX_SCRATCH: usize = 1 << 20;
@@ -54,6 +55,8 @@ pub struct VerityReader<S> {
     source: S,
     data_size: u64,
     verifier: TreeVerifier,
+    /// One bit per data block: checked at least once (32 KiB per GiB).
+    checked: Vec<AtomicU64>,
 }
 
 impl<S: ReadAt> VerityReader<S> {
@@ -69,23 +72,46 @@ impl<S: ReadAt> VerityReader<S> {
         if source.size() != data_size + geometry.tree_size() {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "payload size does not match the verity tree size"));
         }
-        Ok(VerityReader { source, data_size, verifier: TreeVerifier::new(geometry, salt, root) })
+        let blocks = geometry.data_blocks;
+        let checked = (0..blocks.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
+        Ok(VerityReader { source, data_size, verifier: TreeVerifier::new(geometry, salt, root), checked })
     }
 
-    fn read_blocks(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    fn is_checked(&self, block: u64) -> bool {
+        self.checked[(block / 64) as usize].load(Ordering::Relaxed) & (1 << (block % 64)) != 0
+    }
+
+    fn read_blocks(&self, offset: u64, buf: &mut [u8]) -> Result<(), VerityError> {
         self.source.read_exact_at(offset, buf)?;
         let fetch = |off: u64, b: &mut [u8]| self.source.read_exact_at(self.data_size + off, b);
-        self.verifier.verify(offset / BLOCK_SIZE as u64, buf, &fetch).map_err(io::Error::from)
+        let first = offset / BLOCK_SIZE as u64;
+        self.verifier.verify(first, buf, &fetch)?;
+        for b in first..first + (buf.len() / BLOCK_SIZE) as u64 {
+            self.checked[(b / 64) as usize].fetch_or(1 << (b % 64), Ordering::Relaxed);
+        }
+        Ok(())
     }
 
-    /// Reads and checks every data block once (RAUC's `perform-pre-check`).
+    /// Reads and checks every data block that no read has checked yet, so
+    /// that afterwards each block of the payload has been verified at least
+    /// once (RAUC's full payload check, without hashing twice).
     pub fn check_all(&self) -> Result<(), VerityError> {
+        let blocks = self.data_size / BLOCK_SIZE as u64;
+        let max_run = (MAX_SCRATCH / BLOCK_SIZE) as u64;
         let mut buf = vec![0u8; MAX_SCRATCH];
-        let mut off = 0;
-        while off < self.data_size {
-            let n = (self.data_size - off).min(buf.len() as u64) as usize;
-            self.read_blocks(off, &mut buf[..n])?;
-            off += n as u64;
+        let mut b = 0;
+        while b < blocks {
+            if self.is_checked(b) {
+                b += 1;
+                continue;
+            }
+            let mut end = b + 1;
+            while end < blocks && end - b < max_run && !self.is_checked(end) {
+                end += 1;
+            }
+            let n = ((end - b) as usize) * BLOCK_SIZE;
+            self.read_blocks(b * BLOCK_SIZE as u64, &mut buf[..n])?;
+            b = end;
         }
         Ok(())
     }
@@ -97,7 +123,7 @@ impl<S: ReadAt> ReadAt for VerityReader<S> {
     }
 
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        read_unaligned(self.data_size, offset, buf, BLOCK_SIZE as u64, |off, b| self.read_blocks(off, b))
+        read_unaligned(self.data_size, offset, buf, BLOCK_SIZE as u64, |off, b| Ok(self.read_blocks(off, b)?))
     }
 }
 
@@ -281,6 +307,17 @@ mod tests {
         // Blocks before the damage still read fine.
         let mut ok = vec![0u8; 4096];
         r.read_exact_at(0, &mut ok).unwrap();
+    }
+
+    #[test]
+    fn full_check_covers_blocks_no_read_touched() {
+        let (data, mut p, root) = payload(300);
+        p[250 * BLOCK_SIZE + 9] ^= 1;
+        let r = VerityReader::new(p, data.len() as u64, &[3u8; 32], root).unwrap();
+        let mut b = vec![0u8; 100 * BLOCK_SIZE];
+        r.read_exact_at(0, &mut b).unwrap();
+        assert_eq!(&b[..], &data[..100 * BLOCK_SIZE]);
+        assert!(matches!(r.check_all(), Err(VerityError::DataBlock(250))));
     }
 
     #[test]
