@@ -43,6 +43,9 @@ impl Request {
 struct State {
     files: HashMap<String, Arc<Vec<u8>>>,
     requests: Vec<Request>,
+    delay: std::time::Duration,
+    active: usize,
+    max_active: usize,
 }
 
 /// A running server; stops when dropped.
@@ -96,6 +99,16 @@ impl Server {
     pub fn requests(&self) -> Vec<Request> {
         self.state.lock().unwrap().requests.clone()
     }
+
+    /// Waits this long before answering each request (makes overlap visible).
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        self.state.lock().unwrap().delay = delay;
+    }
+
+    /// The most requests that were being answered at the same time.
+    pub fn max_concurrent(&self) -> usize {
+        self.state.lock().unwrap().max_active
+    }
 }
 
 impl Drop for Server {
@@ -139,49 +152,59 @@ fn serve_connection(conn: TcpStream, state: &Mutex<State>, mode: &Mutex<Mode>) -
             }
         }
         let req = Request { path: path.clone(), headers };
-        let file = {
+        let (file, delay) = {
             let mut st = state.lock().unwrap();
             st.requests.push(req.clone());
-            st.files.get(&path).cloned()
+            st.active += 1;
+            st.max_active = st.max_active.max(st.active);
+            (st.files.get(&path).cloned(), st.delay)
         };
-        let mode = mode.lock().unwrap().clone();
-        let head = method == "HEAD";
-        let Some(data) = file else {
-            write!(out, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")?;
-            continue;
-        };
-        let len = data.len() as u64;
-        let range = req.header("range").and_then(|r| parse_range(r, len));
-        match (mode, range) {
-            (Mode::Status(code), _) => write!(out, "HTTP/1.1 {code} Status\r\nContent-Length: 0\r\n\r\n")?,
-            (Mode::IgnoreRange, _) | (_, None) => {
-                write!(out, "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n")?;
-                if !head {
-                    out.write_all(&data)?;
-                }
-            }
-            (Mode::WrongRange, Some((a, b))) => {
-                let (a2, b2) = (a + 1, (b + 1).min(len - 1));
-                write!(
-                    out,
-                    "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a2}-{b2}/{len}\r\nContent-Length: {}\r\n\r\n",
-                    b2 - a2 + 1
-                )?;
-                if !head {
-                    out.write_all(&data[a2 as usize..=b2 as usize])?;
-                }
-            }
-            (Mode::Normal, Some((a, b))) => {
-                write!(
-                    out,
-                    "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a}-{b}/{len}\r\nContent-Length: {}\r\nETag: \"t1\"\r\n\r\n",
-                    b - a + 1
-                )?;
-                if !head {
-                    out.write_all(&data[a as usize..=b as usize])?;
-                }
+        thread::sleep(delay);
+        let result = respond(&mut out, &req, &method, file, mode);
+        state.lock().unwrap().active -= 1;
+        result?;
+    }
+}
+
+fn respond(
+    out: &mut TcpStream,
+    req: &Request,
+    method: &str,
+    file: Option<Arc<Vec<u8>>>,
+    mode: &Mutex<Mode>,
+) -> std::io::Result<()> {
+    let mode = mode.lock().unwrap().clone();
+    let head = method == "HEAD";
+    let Some(data) = file else {
+        return write!(out, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+    };
+    let len = data.len() as u64;
+    let range = req.header("range").and_then(|r| parse_range(r, len));
+    match (mode, range) {
+        (Mode::Status(code), _) => write!(out, "HTTP/1.1 {code} Status\r\nContent-Length: 0\r\n\r\n")?,
+        (Mode::IgnoreRange, _) | (_, None) => {
+            write!(out, "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n")?;
+            if !head {
+                out.write_all(&data)?;
             }
         }
-        out.flush()?;
+        (Mode::WrongRange, Some((a, b))) => partial(out, &data, a + 1, (b + 1).min(len - 1), head, false)?,
+        (Mode::Normal, Some((a, b))) => partial(out, &data, a, b, head, true)?,
     }
+    out.flush()
+}
+
+/// Writes a `206` with bytes `a..=b` of `data`.
+fn partial(out: &mut TcpStream, data: &[u8], a: u64, b: u64, head: bool, etag: bool) -> std::io::Result<()> {
+    let etag = if etag { "ETag: \"t1\"\r\n" } else { "" };
+    write!(
+        out,
+        "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a}-{b}/{}\r\nContent-Length: {}\r\n{etag}\r\n",
+        data.len(),
+        b - a + 1
+    )?;
+    if !head {
+        out.write_all(&data[a as usize..=b as usize])?;
+    }
+    Ok(())
 }

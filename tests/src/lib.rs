@@ -155,6 +155,12 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// `(payload length, signature length)` from a bundle's trailer.
+pub fn split_bundle(bytes: &[u8]) -> (usize, usize) {
+    let sig = u64::from_be_bytes(bytes[bytes.len() - 8..].try_into().expect("8-byte trailer")) as usize;
+    (bytes.len() - 8 - sig, sig)
+}
+
 /// Lowercase hex SHA-256.
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;

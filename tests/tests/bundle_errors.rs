@@ -49,8 +49,7 @@ fn truncated_bundles() {
     let f = fixture("verity");
     let b = f.bundle("b.raucb", "release");
     let bytes = fs::read(&b).unwrap();
-    let sig = u64::from_be_bytes(bytes[bytes.len() - 8..].try_into().unwrap()) as usize;
-    let payload = bytes.len() - 8 - sig;
+    let (payload, sig) = split_bundle(&bytes);
     let cases: Vec<(usize, String)> = vec![
         (0, "Invalid bundle format: Bundle size (0) is too small".into()),
         (7, "Invalid bundle format: Bundle size (7) is too small".into()),
@@ -325,4 +324,22 @@ fn wrong_compatible_is_reported_with_rauc_text() {
         "Compatible mismatch: Expected 'Other Device' but bundle manifest has 'Test Config'"
     );
     assert!(bundle.manifest().check_compatible("Test Config").is_ok());
+}
+
+#[test]
+fn plain_payloads_over_2_gib_are_refused() {
+    // A sparse file: a 2 GiB + 4 KiB payload, then a real detached CMS and trailer.
+    let f = fixture("plain");
+    let b = f.bundle("b.raucb", "release");
+    let bytes = fs::read(&b).unwrap();
+    let tail = &bytes[split_bundle(&bytes).0..];
+    let big = f.dir.path().join("big.raucb");
+    let file = fs::File::create(&big).unwrap();
+    let payload = (1u64 << 31) + 4096;
+    std::os::unix::fs::FileExt::write_all_at(&file, tail, payload).unwrap();
+    drop(file);
+    assert_eq!(
+        info_error(&[&keyring("keyring.pem")], &big),
+        "Invalid bundle format: Bundle payload size 2147487744 exceeds maximum for bundles using plain format (2 GiB)"
+    );
 }

@@ -91,6 +91,11 @@ fn check_info_agrees(bundle: &Path, content: &Content, dir: &Path, format: &str)
     let appfs = sha256_hex(&fs::read(content.dir.join("appfs.img")).unwrap());
     assert_eq!(out.stdout, format!("Test Config|{format}|{mhash}|{appfs}|262144|foo bar"));
 
+    // --dump-cert adds OpenSSL's text dump of the signer certificate.
+    let dump = info(bundle, "readable", &["--dump-cert"]);
+    assert!(dump.contains("Certificate:\n    Data:\n"), "{dump}");
+    assert!(dump.contains("Subject: O = rota test, CN = rota Release Signer"), "{dump}");
+
     // readable text.
     let text = info(bundle, "readable", &[]);
     assert!(text.starts_with("Compatible:     'Test Config'\nVersion:        '2024.08-1'\n"), "{text}");
@@ -155,7 +160,7 @@ fn crypt_round_trip_unencrypted_and_encrypted() {
     assert_eq!(run(&mut cmd).ok().stdout, format!("Encrypted bundle written to {}\n", enc.display()));
     // Same payload, different CMS.
     let (plain_b, enc_b) = (fs::read(&b).unwrap(), fs::read(&enc).unwrap());
-    let payload_len = plain_b.len() - 8 - u64::from_be_bytes(plain_b[plain_b.len() - 8..].try_into().unwrap()) as usize;
+    let payload_len = split_bundle(&plain_b).0;
     assert_eq!(plain_b[..payload_len], enc_b[..payload_len]);
 
     for key in ["rsa-recipient.key", "ec-recipient.key"] {

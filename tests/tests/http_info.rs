@@ -61,7 +61,7 @@ fn info_from_in_process_server_sends_the_expected_headers() {
     // Then exactly the trailer and exactly the signature, as RAUC asks for them.
     let bytes = fs::read(&b).unwrap();
     let len = bytes.len() as u64;
-    let sig = u64::from_be_bytes(bytes[bytes.len() - 8..].try_into().unwrap());
+    let sig = split_bundle(&bytes).1 as u64;
     assert_eq!(reqs[1].header("range"), Some(format!("bytes={}-{}", len - 8, len - 1).as_str()));
     assert_eq!(reqs[2].header("range"), Some(format!("bytes={}-{}", len - 8 - sig, len - 9).as_str()));
     assert_eq!(reqs.len(), 3, "info of a verity bundle reads nothing else: {reqs:?}");
@@ -191,4 +191,40 @@ fn automatic_rauc_headers_go_with_the_first_request_only() {
     fs::write(&conf, "[streaming]\nsend-headers=boot-id;shoe-size\n").unwrap();
     let r = run(rota().arg("info").arg("-c").arg(&conf).arg(srv.url("/b.raucb"))).fails();
     assert_eq!(r.stderr.lines().last(), Some("Automatic HTTP header 'shoe-size' not supported"));
+}
+
+#[test]
+fn streamed_reads_use_large_ranges_several_at_once() {
+    let t = tempfile::tempdir().unwrap();
+    let c = Content::new(t.path().join("c"));
+    let img = c.image("rootfs.img", 6 << 20, 3);
+    c.manifest("[update]\ncompatible=Test Config\n[bundle]\nformat=verity\n[image.rootfs]\nfilename=rootfs.img\n");
+    let b = t.path().join("big.raucb");
+    rota_bundle(&c.dir, &b, "release").ok();
+    let bytes = fs::read(&b).unwrap();
+    let len = bytes.len() as u64;
+    let srv = Server::start();
+    srv.put("/big.raucb", bytes);
+    srv.set_delay(std::time::Duration::from_millis(40));
+    let out = t.path().join("x");
+    run(rota().arg("extract").arg(keyring()).arg(srv.url("/big.raucb")).arg(&out)).ok();
+    assert_eq!(fs::read(out.join("rootfs.img")).unwrap(), img);
+    let reqs = srv.requests();
+    let windows: Vec<(u64, u64)> = reqs[3..]
+        .iter()
+        .map(|r| {
+            let (a, b) = r.header("range").unwrap().trim_start_matches("bytes=").split_once('-').unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        })
+        .collect();
+    assert!(windows.len() >= 12, "{windows:?}");
+    for (a, b) in &windows {
+        assert_eq!(a % (512 * 1024), 0, "range {a}-{b} is not window aligned");
+        assert!(b - a + 1 == 512 * 1024 || *b == len - 1, "range {a}-{b} is not a whole 512 KiB window");
+    }
+    let mut starts: Vec<u64> = windows.iter().map(|w| w.0).collect();
+    starts.sort();
+    starts.dedup();
+    assert_eq!(starts.len(), windows.len(), "no window is fetched twice: {windows:?}");
+    assert!(srv.max_concurrent() >= 2, "requests should overlap (read-ahead), max was {}", srv.max_concurrent());
 }

@@ -53,8 +53,7 @@ fn bundle_tree_matches_veritysetup() {
     let size = j["bundle"]["verity-size"].as_u64().unwrap() as usize;
     let salt = hex::decode(j["bundle"]["verity-salt"].as_str().unwrap()).unwrap();
     let bytes = fs::read(&b).unwrap();
-    let sig = u64::from_be_bytes(bytes[bytes.len() - 8..].try_into().unwrap()) as usize;
-    let payload = bytes.len() - 8 - sig;
+    let payload = split_bundle(&bytes).0;
     let data_len = payload - size;
     let (dp, hp) = (t.path().join("sq"), t.path().join("tree"));
     fs::write(&dp, &bytes[..data_len]).unwrap();
