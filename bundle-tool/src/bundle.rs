@@ -61,6 +61,21 @@ pub fn local_path(location: &str) -> Result<PathBuf> {
     }
 }
 
+/// The verified parts of a bundle, as either format path finds them.
+struct Verified {
+    format: BundleFormat,
+    manifest: Manifest,
+    manifest_bytes: Vec<u8>,
+    signature: SignatureInfo,
+    payload: Arc<dyn ReadAt>,
+    verity: Option<Arc<PayloadVerity>>,
+}
+
+fn parse_manifest(bytes: &[u8], what: &str) -> Result<Manifest> {
+    let text = std::str::from_utf8(bytes).map_err(|_| Error::Format(format!("{what} is not valid UTF-8")))?;
+    Ok(Manifest::parse(text, ManifestOrigin::Bundle)?)
+}
+
 /// The verity layer over a bundle's payload.
 type PayloadVerity = VerityReader<Slice<Arc<dyn ReadAt>>>;
 
@@ -225,76 +240,87 @@ impl Bundle {
         let detached = signature::encapsulated_content(&parsed).is_none();
         drop(parsed);
         tracing::info!("Verifying bundle signature... ");
-        if detached {
-            Self::open_plain(location, source, file, layout, signed_data, enveloped, opts)
+        let encrypted = enveloped.is_some();
+        let v = if detached {
+            Self::verify_plain(&source, file, layout, &signed_data, encrypted, opts)?
         } else {
-            let sig = signature::verify(&signed_data, None, &opts.verify)?;
-            let bytes = sig.content.clone().expect("inline signature has content");
-            let text = std::str::from_utf8(&bytes)
-                .map_err(|_| Error::Format("Signed manifest is not valid UTF-8".to_string()))?;
-            let manifest = Manifest::parse(text, ManifestOrigin::Bundle)?;
-            inline_manifest_check(&manifest)?;
-            let format = manifest.bundle.format;
-            check_format_allowed(format, &opts.allowed_formats)?;
-            if enveloped.is_some() && format != BundleFormat::Crypt {
-                return Err(Error::Format(format!("Encrypted signature found in a bundle using {format} format")));
-            }
-            manifest.check_bundle_rules(format)?;
-            layout.require_aligned()?;
-            let v = manifest.bundle.verity.expect("checked");
-            if v.size > layout.payload_size {
-                return Err(Error::Format(format!(
-                    "Verity size ({}) exceeds payload size ({})",
-                    v.size, layout.payload_size
-                )));
-            }
-            let data_size = layout.payload_size - v.size;
-            if data_size <= 4096 {
-                return Err(Error::Format(format!("squashfs size ({data_size}) must be larger than 4096 bytes")));
-            }
-            if data_size % 4096 != 0 {
-                return Err(Error::Format(format!("squashfs size ({data_size}) is not a multiple of 4096 bytes")));
-            }
-            let slice = Slice::new(source.clone(), 0, layout.payload_size)?;
-            let verity = Arc::new(
-                VerityReader::new(slice, data_size, &v.salt, v.hash).map_err(|e| Error::Format(e.to_string()))?,
-            );
-            let payload: Arc<dyn ReadAt> = match manifest.bundle.crypt_key {
-                Some(key) if format == BundleFormat::Crypt => Arc::new(CryptReader::new(verity.clone(), key)),
-                _ => verity.clone(),
-            };
-            Ok(Bundle {
-                location: location.to_string(),
-                source,
-                remote: None,
-                http: None,
-                layout,
-                format,
-                manifest,
-                manifest_bytes: bytes,
-                signature: sig,
-                signed_data,
-                enveloped,
-                payload,
-                verity: Some(verity),
-            })
-        }
+            Self::verify_inline(&source, layout, &signed_data, encrypted, opts)?
+        };
+        Ok(Bundle {
+            location: location.to_string(),
+            source,
+            remote: None,
+            http: None,
+            layout,
+            format: v.format,
+            manifest: v.manifest,
+            manifest_bytes: v.manifest_bytes,
+            signature: v.signature,
+            signed_data,
+            enveloped,
+            payload: v.payload,
+            verity: v.verity,
+        })
     }
 
-    fn open_plain(
-        location: &str,
-        source: Arc<dyn ReadAt>,
+    /// verity and crypt: the manifest is the signed content; payload blocks are checked as read.
+    fn verify_inline(
+        source: &Arc<dyn ReadAt>,
+        layout: Layout,
+        signed_data: &[u8],
+        encrypted: bool,
+        opts: &OpenOptions,
+    ) -> Result<Verified> {
+        let signature = signature::verify(signed_data, None, &opts.verify)?;
+        let manifest_bytes = signature.content.clone().expect("inline signature has content");
+        let manifest = parse_manifest(&manifest_bytes, "Signed manifest")?;
+        inline_manifest_check(&manifest)?;
+        let format = manifest.bundle.format;
+        check_format_allowed(format, &opts.allowed_formats)?;
+        if encrypted && format != BundleFormat::Crypt {
+            return Err(Error::Format(format!("Encrypted signature found in a bundle using {format} format")));
+        }
+        manifest.check_bundle_rules(format)?;
+        layout.require_aligned()?;
+        let v = manifest.bundle.verity.expect("checked");
+        if v.size > layout.payload_size {
+            return Err(Error::Format(format!(
+                "Verity size ({}) exceeds payload size ({})",
+                v.size, layout.payload_size
+            )));
+        }
+        let data_size = layout.payload_size - v.size;
+        if data_size <= 4096 {
+            return Err(Error::Format(format!("squashfs size ({data_size}) must be larger than 4096 bytes")));
+        }
+        if !data_size.is_multiple_of(4096) {
+            return Err(Error::Format(format!("squashfs size ({data_size}) is not a multiple of 4096 bytes")));
+        }
+        let slice = Slice::new(source.clone(), 0, layout.payload_size)?;
+        let verity =
+            Arc::new(VerityReader::new(slice, data_size, &v.salt, v.hash).map_err(|e| Error::Format(e.to_string()))?);
+        let payload: Arc<dyn ReadAt> = match manifest.bundle.crypt_key {
+            Some(key) if format == BundleFormat::Crypt => Arc::new(CryptReader::new(verity.clone(), key)),
+            _ => verity.clone(),
+        };
+        Ok(Verified { format, manifest, manifest_bytes, signature, payload, verity: Some(verity) })
+    }
+
+    /// plain: the detached signature covers the payload, which is pinned to the
+    /// digests taken while verifying; the manifest is read from the squashfs.
+    fn verify_plain(
+        source: &Arc<dyn ReadAt>,
         file: Option<Arc<FileSource>>,
         layout: Layout,
-        signed_data: Vec<u8>,
-        enveloped: Option<Vec<u8>>,
+        signed_data: &[u8],
+        encrypted: bool,
         opts: &OpenOptions,
-    ) -> Result<Bundle> {
+    ) -> Result<Verified> {
         check_format_allowed(BundleFormat::Plain, &opts.allowed_formats)?;
         let Some(file) = file else {
             return Err(Error::Format("Bundle format 'plain' not supported in streaming mode".to_string()));
         };
-        if enveloped.is_some() {
+        if encrypted {
             return Err(Error::Format("Encrypted signature found in a bundle using plain format".to_string()));
         }
         if layout.payload_size > PLAIN_MAX_PAYLOAD {
@@ -304,23 +330,19 @@ impl Bundle {
             )));
         }
         let slice: Arc<dyn ReadAt> = Arc::new(Slice::new(source.clone(), 0, layout.payload_size)?);
-        let (sig, payload): (SignatureInfo, Arc<dyn ReadAt>) = if opts.verify.no_verify {
-            (signature::verify(&signed_data, None, &opts.verify)?, slice)
+        let (signature, payload): (SignatureInfo, Arc<dyn ReadAt>) = if opts.verify.no_verify {
+            (signature::verify(signed_data, None, &opts.verify)?, slice)
         } else {
             let _lease = if opts.trust_environment { None } else { Some(crate::exclusive::ensure(file.file())?) };
             let mut reader = DigestingReader::new(slice.as_ref(), layout.payload_size);
-            let sig = signature::verify(&signed_data, Some(&mut reader), &opts.verify)?;
+            let sig = signature::verify(signed_data, Some(&mut reader), &opts.verify)?;
             let digests = reader.digester.finish();
-            let pinned = PinnedReader::new(slice, digests)?;
-            (sig, Arc::new(pinned))
+            (sig, Arc::new(PinnedReader::new(slice, digests)?))
         };
-        let fs = BundleFs::open(payload.clone())?;
-        let bytes = fs
+        let manifest_bytes = BundleFs::open(payload.clone())?
             .read_file("manifest.raucm")
             .map_err(|e| Error::Other(format!("Failed to read manifest from bundle: {e}")))?;
-        let text =
-            std::str::from_utf8(&bytes).map_err(|_| Error::Format("manifest.raucm is not valid UTF-8".to_string()))?;
-        let manifest = Manifest::parse(text, ManifestOrigin::Bundle)?;
+        let manifest = parse_manifest(&manifest_bytes, "manifest.raucm")?;
         if manifest.bundle.format != BundleFormat::Plain {
             return Err(Error::Format(format!(
                 "Bundle with detached signature declares format '{}' in its manifest",
@@ -328,21 +350,7 @@ impl Bundle {
             )));
         }
         manifest.check_bundle_rules(BundleFormat::Plain)?;
-        Ok(Bundle {
-            location: location.to_string(),
-            source,
-            remote: None,
-            http: None,
-            layout,
-            format: BundleFormat::Plain,
-            manifest,
-            manifest_bytes: bytes,
-            signature: sig,
-            signed_data,
-            enveloped,
-            payload,
-            verity: None,
-        })
+        Ok(Verified { format: BundleFormat::Plain, manifest, manifest_bytes, signature, payload, verity: None })
     }
 
     /// Path or URL the bundle was opened from.
