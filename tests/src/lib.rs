@@ -224,30 +224,12 @@ pub fn signer_args(name: &str) -> Vec<String> {
 /// Signs `content` into `out` with rota, using signer `signer` of the test PKI
 /// (`release`, `expired`, …) and the intermediate.
 pub fn rota_bundle(content: &Path, out: &Path, signer: &str) -> Run {
-    run(rota()
-        .arg("bundle")
-        .arg("--cert")
-        .arg(pki_file(&format!("{signer}.pem")))
-        .arg("--key")
-        .arg(pki_file(&format!("{signer}.key")))
-        .arg("--intermediate")
-        .arg(pki_file("inter.pem"))
-        .arg(content)
-        .arg(out))
+    run(rota().arg("bundle").args(signer_args(signer)).arg(content).arg(out))
 }
 
 /// Signs `content` into `out` with Debian's rauc.
 pub fn peer_bundle(content: &Path, out: &Path, signer: &str) -> Run {
-    run(peer_rauc()
-        .arg("bundle")
-        .arg("--cert")
-        .arg(pki_file(&format!("{signer}.pem")))
-        .arg("--key")
-        .arg(pki_file(&format!("{signer}.key")))
-        .arg("--intermediate")
-        .arg(pki_file("inter.pem"))
-        .arg(content)
-        .arg(out))
+    run(peer_rauc().arg("bundle").args(signer_args(signer)).arg(content).arg(out))
 }
 
 /// `cmd` with `--keyring=<test root>` appended.
