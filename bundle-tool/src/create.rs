@@ -4,7 +4,7 @@
 
 use crate::bundle::{Bundle, OpenOptions};
 use crate::container::{self, DEFAULT_MAX_SIGNATURE_SIZE, PLAIN_MAX_PAYLOAD};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, io_error as io_err};
 use crate::manifest::{BundleFormat, Manifest, ManifestCopy, ManifestOrigin, VerityParams};
 use crate::reader::crypt_sectors;
 use crate::signature::{self, Keyring, Signer, VerifyOptions, envelope};
@@ -65,10 +65,6 @@ pub struct Created {
     pub manifest: Manifest,
     /// Warnings for the user (expiring certificates, large signatures).
     pub warnings: Vec<String>,
-}
-
-fn io_err(what: &str, p: &Path, e: std::io::Error) -> Error {
-    Error::Io(format!("Failed to {what} '{}': {e}", p.display()))
 }
 
 /// Removes a file when dropped unless disarmed (no half-written bundle survives).

@@ -42,6 +42,11 @@ impl From<io::Error> for Error {
 /// Result alias for bundle operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// `Failed to <what> '<path>': <cause>` for file-system failures.
+pub(crate) fn io_error(what: &str, path: &std::path::Path, e: io::Error) -> Error {
+    Error::Io(format!("Failed to {what} '{}': {e}", path.display()))
+}
+
 /// Builds an [`Error::Other`] from anything printable.
 pub fn other(msg: impl Into<String>) -> Error {
     Error::Other(msg.into())

@@ -196,10 +196,7 @@ fn cmd_bundle(ctx: &Context) -> Result<(), CliError> {
     let input = PathBuf::from(ctx.arg(0));
     let output = PathBuf::from(ctx.arg(1));
     let signing = signing(ctx)?;
-    if signing.cert.is_none() {
-        return fail("Cert and key files must be provided");
-    }
-    if signing.key.is_none() {
+    if signing.cert.is_none() || signing.key.is_none() {
         return fail("Cert and key files must be provided");
     }
     let mksquashfs_args = match ctx.args.value("mksquashfs-args") {

@@ -4,7 +4,7 @@
 
 pub mod data;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, io_error as io_err};
 use crate::source::{Cursor, ReadAt};
 use backhand::{FilesystemReader, InnerNode, Node, SquashfsFileReader};
 use std::ffi::CString;
@@ -108,10 +108,7 @@ impl BundleFs {
     }
 
     fn cause(slot: &ErrorSlot, fallback: String) -> Error {
-        match slot.0.lock().expect("error slot").take() {
-            Some(m) => Error::Payload(m),
-            None => Error::Payload(fallback),
-        }
+        Error::Payload(slot.0.lock().expect("error slot").take().unwrap_or(fallback))
     }
 
     fn nodes(&self) -> impl Iterator<Item = &Node<SquashfsFileReader>> {
@@ -133,25 +130,23 @@ impl BundleFs {
         self.node(path).map(entry_of)
     }
 
-    /// Streams one regular file into `out`; returns the bytes written.
-    pub fn copy_file(&self, path: &str, out: &mut dyn Write) -> Result<u64> {
+    /// The regular file at `path`.
+    fn regular_file(&self, path: &str) -> Result<&SquashfsFileReader> {
         let node = self.node(path).ok_or_else(|| Error::Other(format!("File '{path}' not found in bundle")))?;
-        let InnerNode::File(f) = &node.inner else {
-            return Err(Error::Other(format!("'{path}' in bundle is not a regular file")));
-        };
-        self.copy_node(f, path, out)
+        match &node.inner {
+            InnerNode::File(f) => Ok(f),
+            _ => Err(Error::Other(format!("'{path}' in bundle is not a regular file"))),
+        }
     }
 
-    fn copy_node(&self, f: &SquashfsFileReader, path: &str, out: &mut dyn Write) -> Result<u64> {
-        self.data.copy(f, path, &mut data::WriteSink(out))
+    /// Streams one regular file into `out`; returns the bytes written.
+    pub fn copy_file(&self, path: &str, out: &mut dyn Write) -> Result<u64> {
+        self.data.copy(self.regular_file(path)?, path, &mut data::WriteSink(out))
     }
 
     /// Reads one regular file completely.
     pub fn read_file(&self, path: &str) -> Result<Vec<u8>> {
-        let node = self.node(path).ok_or_else(|| Error::Other(format!("File '{path}' not found in bundle")))?;
-        let InnerNode::File(f) = &node.inner else {
-            return Err(Error::Other(format!("'{path}' in bundle is not a regular file")));
-        };
+        let f = self.regular_file(path)?;
         let mut out = Vec::with_capacity(f.file_len().min(64 << 20));
         self.data.copy(f, path, &mut out)?;
         Ok(out)
@@ -161,7 +156,6 @@ impl BundleFs {
     /// owners (when root), times, links, devices and fifos. Regular files are
     /// written by a few workers that take them in on-disk order.
     pub fn extract_to(&self, dest: &Path) -> Result<()> {
-        let io_err = |what: &str, p: &Path, e: io::Error| Error::Io(format!("Failed to {what} '{}': {e}", p.display()));
         std::fs::create_dir_all(dest).map_err(|e| io_err("create", dest, e))?;
         let is_root = unsafe { libc::geteuid() } == 0;
         let mut dirs = Vec::new();
