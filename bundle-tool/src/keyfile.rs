@@ -15,16 +15,28 @@ pub struct KeyFileError {
     pub line: Option<usize>,
     /// Human-readable description (the spec's wording where it has one).
     pub message: String,
+    /// Which input the line belongs to when several files were merged (see [`KeyFile::merge`]).
+    pub origin: u32,
 }
 
 impl KeyFileError {
     fn at(line: usize, message: impl Into<String>) -> Self {
-        KeyFileError { line: Some(line), message: message.into() }
+        KeyFileError { line: Some(line), message: message.into(), origin: 0 }
+    }
+
+    /// An error about `entry`, pointing at its line and input.
+    pub fn at_entry(entry: &Entry, message: impl Into<String>) -> Self {
+        KeyFileError { line: Some(entry.line), message: message.into(), origin: entry.origin }
+    }
+
+    /// An error about a whole group, pointing at its header.
+    pub fn at_group(group: &Group, message: impl Into<String>) -> Self {
+        KeyFileError { line: Some(group.line), message: message.into(), origin: group.origin }
     }
 
     /// An error that does not point at a line.
     pub fn new(message: impl Into<String>) -> Self {
-        KeyFileError { line: None, message: message.into() }
+        KeyFileError { line: None, message: message.into(), origin: 0 }
     }
 }
 
@@ -45,6 +57,8 @@ pub struct Entry {
     pub raw: String,
     /// 1-based line of the (last) definition.
     pub line: usize,
+    /// Which input defined it (0 for the first file; see [`KeyFile::merge`]).
+    pub origin: u32,
 }
 
 /// A `[group]` with its entries in file order.
@@ -56,12 +70,14 @@ pub struct Group {
     pub line: usize,
     /// Entries in order of first appearance; a repeated key keeps its place and takes the new value.
     pub entries: Vec<Entry>,
+    /// Which input first declared the group.
+    pub origin: u32,
 }
 
 impl Group {
     /// Creates an empty group.
     pub fn new(name: impl Into<String>) -> Self {
-        Group { name: name.into(), line: 0, entries: Vec::new() }
+        Group { name: name.into(), line: 0, entries: Vec::new(), origin: 0 }
     }
 
     /// The entry for `key`, if present.
@@ -75,7 +91,15 @@ impl Group {
         if let Some(e) = self.entries.iter_mut().find(|e| e.key == key) {
             e.raw = raw;
         } else {
-            self.entries.push(Entry { key: key.to_string(), raw, line: 0 });
+            self.entries.push(Entry { key: key.to_string(), raw, line: 0, origin: 0 });
+        }
+    }
+
+    /// Sets `entry`, replacing one with the same key in place (keeping its position).
+    pub fn set_entry(&mut self, entry: Entry) {
+        match self.entries.iter_mut().find(|e| e.key == entry.key) {
+            Some(e) => *e = entry,
+            None => self.entries.push(entry),
         }
     }
 
@@ -127,7 +151,7 @@ impl KeyFile {
                 current = Some(match kf.groups.iter().position(|g| g.name == name) {
                     Some(pos) => pos,
                     None => {
-                        kf.groups.push(Group { name: name.to_string(), line: lineno, entries: Vec::new() });
+                        kf.groups.push(Group { name: name.to_string(), line: lineno, entries: Vec::new(), origin: 0 });
                         kf.groups.len() - 1
                     }
                 });
@@ -153,7 +177,9 @@ impl KeyFile {
                     e.raw = value.to_string();
                     e.line = lineno;
                 }
-                None => group.entries.push(Entry { key: key.to_string(), raw: value.to_string(), line: lineno }),
+                None => {
+                    group.entries.push(Entry { key: key.to_string(), raw: value.to_string(), line: lineno, origin: 0 })
+                }
             }
         }
         Ok(kf)
@@ -162,6 +188,21 @@ impl KeyFile {
     /// The group named `name`, if present.
     pub fn group(&self, name: &str) -> Option<&Group> {
         self.groups.iter().find(|g| g.name == name)
+    }
+
+    /// Lays `other` over this file: its groups are added, its keys replace
+    /// ours; everything taken from it is tagged with `origin` so errors can
+    /// name the file it came from (drop-in fragments, `-C` overrides).
+    pub fn merge(&mut self, other: KeyFile, origin: u32) {
+        for g in other.groups {
+            if self.group(&g.name).is_none() {
+                self.groups.push(Group { name: g.name.clone(), line: g.line, entries: Vec::new(), origin });
+            }
+            let target = self.group_mut(&g.name);
+            for e in g.entries {
+                target.set_entry(Entry { origin, ..e });
+            }
+        }
     }
 
     /// The group named `name`, created at the end if missing.
@@ -358,9 +399,9 @@ impl<'a> GroupReader<'a> {
         let Some(e) = self.take(key) else {
             return Ok(None);
         };
-        let v = unescape_string(&e.raw).map_err(|m| KeyFileError::at(e.line, m))?;
+        let v = unescape_string(&e.raw).map_err(|m| KeyFileError::at_entry(e, m))?;
         if v.is_empty() {
-            return Err(KeyFileError::at(e.line, format!("Missing value for key '{key}'")));
+            return Err(KeyFileError::at_entry(e, format!("Missing value for key '{key}'")));
         }
         Ok(Some(v))
     }
@@ -370,7 +411,7 @@ impl<'a> GroupReader<'a> {
         let Some(e) = self.take(key) else {
             return Ok(None);
         };
-        unescape_string(&e.raw).map(Some).map_err(|m| KeyFileError::at(e.line, m))
+        unescape_string(&e.raw).map(Some).map_err(|m| KeyFileError::at_entry(e, m))
     }
 
     /// A `;`-separated list.
@@ -378,7 +419,7 @@ impl<'a> GroupReader<'a> {
         let Some(e) = self.take(key) else {
             return Ok(None);
         };
-        parse_list(&e.raw).map(Some).map_err(|m| KeyFileError::at(e.line, m))
+        parse_list(&e.raw).map(Some).map_err(|m| KeyFileError::at_entry(e, m))
     }
 
     /// A boolean.
@@ -387,8 +428,8 @@ impl<'a> GroupReader<'a> {
             return Ok(None);
         };
         parse_bool(&e.raw).map(Some).ok_or_else(|| {
-            KeyFileError::at(
-                e.line,
+            KeyFileError::at_entry(
+                e,
                 format!(
                     "Key '{key}' in group '[{}]' has value '{}' which cannot be interpreted as a boolean",
                     self.group.name, e.raw
@@ -403,8 +444,8 @@ impl<'a> GroupReader<'a> {
             return Ok(None);
         };
         parse_u64(&e.raw).map(Some).ok_or_else(|| {
-            KeyFileError::at(
-                e.line,
+            KeyFileError::at_entry(
+                e,
                 format!(
                     "Key '{key}' in group '[{}]' has value '{}' which cannot be interpreted as a number",
                     self.group.name, e.raw
@@ -424,7 +465,7 @@ impl<'a> GroupReader<'a> {
         match self.used.iter().position(|u| !u) {
             Some(pos) => {
                 let e = &self.group.entries[pos];
-                Err(KeyFileError::at(e.line, format!("Invalid key '{}' in group '[{}]'", e.key, self.group.name)))
+                Err(KeyFileError::at_entry(e, format!("Invalid key '{}' in group '[{}]'", e.key, self.group.name)))
             }
             None => Ok(()),
         }

@@ -14,7 +14,7 @@ fn err(message: impl Into<String>) -> ManifestError {
 }
 
 fn err_at(line: usize, message: impl Into<String>) -> ManifestError {
-    KeyFileError { line: Some(line), message: message.into() }
+    KeyFileError { line: Some(line), message: message.into(), origin: 0 }
 }
 
 /// The RAUC feature level rota implements; `min-rauc-version` is compared with it.
