@@ -5,6 +5,7 @@ ROTA_PACKAGES=(
   build-essential pkg-config libssl-dev openssl ca-certificates curl
   squashfs-tools cryptsetup-bin e2fsprogs dosfstools
   nginx-light rauc casync dbus fuse3 time hyperfine faketime
+  grub-common mtd-utils
 )
 
 ensure_packages() {

@@ -3,5 +3,15 @@
 //! device commands of the multi-call command line.
 #![deny(missing_docs)]
 
+pub mod bootloader;
+pub mod bootslot;
+pub mod cli;
 pub mod config;
 pub mod error;
+pub mod eventlog;
+pub mod mark;
+pub mod mounts;
+pub mod report;
+pub mod status;
+pub mod system;
+pub mod tools;

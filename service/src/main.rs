@@ -2,6 +2,7 @@
 //! symlink) it behaves as RAUC's command line does.
 
 fn main() {
-    let code = rota_bundle::cli::main_with(std::env::args_os().collect(), rota_bundle::cli::commands::HOST_COMMANDS);
+    let commands = rota::cli::all_commands();
+    let code = rota_bundle::cli::main_with(std::env::args_os().collect(), &commands);
     std::process::exit(code);
 }

@@ -79,6 +79,7 @@ impl Context {
 }
 
 /// One sub-command.
+#[derive(Clone, Copy)]
 pub struct Command {
     /// Name on the command line.
     pub name: &'static str,

@@ -1,0 +1,65 @@
+//! GRUB through `grub-editenv` (one `set` call per operation).
+
+use super::Bootloader;
+use crate::error::{Result, failed};
+use crate::tools;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+pub(super) struct Grub {
+    pub(super) env: PathBuf,
+    pub(super) bootnames: Vec<String>,
+}
+
+impl Grub {
+    fn list(&self) -> Result<HashMap<String, String>> {
+        let out = tools::run("grub-editenv", &[self.env.as_os_str(), "list".as_ref()])?;
+        Ok(out.stdout.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    fn set(&self, pairs: &[String]) -> Result<()> {
+        let mut args = vec![self.env.to_string_lossy().into_owned(), "set".to_string()];
+        args.extend(pairs.iter().cloned());
+        tools::run("grub-editenv", &args).map(|_| ())
+    }
+
+    fn is_good(env: &HashMap<String, String>, b: &str) -> Result<bool> {
+        let order = env
+            .get("ORDER")
+            .ok_or_else(|| crate::error::Error::Failed("Unable to obtain ORDER from grubenv".into()))?;
+        let ok = env.get(&format!("{b}_OK"));
+        let try_ = env.get(&format!("{b}_TRY"));
+        let (Some(ok), Some(try_)) = (ok, try_) else {
+            return failed(format!("Unable to obtain {b}_OK or {b}_TRY from grubenv"));
+        };
+        Ok(order.split_whitespace().any(|o| o == b) && ok == "1" && try_ == "0")
+    }
+}
+
+impl Bootloader for Grub {
+    fn set_state(&self, b: &str, good: bool) -> Result<()> {
+        let ok = if good { "1" } else { "0" };
+        self.set(&[format!("{b}_OK={ok}"), format!("{b}_TRY=0")])
+    }
+
+    fn set_primary(&self, b: &str) -> Result<()> {
+        let mut order = vec![b.to_string()];
+        order.extend(self.bootnames.iter().filter(|n| *n != b).cloned());
+        self.set(&[format!("{b}_OK=1"), format!("{b}_TRY=0"), format!("ORDER={}", order.join(" "))])
+    }
+
+    fn get_state(&self, b: &str) -> Result<bool> {
+        Self::is_good(&self.list()?, b)
+    }
+
+    fn get_primary(&self) -> Result<String> {
+        let env = self.list()?;
+        let order = env.get("ORDER").cloned().unwrap_or_default();
+        for b in order.split_whitespace() {
+            if Self::is_good(&env, b).unwrap_or(false) {
+                return Ok(b.to_string());
+            }
+        }
+        failed("Unable to find primary boot slot")
+    }
+}

@@ -1,0 +1,35 @@
+//! `status` and `status mark-good|mark-bad|mark-active [booted|other|SLOT]`.
+
+use crate::mark::{self, MarkState};
+use crate::report::{StatusFormat, StatusReport};
+use rota_bundle::cli::{CliError, Context, fail};
+
+pub(super) fn run(ctx: &Context) -> Result<(), CliError> {
+    let format = StatusFormat::parse(ctx.args.value("output-format").unwrap_or("readable"))?;
+    let positionals = &ctx.args.positionals;
+    let action = positionals.first().map(String::as_str);
+    let state = match action {
+        None => None,
+        Some("mark-good") => Some(MarkState::Good),
+        Some("mark-bad") => Some(MarkState::Bad),
+        Some("mark-active") => Some(MarkState::Active),
+        Some(other) => return fail(format!("unknown subcommand {other}")),
+    };
+    let system = super::setup(ctx)?;
+    match state {
+        None => {
+            print!("{}", StatusReport::gather(&system).render(format, ctx.args.has("detailed")));
+            Ok(())
+        }
+        Some(state) => {
+            let identifier = positionals.get(1).map(String::as_str).unwrap_or("booted");
+            match mark::mark(&system, state, identifier) {
+                Ok(message) => {
+                    println!("{} status: {message}", ctx.prog);
+                    Ok(())
+                }
+                Err(e) => fail(format!("{} status: {e}", ctx.prog)),
+            }
+        }
+    }
+}

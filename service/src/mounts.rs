@@ -1,0 +1,109 @@
+//! The system mount table (which slot is mounted where) and mounting slots
+//! with the external `mount` tool, as RAUC does (spec §4.1, §6.2).
+
+use crate::error::{Error, Result};
+use crate::tools;
+use std::path::{Path, PathBuf};
+
+/// One mounted filesystem.
+#[derive(Debug, Clone)]
+pub struct Mount {
+    /// The source as the kernel reports it; loop devices are replaced by their backing file.
+    pub source: String,
+    /// Where it is mounted.
+    pub target: PathBuf,
+}
+
+fn unescape(s: &str) -> String {
+    let mut out = String::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            let v = u8::from_str_radix(&s[i + 1..i + 4], 8).unwrap_or(b'?');
+            out.push(v as char);
+            i += 4;
+        } else {
+            out.push(b[i] as char);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn loop_backing_file(source: &str) -> Option<String> {
+    let name = source.strip_prefix("/dev/")?;
+    let base = match name.find('p') {
+        Some(p) if name.starts_with("loop") && p > 4 => &name[..p],
+        _ => name,
+    };
+    if !base.starts_with("loop") {
+        return None;
+    }
+    let f = std::fs::read_to_string(format!("/sys/block/{base}/loop/backing_file")).ok()?;
+    Some(f.trim_end().to_string())
+}
+
+/// Reads `/proc/self/mountinfo`.
+pub fn table() -> Vec<Mount> {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let sep = fields.iter().position(|f| *f == "-")?;
+            let target = unescape(fields.get(4)?);
+            let source = unescape(fields.get(sep + 2)?);
+            let source = loop_backing_file(&source).unwrap_or(source);
+            Some(Mount { source, target: PathBuf::from(target) })
+        })
+        .collect()
+}
+
+/// Where `device` is mounted (first mount found), comparing names and real paths.
+pub fn mount_point_of(mounts: &[Mount], device: &Path) -> Option<PathBuf> {
+    let dev = device.to_string_lossy();
+    let real = std::fs::canonicalize(device).ok();
+    mounts
+        .iter()
+        .find(|m| m.source == dev || real.as_deref().is_some_and(|r| Path::new(&m.source) == r))
+        .map(|m| m.target.clone())
+}
+
+/// Mounts `device` on `dir` (created 0700 if missing) with `mount [-t type] [-o opts]`.
+pub fn mount(device: &Path, dir: &Path, fstype: Option<&str>, options: &[&str]) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::Failed(format!("Failed to create mount point {}: {e}", dir.display())))?;
+    let mut args: Vec<String> = Vec::new();
+    if let Some(t) = fstype {
+        args.extend(["-t".into(), t.into()]);
+    }
+    let opts: Vec<&str> = options.iter().copied().filter(|o| !o.is_empty()).collect();
+    if !opts.is_empty() {
+        args.extend(["-o".into(), opts.join(",")]);
+    }
+    args.push(device.to_string_lossy().into_owned());
+    args.push(dir.to_string_lossy().into_owned());
+    tools::run("mount", &args).map(|_| ())
+}
+
+/// Unmounts `dir` and removes the (then empty) directory.
+pub fn umount(dir: &Path) -> Result<()> {
+    tools::run("umount", &[dir])?;
+    let _ = std::fs::remove_dir(dir);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn octal_escapes() {
+        assert_eq!(super::unescape("/mnt/a\\040b"), "/mnt/a b");
+        assert_eq!(super::unescape("/plain"), "/plain");
+    }
+}

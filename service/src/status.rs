@@ -1,0 +1,297 @@
+//! Slot status (spec §7): what was installed into each slot and when it was
+//! activated, kept centrally in one key file (`central.raucs`) or per slot as
+//! `slot.raucs` inside the slot's own filesystem.
+
+use crate::config::StatusMode;
+use crate::error::{Error, Result};
+use rota_bundle::keyfile::{self, Group, KeyFile};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Status of one slot; all fields optional, as RAUC's readers are lenient.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlotStatus {
+    /// `bundle.compatible`.
+    pub bundle_compatible: Option<String>,
+    /// `bundle.version`.
+    pub bundle_version: Option<String>,
+    /// `bundle.description`.
+    pub bundle_description: Option<String>,
+    /// `bundle.build`.
+    pub bundle_build: Option<String>,
+    /// `bundle.hash`.
+    pub bundle_hash: Option<String>,
+    /// `status`: `ok`, `failed` or `pending`.
+    pub status: Option<String>,
+    /// `sha256` of the installed image.
+    pub sha256: Option<String>,
+    /// `size` of the installed image.
+    pub size: Option<u64>,
+    /// `installed.transaction`.
+    pub installed_transaction: Option<String>,
+    /// `installed.timestamp`.
+    pub installed_timestamp: Option<String>,
+    /// `installed.count`.
+    pub installed_count: u64,
+    /// `activated.timestamp`.
+    pub activated_timestamp: Option<String>,
+    /// `activated.count`.
+    pub activated_count: u64,
+}
+
+const STRING_KEYS: [&str; 10] = [
+    "bundle.compatible",
+    "bundle.version",
+    "bundle.description",
+    "bundle.build",
+    "bundle.hash",
+    "status",
+    "sha256",
+    "installed.transaction",
+    "installed.timestamp",
+    "activated.timestamp",
+];
+
+impl SlotStatus {
+    fn field(&mut self, key: &str) -> Option<&mut Option<String>> {
+        Some(match key {
+            "bundle.compatible" => &mut self.bundle_compatible,
+            "bundle.version" => &mut self.bundle_version,
+            "bundle.description" => &mut self.bundle_description,
+            "bundle.build" => &mut self.bundle_build,
+            "bundle.hash" => &mut self.bundle_hash,
+            "status" => &mut self.status,
+            "sha256" => &mut self.sha256,
+            "installed.transaction" => &mut self.installed_transaction,
+            "installed.timestamp" => &mut self.installed_timestamp,
+            "activated.timestamp" => &mut self.activated_timestamp,
+            _ => return None,
+        })
+    }
+
+    /// Reads a status group; garbage numbers count as 0, unknown keys are ignored.
+    pub fn from_group(g: &Group) -> SlotStatus {
+        let mut s = SlotStatus::default();
+        for e in &g.entries {
+            let value = keyfile::unescape_string(&e.raw).unwrap_or_else(|_| e.raw.clone());
+            match e.key.as_str() {
+                "size" => s.size = value.parse().ok(),
+                "installed.count" => s.installed_count = value.parse().unwrap_or(0),
+                "activated.count" => s.activated_count = value.parse().unwrap_or(0),
+                k => {
+                    if let Some(f) = s.field(k) {
+                        *f = Some(value);
+                    }
+                }
+            }
+        }
+        for ts in [&s.installed_timestamp, &s.activated_timestamp].into_iter().flatten() {
+            if humantime::parse_rfc3339(ts).is_err() {
+                tracing::warn!("Failed to parse timestamp '{ts}' in slot status");
+            }
+        }
+        s
+    }
+
+    /// Writes the status into a group, in RAUC's key order.
+    pub fn to_group(&self, name: &str) -> Group {
+        let mut g = Group::new(name);
+        let mut copy = self.clone();
+        for key in &STRING_KEYS[..7] {
+            if let Some(v) = copy.field(key).and_then(|f| f.clone()) {
+                g.set_string(key, &v);
+            }
+            if *key == "sha256"
+                && let Some(n) = self.size
+            {
+                g.set_raw("size", n.to_string());
+            }
+        }
+        for key in &STRING_KEYS[7..9] {
+            if let Some(v) = copy.field(key).and_then(|f| f.clone()) {
+                g.set_string(key, &v);
+            }
+        }
+        if self.installed_count > 0 {
+            g.set_raw("installed.count", self.installed_count.to_string());
+        }
+        if let Some(t) = &self.activated_timestamp {
+            g.set_string("activated.timestamp", t);
+        }
+        if self.activated_count > 0 {
+            g.set_raw("activated.count", self.activated_count.to_string());
+        }
+        g
+    }
+}
+
+/// The current time as RAUC writes it: `YYYY-MM-DDTHH:MM:SSZ` (UTC).
+pub fn now_timestamp() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// Writes `data` to `path` atomically: temporary file in the same directory, fsync, rename.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let fail = |e: std::io::Error| Error::Failed(format!("Failed to write status file {}: {e}", path.display()));
+    let mut tmp = tempfile::Builder::new().prefix(".rota-").tempfile_in(dir).map_err(fail)?;
+    tmp.write_all(data).map_err(fail)?;
+    use std::os::unix::fs::PermissionsExt;
+    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(fail)?;
+    tmp.as_file().sync_all().map_err(fail)?;
+    tmp.persist(path).map_err(|e| fail(e.error))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// The central status file.
+#[derive(Debug, Clone)]
+pub struct CentralFile {
+    /// Its path.
+    pub path: PathBuf,
+}
+
+impl CentralFile {
+    /// Reads the file; a missing file is empty, an unparsable one is moved to `<file>.broken`.
+    pub fn read(&self) -> KeyFile {
+        match std::fs::read_to_string(&self.path) {
+            Ok(text) => match KeyFile::parse(&text) {
+                Ok(kf) => kf,
+                Err(e) => {
+                    let broken = PathBuf::from(format!("{}.broken", self.path.display()));
+                    tracing::warn!(
+                        "Status file {} is unparsable ({e}); moved to {}",
+                        self.path.display(),
+                        broken.display()
+                    );
+                    let _ = std::fs::rename(&self.path, &broken);
+                    KeyFile::default()
+                }
+            },
+            Err(_) => KeyFile::default(),
+        }
+    }
+
+    /// The status of `slot` (empty if unknown).
+    pub fn slot(&self, slot: &str) -> SlotStatus {
+        self.read().group(&format!("slot.{slot}")).map(SlotStatus::from_group).unwrap_or_default()
+    }
+
+    /// Replaces the status of the given slots, keeping every other group.
+    pub fn update(&self, slots: &[(&str, &SlotStatus)]) -> Result<()> {
+        let mut kf = self.read();
+        for (name, status) in slots {
+            let gname = format!("slot.{name}");
+            let g = status.to_group(&gname);
+            match kf.groups.iter_mut().find(|x| x.name == gname) {
+                Some(existing) => *existing = g,
+                None => kf.groups.push(g),
+            }
+        }
+        self.write(&kf)
+    }
+
+    /// Sets a key of the `[system]` group.
+    pub fn set_system(&self, key: &str, value: &str) -> Result<()> {
+        let mut kf = self.read();
+        let pos = kf.groups.iter().position(|g| g.name == "system");
+        if pos.is_none() {
+            kf.groups.insert(0, Group::new("system"));
+        }
+        kf.group_mut("system").set_string(key, value);
+        self.write(&kf)
+    }
+
+    /// A key of the `[system]` group.
+    pub fn system(&self, key: &str) -> Option<String> {
+        let kf = self.read();
+        kf.group("system").and_then(|g| g.entry(key)).map(|e| keyfile::unescape_string(&e.raw).unwrap_or_default())
+    }
+
+    fn write(&self, kf: &KeyFile) -> Result<()> {
+        if let Some(dir) = self.path.parent() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| Error::Failed(format!("Failed to create status directory {}: {e}", dir.display())))?;
+        }
+        write_atomic(&self.path, kf.to_text().as_bytes())
+    }
+}
+
+/// Name of the per-slot status file in a slot's root directory.
+pub const PER_SLOT_FILE: &str = "slot.raucs";
+
+/// Reads `slot.raucs` from a mounted slot filesystem (missing: empty).
+pub fn read_per_slot(root: &Path) -> SlotStatus {
+    std::fs::read_to_string(root.join(PER_SLOT_FILE))
+        .ok()
+        .and_then(|t| KeyFile::parse(&t).ok())
+        .and_then(|kf| kf.group("slot").map(SlotStatus::from_group))
+        .unwrap_or_default()
+}
+
+/// Writes `slot.raucs` into a mounted slot filesystem.
+pub fn write_per_slot(root: &Path, status: &SlotStatus) -> Result<()> {
+    let kf = KeyFile { groups: vec![status.to_group("slot")] };
+    write_atomic(&root.join(PER_SLOT_FILE), kf.to_text().as_bytes())
+}
+
+/// Whether `mode` keeps a central file, and its path.
+pub fn central(mode: &StatusMode) -> Option<CentralFile> {
+    match mode {
+        StatusMode::Central(p) => Some(CentralFile { path: p.clone() }),
+        StatusMode::PerSlot => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_in_rauc_key_order() {
+        let s = SlotStatus {
+            bundle_compatible: Some("Test Config".into()),
+            bundle_version: Some("2024.09-1".into()),
+            bundle_hash: Some("2b16".into()),
+            status: Some("ok".into()),
+            sha256: Some("98db".into()),
+            size: Some(262144),
+            installed_transaction: Some("c22d".into()),
+            installed_timestamp: Some("2026-11-22T03:26:56Z".into()),
+            installed_count: 3,
+            activated_timestamp: Some("2026-11-22T03:26:56Z".into()),
+            activated_count: 4,
+            ..SlotStatus::default()
+        };
+        let kf = KeyFile { groups: vec![s.to_group("slot.rootfs.1")] };
+        assert_eq!(
+            kf.to_text(),
+            "[slot.rootfs.1]\nbundle.compatible=Test Config\nbundle.version=2024.09-1\nbundle.hash=2b16\nstatus=ok\n\
+             sha256=98db\nsize=262144\ninstalled.transaction=c22d\ninstalled.timestamp=2026-11-22T03:26:56Z\n\
+             installed.count=3\nactivated.timestamp=2026-11-22T03:26:56Z\nactivated.count=4\n"
+        );
+        assert_eq!(SlotStatus::from_group(&kf.groups[0]), s);
+    }
+
+    #[test]
+    fn central_file_keeps_foreign_groups_and_survives_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = CentralFile { path: dir.path().join("central.raucs") };
+        c.set_system("boot-id", "abc").unwrap();
+        let s = SlotStatus { status: Some("ok".into()), installed_count: 1, ..Default::default() };
+        c.update(&[("rootfs.0", &s)]).unwrap();
+        assert_eq!(c.slot("rootfs.0"), s);
+        assert_eq!(c.system("boot-id").as_deref(), Some("abc"));
+        std::fs::write(&c.path, "not a key file").unwrap();
+        assert_eq!(c.slot("rootfs.0"), SlotStatus::default());
+        assert!(dir.path().join("central.raucs.broken").exists());
+        let g = KeyFile::parse("[slot.a.0]\ninstalled.count=garbage\nsize=x\n").unwrap();
+        assert_eq!(SlotStatus::from_group(&g.groups[0]).installed_count, 0);
+    }
+}

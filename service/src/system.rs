@@ -1,0 +1,304 @@
+//! The target context (spec §6.1–6.2): configuration, bootloader, the booted
+//! slot and every slot's state, the variant, and what the system-info
+//! handler reports. Built once per command (or at service start).
+
+use crate::bootloader::{self, Bootloader};
+use crate::bootslot::{self, EXTERNAL};
+use crate::config::{SlotConfig, SystemConfig, VariantSource};
+use crate::error::{Error, Result, failed};
+use crate::mounts;
+use crate::status::{self, CentralFile, SlotStatus};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// A slot's role in the running system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotState {
+    /// The slot the system runs from.
+    Booted,
+    /// A child of the booted slot.
+    Active,
+    /// Everything else: candidates for installation.
+    Inactive,
+}
+
+impl SlotState {
+    /// The name used in status output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlotState::Booted => "booted",
+            SlotState::Active => "active",
+            SlotState::Inactive => "inactive",
+        }
+    }
+}
+
+/// A configured slot with its runtime state.
+#[derive(Debug, Clone)]
+pub struct Slot {
+    /// The configuration.
+    pub config: SlotConfig,
+    /// Booted, active or inactive.
+    pub state: SlotState,
+    /// Where the slot is mounted, if it is.
+    pub mount_point: Option<PathBuf>,
+}
+
+/// Everything a device command needs to know about the system.
+pub struct System {
+    /// The configuration.
+    pub config: SystemConfig,
+    /// The bootloader backend.
+    pub bootloader: Box<dyn Bootloader>,
+    /// The boot-slot string (§6.1): a boot name, slot name, device, or `_external_`.
+    pub boot_slot: String,
+    /// Slots in configuration order.
+    pub slots: Vec<Slot>,
+    /// The variant (configured, or from the system-info handler).
+    pub variant: String,
+    /// `RAUC_*` variables reported by the system-info handler.
+    pub system_info: Vec<(String, String)>,
+}
+
+/// Runs `program` with `env`, reading stdout and stderr merged, line by line.
+pub fn run_merged(program: &Path, args: &[String], env: &[(String, String)], mut line: impl FnMut(&str)) -> Result<()> {
+    let (reader, writer) =
+        std::io::pipe().map_err(|e| Error::Failed(format!("Failed to create pipe for {}: {e}", program.display())))?;
+    let writer2 = writer.try_clone().map_err(|e| Error::Failed(format!("Failed to create pipe: {e}")))?;
+    let mut cmd = Command::new(program);
+    cmd.args(args).stdin(Stdio::null()).stdout(writer).stderr(writer2);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().map_err(|e| Error::Failed(format!("Failed to start {}: {e}", program.display())))?;
+    drop(cmd);
+    for l in BufReader::new(reader).lines() {
+        match l {
+            Ok(l) => line(&l),
+            Err(_) => break,
+        }
+    }
+    let status = child.wait().map_err(|e| Error::Failed(format!("Failed to run {}: {e}", program.display())))?;
+    match status.code() {
+        Some(0) => Ok(()),
+        Some(c) => failed(format!("Child process exited with code {c}")),
+        None => failed("Child process was killed by a signal"),
+    }
+}
+
+fn read_variant(source: &VariantSource) -> Result<String> {
+    Ok(match source {
+        VariantSource::None => String::new(),
+        VariantSource::Name(n) => n.clone(),
+        VariantSource::File(f) => {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| Error::Failed(format!("Failed to read variant file '{}': {e}", f.display())))?;
+            let text = text.strip_suffix('\n').unwrap_or(&text);
+            if text.trim() != text {
+                tracing::warn!("Variant file '{}' has surrounding blanks; trimmed", f.display());
+            }
+            text.trim().to_string()
+        }
+        VariantSource::Dtb => std::fs::read("/sys/firmware/devicetree/base/compatible")
+            .map(|b| String::from_utf8_lossy(b.split(|c| *c == 0).next().unwrap_or_default()).into_owned())
+            .map_err(|e| Error::Failed(format!("Failed to read the device tree compatible: {e}")))?,
+    })
+}
+
+/// Computes every slot's state from the boot-slot string.
+pub fn slot_states(configs: &[SlotConfig], boot_slot: &str) -> Result<Vec<SlotState>> {
+    let matches = |s: &SlotConfig| {
+        s.bootname.as_deref() == Some(boot_slot)
+            || s.name == boot_slot
+            || std::fs::canonicalize(&s.device).is_ok_and(|p| p == Path::new(boot_slot))
+            || s.device == Path::new(boot_slot)
+    };
+    let booted = configs.iter().position(matches);
+    let Some(b) = booted else {
+        if boot_slot == EXTERNAL {
+            return Ok(vec![SlotState::Inactive; configs.len()]);
+        }
+        return failed(format!("Did not find booted slot (matching '{boot_slot}')"));
+    };
+    let booted_name = &configs[b].name;
+    Ok(configs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            if i == b {
+                SlotState::Booted
+            } else if s.parent.as_ref() == Some(booted_name) {
+                SlotState::Active
+            } else {
+                SlotState::Inactive
+            }
+        })
+        .collect())
+}
+
+impl System {
+    /// Sets up the context: boot slot (`override_slot` first), slot states,
+    /// mount points, variant and system-info handler.
+    pub fn setup(config: SystemConfig, override_slot: Option<&str>) -> Result<System> {
+        let bootloader = bootloader::for_config(&config);
+        let mut system_info = Vec::new();
+        if let Some(handler) = &config.handlers.system_info {
+            if !handler.exists() {
+                return failed(format!("System-info handler '{}' does not exist", handler.display()));
+            }
+            run_merged(handler, &[], &[], |l| {
+                if l.starts_with("RAUC_")
+                    && let Some((k, v)) = l.split_once('=')
+                {
+                    system_info.push((k.to_string(), v.to_string()));
+                }
+            })
+            .map_err(|e| e.context("Failed to run system-info handler"))?;
+        }
+        let mut variant = read_variant(&config.system.variant)?;
+        if let Some((_, v)) = system_info.iter().find(|(k, _)| k == "RAUC_SYSTEM_VARIANT") {
+            variant = v.clone();
+        }
+        let boot_slot = bootslot::detect(override_slot, bootloader.as_ref())?;
+        let states = slot_states(&config.slots, &boot_slot)?;
+        let table = mounts::table();
+        let slots = config
+            .slots
+            .iter()
+            .zip(states)
+            .map(|(c, state)| Slot { config: c.clone(), state, mount_point: mounts::mount_point_of(&table, &c.device) })
+            .collect();
+        Ok(System { config, bootloader, boot_slot, slots, variant, system_info })
+    }
+
+    /// A value the system-info handler reported.
+    pub fn info(&self, key: &str) -> Option<&str> {
+        self.system_info.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// `RAUC_SYSTEM_VERSION` from the system-info handler.
+    pub fn system_version(&self) -> Option<&str> {
+        self.info("RAUC_SYSTEM_VERSION")
+    }
+
+    /// The slot named `name`.
+    pub fn slot(&self, name: &str) -> Option<&Slot> {
+        self.slots.iter().find(|s| s.config.name == name)
+    }
+
+    /// The booted slot, if one matched.
+    pub fn booted(&self) -> Option<&Slot> {
+        self.slots.iter().find(|s| s.state == SlotState::Booted)
+    }
+
+    /// The boot name of `slot` (its own, or its parent's for children).
+    pub fn bootname_of<'a>(&'a self, slot: &'a SlotConfig) -> Option<&'a str> {
+        slot.effective_bootname(&self.config.slots)
+    }
+
+    /// The central status file, if the configuration keeps one.
+    pub fn central(&self) -> Option<CentralFile> {
+        status::central(&self.config.system.status)
+    }
+
+    /// The stored status of `slot`: central file, or `slot.raucs` inside
+    /// the slot's filesystem (mounted read-only for the read if needed).
+    pub fn load_status(&self, slot: &Slot) -> SlotStatus {
+        if let Some(c) = self.central() {
+            return c.slot(&slot.config.name);
+        }
+        if !slot.config.slot_type.is_mountable() {
+            return SlotStatus::default();
+        }
+        if let Some(mp) = &slot.mount_point {
+            return status::read_per_slot(mp);
+        }
+        let dir = self.config.system.mount_prefix.join(&slot.config.name);
+        let fstype = slot.config.slot_type.as_str();
+        match mounts::mount(&slot.config.device, &dir, Some(fstype), &["ro"]) {
+            Ok(()) => {
+                let s = status::read_per_slot(&dir);
+                if let Err(e) = mounts::umount(&dir) {
+                    tracing::warn!("{e}");
+                }
+                s
+            }
+            Err(e) => {
+                tracing::debug!("Cannot read status of {}: {e}", slot.config.name);
+                SlotStatus::default()
+            }
+        }
+    }
+
+    /// Saves the status of `slot` (central file, or per slot with the slot mounted).
+    pub fn save_status(&self, slot: &Slot, status: &SlotStatus) -> Result<()> {
+        if let Some(c) = self.central() {
+            return c.update(&[(&slot.config.name, status)]);
+        }
+        if !slot.config.slot_type.is_mountable() {
+            tracing::debug!("Not saving status of {}: no central status file and not mountable", slot.config.name);
+            return Ok(());
+        }
+        if let Some(mp) = &slot.mount_point {
+            return status::write_per_slot(mp, status);
+        }
+        let dir = self.config.system.mount_prefix.join(&slot.config.name);
+        mounts::mount(&slot.config.device, &dir, Some(slot.config.slot_type.as_str()), &[])?;
+        let r = status::write_per_slot(&dir, status);
+        mounts::umount(&dir)?;
+        r
+    }
+
+    /// The boot status of `slot` as status output shows it: `good`, `bad` or `unknown`.
+    pub fn boot_status(&self, slot: &SlotConfig) -> Option<&'static str> {
+        let b = slot.bootname.as_deref()?;
+        Some(match self.bootloader.get_state(b) {
+            Ok(true) => "good",
+            Ok(false) => "bad",
+            Err(e) => {
+                tracing::debug!("Failed to get boot state of {b}: {e}");
+                "unknown"
+            }
+        })
+    }
+
+    /// The slot name the bootloader will boot next.
+    pub fn primary(&self) -> Result<String> {
+        let b = self.bootloader.get_primary()?;
+        self.config
+            .slots
+            .iter()
+            .find(|s| s.bootname.as_deref() == Some(&b))
+            .map(|s| s.name.clone())
+            .ok_or_else(|| Error::Failed(format!("Bootloader returned unknown primary '{b}'")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_text;
+
+    fn config() -> SystemConfig {
+        load_text(
+            "[system]\ncompatible=c\nbootloader=noop\n[slot.rootfs.0]\ndevice=/dev/a\nbootname=A\n\
+             [slot.rootfs.1]\ndevice=/dev/b\nbootname=B\n[slot.appfs.0]\ndevice=/dev/c\nparent=rootfs.0\n\
+             [slot.appfs.1]\ndevice=/dev/d\nparent=rootfs.1\n",
+            "t",
+            Path::new("/"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn states_from_bootname_name_or_device() {
+        use SlotState::*;
+        let c = config();
+        assert_eq!(slot_states(&c.slots, "A").unwrap(), [Booted, Inactive, Active, Inactive]);
+        assert_eq!(slot_states(&c.slots, "rootfs.1").unwrap(), [Inactive, Booted, Inactive, Active]);
+        assert_eq!(slot_states(&c.slots, "/dev/b").unwrap(), [Inactive, Booted, Inactive, Active]);
+        assert_eq!(slot_states(&c.slots, EXTERNAL).unwrap(), [Inactive; 4]);
+        assert_eq!(slot_states(&c.slots, "Z").unwrap_err().to_string(), "Did not find booted slot (matching 'Z')");
+    }
+}

@@ -1,0 +1,115 @@
+//! A simulated device for device-side tests: file-backed slots, a
+//! `system.conf`, a kernel command line file (`ROTA_CMDLINE_PATH`) and the
+//! recording fakes of `tests/fakes` first on `PATH` (see its README: only
+//! hardware-bound tools are faked; GRUB uses the real `grub-editenv`).
+
+use crate::{Run, rota, rota_as_rauc, run, workspace};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// One simulated device in a directory.
+pub struct Device {
+    /// Root directory of the device.
+    pub dir: PathBuf,
+}
+
+impl Device {
+    /// A device in `dir` (emptied first) with `system.conf` = `conf`.
+    pub fn new(dir: impl Into<PathBuf>, conf: &str) -> Device {
+        let dir = dir.into();
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("fake")).unwrap();
+        let d = Device { dir };
+        d.write_conf(conf);
+        d.boot("rauc.slot=A");
+        d
+    }
+
+    /// Replaces `system.conf`.
+    pub fn write_conf(&self, conf: &str) {
+        fs::write(self.conf(), conf).unwrap();
+    }
+
+    /// Path of `system.conf`.
+    pub fn conf(&self) -> PathBuf {
+        self.dir.join("system.conf")
+    }
+
+    /// Path of a file in the device directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Creates a file-backed slot image of `size` bytes filled with `byte`.
+    pub fn slot_file(&self, name: &str, size: usize, byte: u8) -> PathBuf {
+        let p = self.path(name);
+        fs::write(&p, vec![byte; size]).unwrap();
+        p
+    }
+
+    /// Sets the kernel command line the device "booted" with.
+    pub fn boot(&self, cmdline: &str) {
+        fs::write(self.path("cmdline"), format!("{cmdline}\n")).unwrap();
+    }
+
+    /// Directory the fakes keep their state in.
+    pub fn fake_state(&self) -> PathBuf {
+        self.path("fake")
+    }
+
+    /// Writes a fake's state file.
+    pub fn fake_file(&self, name: &str, text: &str) {
+        fs::write(self.fake_state().join(name), text).unwrap();
+    }
+
+    /// Reads a fake's state file.
+    pub fn fake_read(&self, name: &str) -> String {
+        fs::read_to_string(self.fake_state().join(name)).unwrap_or_default()
+    }
+
+    /// The calls the fakes recorded so far, and clears the record.
+    pub fn take_calls(&self) -> Vec<String> {
+        let p = self.fake_state().join("calls.log");
+        let text = fs::read_to_string(&p).unwrap_or_default();
+        let _ = fs::remove_file(&p);
+        text.lines().map(str::to_string).collect()
+    }
+
+    fn prepare(&self, mut cmd: Command) -> Command {
+        let path = std::env::var("PATH").unwrap_or_default();
+        cmd.env("ROTA_CMDLINE_PATH", self.path("cmdline"))
+            .env("FAKE_STATE", self.fake_state())
+            .env("PATH", format!("{}:{path}", fakes_dir().display()))
+            .env_remove("DBUS_STARTER_BUS_TYPE")
+            .arg(format!("--conf={}", self.conf().display()))
+            .current_dir(&self.dir);
+        cmd
+    }
+
+    /// `rota --conf=<device conf>` with the device environment.
+    pub fn rota(&self) -> Command {
+        self.prepare(rota())
+    }
+
+    /// The same, invoked as `rauc`.
+    pub fn rauc(&self) -> Command {
+        self.prepare(rota_as_rauc())
+    }
+
+    /// Runs `rota <args>` on the device.
+    pub fn run(&self, args: &[&str]) -> Run {
+        run(self.rota().args(args))
+    }
+}
+
+/// The directory of the recording fakes.
+pub fn fakes_dir() -> PathBuf {
+    workspace().join("tests/fakes")
+}
+
+/// `grub-editenv <env> list` as `KEY=value` lines.
+pub fn grubenv(env: &Path) -> Vec<String> {
+    let out = run(Command::new("grub-editenv").arg(env).arg("list")).ok();
+    out.stdout.lines().map(str::to_string).collect()
+}
