@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod eventlog;
+pub mod install;
 pub mod mark;
 pub mod mounts;
 pub mod report;

@@ -172,6 +172,14 @@ impl System {
         Ok(System { config, bootloader, boot_slot, slots, variant, system_info })
     }
 
+    /// Re-reads the mount table (spec §6.4 step 2).
+    pub fn refresh_mounts(&mut self) {
+        let table = mounts::table();
+        for s in &mut self.slots {
+            s.mount_point = mounts::mount_point_of(&table, &s.config.device);
+        }
+    }
+
     /// A value the system-info handler reported.
     pub fn info(&self, key: &str) -> Option<&str> {
         self.system_info.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())

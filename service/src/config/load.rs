@@ -138,7 +138,11 @@ pub fn load(explicit: Option<&Path>, overrides: &[String]) -> Result<SystemConfi
     }
     let origins = Origins { names };
     let base = main.as_deref().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
-    let base = std::path::absolute(&base).unwrap_or(base);
+    let base = if base.as_os_str().is_empty() {
+        std::env::current_dir().unwrap_or_default()
+    } else {
+        std::path::absolute(&base).unwrap_or(base)
+    };
     let mut config = super::sections::interpret(&kf, &origins, &base)?;
     config.path = main;
     config.sources = sources;

@@ -1,0 +1,172 @@
+//! Filesystem slots filled from an archive (spec §4.2 TAR-EXT4 / TAR-VFAT,
+//! `emptyfs`): mkfs, mount, extract the tar stream from the verified bundle
+//! through GNU tar (xattrs and file capabilities kept on ext4), unmount.
+
+use super::write::stream_hashed;
+use crate::config::{SlotConfig, SlotType};
+use crate::error::{Error, Result, failed};
+use crate::mounts;
+use crate::tools;
+use rota_bundle::squashfs::BundleFs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// The FAT label RAUC derives from a slot name (`rootfs.1` → `ROOTFS_1`).
+pub fn vfat_label(slot_name: &str) -> String {
+    slot_name
+        .chars()
+        .take(11)
+        .map(|c| if "*?.,;:/\\|+=<>[]\"".contains(c) { '_' } else { c.to_ascii_uppercase() })
+        .collect()
+}
+
+/// Creates the slot's filesystem.
+pub fn mkfs(slot: &SlotConfig) -> Result<()> {
+    let dev = slot.device.to_string_lossy().into_owned();
+    let mut args: Vec<String> = Vec::new();
+    let program = match slot.slot_type {
+        SlotType::Ext4 => {
+            args.push("-F".into());
+            if slot.name.len() <= 16 {
+                args.extend(["-L".into(), slot.name.clone()]);
+            }
+            args.push("-I256".into());
+            "mkfs.ext4"
+        }
+        SlotType::Vfat => {
+            args.extend(["-n".into(), vfat_label(&slot.name)]);
+            "mkfs.vfat"
+        }
+        other => return failed(format!("Cannot create a filesystem on slot type '{}'", other.as_str())),
+    };
+    args.extend(slot.extra_mkfs_opts.iter().cloned());
+    args.push(dev);
+    tools::run(program, &args).map(|_| ())
+}
+
+/// The tar decompression flag for an archive name.
+fn compression_flag(filename: &str) -> Option<&'static str> {
+    let f = filename.to_ascii_lowercase();
+    if f.ends_with(".gz") || f.ends_with(".tgz") {
+        Some("-z")
+    } else if f.ends_with(".xz") {
+        Some("-J")
+    } else if f.ends_with(".zst") || f.ends_with(".zstd") {
+        Some("--zstd")
+    } else if f.ends_with(".bz2") {
+        Some("-j")
+    } else {
+        None
+    }
+}
+
+/// Extracts archive `path` of the bundle into `dir`; returns (bytes, sha256) of the archive stream.
+pub fn extract_tar(
+    fs: &BundleFs,
+    path: &str,
+    dir: &Path,
+    slot_type: SlotType,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(u64, String)> {
+    let mut cmd = Command::new("tar");
+    cmd.arg("xf").arg("-").arg("-C").arg(dir).arg("--numeric-owner");
+    if slot_type == SlotType::Vfat {
+        cmd.args(["--no-same-owner", "--no-same-permissions"]);
+    } else {
+        cmd.args(["--xattrs", "--xattrs-include=*", "--acls"]);
+    }
+    if let Some(flag) = compression_flag(path) {
+        cmd.arg(flag);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::Failed(format!("Failed to start tar: {e}")))?;
+    let stdin = child.stdin.take().expect("piped");
+    // The pipe must be closed (dropped) before waiting, or tar waits for more input.
+    let streamed = stream_hashed(fs, path, stdin, progress).map(|(n, sha, stdin)| {
+        drop(stdin);
+        (n, sha)
+    });
+    let out = child.wait_with_output().map_err(|e| Error::Failed(format!("Failed to run tar: {e}")))?;
+    if !out.status.success() {
+        let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        return failed(format!("Failed to extract '{path}': tar exited with {}: {why}", out.status));
+    }
+    streamed
+}
+
+/// Fills a FAT filesystem without mounting it (mtools): the archive is
+/// unpacked into a private temporary directory, then copied in with `mcopy`.
+/// Works on kernels without vfat support (containers).
+fn fill_vfat(fs: &BundleFs, path: &str, slot: &SlotConfig, progress: &mut dyn FnMut(u64)) -> Result<(u64, String)> {
+    let tmp = tempfile::tempdir().map_err(|e| Error::Failed(format!("Failed to create a temporary directory: {e}")))?;
+    let r = extract_tar(fs, path, tmp.path(), SlotType::Vfat, progress)?;
+    let mut entries: Vec<std::path::PathBuf> = std::fs::read_dir(tmp.path())
+        .map_err(|e| Error::Failed(format!("Failed to read extracted archive: {e}")))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    if !entries.is_empty() {
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["-s".into(), "-p".into(), "-Q".into(), "-i".into(), slot.device.clone().into()];
+        args.extend(entries.into_iter().map(Into::into));
+        args.push("::/".into());
+        let out = Command::new("mcopy")
+            .args(&args)
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .output()
+            .map_err(|e| Error::Failed(format!("Failed to start mcopy: {e}")))?;
+        if !out.status.success() {
+            return failed(format!(
+                "Failed to copy files into '{}': {}",
+                slot.device.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    std::fs::File::open(&slot.device)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::Failed(format!("Failed to sync '{}': {e}", slot.device.display())))?;
+    Ok(r)
+}
+
+/// mkfs, mount at `mount_dir`, extract (`path = None`: empty filesystem), sync, unmount.
+/// FAT slots are filled without mounting.
+pub fn install_archive(
+    fs: &BundleFs,
+    path: Option<&str>,
+    slot: &SlotConfig,
+    mount_dir: &Path,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Option<(u64, String)>> {
+    mkfs(slot)?;
+    if slot.slot_type == SlotType::Vfat {
+        return path.map(|p| fill_vfat(fs, p, slot, progress)).transpose();
+    }
+    let opts: Vec<&str> = slot.extra_mount_opts.as_deref().into_iter().collect();
+    mounts::mount(&slot.device, mount_dir, Some(slot.slot_type.as_str()), &opts)?;
+    let r = match path {
+        Some(p) => extract_tar(fs, p, mount_dir, slot.slot_type, progress).map(Some),
+        None => Ok(None),
+    };
+    let synced = tools::run("sync", &["-f".as_ref(), mount_dir.as_os_str()]).map(|_| ());
+    let unmounted = mounts::umount(mount_dir);
+    let r = r?;
+    synced?;
+    unmounted?;
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn labels() {
+        assert_eq!(super::vfat_label("rootfs.1"), "ROOTFS_1");
+        assert_eq!(super::vfat_label("bootloader.10"), "BOOTLOADER_");
+        assert_eq!(super::compression_flag("root.tar.zst"), Some("--zstd"));
+        assert_eq!(super::compression_flag("root.tar"), None);
+    }
+}

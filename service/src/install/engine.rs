@@ -1,0 +1,343 @@
+//! The install sequence (spec §6.4–6.5).
+
+use super::archive;
+use super::plan::{self, Method, Plan, check_writable};
+use super::progress::{Progress, ProgressSink};
+use super::write;
+use crate::error::{Error, Result, failed};
+use crate::eventlog::{self, Event, ids};
+use crate::status::{SlotStatus, now_timestamp};
+use crate::system::System;
+use rota_bundle::bundle::{Bundle, OpenOptions};
+use rota_bundle::manifest::{BundleFormat, Manifest};
+use rota_bundle::squashfs::BundleFs;
+
+/// What the caller asks for.
+#[derive(Default)]
+pub struct InstallArgs {
+    /// Bundle path or URL.
+    pub location: String,
+    /// How to open and verify the bundle.
+    pub open: OpenOptions,
+    /// Skip the compatible check.
+    pub ignore_compatible: bool,
+    /// Skip `min-bundle-version`.
+    pub ignore_version_limit: bool,
+    /// Transaction id (random when `None`).
+    pub transaction_id: Option<String>,
+    /// Refuse bundles whose manifest hash differs.
+    pub require_manifest_hash: Option<String>,
+}
+
+/// What an install did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The transaction id.
+    pub transaction_id: String,
+    /// Slots written (names).
+    pub written: Vec<String>,
+    /// Slot activated, if any.
+    pub activated: Option<String>,
+}
+
+/// A fresh lowercase UUIDv4 from the kernel.
+pub fn new_transaction_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| format!("{:032x}", std::time::UNIX_EPOCH.elapsed().map(|d| d.as_nanos()).unwrap_or(0)))
+}
+
+fn install_event(
+    system: &System,
+    txn: &str,
+    manifest: Option<&Manifest>,
+    hash: Option<&str>,
+    message: String,
+    id: &'static str,
+) {
+    let mut fields = vec![("TRANSACTION_ID", txn.to_string())];
+    if id != ids::INSTALL_STARTED {
+        fields.push(("BUNDLE_HASH", hash.unwrap_or("").to_string()));
+        fields.push(("BUNDLE_DESCRIPTION", manifest.and_then(|m| m.update.description.clone()).unwrap_or_default()));
+        fields.push(("BUNDLE_VERSION", manifest.and_then(|m| m.update.version.clone()).unwrap_or_default()));
+    }
+    eventlog::emit(&system.config.logs, &Event { kind: "install", message, message_id: Some(id), fields });
+}
+
+/// Runs one installation. Progress goes to `sink`; the result says which
+/// slots were written and activated.
+pub fn install(system: &mut System, args: &InstallArgs, sink: &mut dyn ProgressSink) -> Result<Outcome> {
+    let txn = args.transaction_id.clone().unwrap_or_else(new_transaction_id);
+    let short: String = txn.chars().take(8).collect();
+    install_event(system, &txn, None, None, format!("Installation {short} started"), ids::INSTALL_STARTED);
+    let mut progress = Progress::new(sink);
+    progress.begin("Installing", 0, 10);
+    let mut info: (Option<Manifest>, Option<String>) = (None, None);
+    let result = run(system, args, &txn, &mut progress, &mut info);
+    match &result {
+        Ok(_) => {
+            progress.end(true);
+            install_event(
+                system,
+                &txn,
+                info.0.as_ref(),
+                info.1.as_deref(),
+                format!("Installation {short} succeeded"),
+                ids::INSTALL_SUCCEEDED,
+            );
+        }
+        Err(e) => {
+            progress.fail_all();
+            let (verb, id) = match e {
+                Error::Rejected(_) => ("rejected", ids::INSTALL_REJECTED),
+                _ => ("failed", ids::INSTALL_FAILED),
+            };
+            install_event(
+                system,
+                &txn,
+                info.0.as_ref(),
+                info.1.as_deref(),
+                format!("Installation {short} {verb}: {e}"),
+                id,
+            );
+        }
+    }
+    result
+}
+
+fn step<T>(p: &mut Progress<'_>, text: &str, f: impl FnOnce(&mut Progress<'_>) -> Result<T>) -> Result<T> {
+    p.begin(text, 1, 0);
+    let r = f(p);
+    if r.is_ok() {
+        p.end(true);
+    }
+    r
+}
+
+fn run(
+    system: &mut System,
+    args: &InstallArgs,
+    txn: &str,
+    p: &mut Progress<'_>,
+    info: &mut (Option<Manifest>, Option<String>),
+) -> Result<Outcome> {
+    step(p, "Determining slot states", |_| {
+        system.refresh_mounts();
+        Ok(())
+    })?;
+    p.begin("Checking bundle", 1, 1);
+    let bundle = step(p, "Verifying signature", |_| Ok(Bundle::open(&args.location, &args.open)?))?;
+    if let Some(expected) = &args.require_manifest_hash {
+        if bundle.format() == BundleFormat::Plain {
+            return failed("Refusing to install plain bundle when using require-manifest-hash");
+        }
+        let got = bundle.manifest_hash();
+        if &got != expected {
+            return failed(format!("Refusing to install bundle with unexpected hash (expected {expected}, got {got})"));
+        }
+    }
+    if bundle.format() == BundleFormat::Crypt && !bundle.was_encrypted() {
+        return failed("Refusing to install unencrypted crypt bundles");
+    }
+    p.end(true);
+    let manifest = bundle.manifest().clone();
+    let manifest_hash = bundle.manifest_hash();
+    *info = (Some(manifest.clone()), Some(manifest_hash.clone()));
+    let fs = step(p, "Checking manifest contents", |_| {
+        bundle.filesystem().map_err(|e| Error::Failed(format!("Failed mounting bundle: {e}")))
+    })?;
+    let group = step(p, "Determining target install group", |_| Ok(plan::target_group(system)))?;
+
+    if system.config.handlers.pre_install.is_some()
+        || system.config.handlers.post_install.is_some()
+        || manifest.hooks.filename.is_some()
+        || manifest.handler.filename.is_some()
+        || manifest.images.iter().any(|i| i.hooks.pre_install || i.hooks.install || i.hooks.post_install)
+    {
+        return failed("Hooks and install handlers are not supported by this version of rota yet");
+    }
+    if !args.ignore_compatible {
+        manifest.check_compatible(&system.config.system.compatible).map_err(Error::Rejected)?;
+    }
+    if !args.ignore_version_limit
+        && let Some(min) = &system.config.system.min_bundle_version
+    {
+        manifest.check_min_bundle_version(min).map_err(Error::Failed)?;
+    }
+    default_handler(system, &bundle, &fs, &manifest, &manifest_hash, &group, txn, p)
+        .map_err(|e| e.context("Installation error"))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn default_handler(
+    system: &System,
+    bundle: &Bundle,
+    fs: &BundleFs,
+    manifest: &Manifest,
+    manifest_hash: &str,
+    group: &[usize],
+    txn: &str,
+    p: &mut Progress<'_>,
+) -> Result<Outcome> {
+    let variant = (!system.variant.is_empty()).then_some(system.variant.as_str());
+    let images = manifest.select_images(variant).map_err(Error::Failed)?;
+    let plans = plan::plans(system, group, &images)?;
+    // Pre-checks for every plan before anything is written.
+    for pl in &plans {
+        let slot = &system.slots[pl.slot];
+        if let Some(f) = &pl.image.filename
+            && fs.entry(f).is_none()
+        {
+            return failed(format!("Source image '{f}' not found in bundle"));
+        }
+        if !slot.config.device.exists() {
+            return failed(format!(
+                "Destination device '{}' for slot '{}' not found",
+                slot.config.device.display(),
+                slot.config.name
+            ));
+        }
+        check_writable(system, pl.slot, pl.method == Method::Hook)?;
+    }
+    let boot_mark = plans
+        .iter()
+        .map(|pl| &system.slots[pl.slot])
+        .find(|s| s.config.bootname.is_some() && s.config.parent.is_none());
+    if let Some(s) = boot_mark {
+        let b = s.config.bootname.as_deref().expect("has bootname");
+        system
+            .bootloader
+            .set_state(b, false)
+            .map_err(|e| Error::Failed(format!("Failed marking slot {} non-bootable (bad): {e}", s.config.name)))?;
+    }
+    p.begin("Updating slots", 6, 10 * plans.len() as u32);
+    let mut written = Vec::new();
+    for pl in &plans {
+        update_slot(system, fs, manifest, manifest_hash, pl, txn, p)?;
+        written.push(system.slots[pl.slot].config.name.clone());
+    }
+    p.end(true);
+    let _ = bundle;
+    let mut activated = None;
+    if let Some(s) = boot_mark
+        && system.config.system.activate_installed
+    {
+        let b = s.config.bootname.as_deref().expect("has bootname");
+        system.bootloader.set_primary(b).map_err(|e| {
+            Error::Failed(format!("Failed marking slot {} bootable (active/primary): {e}", s.config.name))
+        })?;
+        let mut st = system.load_status(s);
+        st.activated_timestamp = Some(now_timestamp());
+        st.activated_count += 1;
+        system.save_status(s, &st)?;
+        activated = Some(s.config.name.clone());
+    }
+    Ok(Outcome { transaction_id: txn.to_string(), written, activated })
+}
+
+fn update_slot(
+    system: &System,
+    fs: &BundleFs,
+    manifest: &Manifest,
+    manifest_hash: &str,
+    pl: &Plan<'_>,
+    txn: &str,
+    p: &mut Progress<'_>,
+) -> Result<()> {
+    let slot = &system.slots[pl.slot];
+    let name = &slot.config.name;
+    let check_text = match &slot.config.bootname {
+        Some(b) => format!("Checking slot {name} ({b})"),
+        None => format!("Checking slot {name}"),
+    };
+    let image = pl.image;
+    let (previous, skip) = step(p, &check_text, |_| {
+        if let Some(mp) = &slot.mount_point {
+            return failed(format!("Slot '{}' still mounted at {}", slot.config.device.display(), mp.display()));
+        }
+        let previous = system.load_status(slot);
+        let skip = !slot.config.install_same
+            && previous.status.as_deref() == Some("ok")
+            && previous.sha256.is_some()
+            && previous.sha256 == image.sha256;
+        if !skip && let Some(c) = system.central() {
+            let pending = SlotStatus { status: Some("pending".into()), sha256: None, size: None, ..previous.clone() };
+            c.update(&[(name, &pending)])?;
+        }
+        Ok((previous, skip))
+    })?;
+    let fresh = |status: &str| SlotStatus {
+        bundle_compatible: Some(manifest.update.compatible.clone()),
+        bundle_version: manifest.update.version.clone(),
+        bundle_description: manifest.update.description.clone(),
+        bundle_build: manifest.update.build.clone(),
+        bundle_hash: Some(manifest_hash.to_string()),
+        status: Some(status.to_string()),
+        sha256: image.sha256.clone(),
+        size: image.size,
+        installed_transaction: Some(txn.to_string()),
+        installed_timestamp: Some(now_timestamp()),
+        installed_count: previous.installed_count + 1,
+        activated_timestamp: None,
+        activated_count: previous.activated_count,
+    };
+    if skip {
+        p.begin("Copying image skipped", 9, 0);
+        p.end(true);
+        return system.save_status(slot, &fresh("ok"));
+    }
+    p.begin(&format!("Copying image to {name}"), 9, 0);
+    eventlog::emit(
+        &system.config.logs,
+        &Event { kind: "writeslot", message: format!("Updating slot {name}"), message_id: None, fields: vec![] },
+    );
+    let total = image.size.unwrap_or(0).max(1) as f64;
+    let r = {
+        let mut on_bytes = |n: u64| p.fraction(n as f64 / total);
+        write_image(system, fs, pl, &mut on_bytes)
+    };
+    if let Err(e) = r {
+        let failed_status = SlotStatus { status: Some("failed".into()), ..fresh("failed") };
+        if let Err(se) = system.save_status(slot, &failed_status) {
+            tracing::warn!("Failed to save status of {name}: {se}");
+        }
+        return Err(Error::Failed(format!("Failed updating slot {name}: {e}")));
+    }
+    system.save_status(slot, &fresh("ok"))?;
+    p.end(true);
+    Ok(())
+}
+
+fn write_image(system: &System, fs: &BundleFs, pl: &Plan<'_>, progress: &mut dyn FnMut(u64)) -> Result<()> {
+    let slot = &system.slots[pl.slot].config;
+    let image = pl.image;
+    match pl.method {
+        Method::Copy | Method::ImageToFs => {
+            let f = image.filename.as_deref().expect("checked by the manifest parser");
+            write::copy_image(fs, f, &slot.device, image.size, image.sha256.as_deref(), progress)?;
+            if pl.method == Method::ImageToFs && slot.resize && slot.slot_type == crate::config::SlotType::Ext4 {
+                crate::tools::run("resize2fs", &[&slot.device])?;
+            }
+            Ok(())
+        }
+        Method::ArchiveToFs => {
+            let dir = system.config.system.mount_prefix.join(&slot.name);
+            let r = archive::install_archive(fs, image.filename.as_deref(), slot, &dir, progress)?;
+            if let (Some((bytes, sha)), Some(exp)) = (&r, image.sha256.as_deref()) {
+                if sha != exp {
+                    return failed(format!(
+                        "Image '{}' has sha256 {sha} but the manifest says {exp}",
+                        image.filename.as_deref().unwrap_or("")
+                    ));
+                }
+                if let Some(size) = image.size
+                    && size != *bytes
+                {
+                    return failed(format!("Written size ({bytes}) != image size ({size})"));
+                }
+            }
+            Ok(())
+        }
+        Method::Hook => failed("Install hooks are not supported by this version of rota yet"),
+    }
+}

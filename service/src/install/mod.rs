@@ -1,0 +1,9 @@
+//! The install engine (spec §6): verify the bundle, choose the target slot
+//! group, run handlers and hooks, write every image, check what was written,
+//! record slot status, and only then switch the bootloader.
+
+pub mod archive;
+pub mod engine;
+pub mod plan;
+pub mod progress;
+pub mod write;

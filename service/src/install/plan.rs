@@ -1,0 +1,162 @@
+//! What gets written where (spec §6.3, §6.5 steps 1–3, §4.2): the target
+//! slot group, one plan per image with its write method, and the one guard
+//! that keeps the booted slot, its group and mounted slots from being written.
+
+use crate::config::SlotType;
+use crate::error::{Error, Result, failed};
+use crate::status::SlotStatus;
+use crate::system::{SlotState, System};
+use rota_bundle::manifest::{Image, ImageType};
+
+/// How an image reaches its slot (spec §4.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// Byte copy to the device (raw slots, filesystem images into filesystem slots).
+    Copy,
+    /// Byte copy of a filesystem image; hooks see the slot mounted.
+    ImageToFs,
+    /// mkfs, mount, extract the archive (or nothing for `emptyfs`), unmount.
+    ArchiveToFs,
+    /// The image's `install` hook does everything.
+    Hook,
+}
+
+/// One image to write into one slot.
+#[derive(Debug, Clone)]
+pub struct Plan<'m> {
+    /// The manifest image.
+    pub image: &'m Image,
+    /// Index into `System::slots`.
+    pub slot: usize,
+    /// How it is written.
+    pub method: Method,
+}
+
+/// The write method for `image` into a slot of `slot_type`, or RAUC's error.
+pub fn method_for(image: &Image, slot_type: SlotType) -> Result<Method> {
+    if image.hooks.install {
+        return Ok(Method::Hook);
+    }
+    use ImageType as I;
+    use SlotType as S;
+    let Some(t) = image.image_type() else {
+        return failed(format!(
+            "Unable to map extension of file '{}' to known image type",
+            image.filename.as_deref().unwrap_or("")
+        ));
+    };
+    let m = match (t, slot_type) {
+        (I::Raw | I::Ext4 | I::Vfat | I::Squashfs, S::Raw) => Some(Method::Copy),
+        (I::Raw, S::Jffs2) => Some(Method::Copy),
+        (I::Raw | I::Ext4, S::Ext4) | (I::Raw | I::Vfat, S::Vfat) => Some(Method::ImageToFs),
+        (I::Tar, S::Ext4 | S::Vfat) | (I::Emptyfs, S::Ext4) => Some(Method::ArchiveToFs),
+        _ => None,
+    };
+    m.ok_or_else(|| Error::Failed(format!("Unsupported image type '{t}' for slot type '{}'", slot_type.as_str())))
+}
+
+/// The single guard for every write: never the booted slot, nothing in its
+/// group, nothing mounted (unless `allow-mounted` and an install hook does the write).
+pub fn check_writable(system: &System, slot: usize, by_install_hook: bool) -> Result<()> {
+    let s = &system.slots[slot];
+    let booted = system.booted();
+    let same_group = booted.is_some_and(|b| {
+        let root_of = |name: &str, parent: &Option<String>| parent.clone().unwrap_or_else(|| name.to_string());
+        root_of(&b.config.name, &b.config.parent) == root_of(&s.config.name, &s.config.parent)
+    });
+    if s.state != SlotState::Inactive || same_group {
+        return failed(format!("Refusing to write slot {}: it belongs to the booted slot group", s.config.name));
+    }
+    if s.config.readonly {
+        return failed(format!("Slot {} is readonly", s.config.name));
+    }
+    if s.mount_point.is_some() {
+        let d = s.config.device.display();
+        if !s.config.allow_mounted {
+            return failed(format!("Destination device '{d}' already mounted"));
+        }
+        if !by_install_hook {
+            return failed(format!("Mounted device '{d}' may only be updated by a custom install hook"));
+        }
+    }
+    Ok(())
+}
+
+fn timestamp_key(st: &SlotStatus) -> Option<std::time::SystemTime> {
+    st.installed_timestamp.as_deref().and_then(|t| humantime::parse_rfc3339(t).ok())
+}
+
+/// The target group (spec §6.3): for each root class one inactive slot —
+/// the first that failed or was never installed, else the least recently
+/// installed — plus its children. Returns indices into `System::slots`.
+pub fn target_group(system: &System) -> Vec<usize> {
+    let mut roots: Vec<&str> = Vec::new();
+    for s in system.slots.iter().filter(|s| s.config.parent.is_none()) {
+        if !roots.contains(&s.config.class.as_str()) {
+            roots.push(&s.config.class);
+        }
+    }
+    let mut chosen: Vec<usize> = Vec::new();
+    for class in roots {
+        let candidates: Vec<usize> = (0..system.slots.len())
+            .filter(|&i| {
+                let s = &system.slots[i];
+                s.config.class == class
+                    && s.config.parent.is_none()
+                    && s.state == SlotState::Inactive
+                    && check_writable(system, i, false).is_ok()
+            })
+            .collect();
+        let mut best: Option<(usize, std::time::SystemTime)> = None;
+        let mut pick = None;
+        for &i in &candidates {
+            let st = system.load_status(&system.slots[i]);
+            match timestamp_key(&st) {
+                None => {
+                    pick = Some(i);
+                    break;
+                }
+                Some(_) if st.status.as_deref() == Some("failed") => {
+                    pick = Some(i);
+                    break;
+                }
+                Some(t) => {
+                    if best.is_none_or(|(_, bt)| t < bt) {
+                        best = Some((i, t));
+                    }
+                }
+            }
+        }
+        if let Some(i) = pick.or(best.map(|(i, _)| i)) {
+            chosen.push(i);
+        }
+    }
+    let mut group = Vec::new();
+    for (i, s) in system.slots.iter().enumerate() {
+        let root = s.config.parent.as_deref().unwrap_or(&s.config.name);
+        if chosen.iter().any(|&c| system.slots[c].config.name == root) {
+            group.push(i);
+        }
+    }
+    group
+}
+
+/// One plan per selected image (spec §6.5 step 1), every error before anything is written.
+pub fn plans<'m>(system: &System, group: &[usize], images: &[&'m Image]) -> Result<Vec<Plan<'m>>> {
+    let mut out = Vec::new();
+    for image in images {
+        let f = image.filename.as_deref().unwrap_or("");
+        let Some(&slot) = group.iter().find(|&&i| system.slots[i].config.class == image.slotclass) else {
+            return failed(format!("No target slot for class '{}' of image '{f}' found", image.slotclass));
+        };
+        if system.slots[slot].config.readonly {
+            return failed(format!("Target slot for class '{}' of image '{f}' is readonly", image.slotclass));
+        }
+        let method = method_for(image, system.slots[slot].config.slot_type)?;
+        out.push(Plan { image, slot, method });
+    }
+    if out.is_empty() {
+        return failed("No installable image found");
+    }
+    Ok(out)
+}
