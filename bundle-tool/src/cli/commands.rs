@@ -139,9 +139,8 @@ fn keyring_for(ctx: &Context, config: &Keyring, option: &str) -> Keyring {
     }
 }
 
-/// Open options from command line and configuration.
-fn open_options(ctx: &Context, use_config: bool) -> Result<OpenOptions, CliError> {
-    let conf = if use_config { ctx.host_config()? } else { Default::default() };
+/// HTTP options from the TLS/header command-line options and `conf`.
+pub fn http_options(ctx: &Context, conf: &crate::hostconfig::HostConfig) -> Result<HttpOptions, CliError> {
     let mut http = HttpOptions {
         tls_ca: ctx.path("tls-ca").or(conf.tls_ca.clone()),
         tls_cert: ctx.path("tls-cert").or(conf.tls_cert.clone()),
@@ -153,6 +152,13 @@ fn open_options(ctx: &Context, use_config: bool) -> Result<OpenOptions, CliError
     for h in ctx.args.values("http-header") {
         http.headers.push(parse_header(h)?);
     }
+    Ok(http)
+}
+
+/// Open options from command line and configuration.
+fn open_options(ctx: &Context, use_config: bool) -> Result<OpenOptions, CliError> {
+    let conf = if use_config { ctx.host_config()? } else { Default::default() };
+    let http = http_options(ctx, &conf)?;
     Ok(OpenOptions {
         verify: VerifyOptions {
             keyring: keyring_for(ctx, &conf.keyring, "keyring"),

@@ -1,6 +1,7 @@
 //! The device commands of the multi-call binary (direct mode, no service):
 //! `status` with `mark-*`, `install`, `write-slot` and `mount`.
 
+mod install;
 mod status;
 
 use crate::config::{self, SystemConfig};
@@ -17,17 +18,46 @@ const STATUS_OPTS: &[OptSpec] = &[
     OVERRIDE_BOOT_SLOT,
 ];
 
+const INSTALL_OPTS: &[OptSpec] = &[
+    OptSpec::flag("ignore-compatible", "install even if the compatible does not match"),
+    OptSpec::flag("ignore-version-limit", "install even if the version is below min-bundle-version"),
+    OptSpec::value("transaction-id", "UUID", "transaction id to use"),
+    OptSpec::value("require-manifest-hash", "HASH", "install only a bundle with this manifest hash"),
+    OptSpec::flag("progress", "show a progress bar"),
+    OptSpec::value("handler-args", "ARGS", "extra arguments for the full custom handler"),
+    OptSpec::value("keyring", "PEMFILE", "trust anchors (instead of the configured keyring)"),
+    OVERRIDE_BOOT_SLOT,
+    OptSpec::value("key", "PEMFILE|PKCS11-URL", "private key to decrypt an encrypted bundle"),
+    OptSpec::value("tls-cert", "PEMFILE|PKCS11-URL", "TLS client certificate"),
+    OptSpec::value("tls-key", "PEMFILE|PKCS11-URL", "TLS client key"),
+    OptSpec::value("tls-ca", "PEMFILE", "CA certificates for the HTTPS server"),
+    OptSpec::flag("tls-no-verify", "do not check the HTTPS server certificate"),
+    OptSpec::value("http-header", "'NAME: VALUE'", "extra HTTP header (repeatable)").short('H'),
+];
+
 /// The device commands, in help order.
-pub const DEVICE_COMMANDS: &[Command] = &[Command {
-    name: "status",
-    usage: "[mark-good|mark-bad|mark-active [booted|other|SLOTNAME]]",
-    summary: "Show system status or mark slots",
-    group_title: "Status options:",
-    options: STATUS_OPTS,
-    positionals: (0, 2),
-    missing_args: "",
-    run: status::run,
-}];
+pub const DEVICE_COMMANDS: &[Command] = &[
+    Command {
+        name: "install",
+        usage: "<BUNDLE>",
+        summary: "Install a bundle",
+        group_title: "Install options:",
+        options: INSTALL_OPTS,
+        positionals: (1, 1),
+        missing_args: "A bundle filename or URL must be provided",
+        run: install::run,
+    },
+    Command {
+        name: "status",
+        usage: "[mark-good|mark-bad|mark-active [booted|other|SLOTNAME]]",
+        summary: "Show system status or mark slots",
+        group_title: "Status options:",
+        options: STATUS_OPTS,
+        positionals: (0, 2),
+        missing_args: "",
+        run: status::run,
+    },
+];
 
 /// Every command of the `rota` binary: bundle commands, then device commands.
 pub fn all_commands() -> Vec<Command> {
