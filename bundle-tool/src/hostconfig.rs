@@ -142,12 +142,11 @@ pub fn parse_bundle_formats(value: &str) -> Result<Vec<BundleFormat>> {
     Ok(set)
 }
 
-fn resolve(base: &Path, value: String) -> PathBuf {
-    if value.starts_with("pkcs11:") {
-        return PathBuf::from(value);
-    }
-    let p = PathBuf::from(value);
-    if p.is_absolute() { p } else { base.join(p) }
+/// Resolves a configured path against the config file's directory, unless
+/// it is absolute or a PKCS#11 URI (spec §3.1).
+pub fn resolve(base: &Path, value: &str) -> PathBuf {
+    let p = Path::new(value);
+    if p.is_absolute() || value.starts_with("pkcs11:") { p.to_path_buf() } else { base.join(p) }
 }
 
 impl HostConfig {
@@ -190,8 +189,8 @@ impl HostConfig {
                 None => Ok(false),
             }
         };
-        c.keyring.path = get("keyring", "path")?.map(|v| resolve(&base, v));
-        c.keyring.directory = get("keyring", "directory")?.map(|v| resolve(&base, v));
+        c.keyring.path = get("keyring", "path")?.map(|v| resolve(&base, &v));
+        c.keyring.directory = get("keyring", "directory")?.map(|v| resolve(&base, &v));
         c.keyring.check_crl = get_bool("keyring", "check-crl")?;
         c.keyring.allow_partial_chain = get_bool("keyring", "allow-partial-chain")?;
         c.keyring.use_bundle_signing_time = get_bool("keyring", "use-bundle-signing-time")?;
@@ -205,8 +204,8 @@ impl HostConfig {
                 .ok_or_else(|| Error::Other(format!("Invalid max-bundle-signature-size '{v}'")))?;
         }
         c.bundle_formats = get("system", "bundle-formats")?.map(|v| parse_bundle_formats(&v)).transpose()?;
-        c.decryption_key = get("encryption", "key")?.map(|v| resolve(&base, v));
-        c.decryption_cert = get("encryption", "cert")?.map(|v| resolve(&base, v));
+        c.decryption_key = get("encryption", "key")?.map(|v| resolve(&base, &v));
+        c.decryption_cert = get("encryption", "cert")?.map(|v| resolve(&base, &v));
         c.tls_ca = get("streaming", "tls-ca")?.map(PathBuf::from);
         c.tls_cert = get("streaming", "tls-cert")?.map(PathBuf::from);
         c.tls_key = get("streaming", "tls-key")?.map(PathBuf::from);

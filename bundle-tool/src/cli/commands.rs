@@ -175,7 +175,7 @@ fn open_options(ctx: &Context, use_config: bool) -> Result<OpenOptions, CliError
 }
 
 /// Absolute path for local arguments (RAUC makes relative paths absolute), URLs unchanged.
-fn location(arg: &str) -> String {
+pub fn location(arg: &str) -> String {
     if is_remote(arg) || arg.starts_with("file://") {
         return arg.to_string();
     }

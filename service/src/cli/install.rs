@@ -9,14 +9,10 @@ use rota_bundle::signature::VerifyOptions;
 use std::io::{IsTerminal, Write};
 
 fn location(arg: &str) -> Result<String, CliError> {
-    if is_remote(arg) {
-        return Ok(arg.to_string());
-    }
-    let p = std::path::Path::new(arg);
-    if !p.exists() {
+    if !is_remote(arg) && !std::path::Path::new(arg).exists() {
         return Err(CliError { message: format!("No such file: {arg}"), code: 1 });
     }
-    Ok(std::path::absolute(p).map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|_| arg.to_string()))
+    Ok(rota_bundle::cli::commands::location(arg))
 }
 
 fn bar(percentage: i32, message: &str) {

@@ -5,7 +5,7 @@ use super::load::{ConfigError, Origins};
 use super::slots::parse_slots;
 use super::*;
 use rota_bundle::container::DEFAULT_MAX_SIGNATURE_SIZE;
-use rota_bundle::hostconfig::{AUTOMATIC_HEADERS, parse_bundle_formats};
+use rota_bundle::hostconfig::{AUTOMATIC_HEADERS, parse_bundle_formats, resolve};
 use rota_bundle::keyfile::{Entry, Group, GroupReader, KeyFile, KeyFileError, parse_size};
 use rota_bundle::signature::Purpose;
 use std::path::Path;
@@ -15,12 +15,6 @@ pub const DEFAULT_MAX_DOWNLOAD_SIZE: u64 = 8 * 1024 * 1024;
 
 const GLOBAL_GROUPS: [&str; 8] =
     ["system", "keyring", "streaming", "polling", "encryption", "casync", "autoinstall", "handlers"];
-
-/// Resolves `value` against the config file's directory unless it is absolute or a PKCS#11 URI.
-pub(super) fn resolve(base: &Path, value: &str) -> PathBuf {
-    let p = Path::new(value);
-    if p.is_absolute() || value.starts_with("pkcs11:") { p.to_path_buf() } else { base.join(p) }
-}
 
 /// Helpers around a [`GroupReader`] that produce config errors.
 pub(super) struct Reader<'a> {
