@@ -39,19 +39,6 @@ pub struct SlotStatus {
     pub activated_count: u64,
 }
 
-const STRING_KEYS: [&str; 10] = [
-    "bundle.compatible",
-    "bundle.version",
-    "bundle.description",
-    "bundle.build",
-    "bundle.hash",
-    "status",
-    "sha256",
-    "installed.transaction",
-    "installed.timestamp",
-    "activated.timestamp",
-];
-
 impl SlotStatus {
     fn field(&mut self, key: &str) -> Option<&mut Option<String>> {
         Some(match key {
@@ -96,20 +83,28 @@ impl SlotStatus {
     /// Writes the status into a group, in RAUC's key order.
     pub fn to_group(&self, name: &str) -> Group {
         let mut g = Group::new(name);
-        let mut copy = self.clone();
-        for key in &STRING_KEYS[..7] {
-            if let Some(v) = copy.field(key).and_then(|f| f.clone()) {
-                g.set_string(key, &v);
-            }
-            if *key == "sha256"
-                && let Some(n) = self.size
-            {
-                g.set_raw("size", n.to_string());
+        let strings = [
+            ("bundle.compatible", &self.bundle_compatible),
+            ("bundle.version", &self.bundle_version),
+            ("bundle.description", &self.bundle_description),
+            ("bundle.build", &self.bundle_build),
+            ("bundle.hash", &self.bundle_hash),
+            ("status", &self.status),
+            ("sha256", &self.sha256),
+        ];
+        for (key, value) in strings {
+            if let Some(v) = value {
+                g.set_string(key, v);
             }
         }
-        for key in &STRING_KEYS[7..9] {
-            if let Some(v) = copy.field(key).and_then(|f| f.clone()) {
-                g.set_string(key, &v);
+        if let Some(n) = self.size {
+            g.set_raw("size", n.to_string());
+        }
+        for (key, value) in
+            [("installed.transaction", &self.installed_transaction), ("installed.timestamp", &self.installed_timestamp)]
+        {
+            if let Some(v) = value {
+                g.set_string(key, v);
             }
         }
         if self.installed_count > 0 {

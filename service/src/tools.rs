@@ -4,7 +4,6 @@
 
 use crate::error::{Error, Result};
 use std::ffi::OsStr;
-use std::io::Write;
 use std::process::{Command, Stdio};
 
 /// What a finished program printed.
@@ -25,21 +24,14 @@ fn describe<S: AsRef<OsStr>>(program: &str, args: &[S]) -> String {
     s
 }
 
-/// Runs `program args…` with optional stdin data; fails unless it exits 0.
-pub fn run_with_input<S: AsRef<OsStr>>(program: &str, args: &[S], input: Option<&[u8]>) -> Result<Output> {
+/// Runs `program args…` (no stdin); fails unless it exits 0.
+pub fn run<S: AsRef<OsStr>>(program: &str, args: &[S]) -> Result<Output> {
     tracing::debug!("running {}", describe(program, args));
-    let mut child = Command::new(program)
+    let out = Command::new(program)
         .args(args)
-        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+        .stdin(Stdio::null())
+        .output()
         .map_err(|e| Error::Failed(format!("Failed to start {program}: {e}")))?;
-    if let Some(data) = input {
-        let mut stdin = child.stdin.take().expect("piped");
-        stdin.write_all(data).map_err(|e| Error::Failed(format!("Failed to write to {program}: {e}")))?;
-    }
-    let out = child.wait_with_output().map_err(|e| Error::Failed(format!("Failed to run {program}: {e}")))?;
     let output = Output {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -57,9 +49,4 @@ pub fn run_with_input<S: AsRef<OsStr>>(program: &str, args: &[S], input: Option<
         }));
     }
     Ok(output)
-}
-
-/// Runs `program args…`; fails unless it exits 0.
-pub fn run<S: AsRef<OsStr>>(program: &str, args: &[S]) -> Result<Output> {
-    run_with_input(program, args, None)
 }

@@ -105,9 +105,10 @@ pub fn install(system: &mut System, args: &InstallArgs, sink: &mut dyn ProgressS
     result
 }
 
-fn step<T>(p: &mut Progress<'_>, text: &str, f: impl FnOnce(&mut Progress<'_>) -> Result<T>) -> Result<T> {
+/// Runs `f` as a leaf step of weight 1; a failure leaves the step open for `fail_all`.
+fn step<T>(p: &mut Progress<'_>, text: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     p.begin(text, 1, 0);
-    let r = f(p);
+    let r = f();
     if r.is_ok() {
         p.end(true);
     }
@@ -121,12 +122,12 @@ fn run(
     p: &mut Progress<'_>,
     info: &mut (Option<Manifest>, Option<String>),
 ) -> Result<Outcome> {
-    step(p, "Determining slot states", |_| {
+    step(p, "Determining slot states", || {
         system.refresh_mounts();
         Ok(())
     })?;
     p.begin("Checking bundle", 1, 1);
-    let bundle = step(p, "Verifying signature", |_| Ok(Bundle::open(&args.location, &args.open)?))?;
+    let bundle = step(p, "Verifying signature", || Ok(Bundle::open(&args.location, &args.open)?))?;
     if let Some(expected) = &args.require_manifest_hash {
         if bundle.format() == BundleFormat::Plain {
             return failed("Refusing to install plain bundle when using require-manifest-hash");
@@ -143,10 +144,10 @@ fn run(
     let manifest = bundle.manifest().clone();
     let manifest_hash = bundle.manifest_hash();
     *info = (Some(manifest.clone()), Some(manifest_hash.clone()));
-    let fs = step(p, "Checking manifest contents", |_| {
+    let fs = step(p, "Checking manifest contents", || {
         bundle.filesystem().map_err(|e| Error::Failed(format!("Failed mounting bundle: {e}")))
     })?;
-    let group = step(p, "Determining target install group", |_| Ok(plan::target_group(system)))?;
+    let group = step(p, "Determining target install group", || Ok(plan::target_group(system)))?;
 
     if system.config.handlers.pre_install.is_some()
         || system.config.handlers.post_install.is_some()
@@ -164,14 +165,12 @@ fn run(
     {
         manifest.check_min_bundle_version(min).map_err(Error::Failed)?;
     }
-    default_handler(system, &bundle, &fs, &manifest, &manifest_hash, &group, txn, p)
-        .map_err(|e| e.context("Installation error"))
+    default_handler(system, &fs, &manifest, &manifest_hash, &group, txn, p).map_err(|e| e.context("Installation error"))
 }
 
 #[allow(clippy::too_many_arguments)]
 fn default_handler(
     system: &System,
-    bundle: &Bundle,
     fs: &BundleFs,
     manifest: &Manifest,
     manifest_hash: &str,
@@ -217,7 +216,6 @@ fn default_handler(
         written.push(system.slots[pl.slot].config.name.clone());
     }
     p.end(true);
-    let _ = bundle;
     let mut activated = None;
     if let Some(s) = boot_mark
         && system.config.system.activate_installed
@@ -251,7 +249,7 @@ fn update_slot(
         None => format!("Checking slot {name}"),
     };
     let image = pl.image;
-    let (previous, skip) = step(p, &check_text, |_| {
+    let (previous, skip) = step(p, &check_text, || {
         if let Some(mp) = &slot.mount_point {
             return failed(format!("Slot '{}' still mounted at {}", slot.config.device.display(), mp.display()));
         }
@@ -297,8 +295,7 @@ fn update_slot(
         write_image(system, fs, pl, &mut on_bytes)
     };
     if let Err(e) = r {
-        let failed_status = SlotStatus { status: Some("failed".into()), ..fresh("failed") };
-        if let Err(se) = system.save_status(slot, &failed_status) {
+        if let Err(se) = system.save_status(slot, &fresh("failed")) {
             tracing::warn!("Failed to save status of {name}: {se}");
         }
         return Err(Error::Failed(format!("Failed updating slot {name}: {e}")));
