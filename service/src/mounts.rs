@@ -14,21 +14,25 @@ pub struct Mount {
     pub target: PathBuf,
 }
 
+/// Resolves the `\NNN` octal escapes of mountinfo fields (space, tab, newline, backslash).
 fn unescape(s: &str) -> String {
-    let mut out = String::new();
     let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            let v = u8::from_str_radix(&s[i + 1..i + 4], 8).unwrap_or(b'?');
-            out.push(v as char);
-            i += 4;
-        } else {
-            out.push(b[i] as char);
-            i += 1;
+        let octal = b.get(i + 1..i + 4).filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) if b[i] == b'\\' => {
+                out.push(d.iter().fold(0u8, |v, c| v.wrapping_mul(8).wrapping_add(c - b'0')));
+                i += 4;
+            }
+            _ => {
+                out.push(b[i]);
+                i += 1;
+            }
         }
     }
-    out
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn loop_backing_file(source: &str) -> Option<String> {
@@ -105,5 +109,6 @@ mod tests {
     fn octal_escapes() {
         assert_eq!(super::unescape("/mnt/a\\040b"), "/mnt/a b");
         assert_eq!(super::unescape("/plain"), "/plain");
+        assert_eq!(super::unescape("/mnt/größe\\011x"), "/mnt/größe\tx");
     }
 }
