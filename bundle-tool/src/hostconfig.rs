@@ -71,6 +71,18 @@ pub fn automatic_headers(names: &[String], variant: Option<&str>) -> Vec<(String
         .collect()
 }
 
+/// The variant in a `variant-file`: one trailing newline removed,
+/// surrounding blanks trimmed with a warning (spec §3.2).
+pub fn read_variant_file(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Other(format!("Failed to read variant file '{}': {e}", path.display())))?;
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    if text.trim() != text {
+        tracing::warn!("Variant file '{}' has surrounding blanks; trimmed", path.display());
+    }
+    Ok(text.trim().to_string())
+}
+
 impl Default for HostConfig {
     fn default() -> Self {
         HostConfig {
@@ -223,11 +235,7 @@ impl HostConfig {
             get_bool("system", "variant-dtb")?,
         ) {
             (Some(name), _, _) => Some(name),
-            (None, Some(file), _) => {
-                let text = std::fs::read_to_string(&file)
-                    .map_err(|e| Error::Other(format!("Failed to read variant file '{file}': {e}")))?;
-                Some(text.strip_suffix('\n').unwrap_or(&text).trim().to_string())
-            }
+            (None, Some(file), _) => Some(read_variant_file(Path::new(&file))?),
             (None, None, true) => first_line("/sys/firmware/devicetree/base/compatible")
                 .map(|c| c.split('\0').next().unwrap_or_default().to_string()),
             _ => None,

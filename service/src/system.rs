@@ -91,15 +91,7 @@ fn read_variant(source: &VariantSource) -> Result<String> {
     Ok(match source {
         VariantSource::None => String::new(),
         VariantSource::Name(n) => n.clone(),
-        VariantSource::File(f) => {
-            let text = std::fs::read_to_string(f)
-                .map_err(|e| Error::Failed(format!("Failed to read variant file '{}': {e}", f.display())))?;
-            let text = text.strip_suffix('\n').unwrap_or(&text);
-            if text.trim() != text {
-                tracing::warn!("Variant file '{}' has surrounding blanks; trimmed", f.display());
-            }
-            text.trim().to_string()
-        }
+        VariantSource::File(f) => rota_bundle::hostconfig::read_variant_file(f)?,
         VariantSource::Dtb => std::fs::read("/sys/firmware/devicetree/base/compatible")
             .map(|b| String::from_utf8_lossy(b.split(|c| *c == 0).next().unwrap_or_default()).into_owned())
             .map_err(|e| Error::Failed(format!("Failed to read the device tree compatible: {e}")))?,
