@@ -38,20 +38,6 @@ impl<T: ReadAt + ?Sized> ReadAt for Arc<T> {
     }
 }
 
-impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
-    fn size(&self) -> u64 {
-        (**self).size()
-    }
-
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        (**self).read_exact_at(offset, buf)
-    }
-
-    fn read_small_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        (**self).read_small_at(offset, buf)
-    }
-}
-
 pub(crate) fn check_range(offset: u64, len: usize, size: u64) -> io::Result<()> {
     match offset.checked_add(len as u64) {
         Some(end) if end <= size => Ok(()),
