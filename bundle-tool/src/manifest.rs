@@ -139,9 +139,45 @@ impl ImageType {
         IMAGE_TYPES.iter().find(|(_, n)| *n == s).map(|(t, _)| *t)
     }
 
-    /// Derives the type from a filename with RAUC's ordered glob table.
+    /// Derives the type from a filename with RAUC's ordered glob table; beyond
+    /// RAUC, a name the table does not know that ends in a compression suffix
+    /// (`rootfs.ext4.zst`) has the type of the name without it, if that is a
+    /// raw or filesystem image type.
     pub fn from_filename(name: &str) -> Option<Self> {
-        FILENAME_PATTERNS.iter().find(|(pat, _)| glob_match(pat, name)).map(|(_, t)| *t)
+        FILENAME_PATTERNS.iter().find(|(pat, _)| glob_match(pat, name)).map(|(_, t)| *t).or_else(|| {
+            let (stem, _) = Compression::split(name)?;
+            Self::from_filename(stem).filter(|t| t.may_be_compressed())
+        })
+    }
+
+    /// Whether a file of this type may be stored stream-compressed (raw and
+    /// filesystem images; tar archives are decompressed by tar itself).
+    pub fn may_be_compressed(self) -> bool {
+        matches!(self, Self::Raw | Self::Ext4 | Self::Vfat | Self::Squashfs | Self::Ubifs)
+    }
+}
+
+/// Stream compression of a raw or filesystem image file, named by the file's
+/// suffix and undone while the image is written (beyond RAUC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// `.gz`
+    Gzip,
+    /// `.xz`
+    Xz,
+    /// `.zst`
+    Zstd,
+}
+
+const COMPRESSION_SUFFIXES: [(&str, Compression); 3] =
+    [(".gz", Compression::Gzip), (".xz", Compression::Xz), (".zst", Compression::Zstd)];
+
+impl Compression {
+    /// The name without its compression suffix, and the compression it names.
+    pub fn split(name: &str) -> Option<(&str, Compression)> {
+        COMPRESSION_SUFFIXES
+            .iter()
+            .find_map(|(suffix, c)| name.strip_suffix(suffix).filter(|s| !s.is_empty()).map(|s| (s, *c)))
     }
 }
 
@@ -307,6 +343,16 @@ impl Image {
     /// The image type: explicit, else derived from the filename.
     pub fn image_type(&self) -> Option<ImageType> {
         self.explicit_type.or_else(|| self.filename.as_deref().and_then(ImageType::from_filename))
+    }
+
+    /// The stream compression of the image file: a compression suffix on the
+    /// filename of a raw or filesystem image (see [`ImageType::from_filename`]).
+    pub fn compression(&self) -> Option<Compression> {
+        self.image_type()
+            .filter(|t| t.may_be_compressed())
+            .and(self.filename.as_deref())
+            .and_then(Compression::split)
+            .map(|(_, c)| c)
     }
 }
 
@@ -992,6 +1038,30 @@ release-notes=foo bar
             assert_eq!(ImageType::from_filename(f).map(|t| t.as_str()), Some(t), "{f}");
         }
         assert_eq!(ImageType::from_filename("a.bin"), None);
+    }
+
+    #[test]
+    fn compressed_images_keep_their_inner_type() {
+        let img =
+            |f: &str, t: Option<ImageType>| Image { filename: Some(f.into()), explicit_type: t, ..Default::default() };
+        for (f, t, c) in [
+            ("root.ext4.zst", ImageType::Ext4, Compression::Zstd),
+            ("root.img.gz", ImageType::Raw, Compression::Gzip),
+            ("boot.vfat.xz", ImageType::Vfat, Compression::Xz),
+            ("a.squashfs.zst", ImageType::Squashfs, Compression::Zstd),
+        ] {
+            assert_eq!(img(f, None).image_type(), Some(t), "{f}");
+            assert_eq!(img(f, None).compression(), Some(c), "{f}");
+        }
+        // An explicit raw type with a compression suffix is compressed too.
+        assert_eq!(img("firmware.bin.gz", Some(ImageType::Raw)).compression(), Some(Compression::Gzip));
+        // Tar archives are tar's business; unknown inner names stay unmapped.
+        assert_eq!(img("root.tar.gz", None).compression(), None);
+        assert_eq!(ImageType::from_filename("notes.txt.gz"), None);
+        assert_eq!(ImageType::from_filename("a.caidx.gz"), None);
+        assert_eq!(ImageType::from_filename(".gz"), None);
+        assert_eq!(ImageType::from_filename("root.img.bz2"), None);
+        assert_eq!(img("root.ext4", None).compression(), None);
     }
 
     #[test]
