@@ -2,12 +2,11 @@
 //! `emptyfs`): mkfs, mount, extract the tar stream from the verified bundle
 //! through GNU tar (xattrs and file capabilities kept on ext4), unmount.
 
-use super::write::stream_hashed;
+use super::write::{ImageSource, stream_hashed};
 use crate::config::{SlotConfig, SlotType};
 use crate::error::{Error, Result, failed};
 use crate::mounts;
 use crate::tools;
-use rota_bundle::squashfs::BundleFs;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -46,24 +45,22 @@ pub fn mkfs(slot: &SlotConfig) -> Result<()> {
 
 /// The tar decompression flag for an archive name.
 fn compression_flag(filename: &str) -> Option<&'static str> {
-    let f = filename.to_ascii_lowercase();
-    if f.ends_with(".gz") || f.ends_with(".tgz") {
-        Some("-z")
-    } else if f.ends_with(".xz") {
-        Some("-J")
-    } else if f.ends_with(".zst") || f.ends_with(".zstd") {
-        Some("--zstd")
-    } else if f.ends_with(".bz2") {
-        Some("-j")
-    } else {
-        None
-    }
+    const FLAGS: &[(&[&str], &str)] = &[
+        (&[".gz", ".tgz", ".taz"], "-z"),
+        (&[".Z", ".taZ"], "-Z"),
+        (&[".bz2", ".tbz", ".tbz2", ".tz2"], "-j"),
+        (&[".lz"], "--lzip"),
+        (&[".lzma", ".tlz"], "--lzma"),
+        (&[".lzo"], "--lzop"),
+        (&[".xz", ".txz"], "-J"),
+        (&[".zst", ".tzst"], "--zstd"),
+    ];
+    FLAGS.iter().find(|(suffixes, _)| suffixes.iter().any(|s| filename.ends_with(s))).map(|(_, flag)| *flag)
 }
 
 /// Extracts archive `path` of the bundle into `dir`; returns (bytes, sha256) of the archive stream.
 pub fn extract_tar(
-    fs: &BundleFs,
-    path: &str,
+    src: &ImageSource<'_>,
     dir: &Path,
     slot_type: SlotType,
     progress: &mut dyn FnMut(u64),
@@ -75,7 +72,8 @@ pub fn extract_tar(
     } else {
         cmd.args(["--xattrs", "--xattrs-include=*", "--acls"]);
     }
-    if let Some(flag) = compression_flag(path) {
+    let path = src.name();
+    if let Some(flag) = compression_flag(&path) {
         cmd.arg(flag);
     }
     let mut child = cmd
@@ -86,7 +84,7 @@ pub fn extract_tar(
         .map_err(|e| Error::Failed(format!("Failed to start tar: {e}")))?;
     let stdin = child.stdin.take().expect("piped");
     // The pipe must be closed (dropped) before waiting, or tar waits for more input.
-    let streamed = stream_hashed(fs, path, stdin, progress).map(|(n, sha, stdin)| {
+    let streamed = stream_hashed(src, stdin, progress).map(|(n, sha, stdin)| {
         drop(stdin);
         (n, sha)
     });
@@ -101,9 +99,9 @@ pub fn extract_tar(
 /// Fills a FAT filesystem without mounting it (mtools): the archive is
 /// unpacked into a private temporary directory, then copied in with `mcopy`.
 /// Works on kernels without vfat support (containers).
-fn fill_vfat(fs: &BundleFs, path: &str, slot: &SlotConfig, progress: &mut dyn FnMut(u64)) -> Result<(u64, String)> {
+fn fill_vfat(src: &ImageSource<'_>, slot: &SlotConfig, progress: &mut dyn FnMut(u64)) -> Result<(u64, String)> {
     let tmp = tempfile::tempdir().map_err(|e| Error::Failed(format!("Failed to create a temporary directory: {e}")))?;
-    let r = extract_tar(fs, path, tmp.path(), SlotType::Vfat, progress)?;
+    let r = extract_tar(src, tmp.path(), SlotType::Vfat, progress)?;
     let mut entries: Vec<std::path::PathBuf> = std::fs::read_dir(tmp.path())
         .map_err(|e| Error::Failed(format!("Failed to read extracted archive: {e}")))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -136,20 +134,19 @@ fn fill_vfat(fs: &BundleFs, path: &str, slot: &SlotConfig, progress: &mut dyn Fn
 /// mkfs, mount at `mount_dir`, extract (`path = None`: empty filesystem), sync, unmount.
 /// FAT slots are filled without mounting.
 pub fn install_archive(
-    fs: &BundleFs,
-    path: Option<&str>,
+    src: Option<&ImageSource<'_>>,
     slot: &SlotConfig,
     mount_dir: &Path,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Option<(u64, String)>> {
     mkfs(slot)?;
     if slot.slot_type == SlotType::Vfat {
-        return path.map(|p| fill_vfat(fs, p, slot, progress)).transpose();
+        return src.map(|s| fill_vfat(s, slot, progress)).transpose();
     }
     let opts: Vec<&str> = slot.extra_mount_opts.as_deref().into_iter().collect();
     mounts::mount(&slot.device, mount_dir, Some(slot.slot_type.as_str()), &opts)?;
-    let r = match path {
-        Some(p) => extract_tar(fs, p, mount_dir, slot.slot_type, progress).map(Some),
+    let r = match src {
+        Some(s) => extract_tar(s, mount_dir, slot.slot_type, progress).map(Some),
         None => Ok(None),
     };
     let synced = tools::run("sync", &["-f".as_ref(), mount_dir.as_os_str()]).map(|_| ());
@@ -166,7 +163,20 @@ mod tests {
     fn labels() {
         assert_eq!(super::vfat_label("rootfs.1"), "ROOTFS_1");
         assert_eq!(super::vfat_label("bootloader.10"), "BOOTLOADER_");
-        assert_eq!(super::compression_flag("root.tar.zst"), Some("--zstd"));
-        assert_eq!(super::compression_flag("root.tar"), None);
+    }
+
+    #[test]
+    fn tar_compression_follows_the_filename_suffix() {
+        use super::compression_flag as f;
+        assert_eq!(f("root.tar"), None);
+        assert_eq!(f("root.tgz"), Some("-z"));
+        assert_eq!(f("root.tar.Z"), Some("-Z"));
+        assert_eq!(f("root.tar.z"), None);
+        assert_eq!(f("root.tbz2"), Some("-j"));
+        assert_eq!(f("root.tar.lz"), Some("--lzip"));
+        assert_eq!(f("root.tlz"), Some("--lzma"));
+        assert_eq!(f("root.tar.lzo"), Some("--lzop"));
+        assert_eq!(f("root.txz"), Some("-J"));
+        assert_eq!(f("root.tar.zst"), Some("--zstd"));
     }
 }

@@ -292,7 +292,8 @@ fn update_slot(
     let total = image.size.unwrap_or(0).max(1) as f64;
     let r = {
         let mut on_bytes = |n: u64| p.fraction(n as f64 / total);
-        write_image(system, fs, pl, &mut on_bytes)
+        let src = pl.image.filename.as_deref().map(|f| write::ImageSource::Bundle(fs, f));
+        write_image(system, src.as_ref(), pl, &mut on_bytes)
     };
     if let Err(e) = r {
         if let Err(se) = system.save_status(slot, &fresh("failed")) {
@@ -305,21 +306,27 @@ fn update_slot(
     Ok(())
 }
 
-fn write_image(system: &System, fs: &BundleFs, pl: &Plan<'_>, progress: &mut dyn FnMut(u64)) -> Result<()> {
+/// Writes `pl`'s image from `src` (`None` only for `emptyfs`) into its slot
+/// with the plan's method; shared by installs and `write-slot`.
+pub fn write_image(
+    system: &System,
+    src: Option<&write::ImageSource<'_>>,
+    pl: &Plan<'_>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
     let slot = &system.slots[pl.slot].config;
     let image = pl.image;
-    match pl.method {
-        Method::Copy | Method::ImageToFs => {
-            let f = image.filename.as_deref().expect("checked by the manifest parser");
-            write::copy_image(fs, f, &slot.device, image.size, image.sha256.as_deref(), progress)?;
+    match (pl.method, src) {
+        (Method::Copy | Method::ImageToFs, Some(src)) => {
+            write::copy_image(src, image.compression(), &slot.device, image.size, image.sha256.as_deref(), progress)?;
             if pl.method == Method::ImageToFs && slot.resize && slot.slot_type == crate::config::SlotType::Ext4 {
                 crate::tools::run("resize2fs", &[&slot.device])?;
             }
             Ok(())
         }
-        Method::ArchiveToFs => {
+        (Method::ArchiveToFs, src) => {
             let dir = system.config.system.mount_prefix.join(&slot.name);
-            let r = archive::install_archive(fs, image.filename.as_deref(), slot, &dir, progress)?;
+            let r = archive::install_archive(src, slot, &dir, progress)?;
             if let (Some((bytes, sha)), Some(exp)) = (&r, image.sha256.as_deref()) {
                 if sha != exp {
                     return failed(format!(
@@ -335,6 +342,7 @@ fn write_image(system: &System, fs: &BundleFs, pl: &Plan<'_>, progress: &mut dyn
             }
             Ok(())
         }
-        Method::Hook => failed("Install hooks are not supported by this version of rota yet"),
+        (Method::Copy | Method::ImageToFs, None) => failed("No image file to write"),
+        (Method::Hook, _) => failed("Install hooks are not supported by this version of rota yet"),
     }
 }

@@ -1,13 +1,16 @@
 //! Writing an image from the verified bundle into a slot: streamed once
-//! (bundle → device) with SHA-256 computed on a second thread, synced, its
-//! size and digest checked against the manifest, then read back from the
-//! device and hashed again before anything may be activated.
+//! (bundle → device) with SHA-256 computed on a second thread, while a third
+//! thread reads each written window back from the medium and hashes it again;
+//! synced, then size and both digests are checked before anything may be
+//! activated.
 
 use crate::error::{Error, Result, failed};
+use rota_bundle::manifest::Compression;
 use rota_bundle::squashfs::BundleFs;
 use sha2::{Digest, Sha256};
+use std::cell::Cell;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -49,11 +52,40 @@ impl<W: Write> Write for Tee<'_, W> {
     }
 }
 
-/// Streams `path` from the bundle into `out`, hashing alongside; returns
-/// (bytes, sha256) of the stream and `out`.
+/// Where an image's bytes come from.
+#[derive(Clone, Copy)]
+pub enum ImageSource<'a> {
+    /// A file of the verified bundle's payload.
+    Bundle(&'a BundleFs, &'a str),
+    /// A local file (`write-slot`).
+    File(&'a Path),
+}
+
+impl ImageSource<'_> {
+    /// The file name as shown in messages (bundle path or local path).
+    pub fn name(&self) -> String {
+        match self {
+            ImageSource::Bundle(_, p) => p.to_string(),
+            ImageSource::File(p) => p.display().to_string(),
+        }
+    }
+
+    fn copy_to(&self, out: &mut dyn Write) -> Result<u64> {
+        match self {
+            ImageSource::Bundle(fs, p) => Ok(fs.copy_file(p, out)?),
+            ImageSource::File(p) => {
+                let mut f =
+                    File::open(p).map_err(|e| Error::Failed(format!("Failed to open '{}': {e}", p.display())))?;
+                std::io::copy(&mut f, out).map_err(|e| Error::Failed(format!("Failed writing image: {e}")))
+            }
+        }
+    }
+}
+
+/// Streams `src` into `out`, hashing alongside; returns (bytes, sha256) of
+/// the stream and `out`.
 pub fn stream_hashed<W: Write>(
-    fs: &BundleFs,
-    path: &str,
+    src: &ImageSource<'_>,
     out: W,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(u64, String, W)> {
@@ -61,12 +93,121 @@ pub fn stream_hashed<W: Write>(
         let (tx, rx) = sync_channel(HASH_QUEUE);
         let worker = scope.spawn(move || hasher(rx));
         let mut tee = Tee { inner: out, tx: Some(tx), written: 0, progress };
-        let r = fs.copy_file(path, &mut tee);
+        let r = src.copy_to(&mut tee);
         tee.tx = None;
         let digest = worker.join().expect("hash thread");
         let n = r?;
         tee.flush().map_err(|e| Error::Failed(format!("Failed writing image: {e}")))?;
         Ok((n, digest, tee.inner))
+    })
+}
+
+/// The decoders behind [`Decompressor`].
+enum Codec<W: Write> {
+    Gzip(flate2::write::MultiGzDecoder<W>),
+    Xz(liblzma::write::XzDecoder<W>),
+    Zstd(zstd::stream::write::Decoder<'static, W>),
+}
+
+/// A push-mode decompressor in front of the slot writer; remembers the last
+/// error its input caused (a corrupt stream, or the writer behind it failing).
+struct Decompressor<W: Write> {
+    codec: Codec<W>,
+    error: Option<String>,
+}
+
+impl<W: Write> Decompressor<W> {
+    fn new(c: Compression, out: W) -> std::io::Result<Self> {
+        let codec = match c {
+            Compression::Gzip => Codec::Gzip(flate2::write::MultiGzDecoder::new(out)),
+            Compression::Xz => Codec::Xz(liblzma::write::XzDecoder::new_multi_decoder(out)),
+            Compression::Zstd => Codec::Zstd(zstd::stream::write::Decoder::new(out)?),
+        };
+        Ok(Decompressor { codec, error: None })
+    }
+
+    /// Writes out everything still buffered after the last input byte and
+    /// returns the writer behind.
+    fn finish(self) -> std::io::Result<W> {
+        match self.codec {
+            Codec::Gzip(d) => d.finish(),
+            Codec::Xz(d) => d.finish(),
+            Codec::Zstd(mut d) => d.flush().map(|_| d.into_inner()),
+        }
+    }
+}
+
+impl<W: Write> Write for Decompressor<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let r = match &mut self.codec {
+            Codec::Gzip(d) => d.write(buf),
+            Codec::Xz(d) => d.write(buf),
+            Codec::Zstd(d) => d.write(buf),
+        };
+        if let Err(e) = &r {
+            self.error = Some(e.to_string());
+        }
+        r
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.codec {
+            Codec::Gzip(d) => d.flush(),
+            Codec::Xz(d) => d.flush(),
+            Codec::Zstd(d) => d.flush(),
+        }
+    }
+}
+
+/// A writer that notes whether writing to it ever failed.
+struct Watched<'c, W: Write> {
+    inner: W,
+    failed: &'c Cell<bool>,
+}
+
+impl<W: Write> Write for Watched<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let r = self.inner.write(buf);
+        if r.is_err() {
+            self.failed.set(true);
+        }
+        r
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Streams `src` into `out`, decompressing with `compression` on the way:
+/// returns (bytes, sha256) of the stream as stored and of what reached `out`.
+fn stream_decompressed<W: Write>(
+    src: &ImageSource<'_>,
+    compression: Compression,
+    out: W,
+    progress: &mut dyn FnMut(u64),
+) -> Result<((u64, String), (u64, String))> {
+    let bad = |e: String| Error::Failed(format!("Failed to decompress '{}': {e}", src.name()));
+    let out_failed = Cell::new(false);
+    std::thread::scope(|scope| {
+        let (tx, rx) = sync_channel(HASH_QUEUE);
+        let worker = scope.spawn(move || hasher(rx));
+        let mut quiet = |_| {};
+        let plain =
+            Tee { inner: Watched { inner: out, failed: &out_failed }, tx: Some(tx), written: 0, progress: &mut quiet };
+        let mut d = Decompressor::new(compression, plain).map_err(|e| bad(e.to_string()))?;
+        let streamed = match stream_hashed(src, &mut d, progress) {
+            Ok((n, sha, _)) => (n, sha),
+            // Failing input to a decoder whose output side did not fail: a corrupt stream.
+            Err(e) => return Err(d.error.take().filter(|_| !out_failed.get()).map_or(e, bad)),
+        };
+        let mut plain = d.finish().map_err(|e| match out_failed.get() {
+            true => Error::Failed(format!("Failed writing image: {e}")),
+            false => bad(e.to_string()),
+        })?;
+        plain.tx = None;
+        let digest = worker.join().expect("hash thread");
+        Ok((streamed, (plain.written, digest)))
     })
 }
 
@@ -93,48 +234,151 @@ pub fn open_device(device: &Path, image_size: u64) -> Result<File> {
     Ok(f)
 }
 
-/// Hashes the first `len` bytes of `device` as they are stored now.
-pub fn read_back(device: &Path, len: u64) -> Result<String> {
-    let fail = |e: std::io::Error| Error::Failed(format!("Failed to read back '{}': {e}", device.display()));
-    let mut f = File::open(device).map_err(fail)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; READBACK_CHUNK];
-    let mut left = len;
-    while left > 0 {
-        let want = left.min(buf.len() as u64) as usize;
-        f.read_exact(&mut buf[..want]).map_err(fail)?;
-        h.update(&buf[..want]);
-        left -= want as u64;
-    }
-    Ok(hex::encode(h.finalize()))
+/// Bytes per read-back window: once a window is written, the verifier thread
+/// waits for its writeback, drops its cached pages and reads it back.
+const WINDOW: u64 = 16 << 20;
+/// Windows queued for the verifier before the writer waits (bounds how far
+/// the writer runs ahead of the read-back, not memory).
+const WINDOW_QUEUE: usize = 8;
+
+/// A `Write` into the slot that hands each completed window of the output
+/// to the read-back verifier.
+struct WindowWriter<'a> {
+    file: &'a File,
+    pos: u64,
+    sent: u64,
+    tx: Option<SyncSender<(u64, u64)>>,
 }
 
-/// What a finished image write produced.
+impl WindowWriter<'_> {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.pos > self.sent {
+            let w = (self.sent, self.pos);
+            self.sent = self.pos;
+            if let Some(tx) = &self.tx
+                && tx.send(w).is_err()
+            {
+                return Err(std::io::Error::other("read-back check stopped"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands over the last, partial window and ends the verifier's input.
+    fn finish(mut self) -> std::io::Result<()> {
+        let r = self.send();
+        self.tx = None;
+        r
+    }
+}
+
+impl Write for WindowWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = (&mut &*self.file).write(buf)?;
+        self.pos += n as u64;
+        if self.pos - self.sent >= WINDOW {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn advise(file: &File, offset: u64, len: u64, advice: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain syscall on an open descriptor; advice only, no memory involved.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), offset as libc::off_t, len as libc::off_t, advice) };
+    if rc != 0 {
+        tracing::debug!("posix_fadvise({advice}): error {rc}");
+    }
+}
+
+/// Waits until `[offset, offset+len)` of `file` has been written to the
+/// device (the whole file's data where the range call is unsupported).
+fn write_out(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: plain syscall on an open descriptor, no memory involved.
+    let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), offset as libc::off64_t, len as libc::off64_t, flags) };
+    if rc == 0 { Ok(()) } else { file.sync_data() }
+}
+
+/// The read-back verifier: for each window written, waits for its writeback,
+/// drops its (now clean) cached pages so the bytes come from the medium, reads
+/// and hashes them. Returns (bytes, sha256) of everything read back.
+fn verify_windows(written: &File, reader: &File, windows: Receiver<(u64, u64)>) -> std::io::Result<(u64, String)> {
+    use std::os::unix::fs::FileExt;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; READBACK_CHUNK];
+    let mut done = 0;
+    advise(reader, 0, 0, libc::POSIX_FADV_SEQUENTIAL);
+    for (start, end) in windows {
+        debug_assert_eq!(start, done);
+        write_out(written, start, end - start)?;
+        advise(reader, start, end - start, libc::POSIX_FADV_DONTNEED);
+        let mut at = start;
+        while at < end {
+            let want = (end - at).min(buf.len() as u64) as usize;
+            reader.read_exact_at(&mut buf[..want], at)?;
+            h.update(&buf[..want]);
+            at += want as u64;
+        }
+        done = end;
+    }
+    Ok((done, hex::encode(h.finalize())))
+}
+
+/// What a finished image write put on the device.
 #[derive(Debug, Clone)]
 pub struct Written {
-    /// Bytes written.
+    /// Bytes written (after decompression).
     pub bytes: u64,
     /// SHA-256 of the bytes written.
     pub sha256: String,
 }
 
-/// Copies image `path` (manifest `size`/`sha256`) to `device`: stream with
-/// hashing, fsync, size and digest check, read-back check.
+/// Copies the image `src` (manifest `size`/`sha256`, stored with
+/// `compression`) to `device`: streamed once with SHA-256 alongside (and
+/// decompressed on the way), each written window read back from the medium
+/// and hashed by another thread while the copy goes on, then fsync and the
+/// size, digest and read-back checks.
 pub fn copy_image(
-    fs: &BundleFs,
-    path: &str,
+    src: &ImageSource<'_>,
+    compression: Option<Compression>,
     device: &Path,
     expected_size: Option<u64>,
     expected_sha256: Option<&str>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Written> {
-    let file = open_device(device, expected_size.unwrap_or(0))?;
-    let out = std::io::BufWriter::with_capacity(1 << 20, file);
-    let (bytes, sha256, out) = stream_hashed(fs, path, out, progress).map_err(|e| match e {
+    let file = open_device(device, if compression.is_none() { expected_size.unwrap_or(0) } else { 0 })?;
+    let reader = File::open(device)
+        .map_err(|e| Error::Failed(format!("Failed to open '{}' for reading back: {e}", device.display())))?;
+    let readback_fail = |e: std::io::Error| Error::Failed(format!("Failed to read back '{}': {e}", device.display()));
+    let (streamed, back) = std::thread::scope(|scope| {
+        let (tx, rx) = sync_channel(WINDOW_QUEUE);
+        let (file, reader) = (&file, &reader);
+        let verifier = scope.spawn(move || verify_windows(file, reader, rx));
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, WindowWriter { file, pos: 0, sent: 0, tx: Some(tx) });
+        let streamed = match compression {
+            None => stream_hashed(src, &mut out, progress).map(|(n, sha, _)| ((n, sha.clone()), (n, sha))),
+            Some(c) => stream_decompressed(src, c, &mut out, progress),
+        }
+        .and_then(|r| {
+            let w = out.into_inner().map_err(|e| Error::Failed(format!("Failed writing image: {}", e.error())))?;
+            w.finish().map_err(|e| Error::Failed(format!("Failed writing image: {e}")))?;
+            Ok(r)
+        });
+        (streamed, verifier.join().expect("read-back thread"))
+    });
+    // A failed read-back stops the writer too; its own error is the cause.
+    let back = back.map_err(readback_fail)?;
+    let ((bytes, sha256), written) = streamed.map_err(|e| match e {
         Error::Failed(m) => Error::Failed(m),
         other => Error::Failed(format!("Failed writing image: {other}")),
     })?;
-    let file = out.into_inner().map_err(|e| Error::Failed(format!("Failed writing image: {}", e.error())))?;
     file.sync_all().map_err(|e| Error::Failed(format!("Failed to sync '{}': {e}", device.display())))?;
     drop(file);
     if let Some(size) = expected_size
@@ -145,11 +389,17 @@ pub fn copy_image(
     if let Some(exp) = expected_sha256
         && exp != sha256
     {
-        return failed(format!("Image '{path}' has sha256 {sha256} but the manifest says {exp}"));
+        return failed(format!("Image '{}' has sha256 {sha256} but the manifest says {exp}", src.name()));
     }
-    let back = read_back(device, bytes)?;
-    if back != sha256 {
-        return failed(format!("Read-back check of '{}' failed: sha256 {back} instead of {sha256}", device.display()));
+    if back != written {
+        return failed(format!(
+            "Read-back check of '{}' failed: sha256 {} of {} bytes instead of {} of {} bytes",
+            device.display(),
+            back.1,
+            back.0,
+            written.1,
+            written.0
+        ));
     }
-    Ok(Written { bytes, sha256 })
+    Ok(Written { bytes: written.0, sha256: written.1 })
 }
