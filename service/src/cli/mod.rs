@@ -3,6 +3,7 @@
 
 mod install;
 mod status;
+mod write_slot;
 
 use crate::config::{self, SystemConfig};
 use crate::system::System;
@@ -35,6 +36,11 @@ const INSTALL_OPTS: &[OptSpec] = &[
     OptSpec::value("http-header", "'NAME: VALUE'", "extra HTTP header (repeatable)").short('H'),
 ];
 
+const WRITE_SLOT_OPTS: &[OptSpec] = &[
+    OptSpec::value("image-type", "TYPE", "image type (instead of deriving it from the file name)").short('t'),
+    OVERRIDE_BOOT_SLOT,
+];
+
 /// The device commands, in help order.
 pub const DEVICE_COMMANDS: &[Command] = &[
     Command {
@@ -46,6 +52,16 @@ pub const DEVICE_COMMANDS: &[Command] = &[
         positionals: (1, 1),
         missing_args: "A bundle filename or URL must be provided",
         run: install::run,
+    },
+    Command {
+        name: "write-slot",
+        usage: "<SLOTNAME> <IMAGE>",
+        summary: "Write an image to a slot, bypassing the update logic",
+        group_title: "Write-slot options:",
+        options: WRITE_SLOT_OPTS,
+        positionals: (2, 2),
+        missing_args: "A slot name and an image file must be provided",
+        run: write_slot::run,
     },
     Command {
         name: "status",
