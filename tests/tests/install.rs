@@ -348,3 +348,129 @@ fn ext4_and_vfat_on_loop_devices() {
         std::panic::resume_unwind(e);
     }
 }
+
+/// A plain bundle signed correctly (real `openssl cms`) whose manifest states
+/// a sha256 the image does not have — what a broken build host would produce.
+fn lying_plain_bundle(name: &str) -> PathBuf {
+    let dir = target_dir().join("test-bundles").join(name);
+    let _ = fs::remove_dir_all(&dir);
+    let c = Content::new(dir.join("content"));
+    let root = c.image("rootfs.img", 256 * 1024, 7);
+    let mut claimed = root.clone();
+    claimed[1000] ^= 1;
+    c.manifest(&format!(
+        "[update]\ncompatible=Test Config\nversion=1\n[bundle]\nformat=plain\n\
+         [image.rootfs]\nfilename=rootfs.img\nsha256={}\nsize={}\n",
+        sha256_hex(&claimed),
+        root.len()
+    ));
+    let sq = dir.join("payload.sqfs");
+    run(Command::new("mksquashfs").arg(&c.dir).arg(&sq).args(["-all-root", "-noappend", "-no-progress", "-quiet"]))
+        .ok();
+    let sig = dir.join("sig.der");
+    run(Command::new("openssl")
+        .args(["cms", "-sign", "-binary", "-nosmimecap", "-outform", "DER", "-in"])
+        .arg(&sq)
+        .arg("-signer")
+        .arg(pki_file("release.pem"))
+        .arg("-inkey")
+        .arg(pki_file("release.key"))
+        .arg("-certfile")
+        .arg(pki_file("inter.pem"))
+        .arg("-out")
+        .arg(&sig))
+    .ok();
+    let mut bytes = fs::read(&sq).unwrap();
+    let sig = fs::read(&sig).unwrap();
+    bytes.extend_from_slice(&sig);
+    bytes.extend_from_slice(&(sig.len() as u64).to_be_bytes());
+    let out = dir.join("b.raucb");
+    fs::write(&out, bytes).unwrap();
+    out
+}
+
+#[test]
+fn corrupted_image_in_a_signed_bundle_is_not_activated() {
+    let d = device("install-corrupt", "", AB);
+    let b = lying_plain_bundle("corrupt");
+    // The signature is fine: both info commands accept the bundle.
+    run(testkit::with_keyring(rota().arg("info").arg(&b))).ok();
+    run(testkit::with_keyring(testkit::peer_rauc().arg("info").arg(&b))).ok();
+    let before = snapshot(&d);
+    let r = install(&d, &b).fails();
+    assert!(r.stderr.contains("Failed updating slot rootfs.1: Image 'rootfs.img' has sha256 "), "{}", r.stderr);
+    assert!(r.stderr.contains("but the manifest says "), "{}", r.stderr);
+    assert!(r.stderr.contains("Installing `") && r.stderr.contains("` failed"), "{}", r.stderr);
+    let (root0, app0, env) = snapshot(&d);
+    assert_eq!((root0, app0), (before.0, before.1), "booted slot untouched");
+    assert!(env.contains(&"ORDER=A B C".to_string()) && env.contains(&"B_OK=0".to_string()), "{env:?}");
+    let central = fs::read_to_string(d.path("data/central.raucs")).unwrap();
+    assert!(central.contains("[slot.rootfs.1]") && central.contains("status=failed"), "{central}");
+    // Mark-good of the booted slot still works and the next good bundle installs.
+    let (good, root, _) = bundle("after-corrupt", "verity", "");
+    install(&d, &good).ok();
+    assert_eq!(head(&d.path("rootfs1.img"), root.len()), root);
+    assert_eq!(primary(&d), "B");
+}
+
+fn compress(tool: &str, file: &Path) -> PathBuf {
+    run(Command::new(tool).args(["-q", "-k", "-f"]).arg(file)).ok();
+    let ext = match tool {
+        "gzip" => "gz",
+        "xz" => "xz",
+        _ => "zst",
+    };
+    let mut name = file.as_os_str().to_owned();
+    name.push(format!(".{ext}"));
+    PathBuf::from(name)
+}
+
+#[test]
+fn compressed_images_are_decompressed_on_the_way() {
+    let d = device("install-compressed", "", AB);
+    let dir = target_dir().join("test-bundles/compressed");
+    let _ = fs::remove_dir_all(&dir);
+    let c = Content::new(dir.join("content"));
+    // Half random, half zeros, so the compressed file is much smaller than the image.
+    let mut root = testkit::pseudo_random(200 * 1024, 11);
+    root.extend(vec![0u8; 200 * 1024]);
+    fs::write(c.dir.join("rootfs.img"), &root).unwrap();
+    let app = c.image("appfs.img", 64 * 1024, 12);
+    compress("zstd", &c.dir.join("rootfs.img"));
+    compress("xz", &c.dir.join("appfs.img"));
+    fs::remove_file(c.dir.join("rootfs.img")).unwrap();
+    fs::remove_file(c.dir.join("appfs.img")).unwrap();
+    c.manifest(
+        "[update]\ncompatible=Test Config\nversion=1\n[bundle]\nformat=verity\n\
+         [image.rootfs]\nfilename=rootfs.img.zst\n[image.appfs]\nfilename=appfs.img.xz\ntype=raw\n",
+    );
+    let b = dir.join("b.raucb");
+    rota_bundle(&c.dir, &b, "release").ok();
+    let info = run(testkit::with_keyring(rota().args(["info", "--output-format=json"]).arg(&b))).ok();
+    assert!(info.stdout.contains(r#""filename":"rootfs.img.zst","type":"raw""#), "{}", info.stdout);
+    install(&d, &b).ok();
+    assert_eq!(head(&d.path("rootfs1.img"), root.len()), root);
+    assert_eq!(head(&d.path("appfs1.img"), app.len()), app);
+    // The status keeps the manifest's digest (of the compressed file), so install-same works.
+    let central = fs::read_to_string(d.path("data/central.raucs")).unwrap();
+    let zst = fs::read(c.dir.join("rootfs.img.zst")).unwrap();
+    assert!(zst.len() < root.len() * 3 / 4);
+    assert!(central.contains(&format!("sha256={}", sha256_hex(&zst))), "{central}");
+
+    // A corrupt compressed stream in a correctly signed bundle: clear error, nothing activated.
+    let c2 = Content::new(dir.join("content-bad"));
+    let mut gz = fs::read(compress("gzip", &c.dir.join("manifest.raucm"))).unwrap();
+    let n = gz.len();
+    gz[n / 2] ^= 0xff;
+    gz.extend(testkit::pseudo_random(8192, 3)); // bundles need some bulk
+    c2.file("rootfs.img.gz", &gz);
+    c2.manifest("[update]\ncompatible=Test Config\nversion=2\n[bundle]\nformat=verity\n[image.rootfs]\nfilename=rootfs.img.gz\n");
+    let bad = dir.join("bad.raucb");
+    rota_bundle(&c2.dir, &bad, "release").ok();
+    d.boot("rauc.slot=B");
+    let before = fs::read(d.path("rootfs1.img")).unwrap();
+    let r = install(&d, &bad).fails();
+    assert!(r.stderr.contains("Failed updating slot rootfs.0: Failed to decompress 'rootfs.img.gz': "), "{}", r.stderr);
+    assert_eq!(fs::read(d.path("rootfs1.img")).unwrap(), before, "booted slot untouched");
+    assert_eq!(primary(&d), "B");
+}
