@@ -474,3 +474,29 @@ fn compressed_images_are_decompressed_on_the_way() {
     assert_eq!(fs::read(d.path("rootfs1.img")).unwrap(), before, "booted slot untouched");
     assert_eq!(primary(&d), "B");
 }
+
+#[test]
+fn progress_is_a_bar_on_a_terminal() {
+    let d = device("install-tty", "", AB);
+    let (b, _, _) = bundle("tty", "verity", "");
+    // `script` gives the install a pseudo-terminal.
+    let cmd = d.rota();
+    let quote = |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', r"'\''"));
+    let mut line = vec![quote(cmd.get_program())];
+    line.extend(cmd.get_args().map(quote));
+    line.push("install".into());
+    line.push(quote(b.as_os_str()));
+    let mut script = Command::new("script");
+    script.args(["-qefc", &line.join(" "), "/dev/null"]);
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => script.env(k, v),
+            None => script.env_remove(k),
+        };
+    }
+    let out = run(&mut script).ok().stdout;
+    assert!(out.contains("\r\x1b[K[###"), "{out:?}");
+    assert!(out.contains("] 100% Installing done."), "{out:?}");
+    assert!(!out.contains(" 40% Checking slot rootfs.1 (B)\n"), "no plain lines on a terminal: {out:?}");
+    assert!(out.contains("succeeded"), "{out:?}");
+}
