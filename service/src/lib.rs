@@ -5,6 +5,7 @@
 
 pub mod bootloader;
 pub mod bootslot;
+pub mod bundleview;
 pub mod cli;
 pub mod config;
 pub mod error;

@@ -75,6 +75,14 @@ pub fn mount_point_of(mounts: &[Mount], device: &Path) -> Option<PathBuf> {
         .map(|m| m.target.clone())
 }
 
+/// Whether something is mounted on `dir` (compared by real path).
+pub fn is_mount_point(dir: &Path) -> bool {
+    let Ok(real) = std::fs::canonicalize(dir) else {
+        return false;
+    };
+    table().iter().any(|m| m.target == real)
+}
+
 /// Mounts `device` on `dir` (created 0700 if missing) with `mount [-t type] [-o opts]`.
 pub fn mount(device: &Path, dir: &Path, fstype: Option<&str>, options: &[&str]) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;

@@ -3,12 +3,12 @@
 //! `%3d%% <message>` lines otherwise.
 
 use crate::install::engine::{self, InstallArgs};
-use rota_bundle::bundle::{OpenOptions, is_remote};
+use rota_bundle::bundle::is_remote;
 use rota_bundle::cli::{CliError, Context};
-use rota_bundle::signature::VerifyOptions;
 use std::io::{IsTerminal, Write};
 
-fn location(arg: &str) -> Result<String, CliError> {
+/// The bundle location for `arg`: a URL, or an existing local file.
+pub(super) fn location(arg: &str) -> Result<String, CliError> {
     if !is_remote(arg) && !std::path::Path::new(arg).exists() {
         return Err(CliError { message: format!("No such file: {arg}"), code: 1 });
     }
@@ -26,20 +26,10 @@ fn bar(percentage: i32, message: &str) {
 pub(super) fn run(ctx: &Context) -> Result<(), CliError> {
     let loc = location(ctx.arg(0))?;
     let mut system = super::setup(ctx)?;
-    let mut conf = system.config.host_config();
-    conf.variant = (!system.variant.is_empty()).then(|| system.variant.clone());
-    let http = rota_bundle::cli::commands::http_options(ctx, &conf)?;
+    let variant = (!system.variant.is_empty()).then(|| system.variant.clone());
     let args = InstallArgs {
         location: loc.clone(),
-        open: OpenOptions {
-            verify: VerifyOptions { keyring: conf.keyring.clone(), no_verify: false, no_check_time: false },
-            max_signature_size: conf.max_signature_size,
-            allowed_formats: conf.bundle_formats.clone(),
-            decryption_key: ctx.path("key").or(conf.decryption_key.clone()),
-            decryption_cert: conf.decryption_cert.clone(),
-            trust_environment: false,
-            http,
-        },
+        open: super::open_options(ctx, &system.config, variant)?,
         ignore_compatible: ctx.args.has("ignore-compatible"),
         ignore_version_limit: ctx.args.has("ignore-version-limit"),
         transaction_id: ctx.args.value("transaction-id").map(str::to_string),

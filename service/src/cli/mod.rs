@@ -2,13 +2,16 @@
 //! `status` with `mark-*`, `install`, `write-slot` and `mount`.
 
 mod install;
+mod mount;
 mod status;
 mod write_slot;
 
 use crate::config::{self, SystemConfig};
 use crate::system::System;
+use rota_bundle::bundle::OpenOptions;
 use rota_bundle::cli::options::OptSpec;
 use rota_bundle::cli::{CliError, Command, Context};
+use rota_bundle::signature::VerifyOptions;
 
 const OVERRIDE_BOOT_SLOT: OptSpec =
     OptSpec::value("override-boot-slot", "SLOTNAME", "use this slot (or _external_) as the booted one");
@@ -28,6 +31,7 @@ const INSTALL_OPTS: &[OptSpec] = &[
     OptSpec::value("handler-args", "ARGS", "extra arguments for the full custom handler"),
     OptSpec::value("keyring", "PEMFILE", "trust anchors (instead of the configured keyring)"),
     OVERRIDE_BOOT_SLOT,
+    // From here on shared with `mount`.
     OptSpec::value("key", "PEMFILE|PKCS11-URL", "private key to decrypt an encrypted bundle"),
     OptSpec::value("tls-cert", "PEMFILE|PKCS11-URL", "TLS client certificate"),
     OptSpec::value("tls-key", "PEMFILE|PKCS11-URL", "TLS client key"),
@@ -35,6 +39,10 @@ const INSTALL_OPTS: &[OptSpec] = &[
     OptSpec::flag("tls-no-verify", "do not check the HTTPS server certificate"),
     OptSpec::value("http-header", "'NAME: VALUE'", "extra HTTP header (repeatable)").short('H'),
 ];
+
+/// `mount` takes the bundle-access options that end the install options
+/// (decryption key, TLS, HTTP headers).
+const MOUNT_OPTS: &[OptSpec] = INSTALL_OPTS.split_at(8).1;
 
 const WRITE_SLOT_OPTS: &[OptSpec] = &[
     OptSpec::value("image-type", "TYPE", "image type (instead of deriving it from the file name)").short('t'),
@@ -52,6 +60,16 @@ pub const DEVICE_COMMANDS: &[Command] = &[
         positionals: (1, 1),
         missing_args: "A bundle filename or URL must be provided",
         run: install::run,
+    },
+    Command {
+        name: "mount",
+        usage: "<BUNDLE>",
+        summary: "Mount a bundle (read-only, verified)",
+        group_title: "Mount options:",
+        options: MOUNT_OPTS,
+        positionals: (1, 1),
+        missing_args: "A bundle filename or URL must be provided",
+        run: mount::run,
     },
     Command {
         name: "write-slot",
@@ -93,8 +111,35 @@ pub fn load_config(ctx: &Context) -> Result<SystemConfig, CliError> {
     Ok(c)
 }
 
+/// How device commands open a bundle: the configured keyring, formats and
+/// decryption key (`--key` wins), and the HTTP options of `ctx` and the
+/// configuration (with the system's `variant` for the headers).
+pub fn open_options(ctx: &Context, config: &SystemConfig, variant: Option<String>) -> Result<OpenOptions, CliError> {
+    let mut conf = config.host_config();
+    conf.variant = variant;
+    let http = rota_bundle::cli::commands::http_options(ctx, &conf)?;
+    Ok(OpenOptions {
+        verify: VerifyOptions { keyring: conf.keyring.clone(), no_verify: false, no_check_time: false },
+        max_signature_size: conf.max_signature_size,
+        allowed_formats: conf.bundle_formats.clone(),
+        decryption_key: ctx.path("key").or(conf.decryption_key.clone()),
+        decryption_cert: conf.decryption_cert.clone(),
+        trust_environment: false,
+        http,
+    })
+}
+
 /// The target context for a device command.
 pub fn setup(ctx: &Context) -> Result<System, CliError> {
     let config = load_config(ctx)?;
     Ok(System::setup(config, ctx.args.value("override-boot-slot"))?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mount_takes_exactly_the_bundle_access_options() {
+        let names: Vec<&str> = super::MOUNT_OPTS.iter().map(|o| o.long).collect();
+        assert_eq!(names, ["key", "tls-cert", "tls-key", "tls-ca", "tls-no-verify", "http-header"]);
+    }
 }
