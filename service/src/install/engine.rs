@@ -327,18 +327,8 @@ pub fn write_image(
         (Method::ArchiveToFs, src) => {
             let dir = system.config.system.mount_prefix.join(&slot.name);
             let r = archive::install_archive(src, slot, &dir, progress)?;
-            if let (Some((bytes, sha)), Some(exp)) = (&r, image.sha256.as_deref()) {
-                if sha != exp {
-                    return failed(format!(
-                        "Image '{}' has sha256 {sha} but the manifest says {exp}",
-                        image.filename.as_deref().unwrap_or("")
-                    ));
-                }
-                if let Some(size) = image.size
-                    && size != *bytes
-                {
-                    return failed(format!("Written size ({bytes}) != image size ({size})"));
-                }
+            if let (Some((bytes, sha)), Some(src)) = (&r, src) {
+                write::check_manifest(src, *bytes, sha, image.size, image.sha256.as_deref())?;
             }
             Ok(())
         }

@@ -331,13 +331,26 @@ fn verify_windows(written: &File, reader: &File, windows: Receiver<(u64, u64)>) 
     Ok((done, hex::encode(h.finalize())))
 }
 
-/// What a finished image write put on the device.
-#[derive(Debug, Clone)]
-pub struct Written {
-    /// Bytes written (after decompression).
-    pub bytes: u64,
-    /// SHA-256 of the bytes written.
-    pub sha256: String,
+/// Checks a stream of `bytes` with digest `sha256`, read from `src`, against
+/// the manifest's `size` and `sha256` of the image (each when given).
+pub fn check_manifest(
+    src: &ImageSource<'_>,
+    bytes: u64,
+    sha256: &str,
+    expected_size: Option<u64>,
+    expected_sha256: Option<&str>,
+) -> Result<()> {
+    if let Some(size) = expected_size
+        && size != bytes
+    {
+        return failed(format!("Written size ({bytes}) != image size ({size})"));
+    }
+    if let Some(exp) = expected_sha256
+        && exp != sha256
+    {
+        return failed(format!("Image '{}' has sha256 {sha256} but the manifest says {exp}", src.name()));
+    }
+    Ok(())
 }
 
 /// Copies the image `src` (manifest `size`/`sha256`, stored with
@@ -352,7 +365,7 @@ pub fn copy_image(
     expected_size: Option<u64>,
     expected_sha256: Option<&str>,
     progress: &mut dyn FnMut(u64),
-) -> Result<Written> {
+) -> Result<()> {
     let file = open_device(device, if compression.is_none() { expected_size.unwrap_or(0) } else { 0 })?;
     let reader = File::open(device)
         .map_err(|e| Error::Failed(format!("Failed to open '{}' for reading back: {e}", device.display())))?;
@@ -381,16 +394,7 @@ pub fn copy_image(
     })?;
     file.sync_all().map_err(|e| Error::Failed(format!("Failed to sync '{}': {e}", device.display())))?;
     drop(file);
-    if let Some(size) = expected_size
-        && size != bytes
-    {
-        return failed(format!("Written size ({bytes}) != image size ({size})"));
-    }
-    if let Some(exp) = expected_sha256
-        && exp != sha256
-    {
-        return failed(format!("Image '{}' has sha256 {sha256} but the manifest says {exp}", src.name()));
-    }
+    check_manifest(src, bytes, &sha256, expected_size, expected_sha256)?;
     if back != written {
         return failed(format!(
             "Read-back check of '{}' failed: sha256 {} of {} bytes instead of {} of {} bytes",
@@ -401,5 +405,5 @@ pub fn copy_image(
             written.0
         ));
     }
-    Ok(Written { bytes: written.0, sha256: written.1 })
+    Ok(())
 }
