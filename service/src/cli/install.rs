@@ -3,6 +3,7 @@
 //! `%3d%% <message>` lines otherwise.
 
 use crate::install::engine::{self, InstallArgs};
+use crate::install::progress::ProgressSink;
 use rota_bundle::bundle::is_remote;
 use rota_bundle::cli::{CliError, Context};
 use std::io::{IsTerminal, Write};
@@ -23,6 +24,36 @@ fn bar(percentage: i32, message: &str) {
     let _ = err.flush();
 }
 
+/// Shows progress (bar or lines) and handler messages on the terminal.
+struct Terminal {
+    bar: bool,
+    /// The last progress update, redrawn below a handler message.
+    last: Option<(i32, String)>,
+}
+
+impl ProgressSink for Terminal {
+    fn progress(&mut self, percentage: i32, message: &str, _depth: i32) {
+        if self.bar {
+            bar(percentage, message);
+            self.last = Some((percentage, message.to_string()));
+        } else {
+            println!("{percentage:3}% {message}");
+        }
+    }
+
+    fn message(&mut self, text: &str) {
+        if self.bar {
+            eprint!("\r\x1b[K");
+            println!("{text}");
+            if let Some((p, m)) = &self.last {
+                bar(*p, m);
+            }
+        } else {
+            println!("{text}");
+        }
+    }
+}
+
 pub(super) fn run(ctx: &Context) -> Result<(), CliError> {
     let loc = location(ctx.arg(0))?;
     let mut system = super::setup(ctx)?;
@@ -34,17 +65,11 @@ pub(super) fn run(ctx: &Context) -> Result<(), CliError> {
         ignore_version_limit: ctx.args.has("ignore-version-limit"),
         transaction_id: ctx.args.value("transaction-id").map(str::to_string),
         require_manifest_hash: ctx.args.value("require-manifest-hash").map(str::to_string),
+        handler_args: ctx.args.value("handler-args").map(str::to_string),
     };
-    let use_bar = ctx.args.has("progress") || std::io::stderr().is_terminal();
-    let mut sink = |p: i32, m: &str, _depth: i32| {
-        if use_bar {
-            bar(p, m);
-        } else {
-            println!("{p:3}% {m}");
-        }
-    };
+    let mut sink = Terminal { bar: ctx.args.has("progress") || std::io::stderr().is_terminal(), last: None };
     let result = engine::install(&mut system, &args, &mut sink);
-    if use_bar {
+    if sink.bar {
         eprintln!();
     }
     match result {

@@ -131,30 +131,50 @@ fn fill_vfat(src: &ImageSource<'_>, slot: &SlotConfig, progress: &mut dyn FnMut(
     Ok(r)
 }
 
-/// mkfs, mount at `mount_dir`, extract (`path = None`: empty filesystem), sync, unmount.
-/// FAT slots are filled without mounting.
+/// A post-install slot hook, called with the filesystem mounted.
+pub type PostHook<'a> = Option<&'a dyn Fn(&Path) -> Result<()>>;
+
+/// mkfs, mount at `mount_dir`, extract (`src = None`: empty filesystem),
+/// `verify` the archive stream (bytes, sha256), run `post` while mounted,
+/// sync, unmount. FAT slots are filled without mounting and mounted only
+/// for a post hook.
 pub fn install_archive(
     src: Option<&ImageSource<'_>>,
     slot: &SlotConfig,
     mount_dir: &Path,
+    verify: &dyn Fn(u64, &str) -> Result<()>,
+    post: PostHook<'_>,
     progress: &mut dyn FnMut(u64),
-) -> Result<Option<(u64, String)>> {
+) -> Result<()> {
     mkfs(slot)?;
-    if slot.slot_type == SlotType::Vfat {
-        return src.map(|s| fill_vfat(s, slot, progress)).transpose();
-    }
     let opts: Vec<&str> = slot.extra_mount_opts.as_deref().into_iter().collect();
+    if slot.slot_type == SlotType::Vfat {
+        if let Some(s) = src {
+            let (n, sha) = fill_vfat(s, slot, progress)?;
+            verify(n, &sha)?;
+        }
+        if let Some(post) = post {
+            mounts::mount(&slot.device, mount_dir, Some("vfat"), &opts)?;
+            let r = post(mount_dir);
+            let u = mounts::umount(mount_dir);
+            return r.and(u);
+        }
+        return Ok(());
+    }
     mounts::mount(&slot.device, mount_dir, Some(slot.slot_type.as_str()), &opts)?;
     let r = match src {
-        Some(s) => extract_tar(s, mount_dir, slot.slot_type, progress).map(Some),
-        None => Ok(None),
+        Some(s) => extract_tar(s, mount_dir, slot.slot_type, progress).and_then(|(n, sha)| verify(n, &sha)),
+        None => Ok(()),
+    };
+    let r = match (r, post) {
+        (Ok(()), Some(post)) => post(mount_dir),
+        (r, _) => r,
     };
     let synced = tools::run("sync", &["-f".as_ref(), mount_dir.as_os_str()]).map(|_| ());
     let unmounted = mounts::umount(mount_dir);
-    let r = r?;
+    r?;
     synced?;
-    unmounted?;
-    Ok(r)
+    unmounted
 }
 
 #[cfg(test)]

@@ -1,9 +1,12 @@
 //! The install sequence (spec §6.4–6.5).
 
 use super::archive;
+use super::hooks::{self, SlotHook, SlotHooks};
 use super::plan::{self, Method, Plan, check_writable};
 use super::progress::{Progress, ProgressSink};
 use super::write;
+use crate::bundleview::BundleView;
+use crate::config::SlotConfig;
 use crate::error::{Error, Result, failed};
 use crate::eventlog::{self, Event, ids};
 use crate::status::{SlotStatus, now_timestamp};
@@ -11,6 +14,7 @@ use crate::system::System;
 use rota_bundle::bundle::{Bundle, OpenOptions};
 use rota_bundle::manifest::{BundleFormat, Manifest};
 use rota_bundle::squashfs::BundleFs;
+use std::path::{Path, PathBuf};
 
 /// What the caller asks for.
 #[derive(Default)]
@@ -27,6 +31,33 @@ pub struct InstallArgs {
     pub transaction_id: Option<String>,
     /// Refuse bundles whose manifest hash differs.
     pub require_manifest_hash: Option<String>,
+    /// Extra arguments for the full custom handler (shell words, `--handler-args`).
+    pub handler_args: Option<String>,
+}
+
+/// The mounted bundle as hooks and handlers see it.
+struct MountedBundle {
+    view: BundleView,
+    /// `RAUC_BUNDLE_SPKI_HASHES`.
+    spki_hashes: String,
+}
+
+impl MountedBundle {
+    fn dir(&self) -> &Path {
+        self.view.path()
+    }
+}
+
+/// Splits `[handler] args` and `--handler-args` into words.
+fn handler_argv(manifest: &Manifest, extra: Option<&str>) -> Result<Vec<String>> {
+    let mut argv = Vec::new();
+    for words in [manifest.handler.args.as_deref(), extra].into_iter().flatten() {
+        argv.extend(
+            shell_words::split(words)
+                .map_err(|e| Error::Failed(format!("Invalid handler arguments '{words}': {e}")))?,
+        );
+    }
+    Ok(argv)
 }
 
 /// What an install did.
@@ -144,20 +175,36 @@ fn run(
     let manifest = bundle.manifest().clone();
     let manifest_hash = bundle.manifest_hash();
     *info = (Some(manifest.clone()), Some(manifest_hash.clone()));
-    let fs = step(p, "Checking manifest contents", || {
-        bundle.filesystem().map_err(|e| Error::Failed(format!("Failed mounting bundle: {e}")))
-    })?;
-    let group = step(p, "Determining target install group", || Ok(plan::target_group(system)))?;
-
-    if system.config.handlers.pre_install.is_some()
+    // Hooks and handlers see the bundle mounted (through the verified view).
+    let needs_mount = system.config.handlers.pre_install.is_some()
         || system.config.handlers.post_install.is_some()
         || manifest.hooks.filename.is_some()
-        || manifest.handler.filename.is_some()
-        || manifest.images.iter().any(|i| i.hooks.pre_install || i.hooks.install || i.hooks.post_install)
-    {
-        return failed("Hooks and install handlers are not supported by this version of rota yet");
+        || manifest.handler.filename.is_some();
+    let (fs, mounted) = step(p, "Checking manifest contents", || {
+        let fs = bundle.filesystem().map_err(|e| Error::Failed(format!("Failed mounting bundle: {e}")))?;
+        let mounted = if needs_mount {
+            let dir = system.config.system.mount_prefix.join("bundle");
+            if crate::mounts::is_mount_point(&dir) {
+                return failed(format!("Failed mounting bundle: {} is already a mount point", dir.display()));
+            }
+            let view = BundleView::mount(bundle.payload(), &dir)?;
+            Some(MountedBundle { view, spki_hashes: bundle.signature().spki_hashes() })
+        } else {
+            None
+        };
+        Ok((fs, mounted))
+    })?;
+    let group = step(p, "Determining target install group", || Ok(plan::target_group(system)))?;
+    let env = mounted.as_ref().map(|m| hooks::handler_env(system, &manifest, m.dir(), txn, &group)).unwrap_or_default();
+    if let Some(pre) = &system.config.handlers.pre_install {
+        hooks::run_handler(pre, &[], &env, &mut |m| p.message(m))
+            .map_err(|e| Error::Failed(format!("Pre-install handler error: {e}")))?;
     }
-    if !args.ignore_compatible {
+    let install_check = manifest.hooks.hooks.iter().any(|h| h == "install-check");
+    let check_hook = mounted.as_ref().filter(|_| install_check).and_then(|m| hooks::hook_program(&manifest, m.dir()));
+    if let Some(program) = check_hook {
+        hooks::install_check(system, &manifest, &program)?;
+    } else if !args.ignore_compatible {
         manifest.check_compatible(&system.config.system.compatible).map_err(Error::Rejected)?;
     }
     if !args.ignore_version_limit
@@ -165,13 +212,31 @@ fn run(
     {
         manifest.check_min_bundle_version(min).map_err(Error::Failed)?;
     }
-    default_handler(system, &fs, &manifest, &manifest_hash, &group, txn, p).map_err(|e| e.context("Installation error"))
+    let outcome = match (&manifest.handler.filename, &mounted) {
+        (Some(handler), Some(m)) => {
+            let argv = handler_argv(&manifest, args.handler_args.as_deref())?;
+            p.begin("Launching update handler", 6, 0);
+            hooks::run_handler(&m.dir().join(handler), &argv, &env, &mut |msg| p.message(msg))
+                .map_err(|e| Error::Failed(format!("Installation error: Handler error: {e}")))?;
+            p.end(true);
+            Outcome { transaction_id: txn.to_string(), written: Vec::new(), activated: None }
+        }
+        _ => default_handler(system, &fs, mounted.as_ref(), &manifest, &manifest_hash, &group, txn, p)
+            .map_err(|e| e.context("Installation error"))?,
+    };
+    if let Some(post) = &system.config.handlers.post_install {
+        hooks::run_handler(post, &[], &env, &mut |m| p.message(m))
+            .map_err(|e| Error::Failed(format!("Post-install handler error: {e}")))?;
+    }
+    drop(mounted);
+    Ok(outcome)
 }
 
 #[allow(clippy::too_many_arguments)]
 fn default_handler(
     system: &System,
     fs: &BundleFs,
+    mounted: Option<&MountedBundle>,
     manifest: &Manifest,
     manifest_hash: &str,
     group: &[usize],
@@ -212,7 +277,7 @@ fn default_handler(
     p.begin("Updating slots", 6, 10 * plans.len() as u32);
     let mut written = Vec::new();
     for pl in &plans {
-        update_slot(system, fs, manifest, manifest_hash, pl, txn, p)?;
+        update_slot(system, fs, mounted, manifest, manifest_hash, pl, txn, p)?;
         written.push(system.slots[pl.slot].config.name.clone());
     }
     p.end(true);
@@ -233,9 +298,11 @@ fn default_handler(
     Ok(Outcome { transaction_id: txn.to_string(), written, activated })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn update_slot(
     system: &System,
     fs: &BundleFs,
+    mounted: Option<&MountedBundle>,
     manifest: &Manifest,
     manifest_hash: &str,
     pl: &Plan<'_>,
@@ -290,10 +357,11 @@ fn update_slot(
         &Event { kind: "writeslot", message: format!("Updating slot {name}"), message_id: None, fields: vec![] },
     );
     let total = image.size.unwrap_or(0).max(1) as f64;
+    let slot_hooks = mounted.and_then(|m| SlotHooks::new(system, manifest, m.dir(), &m.spki_hashes, slot, image));
     let r = {
         let mut on_bytes = |n: u64| p.fraction(n as f64 / total);
         let src = pl.image.filename.as_deref().map(|f| write::ImageSource::Bundle(fs, f));
-        write_image(system, src.as_ref(), pl, &mut on_bytes)
+        write_image(system, src.as_ref(), pl, slot_hooks.as_ref(), &mut on_bytes)
     };
     if let Err(e) = r {
         if let Err(se) = system.save_status(slot, &fresh("failed")) {
@@ -306,33 +374,62 @@ fn update_slot(
     Ok(())
 }
 
-/// Writes `pl`'s image from `src` (`None` only for `emptyfs`) into its slot
-/// with the plan's method; shared by installs and `write-slot`.
+/// Mounts `slot` at `<mountprefix>/<slot name>` while `f` runs.
+fn with_slot_mounted(system: &System, slot: &SlotConfig, f: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let dir: PathBuf = system.config.system.mount_prefix.join(&slot.name);
+    let opts: Vec<&str> = slot.extra_mount_opts.as_deref().into_iter().collect();
+    crate::mounts::mount(&slot.device, &dir, Some(slot.slot_type.as_str()), &opts)?;
+    let r = f(&dir);
+    let u = crate::mounts::umount(&dir);
+    r.and(u)
+}
+
+/// Writes `pl`'s image from `src` (`None` only for `emptyfs` and install
+/// hooks) into its slot with the plan's method, running the image's slot
+/// hooks around it (spec §4.2); shared by installs and `write-slot` (no hooks).
 pub fn write_image(
     system: &System,
     src: Option<&write::ImageSource<'_>>,
     pl: &Plan<'_>,
+    hooks: Option<&SlotHooks>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<()> {
     let slot = &system.slots[pl.slot].config;
     let image = pl.image;
+    let enabled = |h: SlotHook| hooks.is_some_and(|k| k.has(h));
+    let unmounted = |h: SlotHook| if enabled(h) { hooks.expect("enabled").run(h, None) } else { Ok(()) };
+    let mounted = |h: SlotHook| {
+        if enabled(h) {
+            with_slot_mounted(system, slot, |dir| hooks.expect("enabled").run(h, Some(dir)))
+        } else {
+            Ok(())
+        }
+    };
     match (pl.method, src) {
         (Method::Copy | Method::ImageToFs, Some(src)) => {
+            let fs = pl.method == Method::ImageToFs;
+            if fs { mounted(SlotHook::PreInstall) } else { unmounted(SlotHook::PreInstall) }?;
             write::copy_image(src, image.compression(), &slot.device, image.size, image.sha256.as_deref(), progress)?;
-            if pl.method == Method::ImageToFs && slot.resize && slot.slot_type == crate::config::SlotType::Ext4 {
+            if fs && slot.resize && slot.slot_type == crate::config::SlotType::Ext4 {
                 crate::tools::run("resize2fs", &[&slot.device])?;
             }
-            Ok(())
+            if fs { mounted(SlotHook::PostInstall) } else { unmounted(SlotHook::PostInstall) }
         }
         (Method::ArchiveToFs, src) => {
+            unmounted(SlotHook::PreInstall)?;
             let dir = system.config.system.mount_prefix.join(&slot.name);
-            let r = archive::install_archive(src, slot, &dir, progress)?;
-            if let (Some((bytes, sha)), Some(src)) = (&r, src) {
-                write::check_manifest(src, *bytes, sha, image.size, image.sha256.as_deref())?;
-            }
-            Ok(())
+            let post = |d: &Path| hooks.expect("enabled").run(SlotHook::PostInstall, Some(d));
+            let post: archive::PostHook<'_> = enabled(SlotHook::PostInstall).then_some(&post);
+            let verify = |bytes: u64, sha: &str| match src {
+                Some(src) => write::check_manifest(src, bytes, sha, image.size, image.sha256.as_deref()),
+                None => Ok(()),
+            };
+            archive::install_archive(src, slot, &dir, &verify, post, progress)
         }
         (Method::Copy | Method::ImageToFs, None) => failed("No image file to write"),
-        (Method::Hook, _) => failed("Install hooks are not supported by this version of rota yet"),
+        (Method::Hook, _) => match hooks {
+            Some(h) => h.run(SlotHook::Install, system.slots[pl.slot].mount_point.as_deref()),
+            None => failed("The image is written by an install hook, which needs its bundle"),
+        },
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod archive;
 pub mod engine;
+pub mod hooks;
 pub mod plan;
 pub mod progress;
 pub mod write;

@@ -7,6 +7,11 @@
 pub trait ProgressSink {
     /// One update.
     fn progress(&mut self, percentage: i32, message: &str, depth: i32);
+
+    /// A status message from a handler (spec §6.7); logged unless the sink shows it.
+    fn message(&mut self, text: &str) {
+        tracing::info!("{text}");
+    }
 }
 
 impl<F: FnMut(i32, &str, i32)> ProgressSink for F {
@@ -102,6 +107,11 @@ impl<'a> Progress<'a> {
         if fraction < 1.0 && self.percentage() > self.last {
             self.emit(&text, self.stack.len());
         }
+    }
+
+    /// Passes a handler's status message on to the sink.
+    pub fn message(&mut self, text: &str) {
+        self.sink.message(text);
     }
 
     /// Closes every open step as failed (the root last).
