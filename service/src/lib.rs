@@ -3,6 +3,7 @@
 //! device commands of the multi-call command line.
 #![deny(missing_docs)]
 
+pub mod artifacts;
 pub mod bootloader;
 pub mod bootslot;
 pub mod bundleview;

@@ -43,6 +43,22 @@ pub struct RepoReport {
     pub path: String,
     /// `files` or `trees`.
     pub repo_type: String,
+    /// Description from the configuration.
+    pub description: Option<String>,
+    /// Artifacts (name, instances), sorted by name.
+    pub artifacts: Vec<(String, Vec<crate::artifacts::Instance>)>,
+}
+
+/// Groups instances (sorted by name) per artifact name.
+fn group_instances(instances: Vec<crate::artifacts::Instance>) -> Vec<(String, Vec<crate::artifacts::Instance>)> {
+    let mut out: Vec<(String, Vec<crate::artifacts::Instance>)> = Vec::new();
+    for i in instances {
+        match out.last_mut() {
+            Some((name, v)) if *name == i.name => v.push(i),
+            _ => out.push((i.name.clone(), vec![i])),
+        }
+    }
+    out
 }
 
 /// Everything `status` shows.
@@ -132,6 +148,11 @@ impl StatusReport {
                     name: r.name.clone(),
                     path: r.path.to_string_lossy().into_owned(),
                     repo_type: r.repo_type.as_str().to_string(),
+                    description: r.description.clone(),
+                    artifacts: group_instances(crate::artifacts::instances(r).unwrap_or_else(|e| {
+                        tracing::warn!("{e}");
+                        Vec::new()
+                    })),
                 })
                 .collect(),
         }
@@ -193,6 +214,21 @@ impl StatusReport {
             self.readable_slot(&mut out, root, &format!("{mark} "), "      ", detailed);
             for child in self.slots.iter().filter(|s| s.parent.as_deref() == Some(&root.name)) {
                 self.readable_slot(&mut out, child, "    ", "          ", detailed);
+            }
+        }
+        if !self.repos.is_empty() {
+            out.push_str("\n=== Artifact Repositories ===\n");
+        }
+        for r in &self.repos {
+            out.push_str(&format!("[{}] ({}, {})\n", r.name, r.path, r.repo_type));
+            if let Some(d) = &r.description {
+                out.push_str(&format!("      description: {d}\n"));
+            }
+            for (name, instances) in &r.artifacts {
+                out.push_str(&format!("    {name}\n"));
+                for i in instances {
+                    out.push_str(&format!("      {} {}\n", if i.active { "*" } else { "-" }, i.digest));
+                }
             }
         }
         out
@@ -297,7 +333,20 @@ impl StatusReport {
             out.push_str(&format!("RAUC_REPO_PATH_{n}={}\n", q(&r.path)));
             out.push_str(&format!("RAUC_REPO_TYPE_{n}={}\n", q(&r.repo_type)));
             out.push_str(&format!("RAUC_REPO_PARENT_CLASS_{n}=''\n"));
-            out.push_str(&format!("RAUC_REPO_ARTIFACTS_{n}=''\n"));
+            let nums: Vec<String> = (1..=r.artifacts.len()).map(|a| a.to_string()).collect();
+            out.push_str(&format!("RAUC_REPO_ARTIFACTS_{n}={}\n", q(&nums.join(" "))));
+            for (a, (name, instances)) in r.artifacts.iter().enumerate() {
+                let a = a + 1;
+                out.push_str(&format!("RAUC_REPO_ARTIFACT_NAME_{n}_{a}={}\n", q(name)));
+                let nums: Vec<String> = (1..=instances.len()).map(|i| i.to_string()).collect();
+                out.push_str(&format!("RAUC_REPO_ARTIFACT_INSTANCES_{n}_{a}={}\n", q(&nums.join(" "))));
+                for (i, inst) in instances.iter().enumerate() {
+                    let i = i + 1;
+                    out.push_str(&format!("RAUC_REPO_ARTIFACT_INSTANCE_CHECKSUM_{n}_{a}_{i}={}\n", q(&inst.digest)));
+                    let active = if inst.active { "1" } else { "0" };
+                    out.push_str(&format!("RAUC_REPO_ARTIFACT_INSTANCE_ACTIVE_{n}_{a}_{i}={}\n", q(active)));
+                }
+            }
         }
         out
     }
@@ -326,9 +375,31 @@ impl StatusReport {
         let repos: Vec<Value> = self
             .repos
             .iter()
-            .map(
-                |r| json!({"name": r.name, "path": r.path, "type": r.repo_type, "parent-class": null, "artifacts": []}),
-            )
+            .map(|r| {
+                let artifacts: Vec<Value> = r
+                    .artifacts
+                    .iter()
+                    .map(|(name, instances)| {
+                        let instances: Vec<Value> = instances
+                            .iter()
+                            .map(|i| {
+                                let refs: Vec<&str> = if i.active { vec![""] } else { vec![] };
+                                json!({"checksum": i.digest, "references": refs})
+                            })
+                            .collect();
+                        json!({"name": name, "instances": instances})
+                    })
+                    .collect();
+                let mut m = Map::new();
+                m.insert("name".into(), r.name.clone().into());
+                if let Some(d) = &r.description {
+                    m.insert("description".into(), d.clone().into());
+                }
+                m.insert("path".into(), r.path.clone().into());
+                m.insert("type".into(), r.repo_type.clone().into());
+                m.insert("artifacts".into(), Value::Array(artifacts));
+                Value::Object(m)
+            })
             .collect();
         let mut m = Map::new();
         m.insert("compatible".into(), self.compatible.clone().into());

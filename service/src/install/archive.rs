@@ -58,24 +58,32 @@ fn compression_flag(filename: &str) -> Option<&'static str> {
     FLAGS.iter().find(|(suffixes, _)| suffixes.iter().any(|s| filename.ends_with(s))).map(|(_, flag)| *flag)
 }
 
-/// Extracts archive `path` of the bundle into `dir`; returns (bytes, sha256) of the archive stream.
+/// Extracts the archive `src` into `dir`, with owners, ACLs, xattrs and file
+/// capabilities when `keep_metadata` (not on FAT); returns (bytes, sha256)
+/// of the archive stream.
 pub fn extract_tar(
     src: &ImageSource<'_>,
     dir: &Path,
-    slot_type: SlotType,
+    keep_metadata: bool,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(u64, String)> {
     let mut cmd = Command::new("tar");
     cmd.arg("xf").arg("-").arg("-C").arg(dir).arg("--numeric-owner");
-    if slot_type == SlotType::Vfat {
-        cmd.args(["--no-same-owner", "--no-same-permissions"]);
-    } else {
+    if keep_metadata {
         cmd.args(["--xattrs", "--xattrs-include=*", "--acls"]);
+    } else {
+        cmd.args(["--no-same-owner", "--no-same-permissions"]);
     }
     let path = src.name();
     if let Some(flag) = compression_flag(&path) {
         cmd.arg(flag);
     }
+    pipe_to_tar(src, cmd, progress)
+}
+
+/// Runs the prepared `tar` command with the image streamed to its stdin;
+/// returns (bytes, sha256) of the stream once tar succeeded.
+fn pipe_to_tar(src: &ImageSource<'_>, mut cmd: Command, progress: &mut dyn FnMut(u64)) -> Result<(u64, String)> {
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -91,7 +99,7 @@ pub fn extract_tar(
     let out = child.wait_with_output().map_err(|e| Error::Failed(format!("Failed to run tar: {e}")))?;
     if !out.status.success() {
         let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        return failed(format!("Failed to extract '{path}': tar exited with {}: {why}", out.status));
+        return failed(format!("Failed to extract '{}': tar exited with {}: {why}", src.name(), out.status));
     }
     streamed
 }
@@ -101,7 +109,7 @@ pub fn extract_tar(
 /// Works on kernels without vfat support (containers).
 fn fill_vfat(src: &ImageSource<'_>, slot: &SlotConfig, progress: &mut dyn FnMut(u64)) -> Result<(u64, String)> {
     let tmp = tempfile::tempdir().map_err(|e| Error::Failed(format!("Failed to create a temporary directory: {e}")))?;
-    let r = extract_tar(src, tmp.path(), SlotType::Vfat, progress)?;
+    let r = extract_tar(src, tmp.path(), false, progress)?;
     let mut entries: Vec<std::path::PathBuf> = std::fs::read_dir(tmp.path())
         .map_err(|e| Error::Failed(format!("Failed to read extracted archive: {e}")))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -163,7 +171,7 @@ pub fn install_archive(
     }
     mounts::mount(&slot.device, mount_dir, Some(slot.slot_type.as_str()), &opts)?;
     let r = match src {
-        Some(s) => extract_tar(s, mount_dir, slot.slot_type, progress).and_then(|(n, sha)| verify(n, &sha)),
+        Some(s) => extract_tar(s, mount_dir, true, progress).and_then(|(n, sha)| verify(n, &sha)),
         None => Ok(()),
     };
     let r = match (r, post) {

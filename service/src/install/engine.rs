@@ -5,6 +5,7 @@ use super::hooks::{self, SlotHook, SlotHooks};
 use super::plan::{self, Method, Plan, check_writable};
 use super::progress::{Progress, ProgressSink};
 use super::write;
+use crate::artifacts;
 use crate::bundleview::BundleView;
 use crate::config::SlotConfig;
 use crate::error::{Error, Result, failed};
@@ -246,7 +247,16 @@ fn default_handler(
     let variant = (!system.variant.is_empty()).then_some(system.variant.as_str());
     let images = manifest.select_images(variant).map_err(Error::Failed)?;
     let plans = plan::plans(system, group, &images)?;
+    let artifact_plans = plan::artifact_plans(system, manifest)?;
+    if plans.is_empty() && artifact_plans.is_empty() {
+        return failed("No installable image found");
+    }
     // Pre-checks for every plan before anything is written.
+    for f in artifact_plans.iter().filter_map(|a| a.image.filename.as_deref()) {
+        if fs.entry(f).is_none() {
+            return failed(format!("Source image '{f}' not found in bundle"));
+        }
+    }
     for pl in &plans {
         let slot = &system.slots[pl.slot];
         if let Some(f) = &pl.image.filename
@@ -274,11 +284,17 @@ fn default_handler(
             .set_state(b, false)
             .map_err(|e| Error::Failed(format!("Failed marking slot {} non-bootable (bad): {e}", s.config.name)))?;
     }
-    p.begin("Updating slots", 6, 10 * plans.len() as u32);
+    p.begin("Updating slots", 6, 10 * (plans.len() + artifact_plans.len()) as u32);
     let mut written = Vec::new();
     for pl in &plans {
         update_slot(system, fs, mounted, manifest, manifest_hash, pl, txn, p)?;
         written.push(system.slots[pl.slot].config.name.clone());
+    }
+    for ap in &artifact_plans {
+        update_artifact(system, fs, manifest, ap, p)?;
+    }
+    for repo in &system.config.artifacts {
+        artifacts::prune(repo)?;
     }
     p.end(true);
     let mut activated = None;
@@ -370,6 +386,49 @@ fn update_slot(
         return Err(Error::Failed(format!("Failed updating slot {name}: {e}")));
     }
     system.save_status(slot, &fresh("ok"))?;
+    p.end(true);
+    Ok(())
+}
+
+/// Installs (or reuses) one artifact and makes it the active instance;
+/// artifacts of the same repo the bundle no longer ships are deactivated.
+fn update_artifact(
+    system: &System,
+    fs: &BundleFs,
+    manifest: &Manifest,
+    ap: &plan::ArtifactPlan<'_>,
+    p: &mut Progress<'_>,
+) -> Result<()> {
+    let repo = &system.config.artifacts[ap.repo];
+    let image = ap.image;
+    let name = image.artifact.as_deref().expect("artifact plan");
+    let digest = image.sha256.as_deref().unwrap_or("");
+    let reuse = step(p, &format!("Checking repo '{}'", repo.name), || {
+        let keep: Vec<&str> =
+            manifest.images.iter().filter(|i| i.slotclass == repo.name).filter_map(|i| i.artifact.as_deref()).collect();
+        artifacts::deactivate_others(repo, &keep)?;
+        Ok(artifacts::has_instance(repo, name, digest))
+    })?;
+    eventlog::emit(
+        &system.config.logs,
+        &Event {
+            kind: "writeslot",
+            message: format!("Updating artifact '{name}' in repo '{}'", repo.name),
+            message_id: None,
+            fields: vec![],
+        },
+    );
+    let text = if reuse { "Reusing artifact image in repo" } else { "Copying artifact image to repo" };
+    p.begin(&format!("{text} '{}'", repo.name), 9, 0);
+    if !reuse {
+        let total = image.size.unwrap_or(0).max(1) as f64;
+        let f = image.filename.as_deref().unwrap_or("");
+        artifacts::install(repo, name, digest, &write::ImageSource::Bundle(fs, f), &mut |n| {
+            p.fraction(n as f64 / total)
+        })
+        .map_err(|e| e.context(&format!("Failed updating artifact '{name}' in repo '{}'", repo.name)))?;
+    }
+    artifacts::activate(repo, name, digest)?;
     p.end(true);
     Ok(())
 }

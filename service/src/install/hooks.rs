@@ -26,22 +26,6 @@ fn system_values(system: &System) -> Env {
     env
 }
 
-/// The variable name for manifest meta data: `RAUC_META_<LABEL>_<KEY>`,
-/// upper-cased, `-` turned into `_`.
-pub fn meta_variable(label: &str, key: &str) -> String {
-    format!("RAUC_META_{label}_{key}").to_ascii_uppercase().replace('-', "_")
-}
-
-fn meta_env(manifest: &Manifest) -> Env {
-    let mut env = Env::new();
-    for group in &manifest.meta {
-        for (k, v) in &group.entries {
-            push(&mut env, meta_variable(&group.label, k), v.as_str());
-        }
-    }
-    env
-}
-
 fn mount_prefix(system: &System) -> String {
     system.config.system.mount_prefix.to_string_lossy().into_owned()
 }
@@ -87,7 +71,7 @@ pub fn handler_env(system: &System, manifest: &Manifest, bundle_dir: &Path, txn:
             push(&mut env, format!("RAUC_IMAGE_CLASS_{n}"), class.as_str());
         }
     }
-    env.extend(meta_env(manifest));
+    env.extend(manifest.meta_env());
     env
 }
 
@@ -130,7 +114,7 @@ pub fn install_check(system: &System, manifest: &Manifest, program: &Path) -> Re
     push(&mut env, "RAUC_MF_VERSION", manifest.update.version.as_deref().unwrap_or(""));
     push(&mut env, "RAUC_MF_BUILD", manifest.update.build.as_deref().unwrap_or(""));
     push(&mut env, "RAUC_MOUNT_PREFIX", mount_prefix(system));
-    env.extend(meta_env(manifest));
+    env.extend(manifest.meta_env());
     let mut child = Command::new(program)
         .arg("install-check")
         .envs(env.iter().map(|(k, v)| (k, v)))
@@ -271,10 +255,5 @@ mod tests {
         assert_eq!(output_message("<< frobnicate"), "Unknown handler output: << frobnicate");
         assert_eq!(output_message("copying 10%"), "# copying 10%");
         assert_eq!(output_message("<<no space"), "# <<no space");
-    }
-
-    #[test]
-    fn meta_names() {
-        assert_eq!(meta_variable("release-info", "build_id"), "RAUC_META_RELEASE_INFO_BUILD_ID");
     }
 }

@@ -6,7 +6,7 @@ use crate::config::SlotType;
 use crate::error::{Error, Result, failed};
 use crate::status::SlotStatus;
 use crate::system::{SlotState, System};
-use rota_bundle::manifest::{Image, ImageType};
+use rota_bundle::manifest::{Image, ImageType, Manifest};
 
 /// How an image reaches its slot (spec §4.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,7 +141,33 @@ pub fn target_group(system: &System) -> Vec<usize> {
     group
 }
 
-/// One plan per selected image (spec §6.5 step 1), every error before anything is written.
+/// One artifact image to install into one repository.
+#[derive(Debug, Clone)]
+pub struct ArtifactPlan<'m> {
+    /// The manifest image (`[image.<repo>/<artifact>]`).
+    pub image: &'m Image,
+    /// Index into the configuration's artifact repositories.
+    pub repo: usize,
+}
+
+/// One plan per artifact image (variants are not supported for artifacts).
+pub fn artifact_plans<'m>(system: &System, manifest: &'m Manifest) -> Result<Vec<ArtifactPlan<'m>>> {
+    let mut out = Vec::new();
+    for image in manifest.images.iter().filter(|i| i.variant.is_none()) {
+        let Some(artifact) = &image.artifact else {
+            continue;
+        };
+        let Some(repo) = system.config.artifacts.iter().position(|r| r.name == image.slotclass) else {
+            return failed(format!("No target repo '{}' for artifact image '{artifact}' found", image.slotclass));
+        };
+        out.push(ArtifactPlan { image, repo });
+    }
+    Ok(out)
+}
+
+/// One plan per selected image (spec §6.5 step 1), every error before
+/// anything is written. An empty list is for the caller to judge (a bundle
+/// may carry only artifacts).
 pub fn plans<'m>(system: &System, group: &[usize], images: &[&'m Image]) -> Result<Vec<Plan<'m>>> {
     let mut out = Vec::new();
     for image in images {
@@ -154,9 +180,6 @@ pub fn plans<'m>(system: &System, group: &[usize], images: &[&'m Image]) -> Resu
         }
         let method = method_for(image, system.slots[slot].config.slot_type)?;
         out.push(Plan { image, slot, method });
-    }
-    if out.is_empty() {
-        return failed("No installable image found");
     }
     Ok(out)
 }

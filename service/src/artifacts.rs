@@ -1,0 +1,209 @@
+//! Artifact repositories (spec §3.8, §6.5 step 6): directories of files or
+//! trees installed from bundles next to the slots. Each installed instance
+//! lives at `<repo>/.artifact-<name>-<sha256>`; the visible entry
+//! `<repo>/<name>` is a relative symlink to the active instance, switched
+//! atomically. Instances no link points to are removed after an install.
+
+use crate::config::{ArtifactRepoConfig, ArtifactRepoType};
+use crate::error::{Error, Result, failed};
+use crate::install::write::{ImageSource, stream_hashed};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// Prefix of the hidden instance entries.
+const INSTANCE_PREFIX: &str = ".artifact-";
+
+/// One installed instance of an artifact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    /// Artifact name.
+    pub name: String,
+    /// SHA-256 of the image it was installed from.
+    pub digest: String,
+    /// Whether `<repo>/<name>` points at it.
+    pub active: bool,
+}
+
+/// Splits `.artifact-<name>-<hex digest>` into name and digest.
+fn parse_instance(entry: &str) -> Option<(&str, &str)> {
+    let rest = entry.strip_prefix(INSTANCE_PREFIX)?;
+    let (name, digest) = rest.rsplit_once('-')?;
+    let hex = !digest.is_empty() && digest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    (hex && !name.is_empty()).then_some((name, digest))
+}
+
+fn instance_entry(name: &str, digest: &str) -> String {
+    format!("{INSTANCE_PREFIX}{name}-{digest}")
+}
+
+fn io_error(what: &str, path: &Path, e: std::io::Error) -> Error {
+    Error::Failed(format!("{what} '{}': {e}", path.display()))
+}
+
+/// The instances in `repo`, sorted by name then digest.
+pub fn instances(repo: &ArtifactRepoConfig) -> Result<Vec<Instance>> {
+    let dir = std::fs::read_dir(&repo.path).map_err(|e| io_error("Failed to read artifact repo", &repo.path, e))?;
+    let mut out = Vec::new();
+    for entry in dir.filter_map(|e| e.ok()) {
+        let file_name = entry.file_name();
+        let Some((name, digest)) = file_name.to_str().and_then(parse_instance) else {
+            continue;
+        };
+        if name.ends_with(".tmp") || digest.is_empty() {
+            continue;
+        }
+        let link = std::fs::read_link(repo.path.join(name)).ok();
+        let active = link.is_some_and(|l| l == Path::new(&instance_entry(name, digest)));
+        out.push(Instance { name: name.to_string(), digest: digest.to_string(), active });
+    }
+    out.sort_by(|a, b| (&a.name, &a.digest).cmp(&(&b.name, &b.digest)));
+    Ok(out)
+}
+
+/// Whether an instance of `name` with `digest` is installed.
+pub fn has_instance(repo: &ArtifactRepoConfig, name: &str, digest: &str) -> bool {
+    repo.path.join(instance_entry(name, digest)).exists()
+}
+
+fn sync_dir(dir: &Path, fs_too: bool) -> Result<()> {
+    let f = std::fs::File::open(dir).map_err(|e| io_error("Failed to open artifact repo", dir, e))?;
+    // SAFETY: syncfs on a valid open descriptor.
+    if fs_too && unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+        return Err(io_error("Failed to sync artifact repo", dir, std::io::Error::last_os_error()));
+    }
+    f.sync_all().map_err(|e| io_error("Failed to sync artifact repo", dir, e))
+}
+
+fn remove_any(path: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Installs artifact `name` from `src` as a new instance: written to a
+/// temporary entry, checked against `digest` (the manifest's sha256 of the
+/// image), synced, then renamed into place. Trees are unpacked with tar.
+pub fn install(
+    repo: &ArtifactRepoConfig,
+    name: &str,
+    digest: &str,
+    src: &ImageSource<'_>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
+    let target = repo.path.join(instance_entry(name, digest));
+    let tmp = repo.path.join(format!("{}.tmp", instance_entry(name, digest)));
+    remove_any(&tmp).map_err(|e| io_error("Failed to remove", &tmp, e))?;
+    let written = match repo.repo_type {
+        ArtifactRepoType::Files => {
+            let file = std::fs::File::create(&tmp).map_err(|e| io_error("Failed to create", &tmp, e))?;
+            let (n, sha, file) = stream_hashed(src, file, progress)?;
+            file.sync_all().map_err(|e| io_error("Failed to sync", &tmp, e))?;
+            (n, sha)
+        }
+        ArtifactRepoType::Trees => {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().mode(0o700).create(&tmp).map_err(|e| io_error("Failed to create", &tmp, e))?;
+            crate::install::archive::extract_tar(src, &tmp, true, progress)?
+        }
+    };
+    if written.1 != digest {
+        let _ = remove_any(&tmp);
+        return failed(format!("Image '{}' has sha256 {} but the manifest says {digest}", src.name(), written.1));
+    }
+    sync_dir(&repo.path, true)?;
+    std::fs::rename(&tmp, &target).map_err(|e| io_error("Failed to rename artifact to", &target, e))?;
+    sync_dir(&repo.path, false)
+}
+
+/// Points `<repo>/<name>` at the instance with `digest`, atomically
+/// (a new link renamed over the old one).
+pub fn activate(repo: &ArtifactRepoConfig, name: &str, digest: &str) -> Result<()> {
+    let link = repo.path.join(name);
+    let tmp = repo.path.join(format!(".{name}.link.tmp"));
+    remove_any(&tmp).map_err(|e| io_error("Failed to remove", &tmp, e))?;
+    std::os::unix::fs::symlink(instance_entry(name, digest), &tmp)
+        .map_err(|e| io_error("Failed to create symlink", &tmp, e))?;
+    std::fs::rename(&tmp, &link).map_err(|e| io_error("Failed to update symlink", &link, e))
+}
+
+/// Removes the links of artifacts not in `keep` (those the bundle no
+/// longer ships for this repo).
+pub fn deactivate_others(repo: &ArtifactRepoConfig, keep: &[&str]) -> Result<()> {
+    for inst in instances(repo)?.into_iter().filter(|i| i.active && !keep.contains(&i.name.as_str())) {
+        let link = repo.path.join(&inst.name);
+        std::fs::remove_file(&link).map_err(|e| io_error("Failed to remove symlink", &link, e))?;
+    }
+    Ok(())
+}
+
+/// Removes unreferenced instances, temporary leftovers and anything else
+/// that is neither an instance nor a symlink; then syncs the repo.
+pub fn prune(repo: &ArtifactRepoConfig) -> Result<()> {
+    let active: Vec<String> =
+        instances(repo)?.into_iter().filter(|i| i.active).map(|i| i.name + "-" + &i.digest).collect();
+    let dir = std::fs::read_dir(&repo.path).map_err(|e| io_error("Failed to read artifact repo", &repo.path, e))?;
+    for entry in dir.filter_map(|e| e.ok()) {
+        let path: PathBuf = entry.path();
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let keep = match parse_instance(&file_name) {
+            Some((name, digest)) => active.contains(&format!("{name}-{digest}")),
+            None => entry.file_type().is_ok_and(|t| t.is_symlink()) && !file_name.ends_with(".link.tmp"),
+        };
+        if !keep {
+            tracing::info!("Removing unused artifact data {}", path.display());
+            remove_any(&path).map_err(|e| io_error("Failed to remove", &path, e))?;
+        }
+    }
+    sync_dir(&repo.path, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_names() {
+        assert_eq!(parse_instance(".artifact-app-a-b-0f3a"), Some(("app-a-b", "0f3a")));
+        assert_eq!(parse_instance(".artifact-app-0F3A"), None);
+        assert_eq!(parse_instance(".artifact--0f"), None);
+        assert_eq!(parse_instance("app"), None);
+        assert_eq!(parse_instance(".artifact-app-"), None);
+    }
+
+    fn repo(dir: &Path, repo_type: ArtifactRepoType) -> ArtifactRepoConfig {
+        ArtifactRepoConfig { name: "r".into(), path: dir.to_path_buf(), repo_type, description: None }
+    }
+
+    #[test]
+    fn install_activate_and_prune_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = repo(dir.path(), ArtifactRepoType::Files);
+        let src_dir = tempfile::tempdir().unwrap();
+        let mut ids = Vec::new();
+        for content in [b"one".as_slice(), b"two".as_slice()] {
+            let f = src_dir.path().join("a.bin");
+            std::fs::write(&f, content).unwrap();
+            let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(content));
+            install(&r, "app", &digest, &ImageSource::File(&f), &mut |_| {}).unwrap();
+            activate(&r, "app", &digest).unwrap();
+            ids.push(digest);
+        }
+        std::fs::write(dir.path().join("stray"), b"x").unwrap();
+        prune(&r).unwrap();
+        let inst = instances(&r).unwrap();
+        assert_eq!(inst, [Instance { name: "app".into(), digest: ids[1].clone(), active: true }]);
+        assert_eq!(std::fs::read(dir.path().join("app")).unwrap(), b"two");
+        assert!(!dir.path().join("stray").exists());
+        // A digest that does not match leaves nothing behind.
+        let f = src_dir.path().join("a.bin");
+        let err = install(&r, "app", &"0".repeat(64), &ImageSource::File(&f), &mut |_| {}).unwrap_err();
+        assert!(err.to_string().contains("but the manifest says"), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+        deactivate_others(&r, &[]).unwrap();
+        prune(&r).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}
