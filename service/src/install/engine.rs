@@ -1,6 +1,7 @@
 //! The install sequence (spec §6.4–6.5).
 
 use super::archive;
+use super::bootregion;
 use super::hooks::{self, SlotHook, SlotHooks};
 use super::plan::{self, Method, Plan, check_writable};
 use super::progress::{Progress, ProgressSink};
@@ -485,7 +486,17 @@ pub fn write_image(
             };
             archive::install_archive(src, slot, &dir, &verify, post, progress)
         }
-        (Method::Copy | Method::ImageToFs, None) => failed("No image file to write"),
+        (Method::BootMbr | Method::BootGpt | Method::BootFallback, Some(src)) => {
+            let kind = match pl.method {
+                Method::BootMbr => bootregion::Kind::MbrSwitch,
+                Method::BootGpt => bootregion::Kind::GptSwitch,
+                _ => bootregion::Kind::RawFallback,
+            };
+            bootregion::write(kind, &bootregion::Job { slot, src, image, hooks }, progress)
+        }
+        (Method::Copy | Method::ImageToFs | Method::BootMbr | Method::BootGpt | Method::BootFallback, None) => {
+            failed("No image file to write")
+        }
         (Method::Hook, _) => match hooks {
             Some(h) => h.run(SlotHook::Install, system.slots[pl.slot].mount_point.as_deref()),
             None => failed("The image is written by an install hook, which needs its bundle"),

@@ -221,11 +221,16 @@ impl SlotHooks {
 
     /// Runs `hook` if enabled, with the slot's mount point when it is mounted.
     pub fn run(&self, hook: SlotHook, mount_point: Option<&Path>) -> Result<()> {
+        self.run_with(hook, mount_point, &[])
+    }
+
+    /// Like [`SlotHooks::run`], with `extra` variables (boot slot types, spec §4.3–4.5).
+    pub fn run_with(&self, hook: SlotHook, mount_point: Option<&Path>, extra: &[(String, String)]) -> Result<()> {
         if !self.has(hook) {
             return Ok(());
         }
         let mut cmd = Command::new(&self.program);
-        cmd.arg(hook.argument()).stdin(Stdio::null()).envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd.arg(hook.argument()).stdin(Stdio::null()).envs(self.env.iter().chain(extra).map(|(k, v)| (k, v)));
         if let Some(mp) = mount_point {
             cmd.env("RAUC_SLOT_MOUNT_POINT", mp);
         }

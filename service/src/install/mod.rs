@@ -3,6 +3,7 @@
 //! record slot status, and only then switch the bootloader.
 
 pub mod archive;
+pub mod bootregion;
 pub mod engine;
 pub mod hooks;
 pub mod plan;

@@ -19,6 +19,12 @@ pub enum Method {
     ArchiveToFs,
     /// The image's `install` hook does everything.
     Hook,
+    /// The inactive half of a region, then MBR entry 0 switched.
+    BootMbr,
+    /// The inactive half of a region, then GPT entry 1 switched.
+    BootGpt,
+    /// Primary and fallback copy, headers last.
+    BootFallback,
 }
 
 /// One image to write into one slot.
@@ -50,6 +56,9 @@ pub fn method_for(image: &Image, slot_type: SlotType) -> Result<Method> {
         (I::Raw, S::Jffs2) => Some(Method::Copy),
         (I::Raw | I::Ext4, S::Ext4) | (I::Raw | I::Vfat, S::Vfat) => Some(Method::ImageToFs),
         (I::Tar, S::Ext4 | S::Vfat) | (I::Emptyfs, S::Ext4) => Some(Method::ArchiveToFs),
+        (I::Raw | I::Vfat, S::BootMbrSwitch) => Some(Method::BootMbr),
+        (I::Raw | I::Ext4 | I::Vfat, S::BootGptSwitch) => Some(Method::BootGpt),
+        (I::Raw, S::BootRawFallback) => Some(Method::BootFallback),
         _ => None,
     };
     m.ok_or_else(|| Error::Failed(format!("Unsupported image type '{t}' for slot type '{}'", slot_type.as_str())))
