@@ -36,22 +36,16 @@ fn instance_entry(name: &str, digest: &str) -> String {
     format!("{INSTANCE_PREFIX}{name}-{digest}")
 }
 
-fn io_error(what: &str, path: &Path, e: std::io::Error) -> Error {
-    Error::Failed(format!("{what} '{}': {e}", path.display()))
-}
-
 /// The instances in `repo`, sorted by name then digest.
 pub fn instances(repo: &ArtifactRepoConfig) -> Result<Vec<Instance>> {
-    let dir = std::fs::read_dir(&repo.path).map_err(|e| io_error("Failed to read artifact repo", &repo.path, e))?;
+    let dir = std::fs::read_dir(&repo.path).map_err(|e| Error::io("Failed to read artifact repo", &repo.path, e))?;
     let mut out = Vec::new();
     for entry in dir.filter_map(|e| e.ok()) {
         let file_name = entry.file_name();
+        // Temporary `<instance>.tmp` entries do not parse: their "digest" is not hex.
         let Some((name, digest)) = file_name.to_str().and_then(parse_instance) else {
             continue;
         };
-        if name.ends_with(".tmp") || digest.is_empty() {
-            continue;
-        }
         let link = std::fs::read_link(repo.path.join(name)).ok();
         let active = link.is_some_and(|l| l == Path::new(&instance_entry(name, digest)));
         out.push(Instance { name: name.to_string(), digest: digest.to_string(), active });
@@ -66,12 +60,12 @@ pub fn has_instance(repo: &ArtifactRepoConfig, name: &str, digest: &str) -> bool
 }
 
 fn sync_dir(dir: &Path, fs_too: bool) -> Result<()> {
-    let f = std::fs::File::open(dir).map_err(|e| io_error("Failed to open artifact repo", dir, e))?;
+    let f = std::fs::File::open(dir).map_err(|e| Error::io("Failed to open artifact repo", dir, e))?;
     // SAFETY: syncfs on a valid open descriptor.
     if fs_too && unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
-        return Err(io_error("Failed to sync artifact repo", dir, std::io::Error::last_os_error()));
+        return Err(Error::io("Failed to sync artifact repo", dir, std::io::Error::last_os_error()));
     }
-    f.sync_all().map_err(|e| io_error("Failed to sync artifact repo", dir, e))
+    f.sync_all().map_err(|e| Error::io("Failed to sync artifact repo", dir, e))
 }
 
 fn remove_any(path: &Path) -> std::io::Result<()> {
@@ -95,17 +89,17 @@ pub fn install(
 ) -> Result<()> {
     let target = repo.path.join(instance_entry(name, digest));
     let tmp = repo.path.join(format!("{}.tmp", instance_entry(name, digest)));
-    remove_any(&tmp).map_err(|e| io_error("Failed to remove", &tmp, e))?;
+    remove_any(&tmp).map_err(|e| Error::io("Failed to remove", &tmp, e))?;
     let written = match repo.repo_type {
         ArtifactRepoType::Files => {
-            let file = std::fs::File::create(&tmp).map_err(|e| io_error("Failed to create", &tmp, e))?;
+            let file = std::fs::File::create(&tmp).map_err(|e| Error::io("Failed to create", &tmp, e))?;
             let (n, sha, file) = stream_hashed(src, file, progress)?;
-            file.sync_all().map_err(|e| io_error("Failed to sync", &tmp, e))?;
+            file.sync_all().map_err(|e| Error::io("Failed to sync", &tmp, e))?;
             (n, sha)
         }
         ArtifactRepoType::Trees => {
             use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new().mode(0o700).create(&tmp).map_err(|e| io_error("Failed to create", &tmp, e))?;
+            std::fs::DirBuilder::new().mode(0o700).create(&tmp).map_err(|e| Error::io("Failed to create", &tmp, e))?;
             crate::install::archive::extract_tar(src, &tmp, true, progress)?
         }
     };
@@ -114,7 +108,7 @@ pub fn install(
         return failed(format!("Image '{}' has sha256 {} but the manifest says {digest}", src.name(), written.1));
     }
     sync_dir(&repo.path, true)?;
-    std::fs::rename(&tmp, &target).map_err(|e| io_error("Failed to rename artifact to", &target, e))?;
+    std::fs::rename(&tmp, &target).map_err(|e| Error::io("Failed to rename artifact to", &target, e))?;
     sync_dir(&repo.path, false)
 }
 
@@ -123,10 +117,10 @@ pub fn install(
 pub fn activate(repo: &ArtifactRepoConfig, name: &str, digest: &str) -> Result<()> {
     let link = repo.path.join(name);
     let tmp = repo.path.join(format!(".{name}.link.tmp"));
-    remove_any(&tmp).map_err(|e| io_error("Failed to remove", &tmp, e))?;
+    remove_any(&tmp).map_err(|e| Error::io("Failed to remove", &tmp, e))?;
     std::os::unix::fs::symlink(instance_entry(name, digest), &tmp)
-        .map_err(|e| io_error("Failed to create symlink", &tmp, e))?;
-    std::fs::rename(&tmp, &link).map_err(|e| io_error("Failed to update symlink", &link, e))
+        .map_err(|e| Error::io("Failed to create symlink", &tmp, e))?;
+    std::fs::rename(&tmp, &link).map_err(|e| Error::io("Failed to update symlink", &link, e))
 }
 
 /// Removes the links of artifacts not in `keep` (those the bundle no
@@ -134,7 +128,7 @@ pub fn activate(repo: &ArtifactRepoConfig, name: &str, digest: &str) -> Result<(
 pub fn deactivate_others(repo: &ArtifactRepoConfig, keep: &[&str]) -> Result<()> {
     for inst in instances(repo)?.into_iter().filter(|i| i.active && !keep.contains(&i.name.as_str())) {
         let link = repo.path.join(&inst.name);
-        std::fs::remove_file(&link).map_err(|e| io_error("Failed to remove symlink", &link, e))?;
+        std::fs::remove_file(&link).map_err(|e| Error::io("Failed to remove symlink", &link, e))?;
     }
     Ok(())
 }
@@ -142,19 +136,18 @@ pub fn deactivate_others(repo: &ArtifactRepoConfig, keep: &[&str]) -> Result<()>
 /// Removes unreferenced instances, temporary leftovers and anything else
 /// that is neither an instance nor a symlink; then syncs the repo.
 pub fn prune(repo: &ArtifactRepoConfig) -> Result<()> {
-    let active: Vec<String> =
-        instances(repo)?.into_iter().filter(|i| i.active).map(|i| i.name + "-" + &i.digest).collect();
-    let dir = std::fs::read_dir(&repo.path).map_err(|e| io_error("Failed to read artifact repo", &repo.path, e))?;
+    let active: Vec<Instance> = instances(repo)?.into_iter().filter(|i| i.active).collect();
+    let dir = std::fs::read_dir(&repo.path).map_err(|e| Error::io("Failed to read artifact repo", &repo.path, e))?;
     for entry in dir.filter_map(|e| e.ok()) {
         let path: PathBuf = entry.path();
         let file_name = entry.file_name().to_string_lossy().into_owned();
         let keep = match parse_instance(&file_name) {
-            Some((name, digest)) => active.contains(&format!("{name}-{digest}")),
+            Some((name, digest)) => active.iter().any(|i| i.name == name && i.digest == digest),
             None => entry.file_type().is_ok_and(|t| t.is_symlink()) && !file_name.ends_with(".link.tmp"),
         };
         if !keep {
             tracing::info!("Removing unused artifact data {}", path.display());
-            remove_any(&path).map_err(|e| io_error("Failed to remove", &path, e))?;
+            remove_any(&path).map_err(|e| Error::io("Failed to remove", &path, e))?;
         }
     }
     sync_dir(&repo.path, true)

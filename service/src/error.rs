@@ -21,6 +21,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// A failed file operation: `<what> '<path>': <reason>`.
+    pub fn io(what: &str, path: &std::path::Path, e: std::io::Error) -> Error {
+        Error::Failed(format!("{what} '{}': {e}", path.display()))
+    }
+
     /// Prefixes the message with `context: `, keeping the kind.
     pub fn context(self, context: &str) -> Error {
         match self {

@@ -104,6 +104,21 @@ pub fn mount(device: &Path, dir: &Path, fstype: Option<&str>, options: &[&str]) 
     tools::run("mount", &args).map(|_| ())
 }
 
+/// Mounts `slot` (its type, its `extra-mount-opts`) at `dir` while `f`
+/// runs, and unmounts it again even when `f` fails (whose error comes first).
+pub fn with_slot_mounted<T>(
+    slot: &crate::config::SlotConfig,
+    dir: &Path,
+    f: impl FnOnce(&Path) -> Result<T>,
+) -> Result<T> {
+    let opts: Vec<&str> = slot.extra_mount_opts.as_deref().into_iter().collect();
+    mount(&slot.device, dir, Some(slot.slot_type.as_str()), &opts)?;
+    let r = f(dir);
+    let u = umount(dir);
+    let r = r?;
+    u.map(|()| r)
+}
+
 /// Unmounts `dir` and removes the (then empty) directory.
 pub fn umount(dir: &Path) -> Result<()> {
     tools::run("umount", &[dir])?;

@@ -80,11 +80,7 @@ pub fn run_merged(program: &Path, args: &[String], env: &[(String, String)], mut
         }
     }
     let status = child.wait().map_err(|e| Error::Failed(format!("Failed to run {}: {e}", program.display())))?;
-    match status.code() {
-        Some(0) => Ok(()),
-        Some(c) => failed(format!("Child process exited with code {c}")),
-        None => failed("Child process was killed by a signal"),
-    }
+    crate::tools::check_exit(status)
 }
 
 fn read_variant(source: &VariantSource) -> Result<String> {

@@ -4,7 +4,8 @@
 
 use crate::error::{Error, Result};
 use std::ffi::OsStr;
-use std::process::{Command, Stdio};
+use std::io::Write;
+use std::process::{Command, ExitStatus, Stdio};
 
 /// What a finished program printed.
 #[derive(Debug, Clone)]
@@ -24,23 +25,48 @@ fn describe<S: AsRef<OsStr>>(program: &str, args: &[S]) -> String {
     s
 }
 
+/// How a child that did not exit 0 ended, in GLib's words (which RAUC's
+/// messages carry): `Child process exited with code N` or `… killed by a signal`.
+pub fn exit_reason(status: ExitStatus) -> String {
+    match status.code() {
+        Some(c) => format!("Child process exited with code {c}"),
+        None => "Child process was killed by a signal".to_string(),
+    }
+}
+
+/// Fails with [`exit_reason`] unless `status` is a zero exit.
+pub fn check_exit(status: ExitStatus) -> Result<()> {
+    if status.success() { Ok(()) } else { Err(Error::Failed(exit_reason(status))) }
+}
+
 /// Runs `program args…` (no stdin); fails unless it exits 0.
 pub fn run<S: AsRef<OsStr>>(program: &str, args: &[S]) -> Result<Output> {
+    run_with_input(program, args, None)
+}
+
+/// Runs `program args…` with `input` on stdin (none: empty stdin); fails
+/// unless it exits 0, naming the command and what it wrote to stderr.
+pub fn run_with_input<S: AsRef<OsStr>>(program: &str, args: &[S], input: Option<&[u8]>) -> Result<Output> {
     tracing::debug!("running {}", describe(program, args));
-    let out = Command::new(program)
+    let start = |e: std::io::Error| Error::Failed(format!("Failed to start {program}: {e}"));
+    let mut child = Command::new(program)
         .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| Error::Failed(format!("Failed to start {program}: {e}")))?;
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(start)?;
+    if let (Some(data), Some(mut stdin)) = (input, child.stdin.take()) {
+        // A child that exits without reading all input is judged by its exit status.
+        let _ = stdin.write_all(data);
+    }
+    let out = child.wait_with_output().map_err(start)?;
     let output = Output {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     };
     if !out.status.success() {
-        let reason = match out.status.code() {
-            Some(c) => format!("Child process exited with code {c}"),
-            None => "Child process was killed by a signal".to_string(),
-        };
+        let reason = exit_reason(out.status);
         let detail = output.stderr.trim();
         return Err(Error::Failed(if detail.is_empty() {
             format!("{} failed: {reason}", describe(program, args))

@@ -155,34 +155,28 @@ pub fn install_archive(
     progress: &mut dyn FnMut(u64),
 ) -> Result<()> {
     mkfs(slot)?;
-    let opts: Vec<&str> = slot.extra_mount_opts.as_deref().into_iter().collect();
     if slot.slot_type == SlotType::Vfat {
         if let Some(s) = src {
             let (n, sha) = fill_vfat(s, slot, progress)?;
             verify(n, &sha)?;
         }
-        if let Some(post) = post {
-            mounts::mount(&slot.device, mount_dir, Some("vfat"), &opts)?;
-            let r = post(mount_dir);
-            let u = mounts::umount(mount_dir);
-            return r.and(u);
-        }
-        return Ok(());
+        return match post {
+            Some(post) => mounts::with_slot_mounted(slot, mount_dir, post),
+            None => Ok(()),
+        };
     }
-    mounts::mount(&slot.device, mount_dir, Some(slot.slot_type.as_str()), &opts)?;
-    let r = match src {
-        Some(s) => extract_tar(s, mount_dir, true, progress).and_then(|(n, sha)| verify(n, &sha)),
-        None => Ok(()),
-    };
-    let r = match (r, post) {
-        (Ok(()), Some(post)) => post(mount_dir),
-        (r, _) => r,
-    };
-    let synced = tools::run("sync", &["-f".as_ref(), mount_dir.as_os_str()]).map(|_| ());
-    let unmounted = mounts::umount(mount_dir);
-    r?;
-    synced?;
-    unmounted
+    mounts::with_slot_mounted(slot, mount_dir, |dir| {
+        let r = match src {
+            Some(s) => extract_tar(s, dir, true, progress).and_then(|(n, sha)| verify(n, &sha)),
+            None => Ok(()),
+        };
+        let r = match (r, post) {
+            (Ok(()), Some(post)) => post(dir),
+            (r, _) => r,
+        };
+        let synced = tools::run("sync", &["-f".as_ref(), dir.as_os_str()]).map(|_| ());
+        r.and(synced)
+    })
 }
 
 #[cfg(test)]

@@ -6,15 +6,13 @@
 //! and checked against the manifest digest before anything is switched.
 
 use super::hooks::{SlotHook, SlotHooks};
-use super::write::{ImageSource, check_manifest, stream_hashed};
+use super::write::{ImageSource, check_manifest, read_back_sha256, stream_hashed};
 use crate::config::SlotConfig;
 use crate::error::{Error, Result, failed};
 use crate::tools;
 use rota_bundle::manifest::Image;
-use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -53,12 +51,8 @@ impl Write for OffsetWriter<'_> {
     }
 }
 
-fn io_fail(what: &str, dev: &Path, e: std::io::Error) -> Error {
-    Error::Failed(format!("{what} '{}': {e}", dev.display()))
-}
-
 fn open_rw(dev: &Path) -> Result<File> {
-    OpenOptions::new().read(true).write(true).open(dev).map_err(|e| io_fail("Failed to open", dev, e))
+    OpenOptions::new().read(true).write(true).open(dev).map_err(|e| Error::io("Failed to open", dev, e))
 }
 
 /// The slot's region (start, size) and the size of each half.
@@ -119,30 +113,18 @@ fn write_copy(
     let mut done = 0;
     while done < len {
         let n = (len - done).min(zeros.len() as u64) as usize;
-        file.write_all_at(&zeros[..n], offset + done).map_err(|e| io_fail("Failed to clear", dev, e))?;
+        file.write_all_at(&zeros[..n], offset + done).map_err(|e| Error::io("Failed to clear", dev, e))?;
         done += n as u64;
     }
     let out = OffsetWriter { file, offset, pos: 0, hold: header_last.then(Vec::new) };
     let (bytes, sha, out) = stream_hashed(src, out, progress)?;
     check_manifest(src, bytes, &sha, image.size, image.sha256.as_deref())?;
-    file.sync_data().map_err(|e| io_fail("Failed to sync", dev, e))?;
+    file.sync_data().map_err(|e| Error::io("Failed to sync", dev, e))?;
     if let Some(header) = out.hold {
-        file.write_all_at(&header, offset).map_err(|e| io_fail("Failed to write header to", dev, e))?;
-        file.sync_data().map_err(|e| io_fail("Failed to sync", dev, e))?;
+        file.write_all_at(&header, offset).map_err(|e| Error::io("Failed to write header to", dev, e))?;
+        file.sync_data().map_err(|e| Error::io("Failed to sync", dev, e))?;
     }
-    // Read back from the medium, not from the page cache.
-    // SAFETY: advisory call on a valid open descriptor.
-    unsafe { libc::posix_fadvise(file.as_raw_fd(), offset as i64, bytes as i64, libc::POSIX_FADV_DONTNEED) };
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut pos = 0;
-    while pos < bytes {
-        let n = (bytes - pos).min(buf.len() as u64) as usize;
-        file.read_exact_at(&mut buf[..n], offset + pos).map_err(|e| io_fail("Failed to read back", dev, e))?;
-        h.update(&buf[..n]);
-        pos += n as u64;
-    }
-    let back = hex::encode(h.finalize());
+    let back = read_back_sha256(file, offset, bytes).map_err(|e| Error::io("Failed to read back", dev, e))?;
     if back != sha {
         return failed(format!(
             "Read-back check of '{}' at offset {offset} failed: sha256 {back} instead of {sha}",
@@ -190,7 +172,7 @@ fn raw_fallback(job: &Job<'_>, r: &Region, progress: &mut dyn FnMut(u64)) -> Res
     let dev = &job.slot.device;
     let file = open_rw(dev)?;
     let mut header = [0u8; SECTOR as usize];
-    file.read_exact_at(&mut header, r.start).map_err(|e| io_fail("Failed to read", dev, e))?;
+    file.read_exact_at(&mut header, r.start).map_err(|e| Error::io("Failed to read", dev, e))?;
     let clear = header.iter().all(|&b| b == 0) || header.iter().all(|&b| b == 0xFF);
     let order = if clear { [r.start, r.start + r.half] } else { [r.start + r.half, r.start] };
     let env = vec![
@@ -253,7 +235,7 @@ fn mbr_switch(job: &Job<'_>, r: &Region, progress: &mut dyn FnMut(u64)) -> Resul
     let (slot, dev) = (job.slot, &job.slot.device);
     let file = open_rw(dev)?;
     let mut mbr = [0u8; 512];
-    file.read_exact_at(&mut mbr, 0).map_err(|e| io_fail("Failed to read MBR of", dev, e))?;
+    file.read_exact_at(&mut mbr, 0).map_err(|e| Error::io("Failed to read MBR of", dev, e))?;
     if mbr[510..512] != [0x55, 0xAA] {
         return failed(format!("No valid MBR found on '{}'", dev.display()));
     }
@@ -271,8 +253,8 @@ fn mbr_switch(job: &Job<'_>, r: &Region, progress: &mut dyn FnMut(u64)) -> Resul
     }
     let offset = switch_halves(job, r, entry(0).1, &file, progress)?;
     set_mbr_entry0(&mut mbr, offset / SECTOR, r.half / SECTOR);
-    file.write_all_at(&mbr, 0).map_err(|e| io_fail("Failed to write MBR of", dev, e))?;
-    file.sync_all().map_err(|e| io_fail("Failed to sync", dev, e))
+    file.write_all_at(&mbr, 0).map_err(|e| Error::io("Failed to write MBR of", dev, e))?;
+    file.sync_all().map_err(|e| Error::io("Failed to sync", dev, e))
 }
 
 /// The common middle of both switches: find the inactive half next to the
@@ -328,24 +310,17 @@ fn gpt_switch(job: &Job<'_>, r: &Region, progress: &mut dyn FnMut(u64)) -> Resul
         switch_halves(job, r, first, &file, progress)?
     };
     let script = format!("{},{}\n", offset / SECTOR, r.half / SECTOR);
-    let mut child = std::process::Command::new("sfdisk")
-        .args(["--quiet", "--no-reread", "--no-tell-kernel", "-N", "1"])
-        .arg(dev)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::Failed(format!("Failed to start sfdisk: {e}")))?;
-    let fed = child.stdin.take().expect("piped").write_all(script.as_bytes());
-    let out = child.wait_with_output().map_err(|e| Error::Failed(format!("Failed to run sfdisk: {e}")))?;
-    if !out.status.success() || fed.is_err() {
-        return failed(format!(
-            "Failed to update the GPT of '{}': {}",
-            dev.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    File::open(dev).and_then(|f| f.sync_all()).map_err(|e| io_fail("Failed to sync", dev, e))
+    let args = [
+        "--quiet".as_ref(),
+        "--no-reread".as_ref(),
+        "--no-tell-kernel".as_ref(),
+        "-N".as_ref(),
+        "1".as_ref(),
+        dev.as_os_str(),
+    ];
+    tools::run_with_input("sfdisk", &args, Some(script.as_bytes()))
+        .map_err(|e| e.context(&format!("Failed to update the GPT of '{}'", dev.display())))?;
+    File::open(dev).and_then(|f| f.sync_all()).map_err(|e| Error::io("Failed to sync", dev, e))
 }
 
 #[cfg(test)]

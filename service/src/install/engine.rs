@@ -8,15 +8,15 @@ use super::progress::{Progress, ProgressSink};
 use super::write;
 use crate::artifacts;
 use crate::bundleview::BundleView;
-use crate::config::SlotConfig;
 use crate::error::{Error, Result, failed};
 use crate::eventlog::{self, Event, ids};
+use crate::mounts;
 use crate::status::{SlotStatus, now_timestamp};
 use crate::system::System;
 use rota_bundle::bundle::{Bundle, OpenOptions};
-use rota_bundle::manifest::{BundleFormat, Manifest};
+use rota_bundle::manifest::{BundleFormat, Image, Manifest};
 use rota_bundle::squashfs::BundleFs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// What the caller asks for.
 #[derive(Default)]
@@ -138,6 +138,11 @@ pub fn install(system: &mut System, args: &InstallArgs, sink: &mut dyn ProgressS
     result
 }
 
+/// Logs a `writeslot` event (spec §11.2).
+fn writeslot_event(system: &System, message: String) {
+    eventlog::emit(&system.config.logs, &Event { kind: "writeslot", message, message_id: None, fields: vec![] });
+}
+
 /// Runs `f` as a leaf step of weight 1; a failure leaves the step open for `fail_all`.
 fn step<T>(p: &mut Progress<'_>, text: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     p.begin(text, 1, 0);
@@ -253,18 +258,16 @@ fn default_handler(
         return failed("No installable image found");
     }
     // Pre-checks for every plan before anything is written.
-    for f in artifact_plans.iter().filter_map(|a| a.image.filename.as_deref()) {
-        if fs.entry(f).is_none() {
-            return failed(format!("Source image '{f}' not found in bundle"));
-        }
+    let check_source = |image: &Image| match image.filename.as_deref() {
+        Some(f) if fs.entry(f).is_none() => failed(format!("Source image '{f}' not found in bundle")),
+        _ => Ok(()),
+    };
+    for ap in &artifact_plans {
+        check_source(ap.image)?;
     }
     for pl in &plans {
         let slot = &system.slots[pl.slot];
-        if let Some(f) = &pl.image.filename
-            && fs.entry(f).is_none()
-        {
-            return failed(format!("Source image '{f}' not found in bundle"));
-        }
+        check_source(pl.image)?;
         if !slot.config.device.exists() {
             return failed(format!(
                 "Destination device '{}' for slot '{}' not found",
@@ -369,10 +372,7 @@ fn update_slot(
         return system.save_status(slot, &fresh("ok"));
     }
     p.begin(&format!("Copying image to {name}"), 9, 0);
-    eventlog::emit(
-        &system.config.logs,
-        &Event { kind: "writeslot", message: format!("Updating slot {name}"), message_id: None, fields: vec![] },
-    );
+    writeslot_event(system, format!("Updating slot {name}"));
     let total = image.size.unwrap_or(0).max(1) as f64;
     let slot_hooks = mounted.and_then(|m| SlotHooks::new(system, manifest, m.dir(), &m.spki_hashes, slot, image));
     let r = {
@@ -410,15 +410,7 @@ fn update_artifact(
         artifacts::deactivate_others(repo, &keep)?;
         Ok(artifacts::has_instance(repo, name, digest))
     })?;
-    eventlog::emit(
-        &system.config.logs,
-        &Event {
-            kind: "writeslot",
-            message: format!("Updating artifact '{name}' in repo '{}'", repo.name),
-            message_id: None,
-            fields: vec![],
-        },
-    );
+    writeslot_event(system, format!("Updating artifact '{name}' in repo '{}'", repo.name));
     let text = if reuse { "Reusing artifact image in repo" } else { "Copying artifact image to repo" };
     p.begin(&format!("{text} '{}'", repo.name), 9, 0);
     if !reuse {
@@ -434,16 +426,6 @@ fn update_artifact(
     Ok(())
 }
 
-/// Mounts `slot` at `<mountprefix>/<slot name>` while `f` runs.
-fn with_slot_mounted(system: &System, slot: &SlotConfig, f: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let dir: PathBuf = system.config.system.mount_prefix.join(&slot.name);
-    let opts: Vec<&str> = slot.extra_mount_opts.as_deref().into_iter().collect();
-    crate::mounts::mount(&slot.device, &dir, Some(slot.slot_type.as_str()), &opts)?;
-    let r = f(&dir);
-    let u = crate::mounts::umount(&dir);
-    r.and(u)
-}
-
 /// Writes `pl`'s image from `src` (`None` only for `emptyfs` and install
 /// hooks) into its slot with the plan's method, running the image's slot
 /// hooks around it (spec §4.2); shared by installs and `write-slot` (no hooks).
@@ -456,14 +438,13 @@ pub fn write_image(
 ) -> Result<()> {
     let slot = &system.slots[pl.slot].config;
     let image = pl.image;
+    let slot_dir = system.config.system.mount_prefix.join(&slot.name);
+    let run = |h: SlotHook, mount_point: Option<&Path>| hooks.map_or(Ok(()), |k| k.run(h, mount_point));
+    // Hooks that run with the slot mounted are looked at first: no mount for nothing.
     let enabled = |h: SlotHook| hooks.is_some_and(|k| k.has(h));
-    let unmounted = |h: SlotHook| if enabled(h) { hooks.expect("enabled").run(h, None) } else { Ok(()) };
+    let unmounted = |h: SlotHook| run(h, None);
     let mounted = |h: SlotHook| {
-        if enabled(h) {
-            with_slot_mounted(system, slot, |dir| hooks.expect("enabled").run(h, Some(dir)))
-        } else {
-            Ok(())
-        }
+        if enabled(h) { mounts::with_slot_mounted(slot, &slot_dir, |dir| run(h, Some(dir))) } else { Ok(()) }
     };
     match (pl.method, src) {
         (Method::Copy | Method::ImageToFs, Some(src)) => {
@@ -477,26 +458,18 @@ pub fn write_image(
         }
         (Method::ArchiveToFs, src) => {
             unmounted(SlotHook::PreInstall)?;
-            let dir = system.config.system.mount_prefix.join(&slot.name);
-            let post = |d: &Path| hooks.expect("enabled").run(SlotHook::PostInstall, Some(d));
-            let post: archive::PostHook<'_> = enabled(SlotHook::PostInstall).then_some(&post);
+            let run_post = |dir: &Path| run(SlotHook::PostInstall, Some(dir));
+            let post: archive::PostHook<'_> = if enabled(SlotHook::PostInstall) { Some(&run_post) } else { None };
             let verify = |bytes: u64, sha: &str| match src {
                 Some(src) => write::check_manifest(src, bytes, sha, image.size, image.sha256.as_deref()),
                 None => Ok(()),
             };
-            archive::install_archive(src, slot, &dir, &verify, post, progress)
+            archive::install_archive(src, slot, &slot_dir, &verify, post, progress)
         }
-        (Method::BootMbr | Method::BootGpt | Method::BootFallback, Some(src)) => {
-            let kind = match pl.method {
-                Method::BootMbr => bootregion::Kind::MbrSwitch,
-                Method::BootGpt => bootregion::Kind::GptSwitch,
-                _ => bootregion::Kind::RawFallback,
-            };
+        (Method::BootRegion(kind), Some(src)) => {
             bootregion::write(kind, &bootregion::Job { slot, src, image, hooks }, progress)
         }
-        (Method::Copy | Method::ImageToFs | Method::BootMbr | Method::BootGpt | Method::BootFallback, None) => {
-            failed("No image file to write")
-        }
+        (Method::Copy | Method::ImageToFs | Method::BootRegion(_), None) => failed("No image file to write"),
         (Method::Hook, _) => match hooks {
             Some(h) => h.run(SlotHook::Install, system.slots[pl.slot].mount_point.as_deref()),
             None => failed("The image is written by an install hook, which needs its bundle"),

@@ -5,6 +5,7 @@
 
 use crate::error::{Error, Result, failed};
 use crate::system::{Slot, System, run_merged};
+use crate::tools::{check_exit, exit_reason};
 use rota_bundle::manifest::{Image, ImageHooks, Manifest};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -134,10 +135,9 @@ pub fn install_check(system: &System, manifest: &Manifest, program: &Path) -> Re
         Some(0) => Ok(()),
         Some(c) if c >= 10 => Err(Error::Rejected(match last {
             Some(l) => format!("Bundle rejected: Hook returned: '{l}'"),
-            None => format!("Bundle rejected: Hook returned with exit code {c}: Child process exited with code {c}"),
+            None => format!("Bundle rejected: Hook returned with exit code {c}: {}", exit_reason(status)),
         })),
-        Some(c) => failed(format!("Install-check hook failed: Child process exited with code {c}")),
-        None => failed("Install-check hook failed: Child process was killed by a signal"),
+        _ => failed(format!("Install-check hook failed: {}", exit_reason(status))),
     }
 }
 
@@ -237,11 +237,7 @@ impl SlotHooks {
         let status = cmd.status().map_err(|e| {
             Error::Failed(format!("failed to run slot hook: Failed to start {}: {e}", self.program.display()))
         })?;
-        match status.code() {
-            Some(0) => Ok(()),
-            Some(c) => failed(format!("failed to run slot hook: Child process exited with code {c}")),
-            None => failed("failed to run slot hook: Child process was killed by a signal"),
-        }
+        check_exit(status).map_err(|e| e.context("failed to run slot hook"))
     }
 }
 

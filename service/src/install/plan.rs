@@ -19,12 +19,8 @@ pub enum Method {
     ArchiveToFs,
     /// The image's `install` hook does everything.
     Hook,
-    /// The inactive half of a region, then MBR entry 0 switched.
-    BootMbr,
-    /// The inactive half of a region, then GPT entry 1 switched.
-    BootGpt,
-    /// Primary and fallback copy, headers last.
-    BootFallback,
+    /// A bootloader region of a whole disk (switch halves, or primary and fallback).
+    BootRegion(super::bootregion::Kind),
 }
 
 /// One image to write into one slot.
@@ -43,6 +39,7 @@ pub fn method_for(image: &Image, slot_type: SlotType) -> Result<Method> {
     if image.hooks.install {
         return Ok(Method::Hook);
     }
+    use super::bootregion::Kind;
     use ImageType as I;
     use SlotType as S;
     let Some(t) = image.image_type() else {
@@ -56,9 +53,9 @@ pub fn method_for(image: &Image, slot_type: SlotType) -> Result<Method> {
         (I::Raw, S::Jffs2) => Some(Method::Copy),
         (I::Raw | I::Ext4, S::Ext4) | (I::Raw | I::Vfat, S::Vfat) => Some(Method::ImageToFs),
         (I::Tar, S::Ext4 | S::Vfat) | (I::Emptyfs, S::Ext4) => Some(Method::ArchiveToFs),
-        (I::Raw | I::Vfat, S::BootMbrSwitch) => Some(Method::BootMbr),
-        (I::Raw | I::Ext4 | I::Vfat, S::BootGptSwitch) => Some(Method::BootGpt),
-        (I::Raw, S::BootRawFallback) => Some(Method::BootFallback),
+        (I::Raw | I::Vfat, S::BootMbrSwitch) => Some(Method::BootRegion(Kind::MbrSwitch)),
+        (I::Raw | I::Ext4 | I::Vfat, S::BootGptSwitch) => Some(Method::BootRegion(Kind::GptSwitch)),
+        (I::Raw, S::BootRawFallback) => Some(Method::BootRegion(Kind::RawFallback)),
         _ => None,
     };
     m.ok_or_else(|| Error::Failed(format!("Unsupported image type '{t}' for slot type '{}'", slot_type.as_str())))

@@ -310,7 +310,6 @@ fn write_out(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
 /// drops its (now clean) cached pages so the bytes come from the medium, reads
 /// and hashes them. Returns (bytes, sha256) of everything read back.
 fn verify_windows(written: &File, reader: &File, windows: Receiver<(u64, u64)>) -> std::io::Result<(u64, String)> {
-    use std::os::unix::fs::FileExt;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; READBACK_CHUNK];
     let mut done = 0;
@@ -318,17 +317,34 @@ fn verify_windows(written: &File, reader: &File, windows: Receiver<(u64, u64)>) 
     for (start, end) in windows {
         debug_assert_eq!(start, done);
         write_out(written, start, end - start)?;
-        advise(reader, start, end - start, libc::POSIX_FADV_DONTNEED);
-        let mut at = start;
-        while at < end {
-            let want = (end - at).min(buf.len() as u64) as usize;
-            reader.read_exact_at(&mut buf[..want], at)?;
-            h.update(&buf[..want]);
-            at += want as u64;
-        }
+        hash_from_medium(reader, start, end, &mut buf, &mut h)?;
         done = end;
     }
     Ok((done, hex::encode(h.finalize())))
+}
+
+/// Drops the (clean, already written-out) cached pages of `[start, end)` so
+/// the bytes come from the medium, then reads and hashes them into `h`.
+fn hash_from_medium(reader: &File, start: u64, end: u64, buf: &mut [u8], h: &mut Sha256) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    advise(reader, start, end - start, libc::POSIX_FADV_DONTNEED);
+    let mut at = start;
+    while at < end {
+        let want = (end - at).min(buf.len() as u64) as usize;
+        reader.read_exact_at(&mut buf[..want], at)?;
+        h.update(&buf[..want]);
+        at += want as u64;
+    }
+    Ok(())
+}
+
+/// SHA-256 of `len` bytes at `offset` of `file` as the medium holds them;
+/// the range must have been synced.
+pub fn read_back_sha256(file: &File, offset: u64, len: u64) -> std::io::Result<String> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; READBACK_CHUNK.min(len as usize).max(1)];
+    hash_from_medium(file, offset, offset + len, &mut buf, &mut h)?;
+    Ok(hex::encode(h.finalize()))
 }
 
 /// Checks a stream of `bytes` with digest `sha256`, read from `src`, against
