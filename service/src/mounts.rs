@@ -104,6 +104,22 @@ pub fn mount(device: &Path, dir: &Path, fstype: Option<&str>, options: &[&str]) 
     tools::run("mount", &args).map(|_| ())
 }
 
+/// What `mount` is given as the source of `slot`: its device, except for
+/// `jffs2`, which is mounted by the MTD device's name (`mtd3`, spec §4.2).
+fn slot_source(slot: &crate::config::SlotConfig) -> std::path::PathBuf {
+    match (slot.slot_type, slot.device.file_name()) {
+        (crate::config::SlotType::Jffs2, Some(name)) => name.into(),
+        _ => slot.device.clone(),
+    }
+}
+
+/// Mounts `slot` at `dir` with its type, its `extra-mount-opts` and `options`.
+pub fn mount_slot(slot: &crate::config::SlotConfig, dir: &Path, options: &[&str]) -> Result<()> {
+    let mut opts: Vec<&str> = options.to_vec();
+    opts.extend(slot.extra_mount_opts.as_deref());
+    mount(&slot_source(slot), dir, Some(slot.slot_type.as_str()), &opts)
+}
+
 /// Mounts `slot` (its type, its `extra-mount-opts`) at `dir` while `f`
 /// runs, and unmounts it again even when `f` fails (whose error comes first).
 pub fn with_slot_mounted<T>(
@@ -111,8 +127,7 @@ pub fn with_slot_mounted<T>(
     dir: &Path,
     f: impl FnOnce(&Path) -> Result<T>,
 ) -> Result<T> {
-    let opts: Vec<&str> = slot.extra_mount_opts.as_deref().into_iter().collect();
-    mount(&slot.device, dir, Some(slot.slot_type.as_str()), &opts)?;
+    mount_slot(slot, dir, &[])?;
     let r = f(dir);
     let u = umount(dir);
     let r = r?;

@@ -211,8 +211,7 @@ impl System {
             return status::read_per_slot(mp);
         }
         let dir = self.config.system.mount_prefix.join(&slot.config.name);
-        let fstype = slot.config.slot_type.as_str();
-        match mounts::mount(&slot.config.device, &dir, Some(fstype), &["ro"]) {
+        match mounts::mount_slot(&slot.config, &dir, &["ro"]) {
             Ok(()) => {
                 let s = status::read_per_slot(&dir);
                 if let Err(e) = mounts::umount(&dir) {
@@ -240,7 +239,7 @@ impl System {
             return status::write_per_slot(mp, status);
         }
         let dir = self.config.system.mount_prefix.join(&slot.config.name);
-        mounts::mount(&slot.config.device, &dir, Some(slot.config.slot_type.as_str()), &[])?;
+        mounts::mount_slot(&slot.config, &dir, &[])?;
         let r = status::write_per_slot(&dir, status);
         mounts::umount(&dir)?;
         r

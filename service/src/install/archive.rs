@@ -1,14 +1,15 @@
-//! Filesystem slots filled from an archive (spec §4.2 TAR-EXT4 / TAR-VFAT,
-//! `emptyfs`): mkfs, mount, extract the tar stream from the verified bundle
-//! through GNU tar (xattrs and file capabilities kept on ext4), unmount.
+//! Filesystem slots filled from an archive (spec §4.2 TAR-EXT4, TAR-VFAT,
+//! TAR-UBIFS, TAR-JFFS2, `emptyfs`): mkfs (for JFFS2 an erase), mount,
+//! extract the tar stream from the verified bundle through GNU tar (xattrs
+//! and file capabilities kept, except on FAT), unmount.
 
-use super::write::{ImageSource, stream_hashed};
+use super::write::{ImageSource, pipe_image};
 use crate::config::{SlotConfig, SlotType};
 use crate::error::{Error, Result, failed};
 use crate::mounts;
 use crate::tools;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// The FAT label RAUC derives from a slot name (`rootfs.1` → `ROOTFS_1`).
 pub fn vfat_label(slot_name: &str) -> String {
@@ -35,6 +36,18 @@ pub fn mkfs(slot: &SlotConfig) -> Result<()> {
         SlotType::Vfat => {
             args.extend(["-n".into(), vfat_label(&slot.name)]);
             "mkfs.vfat"
+        }
+        SlotType::Ubifs => {
+            args.push("-y".into());
+            "mkfs.ubifs"
+        }
+        // JFFS2 needs no mkfs: an erased device mounts as an empty filesystem.
+        SlotType::Jffs2 => {
+            return tools::run(
+                "flash_erase",
+                &["--quiet".as_ref(), slot.device.as_os_str(), "0".as_ref(), "0".as_ref()],
+            )
+            .map(|_| ());
         }
         other => return failed(format!("Cannot create a filesystem on slot type '{}'", other.as_str())),
     };
@@ -78,30 +91,7 @@ pub fn extract_tar(
     if let Some(flag) = compression_flag(&path) {
         cmd.arg(flag);
     }
-    pipe_to_tar(src, cmd, progress)
-}
-
-/// Runs the prepared `tar` command with the image streamed to its stdin;
-/// returns (bytes, sha256) of the stream once tar succeeded.
-fn pipe_to_tar(src: &ImageSource<'_>, mut cmd: Command, progress: &mut dyn FnMut(u64)) -> Result<(u64, String)> {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::Failed(format!("Failed to start tar: {e}")))?;
-    let stdin = child.stdin.take().expect("piped");
-    // The pipe must be closed (dropped) before waiting, or tar waits for more input.
-    let streamed = stream_hashed(src, stdin, progress).map(|(n, sha, stdin)| {
-        drop(stdin);
-        (n, sha)
-    });
-    let out = child.wait_with_output().map_err(|e| Error::Failed(format!("Failed to run tar: {e}")))?;
-    if !out.status.success() {
-        let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        return failed(format!("Failed to extract '{}': tar exited with {}: {why}", src.name(), out.status));
-    }
-    streamed
+    pipe_image(src, None, cmd, "extract", progress)
 }
 
 /// Fills a FAT filesystem without mounting it (mtools): the archive is

@@ -5,8 +5,8 @@
 //! with its 512-byte header last. Every copy is read back from the medium
 //! and checked against the manifest digest before anything is switched.
 
-use super::hooks::{SlotHook, SlotHooks};
-use super::write::{ImageSource, check_manifest, read_back_sha256, stream_hashed};
+use super::hooks::SlotHook;
+use super::write::{Job, check_manifest, read_back_sha256, stream_hashed};
 use crate::config::SlotConfig;
 use crate::error::{Error, Result, failed};
 use crate::tools;
@@ -78,18 +78,6 @@ fn check_fits(image: &Image, half: u64) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-/// One image going into one boot region slot.
-pub struct Job<'a> {
-    /// The slot.
-    pub slot: &'a SlotConfig,
-    /// Where the image comes from.
-    pub src: &'a ImageSource<'a>,
-    /// The manifest image.
-    pub image: &'a Image,
-    /// The image's slot hooks, if any.
-    pub hooks: Option<&'a SlotHooks>,
 }
 
 /// The region of a job: (start, size, half size), checked.

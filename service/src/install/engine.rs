@@ -2,6 +2,8 @@
 
 use super::archive;
 use super::bootregion;
+use super::emmc;
+use super::flash;
 use super::hooks::{self, SlotHook, SlotHooks};
 use super::plan::{self, Method, Plan, check_writable};
 use super::progress::{Progress, ProgressSink};
@@ -182,11 +184,16 @@ fn run(
     let manifest = bundle.manifest().clone();
     let manifest_hash = bundle.manifest_hash();
     *info = (Some(manifest.clone()), Some(manifest_hash.clone()));
-    // Hooks and handlers see the bundle mounted (through the verified view).
+    // Hooks, handlers and `flashcp` (NOR slots) see the bundle mounted
+    // (through the verified view).
+    let nor_target = manifest.images.iter().any(|i| {
+        system.slots.iter().any(|s| s.config.class == i.slotclass && s.config.slot_type == crate::config::SlotType::Nor)
+    });
     let needs_mount = system.config.handlers.pre_install.is_some()
         || system.config.handlers.post_install.is_some()
         || manifest.hooks.filename.is_some()
-        || manifest.handler.filename.is_some();
+        || manifest.handler.filename.is_some()
+        || nor_target;
     let (fs, mounted) = step(p, "Checking manifest contents", || {
         let fs = bundle.filesystem().map_err(|e| Error::Failed(format!("Failed mounting bundle: {e}")))?;
         let mounted = if needs_mount {
@@ -378,7 +385,7 @@ fn update_slot(
     let r = {
         let mut on_bytes = |n: u64| p.fraction(n as f64 / total);
         let src = pl.image.filename.as_deref().map(|f| write::ImageSource::Bundle(fs, f));
-        write_image(system, src.as_ref(), pl, slot_hooks.as_ref(), &mut on_bytes)
+        write_image(system, src.as_ref(), pl, mounted.map(|m| m.dir()), slot_hooks.as_ref(), &mut on_bytes)
     };
     if let Err(e) = r {
         if let Err(se) = system.save_status(slot, &fresh("failed")) {
@@ -428,14 +435,17 @@ fn update_artifact(
 
 /// Writes `pl`'s image from `src` (`None` only for `emptyfs` and install
 /// hooks) into its slot with the plan's method, running the image's slot
-/// hooks around it (spec §4.2); shared by installs and `write-slot` (no hooks).
+/// hooks around it (spec §4.2); shared by installs and `write-slot` (no
+/// hooks). `bundle_dir` is where the bundle is mounted, if it is.
 pub fn write_image(
     system: &System,
     src: Option<&write::ImageSource<'_>>,
     pl: &Plan<'_>,
+    bundle_dir: Option<&Path>,
     hooks: Option<&SlotHooks>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<()> {
+    use crate::config::SlotType;
     let slot = &system.slots[pl.slot].config;
     let image = pl.image;
     let slot_dir = system.config.system.mount_prefix.join(&slot.name);
@@ -446,18 +456,34 @@ pub fn write_image(
     let mounted = |h: SlotHook| {
         if enabled(h) { mounts::with_slot_mounted(slot, &slot_dir, |dir| run(h, Some(dir))) } else { Ok(()) }
     };
+    let job = |src| write::Job { slot, src, file: src.local_path(bundle_dir), image, hooks };
     match (pl.method, src) {
-        (Method::Copy | Method::ImageToFs, Some(src)) => {
-            let fs = pl.method == Method::ImageToFs;
+        (Method::Copy | Method::ImageToFs | Method::Flash(_), Some(src)) => {
+            // Hooks see the filesystem (old before, new after) where the slot holds one.
+            let fs = match pl.method {
+                Method::ImageToFs => true,
+                Method::Flash(_) => slot.slot_type == SlotType::Ubifs,
+                _ => false,
+            };
             if fs { mounted(SlotHook::PreInstall) } else { unmounted(SlotHook::PreInstall) }?;
-            write::copy_image(src, image.compression(), &slot.device, image.size, image.sha256.as_deref(), progress)?;
-            if fs && slot.resize && slot.slot_type == crate::config::SlotType::Ext4 {
+            if let Method::Flash(kind) = pl.method {
+                flash::write(kind, &job(src), progress)?;
+            } else {
+                let (c, size, sha) = (image.compression(), image.size, image.sha256.as_deref());
+                write::copy_image(src, c, &slot.device, size, sha, progress)?;
+            }
+            if fs && slot.resize && slot.slot_type == SlotType::Ext4 {
                 crate::tools::run("resize2fs", &[&slot.device])?;
             }
             if fs { mounted(SlotHook::PostInstall) } else { unmounted(SlotHook::PostInstall) }
         }
         (Method::ArchiveToFs, src) => {
-            unmounted(SlotHook::PreInstall)?;
+            // On flash filesystems the pre hook sees the old filesystem (spec §4.2).
+            if matches!(slot.slot_type, SlotType::Ubifs | SlotType::Jffs2) {
+                mounted(SlotHook::PreInstall)
+            } else {
+                unmounted(SlotHook::PreInstall)
+            }?;
             let run_post = |dir: &Path| run(SlotHook::PostInstall, Some(dir));
             let post: archive::PostHook<'_> = if enabled(SlotHook::PostInstall) { Some(&run_post) } else { None };
             let verify = |bytes: u64, sha: &str| match src {
@@ -466,10 +492,11 @@ pub fn write_image(
             };
             archive::install_archive(src, slot, &slot_dir, &verify, post, progress)
         }
-        (Method::BootRegion(kind), Some(src)) => {
-            bootregion::write(kind, &bootregion::Job { slot, src, image, hooks }, progress)
+        (Method::BootRegion(kind), Some(src)) => bootregion::write(kind, &job(src), progress),
+        (Method::Emmc, Some(src)) => emmc::write(&job(src), progress),
+        (Method::Copy | Method::ImageToFs | Method::Flash(_) | Method::BootRegion(_) | Method::Emmc, None) => {
+            failed("No image file to write")
         }
-        (Method::Copy | Method::ImageToFs | Method::BootRegion(_), None) => failed("No image file to write"),
         (Method::Hook, _) => match hooks {
             Some(h) => h.run(SlotHook::Install, system.slots[pl.slot].mount_point.as_deref()),
             None => failed("The image is written by an install hook, which needs its bundle"),

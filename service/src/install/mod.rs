@@ -4,7 +4,9 @@
 
 pub mod archive;
 pub mod bootregion;
+pub mod emmc;
 pub mod engine;
+pub mod flash;
 pub mod hooks;
 pub mod plan;
 pub mod progress;

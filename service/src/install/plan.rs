@@ -21,6 +21,21 @@ pub enum Method {
     Hook,
     /// A bootloader region of a whole disk (switch halves, or primary and fallback).
     BootRegion(super::bootregion::Kind),
+    /// Raw NAND, NOR or a UBI volume through mtd-utils; hooks see `ubifs` slots mounted.
+    Flash(super::flash::Kind),
+    /// The inactive eMMC boot partition, then the card switched to it.
+    Emmc,
+}
+
+impl Method {
+    /// Whether the image must be stored uncompressed for this method.
+    fn needs_plain_image(self) -> bool {
+        match self {
+            Method::BootRegion(_) | Method::Emmc => true,
+            Method::Flash(k) => k.needs_plain_image(),
+            _ => false,
+        }
+    }
 }
 
 /// One image to write into one slot.
@@ -40,6 +55,7 @@ pub fn method_for(image: &Image, slot_type: SlotType) -> Result<Method> {
         return Ok(Method::Hook);
     }
     use super::bootregion::Kind;
+    use super::flash::Kind as Flash;
     use ImageType as I;
     use SlotType as S;
     let Some(t) = image.image_type() else {
@@ -56,9 +72,25 @@ pub fn method_for(image: &Image, slot_type: SlotType) -> Result<Method> {
         (I::Raw | I::Vfat, S::BootMbrSwitch) => Some(Method::BootRegion(Kind::MbrSwitch)),
         (I::Raw | I::Ext4 | I::Vfat, S::BootGptSwitch) => Some(Method::BootRegion(Kind::GptSwitch)),
         (I::Raw, S::BootRawFallback) => Some(Method::BootRegion(Kind::RawFallback)),
+        (I::Raw | I::Squashfs | I::Ubifs, S::Ubivol) | (I::Raw | I::Ubifs, S::Ubifs) => {
+            Some(Method::Flash(Flash::UbiVolume))
+        }
+        (I::Raw, S::Nor) => Some(Method::Flash(Flash::Nor)),
+        (I::Raw, S::Nand) => Some(Method::Flash(Flash::Nand)),
+        (I::Tar, S::Ubifs | S::Jffs2) => Some(Method::ArchiveToFs),
+        (I::Raw, S::BootEmmc) => Some(Method::Emmc),
         _ => None,
     };
-    m.ok_or_else(|| Error::Failed(format!("Unsupported image type '{t}' for slot type '{}'", slot_type.as_str())))
+    let m =
+        m.ok_or_else(|| Error::Failed(format!("Unsupported image type '{t}' for slot type '{}'", slot_type.as_str())))?;
+    if m.needs_plain_image() && image.compression().is_some() {
+        return failed(format!(
+            "Compressed image '{}' cannot be written to slot type '{}'",
+            image.filename.as_deref().unwrap_or(""),
+            slot_type.as_str()
+        ));
+    }
+    Ok(m)
 }
 
 /// The single guard for every write: never the booted slot, nothing in its
@@ -188,4 +220,41 @@ pub fn plans<'m>(system: &System, group: &[usize], images: &[&'m Image]) -> Resu
         out.push(Plan { image, slot, method });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::install::flash::Kind as Flash;
+
+    fn method(filename: &str, slot_type: SlotType) -> std::result::Result<Method, String> {
+        let image = Image { filename: Some(filename.into()), ..Default::default() };
+        method_for(&image, slot_type).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn flash_and_emmc_rows_of_the_handler_table() {
+        assert_eq!(method("a.img", SlotType::Nand), Ok(Method::Flash(Flash::Nand)));
+        assert_eq!(method("a.img.zst", SlotType::Nand), Ok(Method::Flash(Flash::Nand)));
+        assert_eq!(method("a.img", SlotType::Nor), Ok(Method::Flash(Flash::Nor)));
+        assert_eq!(method("a.squashfs", SlotType::Ubivol), Ok(Method::Flash(Flash::UbiVolume)));
+        assert_eq!(method("a.ubifs", SlotType::Ubifs), Ok(Method::Flash(Flash::UbiVolume)));
+        assert_eq!(method("a.tar.xz", SlotType::Ubifs), Ok(Method::ArchiveToFs));
+        assert_eq!(method("a.tar", SlotType::Jffs2), Ok(Method::ArchiveToFs));
+        assert_eq!(method("a.img", SlotType::Jffs2), Ok(Method::Copy));
+        assert_eq!(method("a.img", SlotType::BootEmmc), Ok(Method::Emmc));
+        assert_eq!(method("a.ext4", SlotType::Nand), Err("Unsupported image type 'ext4' for slot type 'nand'".into()));
+        assert_eq!(
+            method("a.squashfs", SlotType::Ubifs),
+            Err("Unsupported image type 'squashfs' for slot type 'ubifs'".into())
+        );
+        assert_eq!(
+            method("a.img.gz", SlotType::Nor),
+            Err("Compressed image 'a.img.gz' cannot be written to slot type 'nor'".into())
+        );
+        assert_eq!(
+            method("a.img.xz", SlotType::BootEmmc),
+            Err("Compressed image 'a.img.xz' cannot be written to slot type 'boot-emmc'".into())
+        );
+    }
 }

@@ -12,7 +12,8 @@ use std::cell::Cell;
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 /// Chunks in flight between the copy and the hashing thread.
@@ -70,6 +71,15 @@ impl ImageSource<'_> {
         }
     }
 
+    /// The image as a local file: the file itself, or its path inside the
+    /// bundle mounted at `bundle_dir`.
+    pub fn local_path(&self, bundle_dir: Option<&Path>) -> Option<PathBuf> {
+        match self {
+            ImageSource::Bundle(_, p) => bundle_dir.map(|d| d.join(p)),
+            ImageSource::File(p) => Some(p.to_path_buf()),
+        }
+    }
+
     fn copy_to(&self, out: &mut dyn Write) -> Result<u64> {
         match self {
             ImageSource::Bundle(fs, p) => Ok(fs.copy_file(p, out)?),
@@ -80,6 +90,22 @@ impl ImageSource<'_> {
             }
         }
     }
+}
+
+/// One image going into one slot, for the slot types with their own write
+/// procedure (boot regions, flash, eMMC boot partitions).
+pub struct Job<'a> {
+    /// The slot.
+    pub slot: &'a crate::config::SlotConfig,
+    /// Where the image comes from.
+    pub src: &'a ImageSource<'a>,
+    /// The image as a local file, when it is one (`write-slot`, or the
+    /// bundle mounted through the verified view): for tools that want a path.
+    pub file: Option<PathBuf>,
+    /// The manifest image.
+    pub image: &'a rota_bundle::manifest::Image,
+    /// The image's slot hooks, if any.
+    pub hooks: Option<&'a super::hooks::SlotHooks>,
 }
 
 /// Streams `src` into `out`, hashing alongside; returns (bytes, sha256) of
@@ -100,6 +126,41 @@ pub fn stream_hashed<W: Write>(
         tee.flush().map_err(|e| Error::Failed(format!("Failed writing image: {e}")))?;
         Ok((n, digest, tee.inner))
     })
+}
+
+/// Runs `cmd` with the image streamed to its stdin (decompressed on the way
+/// when `compression` is given); returns (bytes, sha256) of the stream as
+/// stored once the command exited 0. `verb` says what the command does
+/// with it, for the error message.
+pub fn pipe_image(
+    src: &ImageSource<'_>,
+    compression: Option<Compression>,
+    mut cmd: Command,
+    verb: &str,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(u64, String)> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    tracing::debug!("running {cmd:?} with '{}' on stdin", src.name());
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::Failed(format!("Failed to start {program}: {e}")))?;
+    let stdin = child.stdin.take().expect("piped");
+    // The pipe is dropped before waiting, or the child waits for more input.
+    let streamed = match compression {
+        None => stream_hashed(src, stdin, progress).map(|(n, sha, _)| (n, sha)),
+        Some(c) => stream_decompressed(src, c, stdin, progress).map(|(stored, _)| stored),
+    };
+    let out = child.wait_with_output().map_err(|e| Error::Failed(format!("Failed to run {program}: {e}")))?;
+    if !out.status.success() {
+        let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        let reason = crate::tools::exit_reason(out.status);
+        let detail = if why.is_empty() { reason } else { format!("{reason}: {why}") };
+        return failed(format!("Failed to {verb} '{}': {program} failed: {detail}", src.name()));
+    }
+    streamed
 }
 
 /// The decoders behind [`Decompressor`].
