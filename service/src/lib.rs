@@ -15,6 +15,7 @@ pub mod install;
 pub mod mark;
 pub mod mounts;
 pub mod report;
+pub mod runtime;
 pub mod status;
 pub mod system;
 pub mod tools;
