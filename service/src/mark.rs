@@ -62,9 +62,12 @@ pub fn select(system: &System, identifier: &str) -> Result<Vec<usize>> {
             Ok(others)
         }
         name => {
-            let (class, idx) = name.split_once('.').unwrap_or((name, ""));
+            let parts: Vec<&str> = name.split('.').collect();
+            if parts.len() != 2 {
+                return failed(format!("Invalid slot name format: '{name}'"));
+            }
             let Some(i) = system.slots.iter().position(|s| s.config.name == name) else {
-                return failed(format!("No slot with class {class} and name {idx} found"));
+                return failed(format!("No slot with class {} and name {name} found", parts[0]));
             };
             if system.slots[i].config.bootname.is_none() {
                 return failed(format!("Slot {name} has no bootname set"));
@@ -127,9 +130,9 @@ fn apply(system: &System, slots: &[usize], state: MarkState) -> Result<()> {
     Ok(())
 }
 
-/// Marks the slots `identifier` selects; returns RAUC's result message
-/// (`marked slot(s) rootfs.0 as good`).
-pub fn mark(system: &System, state: MarkState, identifier: &str) -> Result<String> {
+/// Marks the slots `identifier` selects; returns the names of the slots
+/// marked and RAUC's result message (`marked slot(s) rootfs.0 as good`).
+pub fn mark(system: &System, state: MarkState, identifier: &str) -> Result<(Vec<String>, String)> {
     let slots = select(system, identifier)?;
     if slots.len() > 1 {
         match state {
@@ -145,6 +148,7 @@ pub fn mark(system: &System, state: MarkState, identifier: &str) -> Result<Strin
             Err(e) => tracing::info!("prevent-late-fallback: {e}"),
         }
     }
-    let names: Vec<&str> = slots.iter().map(|&i| system.slots[i].config.name.as_str()).collect();
-    Ok(format!("marked slot(s) {} as {}", names.join(" "), state.as_str()))
+    let names: Vec<String> = slots.iter().map(|&i| system.slots[i].config.name.clone()).collect();
+    let message = format!("marked slot(s) {} as {}", names.join(" "), state.as_str());
+    Ok((names, message))
 }

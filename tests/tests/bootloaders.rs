@@ -77,7 +77,7 @@ fn grub_with_the_real_grub_editenv() {
 fn mark_errors_and_rauc_wording() {
     let d = device("mark-errors", "", "noop", "");
     let r = run(d.rauc().args(["status", "mark-good", "rootfs.7"])).fails();
-    assert_eq!(r.stderr.trim_end(), "rauc status: No slot with class rootfs and name 7 found");
+    assert_eq!(r.stderr.trim_end(), "rauc status: No slot with class rootfs and name rootfs.7 found");
     let r = run(d.rauc().args(["status", "mark-good", "appfs.0"])).fails();
     assert_eq!(r.stderr.trim_end(), "rauc status: Slot appfs.0 has no bootname set");
     let r = run(d.rauc().args(["status", "mark-best"])).fails();

@@ -24,7 +24,7 @@ pub(super) fn run(ctx: &Context) -> Result<(), CliError> {
         Some(state) => {
             let identifier = positionals.get(1).map(String::as_str).unwrap_or("booted");
             match mark::mark(&system, state, identifier) {
-                Ok(message) => {
+                Ok((_, message)) => {
                     println!("{} status: {message}", ctx.prog);
                     Ok(())
                 }
