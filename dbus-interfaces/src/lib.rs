@@ -1,0 +1,81 @@
+//! rota's D-Bus interfaces for clients: the bus name, object path and
+//! interface names of `de.pengutronix.rauc` (spec §8), the error name RAUC
+//! uses for every failure, and typed zbus proxies. The introspection XML
+//! next to this crate is what the service exports, byte for byte.
+#![deny(missing_docs)]
+
+use std::collections::HashMap;
+use zbus::{OwnedVariant, proxy};
+
+/// The service's well-known name.
+pub const BUS_NAME: &str = "de.pengutronix.rauc";
+/// The object everything lives on.
+pub const OBJECT_PATH: &str = "/";
+/// RAUC's installer interface.
+pub const INSTALLER_INTERFACE: &str = "de.pengutronix.rauc.Installer";
+/// The error name of every method failure: GLib's unmapped I/O error
+/// "failed-handled", as RAUC puts it on the bus.
+pub const ERROR_NAME: &str = "org.gtk.GDBus.UnmappedGError.Quark._g_2dio_2derror_2dquark.Code30";
+
+/// `a{sv}` as zbus hands it out.
+pub type Dict = HashMap<String, OwnedVariant>;
+
+/// `de.pengutronix.rauc.Installer` (spec §8.1).
+#[proxy(interface = "de.pengutronix.rauc.Installer", default_service = "de.pengutronix.rauc", default_path = "/")]
+pub trait Installer {
+    /// Starts an installation; the result arrives as `Completed`.
+    fn install_bundle(&self, source: &str, args: HashMap<&str, zbus::Variant<'_>>) -> zbus::Result<()>;
+
+    /// Deprecated: `InstallBundle` without arguments.
+    fn install(&self, source: &str) -> zbus::Result<()>;
+
+    /// Opens and verifies a bundle; its manifest as `rauc info --output-format=json-2` has it.
+    fn inspect_bundle(&self, source: &str, args: HashMap<&str, zbus::Variant<'_>>) -> zbus::Result<Dict>;
+
+    /// Deprecated: (compatible, version) of a bundle.
+    fn info(&self, bundle: &str) -> zbus::Result<(String, String)>;
+
+    /// Marks slots `good`, `bad` or `active`: (marked slot names, message).
+    fn mark(&self, state: &str, slot_identifier: &str) -> zbus::Result<(String, String)>;
+
+    /// (slot name, status dict) of every configured slot.
+    fn get_slot_status(&self) -> zbus::Result<Vec<(String, Dict)>>;
+
+    /// One dict per artifact repository.
+    fn get_artifact_status(&self) -> zbus::Result<Vec<Dict>>;
+
+    /// The bootloader's primary slot.
+    fn get_primary(&self) -> zbus::Result<String>;
+
+    /// An installation ended: 0 success, 1 failure.
+    #[zbus(signal)]
+    fn completed(&self, result: i32) -> zbus::Result<()>;
+
+    /// `idle` or `installing`.
+    #[zbus(property)]
+    fn operation(&self) -> zbus::Result<String>;
+
+    /// The message of the last failed installation.
+    #[zbus(property)]
+    fn last_error(&self) -> zbus::Result<String>;
+
+    /// (percentage, message, depth) of the running installation.
+    #[zbus(property)]
+    fn progress(&self) -> zbus::Result<(i32, String, i32)>;
+
+    /// The system's compatible.
+    #[zbus(property)]
+    fn compatible(&self) -> zbus::Result<String>;
+
+    /// The system's variant.
+    #[zbus(property)]
+    fn variant(&self) -> zbus::Result<String>;
+
+    /// The system version from the system-info handler.
+    #[zbus(property)]
+    fn system_version(&self) -> zbus::Result<String>;
+
+    /// The boot-slot string.
+    #[zbus(property)]
+    fn boot_slot(&self) -> zbus::Result<String>;
+}
