@@ -49,6 +49,56 @@ pub struct RepoReport {
     pub artifacts: Vec<(String, Vec<crate::artifacts::Instance>)>,
 }
 
+impl RepoReport {
+    /// The repository as JSON status output and `GetArtifactStatus` show it:
+    /// `name`, `description`?, `path`, `type`, `artifacts` (each `name`,
+    /// `instances` with `checksum` and `references`).
+    pub fn json(&self) -> Value {
+        let artifacts: Vec<Value> = self
+            .artifacts
+            .iter()
+            .map(|(name, instances)| {
+                let instances: Vec<Value> = instances
+                    .iter()
+                    .map(|i| {
+                        let refs: Vec<&str> = if i.active { vec![""] } else { vec![] };
+                        json!({"checksum": i.digest, "references": refs})
+                    })
+                    .collect();
+                json!({"name": name, "instances": instances})
+            })
+            .collect();
+        let mut m = Map::new();
+        m.insert("name".into(), self.name.clone().into());
+        if let Some(d) = &self.description {
+            m.insert("description".into(), d.clone().into());
+        }
+        m.insert("path".into(), self.path.clone().into());
+        m.insert("type".into(), self.repo_type.clone().into());
+        m.insert("artifacts".into(), Value::Array(artifacts));
+        Value::Object(m)
+    }
+}
+
+/// The artifact repositories as the report shows them.
+pub fn gather_repos(system: &System) -> Vec<RepoReport> {
+    system
+        .config
+        .artifacts
+        .iter()
+        .map(|r| RepoReport {
+            name: r.name.clone(),
+            path: r.path.to_string_lossy().into_owned(),
+            repo_type: r.repo_type.as_str().to_string(),
+            description: r.description.clone(),
+            artifacts: group_instances(crate::artifacts::instances(r).unwrap_or_else(|e| {
+                tracing::warn!("{e}");
+                Vec::new()
+            })),
+        })
+        .collect()
+}
+
 /// Groups instances (sorted by name) per artifact name.
 fn group_instances(instances: Vec<crate::artifacts::Instance>) -> Vec<(String, Vec<crate::artifacts::Instance>)> {
     let mut out: Vec<(String, Vec<crate::artifacts::Instance>)> = Vec::new();
@@ -116,7 +166,21 @@ impl StatusReport {
                 None
             }
         };
-        let slots = system
+        let slots = StatusReport::gather_slots(system);
+        StatusReport {
+            compatible: system.config.system.compatible.clone(),
+            variant: system.variant.clone(),
+            system_version: system.system_version().map(str::to_string),
+            booted: system.boot_slot.clone(),
+            boot_primary,
+            slots,
+            repos: gather_repos(system),
+        }
+    }
+
+    /// Every configured slot with its state and stored status.
+    pub fn gather_slots(system: &System) -> Vec<SlotReport> {
+        system
             .slots
             .iter()
             .map(|s| SlotReport {
@@ -132,30 +196,7 @@ impl StatusReport {
                 description: s.config.description.clone(),
                 status: system.load_status(s),
             })
-            .collect();
-        StatusReport {
-            compatible: system.config.system.compatible.clone(),
-            variant: system.variant.clone(),
-            system_version: system.system_version().map(str::to_string),
-            booted: system.boot_slot.clone(),
-            boot_primary,
-            slots,
-            repos: system
-                .config
-                .artifacts
-                .iter()
-                .map(|r| RepoReport {
-                    name: r.name.clone(),
-                    path: r.path.to_string_lossy().into_owned(),
-                    repo_type: r.repo_type.as_str().to_string(),
-                    description: r.description.clone(),
-                    artifacts: group_instances(crate::artifacts::instances(r).unwrap_or_else(|e| {
-                        tracing::warn!("{e}");
-                        Vec::new()
-                    })),
-                })
-                .collect(),
-        }
+            .collect()
     }
 
     fn slot(&self, name: &str) -> Option<&SlotReport> {
@@ -372,35 +413,7 @@ impl StatusReport {
                 json!({ s.name.clone(): Value::Object(m) })
             })
             .collect();
-        let repos: Vec<Value> = self
-            .repos
-            .iter()
-            .map(|r| {
-                let artifacts: Vec<Value> = r
-                    .artifacts
-                    .iter()
-                    .map(|(name, instances)| {
-                        let instances: Vec<Value> = instances
-                            .iter()
-                            .map(|i| {
-                                let refs: Vec<&str> = if i.active { vec![""] } else { vec![] };
-                                json!({"checksum": i.digest, "references": refs})
-                            })
-                            .collect();
-                        json!({"name": name, "instances": instances})
-                    })
-                    .collect();
-                let mut m = Map::new();
-                m.insert("name".into(), r.name.clone().into());
-                if let Some(d) = &r.description {
-                    m.insert("description".into(), d.clone().into());
-                }
-                m.insert("path".into(), r.path.clone().into());
-                m.insert("type".into(), r.repo_type.clone().into());
-                m.insert("artifacts".into(), Value::Array(artifacts));
-                Value::Object(m)
-            })
-            .collect();
+        let repos: Vec<Value> = self.repos.iter().map(RepoReport::json).collect();
         let mut m = Map::new();
         m.insert("compatible".into(), self.compatible.clone().into());
         m.insert("variant".into(), self.variant.clone().into());

@@ -59,6 +59,9 @@ pub struct System {
     pub variant: String,
     /// `RAUC_*` variables reported by the system-info handler.
     pub system_info: Vec<(String, String)>,
+    /// Do not mount slots to read their per-slot status (while an
+    /// installation may be writing one of them).
+    pub skip_status_mounts: bool,
 }
 
 /// Runs `program` with `env`, reading stdout and stderr merged, line by line.
@@ -157,7 +160,25 @@ impl System {
             .zip(states)
             .map(|(c, state)| Slot { config: c.clone(), state, mount_point: mounts::mount_point_of(&table, &c.device) })
             .collect();
-        Ok(System { config, bootloader, boot_slot, slots, variant, system_info })
+        Ok(System { config, bootloader, boot_slot, slots, variant, system_info, skip_status_mounts: false })
+    }
+
+    /// A copy for other work (the service keeps one per request): the same
+    /// configuration, boot slot, slot states, variant and system-info values
+    /// (the handler is not run again), its own bootloader backend and a
+    /// fresh look at the mount table.
+    pub fn fork(&self) -> System {
+        let mut s = System {
+            config: self.config.clone(),
+            bootloader: bootloader::for_config(&self.config),
+            boot_slot: self.boot_slot.clone(),
+            slots: self.slots.clone(),
+            variant: self.variant.clone(),
+            system_info: self.system_info.clone(),
+            skip_status_mounts: self.skip_status_mounts,
+        };
+        s.refresh_mounts();
+        s
     }
 
     /// Re-reads the mount table (spec §6.4 step 2).
@@ -209,6 +230,9 @@ impl System {
         }
         if let Some(mp) = &slot.mount_point {
             return status::read_per_slot(mp);
+        }
+        if self.skip_status_mounts {
+            return SlotStatus::default();
         }
         let dir = self.config.system.mount_prefix.join(&slot.config.name);
         match mounts::mount_slot(&slot.config, &dir, &["ro"]) {

@@ -48,6 +48,26 @@ impl Device {
         p
     }
 
+    /// A GRUB environment (`grubenv`, real `grub-editenv`) with A and B
+    /// both good and A first, and the files of the A/B root and app slots
+    /// (`rootfs0.img` … `appfs1.img`, `size` bytes of `byte`).
+    pub fn grub_ab(&self, size: usize, byte: u8) {
+        let env = self.path("grubenv");
+        run(Command::new("grub-editenv").arg(&env).arg("create")).ok();
+        run(Command::new("grub-editenv").arg(&env).args([
+            "set",
+            "ORDER=A B",
+            "A_OK=1",
+            "A_TRY=0",
+            "B_OK=1",
+            "B_TRY=0",
+        ]))
+        .ok();
+        for f in ["rootfs0.img", "rootfs1.img", "appfs0.img", "appfs1.img"] {
+            self.slot_file(f, size, byte);
+        }
+    }
+
     /// Sets the kernel command line the device "booted" with.
     pub fn boot(&self, cmdline: &str) {
         fs::write(self.path("cmdline"), format!("{cmdline}\n")).unwrap();

@@ -2,6 +2,7 @@
 //! real OpenSSL PKI, bundle content builders, command runners and HTTP
 //! servers (nginx, and an in-process one that can misbehave on purpose).
 
+pub mod bus;
 pub mod device;
 pub mod httpd;
 pub mod nginx;

@@ -71,13 +71,7 @@ fn device(name: &str, handlers: &[&str], slots: &str) -> Device {
         executable(&d.path(&format!("{h}.sh")), &text);
     }
     fs::create_dir_all(d.path("dump")).unwrap();
-    let env = d.path("grubenv");
-    run(Command::new("grub-editenv").arg(&env).arg("create")).ok();
-    run(Command::new("grub-editenv").arg(&env).args(["set", "ORDER=A B", "A_OK=1", "A_TRY=0", "B_OK=1", "B_TRY=0"]))
-        .ok();
-    for f in ["rootfs0.img", "rootfs1.img", "appfs0.img", "appfs1.img"] {
-        d.slot_file(f, 512 * 1024, 0xAA);
-    }
+    d.grub_ab(512 * 1024, 0xAA);
     d
 }
 

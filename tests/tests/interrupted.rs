@@ -38,18 +38,7 @@ fn sigkill_at_any_point_loses_nothing() {
         pki_file("keyring.pem").display()
     );
     let d = Device::new(target_dir().join("test-devices/interrupted"), &conf);
-    run(Command::new("grub-editenv").arg(d.path("grubenv")).args([
-        "set",
-        "ORDER=A B",
-        "A_OK=1",
-        "A_TRY=0",
-        "B_OK=1",
-        "B_TRY=0",
-    ]))
-    .ok();
-    for f in ["rootfs0.img", "rootfs1.img", "appfs0.img", "appfs1.img"] {
-        d.slot_file(f, 12 << 20, 0x5A);
-    }
+    d.grub_ab(12 << 20, 0x5A);
     let dir = target_dir().join("test-bundles/interrupted");
     let _ = fs::remove_dir_all(&dir);
     let c = Content::new(dir.join("content"));

@@ -44,6 +44,12 @@ const INSTALL_OPTS: &[OptSpec] = &[
 /// (decryption key, TLS, HTTP headers).
 const MOUNT_OPTS: &[OptSpec] = INSTALL_OPTS.split_at(8).1;
 
+const SERVICE_OPTS: &[OptSpec] = &[
+    OptSpec::value("handler-args", "ARGS", "extra arguments for the full custom handler"),
+    OptSpec::value("keyring", "PEMFILE", "trust anchors (instead of the configured keyring)"),
+    OVERRIDE_BOOT_SLOT,
+];
+
 const WRITE_SLOT_OPTS: &[OptSpec] = &[
     OptSpec::value("image-type", "TYPE", "image type (instead of deriving it from the file name)").short('t'),
     OVERRIDE_BOOT_SLOT,
@@ -80,6 +86,16 @@ pub const DEVICE_COMMANDS: &[Command] = &[
         positionals: (2, 2),
         missing_args: "A slot name and an image file must be provided",
         run: write_slot::run,
+    },
+    Command {
+        name: "service",
+        usage: "",
+        summary: "Start the D-Bus service",
+        group_title: "Service options:",
+        options: SERVICE_OPTS,
+        positionals: (0, 0),
+        missing_args: "",
+        run: crate::dbus::run,
     },
     Command {
         name: "status",

@@ -1,0 +1,132 @@
+//! The `a{sv}` dictionaries of the D-Bus API (spec §8.3, §8.4, §8.1
+//! `GetArtifactStatus`), built from the same reports the command line prints.
+
+use crate::report::SlotReport;
+use rota_dbus::Dict;
+use serde_json::Value;
+use std::collections::HashMap;
+use zbus::{OwnedVariant, Variant};
+
+fn owned(v: Variant<'static>) -> OwnedVariant {
+    OwnedVariant::try_from(v).expect("no file descriptors in a status value")
+}
+
+/// A JSON object as `a{sv}`: strings `s`, numbers `t`, booleans `b`, lists
+/// of strings (and empty lists) `as`, lists of objects `aa{sv}`, objects `a{sv}`.
+pub fn dict_of(object: &serde_json::Map<String, Value>) -> Dict {
+    object.iter().filter_map(|(k, v)| Some((k.clone(), owned(variant_of(v)?)))).collect()
+}
+
+fn variant_of(v: &Value) -> Option<Variant<'static>> {
+    Some(match v {
+        Value::Null => return None,
+        Value::Bool(b) => Variant::from(*b),
+        Value::Number(n) => Variant::from(n.as_u64()?),
+        Value::String(s) => Variant::from(s.clone()),
+        Value::Array(items) if items.iter().all(Value::is_object) && !items.is_empty() => {
+            let dicts: Vec<Dict> = items.iter().filter_map(Value::as_object).map(dict_of).collect();
+            Variant::from(dicts)
+        }
+        Value::Array(items) => {
+            let strings: Vec<String> = items.iter().map(|i| i.as_str().unwrap_or_default().to_string()).collect();
+            Variant::from(strings)
+        }
+        Value::Object(o) => Variant::from(dict_of(o)),
+    })
+}
+
+/// The `InspectBundle` result from the json-2 document: as [`dict_of`],
+/// except `meta`, which is `a{sa{ss}}`.
+pub fn inspect_dict(info: &Value) -> Dict {
+    let Some(object) = info.as_object() else {
+        return Dict::new();
+    };
+    let mut out = dict_of(object);
+    if let Some(meta) = object.get("meta").and_then(Value::as_object) {
+        let groups: HashMap<String, HashMap<String, String>> = meta
+            .iter()
+            .map(|(label, entries)| {
+                let entries = entries
+                    .as_object()
+                    .map(|e| e.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+                    .unwrap_or_default();
+                (label.clone(), entries)
+            })
+            .collect();
+        out.insert("meta".into(), owned(Variant::from(groups)));
+    }
+    out
+}
+
+/// One slot of `GetSlotStatus` (spec §8.4): keys only where they apply,
+/// counts as `u`, the size as `t`.
+pub fn slot_dict(slot: &SlotReport) -> Dict {
+    let mut d = Dict::new();
+    let mut put = |k: &str, v: Variant<'static>| {
+        d.insert(k.to_string(), owned(v));
+    };
+    put("class", slot.class.clone().into());
+    put("device", slot.device.clone().into());
+    put("type", slot.slot_type.clone().into());
+    put("state", slot.state.clone().into());
+    for (k, v) in [
+        ("bootname", &slot.bootname),
+        ("description", &slot.description),
+        ("parent", &slot.parent),
+        ("mountpoint", &slot.mountpoint),
+        ("boot-status", &slot.boot_status),
+    ] {
+        if let Some(v) = v {
+            put(k, v.clone().into());
+        }
+    }
+    let st = &slot.status;
+    for (k, v) in [
+        ("bundle.compatible", &st.bundle_compatible),
+        ("bundle.version", &st.bundle_version),
+        ("bundle.description", &st.bundle_description),
+        ("bundle.build", &st.bundle_build),
+        ("bundle.hash", &st.bundle_hash),
+        ("status", &st.status),
+        ("installed.transaction", &st.installed_transaction),
+    ] {
+        if let Some(v) = v {
+            put(k, v.clone().into());
+        }
+    }
+    if let Some(sha) = &st.sha256 {
+        put("sha256", sha.clone().into());
+        put("size", st.size.unwrap_or(0).into());
+    }
+    if let Some(ts) = &st.installed_timestamp {
+        put("installed.timestamp", ts.clone().into());
+        put("installed.count", (st.installed_count as u32).into());
+    }
+    if let Some(ts) = &st.activated_timestamp {
+        put("activated.timestamp", ts.clone().into());
+        put("activated.count", (st.activated_count as u32).into());
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_maps_to_dbus_types() {
+        let v = json!({"s": "x", "t": 5, "as": ["a"], "empty": [], "aa": [{"k": "v"}], "o": {"n": 1}, "none": null});
+        let d = dict_of(v.as_object().unwrap());
+        let sig = |k: &str| d[k].value_signature().to_string();
+        assert_eq!(sig("s"), "s");
+        assert_eq!(sig("t"), "t");
+        assert_eq!(sig("as"), "as");
+        assert_eq!(sig("empty"), "as");
+        assert_eq!(sig("aa"), "aa{sv}");
+        assert_eq!(sig("o"), "a{sv}");
+        assert!(!d.contains_key("none"));
+        let i = inspect_dict(&json!({"meta": {"g": {"k": "v"}}, "manifest-hash": "h"}));
+        assert_eq!(i["meta"].value_signature().to_string(), "a{sa{ss}}");
+    }
+}

@@ -1,0 +1,352 @@
+//! `de.pengutronix.rauc.Installer` (spec §8.1): RAUC's methods, properties
+//! and signal on object `/`. Installations run one at a time on a blocking
+//! worker; their progress comes back over a channel and becomes property
+//! changes, then `Completed`, then `Operation=idle`.
+//!
+//! Beyond RAUC, read-only calls (`GetSlotStatus`, `GetArtifactStatus`,
+//! `GetPrimary`, `InspectBundle`, `Info`) keep answering during an
+//! installation; `Mark` and a second `InstallBundle` are refused.
+
+use super::dicts;
+use super::{Service, access_from_args};
+use crate::install::engine::{self, InstallArgs};
+use crate::install::progress::ProgressSink;
+use crate::mark::{self, MarkState};
+use crate::report::{self, StatusReport};
+use crate::system::System;
+use rota_bundle::bundle::Bundle;
+use rota_bundle::info::{BundleInfo, inspect_value};
+use rota_dbus::Dict;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use zbus::object_server::{InterfaceRef, SignalEmitter};
+use zbus::{OwnedVariant, interface};
+
+/// RAUC's one error for every failure on the bus (spec §8.1): GLib's
+/// unmapped I/O error "failed-handled", carrying the message.
+#[derive(Debug, zbus::DBusError)]
+#[zbus(prefix = "org.gtk.GDBus.UnmappedGError.Quark._g_2dio_2derror_2dquark")]
+pub enum RaucError {
+    /// A failure of zbus itself.
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    /// Any failure of a method, with its message.
+    Code30(String),
+}
+
+impl RaucError {
+    fn failed(message: impl std::fmt::Display) -> RaucError {
+        RaucError::Code30(message.to_string())
+    }
+}
+
+/// The busy error of `InstallBundle`.
+const BUSY_INSTALL: &str = "Already processing a different method";
+/// The busy error of the other state-changing methods.
+const BUSY: &str = "already processing a different method";
+
+/// Keys `InstallBundle` accepts.
+const INSTALL_KEYS: &[&str] = &[
+    "ignore-compatible",
+    "ignore-version-limit",
+    "transaction-id",
+    "require-manifest-hash",
+    "tls-cert",
+    "tls-key",
+    "tls-ca",
+    "tls-no-verify",
+    "http-headers",
+];
+/// Keys `InspectBundle` accepts.
+const INSPECT_KEYS: &[&str] = &["tls-cert", "tls-key", "tls-ca", "tls-no-verify", "http-headers"];
+
+/// One installation for the worker.
+pub struct InstallJob {
+    /// What to install and how.
+    pub args: InstallArgs,
+}
+
+/// What the engine reports while it runs.
+enum Event {
+    Progress(i32, String, i32),
+}
+
+/// Forwards the engine's progress to the worker task; handler messages go
+/// to the log as RAUC's service does (`installing <bundle>: <message>`).
+struct ChannelSink {
+    tx: UnboundedSender<Event>,
+    bundle: String,
+}
+
+impl ProgressSink for ChannelSink {
+    fn progress(&mut self, percentage: i32, message: &str, depth: i32) {
+        let _ = self.tx.send(Event::Progress(percentage, message.to_string(), depth));
+    }
+
+    fn message(&mut self, text: &str) {
+        tracing::info!("installing {}: {text}", self.bundle);
+    }
+}
+
+/// The interface object.
+pub struct Installer {
+    service: Arc<Service>,
+    jobs: UnboundedSender<InstallJob>,
+    installing: bool,
+    last_error: String,
+    progress: (i32, String, i32),
+}
+
+impl Installer {
+    /// A new, idle installer handing its jobs to `jobs`.
+    pub fn new(service: Arc<Service>, jobs: UnboundedSender<InstallJob>) -> Installer {
+        Installer { service, jobs, installing: false, last_error: String::new(), progress: (0, String::new(), 0) }
+    }
+
+    /// Marks the installer busy and queues `job` (the caller checked it is idle).
+    async fn start(&mut self, job: InstallJob, emitter: &SignalEmitter<'_>) -> Result<(), RaucError> {
+        self.installing = true;
+        self.last_error.clear();
+        self.jobs.send(job).map_err(|_| RaucError::failed("The installation worker is gone"))?;
+        self.operation_changed(emitter).await?;
+        self.last_error_changed(emitter).await?;
+        Ok(())
+    }
+
+    /// Queues the `[autoinstall]` bundle at service start (no caller).
+    pub async fn autoinstall(&mut self, location: String, emitter: &SignalEmitter<'_>) -> Result<(), RaucError> {
+        let args = self.install_args(location, &HashMap::new())?;
+        self.start(InstallJob { args }, emitter).await
+    }
+
+    fn install_args(&self, location: String, args: &HashMap<String, OwnedVariant>) -> Result<InstallArgs, RaucError> {
+        check_keys(args, INSTALL_KEYS)?;
+        let flag = |k: &str| args.get(k).map(|v| bool::try_from(&**v)).transpose();
+        let text = |k: &str| args.get(k).map(|v| String::try_from(v.try_clone()?)).transpose();
+        fn bad<E>(k: &'static str) -> impl Fn(E) -> RaucError {
+            move |_| RaucError::failed(format!("Invalid type for key {k}"))
+        }
+        let access = access_from_args(args)?;
+        Ok(InstallArgs {
+            open: self.service.open_options(&access).map_err(RaucError::failed)?,
+            location,
+            ignore_compatible: flag("ignore-compatible").map_err(bad("ignore-compatible"))?.unwrap_or(false),
+            ignore_version_limit: flag("ignore-version-limit").map_err(bad("ignore-version-limit"))?.unwrap_or(false),
+            transaction_id: text("transaction-id").map_err(bad("transaction-id"))?,
+            require_manifest_hash: text("require-manifest-hash").map_err(bad("require-manifest-hash"))?,
+            handler_args: self.service.handler_args.clone(),
+        })
+    }
+
+    /// Runs `f` on a fresh copy of the system on a blocking thread.
+    async fn with_system<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&System) -> Result<T, RaucError> + Send + 'static,
+    ) -> Result<T, RaucError> {
+        let service = self.service.clone();
+        let installing = self.installing;
+        tokio::task::spawn_blocking(move || {
+            let mut system = service.system.fork();
+            // A slot being written must not be mounted to read its status.
+            system.skip_status_mounts = installing;
+            f(&system)
+        })
+        .await
+        .map_err(|e| RaucError::failed(format!("Internal error: {e}")))?
+    }
+
+    async fn open_bundle(&self, source: String, args: HashMap<String, OwnedVariant>) -> Result<BundleInfo, RaucError> {
+        check_keys(&args, INSPECT_KEYS)?;
+        let access = access_from_args(&args)?;
+        let open = self.service.open_options(&access).map_err(RaucError::failed)?;
+        tokio::task::spawn_blocking(move || {
+            let bundle = Bundle::open(&rota_bundle::cli::commands::location(&source), &open)
+                .map_err(|e| RaucError::failed(e.to_string()))?;
+            Ok(BundleInfo::of(&bundle))
+        })
+        .await
+        .map_err(|e| RaucError::failed(format!("Internal error: {e}")))?
+    }
+}
+
+fn check_keys(args: &HashMap<String, OwnedVariant>, allowed: &[&str]) -> Result<(), RaucError> {
+    let mut keys: Vec<&String> = args.keys().collect();
+    keys.sort();
+    match keys.into_iter().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(RaucError::failed(format!("Unsupported key: {k}"))),
+        None => Ok(()),
+    }
+}
+
+#[interface(name = "de.pengutronix.rauc.Installer")]
+impl Installer {
+    /// Starts an installation of `source` and returns at once.
+    async fn install_bundle(
+        &mut self,
+        source: String,
+        args: HashMap<String, OwnedVariant>,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+    ) -> Result<(), RaucError> {
+        if self.installing {
+            return Err(RaucError::failed(BUSY_INSTALL));
+        }
+        let args = self.install_args(rota_bundle::cli::commands::location(&source), &args)?;
+        self.start(InstallJob { args }, &emitter).await
+    }
+
+    /// Deprecated: `InstallBundle(source, {})`.
+    async fn install(
+        &mut self,
+        source: String,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+    ) -> Result<(), RaucError> {
+        self.install_bundle(source, HashMap::new(), emitter).await
+    }
+
+    /// The bundle's manifest in the json-2 layout (spec §8.3).
+    #[zbus(out_args("info"))]
+    async fn inspect_bundle(&self, source: String, args: HashMap<String, OwnedVariant>) -> Result<Dict, RaucError> {
+        let info = self.open_bundle(source, args).await?;
+        Ok(dicts::inspect_dict(&inspect_value(&info)))
+    }
+
+    /// Deprecated: (compatible, version).
+    #[zbus(out_args("compatible", "version"))]
+    async fn info(&self, bundle: String) -> Result<(String, String), RaucError> {
+        let info = self.open_bundle(bundle, HashMap::new()).await?;
+        let update = &info.manifest.update;
+        Ok((update.compatible.clone(), update.version.clone().unwrap_or_default()))
+    }
+
+    /// Marks slots; returns (marked slot names, message).
+    #[zbus(out_args("slot_name", "message"))]
+    async fn mark(&self, state: String, slot_identifier: String) -> Result<(String, String), RaucError> {
+        if self.installing {
+            return Err(RaucError::failed(BUSY));
+        }
+        self.with_system(move |system| {
+            let state = MarkState::parse(&state).map_err(RaucError::failed)?;
+            let (names, message) = mark::mark(system, state, &slot_identifier).map_err(RaucError::failed)?;
+            Ok((names.join(" "), message))
+        })
+        .await
+    }
+
+    /// (slot name, status) of every configured slot (spec §8.4).
+    #[zbus(out_args("slot_status_array"))]
+    async fn get_slot_status(&self) -> Result<Vec<(String, Dict)>, RaucError> {
+        self.with_system(|system| {
+            let report = StatusReport::gather_slots(system);
+            Ok(report.iter().map(|s| (s.name.clone(), dicts::slot_dict(s))).collect())
+        })
+        .await
+    }
+
+    /// One dict per artifact repository.
+    #[zbus(out_args("artifacts"))]
+    async fn get_artifact_status(&self) -> Result<Vec<Dict>, RaucError> {
+        self.with_system(|system| {
+            Ok(report::gather_repos(system)
+                .iter()
+                .map(|r| r.json().as_object().map(dicts::dict_of).unwrap_or_default())
+                .collect())
+        })
+        .await
+    }
+
+    /// The bootloader's primary slot.
+    #[zbus(out_args("primary"))]
+    async fn get_primary(&self) -> Result<String, RaucError> {
+        self.with_system(|system| {
+            system.primary().map_err(|e| RaucError::failed(format!("Failed getting primary slot: {e}")))
+        })
+        .await
+    }
+
+    /// An installation ended: 0 success, 1 failure.
+    #[zbus(signal)]
+    pub async fn completed(emitter: &SignalEmitter<'_>, result: i32) -> zbus::Result<()>;
+
+    /// `idle` or `installing`.
+    #[zbus(property)]
+    fn operation(&self) -> String {
+        if self.installing { "installing" } else { "idle" }.to_string()
+    }
+
+    /// The message of the last failed installation (`""` after a new start).
+    #[zbus(property)]
+    fn last_error(&self) -> String {
+        self.last_error.clone()
+    }
+
+    /// (percentage, message, depth) of the running installation.
+    #[zbus(property)]
+    fn progress(&self) -> (i32, String, i32) {
+        self.progress.clone()
+    }
+
+    /// The system's compatible.
+    #[zbus(property)]
+    fn compatible(&self) -> String {
+        self.service.system.config.system.compatible.clone()
+    }
+
+    /// The system's variant.
+    #[zbus(property)]
+    fn variant(&self) -> String {
+        self.service.system.variant.clone()
+    }
+
+    /// `RAUC_SYSTEM_VERSION` from the system-info handler.
+    #[zbus(property)]
+    fn system_version(&self) -> String {
+        self.service.system.system_version().unwrap_or_default().to_string()
+    }
+
+    /// The boot-slot string (spec §6.1).
+    #[zbus(property)]
+    fn boot_slot(&self) -> String {
+        self.service.system.boot_slot.clone()
+    }
+}
+
+/// Runs queued installations one after the other, publishing their
+/// progress and result on `iref`.
+pub async fn worker(service: Arc<Service>, iref: InterfaceRef<Installer>, mut jobs: UnboundedReceiver<InstallJob>) {
+    while let Some(job) = jobs.recv().await {
+        let (tx, mut events) = unbounded_channel();
+        let svc = service.clone();
+        let bundle = job.args.location.clone();
+        let run = tokio::task::spawn_blocking(move || {
+            let mut system = svc.system.fork();
+            let mut sink = ChannelSink { tx, bundle };
+            engine::install(&mut system, &job.args, &mut sink).map_err(|e| e.to_string())
+        });
+        while let Some(Event::Progress(p, m, d)) = events.recv().await {
+            let mut i = iref.get_mut().await;
+            i.progress = (p, m, d);
+            if let Err(e) = i.progress_changed(iref.signal_emitter()).await {
+                tracing::warn!("Failed to announce progress: {e}");
+            }
+        }
+        let result = run.await.unwrap_or_else(|e| Err(format!("Internal error: {e}")));
+        if let Err(e) = &result {
+            tracing::warn!("Installation failed: {e}");
+            let mut i = iref.get_mut().await;
+            i.last_error = e.clone();
+            if let Err(e) = i.last_error_changed(iref.signal_emitter()).await {
+                tracing::warn!("Failed to announce the error: {e}");
+            }
+        }
+        let code = if result.is_ok() { 0 } else { 1 };
+        if let Err(e) = Installer::completed(iref.signal_emitter(), code).await {
+            tracing::warn!("Failed to send Completed: {e}");
+        }
+        let mut i = iref.get_mut().await;
+        i.installing = false;
+        if let Err(e) = i.operation_changed(iref.signal_emitter()).await {
+            tracing::warn!("Failed to announce the operation: {e}");
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! `rota service`: the D-Bus service `de.pengutronix.rauc` (spec §8) on
+//! tokio + zbus. It sets the system up once (config, booted slot,
+//! system-info handler), records the boot and the runtime links (§7.3,
+//! §7.5), takes the bus name, serves the installer interface until SIGTERM
+//! (exit 0) or until it loses the name (fatal), and installs the
+//! `[autoinstall]` bundle if there is one.
+
+pub mod dicts;
+pub mod installer;
+
+use crate::runtime;
+use crate::system::System;
+use installer::{Installer, RaucError};
+use rota_bundle::bundle::OpenOptions;
+use rota_bundle::cli::{CliError, Context};
+use rota_bundle::signature::VerifyOptions;
+use rota_bundle::source::http::{HttpOptions, parse_header};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use zbus::OwnedVariant;
+
+/// What the service keeps for every request.
+pub struct Service {
+    /// The system as set up at start; requests work on forks of it.
+    pub system: System,
+    /// `--handler-args` for the full custom handler.
+    pub handler_args: Option<String>,
+}
+
+/// How a caller wants a bundle reached: TLS material and extra HTTP headers.
+#[derive(Debug, Default, Clone)]
+pub struct Access {
+    /// Client certificate (PEM or PKCS#11 URL).
+    pub tls_cert: Option<PathBuf>,
+    /// Client key (PEM or PKCS#11 URL).
+    pub tls_key: Option<PathBuf>,
+    /// CA file.
+    pub tls_ca: Option<PathBuf>,
+    /// Accept any server certificate.
+    pub tls_no_verify: bool,
+    /// `Name: value` headers for every request.
+    pub headers: Vec<(String, String)>,
+}
+
+/// The bundle-access keys of `InstallBundle`/`InspectBundle` arguments.
+pub fn access_from_args(args: &HashMap<String, OwnedVariant>) -> Result<Access, RaucError> {
+    let bad = |k: &str| RaucError::Code30(format!("Invalid type for key {k}"));
+    let path = |k: &str| -> Result<Option<PathBuf>, RaucError> {
+        args.get(k)
+            .map(|v| v.try_clone().ok().and_then(|v| String::try_from(v).ok()).map(PathBuf::from).ok_or_else(|| bad(k)))
+            .transpose()
+    };
+    let mut access = Access {
+        tls_cert: path("tls-cert")?,
+        tls_key: path("tls-key")?,
+        tls_ca: path("tls-ca")?,
+        tls_no_verify: args
+            .get("tls-no-verify")
+            .map(|v| bool::try_from(&**v).map_err(|_| bad("tls-no-verify")))
+            .transpose()?
+            .unwrap_or(false),
+        headers: Vec::new(),
+    };
+    if let Some(v) = args.get("http-headers") {
+        let list: Vec<String> =
+            v.try_clone().ok().and_then(|v| Vec::<String>::try_from(v).ok()).ok_or_else(|| bad("http-headers"))?;
+        for h in list {
+            access.headers.push(parse_header(&h).map_err(RaucError::Code30)?);
+        }
+    }
+    Ok(access)
+}
+
+impl Service {
+    /// How this service opens a bundle for a caller: the configured keyring,
+    /// formats, decryption key and HTTP settings, with the caller's TLS
+    /// material and headers.
+    pub fn open_options(&self, access: &Access) -> Result<OpenOptions, String> {
+        let mut conf = self.system.config.host_config();
+        conf.variant = (!self.system.variant.is_empty()).then(|| self.system.variant.clone());
+        let http = HttpOptions {
+            tls_ca: access.tls_ca.clone().or(conf.tls_ca.clone()),
+            tls_cert: access.tls_cert.clone().or(conf.tls_cert.clone()),
+            tls_key: access.tls_key.clone().or(conf.tls_key.clone()),
+            tls_no_verify: access.tls_no_verify,
+            headers: access.headers.clone(),
+            info_headers: rota_bundle::hostconfig::automatic_headers(&conf.send_headers, conf.variant.as_deref()),
+            ..HttpOptions::default()
+        };
+        Ok(OpenOptions {
+            verify: VerifyOptions { keyring: conf.keyring.clone(), no_verify: false, no_check_time: false },
+            max_signature_size: conf.max_signature_size,
+            allowed_formats: conf.bundle_formats.clone(),
+            decryption_key: conf.decryption_key.clone(),
+            decryption_cert: conf.decryption_cert.clone(),
+            trust_environment: false,
+            http,
+        })
+    }
+}
+
+/// Whether the service uses the session bus (`DBUS_STARTER_BUS_TYPE=session`).
+pub fn use_session_bus() -> bool {
+    std::env::var("DBUS_STARTER_BUS_TYPE").is_ok_and(|v| v == "session")
+}
+
+/// Where the runtime links go (`ROTA_RUN_DIR` moves them for tests).
+fn run_dir() -> PathBuf {
+    std::env::var_os("ROTA_RUN_DIR").map_or_else(|| PathBuf::from(runtime::RUN_DIR), PathBuf::from)
+}
+
+/// `rota service`.
+pub fn run(ctx: &Context) -> Result<(), CliError> {
+    let system = crate::cli::setup(ctx)?;
+    let service = Arc::new(Service { system, handler_args: ctx.args.value("handler-args").map(str::to_string) });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| CliError { message: format!("Failed to start the runtime: {e}"), code: 1 })?;
+    rt.block_on(serve(service))
+}
+
+/// Once the name is ours: the boot event and the runtime links.
+fn record_start(system: &System) {
+    match runtime::current_boot_id() {
+        Ok(id) => {
+            if let Err(e) = runtime::record_boot(system, &id) {
+                tracing::warn!("Failed to record the boot: {e}");
+            }
+        }
+        Err(e) => tracing::warn!("{e}"),
+    }
+    if let Err(e) = runtime::create_links(system, &run_dir()) {
+        tracing::warn!("{e}");
+    }
+}
+
+fn fail(message: String) -> CliError {
+    CliError { message, code: 1 }
+}
+
+async fn serve(service: Arc<Service>) -> Result<(), CliError> {
+    use futures_util::StreamExt;
+    let session = use_session_bus();
+    let bus = if session { "session" } else { "system" };
+    let builder = if session { zbus::connection::Builder::session() } else { zbus::connection::Builder::system() };
+    let (jobs, queue) = tokio::sync::mpsc::unbounded_channel();
+    let installer = Installer::new(service.clone(), jobs);
+    let conn = builder
+        .name(rota_dbus::BUS_NAME)
+        .allow_name_replacements(false)
+        .replace_existing_names(false)
+        .serve_at(rota_dbus::OBJECT_PATH, installer)
+        .build()
+        .await
+        .map_err(|e| match e {
+            zbus::Error::NameTaken => fail(format!("Failed to obtain name {} on {bus} bus", rota_dbus::BUS_NAME)),
+            e => fail(format!("Failed to connect to the {bus} bus: {e}")),
+        })?;
+    let iref = conn
+        .object_server()
+        .interface::<_, Installer>(rota_dbus::OBJECT_PATH)
+        .await
+        .map_err(|e| fail(format!("Failed to set up the service: {e}")))?;
+    record_start(&service.system);
+    tracing::info!("Service ready: {} on the {bus} bus", rota_dbus::BUS_NAME);
+    tokio::spawn(installer::worker(service.clone(), iref.clone(), queue));
+    if let Some(path) = service.system.config.autoinstall.clone().filter(|p| p.exists()) {
+        let location = path.to_string_lossy().into_owned();
+        tracing::info!("Installing {location} (autoinstall)");
+        let mut i = iref.get_mut().await;
+        if let Err(e) = i.autoinstall(location, iref.signal_emitter()).await {
+            tracing::warn!("Autoinstall failed to start: {e}");
+        }
+    }
+    let dbus = zbus::fdo::DBusProxy::new(&conn).await.map_err(|e| fail(format!("D-Bus error: {e}")))?;
+    let mut lost = dbus.receive_name_lost().await.map_err(|e| fail(format!("D-Bus error: {e}")))?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| fail(format!("Failed to handle SIGTERM: {e}")))?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| fail(format!("Failed to handle SIGINT: {e}")))?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            signal = lost.next() => {
+                let Some(signal) = signal else { return Err(fail("Lost the connection to the bus".into())) };
+                if signal.args().is_ok_and(|a| a.name() == rota_dbus::BUS_NAME) {
+                    return Err(fail(format!("Lost name {} on {bus} bus", rota_dbus::BUS_NAME)));
+                }
+            }
+        }
+    }
+    tracing::info!("Service stopped");
+    Ok(())
+}

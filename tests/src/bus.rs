@@ -1,0 +1,96 @@
+//! A private D-Bus for service tests: a real `dbus-daemon` (session
+//! configuration) per test, and `rota service` running on it for a
+//! simulated [`Device`].
+
+use crate::device::Device;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// A private `dbus-daemon`, stopped when dropped.
+pub struct Bus {
+    /// Its address (`unix:path=…`).
+    pub address: String,
+    pid: i32,
+}
+
+impl Bus {
+    /// Starts a private session bus.
+    pub fn start() -> Bus {
+        let out = Command::new("dbus-daemon")
+            .args(["--session", "--print-address=1", "--print-pid=1", "--fork", "--nopidfile"])
+            .output()
+            .expect("run dbus-daemon");
+        assert!(out.status.success(), "dbus-daemon: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut lines = text.lines();
+        let address = lines.next().expect("address").trim().to_string();
+        let pid = lines.next().expect("pid").trim().parse().expect("pid");
+        Bus { address, pid }
+    }
+
+    /// The environment that puts a program on this bus as its session bus.
+    pub fn env(&self) -> [(&'static str, &str); 2] {
+        [("DBUS_SESSION_BUS_ADDRESS", self.address.as_str()), ("DBUS_STARTER_BUS_TYPE", "session")]
+    }
+
+    /// `busctl --address=<bus>` with `args`.
+    pub fn busctl(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("busctl");
+        c.arg(format!("--address={}", self.address)).args(args);
+        c
+    }
+
+    /// Whether `name` has an owner on this bus.
+    pub fn has_name(&self, name: &str) -> bool {
+        self.busctl(&["status", name]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        // SAFETY: plain kill(2) of the daemon this bus started.
+        unsafe { libc::kill(self.pid, libc::SIGTERM) };
+    }
+}
+
+/// `rota service` for a device on a private bus; killed when dropped.
+pub struct Service {
+    child: Option<Child>,
+}
+
+impl Service {
+    /// Starts the service of `d` on `bus` with extra environment `env`, and
+    /// waits until it owns `de.pengutronix.rauc`.
+    pub fn start(d: &Device, bus: &Bus, env: &[(&str, &str)]) -> Service {
+        let mut cmd = d.rota();
+        cmd.envs(bus.env()).envs(env.iter().copied()).env("ROTA_RUN_DIR", d.path("run")).arg("service");
+        cmd.stdout(Stdio::null()).stderr(std::fs::File::create(d.path("service.log")).expect("log file"));
+        let mut child = cmd.spawn().expect("start rota service");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !bus.has_name("de.pengutronix.rauc") {
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!("rota service exited with {st}: {}", std::fs::read_to_string(d.path("service.log")).unwrap());
+            }
+            assert!(Instant::now() < deadline, "rota service did not take its name");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Service { child: Some(child) }
+    }
+
+    /// Stops the service with SIGTERM and returns how it exited.
+    pub fn stop(mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: plain kill(2) of our child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().expect("wait for rota service")
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! `rota service` on a real private `dbus-daemon` (spec §8): every method,
+//! property and signal of `de.pengutronix.rauc.Installer`, from `busctl`
+//! and from our typed proxies (`rota-dbus`); the progress sequence of a
+//! two-slot install, the busy rule, failures, a second instance, SIGTERM.
+
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use testkit::bus::{Bus, Service};
+use testkit::device::{Device, grubenv};
+use testkit::{Content, pki_file, rota_bundle, run, target_dir, workspace};
+use zbus::OwnedVariant;
+
+/// A device with A/B root slots and app children, GRUB (real
+/// `grub-editenv`), central status, a variant and a system-info handler.
+fn device(name: &str, handlers: &str) -> Device {
+    let dir = target_dir().join("test-devices").join(name);
+    let conf = format!(
+        "[system]\ncompatible=Test Config\nbootloader=grub\ngrubenv=grubenv\ndata-directory=data\n\
+         variant-name=charger-x\n[keyring]\npath={}\n[handlers]\nsystem-info=system-info.sh\n{handlers}\n\
+         [slot.rootfs.0]\ndevice=rootfs0.img\nbootname=A\n[slot.rootfs.1]\ndevice=rootfs1.img\nbootname=B\n\
+         [slot.appfs.0]\ndevice=appfs0.img\nparent=rootfs.0\n[slot.appfs.1]\ndevice=appfs1.img\nparent=rootfs.1\n",
+        pki_file("keyring.pem").display()
+    );
+    let d = Device::new(&dir, &conf);
+    script(&d.path("system-info.sh"), "echo RAUC_SYSTEM_VERSION=2026.11\n");
+    d.grub_ab(512 * 1024, 0xAA);
+    d
+}
+
+fn script(path: &Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::write(path, format!("#!/bin/sh\n{body}")).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// The standard two-image bundle (compatible `compatible`).
+fn bundle(name: &str, compatible: &str) -> PathBuf {
+    let dir = target_dir().join("test-bundles").join(name);
+    let _ = fs::remove_dir_all(&dir);
+    let c = Content::standard(dir.join("content"), "verity");
+    let manifest = fs::read_to_string(c.dir.join("manifest.raucm")).unwrap();
+    c.manifest(&manifest.replace("compatible=Test Config", &format!("compatible={compatible}")));
+    let out = dir.join("b.raucb");
+    rota_bundle(&c.dir, &out, "release").ok();
+    out
+}
+
+fn busctl(bus: &Bus, args: &[&str]) -> String {
+    run(&mut bus.busctl(args)).ok().stdout.trim().to_string()
+}
+
+fn call(bus: &Bus, method: &str, sig_and_args: &[&str]) -> String {
+    let mut args = vec!["call", "de.pengutronix.rauc", "/", "de.pengutronix.rauc.Installer", method];
+    args.extend(sig_and_args);
+    busctl(bus, &args)
+}
+
+fn call_fails(bus: &Bus, method: &str, sig_and_args: &[&str]) -> String {
+    let mut args = vec!["call", "de.pengutronix.rauc", "/", "de.pengutronix.rauc.Installer", method];
+    args.extend(sig_and_args);
+    run(&mut bus.busctl(&args)).fails().stderr.trim().to_string()
+}
+
+fn property(bus: &Bus, name: &str) -> String {
+    busctl(bus, &["get-property", "de.pengutronix.rauc", "/", "de.pengutronix.rauc.Installer", name])
+}
+
+fn primary(d: &Device) -> String {
+    grubenv(&d.path("grubenv"))
+        .into_iter()
+        .find_map(|l| l.strip_prefix("ORDER=").map(|o| o.split(' ').next().unwrap().to_string()))
+        .unwrap()
+}
+
+/// The `<interface name="de.pengutronix.rauc.Installer">` element of an introspection document.
+fn installer_element(xml: &str) -> &str {
+    let start = xml.find("<interface name=\"de.pengutronix.rauc.Installer\">").expect("interface present");
+    let end = xml[start..].find("</interface>").expect("interface closed") + start + "</interface>".len();
+    &xml[start..end]
+}
+
+#[test]
+fn properties_introspection_and_shutdown() {
+    let d = device("dbus-props", "");
+    let bus = Bus::start();
+    let svc = Service::start(&d, &bus, &[]);
+    assert_eq!(property(&bus, "Operation"), "s \"idle\"");
+    assert_eq!(property(&bus, "LastError"), "s \"\"");
+    assert_eq!(property(&bus, "Progress"), "(isi) 0 \"\" 0");
+    assert_eq!(property(&bus, "Compatible"), "s \"Test Config\"");
+    assert_eq!(property(&bus, "Variant"), "s \"charger-x\"");
+    assert_eq!(property(&bus, "SystemVersion"), "s \"2026.11\"");
+    assert_eq!(property(&bus, "BootSlot"), "s \"A\"");
+
+    // What the service exports is exactly the shipped XML.
+    let json = busctl(
+        &bus,
+        &["--json=short", "call", "de.pengutronix.rauc", "/", "org.freedesktop.DBus.Introspectable", "Introspect"],
+    );
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let exported = v["data"][0].as_str().unwrap().to_string();
+    let shipped = fs::read_to_string(workspace().join("dbus-interfaces/de.pengutronix.rauc.Installer.xml")).unwrap();
+    assert_eq!(installer_element(&exported), installer_element(&shipped));
+    let listing = busctl(&bus, &["introspect", "de.pengutronix.rauc", "/", "de.pengutronix.rauc.Installer"]);
+    for member in [
+        ".InstallBundle",
+        ".Install",
+        ".InspectBundle",
+        ".Info",
+        ".Mark",
+        ".GetSlotStatus",
+        ".GetArtifactStatus",
+        ".GetPrimary",
+        ".Completed",
+    ] {
+        assert!(listing.lines().any(|l| l.starts_with(&format!("{member} "))), "{member} in {listing}");
+    }
+    assert_eq!(listing.lines().filter(|l| l.contains("emits-change")).count(), 7, "{listing}");
+
+    // The service start recorded the boot and the runtime links.
+    assert_eq!(fs::read_link(d.path("run/slots/active/rootfs")).unwrap(), d.path("rootfs0.img"));
+    assert_eq!(fs::read_link(d.path("run/slots/active/appfs")).unwrap(), d.path("appfs0.img"));
+
+    // A second instance cannot take the name; the first keeps serving.
+    let second = run(d.rota().envs(bus.env()).env("ROTA_RUN_DIR", d.path("run")).arg("service")).fails();
+    assert_eq!(second.code, 1);
+    assert!(second.stderr.contains("Failed to obtain name de.pengutronix.rauc on session bus"), "{}", second.stderr);
+    assert_eq!(property(&bus, "Operation"), "s \"idle\"");
+    assert!(svc.stop().success(), "SIGTERM ends the service with 0");
+}
+
+#[test]
+fn methods_from_busctl() {
+    let d = device("dbus-busctl", "");
+    let bus = Bus::start();
+    let _svc = Service::start(&d, &bus, &[]);
+    assert_eq!(call(&bus, "GetPrimary", &[]), "s \"rootfs.0\"");
+    assert_eq!(call(&bus, "Mark", &["ss", "good", "booted"]), "ss \"rootfs.0\" \"marked slot(s) rootfs.0 as good\"");
+    assert_eq!(call(&bus, "Mark", &["ss", "bad", "other"]), "ss \"rootfs.1\" \"marked slot(s) rootfs.1 as bad\"");
+    assert_eq!(call_fails(&bus, "Mark", &["ss", "weird", "booted"]), "Call failed: unknown slot state 'weird'");
+    assert_eq!(
+        call_fails(&bus, "Mark", &["ss", "good", "rootfs.9"]),
+        "Call failed: No slot with class rootfs and name rootfs.9 found"
+    );
+    assert_eq!(call_fails(&bus, "Mark", &["ss", "good", "rootfs"]), "Call failed: Invalid slot name format: 'rootfs'");
+    let status = busctl(
+        &bus,
+        &["--json=short", "call", "de.pengutronix.rauc", "/", "de.pengutronix.rauc.Installer", "GetSlotStatus"],
+    );
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let slots = v["data"][0].as_array().unwrap();
+    let names: Vec<&str> = slots.iter().map(|s| s[0].as_str().unwrap()).collect();
+    assert_eq!(names, ["rootfs.0", "rootfs.1", "appfs.0", "appfs.1"]);
+    let root0 = &slots[0][1];
+    assert_eq!(root0["state"]["data"], "booted");
+    assert_eq!(root0["bootname"]["data"], "A");
+    assert_eq!(root0["boot-status"]["data"], "good");
+    assert_eq!(slots[1][1]["boot-status"]["data"], "bad");
+    assert_eq!(slots[2][1]["parent"]["data"], "rootfs.0");
+    assert!(slots[2][1].get("bootname").is_none());
+
+    let b = bundle("dbus-busctl", "Test Config");
+    let b = b.to_str().unwrap();
+    assert_eq!(call(&bus, "Info", &["s", b]), "ss \"Test Config\" \"2024.08-1\"");
+    let inspect = busctl(
+        &bus,
+        &[
+            "--json=short",
+            "call",
+            "de.pengutronix.rauc",
+            "/",
+            "de.pengutronix.rauc.Installer",
+            "InspectBundle",
+            "sa{sv}",
+            b,
+            "0",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(v["type"], "a{sv}");
+    let info = &v["data"][0];
+    assert_eq!(info["update"]["type"], "a{sv}");
+    assert_eq!(info["update"]["data"]["compatible"]["data"], "Test Config");
+    assert_eq!(info["bundle"]["data"]["format"]["data"], "verity");
+    assert_eq!(info["bundle"]["data"]["verity-size"]["type"], "t");
+    assert_eq!(info["images"]["type"], "aa{sv}");
+    assert_eq!(info["images"]["data"][0]["slot-class"]["data"], "rootfs");
+    assert_eq!(info["images"]["data"][0]["size"]["type"], "t");
+    assert_eq!(info["images"]["data"][0]["hooks"]["type"], "as");
+    assert_eq!(info["meta"]["type"], "a{sa{ss}}");
+    assert_eq!(info["manifest-hash"]["type"], "s");
+    assert_eq!(call(&bus, "GetArtifactStatus", &[]), "aa{sv} 0");
+    assert_eq!(
+        call_fails(&bus, "InstallBundle", &["sa{sv}", b, "1", "frobnicate", "b", "true"]),
+        "Call failed: Unsupported key: frobnicate"
+    );
+    assert_eq!(
+        call_fails(&bus, "InspectBundle", &["sa{sv}", b, "1", "ignore-compatible", "b", "true"]),
+        "Call failed: Unsupported key: ignore-compatible"
+    );
+    assert_eq!(property(&bus, "Operation"), "s \"idle\"", "refused calls start nothing");
+}
+
+/// One signal of the installer as the test sees it.
+#[derive(Debug, Clone, PartialEq)]
+enum Seen {
+    Progress(i32, String, i32),
+    Operation(String),
+    LastError(String),
+    Completed(i32),
+}
+
+/// Collects the installer's signals in arrival order until `Operation`
+/// returns to `idle` after a `Completed`.
+async fn signals_until_idle(stream: &mut zbus::MessageStream) -> Vec<Seen> {
+    let mut seen = Vec::new();
+    while let Some(msg) = stream.next().await {
+        let msg = msg.unwrap();
+        let header = msg.header();
+        let member = header.member().map(|m| m.to_string()).unwrap_or_default();
+        match member.as_str() {
+            "Completed" => seen.push(Seen::Completed(msg.body().deserialize::<i32>().unwrap())),
+            "PropertiesChanged" => {
+                let (_, changed, _): (String, HashMap<String, OwnedVariant>, Vec<String>) =
+                    msg.body().deserialize().unwrap();
+                let mut keys: Vec<&String> = changed.keys().collect();
+                keys.sort();
+                for k in keys {
+                    let v = changed[k].try_clone().unwrap();
+                    seen.push(match k.as_str() {
+                        "Progress" => {
+                            let (p, m, d) = <(i32, String, i32)>::try_from(v).unwrap();
+                            Seen::Progress(p, m, d)
+                        }
+                        "Operation" => Seen::Operation(String::try_from(v).unwrap()),
+                        "LastError" => Seen::LastError(String::try_from(v).unwrap()),
+                        other => panic!("unexpected property {other}"),
+                    });
+                }
+            }
+            _ => {}
+        }
+        let done = seen.iter().any(|s| matches!(s, Seen::Completed(_)));
+        if done && seen.last() == Some(&Seen::Operation("idle".into())) {
+            break;
+        }
+    }
+    seen
+}
+
+async fn connect(bus: &Bus) -> (zbus::Connection, rota_dbus::InstallerProxy<'static>, zbus::MessageStream) {
+    let conn = zbus::connection::Builder::address(bus.address.as_str()).build().await.unwrap();
+    let rule = zbus::MatchRule::builder().msg_type(zbus::message::Type::Signal).path("/").build().unwrap();
+    let stream = zbus::MessageStream::for_match_rule(rule, &conn, None).await.unwrap();
+    let proxy = rota_dbus::InstallerProxy::new(&conn).await.unwrap();
+    (conn, proxy, stream)
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+#[test]
+fn install_over_the_bus_reports_rauc_progress_then_completed_then_idle() {
+    let d = device("dbus-install", "");
+    let bus = Bus::start();
+    let _svc = Service::start(&d, &bus, &[]);
+    let b = bundle("dbus-install", "Test Config");
+    rt().block_on(async {
+        let (_conn, proxy, mut stream) = connect(&bus).await;
+        proxy.install_bundle(b.to_str().unwrap(), HashMap::new()).await.unwrap();
+        let seen = signals_until_idle(&mut stream).await;
+        assert_eq!(seen[0], Seen::Operation("installing".into()));
+        assert_eq!(seen[1], Seen::LastError(String::new()));
+        let tail: Vec<Seen> = seen[seen.len() - 3..].to_vec();
+        assert_eq!(
+            tail,
+            [Seen::Progress(100, "Installing done.".into(), 1), Seen::Completed(0), Seen::Operation("idle".into())]
+        );
+        // The progress sequence of spec §6.9, intermediate copy percentages aside.
+        let mut steps = Vec::new();
+        let mut copying: Option<(String, i32)> = None;
+        for s in &seen {
+            let Seen::Progress(p, m, depth) = s else { continue };
+            if let Some((text, last)) = &mut copying
+                && m == text
+            {
+                assert!(*p > *last, "copy percentages rise: {seen:?}");
+                *last = *p;
+                continue;
+            }
+            copying = m.starts_with("Copying image to ").then(|| (m.clone(), *p)).filter(|_| !m.ends_with("done."));
+            steps.push((*p, m.clone(), *depth));
+        }
+        let expected: Vec<(i32, String, i32)> = [
+            (0, "Installing", 1),
+            (0, "Determining slot states", 2),
+            (10, "Determining slot states done.", 2),
+            (10, "Checking bundle", 2),
+            (10, "Verifying signature", 3),
+            (20, "Verifying signature done.", 3),
+            (20, "Checking bundle done.", 2),
+            (20, "Checking manifest contents", 2),
+            (30, "Checking manifest contents done.", 2),
+            (30, "Determining target install group", 2),
+            (40, "Determining target install group done.", 2),
+            (40, "Updating slots", 2),
+            (40, "Checking slot rootfs.1 (B)", 3),
+            (43, "Checking slot rootfs.1 (B) done.", 3),
+            (43, "Copying image to rootfs.1", 3),
+            (70, "Copying image to rootfs.1 done.", 3),
+            (70, "Checking slot appfs.1", 3),
+            (73, "Checking slot appfs.1 done.", 3),
+            (73, "Copying image to appfs.1", 3),
+            (99, "Copying image to appfs.1 done.", 3),
+            (99, "Updating slots done.", 2),
+            (100, "Installing done.", 1),
+        ]
+        .into_iter()
+        .map(|(p, m, d)| (p, m.to_string(), d))
+        .collect();
+        assert_eq!(steps, expected);
+        assert_eq!(proxy.progress().await.unwrap(), (100, "Installing done.".to_string(), 1));
+        assert_eq!(proxy.operation().await.unwrap(), "idle");
+        assert_eq!(proxy.get_primary().await.unwrap(), "rootfs.1");
+        let status = proxy.get_slot_status().await.unwrap();
+        let (_, root1) = status.iter().find(|(n, _)| n == "rootfs.1").unwrap();
+        assert_eq!(String::try_from(root1["status"].try_clone().unwrap()).unwrap(), "ok");
+        assert_eq!(String::try_from(root1["bundle.version"].try_clone().unwrap()).unwrap(), "2024.08-1");
+        assert_eq!(u32::try_from(&*root1["installed.count"]).unwrap(), 1);
+        assert_eq!(u64::try_from(&*root1["size"]).unwrap(), 256 * 1024);
+    });
+    assert_eq!(primary(&d), "B");
+}
+
+#[test]
+fn one_installation_at_a_time_while_reads_go_on() {
+    // The pre-install handler holds the installation until the gate file exists.
+    let d = device("dbus-busy", "pre-install=gate.sh\n");
+    script(&d.path("gate.sh"), "while [ ! -e \"$GATE\" ]; do sleep 0.05; done\n");
+    let gate = d.path("gate");
+    let bus = Bus::start();
+    let _svc = Service::start(&d, &bus, &[("GATE", gate.to_str().unwrap())]);
+    let b = bundle("dbus-busy", "Test Config");
+    let b = b.to_str().unwrap();
+    rt().block_on(async {
+        let (_conn, proxy, mut stream) = connect(&bus).await;
+        // Two calls at once: exactly one is accepted.
+        let (r1, r2) = tokio::join!(proxy.install_bundle(b, HashMap::new()), proxy.install_bundle(b, HashMap::new()));
+        let refused = match (r1, r2) {
+            (Ok(()), Err(e)) | (Err(e), Ok(())) => e,
+            other => panic!("exactly one install must start: {other:?}"),
+        };
+        let zbus::Error::MethodError(name, message, _) = refused else { panic!("{refused:?}") };
+        assert_eq!(name.as_str(), rota_dbus::ERROR_NAME);
+        assert_eq!(message.as_deref(), Some("Already processing a different method"));
+        assert_eq!(proxy.operation().await.unwrap(), "installing");
+        // Reads keep answering; marking is refused.
+        assert_eq!(proxy.get_slot_status().await.unwrap().len(), 4);
+        assert_eq!(proxy.get_primary().await.unwrap(), "rootfs.0");
+        assert_eq!(proxy.info(b).await.unwrap().0, "Test Config");
+        let e = proxy.mark("good", "booted").await.unwrap_err();
+        assert!(e.to_string().contains("already processing a different method"), "{e}");
+        fs::write(&gate, "").unwrap();
+        let seen = signals_until_idle(&mut stream).await;
+        assert!(seen.contains(&Seen::Completed(0)), "{seen:?}");
+        assert_eq!(seen.iter().filter(|s| matches!(s, Seen::Completed(_))).count(), 1, "one install ran");
+    });
+    assert_eq!(primary(&d), "B");
+}
+
+#[test]
+fn a_failed_installation_sets_last_error_until_the_next_starts() {
+    let d = device("dbus-fail", "");
+    let bus = Bus::start();
+    let _svc = Service::start(&d, &bus, &[]);
+    let wrong = bundle("dbus-fail-wrong", "Other Config");
+    let good = bundle("dbus-fail-good", "Test Config");
+    rt().block_on(async {
+        let (_conn, proxy, mut stream) = connect(&bus).await;
+        proxy.install(wrong.to_str().unwrap()).await.unwrap();
+        let seen = signals_until_idle(&mut stream).await;
+        let error = "Compatible mismatch: Expected 'Test Config' but bundle manifest has 'Other Config'";
+        let n = seen.len();
+        assert_eq!(
+            seen[n - 4..],
+            [
+                Seen::Progress(100, "Installing failed.".into(), 1),
+                Seen::LastError(error.into()),
+                Seen::Completed(1),
+                Seen::Operation("idle".into())
+            ]
+        );
+        assert_eq!(proxy.last_error().await.unwrap(), error);
+        proxy.install_bundle(good.to_str().unwrap(), HashMap::new()).await.unwrap();
+        let seen = signals_until_idle(&mut stream).await;
+        assert_eq!(seen[1], Seen::LastError(String::new()), "reset when the next install starts");
+        assert!(seen.contains(&Seen::Completed(0)));
+        assert_eq!(proxy.last_error().await.unwrap(), "");
+    });
+    assert_eq!(primary(&d), "B");
+}
