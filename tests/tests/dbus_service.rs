@@ -402,3 +402,39 @@ fn a_failed_installation_sets_last_error_until_the_next_starts() {
     });
     assert_eq!(primary(&d), "B");
 }
+
+#[test]
+fn debian_rauc_client_talks_to_rota_service() {
+    let d = device("dbus-rauc-client", "");
+    let bus = Bus::start();
+    let _svc = Service::start(&d, &bus, &[]);
+    let rauc = |args: &[&str]| {
+        let mut c = testkit::peer_rauc();
+        c.envs(bus.env()).args(args).current_dir(&d.dir);
+        run(&mut c)
+    };
+    let status = rauc(&["status"]).ok().stdout;
+    assert!(status.contains("Compatible:  Test Config"), "{status}");
+    assert!(status.contains("Variant:     charger-x"), "{status}");
+    assert!(status.contains("Booted from: rootfs.0 (A)"), "{status}");
+    assert!(status.contains("Activated: rootfs.0 (A)"), "{status}");
+    assert_eq!(rauc(&["status", "mark-good"]).ok().stdout.trim(), "rauc status: marked slot(s) rootfs.0 as good");
+    let b = bundle("dbus-rauc-client", "Test Config");
+    let install = rauc(&["install", b.to_str().unwrap()]).ok();
+    assert!(install.stdout.contains("100% Installing done."), "{}", install.stdout);
+    assert!(install.stdout.contains(&format!("Installing `{}` succeeded", b.display())), "{}", install.stdout);
+    assert_eq!(primary(&d), "B");
+    let json = rauc(&["status", "--detailed", "--output-format=json"]).ok().stdout;
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["boot_primary"], "rootfs.1");
+    let slots = v["slots"].as_array().unwrap();
+    let root1 = slots.iter().find_map(|s| s.get("rootfs.1")).unwrap();
+    assert_eq!(root1["slot_status"]["status"], "ok");
+    assert_eq!(root1["slot_status"]["bundle"]["version"], "2024.08-1");
+    let keyring = format!("--keyring={}", pki_file("keyring.pem").display());
+    let info = rauc(&["info", &keyring, b.to_str().unwrap()]).ok().stdout;
+    assert!(info.contains("Compatible: \t'Test Config'"), "{info}");
+    let wrong = bundle("dbus-rauc-client-wrong", "Other Config");
+    let failed = rauc(&["install", wrong.to_str().unwrap()]).fails();
+    assert!(failed.stderr.contains("Compatible mismatch") || failed.stdout.contains("Compatible mismatch"), "{failed:?}");
+}
