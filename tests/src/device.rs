@@ -102,6 +102,10 @@ impl Device {
             .env("FAKE_STATE", self.fake_state())
             .env("PATH", format!("{}:{path}", fakes_dir().display()))
             .env_remove("DBUS_STARTER_BUS_TYPE")
+            // Hermetic: no system bus, so no service (e.g. an activatable
+            // Debian rauc) is found there; service tests put a private bus
+            // in as the session bus.
+            .env("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent/rota-test-no-system-bus")
             .arg(format!("--conf={}", self.conf().display()))
             .current_dir(&self.dir);
         cmd

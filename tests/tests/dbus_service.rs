@@ -436,5 +436,57 @@ fn debian_rauc_client_talks_to_rota_service() {
     assert!(info.contains("Compatible: \t'Test Config'"), "{info}");
     let wrong = bundle("dbus-rauc-client-wrong", "Other Config");
     let failed = rauc(&["install", wrong.to_str().unwrap()]).fails();
-    assert!(failed.stderr.contains("Compatible mismatch") || failed.stdout.contains("Compatible mismatch"), "{failed:?}");
+    assert!(
+        failed.stderr.contains("Compatible mismatch") || failed.stdout.contains("Compatible mismatch"),
+        "{failed:?}"
+    );
+}
+
+#[test]
+fn the_cli_is_a_client_of_the_running_service() {
+    let d = device("dbus-cli-client", "");
+    let bus = Bus::start();
+    let svc = Service::start(&d, &bus, &[]);
+    let client = |args: &[&str]| {
+        let mut c = d.rota();
+        c.envs(bus.env()).args(args);
+        run(&mut c)
+    };
+    let peer = |args: &[&str]| {
+        let mut c = testkit::peer_rauc();
+        c.envs(bus.env()).args(args).current_dir(&d.dir);
+        run(&mut c)
+    };
+    // A refused install prints what Debian's rauc client prints, line by
+    // line (rauc 1.8 sometimes also prints the final `idle`, racing its exit).
+    let wrong = bundle("dbus-cli-client-wrong", "Other Config");
+    let ours = client(&["install", wrong.to_str().unwrap()]).fails();
+    let theirs = peer(&["install", wrong.to_str().unwrap()]).fails();
+    assert_eq!(ours.stdout, theirs.stdout.strip_suffix("idle\n").unwrap_or(&theirs.stdout));
+    assert_eq!(ours.stderr.trim_end(), theirs.stderr.trim_end());
+    assert!(ours.stdout.starts_with("installing\n  0% Installing\n"), "{}", ours.stdout);
+    assert!(ours.stdout.contains("LastError: Compatible mismatch"), "{}", ours.stdout);
+    assert_eq!(ours.code, 1);
+    // Direct-mode-only options are refused.
+    let r = client(&["install", "--keyring=/x.pem", wrong.to_str().unwrap()]).fails();
+    assert_eq!(r.stderr.trim(), "--keyring not supported when using the D-Bus service");
+
+    let good = bundle("dbus-cli-client", "Test Config");
+    let ours = client(&["install", good.to_str().unwrap()]).ok();
+    assert!(ours.stdout.ends_with(&format!("100% Installing done.\nInstalling `{}` succeeded\n", good.display())));
+    assert_eq!(primary(&d), "B");
+    assert_eq!(client(&["status", "mark-good", "other"]).ok().stdout, "rota status: marked slot(s) rootfs.1 as good\n");
+    let r = client(&["status", "mark-good", "rootfs.7"]).fails();
+    assert_eq!(r.stderr.trim(), "rota status: No slot with class rootfs and name rootfs.7 found");
+
+    // Status through the service equals status computed in this process.
+    for format in ["readable", "shell", "json"] {
+        let via_service = client(&["status", "--detailed", &format!("--output-format={format}")]).ok().stdout;
+        let direct = d.run(&["status", "--detailed", &format!("--output-format={format}")]).ok().stdout;
+        assert_eq!(via_service, direct, "{format}");
+    }
+    assert!(svc.stop().success());
+    // Without the service, the same command runs in direct mode.
+    let direct = client(&["status"]).ok().stdout;
+    assert!(direct.contains("Booted from:    rootfs.0 (A)"), "{direct}");
 }

@@ -25,10 +25,24 @@ fn bar(percentage: i32, message: &str) {
 }
 
 /// Shows progress (bar or lines) and handler messages on the terminal.
-struct Terminal {
+pub(super) struct Terminal {
     bar: bool,
     /// The last progress update, redrawn below a handler message.
     last: Option<(i32, String)>,
+}
+
+impl Terminal {
+    /// A bar when `bar`, else `%3d%% <message>` lines.
+    pub(super) fn new(bar: bool) -> Terminal {
+        Terminal { bar, last: None }
+    }
+
+    /// Ends the bar's line.
+    pub(super) fn finish(&self) {
+        if self.bar {
+            eprintln!();
+        }
+    }
 }
 
 impl ProgressSink for Terminal {
@@ -54,8 +68,38 @@ impl ProgressSink for Terminal {
     }
 }
 
+/// Options that only direct mode takes.
+const DIRECT_ONLY: [&str; 3] = ["keyring", "handler-args", "override-boot-slot"];
+
+/// `install` through the running service.
+fn through_service(ctx: &Context, client: &super::client::Client, loc: &str) -> Result<(), CliError> {
+    if let Some(o) = DIRECT_ONLY.iter().find(|o| ctx.args.value(o).is_some()) {
+        return Err(CliError { message: format!("--{o} not supported when using the D-Bus service"), code: 1 });
+    }
+    use zbus::Variant;
+    let mut args: std::collections::HashMap<&str, Variant<'_>> = std::collections::HashMap::new();
+    args.insert("ignore-compatible", ctx.args.has("ignore-compatible").into());
+    args.insert("ignore-version-limit", ctx.args.has("ignore-version-limit").into());
+    for key in ["transaction-id", "require-manifest-hash", "tls-cert", "tls-key", "tls-ca"] {
+        if let Some(v) = ctx.args.value(key) {
+            args.insert(key, v.into());
+        }
+    }
+    if ctx.args.has("tls-no-verify") {
+        args.insert("tls-no-verify", true.into());
+    }
+    let headers: Vec<&str> = ctx.args.values("http-header").iter().map(String::as_str).collect();
+    if !headers.is_empty() {
+        args.insert("http-headers", headers.into());
+    }
+    client.install(loc, args, ctx.args.has("progress") || std::io::stderr().is_terminal())
+}
+
 pub(super) fn run(ctx: &Context) -> Result<(), CliError> {
     let loc = location(ctx.arg(0))?;
+    if let Some(client) = super::client::Client::connect() {
+        return through_service(ctx, &client, &loc);
+    }
     let mut system = super::setup(ctx)?;
     let variant = (!system.variant.is_empty()).then(|| system.variant.clone());
     let args = InstallArgs {
@@ -67,11 +111,9 @@ pub(super) fn run(ctx: &Context) -> Result<(), CliError> {
         require_manifest_hash: ctx.args.value("require-manifest-hash").map(str::to_string),
         handler_args: ctx.args.value("handler-args").map(str::to_string),
     };
-    let mut sink = Terminal { bar: ctx.args.has("progress") || std::io::stderr().is_terminal(), last: None };
+    let mut sink = Terminal::new(ctx.args.has("progress") || std::io::stderr().is_terminal());
     let result = engine::install(&mut system, &args, &mut sink);
-    if sink.bar {
-        eprintln!();
-    }
+    sink.finish();
     match result {
         Ok(_) => {
             println!("Installing `{loc}` succeeded");

@@ -1,6 +1,9 @@
-//! The device commands of the multi-call binary (direct mode, no service):
-//! `status` with `mark-*`, `install`, `write-slot` and `mount`.
+//! The device commands of the multi-call binary: `status` with `mark-*`,
+//! `install`, `write-slot`, `mount` and `service`. `install` and `status`
+//! are clients of a running service when there is one, else they run the
+//! engine in this process (direct mode).
 
+mod client;
 mod install;
 mod mount;
 mod status;

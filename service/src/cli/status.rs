@@ -15,6 +15,27 @@ pub(super) fn run(ctx: &Context) -> Result<(), CliError> {
         Some("mark-active") => Some(MarkState::Active),
         Some(other) => return fail(format!("unknown subcommand {other}")),
     };
+    if let Some(client) = super::client::Client::connect() {
+        if ctx.args.value("override-boot-slot").is_some() {
+            return fail("--override-boot-slot not supported when using the D-Bus service");
+        }
+        return match state {
+            None => {
+                print!("{}", client.status()?.render(format, ctx.args.has("detailed")));
+                Ok(())
+            }
+            Some(state) => {
+                let identifier = positionals.get(1).map(String::as_str).unwrap_or("booted");
+                match client.mark(state.as_str(), identifier) {
+                    Ok(message) => {
+                        println!("{} status: {message}", ctx.prog);
+                        Ok(())
+                    }
+                    Err(e) => fail(format!("{} status: {}", ctx.prog, e.message)),
+                }
+            }
+        };
+    }
     let system = super::setup(ctx)?;
     match state {
         None => {
