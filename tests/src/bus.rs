@@ -11,13 +11,26 @@ pub struct Bus {
     /// Its address (`unix:path=…`).
     pub address: String,
     pid: i32,
+    /// Whether programs see it as their system bus (else as the session bus).
+    system: bool,
 }
 
 impl Bus {
     /// Starts a private session bus.
     pub fn start() -> Bus {
+        Bus::spawn(&["--session"], false)
+    }
+
+    /// Starts a private bus with the configuration file `config`, which
+    /// programs get as their system bus.
+    pub fn start_system(config: &std::path::Path) -> Bus {
+        Bus::spawn(&[&format!("--config-file={}", config.display())], true)
+    }
+
+    fn spawn(config: &[&str], system: bool) -> Bus {
         let out = Command::new("dbus-daemon")
-            .args(["--session", "--print-address=1", "--print-pid=1", "--fork", "--nopidfile"])
+            .args(config)
+            .args(["--print-address=1", "--print-pid=1", "--fork", "--nopidfile"])
             .output()
             .expect("run dbus-daemon");
         assert!(out.status.success(), "dbus-daemon: {}", String::from_utf8_lossy(&out.stderr));
@@ -25,12 +38,17 @@ impl Bus {
         let mut lines = text.lines();
         let address = lines.next().expect("address").trim().to_string();
         let pid = lines.next().expect("pid").trim().parse().expect("pid");
-        Bus { address, pid }
+        Bus { address, pid, system }
     }
 
-    /// The environment that puts a program on this bus as its session bus.
-    pub fn env(&self) -> [(&'static str, &str); 2] {
-        [("DBUS_SESSION_BUS_ADDRESS", self.address.as_str()), ("DBUS_STARTER_BUS_TYPE", "session")]
+    /// The environment that puts a program on this bus (as its session bus,
+    /// with `DBUS_STARTER_BUS_TYPE=session`, or as its system bus).
+    pub fn env(&self) -> Vec<(&'static str, &str)> {
+        if self.system {
+            vec![("DBUS_SYSTEM_BUS_ADDRESS", self.address.as_str())]
+        } else {
+            vec![("DBUS_SESSION_BUS_ADDRESS", self.address.as_str()), ("DBUS_STARTER_BUS_TYPE", "session")]
+        }
     }
 
     /// `busctl --address=<bus>` with `args`.

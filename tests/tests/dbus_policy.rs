@@ -1,0 +1,140 @@
+//! The shipped bus policy (`dbus-interfaces/dbus-1/de.pengutronix.rauc.conf`)
+//! on a real `dbus-daemon` configured like a system bus: root owns the name
+//! and may call everything, members of group `rota` may call methods,
+//! anybody else may only read properties and introspect. Also checks the
+//! shipped systemd units with `systemd-analyze verify`.
+
+use std::fs;
+use std::process::Command;
+use testkit::bus::{Bus, Service};
+use testkit::device::Device;
+use testkit::{pki_file, run, target_dir, workspace};
+
+/// A system-bus configuration with the defaults of Debian's system bus
+/// (method calls denied unless a policy allows them) plus our policy.
+fn bus_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let policy = workspace().join("dbus-interfaces/dbus-1/de.pengutronix.rauc.conf");
+    let text = format!(
+        r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={}/system_bus_socket</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
+  </policy>
+  <include>{}</include>
+</busconfig>
+"#,
+        dir.display(),
+        policy.display()
+    );
+    let path = dir.join("system-bus.conf");
+    fs::write(&path, text).unwrap();
+    path
+}
+
+/// `busctl` on `bus` as uid/gid 65534 (nobody), with `groups` as supplementary groups.
+fn as_nobody(bus: &Bus, groups: &str, args: &[&str]) -> testkit::Run {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534"]);
+    if groups.is_empty() {
+        c.arg("--clear-groups");
+    } else {
+        c.arg(format!("--groups={groups}"));
+    }
+    c.arg("busctl").arg(format!("--address={}", bus.address)).args(args);
+    run(&mut c)
+}
+
+const INSTALLER: [&str; 3] = ["de.pengutronix.rauc", "/", "de.pengutronix.rauc.Installer"];
+
+fn with_installer<'a>(verb: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![verb];
+    v.extend(INSTALLER);
+    v.extend(rest);
+    v
+}
+
+#[test]
+fn only_root_and_group_rota_change_state() {
+    // The group must exist before the bus reads the policy.
+    if Command::new("getent").args(["group", "rota"]).output().unwrap().stdout.is_empty() {
+        run(Command::new("groupadd").args(["--system", "rota"])).ok();
+    }
+    // The socket must be reachable for nobody: a world-traversable temp dir.
+    let tmp = tempfile::Builder::new().prefix("rota-bus").tempdir_in("/tmp").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let bus = Bus::start_system(&bus_config(tmp.path()));
+    let conf = format!(
+        "[system]\ncompatible=Test Config\nbootloader=noop\n[keyring]\npath={}\n\
+         [slot.rootfs.0]\ndevice=rootfs0.img\nbootname=A\n[slot.rootfs.1]\ndevice=rootfs1.img\nbootname=B\n",
+        pki_file("keyring.pem").display()
+    );
+    let d = Device::new(target_dir().join("test-devices").join("dbus-policy"), &conf);
+    d.slot_file("rootfs0.img", 4096, 0);
+    d.slot_file("rootfs1.img", 4096, 0);
+    let _svc = Service::start(&d, &bus, &[]);
+
+    // Anybody: properties and introspection.
+    let op = as_nobody(&bus, "", &with_installer("get-property", &["Operation"])).ok();
+    assert_eq!(op.stdout.trim(), "s \"idle\"");
+    as_nobody(&bus, "", &["introspect", "de.pengutronix.rauc", "/"]).ok();
+    // … but no install, no mark, no slot queries.
+    for call in [
+        with_installer("call", &["InstallBundle", "sa{sv}", "/tmp/x.raucb", "0"]),
+        with_installer("call", &["Mark", "ss", "good", "booted"]),
+        with_installer("call", &["GetSlotStatus"]),
+    ] {
+        let r = as_nobody(&bus, "", &call).fails();
+        assert!(r.stderr.contains("Access denied"), "{call:?}: {}", r.stderr);
+    }
+    // Nobody may take the name either.
+    let own = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "dbus-send"])
+        .arg(format!("--bus={}", bus.address))
+        .args(["--print-reply", "--dest=org.freedesktop.DBus", "/org/freedesktop/DBus"])
+        .args(["org.freedesktop.DBus.RequestName", "string:de.pengutronix.rauc", "uint32:4"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&own.stderr).contains("AccessDenied"), "{own:?}");
+
+    // Members of group rota may call methods.
+    let gid = run(Command::new("getent").args(["group", "rota"])).ok().stdout;
+    let gid = gid.split(':').nth(2).unwrap().trim().to_string();
+    let r = as_nobody(&bus, &gid, &with_installer("call", &["GetSlotStatus"])).ok();
+    assert!(r.stdout.starts_with("a(sa{sv}) 2"), "{}", r.stdout);
+    // Root may do everything.
+    let r = run(&mut bus.busctl(&with_installer("call", &["Mark", "ss", "bad", "other"]))).ok();
+    assert_eq!(r.stdout.trim(), "ss \"rootfs.1\" \"marked slot(s) rootfs.1 as bad\"");
+}
+
+#[test]
+fn shipped_systemd_units_verify() {
+    let dir = workspace().join("dbus-interfaces/systemd");
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(dir.join("rota.service"))
+        .arg(dir.join("rota-mark-good.service"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    // Only the binary's absence on this build machine may be reported.
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(line.contains("Command /usr/bin/rota is not executable"), "{text}");
+    }
+}
