@@ -13,6 +13,8 @@ pub const BUS_NAME: &str = "de.pengutronix.rauc";
 pub const OBJECT_PATH: &str = "/";
 /// RAUC's installer interface.
 pub const INSTALLER_INTERFACE: &str = "de.pengutronix.rauc.Installer";
+/// rota's own interface on the same object: `Cancel` and `Details`.
+pub const CONTROL_INTERFACE: &str = "dev.rota.Installer1";
 /// The error name of every method failure: GLib's unmapped I/O error
 /// "failed-handled", as RAUC puts it on the bus.
 pub const ERROR_NAME: &str = "org.gtk.GDBus.UnmappedGError.Quark._g_2dio_2derror_2dquark.Code30";
@@ -78,4 +80,15 @@ pub trait Installer {
     /// The boot-slot string.
     #[zbus(property)]
     fn boot_slot(&self) -> zbus::Result<String>;
+}
+
+/// `dev.rota.Installer1`: what rota adds, on an interface of its own.
+#[proxy(interface = "dev.rota.Installer1", default_service = "de.pengutronix.rauc", default_path = "/")]
+pub trait Control {
+    /// Cancels the running installation; refused once it activates.
+    fn cancel(&self) -> zbus::Result<()>;
+
+    /// `operation`, `phase`, `step`, `percentage`, `slot`, `bytes-done`, `bytes-total`.
+    #[zbus(property)]
+    fn details(&self) -> zbus::Result<Dict>;
 }

@@ -46,6 +46,8 @@ struct State {
     delay: std::time::Duration,
     active: usize,
     max_active: usize,
+    /// Ranges overlapping these bytes wait until it is cleared.
+    hold: Option<(u64, u64)>,
 }
 
 /// A running server; stops when dropped.
@@ -105,6 +107,17 @@ impl Server {
         self.state.lock().unwrap().delay = delay;
     }
 
+    /// Holds back every range overlapping bytes `start..end` of a file
+    /// until [`Server::release`]: a transfer that stops mid-way, on purpose.
+    pub fn hold(&self, start: u64, end: u64) {
+        self.state.lock().unwrap().hold = Some((start, end));
+    }
+
+    /// Lets held ranges through.
+    pub fn release(&self) {
+        self.state.lock().unwrap().hold = None;
+    }
+
     /// The most requests that were being answered at the same time.
     pub fn max_concurrent(&self) -> usize {
         self.state.lock().unwrap().max_active
@@ -160,6 +173,10 @@ fn serve_connection(conn: TcpStream, state: &Mutex<State>, mode: &Mutex<Mode>) -
             (st.files.get(&path).cloned(), st.delay)
         };
         thread::sleep(delay);
+        let end = file.as_ref().and_then(|d| req.header("range").and_then(|r| parse_range(r, d.len() as u64)));
+        while end.is_some_and(|(a, b)| state.lock().unwrap().hold.is_some_and(|(s, e)| a < e && b >= s)) {
+            thread::sleep(std::time::Duration::from_millis(10));
+        }
         let result = respond(&mut out, &req, &method, file, mode);
         state.lock().unwrap().active -= 1;
         result?;

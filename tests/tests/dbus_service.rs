@@ -74,9 +74,9 @@ fn primary(d: &Device) -> String {
         .unwrap()
 }
 
-/// The `<interface name="de.pengutronix.rauc.Installer">` element of an introspection document.
-fn installer_element(xml: &str) -> &str {
-    let start = xml.find("<interface name=\"de.pengutronix.rauc.Installer\">").expect("interface present");
+/// The `<interface name="…">` element of an introspection document.
+fn interface_element<'a>(xml: &'a str, name: &str) -> &'a str {
+    let start = xml.find(&format!("<interface name=\"{name}\">")).expect("interface present");
     let end = xml[start..].find("</interface>").expect("interface closed") + start + "</interface>".len();
     &xml[start..end]
 }
@@ -101,8 +101,10 @@ fn properties_introspection_and_shutdown() {
     );
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     let exported = v["data"][0].as_str().unwrap().to_string();
-    let shipped = fs::read_to_string(workspace().join("dbus-interfaces/de.pengutronix.rauc.Installer.xml")).unwrap();
-    assert_eq!(installer_element(&exported), installer_element(&shipped));
+    for name in [rota_dbus::INSTALLER_INTERFACE, rota_dbus::CONTROL_INTERFACE] {
+        let shipped = fs::read_to_string(workspace().join(format!("dbus-interfaces/{name}.xml"))).unwrap();
+        assert_eq!(interface_element(&exported, name), interface_element(&shipped, name));
+    }
     let listing = busctl(&bus, &["introspect", "de.pengutronix.rauc", "/", "de.pengutronix.rauc.Installer"]);
     for member in [
         ".InstallBundle",
@@ -223,8 +225,11 @@ async fn signals_until_idle(stream: &mut zbus::MessageStream) -> Vec<Seen> {
         match member.as_str() {
             "Completed" => seen.push(Seen::Completed(msg.body().deserialize::<i32>().unwrap())),
             "PropertiesChanged" => {
-                let (_, changed, _): (String, HashMap<String, OwnedVariant>, Vec<String>) =
+                let (interface, changed, _): (String, HashMap<String, OwnedVariant>, Vec<String>) =
                     msg.body().deserialize().unwrap();
+                if interface != rota_dbus::INSTALLER_INTERFACE {
+                    continue;
+                }
                 let mut keys: Vec<&String> = changed.keys().collect();
                 keys.sort();
                 for k in keys {
@@ -489,4 +494,76 @@ fn the_cli_is_a_client_of_the_running_service() {
     // Without the service, the same command runs in direct mode.
     let direct = client(&["status"]).ok().stdout;
     assert!(direct.contains("Booted from:    rootfs.0 (A)"), "{direct}");
+}
+
+fn detail_u64(d: &rota_dbus::Dict, k: &str) -> u64 {
+    u64::try_from(&*d[k]).unwrap()
+}
+
+fn detail_str(d: &rota_dbus::Dict, k: &str) -> String {
+    String::try_from(d[k].try_clone().unwrap()).unwrap()
+}
+
+#[test]
+fn cancel_mid_copy_leaves_the_target_inactive_and_the_next_install_succeeds() {
+    let d = device("dbus-cancel", "");
+    for f in ["rootfs0.img", "rootfs1.img"] {
+        d.slot_file(f, 20 << 20, 0xAA);
+    }
+    let dir = target_dir().join("test-bundles").join("dbus-cancel");
+    let _ = fs::remove_dir_all(&dir);
+    let c = Content::new(dir.join("content"));
+    let image = c.image("rootfs.img", 16 << 20, 31);
+    c.manifest(
+        "[update]\ncompatible=Test Config\nversion=2\n[bundle]\nformat=verity\n[image.rootfs]\nfilename=rootfs.img\n",
+    );
+    let b = dir.join("b.raucb");
+    rota_bundle(&c.dir, &b, "release").ok();
+    // Served over HTTP, the transfer of the image data stops at 10 MiB until released.
+    let server = testkit::httpd::Server::start();
+    server.put("/b.raucb", fs::read(&b).unwrap());
+    server.hold(10 << 20, 12 << 20);
+    let bus = Bus::start();
+    let _svc = Service::start(&d, &bus, &[]);
+    rt().block_on(async {
+        let (conn, proxy, mut stream) = connect(&bus).await;
+        let control = rota_dbus::ControlProxy::new(&conn).await.unwrap();
+        let e = control.cancel().await.unwrap_err();
+        assert!(e.to_string().contains("No installation running"), "{e}");
+        proxy.install_bundle(&server.url("/b.raucb"), HashMap::new()).await.unwrap();
+        // Wait until the copy has written some bytes and stalls at the hold.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let details = loop {
+            let details = control.details().await.unwrap();
+            if detail_str(&details, "phase") == "writing" && detail_u64(&details, "bytes-done") > 0 {
+                break details;
+            }
+            assert!(std::time::Instant::now() < deadline, "copy never started: {details:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        assert_eq!(detail_str(&details, "slot"), "rootfs.1");
+        assert_eq!(detail_u64(&details, "bytes-total"), 16 << 20);
+        assert!(detail_u64(&details, "bytes-done") < 16 << 20, "{details:?}");
+        assert_eq!(detail_str(&details, "operation"), "installing");
+        control.cancel().await.unwrap();
+        server.release();
+        let seen = signals_until_idle(&mut stream).await;
+        assert!(seen.contains(&Seen::Completed(1)), "{seen:?}");
+        let error = proxy.last_error().await.unwrap();
+        assert!(error.ends_with("Installation cancelled"), "{error}");
+        assert_eq!(detail_str(&control.details().await.unwrap(), "phase"), "idle");
+        let status = proxy.get_slot_status().await.unwrap();
+        let (_, root1) = status.iter().find(|(n, _)| n == "rootfs.1").unwrap();
+        assert_eq!(String::try_from(root1["status"].try_clone().unwrap()).unwrap(), "failed");
+        assert_eq!(String::try_from(root1["state"].try_clone().unwrap()).unwrap(), "inactive");
+    });
+    assert_eq!(primary(&d), "A", "nothing activated");
+    // The next install succeeds.
+    rt().block_on(async {
+        let (_conn, proxy, mut stream) = connect(&bus).await;
+        proxy.install_bundle(b.to_str().unwrap(), HashMap::new()).await.unwrap();
+        assert!(signals_until_idle(&mut stream).await.contains(&Seen::Completed(0)));
+    });
+    assert_eq!(primary(&d), "B");
+    assert_eq!(&fs::read(d.path("rootfs1.img")).unwrap()[..image.len()], &image[..]);
 }

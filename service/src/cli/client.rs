@@ -69,11 +69,14 @@ impl Client {
                 match header.member().map(|m| m.as_str()) {
                     Some("Completed") => return msg.body().deserialize::<i32>().map_err(dbus_error),
                     Some("PropertiesChanged") => {
-                        let Ok((_, changed, _)) =
+                        let Ok((interface, changed, _)) =
                             msg.body().deserialize::<(String, HashMap<String, OwnedVariant>, Vec<String>)>()
                         else {
                             continue;
                         };
+                        if interface != rota_dbus::INSTALLER_INTERFACE {
+                            continue;
+                        }
                         print_changes(&mut term, &changed);
                     }
                     _ => {}

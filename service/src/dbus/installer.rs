@@ -70,6 +70,8 @@ pub struct InstallJob {
 /// What the engine reports while it runs.
 enum Event {
     Progress(i32, String, i32),
+    Phase(String),
+    Bytes(String, u64, u64),
 }
 
 /// Forwards the engine's progress to the worker task; handler messages go
@@ -86,6 +88,14 @@ impl ProgressSink for ChannelSink {
 
     fn message(&mut self, text: &str) {
         tracing::info!("installing {}: {text}", self.bundle);
+    }
+
+    fn phase(&mut self, phase: &str) {
+        let _ = self.tx.send(Event::Phase(phase.to_string()));
+    }
+
+    fn bytes(&mut self, slot: &str, done: u64, total: u64) {
+        let _ = self.tx.send(Event::Bytes(slot.to_string(), done, total));
     }
 }
 
@@ -106,6 +116,7 @@ impl Installer {
 
     /// Marks the installer busy and queues `job` (the caller checked it is idle).
     async fn start(&mut self, job: InstallJob, emitter: &SignalEmitter<'_>) -> Result<(), RaucError> {
+        *self.service.current.lock().expect("not poisoned") = Some(job.args.control.clone());
         self.installing = true;
         self.last_error.clear();
         self.jobs.send(job).map_err(|_| RaucError::failed("The installation worker is gone"))?;
@@ -136,6 +147,7 @@ impl Installer {
             transaction_id: text("transaction-id").map_err(bad("transaction-id"))?,
             require_manifest_hash: text("require-manifest-hash").map_err(bad("require-manifest-hash"))?,
             handler_args: self.service.handler_args.clone(),
+            control: Default::default(),
         })
     }
 
@@ -313,7 +325,12 @@ impl Installer {
 
 /// Runs queued installations one after the other, publishing their
 /// progress and result on `iref`.
-pub async fn worker(service: Arc<Service>, iref: InterfaceRef<Installer>, mut jobs: UnboundedReceiver<InstallJob>) {
+pub async fn worker(
+    service: Arc<Service>,
+    iref: InterfaceRef<Installer>,
+    details: InterfaceRef<super::control::Control>,
+    mut jobs: UnboundedReceiver<InstallJob>,
+) {
     while let Some(job) = jobs.recv().await {
         let (tx, mut events) = unbounded_channel();
         let svc = service.clone();
@@ -323,14 +340,26 @@ pub async fn worker(service: Arc<Service>, iref: InterfaceRef<Installer>, mut jo
             let mut sink = ChannelSink { tx, bundle };
             engine::install(&mut system, &job.args, &mut sink).map_err(|e| e.to_string())
         });
-        while let Some(Event::Progress(p, m, d)) = events.recv().await {
-            let mut i = iref.get_mut().await;
-            i.progress = (p, m, d);
-            if let Err(e) = i.progress_changed(iref.signal_emitter()).await {
-                tracing::warn!("Failed to announce progress: {e}");
+        super::control::update(&details, |d| d.start()).await;
+        while let Some(event) = events.recv().await {
+            match event {
+                Event::Progress(p, m, d) => {
+                    super::control::update(&details, |s| s.progress(p, &m)).await;
+                    let mut i = iref.get_mut().await;
+                    i.progress = (p, m, d);
+                    if let Err(e) = i.progress_changed(iref.signal_emitter()).await {
+                        tracing::warn!("Failed to announce progress: {e}");
+                    }
+                }
+                Event::Phase(phase) => super::control::update(&details, |s| s.phase(&phase)).await,
+                Event::Bytes(slot, done, total) => {
+                    super::control::update(&details, |s| s.bytes(&slot, done, total)).await
+                }
             }
         }
         let result = run.await.unwrap_or_else(|e| Err(format!("Internal error: {e}")));
+        *service.current.lock().expect("not poisoned") = None;
+        super::control::update(&details, |s| s.finish()).await;
         if let Err(e) = &result {
             tracing::warn!("Installation failed: {e}");
             let mut i = iref.get_mut().await;

@@ -5,6 +5,7 @@
 //! (exit 0) or until it loses the name (fatal), and installs the
 //! `[autoinstall]` bundle if there is one.
 
+pub mod control;
 pub mod dicts;
 pub mod installer;
 
@@ -26,6 +27,8 @@ pub struct Service {
     pub system: System,
     /// `--handler-args` for the full custom handler.
     pub handler_args: Option<String>,
+    /// The control of the running installation, if one runs.
+    pub current: std::sync::Mutex<Option<Arc<crate::install::control::InstallControl>>>,
 }
 
 /// How a caller wants a bundle reached: TLS material and extra HTTP headers.
@@ -113,7 +116,11 @@ fn run_dir() -> PathBuf {
 /// `rota service`.
 pub fn run(ctx: &Context) -> Result<(), CliError> {
     let system = crate::cli::setup(ctx)?;
-    let service = Arc::new(Service { system, handler_args: ctx.args.value("handler-args").map(str::to_string) });
+    let service = Arc::new(Service {
+        system,
+        handler_args: ctx.args.value("handler-args").map(str::to_string),
+        current: Default::default(),
+    });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -153,6 +160,7 @@ async fn serve(service: Arc<Service>) -> Result<(), CliError> {
         .allow_name_replacements(false)
         .replace_existing_names(false)
         .serve_at(rota_dbus::OBJECT_PATH, installer)
+        .serve_at(rota_dbus::OBJECT_PATH, control::Control::new(service.clone()))
         .build()
         .await
         .map_err(|e| match e {
@@ -166,7 +174,12 @@ async fn serve(service: Arc<Service>) -> Result<(), CliError> {
         .map_err(|e| fail(format!("Failed to set up the service: {e}")))?;
     record_start(&service.system);
     tracing::info!("Service ready: {} on the {bus} bus", rota_dbus::BUS_NAME);
-    tokio::spawn(installer::worker(service.clone(), iref.clone(), queue));
+    let details = conn
+        .object_server()
+        .interface::<_, control::Control>(rota_dbus::OBJECT_PATH)
+        .await
+        .map_err(|e| fail(format!("Failed to set up the service: {e}")))?;
+    tokio::spawn(installer::worker(service.clone(), iref.clone(), details, queue));
     if let Some(path) = service.system.config.autoinstall.clone().filter(|p| p.exists()) {
         let location = path.to_string_lossy().into_owned();
         tracing::info!("Installing {location} (autoinstall)");

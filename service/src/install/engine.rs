@@ -2,6 +2,7 @@
 
 use super::archive;
 use super::bootregion;
+use super::control::InstallControl;
 use super::emmc;
 use super::flash;
 use super::hooks::{self, SlotHook, SlotHooks};
@@ -37,6 +38,8 @@ pub struct InstallArgs {
     pub require_manifest_hash: Option<String>,
     /// Extra arguments for the full custom handler (shell words, `--handler-args`).
     pub handler_args: Option<String>,
+    /// Lets another thread cancel the installation before activation.
+    pub control: std::sync::Arc<InstallControl>,
 }
 
 /// The mounted bundle as hooks and handlers see it.
@@ -162,10 +165,13 @@ fn run(
     p: &mut Progress<'_>,
     info: &mut (Option<Manifest>, Option<String>),
 ) -> Result<Outcome> {
+    let control = &*args.control;
+    p.phase("checking");
     step(p, "Determining slot states", || {
         system.refresh_mounts();
         Ok(())
     })?;
+    control.check()?;
     p.begin("Checking bundle", 1, 1);
     let bundle = step(p, "Verifying signature", || Ok(Bundle::open(&args.location, &args.open)?))?;
     if let Some(expected) = &args.require_manifest_hash {
@@ -208,6 +214,7 @@ fn run(
         };
         Ok((fs, mounted))
     })?;
+    control.check()?;
     let group = step(p, "Determining target install group", || Ok(plan::target_group(system)))?;
     let env = mounted.as_ref().map(|m| hooks::handler_env(system, &manifest, m.dir(), txn, &group)).unwrap_or_default();
     if let Some(pre) = &system.config.handlers.pre_install {
@@ -226,6 +233,7 @@ fn run(
     {
         manifest.check_min_bundle_version(min).map_err(Error::Failed)?;
     }
+    control.check()?;
     let outcome = match (&manifest.handler.filename, &mounted) {
         (Some(handler), Some(m)) => {
             let argv = handler_argv(&manifest, args.handler_args.as_deref())?;
@@ -235,7 +243,7 @@ fn run(
             p.end(true);
             Outcome { transaction_id: txn.to_string(), written: Vec::new(), activated: None }
         }
-        _ => default_handler(system, &fs, mounted.as_ref(), &manifest, &manifest_hash, &group, txn, p)
+        _ => default_handler(system, &fs, mounted.as_ref(), &manifest, &manifest_hash, &group, txn, control, p)
             .map_err(|e| e.context("Installation error"))?,
     };
     if let Some(post) = &system.config.handlers.post_install {
@@ -255,6 +263,7 @@ fn default_handler(
     manifest_hash: &str,
     group: &[usize],
     txn: &str,
+    control: &InstallControl,
     p: &mut Progress<'_>,
 ) -> Result<Outcome> {
     let variant = (!system.variant.is_empty()).then_some(system.variant.as_str());
@@ -296,18 +305,24 @@ fn default_handler(
             .map_err(|e| Error::Failed(format!("Failed marking slot {} non-bootable (bad): {e}", s.config.name)))?;
     }
     p.begin("Updating slots", 6, 10 * (plans.len() + artifact_plans.len()) as u32);
+    p.phase("writing");
     let mut written = Vec::new();
     for pl in &plans {
-        update_slot(system, fs, mounted, manifest, manifest_hash, pl, txn, p)?;
+        control.check()?;
+        update_slot(system, fs, mounted, manifest, manifest_hash, pl, txn, control, p)?;
         written.push(system.slots[pl.slot].config.name.clone());
     }
     for ap in &artifact_plans {
-        update_artifact(system, fs, manifest, ap, p)?;
+        control.check()?;
+        update_artifact(system, fs, manifest, ap, control, p)?;
     }
     for repo in &system.config.artifacts {
         artifacts::prune(repo)?;
     }
     p.end(true);
+    // The point of no return: from here on a cancel request is refused.
+    control.commit()?;
+    p.phase("activating");
     let mut activated = None;
     if let Some(s) = boot_mark
         && system.config.system.activate_installed
@@ -334,6 +349,7 @@ fn update_slot(
     manifest_hash: &str,
     pl: &Plan<'_>,
     txn: &str,
+    control: &InstallControl,
     p: &mut Progress<'_>,
 ) -> Result<()> {
     let slot = &system.slots[pl.slot];
@@ -380,12 +396,17 @@ fn update_slot(
     }
     p.begin(&format!("Copying image to {name}"), 9, 0);
     writeslot_event(system, format!("Updating slot {name}"));
-    let total = image.size.unwrap_or(0).max(1) as f64;
+    let size = image.size.unwrap_or(0);
+    let total = size.max(1) as f64;
     let slot_hooks = mounted.and_then(|m| SlotHooks::new(system, manifest, m.dir(), &m.spki_hashes, slot, image));
     let r = {
-        let mut on_bytes = |n: u64| p.fraction(n as f64 / total);
+        let mut on_bytes = |n: u64| {
+            p.fraction(n as f64 / total);
+            p.bytes(name, n, size);
+        };
         let src = pl.image.filename.as_deref().map(|f| write::ImageSource::Bundle(fs, f));
-        write_image(system, src.as_ref(), pl, mounted.map(|m| m.dir()), slot_hooks.as_ref(), &mut on_bytes)
+        let guarded = src.as_ref().map(|s| write::ImageSource::Guarded(s, control));
+        write_image(system, guarded.as_ref(), pl, mounted.map(|m| m.dir()), slot_hooks.as_ref(), &mut on_bytes)
     };
     if let Err(e) = r {
         if let Err(se) = system.save_status(slot, &fresh("failed")) {
@@ -405,6 +426,7 @@ fn update_artifact(
     fs: &BundleFs,
     manifest: &Manifest,
     ap: &plan::ArtifactPlan<'_>,
+    control: &InstallControl,
     p: &mut Progress<'_>,
 ) -> Result<()> {
     let repo = &system.config.artifacts[ap.repo];
@@ -421,10 +443,13 @@ fn update_artifact(
     let text = if reuse { "Reusing artifact image in repo" } else { "Copying artifact image to repo" };
     p.begin(&format!("{text} '{}'", repo.name), 9, 0);
     if !reuse {
-        let total = image.size.unwrap_or(0).max(1) as f64;
+        let size = image.size.unwrap_or(0);
+        let total = size.max(1) as f64;
         let f = image.filename.as_deref().unwrap_or("");
-        artifacts::install(repo, name, digest, &write::ImageSource::Bundle(fs, f), &mut |n| {
-            p.fraction(n as f64 / total)
+        let src = write::ImageSource::Bundle(fs, f);
+        artifacts::install(repo, name, digest, &write::ImageSource::Guarded(&src, control), &mut |n| {
+            p.fraction(n as f64 / total);
+            p.bytes(&repo.name, n, size);
         })
         .map_err(|e| e.context(&format!("Failed updating artifact '{name}' in repo '{}'", repo.name)))?;
     }

@@ -4,6 +4,7 @@
 
 pub mod archive;
 pub mod bootregion;
+pub mod control;
 pub mod emmc;
 pub mod engine;
 pub mod flash;

@@ -12,6 +12,12 @@ pub trait ProgressSink {
     fn message(&mut self, text: &str) {
         tracing::info!("{text}");
     }
+
+    /// Where the installation is: `checking`, `writing` or `activating`.
+    fn phase(&mut self, _phase: &str) {}
+
+    /// `done` of `total` bytes of the image for `slot` (a slot or repo name) are written.
+    fn bytes(&mut self, _slot: &str, _done: u64, _total: u64) {}
 }
 
 impl<F: FnMut(i32, &str, i32)> ProgressSink for F {
@@ -107,6 +113,16 @@ impl<'a> Progress<'a> {
         if fraction < 1.0 && self.percentage() > self.last {
             self.emit(&text, self.stack.len());
         }
+    }
+
+    /// Tells the sink which phase the installation is in.
+    pub fn phase(&mut self, phase: &str) {
+        self.sink.phase(phase);
+    }
+
+    /// Tells the sink how far the current image is written.
+    pub fn bytes(&mut self, slot: &str, done: u64, total: u64) {
+        self.sink.bytes(slot, done, total);
     }
 
     /// Passes a handler's status message on to the sink.

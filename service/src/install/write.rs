@@ -60,6 +60,8 @@ pub enum ImageSource<'a> {
     Bundle(&'a BundleFs, &'a str),
     /// A local file (`write-slot`).
     File(&'a Path),
+    /// Another source whose copy stops once its installation is cancelled.
+    Guarded(&'a ImageSource<'a>, &'a super::control::InstallControl),
 }
 
 impl ImageSource<'_> {
@@ -68,6 +70,7 @@ impl ImageSource<'_> {
         match self {
             ImageSource::Bundle(_, p) => p.to_string(),
             ImageSource::File(p) => p.display().to_string(),
+            ImageSource::Guarded(inner, _) => inner.name(),
         }
     }
 
@@ -77,6 +80,7 @@ impl ImageSource<'_> {
         match self {
             ImageSource::Bundle(_, p) => bundle_dir.map(|d| d.join(p)),
             ImageSource::File(p) => Some(p.to_path_buf()),
+            ImageSource::Guarded(inner, _) => inner.local_path(bundle_dir),
         }
     }
 
@@ -87,6 +91,12 @@ impl ImageSource<'_> {
                 let mut f =
                     File::open(p).map_err(|e| Error::Failed(format!("Failed to open '{}': {e}", p.display())))?;
                 std::io::copy(&mut f, out).map_err(|e| Error::Failed(format!("Failed writing image: {e}")))
+            }
+            ImageSource::Guarded(inner, control) => {
+                let r = inner.copy_to(&mut super::control::Guarded { out, control });
+                // A cancelled copy says so, whatever layer reported the refused write.
+                control.check()?;
+                r
             }
         }
     }

@@ -1,0 +1,130 @@
+//! rota's own interface next to RAUC's (`dev.rota.Installer1` on `/`),
+//! so RAUC's stays exactly as RAUC defines it: `Cancel` (safe at any point
+//! before activation) and `Details`, a structured view of the running
+//! installation — phase, current step, slot and bytes.
+
+use super::Service;
+use super::installer::RaucError;
+use crate::install::control::CancelRefused;
+use rota_dbus::Dict;
+use std::sync::Arc;
+use zbus::interface;
+use zbus::object_server::InterfaceRef;
+
+/// What `Details` shows.
+#[derive(Debug, Clone, Default)]
+pub struct Details {
+    installing: bool,
+    phase: String,
+    step: String,
+    percentage: i32,
+    slot: String,
+    done: u64,
+    total: u64,
+    /// `done` when the last bytes update was announced.
+    announced: u64,
+}
+
+/// Announce byte counts at most every this many bytes (or at the end).
+const BYTES_STEP: u64 = 4 << 20;
+
+impl Details {
+    /// An installation started.
+    pub fn start(&mut self) -> bool {
+        *self = Details { installing: true, phase: "checking".into(), ..Details::default() };
+        true
+    }
+
+    /// A progress update.
+    pub fn progress(&mut self, percentage: i32, step: &str) -> bool {
+        self.percentage = percentage;
+        self.step = step.to_string();
+        true
+    }
+
+    /// The engine entered `phase`.
+    pub fn phase(&mut self, phase: &str) -> bool {
+        self.phase = phase.to_string();
+        true
+    }
+
+    /// `done` of `total` bytes for `slot`; announced in steps, not per write.
+    pub fn bytes(&mut self, slot: &str, done: u64, total: u64) -> bool {
+        let new_slot = self.slot != slot;
+        self.slot = slot.to_string();
+        self.done = done;
+        self.total = total;
+        if new_slot || done >= total || done.saturating_sub(self.announced) >= BYTES_STEP {
+            self.announced = done;
+            return true;
+        }
+        false
+    }
+
+    /// The installation ended.
+    pub fn finish(&mut self) -> bool {
+        self.installing = false;
+        self.phase = "idle".into();
+        true
+    }
+
+    fn dict(&self) -> Dict {
+        let mut d = Dict::new();
+        let mut put = |k: &str, v: zbus::OwnedVariant| {
+            d.insert(k.to_string(), v);
+        };
+        put("operation", zbus::Variant::from(if self.installing { "installing" } else { "idle" }).try_into().unwrap());
+        put("phase", zbus::Variant::from(self.phase.clone()).try_into().unwrap());
+        put("step", zbus::Variant::from(self.step.clone()).try_into().unwrap());
+        put("percentage", self.percentage.into());
+        put("slot", zbus::Variant::from(self.slot.clone()).try_into().unwrap());
+        put("bytes-done", self.done.into());
+        put("bytes-total", self.total.into());
+        d
+    }
+}
+
+/// The interface object.
+pub struct Control {
+    service: Arc<Service>,
+    details: Details,
+}
+
+impl Control {
+    /// The interface for `service`, idle.
+    pub fn new(service: Arc<Service>) -> Control {
+        Control { service, details: Details { phase: "idle".into(), ..Details::default() } }
+    }
+}
+
+/// Applies `f` to the details and announces them if `f` says so.
+pub async fn update(iref: &InterfaceRef<Control>, f: impl FnOnce(&mut Details) -> bool) {
+    let mut c = iref.get_mut().await;
+    if f(&mut c.details)
+        && let Err(e) = c.details_changed(iref.signal_emitter()).await
+    {
+        tracing::warn!("Failed to announce details: {e}");
+    }
+}
+
+#[interface(name = "dev.rota.Installer1")]
+impl Control {
+    /// Cancels the running installation; refused once it activates.
+    fn cancel(&self) -> Result<(), RaucError> {
+        let current = self.service.current.lock().expect("not poisoned").clone();
+        match current.map(|c| c.cancel()) {
+            None => Err(RaucError::Code30("No installation running".into())),
+            Some(Ok(())) => Ok(()),
+            Some(Err(CancelRefused::Activating)) => {
+                Err(RaucError::Code30("Too late to cancel: the installation is activating the new slots".into()))
+            }
+        }
+    }
+
+    /// `operation`, `phase` (`idle`, `checking`, `writing`, `activating`),
+    /// `step`, `percentage`, `slot`, `bytes-done`, `bytes-total`.
+    #[zbus(property)]
+    fn details(&self) -> Dict {
+        self.details.dict()
+    }
+}
