@@ -5,7 +5,7 @@ ROTA_PACKAGES=(
   build-essential pkg-config libssl-dev openssl ca-certificates curl
   squashfs-tools cryptsetup-bin e2fsprogs dosfstools
   nginx-light rauc casync dbus fuse3 time hyperfine faketime
-  grub-common mtd-utils attr libcap2-bin mtools zstd xz-utils gzip fdisk
+  grub-common mtd-utils attr libcap2-bin mtools zstd xz-utils gzip fdisk python3-dasbus
 )
 
 ensure_packages() {

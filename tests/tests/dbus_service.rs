@@ -7,6 +7,7 @@ use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use testkit::bus::{Bus, Service};
 use testkit::device::{Device, grubenv};
 use testkit::{Content, pki_file, rota_bundle, run, target_dir, workspace};
@@ -566,4 +567,41 @@ fn cancel_mid_copy_leaves_the_target_inactive_and_the_next_install_succeeds() {
     });
     assert_eq!(primary(&d), "B");
     assert_eq!(&fs::read(d.path("rootfs1.img")).unwrap()[..image.len()], &image[..]);
+}
+
+#[test]
+fn python_dasbus_client() {
+    let d = device("dbus-dasbus", "");
+    let bus = Bus::start();
+    let _svc = Service::start(&d, &bus, &[]);
+    let good = bundle("dbus-dasbus-good", "Test Config");
+    let wrong = bundle("dbus-dasbus-wrong", "Other Config");
+    let r = run(Command::new("/usr/bin/python3")
+        .arg(workspace().join("tests/dbus/dasbus_client.py"))
+        .arg(&bus.address)
+        .arg(&good)
+        .arg(&wrong))
+    .ok();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        v["properties"],
+        serde_json::json!({"Operation": "idle", "LastError": "", "Progress": [0, "", 0], "Compatible": "Test Config",
+                           "Variant": "charger-x", "SystemVersion": "2026.11", "BootSlot": "A"})
+    );
+    assert_eq!(v["primary"], "rootfs.0");
+    assert_eq!(v["slots"][0][0], "rootfs.0");
+    assert_eq!(v["slots"][0][1]["state"], "booted");
+    assert_eq!(v["artifacts"], serde_json::json!([]));
+    assert_eq!(v["info"], serde_json::json!(["Test Config", "2024.08-1"]));
+    assert_eq!(v["inspect"]["update"]["version"], "2024.08-1");
+    assert_eq!(v["inspect"]["images"][1]["slot-class"], "appfs");
+    assert_eq!(v["mark"], serde_json::json!(["rootfs.0", "marked slot(s) rootfs.0 as good"]));
+    assert!(v["mark_error"].as_str().unwrap().contains("unknown slot state 'weird'"), "{}", v["mark_error"]);
+    assert_eq!(v["install_wrong"]["completed"], 1);
+    assert!(v["install_wrong"]["last_error"].as_str().unwrap().starts_with("Compatible mismatch"));
+    assert_eq!(v["install_good"]["completed"], 0);
+    let progress = v["install_good"]["progress"].as_array().unwrap();
+    assert_eq!(progress.first().unwrap(), &serde_json::json!([0, "Installing", 1]));
+    assert_eq!(progress.last().unwrap(), &serde_json::json!([100, "Installing done.", 1]));
+    assert_eq!(v["primary_after"], "rootfs.1");
 }
