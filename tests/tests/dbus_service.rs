@@ -605,3 +605,40 @@ fn python_dasbus_client() {
     assert_eq!(progress.last().unwrap(), &serde_json::json!([100, "Installing done.", 1]));
     assert_eq!(v["primary_after"], "rootfs.1");
 }
+
+#[test]
+fn install_bundle_arguments_reach_the_http_requests() {
+    let d = device("dbus-args", "");
+    let bus = Bus::start();
+    let _svc = Service::start(&d, &bus, &[]);
+    let b = bundle("dbus-args", "Other Config");
+    let server = testkit::httpd::Server::start();
+    server.put("/b.raucb", fs::read(&b).unwrap());
+    rt().block_on(async {
+        let (_conn, proxy, mut stream) = connect(&bus).await;
+        let headers = zbus::Variant::from(vec!["X-Fleet: charger-7", "Authorization: Bearer t0k3n"]);
+        let mut args = HashMap::new();
+        args.insert("http-headers", headers.try_clone().unwrap());
+        let info = proxy.inspect_bundle(&server.url("/b.raucb"), args.clone()).await.unwrap();
+        assert_eq!(String::try_from(info["manifest-hash"].try_clone().unwrap()).unwrap().len(), 64);
+        // The bundle's compatible is wrong: ignore-compatible lets it in.
+        args.insert("ignore-compatible", true.into());
+        args.insert("transaction-id", "0f0e0d0c-0b0a-4908-8706-050403020100".into());
+        proxy.install_bundle(&server.url("/b.raucb"), args).await.unwrap();
+        let seen = signals_until_idle(&mut stream).await;
+        assert!(seen.contains(&Seen::Completed(0)), "{seen:?}");
+        let status = proxy.get_slot_status().await.unwrap();
+        let (_, root1) = status.iter().find(|(n, _)| n == "rootfs.1").unwrap();
+        assert_eq!(
+            String::try_from(root1["installed.transaction"].try_clone().unwrap()).unwrap(),
+            "0f0e0d0c-0b0a-4908-8706-050403020100"
+        );
+    });
+    let requests = server.requests();
+    assert!(!requests.is_empty());
+    for r in &requests {
+        assert_eq!(r.header("x-fleet"), Some("charger-7"), "{r:?}");
+        assert_eq!(r.header("authorization"), Some("Bearer t0k3n"), "{r:?}");
+    }
+    assert_eq!(primary(&d), "B");
+}
