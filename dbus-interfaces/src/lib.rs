@@ -88,6 +88,10 @@ pub trait Control {
     /// Cancels the running installation; refused once it activates.
     fn cancel(&self) -> zbus::Result<()>;
 
+    /// Everything `info` shows about a bundle, verified by the service:
+    /// `manifest` (exact text), `format`, `encrypted`, `verified`, `chains`, `recipients`.
+    fn inspect(&self, source: &str, args: HashMap<&str, zbus::Variant<'_>>) -> zbus::Result<Dict>;
+
     /// `operation`, `phase`, `step`, `percentage`, `slot`, `bytes-done`, `bytes-total`.
     #[zbus(property)]
     fn details(&self) -> zbus::Result<Dict>;

@@ -642,3 +642,42 @@ fn install_bundle_arguments_reach_the_http_requests() {
     }
     assert_eq!(primary(&d), "B");
 }
+
+#[test]
+fn info_through_the_service_renders_what_a_local_info_renders() {
+    let d = device("dbus-info", "");
+    let bus = Bus::start();
+    let svc = Service::start(&d, &bus, &[]);
+    let b = bundle("dbus-info", "Test Config");
+    let b = b.to_str().unwrap();
+    // No configuration and no keyring on this side: only the service can verify.
+    let via_service = |args: &[&str]| {
+        let mut c = testkit::rota();
+        c.envs(bus.env()).arg("info").args(args).arg(b).current_dir(&d.dir);
+        run(&mut c)
+    };
+    let keyring = format!("--keyring={}", pki_file("keyring.pem").display());
+    for format in ["readable", "shell", "json", "json-pretty", "json-2"] {
+        let fmt = format!("--output-format={format}");
+        let ours = via_service(&[&fmt]).ok().stdout;
+        let local = run(testkit::rota().args(["info", &keyring, &fmt, b])).ok().stdout;
+        assert_eq!(ours, local, "{format}");
+    }
+    let ours = via_service(&["--dump-cert"]).ok().stdout;
+    assert!(ours.contains("Certificate Chain:"), "{ours}");
+    assert_eq!(ours, run(testkit::rota().args(["info", &keyring, "--dump-cert", b])).ok().stdout);
+    // A bundle the service's keyring does not trust is refused by the service.
+    let dir = target_dir().join("test-bundles").join("dbus-info-untrusted");
+    let _ = fs::remove_dir_all(&dir);
+    let c = Content::standard(dir.join("content"), "verity");
+    let untrusted = dir.join("b.raucb");
+    rota_bundle(&c.dir, &untrusted, "other").ok();
+    let mut cmd = testkit::rota();
+    cmd.envs(bus.env()).arg("info").arg(&untrusted);
+    let r = run(&mut cmd).fails();
+    assert!(r.stderr.contains("signature verification failed"), "{}", r.stderr);
+    // Without the service the same command verifies locally (and has no keyring here).
+    assert!(svc.stop().success());
+    let r = via_service(&[]).fails();
+    assert!(!r.stderr.is_empty());
+}

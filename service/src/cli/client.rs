@@ -121,6 +121,28 @@ impl Client {
         })
     }
 
+    /// What `info` shows, verified by the service (`dev.rota.Installer1.Inspect`);
+    /// `None` when the service does not offer it (RAUC's own service).
+    pub fn inspect(
+        &self,
+        location: &str,
+        args: HashMap<&str, Variant<'_>>,
+    ) -> Result<Option<rota_bundle::info::BundleInfo>, CliError> {
+        let proxy = self.rt.block_on(rota_dbus::ControlProxy::new(&self.conn)).map_err(dbus_error)?;
+        match self.rt.block_on(proxy.inspect(location, args)) {
+            Ok(d) => {
+                crate::dbus::dicts::bundle_info_from_dict(&d).map(Some).map_err(|message| CliError { message, code: 2 })
+            }
+            Err(zbus::Error::MethodError(name, _, _))
+                if ["org.freedesktop.DBus.Error.UnknownMethod", "org.freedesktop.DBus.Error.UnknownInterface"]
+                    .contains(&name.as_str()) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(dbus_error(e)),
+        }
+    }
+
     /// `status mark-*` through `Mark`; returns the service's message.
     pub fn mark(&self, state: &str, identifier: &str) -> Result<String, CliError> {
         let proxy = self.proxy()?;

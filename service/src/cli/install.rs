@@ -71,16 +71,10 @@ impl ProgressSink for Terminal {
 /// Options that only direct mode takes.
 const DIRECT_ONLY: [&str; 3] = ["keyring", "handler-args", "override-boot-slot"];
 
-/// `install` through the running service.
-fn through_service(ctx: &Context, client: &super::client::Client, loc: &str) -> Result<(), CliError> {
-    if let Some(o) = DIRECT_ONLY.iter().find(|o| ctx.args.value(o).is_some()) {
-        return Err(CliError { message: format!("--{o} not supported when using the D-Bus service"), code: 1 });
-    }
-    use zbus::Variant;
-    let mut args: std::collections::HashMap<&str, Variant<'_>> = std::collections::HashMap::new();
-    args.insert("ignore-compatible", ctx.args.has("ignore-compatible").into());
-    args.insert("ignore-version-limit", ctx.args.has("ignore-version-limit").into());
-    for key in ["transaction-id", "require-manifest-hash", "tls-cert", "tls-key", "tls-ca"] {
+/// The bundle-access options (`--tls-*`, `-H`) as D-Bus arguments.
+pub(super) fn access_args(ctx: &Context) -> std::collections::HashMap<&str, zbus::Variant<'_>> {
+    let mut args = std::collections::HashMap::new();
+    for key in ["tls-cert", "tls-key", "tls-ca"] {
         if let Some(v) = ctx.args.value(key) {
             args.insert(key, v.into());
         }
@@ -91,6 +85,22 @@ fn through_service(ctx: &Context, client: &super::client::Client, loc: &str) -> 
     let headers: Vec<&str> = ctx.args.values("http-header").iter().map(String::as_str).collect();
     if !headers.is_empty() {
         args.insert("http-headers", headers.into());
+    }
+    args
+}
+
+/// `install` through the running service.
+fn through_service(ctx: &Context, client: &super::client::Client, loc: &str) -> Result<(), CliError> {
+    if let Some(o) = DIRECT_ONLY.iter().find(|o| ctx.args.value(o).is_some()) {
+        return Err(CliError { message: format!("--{o} not supported when using the D-Bus service"), code: 1 });
+    }
+    let mut args = access_args(ctx);
+    args.insert("ignore-compatible", ctx.args.has("ignore-compatible").into());
+    args.insert("ignore-version-limit", ctx.args.has("ignore-version-limit").into());
+    for key in ["transaction-id", "require-manifest-hash"] {
+        if let Some(v) = ctx.args.value(key) {
+            args.insert(key, v.into());
+        }
     }
     client.install(loc, args, ctx.args.has("progress") || std::io::stderr().is_terminal())
 }

@@ -1,9 +1,10 @@
 //! The device commands of the multi-call binary: `status` with `mark-*`,
-//! `install`, `write-slot`, `mount` and `service`. `install` and `status`
-//! are clients of a running service when there is one, else they run the
-//! engine in this process (direct mode).
+//! `install`, `write-slot`, `mount` and `service`. `install`, `status` and
+//! `info` are clients of a running service when there is one, else they do
+//! the work in this process (direct mode).
 
 mod client;
+mod info;
 mod install;
 mod mount;
 mod status;
@@ -112,9 +113,14 @@ pub const DEVICE_COMMANDS: &[Command] = &[
     },
 ];
 
-/// Every command of the `rota` binary: bundle commands, then device commands.
+/// Every command of the `rota` binary: bundle commands (`info` asks the
+/// running service, when there is one), then device commands.
 pub fn all_commands() -> Vec<Command> {
-    rota_bundle::cli::commands::HOST_COMMANDS.iter().chain(DEVICE_COMMANDS).copied().collect()
+    rota_bundle::cli::commands::HOST_COMMANDS
+        .iter()
+        .map(|c| if c.name == "info" { Command { run: info::run, ..*c } } else { *c })
+        .chain(DEVICE_COMMANDS.iter().copied())
+        .collect()
 }
 
 /// The system configuration from `-c`/`-C`, with `--mount` and `--keyring` applied.

@@ -7,9 +7,10 @@ use super::Service;
 use super::installer::RaucError;
 use crate::install::control::CancelRefused;
 use rota_dbus::Dict;
+use std::collections::HashMap;
 use std::sync::Arc;
-use zbus::interface;
 use zbus::object_server::InterfaceRef;
+use zbus::{OwnedVariant, interface};
 
 /// What `Details` shows.
 #[derive(Debug, Clone, Default)]
@@ -119,6 +120,15 @@ impl Control {
                 Err(RaucError::Code30("Too late to cancel: the installation is activating the new slots".into()))
             }
         }
+    }
+
+    /// Opens and verifies a bundle (same arguments as `InspectBundle`) and
+    /// returns everything `info` shows, signer chains included: `manifest`
+    /// (exact text), `format`, `encrypted`, `verified`, `chains`, `recipients`.
+    #[zbus(out_args("info"))]
+    async fn inspect(&self, source: String, args: HashMap<String, OwnedVariant>) -> Result<Dict, RaucError> {
+        let (info, text) = super::open_bundle(&self.service, source, args).await?;
+        Ok(super::dicts::bundle_info_dict(&info, &text))
     }
 
     /// `operation`, `phase` (`idle`, `checking`, `writing`, `activating`),

@@ -109,6 +109,113 @@ pub fn slot_dict(slot: &SlotReport) -> Dict {
     d
 }
 
+/// Everything `info` shows, for `dev.rota.Installer1.Inspect`: the exact
+/// manifest text (its hash is recomputed by the reader), `format`,
+/// `encrypted`, `verified`, the signer `chains` (`aaa{ss}`) and the
+/// `recipients` (`aa{ss}`).
+pub fn bundle_info_dict(info: &rota_bundle::info::BundleInfo, manifest_text: &str) -> Dict {
+    let chains: Vec<Vec<HashMap<String, String>>> = info
+        .chains
+        .iter()
+        .map(|chain| {
+            chain
+                .iter()
+                .map(|c| {
+                    [
+                        ("subject", &c.subject),
+                        ("issuer", &c.issuer),
+                        ("spki-sha256", &c.spki_sha256),
+                        ("not-before", &c.not_before),
+                        ("not-after", &c.not_after),
+                        ("pem", &c.pem),
+                        ("text", &c.text),
+                    ]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect()
+                })
+                .collect()
+        })
+        .collect();
+    let recipients: Vec<HashMap<String, String>> = info
+        .recipients
+        .iter()
+        .map(|r| {
+            let mut m = HashMap::from([("kind".to_string(), r.kind.to_string())]);
+            for (k, v) in [("issuer", &r.issuer), ("serial", &r.serial), ("key-id", &r.key_id)] {
+                if let Some(v) = v {
+                    m.insert(k.to_string(), v.clone());
+                }
+            }
+            m
+        })
+        .collect();
+    let mut d = Dict::new();
+    d.insert("manifest".into(), owned(Variant::from(manifest_text.to_string())));
+    d.insert("format".into(), owned(Variant::from(info.format.as_str().to_string())));
+    d.insert("encrypted".into(), info.encrypted.into());
+    d.insert("verified".into(), info.verified.into());
+    d.insert("chains".into(), owned(Variant::from(chains)));
+    d.insert("recipients".into(), owned(Variant::from(recipients)));
+    d
+}
+
+/// The recipient kinds the envelope reader names.
+const RECIPIENT_KINDS: [&str; 3] = ["RSA key transport", "key agreement", "other"];
+
+/// The reverse of [`bundle_info_dict`].
+pub fn bundle_info_from_dict(d: &Dict) -> Result<rota_bundle::info::BundleInfo, String> {
+    use rota_bundle::manifest::{BundleFormat, Manifest, ManifestOrigin, manifest_hash};
+    use rota_bundle::signature::certinfo::CertInfo;
+    use rota_bundle::signature::envelope::Recipient;
+    let get = |k: &str| d.get(k).ok_or_else(|| format!("Inspect result lacks '{k}'"));
+    let text = String::try_from(get("manifest")?.try_clone().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let format = String::try_from(get("format")?.try_clone().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let manifest = Manifest::parse(&text, ManifestOrigin::Bundle).map_err(|e| e.to_string())?;
+    let flag = |k: &str| get(k).and_then(|v| bool::try_from(&**v).map_err(|e| e.to_string()));
+    let chains: Vec<Vec<HashMap<String, String>>> =
+        get("chains")?.try_clone().ok().and_then(|v| Vec::try_from(v).ok()).ok_or("Inspect result: bad 'chains'")?;
+    let recipients: Vec<HashMap<String, String>> = get("recipients")?
+        .try_clone()
+        .ok()
+        .and_then(|v| Vec::try_from(v).ok())
+        .ok_or("Inspect result: bad 'recipients'")?;
+    let field = |m: &HashMap<String, String>, k: &str| m.get(k).cloned().unwrap_or_default();
+    Ok(rota_bundle::info::BundleInfo {
+        format: BundleFormat::parse(&format).ok_or_else(|| format!("Inspect result: unknown format '{format}'"))?,
+        manifest_hash: manifest_hash(text.as_bytes()),
+        manifest,
+        encrypted: flag("encrypted")?,
+        verified: flag("verified")?,
+        chains: chains
+            .iter()
+            .map(|chain| {
+                chain
+                    .iter()
+                    .map(|c| CertInfo {
+                        subject: field(c, "subject"),
+                        issuer: field(c, "issuer"),
+                        spki_sha256: field(c, "spki-sha256"),
+                        not_before: field(c, "not-before"),
+                        not_after: field(c, "not-after"),
+                        pem: field(c, "pem"),
+                        text: field(c, "text"),
+                    })
+                    .collect()
+            })
+            .collect(),
+        recipients: recipients
+            .iter()
+            .map(|r| Recipient {
+                kind: RECIPIENT_KINDS.into_iter().find(|k| r.get("kind").is_some_and(|v| v == k)).unwrap_or("other"),
+                issuer: r.get("issuer").cloned(),
+                serial: r.get("serial").cloned(),
+                key_id: r.get("key-id").cloned(),
+            })
+            .collect(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

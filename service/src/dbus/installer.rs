@@ -14,8 +14,7 @@ use crate::install::progress::ProgressSink;
 use crate::mark::{self, MarkState};
 use crate::report::{self, StatusReport};
 use crate::system::System;
-use rota_bundle::bundle::Bundle;
-use rota_bundle::info::{BundleInfo, inspect_value};
+use rota_bundle::info::inspect_value;
 use rota_dbus::Dict;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -59,7 +58,7 @@ const INSTALL_KEYS: &[&str] = &[
     "http-headers",
 ];
 /// Keys `InspectBundle` accepts.
-const INSPECT_KEYS: &[&str] = &["tls-cert", "tls-key", "tls-ca", "tls-no-verify", "http-headers"];
+pub(super) const INSPECT_KEYS: &[&str] = &["tls-cert", "tls-key", "tls-ca", "tls-no-verify", "http-headers"];
 
 /// One installation for the worker.
 pub struct InstallJob {
@@ -167,22 +166,9 @@ impl Installer {
         .await
         .map_err(|e| RaucError::failed(format!("Internal error: {e}")))?
     }
-
-    async fn open_bundle(&self, source: String, args: HashMap<String, OwnedVariant>) -> Result<BundleInfo, RaucError> {
-        check_keys(&args, INSPECT_KEYS)?;
-        let access = access_from_args(&args)?;
-        let open = self.service.open_options(&access).map_err(RaucError::failed)?;
-        tokio::task::spawn_blocking(move || {
-            let bundle = Bundle::open(&rota_bundle::cli::commands::location(&source), &open)
-                .map_err(|e| RaucError::failed(e.to_string()))?;
-            Ok(BundleInfo::of(&bundle))
-        })
-        .await
-        .map_err(|e| RaucError::failed(format!("Internal error: {e}")))?
-    }
 }
 
-fn check_keys(args: &HashMap<String, OwnedVariant>, allowed: &[&str]) -> Result<(), RaucError> {
+pub(super) fn check_keys(args: &HashMap<String, OwnedVariant>, allowed: &[&str]) -> Result<(), RaucError> {
     let mut keys: Vec<&String> = args.keys().collect();
     keys.sort();
     match keys.into_iter().find(|k| !allowed.contains(&k.as_str())) {
@@ -219,14 +205,14 @@ impl Installer {
     /// The bundle's manifest in the json-2 layout (spec §8.3).
     #[zbus(out_args("info"))]
     async fn inspect_bundle(&self, source: String, args: HashMap<String, OwnedVariant>) -> Result<Dict, RaucError> {
-        let info = self.open_bundle(source, args).await?;
+        let (info, _) = super::open_bundle(&self.service, source, args).await?;
         Ok(dicts::inspect_dict(&inspect_value(&info)))
     }
 
     /// Deprecated: (compatible, version).
     #[zbus(out_args("compatible", "version"))]
     async fn info(&self, bundle: String) -> Result<(String, String), RaucError> {
-        let info = self.open_bundle(bundle, HashMap::new()).await?;
+        let (info, _) = super::open_bundle(&self.service, bundle, HashMap::new()).await?;
         let update = &info.manifest.update;
         Ok((update.compatible.clone(), update.version.clone().unwrap_or_default()))
     }

@@ -103,6 +103,27 @@ impl Service {
     }
 }
 
+/// Opens and verifies `source` for a caller with `args` (the bundle-access
+/// keys of `InspectBundle`) on a blocking thread: what `info` shows, and the
+/// exact manifest text.
+pub async fn open_bundle(
+    service: &Arc<Service>,
+    source: String,
+    args: HashMap<String, OwnedVariant>,
+) -> Result<(rota_bundle::info::BundleInfo, String), RaucError> {
+    installer::check_keys(&args, installer::INSPECT_KEYS)?;
+    let access = access_from_args(&args)?;
+    let open = service.open_options(&access).map_err(RaucError::Code30)?;
+    tokio::task::spawn_blocking(move || {
+        let bundle = rota_bundle::bundle::Bundle::open(&rota_bundle::cli::commands::location(&source), &open)
+            .map_err(|e| RaucError::Code30(e.to_string()))?;
+        let text = String::from_utf8_lossy(bundle.manifest_bytes()).into_owned();
+        Ok((rota_bundle::info::BundleInfo::of(&bundle), text))
+    })
+    .await
+    .map_err(|e| RaucError::Code30(format!("Internal error: {e}")))?
+}
+
 /// Whether the service uses the session bus (`DBUS_STARTER_BUS_TYPE=session`).
 pub fn use_session_bus() -> bool {
     std::env::var("DBUS_STARTER_BUS_TYPE").is_ok_and(|v| v == "session")
