@@ -681,3 +681,46 @@ fn info_through_the_service_renders_what_a_local_info_renders() {
     let r = via_service(&[]).fails();
     assert!(!r.stderr.is_empty());
 }
+
+#[test]
+fn ctrl_c_detaches_the_client_and_the_installation_goes_on() {
+    let d = device("dbus-ctrl-c", "pre-install=gate.sh\n");
+    script(&d.path("gate.sh"), "while [ ! -e \"$GATE\" ]; do sleep 0.05; done\n");
+    let gate = d.path("gate");
+    let bus = Bus::start();
+    let _svc = Service::start(&d, &bus, &[("GATE", gate.to_str().unwrap())]);
+    let b = bundle("dbus-ctrl-c", "Test Config");
+    let client = d
+        .rota()
+        .envs(bus.env())
+        .arg("install")
+        .arg(&b)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let wait_for = |what: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while property(&bus, "Operation") != format!("s \"{what}\"") {
+            assert!(std::time::Instant::now() < deadline, "Operation never became {what}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    wait_for("installing");
+    // Once the client printed the operation, it is in its loop and handles SIGINT.
+    let mut client = client;
+    let mut stdout = std::io::BufReader::new(client.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    assert_eq!(first, "installing\n");
+    // SAFETY: plain kill(2) of our child.
+    unsafe { libc::kill(client.id() as i32, libc::SIGINT) };
+    let out = client.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the installation continues in the service"), "{out:?}");
+    assert_eq!(property(&bus, "Operation"), "s \"installing\"");
+    fs::write(&gate, "").unwrap();
+    wait_for("idle");
+    assert_eq!(property(&bus, "LastError"), "s \"\"");
+    assert_eq!(primary(&d), "B");
+}

@@ -62,8 +62,21 @@ impl Client {
                 .build()
                 .map_err(dbus_error)?;
             let mut signals = zbus::MessageStream::for_match_rule(rule, &self.conn, None).await.map_err(dbus_error)?;
+            // Ctrl+C from here on detaches the client (exit code 3); registered before the call.
+            let mut interrupted = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                .map_err(|e| CliError { message: format!("Failed to handle SIGINT: {e}"), code: 2 })?;
             proxy.install_bundle(location, args).await.map_err(dbus_error)?;
-            while let Some(msg) = signals.next().await {
+            loop {
+                let msg = tokio::select! {
+                    msg = signals.next() => msg,
+                    _ = interrupted.recv() => {
+                        return Err(CliError {
+                            message: "Interrupted; the installation continues in the service".into(),
+                            code: 3,
+                        });
+                    }
+                };
+                let Some(msg) = msg else { break };
                 let Ok(msg) = msg else { continue };
                 let header = msg.header();
                 match header.member().map(|m| m.as_str()) {
