@@ -6,7 +6,7 @@
 //! and checked against the manifest digest before anything is switched.
 
 use super::hooks::SlotHook;
-use super::write::{Job, check_manifest, read_back_sha256, stream_hashed};
+use super::write::{Job, check_manifest, read_back_sha256, stream_hashed, zero_range};
 use crate::config::SlotConfig;
 use crate::error::{Error, Result, failed};
 use crate::tools;
@@ -97,13 +97,7 @@ fn write_copy(
     progress: &mut dyn FnMut(u64),
 ) -> Result<()> {
     let (dev, src, image) = (job.slot.device.as_path(), job.src, job.image);
-    let zeros = vec![0u8; 1 << 20];
-    let mut done = 0;
-    while done < len {
-        let n = (len - done).min(zeros.len() as u64) as usize;
-        file.write_all_at(&zeros[..n], offset + done).map_err(|e| Error::io("Failed to clear", dev, e))?;
-        done += n as u64;
-    }
+    zero_range(file, dev, offset, len)?;
     let out = OffsetWriter { file, offset, pos: 0, hold: header_last.then(Vec::new) };
     let (bytes, sha, out) = stream_hashed(src, out, progress)?;
     check_manifest(src, bytes, &sha, image.size, image.sha256.as_deref())?;

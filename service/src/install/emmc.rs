@@ -9,12 +9,11 @@
 //! root can be moved with `ROTA_SYSFS_PATH` for the same reason.
 
 use super::hooks::SlotHook;
-use super::write::{Job, copy_image};
+use super::write::{Job, copy_image, zero_range};
 use crate::error::{Error, Result, failed};
 use crate::tools;
 use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// How `mmc extcsd read` prints the register.
@@ -63,13 +62,7 @@ fn set_force_ro(path: &Path, ro: bool) -> Result<()> {
 /// Zeroes the first `len` bytes of `dev`.
 fn clear(dev: &Path, len: u64) -> Result<()> {
     let f = OpenOptions::new().write(true).open(dev).map_err(|e| Error::io("Failed to open", dev, e))?;
-    let zeros = vec![0u8; 1 << 20];
-    let mut done = 0;
-    while done < len {
-        let n = (len - done).min(zeros.len() as u64) as usize;
-        f.write_all_at(&zeros[..n], done).map_err(|e| Error::io("Failed to clear", dev, e))?;
-        done += n as u64;
-    }
+    zero_range(&f, dev, 0, len)?;
     f.sync_data().map_err(|e| Error::io("Failed to sync", dev, e))
 }
 

@@ -409,6 +409,20 @@ fn hash_from_medium(reader: &File, start: u64, end: u64, buf: &mut [u8], h: &mut
     Ok(())
 }
 
+/// Zeroes `[offset, offset+len)` of `file` (the device `dev`, for messages)
+/// in 1 MiB writes.
+pub fn zero_range(file: &File, dev: &Path, offset: u64, len: u64) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let zeros = vec![0u8; 1 << 20];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], offset + done).map_err(|e| Error::io("Failed to clear", dev, e))?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
 /// SHA-256 of `len` bytes at `offset` of `file` as the medium holds them;
 /// the range must have been synced.
 pub fn read_back_sha256(file: &File, offset: u64, len: u64) -> std::io::Result<String> {
