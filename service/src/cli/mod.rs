@@ -15,7 +15,6 @@ use crate::system::System;
 use rota_bundle::bundle::OpenOptions;
 use rota_bundle::cli::options::OptSpec;
 use rota_bundle::cli::{CliError, Command, Context};
-use rota_bundle::signature::VerifyOptions;
 
 const OVERRIDE_BOOT_SLOT: OptSpec =
     OptSpec::value("override-boot-slot", "SLOTNAME", "use this slot (or _external_) as the booted one");
@@ -143,15 +142,7 @@ pub fn open_options(ctx: &Context, config: &SystemConfig, variant: Option<String
     let mut conf = config.host_config();
     conf.variant = variant;
     let http = rota_bundle::cli::commands::http_options(ctx, &conf)?;
-    Ok(OpenOptions {
-        verify: VerifyOptions { keyring: conf.keyring.clone(), no_verify: false, no_check_time: false },
-        max_signature_size: conf.max_signature_size,
-        allowed_formats: conf.bundle_formats.clone(),
-        decryption_key: ctx.path("key").or(conf.decryption_key.clone()),
-        decryption_cert: conf.decryption_cert.clone(),
-        trust_environment: false,
-        http,
-    })
+    Ok(config.open_options(http, ctx.path("key")))
 }
 
 /// The target context for a device command.

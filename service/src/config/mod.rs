@@ -303,6 +303,29 @@ impl SystemConfig {
             variant: None,
         }
     }
+
+    /// How the device opens a bundle: the configured keyring, formats and
+    /// decryption key (`key` wins), and `http`, built from [`Self::host_config`].
+    pub fn open_options(
+        &self,
+        http: rota_bundle::source::http::HttpOptions,
+        key: Option<PathBuf>,
+    ) -> rota_bundle::bundle::OpenOptions {
+        let conf = self.host_config();
+        rota_bundle::bundle::OpenOptions {
+            verify: rota_bundle::signature::VerifyOptions {
+                keyring: conf.keyring,
+                no_verify: false,
+                no_check_time: false,
+            },
+            max_signature_size: conf.max_signature_size,
+            allowed_formats: conf.bundle_formats,
+            decryption_key: key.or(conf.decryption_key),
+            decryption_cert: conf.decryption_cert,
+            trust_environment: false,
+            http,
+        }
+    }
 }
 
 #[cfg(test)]

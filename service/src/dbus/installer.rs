@@ -8,7 +8,7 @@
 //! installation; `Mark` and a second `InstallBundle` are refused.
 
 use super::dicts;
-use super::{Service, access_from_args};
+use super::{Service, access_from_args, arg};
 use crate::install::engine::{self, InstallArgs};
 use crate::install::progress::ProgressSink;
 use crate::mark::{self, MarkState};
@@ -132,19 +132,14 @@ impl Installer {
 
     fn install_args(&self, location: String, args: &HashMap<String, OwnedVariant>) -> Result<InstallArgs, RaucError> {
         check_keys(args, INSTALL_KEYS)?;
-        let flag = |k: &str| args.get(k).map(|v| bool::try_from(&**v)).transpose();
-        let text = |k: &str| args.get(k).map(|v| String::try_from(v.try_clone()?)).transpose();
-        fn bad<E>(k: &'static str) -> impl Fn(E) -> RaucError {
-            move |_| RaucError::failed(format!("Invalid type for key {k}"))
-        }
         let access = access_from_args(args)?;
         Ok(InstallArgs {
-            open: self.service.open_options(&access).map_err(RaucError::failed)?,
+            open: self.service.open_options(&access),
             location,
-            ignore_compatible: flag("ignore-compatible").map_err(bad("ignore-compatible"))?.unwrap_or(false),
-            ignore_version_limit: flag("ignore-version-limit").map_err(bad("ignore-version-limit"))?.unwrap_or(false),
-            transaction_id: text("transaction-id").map_err(bad("transaction-id"))?,
-            require_manifest_hash: text("require-manifest-hash").map_err(bad("require-manifest-hash"))?,
+            ignore_compatible: arg(args, "ignore-compatible")?.unwrap_or(false),
+            ignore_version_limit: arg(args, "ignore-version-limit")?.unwrap_or(false),
+            transaction_id: arg(args, "transaction-id")?,
+            require_manifest_hash: arg(args, "require-manifest-hash")?,
             handler_args: self.service.handler_args.clone(),
             control: Default::default(),
         })

@@ -14,7 +14,6 @@ use crate::system::System;
 use installer::{Installer, RaucError};
 use rota_bundle::bundle::OpenOptions;
 use rota_bundle::cli::{CliError, Context};
-use rota_bundle::signature::VerifyOptions;
 use rota_bundle::source::http::{HttpOptions, parse_header};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -46,31 +45,31 @@ pub struct Access {
     pub headers: Vec<(String, String)>,
 }
 
+/// The value of `key` in D-Bus call arguments as `T`; a value of another
+/// type fails with `Invalid type for key <key>`.
+pub fn arg<T: TryFrom<OwnedVariant>>(args: &HashMap<String, OwnedVariant>, key: &str) -> Result<Option<T>, RaucError> {
+    args.get(key)
+        .map(|v| {
+            v.try_clone()
+                .ok()
+                .and_then(|v| T::try_from(v).ok())
+                .ok_or_else(|| RaucError::Code30(format!("Invalid type for key {key}")))
+        })
+        .transpose()
+}
+
 /// The bundle-access keys of `InstallBundle`/`InspectBundle` arguments.
 pub fn access_from_args(args: &HashMap<String, OwnedVariant>) -> Result<Access, RaucError> {
-    let bad = |k: &str| RaucError::Code30(format!("Invalid type for key {k}"));
-    let path = |k: &str| -> Result<Option<PathBuf>, RaucError> {
-        args.get(k)
-            .map(|v| v.try_clone().ok().and_then(|v| String::try_from(v).ok()).map(PathBuf::from).ok_or_else(|| bad(k)))
-            .transpose()
-    };
+    let path = |k: &str| arg::<String>(args, k).map(|v| v.map(PathBuf::from));
     let mut access = Access {
         tls_cert: path("tls-cert")?,
         tls_key: path("tls-key")?,
         tls_ca: path("tls-ca")?,
-        tls_no_verify: args
-            .get("tls-no-verify")
-            .map(|v| bool::try_from(&**v).map_err(|_| bad("tls-no-verify")))
-            .transpose()?
-            .unwrap_or(false),
+        tls_no_verify: arg(args, "tls-no-verify")?.unwrap_or(false),
         headers: Vec::new(),
     };
-    if let Some(v) = args.get("http-headers") {
-        let list: Vec<String> =
-            v.try_clone().ok().and_then(|v| Vec::<String>::try_from(v).ok()).ok_or_else(|| bad("http-headers"))?;
-        for h in list {
-            access.headers.push(parse_header(&h).map_err(RaucError::Code30)?);
-        }
+    for h in arg::<Vec<String>>(args, "http-headers")?.unwrap_or_default() {
+        access.headers.push(parse_header(&h).map_err(RaucError::Code30)?);
     }
     Ok(access)
 }
@@ -79,7 +78,7 @@ impl Service {
     /// How this service opens a bundle for a caller: the configured keyring,
     /// formats, decryption key and HTTP settings, with the caller's TLS
     /// material and headers.
-    pub fn open_options(&self, access: &Access) -> Result<OpenOptions, String> {
+    pub fn open_options(&self, access: &Access) -> OpenOptions {
         let mut conf = self.system.config.host_config();
         conf.variant = (!self.system.variant.is_empty()).then(|| self.system.variant.clone());
         let http = HttpOptions {
@@ -91,15 +90,7 @@ impl Service {
             info_headers: rota_bundle::hostconfig::automatic_headers(&conf.send_headers, conf.variant.as_deref()),
             ..HttpOptions::default()
         };
-        Ok(OpenOptions {
-            verify: VerifyOptions { keyring: conf.keyring.clone(), no_verify: false, no_check_time: false },
-            max_signature_size: conf.max_signature_size,
-            allowed_formats: conf.bundle_formats.clone(),
-            decryption_key: conf.decryption_key.clone(),
-            decryption_cert: conf.decryption_cert.clone(),
-            trust_environment: false,
-            http,
-        })
+        self.system.config.open_options(http, None)
     }
 }
 
@@ -113,7 +104,7 @@ pub async fn open_bundle(
 ) -> Result<(rota_bundle::info::BundleInfo, String), RaucError> {
     installer::check_keys(&args, installer::INSPECT_KEYS)?;
     let access = access_from_args(&args)?;
-    let open = service.open_options(&access).map_err(RaucError::Code30)?;
+    let open = service.open_options(&access);
     tokio::task::spawn_blocking(move || {
         let bundle = rota_bundle::bundle::Bundle::open(&rota_bundle::cli::commands::location(&source), &open)
             .map_err(|e| RaucError::Code30(e.to_string()))?;
