@@ -70,18 +70,17 @@ impl Details {
     }
 
     fn dict(&self) -> Dict {
-        let mut d = Dict::new();
-        let mut put = |k: &str, v: zbus::OwnedVariant| {
-            d.insert(k.to_string(), v);
-        };
-        put("operation", zbus::Variant::from(if self.installing { "installing" } else { "idle" }).try_into().unwrap());
-        put("phase", zbus::Variant::from(self.phase.clone()).try_into().unwrap());
-        put("step", zbus::Variant::from(self.step.clone()).try_into().unwrap());
-        put("percentage", self.percentage.into());
-        put("slot", zbus::Variant::from(self.slot.clone()).try_into().unwrap());
-        put("bytes-done", self.done.into());
-        put("bytes-total", self.total.into());
-        d
+        use super::dicts::owned;
+        use zbus::Variant;
+        Dict::from([
+            ("operation".to_string(), owned(Variant::from(if self.installing { "installing" } else { "idle" }))),
+            ("phase".to_string(), owned(Variant::from(self.phase.clone()))),
+            ("step".to_string(), owned(Variant::from(self.step.clone()))),
+            ("percentage".to_string(), self.percentage.into()),
+            ("slot".to_string(), owned(Variant::from(self.slot.clone()))),
+            ("bytes-done".to_string(), self.done.into()),
+            ("bytes-total".to_string(), self.total.into()),
+        ])
     }
 }
 

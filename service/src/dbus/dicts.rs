@@ -7,7 +7,8 @@ use serde_json::Value;
 use std::collections::HashMap;
 use zbus::{OwnedVariant, Variant};
 
-fn owned(v: Variant<'static>) -> OwnedVariant {
+/// A variant made owned (status values never carry file descriptors).
+pub(super) fn owned(v: Variant<'static>) -> OwnedVariant {
     OwnedVariant::try_from(v).expect("no file descriptors in a status value")
 }
 
