@@ -12,3 +12,12 @@ kv_set() {
   [ -n "$3" ] && echo "$2=$3" >>"$1.tmp"
   mv "$1.tmp" "$1"
 }
+# erase_file FILE: every byte of FILE becomes 0xFF (erased flash), size kept.
+erase_file() {
+  head -c "$(stat -c %s "$1")" /dev/zero | tr '\0' '\377' | dd of="$1" conv=notrunc status=none
+}
+# empty_fs DEV: the fake filesystem on DEV (flashfs/<name>/) exists and is empty.
+empty_fs() {
+  rm -rf "$FAKE_STATE/flashfs/$(basename "$1")"
+  mkdir -p "$FAKE_STATE/flashfs/$(basename "$1")"
+}
