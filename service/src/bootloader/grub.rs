@@ -1,10 +1,17 @@
 //! GRUB through `grub-editenv` (one `set` call per operation).
+//!
+//! `grub-editenv` truncates the environment file and writes it again, so an
+//! interruption (power loss, or a reader racing the write) could see an
+//! invalid block. Changes are therefore made on a copy next to the file, which
+//! is synced and renamed over it: readers and the next boot see either the
+//! old or the new environment.
 
 use super::Bootloader;
-use crate::error::{Result, failed};
+use crate::error::{Error, Result, failed};
 use crate::tools;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 
 pub(super) struct Grub {
     pub(super) env: PathBuf,
@@ -18,9 +25,28 @@ impl Grub {
     }
 
     fn set(&self, pairs: &[String]) -> Result<()> {
-        let mut args = vec![self.env.to_string_lossy().into_owned(), "set".to_string()];
+        let dir = self.env.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let fail = |e: std::io::Error| Error::io("Failed to update GRUB environment", &self.env, e);
+        let tmp = tempfile::Builder::new().prefix(".rota-grubenv-").tempfile_in(dir).map_err(fail)?;
+        let mode = match std::fs::metadata(&self.env) {
+            Ok(meta) => {
+                std::fs::copy(&self.env, tmp.path()).map_err(fail)?;
+                meta.permissions()
+            }
+            // A missing file is created by grub-editenv, as when editing in place.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::remove_file(tmp.path()).map_err(fail)?;
+                std::fs::Permissions::from_mode(0o644)
+            }
+            Err(e) => return Err(fail(e)),
+        };
+        let mut args = vec![tmp.path().to_string_lossy().into_owned(), "set".to_string()];
         args.extend(pairs.iter().cloned());
-        tools::run("grub-editenv", &args).map(|_| ())
+        tools::run("grub-editenv", &args)?;
+        std::fs::set_permissions(tmp.path(), mode).map_err(fail)?;
+        std::fs::File::open(tmp.path()).and_then(|f| f.sync_all()).map_err(fail)?;
+        tmp.persist(&self.env).map_err(|e| fail(e.error))?;
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(fail)
     }
 
     fn is_good(env: &HashMap<String, String>, b: &str) -> Result<bool> {
