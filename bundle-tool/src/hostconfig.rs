@@ -8,7 +8,9 @@ use crate::error::{Error, Result};
 use crate::keyfile::{self, KeyFile};
 use crate::manifest::BundleFormat;
 use crate::signature::{Keyring, Purpose};
+use crate::source::http::HttpOptions;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Where RAUC looks for `system.conf`, first existing wins.
 pub const SEARCH_PATHS: [&str; 3] = ["/etc/rauc/system.conf", "/run/rauc/system.conf", "/usr/lib/rauc/system.conf"];
@@ -38,6 +40,78 @@ pub struct HostConfig {
     pub send_headers: Vec<String>,
     /// The system variant (`variant-name`, `variant-file` or `variant-dtb`).
     pub variant: Option<String>,
+    /// `[streaming]` transfer tuning (rota's own keys).
+    pub transfer: Transfer,
+}
+
+/// How hard range requests try (`[streaming]` keys of rota's own:
+/// `retries`, `retry-pause-ms`, `stall-timeout-sec`, `connect-timeout-sec`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    /// Attempts after the first failure of a request.
+    pub retries: u32,
+    /// Pause before the first retry (doubling after that).
+    pub retry_pause: Duration,
+    /// Longest silence while a response arrives.
+    pub stall_timeout: Duration,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+}
+
+impl Default for Transfer {
+    fn default() -> Self {
+        let h = HttpOptions::default();
+        Transfer {
+            retries: h.retries,
+            retry_pause: h.retry_pause,
+            stall_timeout: h.stall_timeout,
+            connect_timeout: h.connect_timeout,
+        }
+    }
+}
+
+/// The `[streaming]` keys of [`Transfer`] and their bounds: the one place
+/// both configuration readers take them from.
+pub const TRANSFER_KEYS: [(&str, u64, u64); 4] = [
+    ("retries", 0, 100),
+    ("retry-pause-ms", 0, 600_000),
+    ("stall-timeout-sec", 1, 3600),
+    ("connect-timeout-sec", 1, 3600),
+];
+
+impl Transfer {
+    /// Sets the key `key` (one of [`TRANSFER_KEYS`]) from its text.
+    pub fn set(&mut self, key: &str, value: &str) -> std::result::Result<(), String> {
+        let (_, min, max) = TRANSFER_KEYS
+            .iter()
+            .find(|(k, _, _)| *k == key)
+            .ok_or_else(|| format!("Unknown key '{key}' in group '[streaming]'"))?;
+        let n = keyfile::parse_u64(value)
+            .filter(|n| (min..=max).contains(&n))
+            .ok_or_else(|| format!("Key '{key}' in group '[streaming]' must be a number from {min} to {max}"))?;
+        match key {
+            "retries" => self.retries = n as u32,
+            "retry-pause-ms" => self.retry_pause = Duration::from_millis(n),
+            "stall-timeout-sec" => self.stall_timeout = Duration::from_secs(n),
+            _ => self.connect_timeout = Duration::from_secs(n),
+        }
+        Ok(())
+    }
+}
+
+/// What the automatic headers report, as far as it is known.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderFacts {
+    /// System variant.
+    pub variant: Option<String>,
+    /// `RAUC_SYSTEM_VERSION` from the system-info handler.
+    pub system_version: Option<String>,
+    /// `RAUC_SYSTEM_SERIAL` from the system-info handler.
+    pub serial: Option<String>,
+    /// The installation's transaction id (installs only).
+    pub transaction_id: Option<String>,
+    /// Every `RAUC_HTTP_<NAME>=value` of the system-info handler, as (`NAME`, value).
+    pub extra: Vec<(String, String)>,
 }
 
 /// Automatic header names RAUC knows (spec §3.4).
@@ -50,25 +124,31 @@ fn first_line(path: &str) -> Option<String> {
     (!line.is_empty()).then(|| line.to_string())
 }
 
-/// Values of the automatic headers that are known without a system-info
-/// handler or a transaction, as `(header name, value)` in `names` order.
-pub fn automatic_headers(names: &[String], variant: Option<&str>) -> Vec<(String, String)> {
-    names
+/// The automatic headers (spec §10.1) as `(header name, value)`: those of
+/// `names` whose value is known, in `names` order, then one `RAUC-<NAME>`
+/// per system-info `RAUC_HTTP_<NAME>` (`_` becomes `-`).
+pub fn automatic_headers(names: &[String], facts: &HeaderFacts) -> Vec<(String, String)> {
+    let mut headers: Vec<(String, String)> = names
         .iter()
         .filter_map(|n| {
             let (header, value) = match n.as_str() {
                 "boot-id" => ("RAUC-Boot-ID", first_line("/proc/sys/kernel/random/boot_id")),
                 "machine-id" => ("RAUC-Machine-ID", first_line("/etc/machine-id")),
-                "variant" => ("RAUC-Variant", variant.map(str::to_string)),
+                "system-version" => ("RAUC-System-Version", facts.system_version.clone()),
+                "serial" => ("RAUC-Serial", facts.serial.clone()),
+                "variant" => ("RAUC-Variant", facts.variant.clone()),
+                "transaction-id" => ("RAUC-Transaction-ID", facts.transaction_id.clone()),
                 "uptime" => (
                     "RAUC-Uptime",
                     first_line("/proc/uptime").and_then(|l| l.split_whitespace().next().map(str::to_string)),
                 ),
                 _ => return None,
             };
-            value.map(|v| (header.to_string(), v))
+            value.filter(|v| !v.is_empty()).map(|v| (header.to_string(), v))
         })
-        .collect()
+        .collect();
+    headers.extend(facts.extra.iter().map(|(name, v)| (format!("RAUC-{}", name.replace('_', "-")), v.clone())));
+    headers
 }
 
 /// The variant in a `variant-file`: one trailing newline removed,
@@ -97,6 +177,7 @@ impl Default for HostConfig {
             tls_key: None,
             send_headers: Vec::new(),
             variant: None,
+            transfer: Transfer::default(),
         }
     }
 }
@@ -162,6 +243,22 @@ pub fn resolve(base: &Path, value: &str) -> PathBuf {
 }
 
 impl HostConfig {
+    /// HTTP options from this configuration: its TLS files and transfer
+    /// tuning, and the automatic headers `facts` allow.
+    pub fn http_options(&self, facts: &HeaderFacts) -> HttpOptions {
+        HttpOptions {
+            tls_ca: self.tls_ca.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            info_headers: automatic_headers(&self.send_headers, facts),
+            retries: self.transfer.retries,
+            retry_pause: self.transfer.retry_pause,
+            stall_timeout: self.transfer.stall_timeout,
+            connect_timeout: self.transfer.connect_timeout,
+            ..HttpOptions::default()
+        }
+    }
+
     /// Loads `explicit` (which must exist) or the first file of
     /// [`SEARCH_PATHS`]; then applies `-C` overrides.
     pub fn load(explicit: Option<&Path>, overrides: &[String]) -> Result<HostConfig> {
@@ -229,6 +326,11 @@ impl HostConfig {
                 c.send_headers.push(name);
             }
         }
+        for (key, _, _) in TRANSFER_KEYS {
+            if let Some(v) = get("streaming", key)? {
+                c.transfer.set(key, &v).map_err(Error::Other)?;
+            }
+        }
         c.variant = match (
             get("system", "variant-name")?,
             get("system", "variant-file")?,
@@ -276,13 +378,36 @@ mod tests {
         )
         .unwrap();
         let c = HostConfig::load(Some(&conf), &[]).unwrap();
-        let h = automatic_headers(&c.send_headers, c.variant.as_deref());
+        let facts = HeaderFacts { variant: c.variant.clone(), ..Default::default() };
+        let h = automatic_headers(&c.send_headers, &facts);
         let names: Vec<&str> = h.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(names, ["RAUC-Uptime", "RAUC-Variant", "RAUC-Boot-ID"]);
         assert_eq!(h[1].1, "v7");
+        // System-info values fill their headers; RAUC_HTTP_* ones always follow.
+        let facts = HeaderFacts {
+            system_version: Some("2024.08-1".into()),
+            extra: vec![("MY_INFO".into(), "abc".into())],
+            ..facts
+        };
+        let h = automatic_headers(&c.send_headers, &facts);
+        assert_eq!(h[2], ("RAUC-System-Version".to_string(), "2024.08-1".to_string()));
+        assert_eq!(h.last().unwrap(), &("RAUC-MY-INFO".to_string(), "abc".to_string()));
         std::fs::write(&conf, "[streaming]\nsend-headers=boot-id;shoe-size\n").unwrap();
         let e = HostConfig::load(Some(&conf), &[]).unwrap_err().to_string();
         assert_eq!(e, "Automatic HTTP header 'shoe-size' not supported");
+    }
+
+    #[test]
+    fn transfer_tuning_is_read_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("system.conf");
+        std::fs::write(&conf, "[streaming]\nretries=2\nretry-pause-ms=50\nstall-timeout-sec=3\n").unwrap();
+        let c = HostConfig::load(Some(&conf), &[]).unwrap();
+        let h = c.http_options(&HeaderFacts::default());
+        assert_eq!((h.retries, h.retry_pause, h.stall_timeout), (2, Duration::from_millis(50), Duration::from_secs(3)));
+        std::fs::write(&conf, "[streaming]\nstall-timeout-sec=0\n").unwrap();
+        let e = HostConfig::load(Some(&conf), &[]).unwrap_err().to_string();
+        assert_eq!(e, "Key 'stall-timeout-sec' in group '[streaming]' must be a number from 1 to 3600");
     }
 
     #[test]

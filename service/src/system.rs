@@ -194,6 +194,22 @@ impl System {
         self.system_info.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
+    /// What the automatic HTTP headers report for this system (with the
+    /// transaction id of an installation).
+    pub fn header_facts(&self, transaction_id: Option<&str>) -> rota_bundle::hostconfig::HeaderFacts {
+        rota_bundle::hostconfig::HeaderFacts {
+            variant: (!self.variant.is_empty()).then(|| self.variant.clone()),
+            system_version: self.system_version().map(str::to_string),
+            serial: self.info("RAUC_SYSTEM_SERIAL").map(str::to_string),
+            transaction_id: transaction_id.map(str::to_string),
+            extra: self
+                .system_info
+                .iter()
+                .filter_map(|(k, v)| k.strip_prefix("RAUC_HTTP_").map(|n| (n.to_string(), v.clone())))
+                .collect(),
+        }
+    }
+
     /// `RAUC_SYSTEM_VERSION` from the system-info handler.
     pub fn system_version(&self) -> Option<&str> {
         self.info("RAUC_SYSTEM_VERSION")

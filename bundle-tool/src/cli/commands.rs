@@ -139,16 +139,18 @@ fn keyring_for(ctx: &Context, config: &Keyring, option: &str) -> Keyring {
     }
 }
 
-/// HTTP options from the TLS/header command-line options and `conf`.
-pub fn http_options(ctx: &Context, conf: &crate::hostconfig::HostConfig) -> Result<HttpOptions, CliError> {
-    let mut http = HttpOptions {
-        tls_ca: ctx.path("tls-ca").or(conf.tls_ca.clone()),
-        tls_cert: ctx.path("tls-cert").or(conf.tls_cert.clone()),
-        tls_key: ctx.path("tls-key").or(conf.tls_key.clone()),
-        tls_no_verify: ctx.args.has("tls-no-verify"),
-        ..HttpOptions::default()
-    };
-    http.info_headers = crate::hostconfig::automatic_headers(&conf.send_headers, conf.variant.as_deref());
+/// HTTP options from `conf` (with the automatic headers `facts` allow) and
+/// the TLS/header command-line options, which win.
+pub fn http_options(
+    ctx: &Context,
+    conf: &crate::hostconfig::HostConfig,
+    facts: &crate::hostconfig::HeaderFacts,
+) -> Result<HttpOptions, CliError> {
+    let mut http = conf.http_options(facts);
+    http.tls_ca = ctx.path("tls-ca").or(http.tls_ca);
+    http.tls_cert = ctx.path("tls-cert").or(http.tls_cert);
+    http.tls_key = ctx.path("tls-key").or(http.tls_key);
+    http.tls_no_verify = ctx.args.has("tls-no-verify");
     for h in ctx.args.values("http-header") {
         http.headers.push(parse_header(h)?);
     }
@@ -158,7 +160,8 @@ pub fn http_options(ctx: &Context, conf: &crate::hostconfig::HostConfig) -> Resu
 /// Open options from command line and configuration.
 fn open_options(ctx: &Context, use_config: bool) -> Result<OpenOptions, CliError> {
     let conf = if use_config { ctx.host_config()? } else { Default::default() };
-    let http = http_options(ctx, &conf)?;
+    let facts = crate::hostconfig::HeaderFacts { variant: conf.variant.clone(), ..Default::default() };
+    let http = http_options(ctx, &conf, &facts)?;
     Ok(OpenOptions {
         verify: VerifyOptions {
             keyring: keyring_for(ctx, &conf.keyring, "keyring"),

@@ -111,10 +111,9 @@ pub(super) fn run(ctx: &Context) -> Result<(), CliError> {
         return through_service(ctx, &client, &loc);
     }
     let mut system = super::setup(ctx)?;
-    let variant = (!system.variant.is_empty()).then(|| system.variant.clone());
     let args = InstallArgs {
         location: loc.clone(),
-        open: super::open_options(ctx, &system.config, variant)?,
+        open: super::open_options(ctx, &system.config, &system.header_facts(None))?,
         ignore_compatible: ctx.args.has("ignore-compatible"),
         ignore_version_limit: ctx.args.has("ignore-version-limit"),
         transaction_id: ctx.args.value("transaction-id").map(str::to_string),

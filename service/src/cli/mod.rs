@@ -137,11 +137,13 @@ pub fn load_config(ctx: &Context) -> Result<SystemConfig, CliError> {
 
 /// How device commands open a bundle: the configured keyring, formats and
 /// decryption key (`--key` wins), and the HTTP options of `ctx` and the
-/// configuration (with the system's `variant` for the headers).
-pub fn open_options(ctx: &Context, config: &SystemConfig, variant: Option<String>) -> Result<OpenOptions, CliError> {
-    let mut conf = config.host_config();
-    conf.variant = variant;
-    let http = rota_bundle::cli::commands::http_options(ctx, &conf)?;
+/// configuration (with `facts` for the automatic headers).
+pub fn open_options(
+    ctx: &Context,
+    config: &SystemConfig,
+    facts: &rota_bundle::hostconfig::HeaderFacts,
+) -> Result<OpenOptions, CliError> {
+    let http = rota_bundle::cli::commands::http_options(ctx, &config.host_config(), facts)?;
     Ok(config.open_options(http, ctx.path("key")))
 }
 

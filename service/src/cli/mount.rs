@@ -45,7 +45,7 @@ pub(super) fn run(ctx: &Context) -> Result<(), CliError> {
 fn serve(ctx: &Context) -> Result<(), CliError> {
     let loc = super::install::location(ctx.arg(0))?;
     let config = super::load_config(ctx)?;
-    let opts = super::open_options(ctx, &config, None)?;
+    let opts = super::open_options(ctx, &config, &Default::default())?;
     let bundle = Bundle::open(&loc, &opts)?;
     let dir = config.system.mount_prefix.join("bundle");
     if crate::mounts::is_mount_point(&dir) {

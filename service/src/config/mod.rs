@@ -137,6 +137,8 @@ pub struct StreamingSection {
     pub tls_ca: Option<PathBuf>,
     /// `send-headers`, validated.
     pub send_headers: Vec<String>,
+    /// rota's transfer tuning keys (`retries`, `retry-pause-ms`, …).
+    pub transfer: rota_bundle::hostconfig::Transfer,
 }
 
 /// `[polling]`.
@@ -301,6 +303,7 @@ impl SystemConfig {
             tls_key: self.streaming.tls_key.clone(),
             send_headers: self.streaming.send_headers.clone(),
             variant: None,
+            transfer: self.streaming.transfer.clone(),
         }
     }
 

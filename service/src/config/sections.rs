@@ -262,7 +262,14 @@ fn streaming_section(r: &mut Reader<'_>) -> Result<StreamingSection, ConfigError
         tls_key: r.path("tls-key", None)?,
         tls_ca: r.path("tls-ca", None)?,
         send_headers: Vec::new(),
+        transfer: Default::default(),
     };
+    for (key, _, _) in rota_bundle::hostconfig::TRANSFER_KEYS {
+        if let Some(v) = r.string(key)? {
+            let e = r.entry(key).expect("read");
+            s.transfer.set(key, &v).map_err(|m| r.bad(e, m))?;
+        }
+    }
     for name in r.list("send-headers")?.unwrap_or_default() {
         if !AUTOMATIC_HEADERS.contains(&name.as_str()) {
             return Err(

@@ -79,6 +79,11 @@ fn errors_name_file_line_and_key() {
             5,
             "Automatic HTTP header 'shoe' not supported",
         ),
+        (
+            "[system]\ncompatible=x\nbootloader=grub\n[streaming]\nretries=1000\n",
+            5,
+            "Key 'retries' in group '[streaming]' must be a number from 0 to 100",
+        ),
         ("[system]\ncompatible=x\nbootloader=grub\n[slot.a.0]\ndevice=/d\nparent=b.0\n", 6, "Parent slot 'b.0'"),
         ("[system]\ncompatible=x\nbootloader=grub\n[slot.a.0]\ntype=raw\n", 4, "Key 'device'"),
         ("[system]\ncompatible=x\nbootloader=custom\n", 1, "Key 'bootloader-custom-backend'"),

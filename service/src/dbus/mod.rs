@@ -14,7 +14,7 @@ use crate::system::System;
 use installer::{Installer, RaucError};
 use rota_bundle::bundle::OpenOptions;
 use rota_bundle::cli::{CliError, Context};
-use rota_bundle::source::http::{HttpOptions, parse_header};
+use rota_bundle::source::http::parse_header;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -79,17 +79,12 @@ impl Service {
     /// formats, decryption key and HTTP settings, with the caller's TLS
     /// material and headers.
     pub fn open_options(&self, access: &Access) -> OpenOptions {
-        let mut conf = self.system.config.host_config();
-        conf.variant = (!self.system.variant.is_empty()).then(|| self.system.variant.clone());
-        let http = HttpOptions {
-            tls_ca: access.tls_ca.clone().or(conf.tls_ca.clone()),
-            tls_cert: access.tls_cert.clone().or(conf.tls_cert.clone()),
-            tls_key: access.tls_key.clone().or(conf.tls_key.clone()),
-            tls_no_verify: access.tls_no_verify,
-            headers: access.headers.clone(),
-            info_headers: rota_bundle::hostconfig::automatic_headers(&conf.send_headers, conf.variant.as_deref()),
-            ..HttpOptions::default()
-        };
+        let mut http = self.system.config.host_config().http_options(&self.system.header_facts(None));
+        http.tls_ca = access.tls_ca.clone().or(http.tls_ca);
+        http.tls_cert = access.tls_cert.clone().or(http.tls_cert);
+        http.tls_key = access.tls_key.clone().or(http.tls_key);
+        http.tls_no_verify = access.tls_no_verify;
+        http.headers = access.headers.clone();
         self.system.config.open_options(http, None)
     }
 }

@@ -173,7 +173,14 @@ fn run(
     })?;
     control.check()?;
     p.begin("Checking bundle", 1, 1);
-    let bundle = step(p, "Verifying signature", || Ok(Bundle::open(&args.location, &args.open)?))?;
+    // The first request also names this installation, when configured.
+    let mut open = args.open.clone();
+    if system.config.streaming.send_headers.iter().any(|h| h == "transaction-id") {
+        let conf = system.config.host_config();
+        open.http.info_headers =
+            rota_bundle::hostconfig::automatic_headers(&conf.send_headers, &system.header_facts(Some(txn)));
+    }
+    let bundle = step(p, "Verifying signature", || Ok(Bundle::open(&args.location, &open)?))?;
     if let Some(expected) = &args.require_manifest_hash {
         if bundle.format() == BundleFormat::Plain {
             return failed("Refusing to install plain bundle when using require-manifest-hash");
