@@ -1,6 +1,7 @@
 //! A small in-process HTTP/1.1 file server for tests. It honours single
-//! `Range` requests like a real server and can be told to misbehave
-//! (ignore ranges, lie about them, fail) to test client behaviour.
+//! `Range` requests (and `If-Match` against a content-derived ETag) like a
+//! real server and can be told to misbehave — always ([`Mode`]) or for a few
+//! requests touching a given byte ([`Fault`]) — to test client behaviour.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -20,6 +21,25 @@ pub enum Mode {
     Status(u16),
     /// Send `206` with a `Content-Range` that does not match the request.
     WrongRange,
+}
+
+/// A misbehaviour for requests whose range covers a chosen byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Send this many body bytes, then close the connection.
+    Reset(usize),
+    /// Send this many body bytes, then go silent for this long and close.
+    Stall(usize, std::time::Duration),
+    /// A complete response that announces and sends only this many bytes.
+    Short(usize),
+    /// Answer with this status and an empty body.
+    Status(u16),
+    /// Ignore `Range`: `200` with the whole file.
+    IgnoreRange,
+    /// `206` with a `Content-Range` one byte off.
+    WrongRange,
+    /// Flip the bits of the body byte at the chosen offset.
+    Corrupt,
 }
 
 /// One request as received.
@@ -48,6 +68,10 @@ struct State {
     max_active: usize,
     /// Ranges overlapping these bytes wait until it is cleared.
     hold: Option<(u64, u64)>,
+    /// Pending faults: what, at which byte, how many more times.
+    faults: Vec<(Fault, u64, usize)>,
+    /// Faults served so far.
+    faults_served: usize,
 }
 
 /// A running server; stops when dropped.
@@ -118,6 +142,16 @@ impl Server {
         self.state.lock().unwrap().hold = None;
     }
 
+    /// Misbehaves `times` times, for the next requests whose range covers byte `at`.
+    pub fn inject(&self, fault: Fault, at: u64, times: usize) {
+        self.state.lock().unwrap().faults.push((fault, at, times));
+    }
+
+    /// How many injected faults were served.
+    pub fn faults_served(&self) -> usize {
+        self.state.lock().unwrap().faults_served
+    }
+
     /// The most requests that were being answered at the same time.
     pub fn max_concurrent(&self) -> usize {
         self.state.lock().unwrap().max_active
@@ -177,7 +211,18 @@ fn serve_connection(conn: TcpStream, state: &Mutex<State>, mode: &Mutex<Mode>) -
         while end.is_some_and(|(a, b)| state.lock().unwrap().hold.is_some_and(|(s, e)| a < e && b >= s)) {
             thread::sleep(std::time::Duration::from_millis(10));
         }
-        let result = respond(&mut out, &req, &method, file, mode);
+        let fault = end.and_then(|(a, b)| {
+            let mut st = state.lock().unwrap();
+            let i = st.faults.iter().position(|(_, at, n)| *n > 0 && (a..=b).contains(at))?;
+            st.faults[i].2 -= 1;
+            st.faults_served += 1;
+            let (f, at, _) = st.faults[i].clone();
+            Some((f, at - a))
+        });
+        let result = match fault {
+            Some((f, at)) => misbehave(&mut out, &req, file.expect("range implies file"), end.unwrap(), f, at),
+            None => respond(&mut out, &req, &method, file, mode),
+        };
         state.lock().unwrap().active -= 1;
         result?;
     }
@@ -205,15 +250,93 @@ fn respond(
                 out.write_all(&data)?;
             }
         }
-        (Mode::WrongRange, Some((a, b))) => partial(out, &data, a + 1, (b + 1).min(len - 1), head, false)?,
-        (Mode::Normal, Some((a, b))) => partial(out, &data, a, b, head, true)?,
+        (Mode::WrongRange, Some((a, b))) => partial(out, req, &data, a + 1, (b + 1).min(len - 1), head, false)?,
+        (Mode::Normal, Some((a, b))) => partial(out, req, &data, a, b, head, true)?,
     }
     out.flush()
 }
 
-/// Writes a `206` with bytes `a..=b` of `data`.
-fn partial(out: &mut TcpStream, data: &[u8], a: u64, b: u64, head: bool, etag: bool) -> std::io::Result<()> {
-    let etag = if etag { "ETag: \"t1\"\r\n" } else { "" };
+/// An ETag derived from the content, so that a replaced file gets a new one.
+fn etag_of(data: &[u8]) -> String {
+    let sum = data.iter().enumerate().fold(0u64, |h, (i, b)| h.wrapping_mul(31).wrapping_add(*b as u64 ^ i as u64));
+    format!("\"{:x}-{sum:x}\"", data.len())
+}
+
+/// Answers a range request the way `fault` says; `at` is the chosen byte's
+/// offset within the range.
+fn misbehave(
+    out: &mut TcpStream,
+    req: &Request,
+    data: Arc<Vec<u8>>,
+    (a, b): (u64, u64),
+    fault: Fault,
+    at: u64,
+) -> std::io::Result<()> {
+    let len = data.len();
+    let body = &data[a as usize..=b as usize];
+    let head = |out: &mut TcpStream, n: usize| {
+        write!(
+            out,
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a}-{b}/{len}\r\nContent-Length: {n}\r\nETag: {}\r\n\r\n",
+            etag_of(&data)
+        )
+    };
+    match fault {
+        Fault::Reset(n) => {
+            head(out, body.len())?;
+            out.write_all(&body[..n.min(body.len())])?;
+            out.flush()?;
+            out.shutdown(std::net::Shutdown::Both)?;
+            Err(std::io::Error::other("reset on purpose"))
+        }
+        Fault::Stall(n, pause) => {
+            head(out, body.len())?;
+            out.write_all(&body[..n.min(body.len())])?;
+            out.flush()?;
+            thread::sleep(pause);
+            out.shutdown(std::net::Shutdown::Both)?;
+            Err(std::io::Error::other("stalled on purpose"))
+        }
+        Fault::Short(n) => {
+            head(out, n.min(body.len()))?;
+            out.write_all(&body[..n.min(body.len())])?;
+            out.flush()
+        }
+        Fault::Status(code) => {
+            write!(out, "HTTP/1.1 {code} Status\r\nContent-Length: 0\r\n\r\n")?;
+            out.flush()
+        }
+        Fault::IgnoreRange => {
+            write!(out, "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n")?;
+            out.write_all(&data)?;
+            out.flush()
+        }
+        Fault::WrongRange => partial(out, req, &data, a + 1, (b + 1).min(len as u64 - 1), false, true),
+        Fault::Corrupt => {
+            let mut body = body.to_vec();
+            body[at as usize] ^= 0xff;
+            head(out, body.len())?;
+            out.write_all(&body)?;
+            out.flush()
+        }
+    }
+}
+
+/// Writes a `206` with bytes `a..=b` of `data` (`412` when `If-Match` names another version).
+fn partial(
+    out: &mut TcpStream,
+    req: &Request,
+    data: &[u8],
+    a: u64,
+    b: u64,
+    head: bool,
+    etag: bool,
+) -> std::io::Result<()> {
+    let tag = etag_of(data);
+    if etag && req.header("if-match").is_some_and(|m| m != tag) {
+        return write!(out, "HTTP/1.1 412 Precondition Failed\r\nContent-Length: 0\r\n\r\n");
+    }
+    let etag = if etag { format!("ETag: {tag}\r\n") } else { String::new() };
     write!(
         out,
         "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a}-{b}/{}\r\nContent-Length: {}\r\n{etag}\r\n",

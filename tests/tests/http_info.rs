@@ -217,14 +217,17 @@ fn streamed_reads_use_large_ranges_several_at_once() {
             (a.parse().unwrap(), b.parse().unwrap())
         })
         .collect();
-    assert!(windows.len() >= 12, "{windows:?}");
+    // Whole 512 KiB windows, adjacent ones a read needs at once coalesced
+    // into one request of at most 8 windows.
+    assert!(windows.len() >= 6, "{windows:?}");
     for (a, b) in &windows {
         assert_eq!(a % (512 * 1024), 0, "range {a}-{b} is not window aligned");
-        assert!(b - a + 1 == 512 * 1024 || *b == len - 1, "range {a}-{b} is not a whole 512 KiB window");
+        let n = b - a + 1;
+        assert!(n % (512 * 1024) == 0 || *b == len - 1, "range {a}-{b} is not made of whole 512 KiB windows");
+        assert!(n <= 8 * 512 * 1024, "range {a}-{b} is larger than 8 windows");
     }
-    let mut starts: Vec<u64> = windows.iter().map(|w| w.0).collect();
-    starts.sort();
-    starts.dedup();
-    assert_eq!(starts.len(), windows.len(), "no window is fetched twice: {windows:?}");
+    let mut sorted = windows.clone();
+    sorted.sort();
+    assert!(sorted.windows(2).all(|w| w[0].1 < w[1].0), "no byte is fetched twice: {windows:?}");
     assert!(srv.max_concurrent() >= 2, "requests should overlap (read-ahead), max was {}", srv.max_concurrent());
 }

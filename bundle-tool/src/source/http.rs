@@ -43,10 +43,13 @@ pub struct HttpOptions {
     pub read_ahead: usize,
     /// Windows kept in memory.
     pub cache_windows: usize,
-    /// Attempts per request after the first failure.
+    /// Attempts per request after the first failure (a failure after some
+    /// bytes arrived resumes from there and does not use up the budget).
     pub retries: u32,
-    /// Pause between attempts.
+    /// Pause before the first retry; it doubles with every further attempt.
     pub retry_pause: Duration,
+    /// Longest pause between attempts.
+    pub max_retry_pause: Duration,
 }
 
 impl Default for HttpOptions {
@@ -67,6 +70,7 @@ impl Default for HttpOptions {
             cache_windows: 32,
             retries: 5,
             retry_pause: Duration::from_secs(1),
+            max_retry_pause: Duration::from_secs(30),
         }
     }
 }
@@ -101,7 +105,15 @@ pub struct HttpStats {
     pub requests: AtomicU64,
     /// Body bytes received.
     pub bytes: AtomicU64,
+    /// Requests that failed and were tried again.
+    pub retries: AtomicU64,
 }
+
+/// Interleaved sequential streams recognised for read-ahead.
+const MAX_STREAMS: usize = 4;
+
+/// Most windows fetched with one request when a read needs several.
+const MAX_COALESCED_WINDOWS: u64 = 8;
 
 enum Window {
     Pending,
@@ -113,7 +125,9 @@ struct State {
     windows: HashMap<u64, Window>,
     order: VecDeque<u64>,
     in_flight: usize,
-    last_window: Option<u64>,
+    /// Last window of each recent sequential stream of reads (a verity
+    /// reader interleaves data with hash-tree reads, so there are several).
+    heads: VecDeque<u64>,
 }
 
 struct Shared {
@@ -246,6 +260,7 @@ struct Target {
     stats: Arc<HttpStats>,
     retries: u32,
     retry_pause: Duration,
+    max_retry_pause: Duration,
 }
 
 /// A successful range response.
@@ -255,15 +270,34 @@ struct Fetched {
     url: String,
 }
 
+/// The header that makes later requests fail with `412` once the file on
+/// the server is no longer the one opened: `If-Match` with a strong ETag,
+/// else `If-Unmodified-Since` with `Last-Modified`.
+fn validator(info: &RemoteInfo) -> Option<(HeaderName, HeaderValue)> {
+    if let Some(tag) = info.etag.as_deref().filter(|t| t.starts_with('"')) {
+        return HeaderValue::from_str(tag).ok().map(|v| (reqwest::header::IF_MATCH, v));
+    }
+    let lm = info.last_modified.as_deref()?;
+    HeaderValue::from_str(lm).ok().map(|v| (reqwest::header::IF_UNMODIFIED_SINCE, v))
+}
+
 impl Target {
-    /// One attempt at `bytes=start-end` (inclusive), checked for `206` and an exact `Content-Range`.
-    async fn fetch_once(&self, start: u64, end: u64, expect_total: Option<u64>) -> Result<Fetched, FetchError> {
+    /// One attempt at `bytes=from-end` (inclusive), checked for `206` and an
+    /// exact `Content-Range`; the body is appended to `body` as it arrives, so
+    /// what came before a failure is kept.
+    async fn fetch_once(
+        &self,
+        from: u64,
+        end: u64,
+        expect_total: Option<u64>,
+        body: &mut Vec<u8>,
+    ) -> Result<(HeaderMap, String), FetchError> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let resp = self
+        let mut resp = self
             .client
             .get(&self.url)
             .headers(self.headers.clone())
-            .header(RANGE, format!("bytes={start}-{end}"))
+            .header(RANGE, format!("bytes={from}-{end}"))
             .send()
             .await
             .map_err(|e| {
@@ -278,6 +312,9 @@ impl Target {
                 }
             })?;
         let status = resp.status().as_u16();
+        if status == 412 {
+            return Err(FetchError::Fatal("bundle changed on the server since it was opened".to_string()));
+        }
         if status != 206 {
             let msg = describe_status(status);
             let retry = status >= 500 || status == 408 || status == 429;
@@ -288,37 +325,70 @@ impl Target {
             let shown = cr.as_deref().unwrap_or("(missing)");
             return Err(FetchError::Fatal(format!("invalid Content-Range in response: {shown}")));
         };
-        if a != start || b != end || expect_total.is_some_and(|t| t != total) {
+        if expect_total.is_some_and(|t| t != total) {
             return Err(FetchError::Fatal(format!(
-                "server answered range {a}-{b}/{total} for requested range {start}-{end}{}",
+                "bundle changed on the server since it was opened (size {total} instead of {})",
+                expect_total.unwrap_or_default()
+            )));
+        }
+        if a != from || b != end {
+            return Err(FetchError::Fatal(format!(
+                "server answered range {a}-{b}/{total} for requested range {from}-{end}{}",
                 expect_total.map(|t| format!("/{t}")).unwrap_or_default()
             )));
         }
         let url = resp.url().to_string();
         let headers = resp.headers().clone();
-        let want = (end - start + 1) as usize;
-        let body =
-            resp.bytes().await.map_err(|e| FetchError::Transient(format!("transfer failed: {}", error_chain(&e))))?;
-        self.stats.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
-        if body.len() != want {
-            return Err(FetchError::Transient(format!("short response: got {} of {want} bytes", body.len())));
+        let want = (end - from + 1) as usize;
+        let mut got = 0;
+        loop {
+            let chunk = resp
+                .chunk()
+                .await
+                .map_err(|e| FetchError::Transient(format!("transfer failed: {}", error_chain(&e))))?;
+            let Some(chunk) = chunk else { break };
+            self.stats.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            if got + chunk.len() > want {
+                return Err(FetchError::Fatal(format!("server sent more than the {want} bytes requested")));
+            }
+            got += chunk.len();
+            body.extend_from_slice(&chunk);
         }
-        Ok(Fetched { body: body.to_vec(), headers, url })
+        if got != want {
+            return Err(FetchError::Transient(format!("short response: got {got} of {want} bytes")));
+        }
+        Ok((headers, url))
     }
 
-    /// Like [`Target::fetch_once`], retrying transient failures; errors are final texts.
+    /// Bytes `start..=end`, retrying transient failures with a doubling pause
+    /// and resuming after the bytes already received; errors are final texts.
     async fn fetch(&self, start: u64, end: u64, expect_total: Option<u64>) -> Result<Fetched, String> {
+        let mut body = Vec::with_capacity((end - start + 1) as usize);
         let mut attempt = 0;
+        let mut pause = self.retry_pause;
         loop {
-            match self.fetch_once(start, end, expect_total).await {
-                Ok(f) => return Ok(f),
-                Err(FetchError::Transient(m) | FetchError::NoResponse(m)) if attempt < self.retries => {
+            let before = body.len();
+            match self.fetch_once(start + before as u64, end, expect_total, &mut body).await {
+                Ok((headers, url)) => return Ok(Fetched { body, headers, url }),
+                Err(FetchError::Transient(m) | FetchError::NoResponse(m))
+                    if attempt < self.retries || body.len() > before =>
+                {
+                    if body.len() > before {
+                        // Progress: resume, with a fresh budget for the rest.
+                        attempt = 0;
+                        pause = self.retry_pause;
+                    }
                     attempt += 1;
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!("request failed: {m} (retrying {attempt}/{})", self.retries);
-                    tokio::time::sleep(self.retry_pause).await;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(self.max_retry_pause);
                 }
                 Err(FetchError::NoResponse(m)) => return Err(format!("server not responding: {m}")),
-                Err(FetchError::Transient(m) | FetchError::Fatal(m)) => return Err(m),
+                Err(FetchError::Transient(m)) => {
+                    return Err(format!("{m} (gave up after {} attempts)", self.retries + 1));
+                }
+                Err(FetchError::Fatal(m)) => return Err(m),
             }
         }
     }
@@ -364,6 +434,7 @@ impl HttpSource {
             stats: stats.clone(),
             retries: opts.retries,
             retry_pause: opts.retry_pause,
+            max_retry_pause: opts.max_retry_pause,
         };
         let probe = wait_for(&runtime, async move { probe_target.fetch(0, 3, None).await })
             .ok_or_else(|| fail("HTTP runtime stopped".into()))?
@@ -377,8 +448,19 @@ impl HttpSource {
             last_modified: get(LAST_MODIFIED),
             date: get(reqwest::header::DATE),
         };
-        let target =
-            Target { client, url: probe.url, headers, stats, retries: opts.retries, retry_pause: opts.retry_pause };
+        let mut headers = headers;
+        if let Some((name, value)) = validator(&info) {
+            headers.insert(name, value);
+        }
+        let target = Target {
+            client,
+            url: probe.url,
+            headers,
+            stats,
+            retries: opts.retries,
+            retry_pause: opts.retry_pause,
+            max_retry_pause: opts.max_retry_pause,
+        };
         let shared = Arc::new(Shared {
             target,
             info,
@@ -387,7 +469,7 @@ impl HttpSource {
                 windows: HashMap::new(),
                 order: VecDeque::new(),
                 in_flight: 0,
-                last_window: None,
+                heads: VecDeque::new(),
             }),
             ready: Condvar::new(),
         });
@@ -405,6 +487,11 @@ impl HttpSource {
         (s.requests.load(Ordering::Relaxed), s.bytes.load(Ordering::Relaxed))
     }
 
+    /// Requests that failed and were tried again so far.
+    pub fn retries(&self) -> u64 {
+        self.shared.target.stats.retries.load(Ordering::Relaxed)
+    }
+
     fn runtime(&self) -> &tokio::runtime::Runtime {
         self.runtime.as_ref().expect("runtime lives as long as the source")
     }
@@ -419,24 +506,55 @@ impl HttpSource {
 
     /// Marks `w` pending and starts fetching it if it is not known yet.
     fn request(&self, st: &mut State, w: u64) {
-        if w >= self.window_count() || st.windows.contains_key(&w) {
-            return;
+        self.request_run(st, w, 1);
+    }
+
+    /// Marks the unknown windows of `first..first+count` pending and fetches
+    /// each consecutive run of them with one request.
+    fn request_run(&self, st: &mut State, first: u64, count: u64) {
+        let end = (first + count).min(self.window_count());
+        let mut w = first;
+        while w < end {
+            if st.windows.contains_key(&w) {
+                w += 1;
+                continue;
+            }
+            let mut n = 1;
+            while w + n < end && n < MAX_COALESCED_WINDOWS && !st.windows.contains_key(&(w + n)) {
+                n += 1;
+            }
+            self.spawn_fetch(st, w, n);
+            w += n;
         }
-        st.windows.insert(w, Window::Pending);
+    }
+
+    fn spawn_fetch(&self, st: &mut State, first: u64, n: u64) {
+        for w in first..first + n {
+            st.windows.insert(w, Window::Pending);
+        }
         st.in_flight += 1;
         let shared = self.shared.clone();
         self.runtime().spawn(async move {
             let win = shared.opts.window as u64;
-            let start = w * win;
-            let end = (start + win).min(shared.info.size) - 1;
-            let outcome = match shared.target.fetch(start, end, Some(shared.info.size)).await {
-                Ok(f) => Window::Ready(Arc::new(f.body)),
-                Err(m) => Window::Failed(m),
-            };
+            let start = first * win;
+            let end = ((first + n) * win).min(shared.info.size) - 1;
+            let outcome = shared.target.fetch(start, end, Some(shared.info.size)).await;
             let mut st = shared.state.lock().expect("state lock");
             st.in_flight -= 1;
-            st.windows.insert(w, outcome);
-            st.order.push_back(w);
+            match outcome {
+                Ok(f) => {
+                    for (i, part) in f.body.chunks(win as usize).enumerate() {
+                        st.windows.insert(first + i as u64, Window::Ready(Arc::new(part.to_vec())));
+                        st.order.push_back(first + i as u64);
+                    }
+                }
+                Err(m) => {
+                    for w in first..first + n {
+                        st.windows.insert(w, Window::Failed(m.clone()));
+                        st.order.push_back(w);
+                    }
+                }
+            }
             shared.ready.notify_all();
         });
     }
@@ -473,11 +591,18 @@ impl ReadAt for HttpSource {
         let last = (offset + buf.len() as u64 - 1) / win;
         let needed: Vec<u64> = (first..=last).collect();
         let mut st = self.shared.state.lock().expect("state lock");
-        let sequential = st.last_window.is_some_and(|l| l + 1 == first || l == first);
-        st.last_window = Some(last);
-        for &w in &needed {
-            self.request(&mut st, w);
+        let sequential = match st.heads.iter().position(|&h| h + 1 == first || h == first) {
+            Some(i) => {
+                st.heads.remove(i);
+                true
+            }
+            None => false,
+        };
+        st.heads.push_back(last);
+        if st.heads.len() > MAX_STREAMS {
+            st.heads.pop_front();
         }
+        self.request_run(&mut st, first, last - first + 1);
         if sequential {
             let mut w = last + 1;
             while w <= last + self.shared.opts.read_ahead as u64 && st.in_flight < self.shared.opts.max_in_flight {
