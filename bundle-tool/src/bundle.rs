@@ -31,6 +31,20 @@ pub struct OpenOptions {
     pub trust_environment: bool,
     /// Transport settings for `http(s)://` sources.
     pub http: HttpOptions,
+    /// Where plain bundles from `http(s)://` go (they cannot be streamed);
+    /// `None` refuses them.
+    pub download: Option<Download>,
+}
+
+/// Downloading remote plain bundles: into an unnamed temporary file (gone
+/// when closed, also after a crash) in `dir`, at most `max_size` bytes
+/// (`max-bundle-download-size`).
+#[derive(Debug, Clone)]
+pub struct Download {
+    /// Directory of the temporary file.
+    pub dir: PathBuf,
+    /// Largest bundle accepted.
+    pub max_size: u64,
 }
 
 impl Default for OpenOptions {
@@ -43,6 +57,7 @@ impl Default for OpenOptions {
             decryption_cert: None,
             trust_environment: false,
             http: HttpOptions::default(),
+            download: None,
         }
     }
 }
@@ -196,6 +211,16 @@ impl Bundle {
         if is_remote(location) {
             let http = Arc::new(HttpSource::open(location, opts.http.clone()).map_err(Error::Io)?);
             let remote = http.remote_info().clone();
+            if let Some(download) = &opts.download
+                && Self::is_plain(http.as_ref(), opts)?
+            {
+                let file = Arc::new(Self::download(location, http.as_ref(), download)?);
+                let opts = OpenOptions { trust_environment: true, ..opts.clone() };
+                let mut b = Self::open_source(location, file.clone(), Some(file), &opts)?;
+                b.remote = Some(remote);
+                b.http = Some(http);
+                return Ok(b);
+            }
             let mut b = Self::open_source(location, http.clone(), None, opts)?;
             b.remote = Some(remote);
             b.http = Some(http);
@@ -208,6 +233,40 @@ impl Bundle {
             .map_err(|e| Error::Io(format!("Failed to open bundle '{}': {e}", path.display())))?;
         let source = Arc::new(source);
         Self::open_source(&path.to_string_lossy(), source.clone(), Some(source), opts)
+    }
+
+    /// Whether `source` holds a plain bundle (its signature is detached).
+    fn is_plain(source: &dyn ReadAt, opts: &OpenOptions) -> Result<bool> {
+        let layout = Layout::read(source, opts.max_signature_size)?;
+        let cms = layout.read_signature(source)?;
+        if signature::is_enveloped(&cms) {
+            return Ok(false);
+        }
+        Ok(signature::encapsulated_content(&signature::parse_signed_data(&cms)?).is_none())
+    }
+
+    /// Copies the whole remote bundle into an unnamed temporary file; the
+    /// copy is verified like a local file afterwards.
+    fn download(location: &str, source: &HttpSource, download: &Download) -> Result<FileSource> {
+        let size = source.size();
+        if size > download.max_size {
+            return Err(Error::Io(format!(
+                "Failed to download bundle {location}: its size ({size} bytes) exceeds max-bundle-download-size ({} bytes)",
+                download.max_size
+            )));
+        }
+        let fail = |e: io::Error| Error::Io(format!("Failed to download bundle {location}: {e}"));
+        tracing::info!("Downloading plain bundle {location} ({size} bytes) to {}", download.dir.display());
+        let mut file = tempfile::tempfile_in(&download.dir).map_err(fail)?;
+        let mut buf = vec![0u8; 4 << 20];
+        let mut pos = 0;
+        while pos < size {
+            let n = (size - pos).min(buf.len() as u64) as usize;
+            source.read_exact_at(pos, &mut buf[..n]).map_err(|e| Error::Io(e.to_string()))?;
+            std::io::Write::write_all(&mut file, &buf[..n]).map_err(fail)?;
+            pos += n as u64;
+        }
+        FileSource::from_file(file).map_err(fail)
     }
 
     /// Opens a bundle from any source; `file` enables the plain-bundle exclusivity checks.

@@ -34,6 +34,52 @@ fn nginx_binary() -> PathBuf {
     panic!("nginx is not installed: run scripts/test, or apt-get install nginx-light");
 }
 
+/// The request headers [`Nginx::header_log`] records (nginx variable names,
+/// i.e. lower-case with `_` for `-`).
+pub const LOGGED_HEADERS: [&str; 13] = [
+    "range",
+    "user_agent",
+    "if_match",
+    "authorization",
+    "x_fleet",
+    "rauc_boot_id",
+    "rauc_machine_id",
+    "rauc_system_version",
+    "rauc_serial",
+    "rauc_variant",
+    "rauc_transaction_id",
+    "rauc_uptime",
+    "rauc_my_info",
+];
+
+/// nginx `log_format` of the header log: status, path, then `name=value`
+/// per logged header, tab-separated.
+fn header_log_format() -> String {
+    let mut f = "$status\t$uri".to_string();
+    for h in LOGGED_HEADERS {
+        f.push_str(&format!("\t{h}=$http_{h}"));
+    }
+    f
+}
+
+/// One request from the header log.
+#[derive(Debug, Clone)]
+pub struct Logged {
+    /// Response status.
+    pub status: u16,
+    /// Request path.
+    pub uri: String,
+    /// Logged headers that were present (nginx logs absent ones as `-`).
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+impl Logged {
+    /// The value of logged header `name` (nginx spelling), if sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+}
+
 /// TLS settings for [`Nginx::serve_tls`].
 pub struct Tls<'a> {
     /// Server certificate (PEM).
@@ -60,7 +106,8 @@ impl Nginx {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let d = dir.path().display();
         let conf = format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 64; }}\nhttp {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  sendfile on;\n  server {{\n    listen 127.0.0.1:{port}{};\n    root {};\n{}  }}\n}}\n",
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 64; }}\nhttp {{\n  access_log {d}/access.log;\n  log_format headers escape=none '{}';\n  access_log {d}/headers.log headers;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  sendfile on;\n  server {{\n    listen 127.0.0.1:{port}{};\n    root {};\n{}  }}\n}}\n",
+            header_log_format(),
             if tls.is_some() { " ssl" } else { "" },
             root.display(),
             tls_lines(tls.as_ref()),
@@ -90,6 +137,24 @@ impl Nginx {
     /// URL of `path` (starting with `/`).
     pub fn url(&self, path: &str) -> String {
         format!("{}://127.0.0.1:{}{path}", self.scheme, self.port)
+    }
+
+    /// The requests so far with the headers of [`LOGGED_HEADERS`].
+    pub fn header_log(&self) -> Vec<Logged> {
+        let text = fs::read_to_string(self.dir.path().join("headers.log")).unwrap_or_default();
+        text.lines()
+            .map(|l| {
+                let mut f = l.split('\t');
+                let status = f.next().unwrap_or_default().parse().unwrap_or(0);
+                let uri = f.next().unwrap_or_default().to_string();
+                let headers = f
+                    .filter_map(|kv| kv.split_once('='))
+                    .filter(|(_, v)| *v != "-" && !v.is_empty())
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                Logged { status, uri, headers }
+            })
+            .collect()
     }
 
     /// The access log so far.

@@ -174,6 +174,8 @@ fn open_options(ctx: &Context, use_config: bool) -> Result<OpenOptions, CliError
         decryption_cert: conf.decryption_cert.clone(),
         trust_environment: ctx.args.has("trust-environment"),
         http,
+        // The bundle tool streams; plain bundles are only downloaded on devices.
+        download: None,
     })
 }
 

@@ -308,7 +308,9 @@ impl SystemConfig {
     }
 
     /// How the device opens a bundle: the configured keyring, formats and
-    /// decryption key (`key` wins), and `http`, built from [`Self::host_config`].
+    /// decryption key (`key` wins), and `http`, built from [`Self::host_config`];
+    /// remote plain bundles are downloaded to the temporary directory, up
+    /// to `max-bundle-download-size`.
     pub fn open_options(
         &self,
         http: rota_bundle::source::http::HttpOptions,
@@ -327,6 +329,10 @@ impl SystemConfig {
             decryption_cert: conf.decryption_cert,
             trust_environment: false,
             http,
+            download: Some(rota_bundle::bundle::Download {
+                dir: std::env::temp_dir(),
+                max_size: self.system.max_bundle_download_size,
+            }),
         }
     }
 }

@@ -1,0 +1,189 @@
+//! Installs straight from a real nginx on 127.0.0.1: verity and crypt
+//! bundles streamed through the CLI (direct mode) and through the D-Bus
+//! service, with the documented headers arriving at the server (spec §10.1),
+//! and plain bundles downloaded first within `max-bundle-download-size`.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use testkit::bus::{Bus, Service};
+use testkit::device::{Device, grubenv};
+use testkit::nginx::{Logged, Nginx};
+use testkit::{Content, pki_file, rota, rota_bundle, run, sha256_hex, target_dir};
+
+const SLOT: usize = 4 << 20;
+const TXN: &str = "0f0e0d0c-0b0a-4908-8706-050403020100";
+
+fn device(name: &str, extra_system: &str) -> Device {
+    let conf = format!(
+        "[system]\ncompatible=Test Config\nbootloader=grub\ngrubenv=grubenv\nvariant-name=charger-v2\n{extra_system}\n\
+         [keyring]\npath={}\n[encryption]\nkey={}\n\
+         [handlers]\nsystem-info=system-info.sh\n\
+         [streaming]\nsend-headers=boot-id;machine-id;system-version;serial;variant;transaction-id;uptime\n\
+         [slot.rootfs.0]\ndevice=rootfs0.img\nbootname=A\n[slot.rootfs.1]\ndevice=rootfs1.img\nbootname=B\n",
+        pki_file("keyring.pem").display(),
+        pki_file("rsa-recipient.key").display()
+    );
+    let d = Device::new(target_dir().join("test-devices/http-install").join(name), &conf);
+    d.grub_ab(SLOT, 0x5A);
+    let handler = d.path("system-info.sh");
+    fs::write(
+        &handler,
+        "#!/bin/sh\necho RAUC_SYSTEM_VERSION=2024.08-1\necho RAUC_SYSTEM_SERIAL=1234\necho RAUC_HTTP_MY_INFO=abc\n",
+    )
+    .unwrap();
+    fs::set_permissions(&handler, fs::Permissions::from_mode(0o755)).unwrap();
+    d
+}
+
+/// A bundle of `format` with a 2 MiB rootfs image (seeded by `seed`) in
+/// `www`, as `<format>.raucb`; returns the image.
+fn publish(www: &Path, format: &str, seed: u64) -> Vec<u8> {
+    let dir = target_dir().join("test-bundles/http-install").join(format);
+    let _ = fs::remove_dir_all(&dir);
+    let c = Content::new(dir.join("content"));
+    let image = c.image("rootfs.img", 2 << 20, seed);
+    c.manifest(&format!(
+        "[update]\ncompatible=Test Config\nversion=2\n[bundle]\nformat={format}\n[image.rootfs]\nfilename=rootfs.img\n"
+    ));
+    let b = dir.join("b.raucb");
+    rota_bundle(&c.dir, &b, "release").ok();
+    let out = www.join(format!("{format}.raucb"));
+    if format == "crypt" {
+        let to = format!("--to={}", pki_file("rsa-recipient.pem").display());
+        run(rota().args(["encrypt", &to]).arg(&b).arg(&out)).ok();
+    } else {
+        fs::copy(&b, &out).unwrap();
+    }
+    image
+}
+
+fn selected(d: &Device) -> String {
+    let env = grubenv(&d.path("grubenv"));
+    let get = |k: &str| env.iter().find_map(|l| l.strip_prefix(&format!("{k}=")).map(str::to_string));
+    let order = get("ORDER").unwrap_or_default();
+    order.split(' ').find(|s| get(&format!("{s}_OK")).as_deref() == Some("1")).unwrap_or_default().to_string()
+}
+
+fn assert_installed(d: &Device, image: &[u8], case: &str) {
+    let slot = fs::read(d.path("rootfs1.img")).unwrap();
+    assert!(slot[..image.len()] == image[..], "{case}: update not completely written");
+    assert_eq!(selected(d), "B", "{case}: update not activated");
+    assert_eq!(sha256_hex(&fs::read(d.path("rootfs0.img")).unwrap()), sha256_hex(&vec![0x5A; SLOT]), "{case}");
+}
+
+fn first_line(path: &str) -> Option<String> {
+    fs::read_to_string(path).ok().and_then(|t| t.lines().next().map(str::to_string)).filter(|l| !l.is_empty())
+}
+
+/// The requests for `uri`: the first carries the client's identity and every
+/// configured automatic header, later ones none of them but `If-Match`; all
+/// carry the caller's own header and were answered with `206`.
+fn assert_headers(log: &[Logged], uri: &str, case: &str) {
+    let reqs: Vec<&Logged> = log.iter().filter(|l| l.uri == uri).collect();
+    assert!(reqs.len() > 3, "{case}: {reqs:?}");
+    let first = reqs[0];
+    assert_eq!(first.header("range"), Some("bytes=0-3"), "{case}");
+    assert!(first.header("user_agent").is_some_and(|ua| ua.starts_with("rota/")), "{case}: {first:?}");
+    let expect = [
+        ("rauc_boot_id", first_line("/proc/sys/kernel/random/boot_id")),
+        ("rauc_machine_id", first_line("/etc/machine-id")),
+        ("rauc_system_version", Some("2024.08-1".to_string())),
+        ("rauc_serial", Some("1234".to_string())),
+        ("rauc_variant", Some("charger-v2".to_string())),
+        ("rauc_transaction_id", Some(TXN.to_string())),
+        ("rauc_my_info", Some("abc".to_string())),
+    ];
+    for (name, value) in expect {
+        assert_eq!(first.header(name), value.as_deref(), "{case}: {name} of {first:?}");
+    }
+    let uptime: f64 = first.header("rauc_uptime").expect("uptime sent").parse().expect("uptime is seconds");
+    assert!(uptime > 0.0);
+    for r in &reqs {
+        assert_eq!(r.status, 206, "{case}: {r:?}");
+        assert_eq!(r.header("x_fleet"), Some("charger-7"), "{case}: {r:?}");
+    }
+    for r in &reqs[1..] {
+        assert!(r.headers.keys().all(|k| !k.starts_with("rauc_") && k != "user_agent"), "{case}: {r:?}");
+    }
+    // Data ranges are tied to the version opened.
+    assert!(reqs[3..].iter().all(|r| r.header("if_match").is_some()), "{case}: {reqs:?}");
+}
+
+fn www() -> (tempfile::TempDir, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let www = t.path().join("www");
+    fs::create_dir(&www).unwrap();
+    (t, www)
+}
+
+#[test]
+fn verity_and_crypt_stream_from_nginx_through_the_cli() {
+    let (_t, www) = www();
+    let nginx = Nginx::serve(&www);
+    for (format, seed) in [("verity", 31), ("crypt", 32)] {
+        let image = publish(&www, format, seed);
+        let d = device(&format!("cli-{format}"), "");
+        let url = nginx.url(&format!("/{format}.raucb"));
+        run(d.rota().args(["install", "-H", "X-Fleet: charger-7", &format!("--transaction-id={TXN}")]).arg(&url)).ok();
+        assert_installed(&d, &image, format);
+        assert_headers(&nginx.header_log(), &format!("/{format}.raucb"), format);
+    }
+}
+
+#[test]
+fn verity_and_crypt_stream_from_nginx_through_the_service() {
+    let (_t, www) = www();
+    let nginx = Nginx::serve(&www);
+    for (format, seed) in [("verity", 41), ("crypt", 42)] {
+        let image = publish(&www, format, seed);
+        let d = device(&format!("dbus-{format}"), "");
+        let bus = Bus::start();
+        let _svc = Service::start(&d, &bus, &[]);
+        let url = nginx.url(&format!("/{format}.raucb"));
+        // The CLI finds the service and calls InstallBundle with http-headers and transaction-id.
+        let out = run(d.rota().envs(bus.env()).args([
+            "install",
+            "--progress",
+            "-H",
+            "X-Fleet: charger-7",
+            &format!("--transaction-id={TXN}"),
+            &url,
+        ]))
+        .ok();
+        assert!(out.stdout.contains("Installing done.") || out.stderr.contains("Installing done."), "{out:?}");
+        assert_installed(&d, &image, format);
+        assert_headers(&nginx.header_log(), &format!("/{format}.raucb"), format);
+    }
+}
+
+#[test]
+fn plain_bundles_are_downloaded_within_max_bundle_download_size() {
+    let (_t, www) = www();
+    let nginx = Nginx::serve(&www);
+    let image = publish(&www, "plain", 51);
+    let url = nginx.url("/plain.raucb");
+    let size = fs::metadata(www.join("plain.raucb")).unwrap().len();
+
+    let d = device("plain-too-big", "max-bundle-download-size=1048576");
+    let out = run(d.rota().arg("install").arg(&url)).fails();
+    let expect = format!("its size ({size} bytes) exceeds max-bundle-download-size (1048576 bytes)");
+    assert!(out.stderr.contains(&expect), "{}", out.stderr);
+    assert_eq!(selected(&d), "A");
+    assert_eq!(sha256_hex(&fs::read(d.path("rootfs1.img")).unwrap()), sha256_hex(&vec![0x5A; SLOT]), "not written");
+
+    let d = device("plain-download", "max-bundle-download-size=67108864");
+    run(d.rota().arg("install").arg(&url)).ok();
+    assert_installed(&d, &image, "plain");
+    // The whole file crossed the network once, in ranges.
+    let fetched: u64 = nginx
+        .header_log()
+        .iter()
+        .filter(|l| l.uri == "/plain.raucb")
+        .filter_map(|l| {
+            let (a, b) = l.header("range")?.strip_prefix("bytes=")?.split_once('-')?;
+            Some(b.parse::<u64>().ok()? - a.parse::<u64>().ok()? + 1)
+        })
+        .sum();
+    assert!(fetched >= size && fetched < size + 64 * 1024, "fetched {fetched} of {size}");
+}
