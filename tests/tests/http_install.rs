@@ -117,44 +117,38 @@ fn www() -> (tempfile::TempDir, PathBuf) {
     (t, www)
 }
 
-#[test]
-fn verity_and_crypt_stream_from_nginx_through_the_cli() {
+/// Publishes a verity and a crypt bundle on one nginx and has `install`
+/// put each on a fresh device named `<name>-<format>`; then checks the slots
+/// and the headers that arrived.
+fn stream_both_formats(name: &str, seeds: [u64; 2], install: impl Fn(&Device, &str)) {
     let (_t, www) = www();
     let nginx = Nginx::serve(&www);
-    for (format, seed) in [("verity", 31), ("crypt", 32)] {
+    for (format, seed) in ["verity", "crypt"].into_iter().zip(seeds) {
         let image = publish(&www, format, seed);
-        let d = device(&format!("cli-{format}"), "");
-        let url = nginx.url(&format!("/{format}.raucb"));
-        run(d.rota().args(["install", "-H", "X-Fleet: charger-7", &format!("--transaction-id={TXN}")]).arg(&url)).ok();
+        let d = device(&format!("{name}-{format}"), "");
+        install(&d, &nginx.url(&format!("/{format}.raucb")));
         assert_installed(&d, &image, format);
         assert_headers(&nginx.header_log(), &format!("/{format}.raucb"), format);
     }
 }
 
 #[test]
+fn verity_and_crypt_stream_from_nginx_through_the_cli() {
+    stream_both_formats("cli", [31, 32], |d, url| {
+        run(d.rota().args(["install", "-H", "X-Fleet: charger-7", &format!("--transaction-id={TXN}"), url])).ok();
+    });
+}
+
+#[test]
 fn verity_and_crypt_stream_from_nginx_through_the_service() {
-    let (_t, www) = www();
-    let nginx = Nginx::serve(&www);
-    for (format, seed) in [("verity", 41), ("crypt", 42)] {
-        let image = publish(&www, format, seed);
-        let d = device(&format!("dbus-{format}"), "");
+    stream_both_formats("dbus", [41, 42], |d, url| {
         let bus = Bus::start();
-        let _svc = Service::start(&d, &bus, &[]);
-        let url = nginx.url(&format!("/{format}.raucb"));
+        let _svc = Service::start(d, &bus, &[]);
         // The CLI finds the service and calls InstallBundle with http-headers and transaction-id.
-        let out = run(d.rota().envs(bus.env()).args([
-            "install",
-            "--progress",
-            "-H",
-            "X-Fleet: charger-7",
-            &format!("--transaction-id={TXN}"),
-            &url,
-        ]))
-        .ok();
+        let install = ["install", "--progress", "-H", "X-Fleet: charger-7", &format!("--transaction-id={TXN}"), url];
+        let out = run(d.rota().envs(bus.env()).args(install)).ok();
         assert!(out.stdout.contains("Installing done.") || out.stderr.contains("Installing done."), "{out:?}");
-        assert_installed(&d, &image, format);
-        assert_headers(&nginx.header_log(), &format!("/{format}.raucb"), format);
-    }
+    });
 }
 
 #[test]
