@@ -67,7 +67,7 @@ impl Default for HttpOptions {
             window: 512 * 1024,
             max_in_flight: 4,
             read_ahead: 4,
-            cache_windows: 32,
+            cache_windows: 24,
             retries: 5,
             retry_pause: Duration::from_secs(1),
             max_retry_pause: Duration::from_secs(30),
@@ -117,7 +117,9 @@ const MAX_COALESCED_WINDOWS: u64 = 8;
 
 enum Window {
     Pending,
-    Ready(Arc<Vec<u8>>),
+    /// The window's bytes: `len` bytes at `start` of a response body that
+    /// may hold several windows (shared, not copied).
+    Ready(Arc<Vec<u8>>, usize, usize),
     Failed(String),
 }
 
@@ -543,8 +545,10 @@ impl HttpSource {
             st.in_flight -= 1;
             match outcome {
                 Ok(f) => {
-                    for (i, part) in f.body.chunks(win as usize).enumerate() {
-                        st.windows.insert(first + i as u64, Window::Ready(Arc::new(part.to_vec())));
+                    let body = Arc::new(f.body);
+                    for (i, start) in (0..body.len()).step_by(win as usize).enumerate() {
+                        let len = (body.len() - start).min(win as usize);
+                        st.windows.insert(first + i as u64, Window::Ready(body.clone(), start, len));
                         st.order.push_back(first + i as u64);
                     }
                 }
@@ -569,7 +573,7 @@ impl HttpSource {
                 }
                 continue;
             }
-            if matches!(st.windows.get(&old), Some(Window::Ready(_) | Window::Failed(_))) {
+            if matches!(st.windows.get(&old), Some(Window::Ready(..) | Window::Failed(_))) {
                 st.windows.remove(&old);
             }
         }
@@ -604,17 +608,21 @@ impl ReadAt for HttpSource {
         }
         self.request_run(&mut st, first, last - first + 1);
         if sequential {
+            // Stay ahead by at least two reads of this size, fetched in
+            // requests of one read's size, several at once.
+            let step = needed.len() as u64;
+            let ahead = (self.shared.opts.read_ahead as u64).max(2 * step);
             let mut w = last + 1;
-            while w <= last + self.shared.opts.read_ahead as u64 && st.in_flight < self.shared.opts.max_in_flight {
-                self.request(&mut st, w);
-                w += 1;
+            while w <= last + ahead && st.in_flight < self.shared.opts.max_in_flight {
+                self.request_run(&mut st, w, step);
+                w += step;
             }
         }
         for &w in &needed {
             loop {
                 match st.windows.get(&w) {
-                    Some(Window::Ready(data)) => {
-                        let data = data.clone();
+                    Some(Window::Ready(body, start, len)) => {
+                        let data = &body[*start..*start + *len];
                         let wstart = w * win;
                         let from = offset.max(wstart);
                         let to = (offset + buf.len() as u64).min(wstart + data.len() as u64);
