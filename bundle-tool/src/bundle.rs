@@ -478,6 +478,17 @@ impl Bundle {
         self.http.as_ref().map(|h| h.stats())
     }
 
+    /// Logs what streaming transferred so far (nothing for local bundles).
+    pub fn log_http_stats(&self) {
+        if let Some((requests, bytes)) = self.http_stats() {
+            let pct = bytes as f64 * 100.0 / self.layout.bundle_size.max(1) as f64;
+            let retries = self.http.as_ref().map_or(0, |h| h.retries());
+            tracing::info!(
+                "downloaded {bytes} bytes in {requests} requests, {retries} retried ({pct:.1}% of the full bundle)"
+            );
+        }
+    }
+
     /// The verified squashfs bytes (decrypted for crypt bundles).
     pub fn payload(&self) -> Arc<dyn ReadAt> {
         self.payload.clone()

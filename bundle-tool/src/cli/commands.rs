@@ -289,9 +289,6 @@ fn cmd_info(ctx: &Context) -> Result<(), CliError> {
     let text =
         info::render(&BundleInfo::of(&bundle), format, ctx.args.has("dump-cert"), ctx.args.has("dump-recipients"));
     print!("{text}");
-    if let Some((requests, bytes)) = bundle.http_stats() {
-        let pct = bytes as f64 * 100.0 / bundle.layout().bundle_size.max(1) as f64;
-        tracing::info!("downloaded {bytes} bytes in {requests} requests ({pct:.1}% of the full bundle)");
-    }
+    bundle.log_http_stats();
     Ok(())
 }

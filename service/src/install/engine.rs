@@ -253,6 +253,7 @@ fn run(
         _ => default_handler(system, &fs, mounted.as_ref(), &manifest, &manifest_hash, &group, txn, control, p)
             .map_err(|e| e.context("Installation error"))?,
     };
+    bundle.log_http_stats();
     if let Some(post) = &system.config.handlers.post_install {
         hooks::run_handler(post, &[], &env, &mut |m| p.message(m))
             .map_err(|e| Error::Failed(format!("Post-install handler error: {e}")))?;
