@@ -9,67 +9,7 @@
 # ROTA_BENCH_IMAGE_MIB changes the image size (default 1024).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
-W=$BENCH_DIR/install
-MIB=${ROTA_BENCH_IMAGE_MIB:-1024}
-mkdir -p "$W"
-[ -f "$W/pki/keyring.pem" ] || sh tests/pki/make-pki.sh "$W/pki" >/dev/null
-K=$W/pki/keyring.pem
-SIGN=(--cert "$W/pki/release.pem" --key "$W/pki/release.key" --intermediate "$W/pki/inter.pem")
-
-if [ ! -f "$W/content-$MIB/.done" ]; then
-  echo "Generating a $MIB MiB raw image (half random, a quarter zeros, a quarter log text)" >&2
-  rm -rf "$W"/content-* "$W"/*.raucb
-  mkdir -p "$W/content-$MIB"
-  set +o pipefail # head closes the pipes of yes on purpose
-  { head -c $((MIB / 2))M /dev/urandom; head -c $((MIB / 4))M /dev/zero;
-    yes 'Nov 22 04:49:18 charger evse[812]: session 42 energy=12.34kWh state=Charging' | head -c $((MIB / 4))M; } \
-    > "$W/content-$MIB/rootfs.img"
-  set -o pipefail
-  for fmt in verity plain; do
-    printf '[update]\ncompatible=rota-bench\nversion=1.0\n\n[bundle]\nformat=%s\n\n[image.rootfs]\nfilename=rootfs.img\n' \
-      "$fmt" > "$W/content-$MIB/manifest.raucm"
-    "$ROTA" bundle "${SIGN[@]}" "$W/content-$MIB" "$W/$fmt.raucb" 2>/dev/null
-  done
-  rm "$W/content-$MIB/manifest.raucm"
-  touch "$W/content-$MIB/.done"
-fi
-IMG=$W/content-$MIB/rootfs.img
-
-# One device for both tools: GRUB environment, booted slot A, target B.
-cat > "$W/system.conf" <<CONF
-[system]
-compatible=rota-bench
-bootloader=grub
-grubenv=$W/grubenv
-statusfile=$W/status.raucs
-mountprefix=$W/mnt
-
-[keyring]
-path=$K
-
-[slot.rootfs.0]
-device=$W/slot-a
-type=raw
-bootname=A
-
-[slot.rootfs.1]
-device=$W/slot-b
-type=raw
-bootname=B
-CONF
-mkdir -p "$W/mnt"
-: > "$W/slot-a"
-# Every run starts from an empty target file, a fresh status and a clean
-# GRUB environment; dirty pages of the previous run are flushed first.
-reset="rm -f $W/slot-b $W/status.raucs $W/grubenv; : > $W/slot-b;
-  grub-editenv $W/grubenv set ORDER='A B' A_OK=1 B_OK=1 A_TRY=0 B_TRY=0; sync"
-cat "$IMG" "$W/verity.raucb" "$W/plain.raucb" > /dev/null
-bundle_mib() { mib $(($(stat -c %s "$1") / 1024)); }
-echo "Image $MIB MiB; verity bundle $(bundle_mib "$W/verity.raucb") MiB, plain $(bundle_mib "$W/plain.raucb") MiB" >&2
-
-check_installed() {
-  cmp -s -n "$(stat -c %s "$IMG")" "$IMG" "$W/slot-b" || { echo "slot B does not hold the image after $1" >&2; exit 1; }
-}
+install_fixture
 
 # Debian's rauc: its service runs on a private session bus under /usr/bin/time
 # (peak memory of the service); the time is that of the `rauc install` client.
