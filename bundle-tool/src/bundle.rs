@@ -210,19 +210,8 @@ impl Bundle {
     pub fn open(location: &str, opts: &OpenOptions) -> Result<Bundle> {
         if is_remote(location) {
             let http = Arc::new(HttpSource::open(location, opts.http.clone()).map_err(Error::Io)?);
-            let remote = http.remote_info().clone();
-            if let Some(download) = &opts.download
-                && Self::is_plain(http.as_ref(), opts)?
-            {
-                let file = Arc::new(Self::download(location, http.as_ref(), download)?);
-                let opts = OpenOptions { trust_environment: true, ..opts.clone() };
-                let mut b = Self::open_source(location, file.clone(), Some(file), &opts)?;
-                b.remote = Some(remote);
-                b.http = Some(http);
-                return Ok(b);
-            }
             let mut b = Self::open_source(location, http.clone(), None, opts)?;
-            b.remote = Some(remote);
+            b.remote = Some(http.remote_info().clone());
             b.http = Some(http);
             return Ok(b);
         }
@@ -235,19 +224,9 @@ impl Bundle {
         Self::open_source(&path.to_string_lossy(), source.clone(), Some(source), opts)
     }
 
-    /// Whether `source` holds a plain bundle (its signature is detached).
-    fn is_plain(source: &dyn ReadAt, opts: &OpenOptions) -> Result<bool> {
-        let layout = Layout::read(source, opts.max_signature_size)?;
-        let cms = layout.read_signature(source)?;
-        if signature::is_enveloped(&cms) {
-            return Ok(false);
-        }
-        Ok(signature::encapsulated_content(&signature::parse_signed_data(&cms)?).is_none())
-    }
-
-    /// Copies the whole remote bundle into an unnamed temporary file; the
-    /// copy is verified like a local file afterwards.
-    fn download(location: &str, source: &HttpSource, download: &Download) -> Result<FileSource> {
+    /// Copies the whole remote bundle into an unnamed temporary file and
+    /// opens the copy like a local file.
+    fn open_downloaded(location: &str, source: &dyn ReadAt, download: &Download, opts: &OpenOptions) -> Result<Bundle> {
         let size = source.size();
         if size > download.max_size {
             return Err(Error::Io(format!(
@@ -266,7 +245,10 @@ impl Bundle {
             std::io::Write::write_all(&mut file, &buf[..n]).map_err(fail)?;
             pos += n as u64;
         }
-        FileSource::from_file(file).map_err(fail)
+        let file = Arc::new(FileSource::from_file(file).map_err(fail)?);
+        // Nobody else can reach the unnamed file, and its payload is pinned while verifying.
+        let opts = OpenOptions { trust_environment: true, ..opts.clone() };
+        Self::open_verified(location, file.clone(), Some(file), &opts)
     }
 
     /// Opens a bundle from any source; `file` enables the plain-bundle exclusivity checks.
@@ -277,9 +259,20 @@ impl Bundle {
         opts: &OpenOptions,
     ) -> Result<Bundle> {
         tracing::info!("Reading bundle: {location}");
+        Self::open_verified(location, source, file, opts)
+    }
+
+    fn open_verified(
+        location: &str,
+        source: Arc<dyn ReadAt>,
+        file: Option<Arc<FileSource>>,
+        opts: &OpenOptions,
+    ) -> Result<Bundle> {
         let remote = file.is_none();
         let layout = Layout::read(source.as_ref(), opts.max_signature_size)?;
-        if remote {
+        // Streamed bundles must be aligned; verity and crypt ones are checked
+        // when verified, plain ones are downloaded when a download is allowed.
+        if remote && opts.download.is_none() {
             layout.require_aligned()?;
         } else if !layout.payload_aligned() {
             tracing::info!("Payload size ({}) is not a multiple of 4096 bytes", layout.payload_size);
@@ -301,6 +294,10 @@ impl Bundle {
         tracing::info!("Verifying bundle signature... ");
         let encrypted = enveloped.is_some();
         let v = if detached {
+            // Plain bundles cannot be streamed: their signature covers the whole payload.
+            if let (None, Some(download), false) = (&file, &opts.download, encrypted) {
+                return Self::open_downloaded(location, source.as_ref(), download, opts);
+            }
             Self::verify_plain(&source, file, layout, &signed_data, encrypted, opts)?
         } else {
             Self::verify_inline(&source, layout, &signed_data, encrypted, opts)?
