@@ -175,10 +175,9 @@ fn run(
     p.begin("Checking bundle", 1, 1);
     // The first request also names this installation, when configured.
     let mut open = args.open.clone();
-    if system.config.streaming.send_headers.iter().any(|h| h == "transaction-id") {
-        let conf = system.config.host_config();
-        open.http.info_headers =
-            rota_bundle::hostconfig::automatic_headers(&conf.send_headers, &system.header_facts(Some(txn)));
+    let send = &system.config.streaming.send_headers;
+    if send.iter().any(|h| h == "transaction-id") {
+        open.http.info_headers = rota_bundle::hostconfig::automatic_headers(send, &system.header_facts(Some(txn)));
     }
     let bundle = step(p, "Verifying signature", || Ok(Bundle::open(&args.location, &open)?))?;
     if let Some(expected) = &args.require_manifest_hash {
