@@ -137,3 +137,15 @@ pub fn grubenv(env: &Path) -> Vec<String> {
     let out = run(Command::new("grub-editenv").arg(env).arg("list")).ok();
     out.stdout.lines().map(str::to_string).collect()
 }
+
+/// The slot GRUB boots with environment `env` (lines of [`grubenv`]): the
+/// first of `ORDER` that is OK and has no pending tries (the test
+/// environments keep `TRY` at 0).
+pub fn grub_selected(env: &[String]) -> Option<String> {
+    let get = |k: &str| env.iter().find_map(|l| l.strip_prefix(&format!("{k}=")).map(str::to_string));
+    let order = get("ORDER")?;
+    order
+        .split(' ')
+        .find(|s| get(&format!("{s}_OK")).as_deref() == Some("1") && get(&format!("{s}_TRY")).as_deref() == Some("0"))
+        .map(str::to_string)
+}

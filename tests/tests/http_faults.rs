@@ -7,7 +7,7 @@
 use std::fs;
 use std::path::PathBuf;
 use std::time::Duration;
-use testkit::device::{Device, grubenv};
+use testkit::device::{Device, grub_selected, grubenv};
 use testkit::httpd::{Fault, Server};
 use testkit::{Content, pki_file, rota_bundle, run, sha256_hex, target_dir};
 
@@ -47,12 +47,9 @@ fn device(name: &str) -> Device {
     d
 }
 
-/// The slot GRUB would boot: the first of ORDER that is OK.
+/// The slot GRUB would boot (empty when none).
 fn selected(d: &Device) -> String {
-    let env = grubenv(&d.path("grubenv"));
-    let get = |k: &str| env.iter().find_map(|l| l.strip_prefix(&format!("{k}=")).map(str::to_string));
-    let order = get("ORDER").unwrap_or_default();
-    order.split(' ').find(|s| get(&format!("{s}_OK")).as_deref() == Some("1")).unwrap_or_default().to_string()
+    grub_selected(&grubenv(&d.path("grubenv"))).unwrap_or_default()
 }
 
 /// Serves the bundle with `fault` at its middle byte `times` times.

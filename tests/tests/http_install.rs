@@ -7,7 +7,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use testkit::bus::{Bus, Service};
-use testkit::device::{Device, grubenv};
+use testkit::device::{Device, grub_selected, grubenv};
 use testkit::nginx::{Logged, Nginx};
 use testkit::{Content, pki_file, rota, rota_bundle, run, sha256_hex, target_dir};
 
@@ -58,11 +58,9 @@ fn publish(www: &Path, format: &str, seed: u64) -> Vec<u8> {
     image
 }
 
+/// The slot GRUB would boot (empty when none).
 fn selected(d: &Device) -> String {
-    let env = grubenv(&d.path("grubenv"));
-    let get = |k: &str| env.iter().find_map(|l| l.strip_prefix(&format!("{k}=")).map(str::to_string));
-    let order = get("ORDER").unwrap_or_default();
-    order.split(' ').find(|s| get(&format!("{s}_OK")).as_deref() == Some("1")).unwrap_or_default().to_string()
+    grub_selected(&grubenv(&d.path("grubenv"))).unwrap_or_default()
 }
 
 fn assert_installed(d: &Device, image: &[u8], case: &str) {

@@ -7,21 +7,14 @@
 use std::fs;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use testkit::device::{Device, grubenv};
+use testkit::device::{Device, grub_selected, grubenv};
 use testkit::{Content, pki_file, pseudo_random, rota_bundle, run, sha256_hex, target_dir};
 
 const KILLS: u32 = 60;
 
-/// The slot GRUB boots with this environment: the first in ORDER that is OK
-/// and has tries left (the test environment keeps TRY at 0).
+/// The slot GRUB boots with this environment.
 fn selected(env: &[String]) -> String {
-    let get = |k: &str| env.iter().find_map(|l| l.strip_prefix(&format!("{k}=")).map(str::to_string));
-    let order = get("ORDER").expect("ORDER set");
-    order
-        .split(' ')
-        .find(|s| get(&format!("{s}_OK")).as_deref() == Some("1") && get(&format!("{s}_TRY")).as_deref() == Some("0"))
-        .expect("some slot bootable")
-        .to_string()
+    grub_selected(env).expect("some slot bootable")
 }
 
 fn digest(d: &Device, f: &str) -> String {
