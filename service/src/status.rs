@@ -80,19 +80,22 @@ impl SlotStatus {
         s
     }
 
-    /// Writes the status into a group, in RAUC's key order.
-    pub fn to_group(&self, name: &str) -> Group {
-        let mut g = Group::new(name);
-        let strings = [
+    /// The `bundle.*` keys and `status`, in RAUC's order, with their values.
+    pub fn bundle_and_status(&self) -> [(&'static str, &Option<String>); 6] {
+        [
             ("bundle.compatible", &self.bundle_compatible),
             ("bundle.version", &self.bundle_version),
             ("bundle.description", &self.bundle_description),
             ("bundle.build", &self.bundle_build),
             ("bundle.hash", &self.bundle_hash),
             ("status", &self.status),
-            ("sha256", &self.sha256),
-        ];
-        for (key, value) in strings {
+        ]
+    }
+
+    /// Writes the status into a group, in RAUC's key order.
+    pub fn to_group(&self, name: &str) -> Group {
+        let mut g = Group::new(name);
+        for (key, value) in self.bundle_and_status().into_iter().chain([("sha256", &self.sha256)]) {
             if let Some(v) = value {
                 g.set_string(key, v);
             }

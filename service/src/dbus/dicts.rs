@@ -70,27 +70,16 @@ pub fn slot_dict(slot: &SlotReport) -> Dict {
     put("device", slot.device.clone().into());
     put("type", slot.slot_type.clone().into());
     put("state", slot.state.clone().into());
-    for (k, v) in [
+    let st = &slot.status;
+    let slot_keys = [
         ("bootname", &slot.bootname),
         ("description", &slot.description),
         ("parent", &slot.parent),
         ("mountpoint", &slot.mountpoint),
         ("boot-status", &slot.boot_status),
-    ] {
-        if let Some(v) = v {
-            put(k, v.clone().into());
-        }
-    }
-    let st = &slot.status;
-    for (k, v) in [
-        ("bundle.compatible", &st.bundle_compatible),
-        ("bundle.version", &st.bundle_version),
-        ("bundle.description", &st.bundle_description),
-        ("bundle.build", &st.bundle_build),
-        ("bundle.hash", &st.bundle_hash),
-        ("status", &st.status),
-        ("installed.transaction", &st.installed_transaction),
-    ] {
+    ];
+    let status_keys = st.bundle_and_status().into_iter().chain([("installed.transaction", &st.installed_transaction)]);
+    for (k, v) in slot_keys.into_iter().chain(status_keys) {
         if let Some(v) = v {
             put(k, v.clone().into());
         }
