@@ -52,20 +52,22 @@ impl Device {
     /// both good and A first, and the files of the A/B root and app slots
     /// (`rootfs0.img` … `appfs1.img`, `size` bytes of `byte`).
     pub fn grub_ab(&self, size: usize, byte: u8) {
-        let env = self.path("grubenv");
-        run(Command::new("grub-editenv").arg(&env).arg("create")).ok();
-        run(Command::new("grub-editenv").arg(&env).args([
-            "set",
-            "ORDER=A B",
-            "A_OK=1",
-            "A_TRY=0",
-            "B_OK=1",
-            "B_TRY=0",
-        ]))
-        .ok();
+        self.grub_env(&["A", "B"]);
         for f in ["rootfs0.img", "rootfs1.img", "appfs0.img", "appfs1.img"] {
             self.slot_file(f, size, byte);
         }
+    }
+
+    /// A GRUB environment (`grubenv`) booting `bootnames` in this order,
+    /// each good with no pending tries.
+    pub fn grub_env(&self, bootnames: &[&str]) {
+        let env = self.path("grubenv");
+        run(Command::new("grub-editenv").arg(&env).arg("create")).ok();
+        let mut set = vec!["set".to_string(), format!("ORDER={}", bootnames.join(" "))];
+        for b in bootnames {
+            set.extend([format!("{b}_OK=1"), format!("{b}_TRY=0")]);
+        }
+        run(Command::new("grub-editenv").arg(&env).args(&set)).ok();
     }
 
     /// Sets the kernel command line the device "booted" with.

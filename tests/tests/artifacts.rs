@@ -21,10 +21,7 @@ fn device(name: &str) -> Device {
     let d = Device::new(&dir, &conf);
     fs::create_dir_all(d.path("repos/apps")).unwrap();
     fs::create_dir_all(d.path("repos/web")).unwrap();
-    let env = d.path("grubenv");
-    run(Command::new("grub-editenv").arg(&env).arg("create")).ok();
-    run(Command::new("grub-editenv").arg(&env).args(["set", "ORDER=A B", "A_OK=1", "A_TRY=0", "B_OK=1", "B_TRY=0"]))
-        .ok();
+    d.grub_env(&["A", "B"]);
     for f in ["rootfs0.img", "rootfs1.img"] {
         d.slot_file(f, 512 * 1024, 0xAA);
     }

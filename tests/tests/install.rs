@@ -23,19 +23,7 @@ fn conf(extra_system: &str, slots: &str) -> String {
 
 fn device(name: &str, extra_system: &str, slots: &str) -> Device {
     let d = Device::new(target_dir().join("test-devices").join(name), &conf(extra_system, slots));
-    let env = d.path("grubenv");
-    run(Command::new("grub-editenv").arg(&env).arg("create")).ok();
-    run(Command::new("grub-editenv").arg(&env).args([
-        "set",
-        "ORDER=A B C",
-        "A_OK=1",
-        "A_TRY=0",
-        "B_OK=1",
-        "B_TRY=0",
-        "C_OK=1",
-        "C_TRY=0",
-    ]))
-    .ok();
+    d.grub_env(&["A", "B", "C"]);
     for f in ["rootfs0.img", "rootfs1.img", "rootfs2.img", "appfs0.img", "appfs1.img"] {
         d.slot_file(f, 512 * 1024, 0xAA);
     }
@@ -310,10 +298,7 @@ fn ext4_and_vfat_on_loop_devices() {
         loops[0], loops[1], loops[2], loops[3], loops[4], loops[5]
     );
     d.write_conf(&conf(&format!("mountprefix={}", d.path("mnt").display()), &slots));
-    let env = d.path("grubenv");
-    run(Command::new("grub-editenv").arg(&env).arg("create")).ok();
-    run(Command::new("grub-editenv").arg(&env).args(["set", "ORDER=A B", "A_OK=1", "A_TRY=0", "B_OK=1", "B_TRY=0"]))
-        .ok();
+    d.grub_env(&["A", "B"]);
     let r = install(&d, &b);
     let check = |dev: &str, f: &dyn Fn(&Path)| {
         let m = d.path("check");
