@@ -193,11 +193,13 @@ fn automatic_rauc_headers_go_with_the_first_request_only() {
     assert_eq!(r.stderr.lines().last(), Some("Automatic HTTP header 'shoe-size' not supported"));
 }
 
-#[test]
-fn streamed_reads_use_large_ranges_several_at_once() {
+/// A verity bundle of one random `mib` MiB image on an in-process server,
+/// extracted through it (after `configure` set the server up); returns the
+/// server, the bundle's length and rota's output.
+fn extract_served(mib: usize, seed: u64, configure: impl Fn(&Server)) -> (Server, u64, testkit::Run) {
     let t = tempfile::tempdir().unwrap();
     let c = Content::new(t.path().join("c"));
-    let img = c.image("rootfs.img", 6 << 20, 3);
+    let img = c.image("rootfs.img", mib << 20, seed);
     c.manifest("[update]\ncompatible=Test Config\n[bundle]\nformat=verity\n[image.rootfs]\nfilename=rootfs.img\n");
     let b = t.path().join("big.raucb");
     rota_bundle(&c.dir, &b, "release").ok();
@@ -205,10 +207,16 @@ fn streamed_reads_use_large_ranges_several_at_once() {
     let len = bytes.len() as u64;
     let srv = Server::start();
     srv.put("/big.raucb", bytes);
-    srv.set_delay(std::time::Duration::from_millis(40));
+    configure(&srv);
     let out = t.path().join("x");
-    run(rota().arg("extract").arg(keyring()).arg(srv.url("/big.raucb")).arg(&out)).ok();
-    assert_eq!(fs::read(out.join("rootfs.img")).unwrap(), img);
+    let r = run(rota().arg("extract").arg(keyring()).arg(srv.url("/big.raucb")).arg(&out)).ok();
+    assert!(fs::read(out.join("rootfs.img")).unwrap() == img, "extracted image differs");
+    (srv, len, r)
+}
+
+#[test]
+fn streamed_reads_use_large_ranges_several_at_once() {
+    let (srv, len, _) = extract_served(6, 3, |srv| srv.set_delay(std::time::Duration::from_millis(40)));
     let reqs = srv.requests();
     let windows: Vec<(u64, u64)> = reqs[3..]
         .iter()
@@ -230,4 +238,23 @@ fn streamed_reads_use_large_ranges_several_at_once() {
     sorted.sort();
     assert!(sorted.windows(2).all(|w| w[0].1 < w[1].0), "no byte is fetched twice: {windows:?}");
     assert!(srv.max_concurrent() >= 2, "requests should overlap (read-ahead), max was {}", srv.max_concurrent());
+}
+
+#[test]
+fn a_bundle_larger_than_the_window_cache_is_fetched_about_once() {
+    // 48 MiB of incompressible data: four times the window cache, so windows
+    // come and go while the verity reader interleaves data and hash-tree
+    // reads. Read-ahead must not be evicted before it is used, and the hash
+    // tree's upper levels, read now and then, must not be fetched again and
+    // again.
+    let (srv, len, r) = extract_served(48, 7, |_| {});
+    let fetched: u64 = srv
+        .requests()
+        .iter()
+        .filter_map(|r| {
+            let (a, b) = r.header("range")?.trim_start_matches("bytes=").split_once('-')?;
+            Some(b.parse::<u64>().ok()? - a.parse::<u64>().ok()? + 1)
+        })
+        .sum();
+    assert!(fetched <= len + len / 100, "fetched {fetched} bytes of a {len} byte bundle: {}", r.stderr);
 }

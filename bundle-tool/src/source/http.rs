@@ -112,6 +112,12 @@ pub struct HttpStats {
 /// Interleaved sequential streams recognised for read-ahead.
 const MAX_STREAMS: usize = 4;
 
+/// At most this share (1/n) of the cache holds pinned windows.
+const MAX_PINNED_SHARE: usize = 4;
+
+/// Evicted windows remembered (to recognise windows read again).
+const EVICTED_REMEMBERED: usize = 256;
+
 /// Most windows fetched with one request when a read needs several.
 const MAX_COALESCED_WINDOWS: u64 = 8;
 
@@ -125,7 +131,19 @@ enum Window {
 
 struct State {
     windows: HashMap<u64, Window>,
-    order: VecDeque<u64>,
+    /// Windows read at least once, least recently read first: evicted first.
+    used: VecDeque<u64>,
+    /// Windows arrived (or failed) but not read yet, oldest first: read-ahead
+    /// the reader has not reached. Evicted only when nothing used is left.
+    fresh: VecDeque<u64>,
+    /// Windows read again after they had been evicted (a verity hash
+    /// tree's upper levels): kept while other windows come and go.
+    pinned: VecDeque<u64>,
+    /// Windows evicted after they had been read, most recent last: a read
+    /// of one of them makes it pinned, and read-ahead does not fetch them.
+    evicted: VecDeque<u64>,
+    /// Windows requested and not arrived yet.
+    pending: usize,
     in_flight: usize,
     /// Last window of each recent sequential stream of reads (a verity
     /// reader interleaves data with hash-tree reads, so there are several).
@@ -469,7 +487,11 @@ impl HttpSource {
             opts,
             state: Mutex::new(State {
                 windows: HashMap::new(),
-                order: VecDeque::new(),
+                used: VecDeque::new(),
+                fresh: VecDeque::new(),
+                pinned: VecDeque::new(),
+                evicted: VecDeque::new(),
+                pending: 0,
                 in_flight: 0,
                 heads: VecDeque::new(),
             }),
@@ -534,6 +556,7 @@ impl HttpSource {
         for w in first..first + n {
             st.windows.insert(w, Window::Pending);
         }
+        st.pending += n as usize;
         st.in_flight += 1;
         let shared = self.shared.clone();
         self.runtime().spawn(async move {
@@ -543,19 +566,20 @@ impl HttpSource {
             let outcome = shared.target.fetch(start, end, Some(shared.info.size)).await;
             let mut st = shared.state.lock().expect("state lock");
             st.in_flight -= 1;
+            st.pending -= n as usize;
             match outcome {
                 Ok(f) => {
                     let body = Arc::new(f.body);
                     for (i, start) in (0..body.len()).step_by(win as usize).enumerate() {
                         let len = (body.len() - start).min(win as usize);
                         st.windows.insert(first + i as u64, Window::Ready(body.clone(), start, len));
-                        st.order.push_back(first + i as u64);
+                        st.fresh.push_back(first + i as u64);
                     }
                 }
                 Err(m) => {
                     for w in first..first + n {
                         st.windows.insert(w, Window::Failed(m.clone()));
-                        st.order.push_back(w);
+                        st.fresh.push_back(w);
                     }
                 }
             }
@@ -563,20 +587,73 @@ impl HttpSource {
         });
     }
 
-    fn evict(&self, st: &mut State, keep: &[u64]) {
-        while st.order.len() > self.shared.opts.cache_windows {
-            let Some(old) = st.order.pop_front() else { break };
-            if keep.contains(&old) {
-                st.order.push_back(old);
-                if st.order.iter().all(|w| keep.contains(w)) {
-                    break;
-                }
-                continue;
+    /// Records that window `w` was read: it moves to the back of the used
+    /// list (read-ahead becomes used on its first read), or of the pinned
+    /// list when it had been read and evicted before.
+    fn touch(&self, st: &mut State, w: u64) {
+        if let Some(i) = st.fresh.iter().position(|&x| x == w) {
+            st.fresh.remove(i);
+        } else if let Some(i) = st.used.iter().position(|&x| x == w) {
+            st.used.remove(i);
+        } else if let Some(i) = st.pinned.iter().position(|&x| x == w) {
+            st.pinned.remove(i);
+            st.pinned.push_back(w);
+            return;
+        }
+        if let Some(i) = st.evicted.iter().position(|&x| x == w) {
+            st.evicted.remove(i);
+            st.pinned.push_back(w);
+            if st.pinned.len() > self.shared.opts.cache_windows / MAX_PINNED_SHARE
+                && let Some(old) = st.pinned.pop_front()
+            {
+                st.used.push_back(old);
             }
-            if matches!(st.windows.get(&old), Some(Window::Ready(..) | Window::Failed(_))) {
-                st.windows.remove(&old);
+            return;
+        }
+        st.used.push_back(w);
+    }
+
+    /// Drops windows until the cache holds at most `cache_windows`: the least
+    /// recently read first, then unread read-ahead (oldest first: a stream
+    /// the reader left), pinned windows last. `keep` is never dropped.
+    fn evict(&self, st: &mut State, keep: &[u64]) {
+        let limit = self.shared.opts.cache_windows;
+        // Read-ahead no stream is heading for (the reader jumped past it or
+        // left that stream) would otherwise hold its place in the cache.
+        let heads = st.heads.clone();
+        let stale = |w: &u64| !keep.contains(w) && !heads.iter().any(|&h| *w > h && *w <= h + limit as u64);
+        while let Some(i) = st.fresh.iter().position(stale) {
+            if let Some(w) = st.fresh.remove(i) {
+                st.windows.remove(&w);
             }
         }
+        while st.used.len() + st.fresh.len() + st.pinned.len() > limit {
+            let evictable = |list: &VecDeque<u64>| list.iter().position(|w| !keep.contains(w));
+            let (w, was_read) = if let Some(i) = evictable(&st.used) {
+                (st.used.remove(i), true)
+            } else if let Some(i) = evictable(&st.fresh) {
+                (st.fresh.remove(i), false)
+            } else if let Some(i) = evictable(&st.pinned) {
+                (st.pinned.remove(i), true)
+            } else {
+                break;
+            };
+            let Some(w) = w else { break };
+            st.windows.remove(&w);
+            if was_read {
+                st.evicted.push_back(w);
+                if st.evicted.len() > EVICTED_REMEMBERED {
+                    st.evicted.pop_front();
+                }
+            }
+        }
+    }
+
+    /// Whether read-ahead may request `n` more windows: windows in flight and
+    /// read ahead but not read yet must leave room in the cache for the
+    /// windows being read, or they would be evicted before they are used.
+    fn room_for_read_ahead(&self, st: &State, n: u64, reading: usize) -> bool {
+        st.pending + st.fresh.len() + st.pinned.len() + n as usize + reading <= self.shared.opts.cache_windows
     }
 }
 
@@ -613,7 +690,11 @@ impl ReadAt for HttpSource {
             let step = needed.len() as u64;
             let ahead = (self.shared.opts.read_ahead as u64).max(2 * step);
             let mut w = last + 1;
-            while w <= last + ahead && st.in_flight < self.shared.opts.max_in_flight {
+            while w <= last + ahead
+                && st.in_flight < self.shared.opts.max_in_flight
+                && !st.evicted.contains(&w)
+                && self.room_for_read_ahead(&st, step, needed.len())
+            {
                 self.request_run(&mut st, w, step);
                 w += step;
             }
@@ -628,11 +709,13 @@ impl ReadAt for HttpSource {
                         let to = (offset + buf.len() as u64).min(wstart + data.len() as u64);
                         buf[(from - offset) as usize..(to - offset) as usize]
                             .copy_from_slice(&data[(from - wstart) as usize..(to - wstart) as usize]);
+                        self.touch(&mut st, w);
                         break;
                     }
                     Some(Window::Failed(m)) => {
                         let m = m.clone();
                         st.windows.remove(&w);
+                        st.fresh.retain(|&x| x != w);
                         return Err(self.stream_error(&m));
                     }
                     Some(Window::Pending) => st = self.shared.ready.wait(st).expect("state lock"),
