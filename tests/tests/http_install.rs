@@ -1,14 +1,15 @@
 //! Installs straight from a real nginx on 127.0.0.1: verity and crypt
 //! bundles streamed through the CLI (direct mode) and through the D-Bus
 //! service, with the documented headers arriving at the server (spec §10.1),
-//! and plain bundles downloaded first within `max-bundle-download-size`.
+//! plain bundles downloaded first within `max-bundle-download-size`, and
+//! HTTPS servers checked against the configured CA, with client certificates.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use testkit::bus::{Bus, Service};
 use testkit::device::{Device, grub_selected, grubenv};
-use testkit::nginx::{Logged, Nginx};
+use testkit::nginx::{Logged, Nginx, Tls};
 use testkit::{Content, pki_file, rota, rota_bundle, run, sha256_hex, target_dir};
 
 const SLOT: usize = 4 << 20;
@@ -178,4 +179,77 @@ fn plain_bundles_are_downloaded_within_max_bundle_download_size() {
         })
         .sum();
     assert!(fetched >= size && fetched < size + 64 * 1024, "fetched {fetched} of {size}");
+}
+
+/// The update was refused: nothing activated, the booted slot and the target
+/// bit-identical to before.
+fn assert_untouched(d: &Device, case: &str) {
+    assert_eq!(selected(d), "A", "{case}: activated");
+    for slot in ["rootfs0.img", "rootfs1.img"] {
+        let bytes = fs::read(d.path(slot)).unwrap();
+        assert_eq!(sha256_hex(&bytes), sha256_hex(&vec![0x5A; SLOT]), "{case}: {slot} written");
+    }
+}
+
+#[test]
+fn https_installs_check_the_server_ca_and_present_client_certificates() {
+    let (_t, www) = www();
+    let image = publish(&www, "verity", 61);
+    let (cert, key) = (pki_file("server.pem"), pki_file("server.key"));
+    let root = pki_file("root.pem");
+    let client = [pki_file("client.pem"), pki_file("client.key")];
+    // TLS settings of the device, as a system.conf.d drop-in.
+    let tls_conf = |d: &Device, ca: &Path, client_cert: bool| {
+        let mut conf = format!("[streaming]\ntls-ca={}\n", ca.display());
+        if client_cert {
+            conf += &format!("tls-cert={}\ntls-key={}\n", client[0].display(), client[1].display());
+        }
+        fs::create_dir_all(d.path("system.conf.d")).unwrap();
+        fs::write(d.path("system.conf.d/50-tls.conf"), conf).unwrap();
+    };
+
+    // Server certificate checks, through the service: a CA that did not
+    // sign the server's certificate fails the handshake, clearly, and the
+    // slots stay as they were.
+    let server = Nginx::serve_tls(&www, Tls { cert: &cert, key: &key, client_ca: None });
+    let url = server.url("/verity.raucb");
+    let d = device("https-wrong-ca", "");
+    tls_conf(&d, &pki_file("other-root.pem"), false);
+    let bus = Bus::start();
+    let svc = Service::start(&d, &bus, &[]);
+    let out = run(d.rota().envs(bus.env()).args(["install", &url])).fails();
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert!(text.contains(&format!("Failed to stream bundle {url}: TLS handshake failed: ")), "{text}");
+    assert!(text.contains("certificate verify failed"), "{text}");
+    assert_untouched(&d, "wrong CA");
+    // The caller's CA (InstallBundle's tls-ca) is used instead of the configured one.
+    run(d.rota().envs(bus.env()).args(["install", &format!("--tls-ca={}", root.display()), &url])).ok();
+    assert_installed(&d, &image, "caller's CA");
+    drop(svc);
+
+    // A server that requires a client certificate: refused without one,
+    // installed with the configured one (service) or the given one (direct).
+    let mtls = Nginx::serve_tls(&www, Tls { cert: &cert, key: &key, client_ca: Some(&root) });
+    let url = mtls.url("/verity.raucb");
+    let d = device("https-no-client-cert", "");
+    let out = run(d.rota().args(["install", &format!("--tls-ca={}", root.display()), &url])).fails();
+    assert!(out.stderr.contains("unexpected HTTP response code 400"), "{}", out.stderr);
+    assert_untouched(&d, "no client certificate");
+
+    let d = device("https-client-cert-service", "");
+    tls_conf(&d, &root, true);
+    let bus = Bus::start();
+    let _svc = Service::start(&d, &bus, &[]);
+    run(d.rota().envs(bus.env()).args(["install", &url])).ok();
+    assert_installed(&d, &image, "client certificate from system.conf");
+
+    let d = device("https-client-cert-direct", "");
+    let args = [
+        format!("--tls-ca={}", root.display()),
+        format!("--tls-cert={}", client[0].display()),
+        format!("--tls-key={}", client[1].display()),
+    ];
+    run(d.rota().arg("install").args(&args).arg(&url)).ok();
+    assert_installed(&d, &image, "client certificate given");
+    assert!(mtls.header_log().iter().filter(|l| l.uri == "/verity.raucb").all(|l| l.status == 206 || l.status == 400));
 }
