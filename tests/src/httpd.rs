@@ -57,6 +57,15 @@ impl Request {
         let n = name.to_ascii_lowercase();
         self.headers.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str())
     }
+
+    /// Bytes the `Range: bytes=a-b` header asked for (0 without one).
+    pub fn range_len(&self) -> u64 {
+        let parse = || {
+            let (a, b) = self.header("range")?.strip_prefix("bytes=")?.split_once('-')?;
+            Some(b.parse::<u64>().ok()? - a.parse::<u64>().ok()? + 1)
+        };
+        parse().unwrap_or(0)
+    }
 }
 
 #[derive(Default)]

@@ -225,18 +225,26 @@ fn streamed_reads_use_large_ranges_several_at_once() {
             (a.parse().unwrap(), b.parse().unwrap())
         })
         .collect();
-    // Whole 512 KiB windows, adjacent ones a read needs at once coalesced
-    // into one request of at most 8 windows.
+    // Scattered reads and the first reads of a stream fetch exactly the
+    // 4 KiB blocks they need; a sequential stream then takes whole 512 KiB
+    // windows, adjacent ones a read needs at once coalesced into one request
+    // of at most 8 windows, and carries most of the bytes.
     assert!(windows.len() >= 6, "{windows:?}");
+    const WIN: u64 = 512 * 1024;
+    let mut in_windows = 0;
     for (a, b) in &windows {
-        assert_eq!(a % (512 * 1024), 0, "range {a}-{b} is not window aligned");
+        assert_eq!(a % 4096, 0, "range {a}-{b} is not 4 KiB aligned");
         let n = b - a + 1;
-        assert!(n % (512 * 1024) == 0 || *b == len - 1, "range {a}-{b} is not made of whole 512 KiB windows");
-        assert!(n <= 8 * 512 * 1024, "range {a}-{b} is larger than 8 windows");
+        assert!(n <= 8 * WIN, "range {a}-{b} is larger than 8 windows");
+        if a % WIN == 0 && (n % WIN == 0 || *b == len - 1) {
+            in_windows += n;
+        }
     }
-    let mut sorted = windows.clone();
-    sorted.sort();
-    assert!(sorted.windows(2).all(|w| w[0].1 < w[1].0), "no byte is fetched twice: {windows:?}");
+    assert!(in_windows * 10 >= len * 8, "only {in_windows} of {len} bytes came in whole windows: {windows:?}");
+    // Only a few hash-tree blocks read before their stream became
+    // sequential are fetched again, with their window.
+    let fetched: u64 = reqs.iter().map(|r| r.range_len()).sum();
+    assert!(fetched <= len + 64 * 1024, "fetched {fetched} of {len} bytes: {windows:?}");
     assert!(srv.max_concurrent() >= 2, "requests should overlap (read-ahead), max was {}", srv.max_concurrent());
 }
 
@@ -248,13 +256,6 @@ fn a_bundle_larger_than_the_window_cache_is_fetched_about_once() {
     // tree's upper levels, read now and then, must not be fetched again and
     // again.
     let (srv, len, r) = extract_served(48, 7, |_| {});
-    let fetched: u64 = srv
-        .requests()
-        .iter()
-        .filter_map(|r| {
-            let (a, b) = r.header("range")?.trim_start_matches("bytes=").split_once('-')?;
-            Some(b.parse::<u64>().ok()? - a.parse::<u64>().ok()? + 1)
-        })
-        .sum();
+    let fetched: u64 = srv.requests().iter().map(|r| r.range_len()).sum();
     assert!(fetched <= len + len / 100, "fetched {fetched} bytes of a {len} byte bundle: {}", r.stderr);
 }

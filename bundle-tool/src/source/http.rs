@@ -112,6 +112,25 @@ pub struct HttpStats {
 /// Interleaved sequential streams recognised for read-ahead.
 const MAX_STREAMS: usize = 4;
 
+/// Bytes a stream of contiguous reads must have read before it is treated
+/// as sequential (whole windows and read-ahead); reads before that, and
+/// scattered reads (an adaptive install's changed blocks), fetch exactly
+/// the 4 KiB-aligned range they need.
+const STREAM_MIN: u64 = 16 * 1024;
+
+/// Bytes of exactly fetched ranges kept for scattered reads (verity hash
+/// blocks and the start of a stream are read again).
+const PIECE_BYTES: usize = 4 << 20;
+
+/// A stream of contiguous reads.
+#[derive(Clone, Copy)]
+struct Stream {
+    /// Where the last read ended.
+    end: u64,
+    /// Bytes read contiguously so far.
+    run: u64,
+}
+
 /// At most this share (1/n) of the cache holds pinned windows.
 const MAX_PINNED_SHARE: usize = 4;
 
@@ -145,9 +164,11 @@ struct State {
     /// Windows requested and not arrived yet.
     pending: usize,
     in_flight: usize,
-    /// Last window of each recent sequential stream of reads (a verity
-    /// reader interleaves data with hash-tree reads, so there are several).
-    heads: VecDeque<u64>,
+    /// Recent streams of contiguous reads (a verity reader interleaves data
+    /// with hash-tree reads, so there are several), most recent last.
+    heads: VecDeque<Stream>,
+    /// Recently fetched exact ranges of scattered reads, most recent last.
+    pieces: VecDeque<(u64, Arc<Vec<u8>>)>,
 }
 
 struct Shared {
@@ -494,6 +515,7 @@ impl HttpSource {
                 pending: 0,
                 in_flight: 0,
                 heads: VecDeque::new(),
+                pieces: VecDeque::new(),
             }),
             ready: Condvar::new(),
         });
@@ -620,7 +642,8 @@ impl HttpSource {
         let limit = self.shared.opts.cache_windows;
         // Read-ahead no stream is heading for (the reader jumped past it or
         // left that stream) would otherwise hold its place in the cache.
-        let heads = st.heads.clone();
+        let win = self.shared.opts.window as u64;
+        let heads: Vec<u64> = st.heads.iter().map(|s| s.end.saturating_sub(1) / win).collect();
         let stale = |w: &u64| !keep.contains(w) && !heads.iter().any(|&h| *w > h && *w <= h + limit as u64);
         while let Some(i) = st.fresh.iter().position(stale) {
             if let Some(w) = st.fresh.remove(i) {
@@ -649,6 +672,61 @@ impl HttpSource {
         }
     }
 
+    /// Copies `offset..offset + buf.len()` from a kept exact range, if one
+    /// holds it all.
+    fn from_piece(st: &mut State, offset: u64, buf: &mut [u8]) -> bool {
+        let end = offset + buf.len() as u64;
+        let Some(i) = st.pieces.iter().position(|(s, p)| *s <= offset && end <= s + p.len() as u64) else {
+            return false;
+        };
+        let piece = st.pieces.remove(i).expect("position is valid");
+        let from = (offset - piece.0) as usize;
+        buf.copy_from_slice(&piece.1[from..from + buf.len()]);
+        st.pieces.push_back(piece);
+        true
+    }
+
+    /// Reads `offset..offset + buf.len()` (a scattered read) from kept exact
+    /// ranges where they hold it, fetching exactly the 4 KiB blocks of the
+    /// rest; small enough ranges are kept for reads of them again.
+    fn read_piece(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let end = offset + buf.len() as u64;
+        let mut at = offset;
+        while at < end {
+            let mut st = self.shared.state.lock().expect("state lock");
+            let holding = st.pieces.iter().position(|(s, p)| *s <= at && at < s + p.len() as u64);
+            if let Some(i) = holding {
+                let piece = st.pieces.remove(i).expect("position is valid");
+                let to = end.min(piece.0 + piece.1.len() as u64);
+                buf[(at - offset) as usize..(to - offset) as usize]
+                    .copy_from_slice(&piece.1[(at - piece.0) as usize..(to - piece.0) as usize]);
+                st.pieces.push_back(piece);
+                at = to;
+                continue;
+            }
+            // Up to the next kept range, if one starts before the end.
+            let upto = st.pieces.iter().map(|(s, _)| *s).filter(|s| *s > at && *s < end).min().unwrap_or(end);
+            drop(st);
+            let start = at & !4095;
+            let last = upto.next_multiple_of(4096).min(self.size()) - 1;
+            let (target, total) = (self.shared.target.clone(), self.shared.info.size);
+            let fetched = wait_for(self.runtime(), async move { target.fetch(start, last, Some(total)).await })
+                .ok_or_else(|| self.stream_error("HTTP runtime stopped"))?
+                .map_err(|m| self.stream_error(&m))?;
+            buf[(at - offset) as usize..(upto - offset) as usize]
+                .copy_from_slice(&fetched.body[(at - start) as usize..(upto - start) as usize]);
+            at = upto;
+            if fetched.body.len() <= PIECE_BYTES {
+                let mut st = self.shared.state.lock().expect("state lock");
+                st.pieces.push_back((start, Arc::new(fetched.body)));
+                while st.pieces.iter().map(|(_, p)| p.len()).sum::<usize>() > PIECE_BYTES {
+                    st.pieces.pop_front();
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Whether read-ahead may request `n` more windows: windows in flight and
     /// read ahead but not read yet must leave room in the cache for the
     /// windows being read, or they would be evicted before they are used.
@@ -672,19 +750,29 @@ impl ReadAt for HttpSource {
         let last = (offset + buf.len() as u64 - 1) / win;
         let needed: Vec<u64> = (first..=last).collect();
         let mut st = self.shared.state.lock().expect("state lock");
-        let sequential = match st.heads.iter().position(|&h| h + 1 == first || h == first) {
-            Some(i) => {
-                st.heads.remove(i);
-                true
-            }
-            None => false,
+        let end = offset + buf.len() as u64;
+        // A read continues a stream when it starts where the stream ended,
+        // or in its last 4 KiB block (the verity layer reads whole blocks).
+        let continues = |h: &Stream| offset <= h.end && offset + 4096 >= h.end && end > h.end;
+        let stream = match st.heads.iter().position(continues) {
+            Some(i) => st.heads.remove(i).map(|h| h.run).unwrap_or(0),
+            None => 0,
         };
-        st.heads.push_back(last);
+        st.heads.push_back(Stream { end, run: stream + buf.len() as u64 });
         if st.heads.len() > MAX_STREAMS {
             st.heads.pop_front();
         }
-        self.request_run(&mut st, first, last - first + 1);
-        if sequential {
+        let sequential = stream >= STREAM_MIN;
+        // Windows of a scattered read that are not in the cache are not
+        // fetched whole: only the bytes the read needs are.
+        let mut exact: Vec<u64> = Vec::new();
+        if !sequential {
+            if Self::from_piece(&mut st, offset, buf) {
+                return Ok(());
+            }
+            exact = needed.iter().copied().filter(|w| !st.windows.contains_key(w)).collect();
+        } else {
+            self.request_run(&mut st, first, last - first + 1);
             // Stay ahead by at least two reads of this size, fetched in
             // requests of one read's size, several at once.
             let step = needed.len() as u64;
@@ -699,7 +787,7 @@ impl ReadAt for HttpSource {
                 w += step;
             }
         }
-        for &w in &needed {
+        for &w in needed.iter().filter(|w| !exact.contains(w)) {
             loop {
                 match st.windows.get(&w) {
                     Some(Window::Ready(body, start, len)) => {
@@ -724,6 +812,19 @@ impl ReadAt for HttpSource {
             }
         }
         self.evict(&mut st, &needed);
+        drop(st);
+        // Consecutive windows read exactly are fetched with one request.
+        let mut i = 0;
+        while i < exact.len() {
+            let mut j = i + 1;
+            while j < exact.len() && exact[j] == exact[j - 1] + 1 {
+                j += 1;
+            }
+            let from = offset.max(exact[i] * win);
+            let to = end.min((exact[j - 1] + 1) * win);
+            self.read_piece(from, &mut buf[(from - offset) as usize..(to - offset) as usize])?;
+            i = j;
+        }
         Ok(())
     }
 
