@@ -119,6 +119,38 @@ fn decompress(compressor: Compressor, input: &[u8], limit: usize, out: &mut Vec<
     Ok(())
 }
 
+/// Where one regular file's blocks lie in the squashfs.
+pub struct BlockMap {
+    path: String,
+    file_size: u64,
+    block_size: u64,
+    /// Offset of each stored block, and the end of the last.
+    starts: Vec<u64>,
+    sizes: Vec<DataSize>,
+    /// Fragment index and offset of the file's tail, if it has one.
+    fragment: Option<(u32, u32)>,
+}
+
+impl BlockMap {
+    /// The file's size.
+    pub fn file_size(&self) -> u64 {
+        self.file_size
+    }
+
+    /// The filesystem's block size.
+    pub fn block_size(&self) -> u64 {
+        self.block_size
+    }
+
+    /// Compressed bytes stored for blocks `first..first + count` (0 for
+    /// sparse blocks; the tail fragment not counted).
+    pub fn stored_bytes(&self, first: u64, count: u64) -> u64 {
+        let a = (first as usize).min(self.sizes.len());
+        let b = ((first + count) as usize).min(self.sizes.len());
+        self.starts[b] - self.starts[a]
+    }
+}
+
 /// Reads file contents of one squashfs.
 pub struct DataReader {
     source: Arc<dyn ReadAt>,
@@ -205,8 +237,44 @@ impl DataReader {
         Ok(data)
     }
 
-    /// Streams the contents of `file` into `sink`; returns the length.
-    pub fn copy(&self, file: &SquashfsFileReader, path: &str, sink: &mut dyn Sink) -> Result<u64> {
+    /// Reads the compressed bytes `start..start + len` of a run of blocks
+    /// (offset in run, stored size, stored uncompressed, output length) with
+    /// one call and decompresses them in parallel; `None` for sparse blocks.
+    fn read_run(
+        &self,
+        start: u64,
+        len: u64,
+        run: &[(u64, u32, bool, u64)],
+    ) -> Result<Vec<io::Result<Option<Vec<u8>>>>> {
+        let bs = self.block_size;
+        let mut raw = vec![0u8; len as usize];
+        self.source.read_exact_at(start, &mut raw).map_err(|e| Error::Payload(e.to_string()))?;
+        Ok(run
+            .par_iter()
+            .map(|&(off, size, uncompressed, out_len)| {
+                if size == 0 {
+                    return Ok(None); // sparse
+                }
+                let input = &raw[off as usize..off as usize + size as usize];
+                let mut out = Vec::with_capacity(out_len as usize);
+                if uncompressed {
+                    out.extend_from_slice(input);
+                } else {
+                    decompress(self.compressor, input, bs as usize, &mut out)?;
+                }
+                if out.len() as u64 != out_len {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("block holds {} bytes, expected {out_len}", out.len()),
+                    ));
+                }
+                Ok(Some(out))
+            })
+            .collect())
+    }
+
+    /// Where the blocks of `file` lie, for reading some of them on their own.
+    pub fn block_map(&self, file: &SquashfsFileReader, path: &str) -> Result<BlockMap> {
         let l = layout(file);
         let bs = self.block_size;
         let has_fragment = l.frag_index != NO_FRAGMENT;
@@ -214,50 +282,91 @@ impl DataReader {
         if l.block_sizes.len() as u64 != in_blocks.div_ceil(bs) {
             return Err(Self::corrupt(path, "block list does not match the file size"));
         }
-        let write_err = |e: io::Error| Error::Io(format!("Failed to write '{path}': {e}"));
+        let mut starts = Vec::with_capacity(l.block_sizes.len() + 1);
         let mut pos = l.blocks_start;
-        let mut written = 0u64;
-        let mut i = 0usize;
-        while i < l.block_sizes.len() {
-            // A run of blocks whose compressed bytes are read in one go.
-            let run_start = pos;
-            let mut run: Vec<(u64, u32, bool, u64)> = Vec::new(); // (offset in run, size, uncompressed, output length)
-            let max_blocks = (RUN_BYTES / bs).max(1) as usize;
-            while i < l.block_sizes.len() && (run.is_empty() || (pos - run_start < RUN_BYTES && run.len() < max_blocks))
-            {
-                let ds = l.block_sizes[i];
-                let out_len = bs.min(in_blocks - i as u64 * bs);
-                if u64::from(ds.size()) > bs {
-                    return Err(Self::corrupt(path, "block larger than the block size"));
-                }
-                run.push((pos - run_start, ds.size(), ds.uncompressed(), out_len));
-                pos += u64::from(ds.size());
-                i += 1;
+        for ds in l.block_sizes {
+            if u64::from(ds.size()) > bs {
+                return Err(Self::corrupt(path, "block larger than the block size"));
             }
-            let mut raw = vec![0u8; (pos - run_start) as usize];
-            self.source.read_exact_at(run_start, &mut raw).map_err(|e| Error::Payload(e.to_string()))?;
-            let blocks: Vec<io::Result<Option<Vec<u8>>>> = run
-                .par_iter()
-                .map(|&(off, size, uncompressed, out_len)| {
-                    if size == 0 {
-                        return Ok(None); // sparse
-                    }
-                    let input = &raw[off as usize..off as usize + size as usize];
-                    let mut out = Vec::with_capacity(out_len as usize);
-                    if uncompressed {
-                        out.extend_from_slice(input);
-                    } else {
-                        decompress(self.compressor, input, bs as usize, &mut out)?;
-                    }
-                    if out.len() as u64 != out_len {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!("block holds {} bytes, expected {out_len}", out.len()),
-                        ));
-                    }
-                    Ok(Some(out))
+            starts.push(pos);
+            pos += u64::from(ds.size());
+        }
+        starts.push(pos);
+        Ok(BlockMap {
+            path: path.to_string(),
+            file_size: l.file_size,
+            block_size: bs,
+            starts,
+            sizes: l.block_sizes.to_vec(),
+            fragment: has_fragment.then_some((l.frag_index, l.block_offset)),
+        })
+    }
+
+    /// The contents of blocks `first..first + count` of a file (each
+    /// `block_size` bytes, the file's last one shorter), read with one call
+    /// to the source.
+    pub fn read_blocks(&self, map: &BlockMap, first: u64, count: u64) -> Result<Vec<u8>> {
+        let bs = self.block_size;
+        let total = map.file_size.div_ceil(bs);
+        if first + count > total {
+            return Err(Self::corrupt(&map.path, format!("blocks {first}+{count} beyond the file's {total}")));
+        }
+        let stored = map.sizes.len() as u64;
+        let mut out = Vec::with_capacity((count * bs) as usize);
+        let data_end = (first + count).min(stored);
+        if first < data_end {
+            let (a, b) = (first as usize, data_end as usize);
+            let run: Vec<(u64, u32, bool, u64)> = (a..b)
+                .map(|i| {
+                    let ds = map.sizes[i];
+                    let out_len = bs.min(map.file_size - i as u64 * bs);
+                    (map.starts[i] - map.starts[a], ds.size(), ds.uncompressed(), out_len)
                 })
                 .collect();
+            let blocks = self.read_run(map.starts[a], map.starts[b] - map.starts[a], &run)?;
+            for (block, &(_, _, _, out_len)) in blocks.into_iter().zip(&run) {
+                match block.map_err(|e| Self::corrupt(&map.path, e))? {
+                    Some(data) => out.extend_from_slice(&data),
+                    None => out.resize(out.len() + out_len as usize, 0),
+                }
+            }
+        }
+        if first + count > stored {
+            let (index, offset) = map.fragment.ok_or_else(|| Self::corrupt(&map.path, "missing tail fragment"))?;
+            let tail = map.file_size - stored * bs;
+            let frag = self.fragment(index, &map.path)?;
+            let start = u64::from(offset);
+            let end = start
+                .checked_add(tail)
+                .filter(|e| *e <= frag.len() as u64)
+                .ok_or_else(|| Self::corrupt(&map.path, "tail lies outside its fragment"))?;
+            out.extend_from_slice(&frag[start as usize..end as usize]);
+        }
+        Ok(out)
+    }
+
+    /// Streams the contents of `file` into `sink`; returns the length.
+    pub fn copy(&self, file: &SquashfsFileReader, path: &str, sink: &mut dyn Sink) -> Result<u64> {
+        let map = self.block_map(file, path)?;
+        let bs = self.block_size;
+        let write_err = |e: io::Error| Error::Io(format!("Failed to write '{path}': {e}"));
+        let stored = map.sizes.len();
+        let max_blocks = (RUN_BYTES / bs).max(1) as usize;
+        let mut written = 0u64;
+        let mut i = 0usize;
+        while i < stored {
+            // A run of blocks whose compressed bytes are read in one go.
+            let mut j = i + 1;
+            while j < stored && map.starts[j + 1] - map.starts[i] <= RUN_BYTES && j - i < max_blocks {
+                j += 1;
+            }
+            let run: Vec<(u64, u32, bool, u64)> = (i..j)
+                .map(|k| {
+                    let ds = map.sizes[k];
+                    (map.starts[k] - map.starts[i], ds.size(), ds.uncompressed(), bs.min(map.file_size - k as u64 * bs))
+                })
+                .collect();
+            let blocks = self.read_run(map.starts[i], map.starts[j] - map.starts[i], &run)?;
             for (block, &(_, _, _, out_len)) in blocks.into_iter().zip(&run) {
                 match block.map_err(|e| Self::corrupt(path, e))? {
                     Some(data) => sink.put(&data).map_err(write_err)?,
@@ -265,17 +374,12 @@ impl DataReader {
                 }
                 written += out_len;
             }
+            i = j;
         }
-        if has_fragment {
-            let tail = l.file_size - in_blocks;
-            let frag = self.fragment(l.frag_index, path)?;
-            let start = u64::from(l.block_offset);
-            let end = start
-                .checked_add(tail)
-                .filter(|e| *e <= frag.len() as u64)
-                .ok_or_else(|| Self::corrupt(path, "tail lies outside its fragment"))?;
-            sink.put(&frag[start as usize..end as usize]).map_err(write_err)?;
-            written += tail;
+        if written < map.file_size {
+            let tail = self.read_blocks(&map, stored as u64, 1)?;
+            sink.put(&tail).map_err(write_err)?;
+            written += tail.len() as u64;
         }
         sink.finish(written).map_err(write_err)?;
         Ok(written)

@@ -144,6 +144,18 @@ impl BundleFs {
         self.data.copy(self.regular_file(path)?, path, &mut data::WriteSink(out))
     }
 
+    /// Where the blocks of the regular file at `path` lie, for reading some
+    /// of them on their own with [`BundleFs::read_blocks`].
+    pub fn block_map(&self, path: &str) -> Result<data::BlockMap> {
+        self.data.block_map(self.regular_file(path)?, path)
+    }
+
+    /// Blocks `first..first + count` of the file `map` describes, read with
+    /// one call to the verified source.
+    pub fn read_blocks(&self, map: &data::BlockMap, first: u64, count: u64) -> Result<Vec<u8>> {
+        self.data.read_blocks(map, first, count)
+    }
+
     /// Reads one regular file completely.
     pub fn read_file(&self, path: &str) -> Result<Vec<u8>> {
         let f = self.regular_file(path)?;
