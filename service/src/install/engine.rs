@@ -1,5 +1,6 @@
 //! The install sequence (spec §6.4–6.5).
 
+use super::adaptive;
 use super::archive;
 use super::bootregion;
 use super::control::InstallControl;
@@ -501,8 +502,12 @@ pub fn write_image(
             if let Method::Flash(kind) = pl.method {
                 flash::write(kind, &job(src), progress)?;
             } else {
-                let (c, size, sha) = (image.compression(), image.size, image.sha256.as_deref());
-                write::copy_image(src, c, &slot.device, size, sha, progress)?;
+                let adaptive = matches!(pl.method, Method::Copy | Method::ImageToFs)
+                    && adaptive::install(system, slot, image, src, progress);
+                if !adaptive {
+                    let (c, size, sha) = (image.compression(), image.size, image.sha256.as_deref());
+                    write::copy_image(src, c, &slot.device, size, sha, progress)?;
+                }
             }
             if fs && slot.resize && slot.slot_type == SlotType::Ext4 {
                 crate::tools::run("resize2fs", &[&slot.device])?;

@@ -2,6 +2,7 @@
 //! group, run handlers and hooks, write every image, check what was written,
 //! record slot status, and only then switch the bootloader.
 
+pub mod adaptive;
 pub mod archive;
 pub mod bootregion;
 pub mod control;

@@ -1,0 +1,150 @@
+//! Adaptive updates (`adaptive=block-hash-index`, spec §10.3) streamed from
+//! a real nginx: after 5 % of a 256 MiB raw image's blocks changed, only
+//! about those blocks cross the network; the result is the new image
+//! exactly, also when a slot changed behind its cached index, and a device
+//! without a data directory falls back to a full copy.
+
+use std::fs;
+use std::path::Path;
+use testkit::device::{Device, grub_selected, grubenv};
+use testkit::nginx::Nginx;
+use testkit::{Content, pki_file, pseudo_random, rota_bundle, run, sha256_hex, target_dir};
+
+const MIB: usize = 1 << 20;
+const SIZE: usize = 256 * MIB;
+const BLOCK: usize = 4096;
+/// Changes come in runs of 32 blocks (128 KiB, one squashfs block), as
+/// rewritten files and extents do.
+const RUN: usize = 32 * BLOCK;
+
+/// `base` with `percent` % of its blocks replaced, in runs at
+/// pseudo-random places.
+fn changed(base: &[u8], percent: usize, seed: u64) -> Vec<u8> {
+    let mut out = base.to_vec();
+    let runs = base.len() / RUN;
+    let want = runs * percent / 100;
+    let picks = pseudo_random(want * 64, seed);
+    let mut taken = vec![false; runs];
+    let mut n = 0;
+    for (i, chunk) in picks.chunks(8).enumerate() {
+        if n == want {
+            break;
+        }
+        let r = (u64::from_le_bytes(chunk.try_into().unwrap()) % runs as u64) as usize;
+        if !taken[r] {
+            taken[r] = true;
+            out[r * RUN..(r + 1) * RUN].copy_from_slice(&pseudo_random(RUN, seed * 1000 + i as u64));
+            n += 1;
+        }
+    }
+    assert_eq!(n, want);
+    out
+}
+
+/// A verity bundle of `image` (adaptive) published as `www/<name>.raucb`;
+/// returns its size.
+fn publish(www: &Path, name: &str, image: &[u8]) -> u64 {
+    let dir = target_dir().join("test-bundles/adaptive").join(name);
+    let _ = fs::remove_dir_all(&dir);
+    let c = Content::new(dir.join("content"));
+    fs::write(c.dir.join("rootfs.img"), image).unwrap();
+    c.manifest(
+        "[update]\ncompatible=Test Config\nversion=2\n[bundle]\nformat=verity\n\
+         [image.rootfs]\nfilename=rootfs.img\nadaptive=block-hash-index\n",
+    );
+    let out = www.join(format!("{name}.raucb"));
+    rota_bundle(&c.dir, &out, "release").ok();
+    fs::metadata(&out).unwrap().len()
+}
+
+fn device(name: &str, system_extra: &str, a: &[u8]) -> Device {
+    let conf = format!(
+        "[system]\ncompatible=Test Config\nbootloader=grub\ngrubenv=grubenv\n{system_extra}\n\
+         [keyring]\npath={}\n\
+         [slot.rootfs.0]\ndevice=rootfs0.img\nbootname=A\n[slot.rootfs.1]\ndevice=rootfs1.img\nbootname=B\n",
+        pki_file("keyring.pem").display()
+    );
+    let d = Device::new(target_dir().join("test-devices/adaptive").join(name), &conf);
+    d.grub_env(&["A", "B"]);
+    fs::write(d.path("rootfs0.img"), a).unwrap();
+    d.slot_file("rootfs1.img", SIZE, 0x5A);
+    d
+}
+
+/// The bytes the install reported it downloaded.
+fn reported(log: &str) -> u64 {
+    let line = log.lines().find(|l| l.contains("downloaded ")).unwrap_or_else(|| panic!("no report: {log}"));
+    line.split("downloaded ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).expect("bytes")
+}
+
+#[test]
+fn five_percent_changed_fetches_little_more_than_the_changed_blocks() {
+    let t = tempfile::tempdir().unwrap();
+    let www = t.path().join("www");
+    fs::create_dir(&www).unwrap();
+    let nginx = Nginx::serve(&www);
+    let v1 = pseudo_random(SIZE, 71);
+    let v2 = changed(&v1, 5, 72);
+    let v2_size = publish(&www, "v2", &v2);
+
+    // v1 runs in A; B holds something else. 5 % of the blocks are new.
+    let d = device("five-percent", "data-directory=data", &v1);
+    let out = run(d.rota().args(["install", &nginx.url("/v2.raucb")])).ok();
+    let log = format!("{}{}", out.stdout, out.stderr);
+    assert!(fs::read(d.path("rootfs1.img")).unwrap() == v2, "B does not hold v2");
+    assert_eq!(grub_selected(&grubenv(&d.path("grubenv"))).as_deref(), Some("B"));
+    assert!(log.contains("Adaptive update of rootfs.1: "), "{log}");
+
+    let changed_bytes = (SIZE * 5 / 100 / RUN * RUN) as u64;
+    let index = (SIZE / BLOCK * 32) as u64;
+    // Everything in the bundle that is not file data (the random image and
+    // index are stored uncompressed): squashfs tables, verity hash tree,
+    // signature.
+    let metadata = v2_size - SIZE as u64 - index;
+    let fetched = nginx.served("/v2.raucb");
+    let bound = (changed_bytes + index + metadata) * 12 / 10;
+    eprintln!("fetched {fetched} of {v2_size} bytes; changed {changed_bytes}, index {index}, metadata {metadata}");
+    assert!(
+        fetched <= bound,
+        "fetched {fetched} bytes, more than 1.2 × ({changed_bytes} changed + {index} index + {metadata} metadata)"
+    );
+    assert_eq!(reported(&log), fetched, "the install reports what it downloaded: {log}");
+    // The bundle's index is kept as the new slot content's index.
+    let cached = d.path(&format!("data/slot.rootfs.1/hash-{}/block-hash-index", sha256_hex(&v2)));
+    assert_eq!(fs::metadata(&cached).map(|m| m.len()).ok(), Some(index), "{}", cached.display());
+
+    // Now B runs v2, but some of its blocks changed behind its cached index
+    // (a slot mounted read-write): blocks that no longer match are taken
+    // from elsewhere, and A ends up holding v3 exactly.
+    let mut b = fs::read(d.path("rootfs1.img")).unwrap();
+    for i in 0..64 {
+        let at = (i * 997 + 13) * BLOCK;
+        b[at..at + BLOCK].fill(0xEE);
+    }
+    fs::write(d.path("rootfs1.img"), &b).unwrap();
+    let v3 = changed(&v2, 5, 73);
+    publish(&www, "v3", &v3);
+    d.boot("rauc.slot=B");
+    let out = run(d.rota().args(["install", &nginx.url("/v3.raucb")])).ok();
+    assert!(fs::read(d.path("rootfs0.img")).unwrap() == v3, "A does not hold v3: {}{}", out.stdout, out.stderr);
+    assert!(fs::read(d.path("rootfs1.img")).unwrap() == b, "the booted slot was written");
+    assert_eq!(grub_selected(&grubenv(&d.path("grubenv"))).as_deref(), Some("A"));
+}
+
+#[test]
+fn without_a_data_directory_the_full_image_is_copied() {
+    let t = tempfile::tempdir().unwrap();
+    let www = t.path().join("www");
+    fs::create_dir(&www).unwrap();
+    let nginx = Nginx::serve(&www);
+    let v1 = pseudo_random(SIZE / 8, 81);
+    let v2 = changed(&v1, 5, 82);
+    let size = publish(&www, "nodata", &v2);
+    let d = device("no-data-dir", "", &v1);
+    fs::write(d.path("rootfs1.img"), vec![0x5A; SIZE / 8]).unwrap();
+    let out = run(d.rota().args(["install", &nginx.url("/nodata.raucb")])).ok();
+    let log = format!("{}{}", out.stdout, out.stderr);
+    assert!(log.contains("Adaptive update of rootfs.1 not possible (no data-directory configured)"), "{log}");
+    assert!(fs::read(d.path("rootfs1.img")).unwrap() == v2);
+    assert!(nginx.served("/nodata.raucb") >= (SIZE / 8) as u64 && nginx.served("/nodata.raucb") <= size + size / 50);
+}
