@@ -42,6 +42,15 @@ pub enum Fault {
     Corrupt,
 }
 
+/// Bytes a `Range: bytes=a-b` header value asks for (0 for none).
+pub fn range_len(range: Option<&str>) -> u64 {
+    let parse = || {
+        let (a, b) = range?.strip_prefix("bytes=")?.split_once('-')?;
+        Some(b.parse::<u64>().ok()? - a.parse::<u64>().ok()? + 1)
+    };
+    parse().unwrap_or(0)
+}
+
 /// One request as received.
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -60,11 +69,7 @@ impl Request {
 
     /// Bytes the `Range: bytes=a-b` header asked for (0 without one).
     pub fn range_len(&self) -> u64 {
-        let parse = || {
-            let (a, b) = self.header("range")?.strip_prefix("bytes=")?.split_once('-')?;
-            Some(b.parse::<u64>().ok()? - a.parse::<u64>().ok()? + 1)
-        };
-        parse().unwrap_or(0)
+        range_len(self.header("range"))
     }
 }
 

@@ -78,6 +78,18 @@ impl Logged {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).map(String::as_str)
     }
+
+    /// Bytes the `Range: bytes=a-b` header asked for (0 without one).
+    pub fn range_len(&self) -> u64 {
+        crate::httpd::range_len(self.header("range"))
+    }
+}
+
+impl Nginx {
+    /// Bytes asked for with ranges of `uri`, over all logged requests.
+    pub fn served(&self, uri: &str) -> u64 {
+        self.header_log().iter().filter(|l| l.uri == uri).map(Logged::range_len).sum()
+    }
 }
 
 /// TLS settings for [`Nginx::serve_tls`].
