@@ -57,12 +57,12 @@ impl Lookup {
         u64::from_be_bytes(h[..8].try_into().expect("8 bytes")) >> INDEX_BITS
     }
 
-    fn build(digests: impl Iterator<Item = Digest32>) -> Lookup {
-        let mut keys: Vec<u64> = digests
-            .take(1 << INDEX_BITS)
-            .enumerate()
-            .map(|(i, h)| (Self::key_prefix(&h) << INDEX_BITS) | i as u64)
-            .collect();
+    fn key(h: &Digest32, block: u64) -> u64 {
+        (Self::key_prefix(h) << INDEX_BITS) | block
+    }
+
+    fn from_keys(mut keys: Vec<u64>) -> Lookup {
+        keys.truncate(1 << INDEX_BITS);
         keys.sort_unstable();
         Lookup(keys)
     }
@@ -76,30 +76,46 @@ impl Lookup {
     }
 }
 
-/// Reads the digests of an index file in block order.
-fn read_index(path: &Path) -> std::io::Result<Vec<Digest32>> {
-    let mut r = BufReader::with_capacity(1 << 20, File::open(path)?);
-    let mut out = Vec::new();
-    let mut h = [0u8; 32];
-    loop {
-        match r.read_exact(&mut h) {
-            Ok(()) => out.push(h),
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(out),
-            Err(e) => return Err(e),
+/// The digests of an index file in block order, read as they are used (an
+/// index holds 32 bytes per 4 KiB block: 64 MiB for an 8 GiB image).
+struct Digests(BufReader<File>);
+
+impl Digests {
+    fn open(path: &Path) -> std::io::Result<Digests> {
+        Ok(Digests(BufReader::with_capacity(1 << 16, File::open(path)?)))
+    }
+}
+
+impl Iterator for Digests {
+    type Item = std::io::Result<Digest32>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut h = [0u8; 32];
+        match self.0.read_exact(&mut h) {
+            Ok(()) => Some(Ok(h)),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => None,
+            Err(e) => Some(Err(e)),
         }
     }
 }
 
-/// The digests of every whole 4 KiB block of `device`.
-fn hash_device(device: &Path) -> Result<Vec<Digest32>> {
+/// A lookup over the digests of an index file.
+fn index_lookup(path: &Path) -> std::io::Result<Lookup> {
+    let digests: std::io::Result<Vec<u64>> =
+        Digests::open(path)?.enumerate().map(|(i, h)| h.map(|h| Lookup::key(&h, i as u64))).collect();
+    Ok(Lookup::from_keys(digests?))
+}
+
+/// A lookup over the digests of every whole 4 KiB block of `device`.
+fn hash_device(device: &Path) -> Result<Lookup> {
     let f = File::open(device).map_err(|e| Error::Failed(format!("Failed to open '{}': {e}", device.display())))?;
     let mut r = BufReader::with_capacity(1 << 20, f);
-    let mut out = Vec::new();
+    let mut keys = Vec::new();
     let mut block = vec![0u8; BLOCK as usize];
     loop {
         match r.read_exact(&mut block) {
-            Ok(()) => out.push(sha(&block)),
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(out),
+            Ok(()) => keys.push(Lookup::key(&sha(&block), keys.len() as u64)),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(Lookup::from_keys(keys)),
             Err(e) => return failed(format!("Failed to read '{}': {e}", device.display())),
         }
     }
@@ -110,12 +126,12 @@ fn hash_device(device: &Path) -> Result<Vec<Digest32>> {
 fn slot_index(cache_root: &Path, slot: &SlotConfig, installed: Option<&str>) -> Result<Lookup> {
     if let Some(sha) = installed {
         let cached = slot_cache_dir(cache_root, slot).join(format!("hash-{sha}")).join(INDEX_NAME);
-        if let Ok(digests) = read_index(&cached) {
+        if let Ok(lookup) = index_lookup(&cached) {
             tracing::debug!("using cached block-hash-index of {}", slot.name);
-            return Ok(Lookup::build(digests.into_iter()));
+            return Ok(lookup);
         }
     }
-    Ok(Lookup::build(hash_device(&slot.device)?.into_iter()))
+    hash_device(&slot.device)
 }
 
 fn slot_cache_dir(cache_root: &Path, slot: &SlotConfig) -> PathBuf {
@@ -294,10 +310,13 @@ fn write(
         let mut f = File::create(&index_path).map_err(|e| Error::io("Failed to create", &index_path, e))?;
         fs.copy_file(&format!("{name}.{INDEX_NAME}"), &mut f)?;
         f.flush().map_err(|e| Error::io("Failed to write", &index_path, e))?;
-        let wanted = read_index(&index_path).map_err(|e| Error::io("Failed to read", &index_path, e))?;
-        if wanted.len() as u64 != n {
-            return failed(format!("block-hash-index has {} entries for {n} blocks", wanted.len()));
+        let entries =
+            std::fs::metadata(&index_path).map_err(|e| Error::io("Failed to read", &index_path, e))?.len() / 32;
+        if entries != n {
+            return failed(format!("block-hash-index has {entries} entries for {n} blocks"));
         }
+        let read_err = |e| Error::io("Failed to read", &index_path, e);
+        let wanted = || Digests::open(&index_path).map_err(read_err);
         let target_slot = system.slots.iter().find(|s| s.config.name == slot.name);
         let installed = target_slot.map(|s| system.load_status(s)).and_then(|st| st.sha256);
         let old = slot_index(root, slot, installed.as_deref())?;
@@ -311,7 +330,7 @@ fn write(
             }
             None => None,
         };
-        let image_lookup = Lookup::build(wanted.iter().copied());
+        let image_lookup = index_lookup(&index_path).map_err(read_err)?;
         let map = fs.block_map(name)?;
         if map.file_size() != size {
             return failed(format!("image '{name}' holds {} bytes, the manifest says {size}", map.file_size()));
@@ -320,7 +339,8 @@ fn write(
         let bs = map.block_size();
         let mut needed = vec![false; map.file_size().div_ceil(bs) as usize];
         let known = |l: &Lookup, h: &Digest32| l.candidates(h).next().is_some();
-        for (c, h) in wanted.iter().enumerate() {
+        for (c, h) in wanted()?.enumerate() {
+            let h = &h.map_err(read_err)?;
             let local = *h == ZERO_BLOCK
                 || known(&old, h)
                 || seed.as_ref().is_some_and(|(_, l)| known(l, h))
@@ -345,6 +365,7 @@ fn write(
         let reader = File::open(&slot.device).map_err(|e| Error::io("Failed to open", &slot.device, e))?;
         let mut chunk = vec![0u8; (CHUNK_BLOCKS * BLOCK) as usize];
         let mut buf = vec![0u8; BLOCK as usize];
+        let mut digests = wanted()?;
         for first in (0..n).step_by(CHUNK_BLOCKS as usize) {
             cancelled()?;
             let count = CHUNK_BLOCKS.min(n - first);
@@ -353,7 +374,10 @@ fn write(
                 .map_err(|e| Error::Failed(format!("Failed to read '{}': {e}", slot.device.display())))?;
             old_bytes[have..].fill(0xff);
             for c in first..first + count {
-                let h = &wanted[c as usize];
+                let h = &digests
+                    .next()
+                    .ok_or_else(|| Error::Failed("block-hash-index ended early".into()))?
+                    .map_err(read_err)?;
                 let at = ((c - first) * BLOCK) as usize;
                 let current = &old_bytes[at..at + BLOCK as usize];
                 let zero = *h == ZERO_BLOCK;
@@ -463,8 +487,7 @@ mod tests {
 
     #[test]
     fn lookup_finds_every_block_of_a_digest() {
-        let digests: Vec<Digest32> = (0u8..50).map(|i| sha(&[i % 7; 16])).collect();
-        let l = Lookup::build(digests.iter().copied());
+        let l = Lookup::from_keys((0u8..50).map(|i| Lookup::key(&sha(&[i % 7; 16]), u64::from(i))).collect());
         let found: Vec<u64> = l.candidates(&sha(&[3u8; 16])).collect();
         assert_eq!(found, vec![3, 10, 17, 24, 31, 38, 45]);
         assert_eq!(l.candidates(&sha(b"absent")).count(), 0);
