@@ -15,6 +15,7 @@ pub mod eventlog;
 pub mod install;
 pub mod mark;
 pub mod mounts;
+pub mod polling;
 pub mod report;
 pub mod runtime;
 pub mod status;
