@@ -15,6 +15,8 @@ pub const OBJECT_PATH: &str = "/";
 pub const INSTALLER_INTERFACE: &str = "de.pengutronix.rauc.Installer";
 /// rota's own interface on the same object: `Cancel` and `Details`.
 pub const CONTROL_INTERFACE: &str = "dev.rota.Installer1";
+/// RAUC's poller interface, exported when polling is configured.
+pub const POLLER_INTERFACE: &str = "de.pengutronix.rauc.Poller";
 /// The error name of every method failure: GLib's unmapped I/O error
 /// "failed-handled", as RAUC puts it on the bus.
 pub const ERROR_NAME: &str = "org.gtk.GDBus.UnmappedGError.Quark._g_2dio_2derror_2dquark.Code30";
@@ -95,4 +97,19 @@ pub trait Control {
     /// `operation`, `phase`, `step`, `percentage`, `slot`, `bytes-done`, `bytes-total`.
     #[zbus(property)]
     fn details(&self) -> zbus::Result<Dict>;
+}
+
+/// `de.pengutronix.rauc.Poller` (spec §8.5), exported when `[polling] url` is set.
+#[proxy(interface = "de.pengutronix.rauc.Poller", default_service = "de.pengutronix.rauc", default_path = "/")]
+pub trait Poller {
+    /// Schedules a poll soon (about 30 s).
+    fn poll(&self) -> zbus::Result<()>;
+
+    /// Next poll time, `CLOCK_BOOTTIME` µs; 0 once a reboot was triggered.
+    #[zbus(property)]
+    fn next_poll(&self) -> zbus::Result<i64>;
+
+    /// Attempts, errors, times, the last result and the polled bundle.
+    #[zbus(property)]
+    fn status(&self) -> zbus::Result<Dict>;
 }

@@ -112,3 +112,10 @@ impl Drop for Service {
         }
     }
 }
+
+/// The `<interface name="…">` element of an introspection document.
+pub fn interface_element<'a>(xml: &'a str, name: &str) -> &'a str {
+    let start = xml.find(&format!("<interface name=\"{name}\">")).expect("interface present");
+    let end = xml[start..].find("</interface>").expect("interface closed") + start + "</interface>".len();
+    &xml[start..end]
+}

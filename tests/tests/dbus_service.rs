@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use testkit::bus::{Bus, Service};
+use testkit::bus::{Bus, Service, interface_element};
 use testkit::device::{Device, grubenv};
 use testkit::{Content, pki_file, rota_bundle, run, target_dir, workspace};
 use zbus::OwnedVariant;
@@ -73,13 +73,6 @@ fn primary(d: &Device) -> String {
         .into_iter()
         .find_map(|l| l.strip_prefix("ORDER=").map(|o| o.split(' ').next().unwrap().to_string()))
         .unwrap()
-}
-
-/// The `<interface name="…">` element of an introspection document.
-fn interface_element<'a>(xml: &'a str, name: &str) -> &'a str {
-    let start = xml.find(&format!("<interface name=\"{name}\">")).expect("interface present");
-    let end = xml[start..].find("</interface>").expect("interface closed") + start + "</interface>".len();
-    &xml[start..end]
 }
 
 #[test]

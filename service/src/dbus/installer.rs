@@ -19,6 +19,7 @@ use rota_dbus::Dict;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::sync::oneshot;
 use zbus::object_server::{InterfaceRef, SignalEmitter};
 use zbus::{OwnedVariant, interface};
 
@@ -64,6 +65,8 @@ pub(super) const INSPECT_KEYS: &[&str] = &["tls-cert", "tls-key", "tls-ca", "tls
 pub struct InstallJob {
     /// What to install and how.
     pub args: InstallArgs,
+    /// Told how the installation ended (the poller waits for it).
+    pub done: Option<oneshot::Sender<Result<engine::Outcome, String>>>,
 }
 
 /// What the engine reports while it runs.
@@ -127,7 +130,30 @@ impl Installer {
     /// Queues the `[autoinstall]` bundle at service start (no caller).
     pub async fn autoinstall(&mut self, location: String, emitter: &SignalEmitter<'_>) -> Result<(), RaucError> {
         let args = self.install_args(location, &HashMap::new())?;
-        self.start(InstallJob { args }, emitter).await
+        self.start(InstallJob { args, done: None }, emitter).await
+    }
+
+    /// Whether an installation runs.
+    pub fn is_installing(&self) -> bool {
+        self.installing
+    }
+
+    /// Queues the installation of a polled bundle, refusing any other
+    /// manifest than the one polled; returns how it will end.
+    pub async fn install_polled(
+        &mut self,
+        url: String,
+        manifest_hash: String,
+        emitter: &SignalEmitter<'_>,
+    ) -> Result<oneshot::Receiver<Result<engine::Outcome, String>>, RaucError> {
+        if self.installing {
+            return Err(RaucError::failed(BUSY_INSTALL));
+        }
+        let mut args = self.install_args(url, &HashMap::new())?;
+        args.require_manifest_hash = Some(manifest_hash);
+        let (tx, rx) = oneshot::channel();
+        self.start(InstallJob { args, done: Some(tx) }, emitter).await?;
+        Ok(rx)
     }
 
     fn install_args(&self, location: String, args: &HashMap<String, OwnedVariant>) -> Result<InstallArgs, RaucError> {
@@ -185,7 +211,7 @@ impl Installer {
             return Err(RaucError::failed(BUSY_INSTALL));
         }
         let args = self.install_args(rota_bundle::cli::commands::location(&source), &args)?;
-        self.start(InstallJob { args }, &emitter).await
+        self.start(InstallJob { args, done: None }, &emitter).await
     }
 
     /// Deprecated: `InstallBundle(source, {})`.
@@ -218,9 +244,15 @@ impl Installer {
         if self.installing {
             return Err(RaucError::failed(BUSY));
         }
+        let service = self.service.clone();
         self.with_system(move |system| {
             let state = MarkState::parse(&state).map_err(RaucError::failed)?;
             let (names, message) = mark::mark(system, state, &slot_identifier).map_err(RaucError::failed)?;
+            // Polling waits until the booted slot was marked good through the service.
+            let booted = system.booted().map(|s| s.config.name.as_str());
+            if state == MarkState::Good && booted.is_some_and(|b| names.iter().any(|n| n == b)) {
+                service.booted_marked_good.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
             Ok((names.join(" "), message))
         })
         .await
@@ -312,7 +344,8 @@ pub async fn worker(
     details: InterfaceRef<super::control::Control>,
     mut jobs: UnboundedReceiver<InstallJob>,
 ) {
-    while let Some(job) = jobs.recv().await {
+    while let Some(mut job) = jobs.recv().await {
+        let job_done = job.done.take();
         let (tx, mut events) = unbounded_channel();
         let svc = service.clone();
         let bundle = job.args.location.clone();
@@ -321,6 +354,7 @@ pub async fn worker(
             let mut sink = ChannelSink { tx, bundle };
             engine::install(&mut system, &job.args, &mut sink).map_err(|e| e.to_string())
         });
+        let done = job_done;
         super::control::update(&details, |d| d.start()).await;
         while let Some(event) = events.recv().await {
             match event {
@@ -350,6 +384,9 @@ pub async fn worker(
             }
         }
         let code = if result.is_ok() { 0 } else { 1 };
+        if let Some(done) = done {
+            let _ = done.send(result);
+        }
         if let Err(e) = Installer::completed(iref.signal_emitter(), code).await {
             tracing::warn!("Failed to send Completed: {e}");
         }

@@ -8,6 +8,7 @@
 pub mod control;
 pub mod dicts;
 pub mod installer;
+pub mod poller;
 
 use crate::runtime;
 use crate::system::System;
@@ -28,6 +29,9 @@ pub struct Service {
     pub handler_args: Option<String>,
     /// The control of the running installation, if one runs.
     pub current: std::sync::Mutex<Option<Arc<crate::install::control::InstallControl>>>,
+    /// Whether the booted slot was marked good through the service since
+    /// it started (polling waits for it, spec §11.1).
+    pub booted_marked_good: std::sync::atomic::AtomicBool,
 }
 
 /// How a caller wants a bundle reached: TLS material and extra HTTP headers.
@@ -127,7 +131,11 @@ pub fn run(ctx: &Context) -> Result<(), CliError> {
         system,
         handler_args: ctx.args.value("handler-args").map(str::to_string),
         current: Default::default(),
+        booted_marked_good: Default::default(),
     });
+    if service.system.config.polling.is_some() && service.system.system_version().is_none() {
+        return Err(fail("system version not provided via system-info handler".into()));
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -162,6 +170,11 @@ async fn serve(service: Arc<Service>) -> Result<(), CliError> {
     let builder = if session { zbus::connection::Builder::session() } else { zbus::connection::Builder::system() };
     let (jobs, queue) = tokio::sync::mpsc::unbounded_channel();
     let installer = Installer::new(service.clone(), jobs);
+    let polling = service.system.config.polling.clone();
+    let mut builder = builder;
+    if let Some(p) = &polling {
+        builder = builder.serve_at(rota_dbus::OBJECT_PATH, poller::Poller::new(p));
+    }
     let conn = builder
         .name(rota_dbus::BUS_NAME)
         .allow_name_replacements(false)
@@ -187,6 +200,15 @@ async fn serve(service: Arc<Service>) -> Result<(), CliError> {
         .await
         .map_err(|e| fail(format!("Failed to set up the service: {e}")))?;
     tokio::spawn(installer::worker(service.clone(), iref.clone(), details, queue));
+    if let Some(p) = polling {
+        let pref = conn
+            .object_server()
+            .interface::<_, poller::Poller>(rota_dbus::OBJECT_PATH)
+            .await
+            .map_err(|e| fail(format!("Failed to set up the service: {e}")))?;
+        tracing::info!("Polling {} every {} s", p.url, p.interval_sec);
+        tokio::spawn(poller::run(service.clone(), p, pref, iref.clone()));
+    }
     if let Some(path) = service.system.config.autoinstall.clone().filter(|p| p.exists()) {
         let location = path.to_string_lossy().into_owned();
         tracing::info!("Installing {location} (autoinstall)");

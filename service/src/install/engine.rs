@@ -75,6 +75,8 @@ pub struct Outcome {
     pub transaction_id: String,
     /// Slots written (names).
     pub written: Vec<String>,
+    /// Artifacts written (names).
+    pub artifacts: Vec<String>,
     /// Slot activated, if any.
     pub activated: Option<String>,
 }
@@ -248,7 +250,7 @@ fn run(
             hooks::run_handler(&m.dir().join(handler), &argv, &env, &mut |msg| p.message(msg))
                 .map_err(|e| Error::Failed(format!("Installation error: Handler error: {e}")))?;
             p.end(true);
-            Outcome { transaction_id: txn.to_string(), written: Vec::new(), activated: None }
+            Outcome { transaction_id: txn.to_string(), written: Vec::new(), artifacts: Vec::new(), activated: None }
         }
         _ => default_handler(system, &fs, mounted.as_ref(), &manifest, &manifest_hash, &group, txn, control, p)
             .map_err(|e| e.context("Installation error"))?,
@@ -320,9 +322,11 @@ fn default_handler(
         update_slot(system, fs, mounted, manifest, manifest_hash, pl, txn, control, p)?;
         written.push(system.slots[pl.slot].config.name.clone());
     }
+    let mut artifacts = Vec::new();
     for ap in &artifact_plans {
         control.check()?;
         update_artifact(system, fs, manifest, ap, control, p)?;
+        artifacts.push(ap.image.artifact.clone().unwrap_or_default());
     }
     for repo in &system.config.artifacts {
         artifacts::prune(repo)?;
@@ -345,7 +349,7 @@ fn default_handler(
         system.save_status(s, &st)?;
         activated = Some(s.config.name.clone());
     }
-    Ok(Outcome { transaction_id: txn.to_string(), written, activated })
+    Ok(Outcome { transaction_id: txn.to_string(), written, artifacts, activated })
 }
 
 #[allow(clippy::too_many_arguments)]
