@@ -1,8 +1,9 @@
 //! Adaptive updates (`adaptive=block-hash-index`, spec §10.3) streamed from
 //! a real nginx: after 5 % of a 256 MiB raw image's blocks changed, only
 //! about those blocks cross the network; the result is the new image
-//! exactly, also when a slot changed behind its cached index, and a device
-//! without a data directory falls back to a full copy.
+//! exactly, also when a slot changed behind its cached index; a device
+//! without a data directory falls back to a full copy; local bundles are
+//! installed adaptively too.
 
 use std::fs;
 use std::path::Path;
@@ -147,4 +148,20 @@ fn without_a_data_directory_the_full_image_is_copied() {
     assert!(log.contains("Adaptive update of rootfs.1 not possible (no data-directory configured)"), "{log}");
     assert!(fs::read(d.path("rootfs1.img")).unwrap() == v2);
     assert!(nginx.served("/nodata.raucb") >= (SIZE / 8) as u64 && nginx.served("/nodata.raucb") <= size + size / 50);
+
+    // The same bundle as a local file, on a device with a data directory:
+    // adaptive too, and most blocks come from the booted slot.
+    let d = device("local-bundle", "data-directory=data", &v1);
+    fs::write(d.path("rootfs1.img"), vec![0x5A; SIZE / 8]).unwrap();
+    let out = run(d.rota().arg("install").arg(www.join("nodata.raucb"))).ok();
+    let log = format!("{}{}", out.stdout, out.stderr);
+    assert!(log.contains("Adaptive update of rootfs.1: "), "{log}");
+    let from_seed: u64 = log
+        .split(" from the seed")
+        .next()
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no seed count: {log}"));
+    assert!(from_seed >= (SIZE / 8 / BLOCK * 9 / 10) as u64, "{log}");
+    assert!(fs::read(d.path("rootfs1.img")).unwrap() == v2);
 }

@@ -233,6 +233,33 @@ fn the_poller_interface_is_exported_as_shipped_only_when_polling_is_configured()
 }
 
 #[test]
+fn a_server_without_a_bundle_answers_no_content() {
+    // The in-process server first serves a candidate, then answers 204.
+    let t = tempfile::tempdir().unwrap();
+    publish(t.path(), "3.0.0");
+    let srv = testkit::httpd::Server::start();
+    srv.put("/update.raucb", fs::read(t.path().join("update.raucb")).unwrap());
+    let d = device("no-content", &format!("url={}\n", srv.url("/update.raucb")), Some("1.0.0"));
+    let bus = Bus::start();
+    let _svc = Service::start(&d, &bus, &[TICK]);
+    mark_good(&d, &bus);
+    poll(&bus);
+    let s = wait_status(&bus, "candidate", |s| attempts(s) >= 1);
+    assert_eq!(s["update-available"]["data"], true, "{s}");
+    assert!(next_poll(&bus) > 0);
+    // No install-criteria: a candidate waits for an application's InstallBundle.
+    assert_eq!(grub_selected(&grubenv(&d.path("grubenv"))).as_deref(), Some("A"));
+
+    srv.set_mode(testkit::httpd::Mode::Status(204));
+    poll(&bus);
+    let s = wait_status(&bus, "no bundle", |s| attempts(s) >= 2);
+    assert_eq!(s["summary"]["data"], "no update bundle available", "{s}");
+    assert_eq!(s["update-available"]["data"], false, "{s}");
+    assert!(s.get("manifest").is_none() && s.get("bundle").is_none(), "{s}");
+    assert_eq!(s["recent-error-count"]["data"], 0, "{s}");
+}
+
+#[test]
 fn polling_needs_a_system_version() {
     let d = device("no-version", "url=http://127.0.0.1:9/update.raucb\n", None);
     let bus = Bus::start();
