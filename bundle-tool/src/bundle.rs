@@ -296,6 +296,8 @@ impl Bundle {
         let v = if detached {
             // Plain bundles cannot be streamed: their signature covers the whole payload.
             if let (None, Some(download), false) = (&file, &opts.download, encrypted) {
+                // Refused before the download, not after it.
+                check_format_allowed(BundleFormat::Plain, &opts.allowed_formats)?;
                 return Self::open_downloaded(location, source.as_ref(), download, opts);
             }
             Self::verify_plain(&source, file, layout, &signed_data, encrypted, opts)?

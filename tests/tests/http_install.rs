@@ -165,10 +165,18 @@ fn plain_bundles_are_downloaded_within_max_bundle_download_size() {
     assert_eq!(selected(&d), "A");
     assert_eq!(sha256_hex(&fs::read(d.path("rootfs1.img")).unwrap()), sha256_hex(&vec![0x5A; SLOT]), "not written");
 
+    // A device that does not accept plain bundles refuses before downloading.
+    let d = device("plain-not-allowed", "bundle-formats=-plain");
+    let out = run(d.rota().arg("install").arg(&url)).fails();
+    assert!(out.stderr.contains("Bundle format 'plain' not allowed"), "{}", out.stderr);
+    assert!(nginx.served("/plain.raucb") < 64 * 1024, "downloaded before refusing");
+    assert_eq!(selected(&d), "A");
+
     let d = device("plain-download", "max-bundle-download-size=67108864");
     run(d.rota().arg("install").arg(&url)).ok();
     assert_installed(&d, &image, "plain");
-    // The whole file crossed the network once, in ranges.
+    // The whole file crossed the network once, in ranges (and the few
+    // bytes the refusals read).
     let fetched = nginx.served("/plain.raucb");
     assert!(fetched >= size && fetched < size + 64 * 1024, "fetched {fetched} of {size}");
 }
