@@ -717,3 +717,48 @@ fn ctrl_c_detaches_the_client_and_the_installation_goes_on() {
     assert_eq!(property(&bus, "LastError"), "s \"\"");
     assert_eq!(primary(&d), "B");
 }
+
+#[test]
+fn a_stalled_remote_inspect_holds_up_no_installation() {
+    let d = device("dbus-stalled-inspect", "");
+    let bus = Bus::start();
+    let _svc = Service::start(&d, &bus, &[]);
+    let b = bundle("dbus-stalled-inspect", "Test Config");
+    // The same bundle served over HTTP, every byte held back until released.
+    let server = testkit::httpd::Server::start();
+    let len = fs::metadata(&b).unwrap().len();
+    server.put("/b.raucb", fs::read(&b).unwrap());
+    server.hold(0, len);
+    rt().block_on(async {
+        let (conn, proxy, mut stream) = connect(&bus).await;
+        let url = server.url("/b.raucb");
+        let inspecting = proxy.inspect_bundle(&url, HashMap::new());
+        let installing = async {
+            // Let the inspection reach the server first.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while server.requests().is_empty() {
+                assert!(std::time::Instant::now() < deadline, "the inspection never asked the server");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            let install = async {
+                proxy.install_bundle(b.to_str().unwrap(), HashMap::new()).await.unwrap();
+                signals_until_idle(&mut stream).await
+            };
+            let limit = std::time::Duration::from_secs(120);
+            let Ok(seen) = tokio::time::timeout(limit, install).await else {
+                server.release();
+                panic!("the installation was held up by the stalled inspection");
+            };
+            // Progress, Completed and idle all arrived while the inspection still waits.
+            assert!(seen.contains(&Seen::Progress(100, "Installing done.".into(), 1)), "{seen:?}");
+            assert!(seen.contains(&Seen::Completed(0)), "{seen:?}");
+            let control = rota_dbus::ControlProxy::new(&conn).await.unwrap();
+            assert_eq!(detail_str(&control.details().await.unwrap(), "phase"), "idle");
+            server.release();
+        };
+        let (info, ()) = tokio::join!(inspecting, installing);
+        let info = info.unwrap();
+        assert!(info.contains_key("manifest-hash"), "{:?}", info.keys().collect::<Vec<_>>());
+    });
+    assert_eq!(primary(&d), "B");
+}

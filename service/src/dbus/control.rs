@@ -84,25 +84,25 @@ impl Details {
     }
 }
 
-/// The interface object.
+/// The interface object (state behind a mutex: no call needs the
+/// interface exclusively, so a long `Inspect` holds up nothing).
 pub struct Control {
     service: Arc<Service>,
-    details: Details,
+    details: std::sync::Mutex<Details>,
 }
 
 impl Control {
     /// The interface for `service`, idle.
     pub fn new(service: Arc<Service>) -> Control {
-        Control { service, details: Details { phase: "idle".into(), ..Details::default() } }
+        Control { service, details: std::sync::Mutex::new(Details { phase: "idle".into(), ..Details::default() }) }
     }
 }
 
 /// Applies `f` to the details and announces them if `f` says so.
 pub async fn update(iref: &InterfaceRef<Control>, f: impl FnOnce(&mut Details) -> bool) {
-    let mut c = iref.get_mut().await;
-    if f(&mut c.details)
-        && let Err(e) = c.details_changed(iref.signal_emitter()).await
-    {
+    let c = iref.get().await;
+    let changed = f(&mut c.details.lock().expect("not poisoned"));
+    if changed && let Err(e) = c.details_changed(iref.signal_emitter()).await {
         tracing::warn!("Failed to announce details: {e}");
     }
 }
@@ -134,6 +134,6 @@ impl Control {
     /// `step`, `percentage`, `slot`, `bytes-done`, `bytes-total`.
     #[zbus(property)]
     fn details(&self) -> Dict {
-        self.details.dict()
+        self.details.lock().expect("not poisoned").dict()
     }
 }

@@ -18,6 +18,7 @@ use rota_bundle::info::inspect_value;
 use rota_dbus::Dict;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering as AtomicOrdering};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::oneshot;
 use zbus::object_server::{InterfaceRef, SignalEmitter};
@@ -101,54 +102,78 @@ impl ProgressSink for ChannelSink {
     }
 }
 
-/// The interface object.
+/// What the installer is doing.
+const IDLE: u8 = 0;
+const INSTALLING: u8 = 1;
+const MARKING: u8 = 2;
+
+/// The interface object. Its state changes through interior mutability, so
+/// no call ever needs the interface exclusively: a long `InspectBundle` of a
+/// slow server cannot hold up the progress and `Completed` of an install.
 pub struct Installer {
     service: Arc<Service>,
     jobs: UnboundedSender<InstallJob>,
-    installing: bool,
-    last_error: String,
-    progress: (i32, String, i32),
+    /// [`IDLE`], [`INSTALLING`] or [`MARKING`].
+    busy: AtomicU8,
+    /// `LastError` and `Progress`.
+    shown: std::sync::Mutex<(String, (i32, String, i32))>,
 }
 
 impl Installer {
     /// A new, idle installer handing its jobs to `jobs`.
     pub fn new(service: Arc<Service>, jobs: UnboundedSender<InstallJob>) -> Installer {
-        Installer { service, jobs, installing: false, last_error: String::new(), progress: (0, String::new(), 0) }
+        Installer {
+            service,
+            jobs,
+            busy: AtomicU8::new(IDLE),
+            shown: std::sync::Mutex::new((String::new(), (0, String::new(), 0))),
+        }
     }
 
-    /// Marks the installer busy and queues `job` (the caller checked it is idle).
-    async fn start(&mut self, job: InstallJob, emitter: &SignalEmitter<'_>) -> Result<(), RaucError> {
+    fn shown(&self) -> std::sync::MutexGuard<'_, (String, (i32, String, i32))> {
+        self.shown.lock().expect("not poisoned")
+    }
+
+    /// Claims the installer for `what` if it is idle.
+    fn claim(&self, what: u8) -> bool {
+        self.busy.compare_exchange(IDLE, what, AtomicOrdering::SeqCst, AtomicOrdering::SeqCst).is_ok()
+    }
+
+    /// Claims the installer and queues `job`.
+    async fn start(&self, job: InstallJob, emitter: &SignalEmitter<'_>) -> Result<(), RaucError> {
+        if !self.claim(INSTALLING) {
+            return Err(RaucError::failed(BUSY_INSTALL));
+        }
         *self.service.current.lock().expect("not poisoned") = Some(job.args.control.clone());
-        self.installing = true;
-        self.last_error.clear();
-        self.jobs.send(job).map_err(|_| RaucError::failed("The installation worker is gone"))?;
+        self.shown().0.clear();
+        if self.jobs.send(job).is_err() {
+            self.busy.store(IDLE, AtomicOrdering::SeqCst);
+            return Err(RaucError::failed("The installation worker is gone"));
+        }
         self.operation_changed(emitter).await?;
         self.last_error_changed(emitter).await?;
         Ok(())
     }
 
     /// Queues the `[autoinstall]` bundle at service start (no caller).
-    pub async fn autoinstall(&mut self, location: String, emitter: &SignalEmitter<'_>) -> Result<(), RaucError> {
+    pub async fn autoinstall(&self, location: String, emitter: &SignalEmitter<'_>) -> Result<(), RaucError> {
         let args = self.install_args(location, &HashMap::new())?;
         self.start(InstallJob { args, done: None }, emitter).await
     }
 
     /// Whether an installation runs.
     pub fn is_installing(&self) -> bool {
-        self.installing
+        self.busy.load(AtomicOrdering::SeqCst) == INSTALLING
     }
 
     /// Queues the installation of a polled bundle, refusing any other
     /// manifest than the one polled; returns how it will end.
     pub async fn install_polled(
-        &mut self,
+        &self,
         url: String,
         manifest_hash: String,
         emitter: &SignalEmitter<'_>,
     ) -> Result<oneshot::Receiver<Result<engine::Outcome, String>>, RaucError> {
-        if self.installing {
-            return Err(RaucError::failed(BUSY_INSTALL));
-        }
         let mut args = self.install_args(url, &HashMap::new())?;
         args.require_manifest_hash = Some(manifest_hash);
         let (tx, rx) = oneshot::channel();
@@ -177,7 +202,7 @@ impl Installer {
         f: impl FnOnce(&System) -> Result<T, RaucError> + Send + 'static,
     ) -> Result<T, RaucError> {
         let service = self.service.clone();
-        let installing = self.installing;
+        let installing = self.is_installing();
         tokio::task::spawn_blocking(move || {
             let mut system = service.system.fork();
             // A slot being written must not be mounted to read its status.
@@ -202,12 +227,12 @@ pub(super) fn check_keys(args: &HashMap<String, OwnedVariant>, allowed: &[&str])
 impl Installer {
     /// Starts an installation of `source` and returns at once.
     async fn install_bundle(
-        &mut self,
+        &self,
         source: String,
         args: HashMap<String, OwnedVariant>,
         #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
     ) -> Result<(), RaucError> {
-        if self.installing {
+        if self.busy.load(AtomicOrdering::SeqCst) != IDLE {
             return Err(RaucError::failed(BUSY_INSTALL));
         }
         let args = self.install_args(rota_bundle::cli::commands::location(&source), &args)?;
@@ -216,7 +241,7 @@ impl Installer {
 
     /// Deprecated: `InstallBundle(source, {})`.
     async fn install(
-        &mut self,
+        &self,
         source: String,
         #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
     ) -> Result<(), RaucError> {
@@ -241,21 +266,24 @@ impl Installer {
     /// Marks slots; returns (marked slot names, message).
     #[zbus(out_args("slot_name", "message"))]
     async fn mark(&self, state: String, slot_identifier: String) -> Result<(String, String), RaucError> {
-        if self.installing {
+        if !self.claim(MARKING) {
             return Err(RaucError::failed(BUSY));
         }
         let service = self.service.clone();
-        self.with_system(move |system| {
-            let state = MarkState::parse(&state).map_err(RaucError::failed)?;
-            let (names, message) = mark::mark(system, state, &slot_identifier).map_err(RaucError::failed)?;
-            // Polling waits until the booted slot was marked good through the service.
-            let booted = system.booted().map(|s| s.config.name.as_str());
-            if state == MarkState::Good && booted.is_some_and(|b| names.iter().any(|n| n == b)) {
-                service.booted_marked_good.store(true, std::sync::atomic::Ordering::SeqCst);
-            }
-            Ok((names.join(" "), message))
-        })
-        .await
+        let marked = self
+            .with_system(move |system| {
+                let state = MarkState::parse(&state).map_err(RaucError::failed)?;
+                let (names, message) = mark::mark(system, state, &slot_identifier).map_err(RaucError::failed)?;
+                // Polling waits until the booted slot was marked good through the service.
+                let booted = system.booted().map(|s| s.config.name.as_str());
+                if state == MarkState::Good && booted.is_some_and(|b| names.iter().any(|n| n == b)) {
+                    service.booted_marked_good.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                Ok((names.join(" "), message))
+            })
+            .await;
+        self.busy.store(IDLE, AtomicOrdering::SeqCst);
+        marked
     }
 
     /// (slot name, status) of every configured slot (spec §8.4).
@@ -296,19 +324,19 @@ impl Installer {
     /// `idle` or `installing`.
     #[zbus(property)]
     fn operation(&self) -> String {
-        if self.installing { "installing" } else { "idle" }.to_string()
+        if self.is_installing() { "installing" } else { "idle" }.to_string()
     }
 
     /// The message of the last failed installation (`""` after a new start).
     #[zbus(property)]
     fn last_error(&self) -> String {
-        self.last_error.clone()
+        self.shown().0.clone()
     }
 
     /// (percentage, message, depth) of the running installation.
     #[zbus(property)]
     fn progress(&self) -> (i32, String, i32) {
-        self.progress.clone()
+        self.shown().1.clone()
     }
 
     /// The system's compatible.
@@ -360,8 +388,8 @@ pub async fn worker(
             match event {
                 Event::Progress(p, m, d) => {
                     super::control::update(&details, |s| s.progress(p, &m)).await;
-                    let mut i = iref.get_mut().await;
-                    i.progress = (p, m, d);
+                    let i = iref.get().await;
+                    i.shown().1 = (p, m, d);
                     if let Err(e) = i.progress_changed(iref.signal_emitter()).await {
                         tracing::warn!("Failed to announce progress: {e}");
                     }
@@ -377,8 +405,8 @@ pub async fn worker(
         super::control::update(&details, |s| s.finish()).await;
         if let Err(e) = &result {
             tracing::warn!("Installation failed: {e}");
-            let mut i = iref.get_mut().await;
-            i.last_error = e.clone();
+            let i = iref.get().await;
+            i.shown().0 = e.clone();
             if let Err(e) = i.last_error_changed(iref.signal_emitter()).await {
                 tracing::warn!("Failed to announce the error: {e}");
             }
@@ -390,8 +418,8 @@ pub async fn worker(
         if let Err(e) = Installer::completed(iref.signal_emitter(), code).await {
             tracing::warn!("Failed to send Completed: {e}");
         }
-        let mut i = iref.get_mut().await;
-        i.installing = false;
+        let i = iref.get().await;
+        i.busy.store(IDLE, AtomicOrdering::SeqCst);
         if let Err(e) = i.operation_changed(iref.signal_emitter()).await {
             tracing::warn!("Failed to announce the operation: {e}");
         }

@@ -212,7 +212,7 @@ async fn serve(service: Arc<Service>) -> Result<(), CliError> {
     if let Some(path) = service.system.config.autoinstall.clone().filter(|p| p.exists()) {
         let location = path.to_string_lossy().into_owned();
         tracing::info!("Installing {location} (autoinstall)");
-        let mut i = iref.get_mut().await;
+        let i = iref.get().await;
         if let Err(e) = i.autoinstall(location, iref.signal_emitter()).await {
             tracing::warn!("Autoinstall failed to start: {e}");
         }

@@ -258,7 +258,7 @@ async fn poll_once(
     let _ = guard.status_changed(&emitter).await;
     drop(guard);
     tracing::info!("Installing {} (polling, manifest hash {hash})", p.url);
-    let mut i = installer.get_mut().await;
+    let i = installer.get().await;
     match i.install_polled(p.url.clone(), hash, installer.signal_emitter()).await {
         Ok(done) => Some(done),
         Err(e) => {
