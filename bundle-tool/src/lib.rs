@@ -15,6 +15,7 @@ pub mod hostconfig;
 pub mod info;
 pub mod keyfile;
 pub mod manifest;
+pub mod pkcs11;
 pub mod reader;
 pub mod semver;
 pub mod signature;

@@ -6,6 +6,7 @@ ROTA_PACKAGES=(
   squashfs-tools cryptsetup-bin e2fsprogs dosfstools
   nginx-light rauc casync dbus fuse3 time hyperfine faketime
   grub-common mtd-utils attr libcap2-bin mtools zstd xz-utils gzip fdisk python3-dasbus
+  softhsm2 libengine-pkcs11-openssl opensc
 )
 
 ensure_packages() {

@@ -6,6 +6,7 @@ pub mod bus;
 pub mod device;
 pub mod httpd;
 pub mod nginx;
+pub mod pkcs11;
 
 use std::ffi::OsStr;
 use std::fs;

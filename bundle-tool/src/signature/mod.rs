@@ -48,16 +48,17 @@ fn read_file(path: &Path, what: &str) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::Key(format!("Failed to read {what} '{}': {e}", path.display())))
 }
 
-fn reject_pkcs11(s: &Path, what: &str) -> Result<()> {
-    if s.to_string_lossy().starts_with("pkcs11:") {
-        return Err(Error::Key(format!("PKCS#11 URIs are not supported for the {what} yet: {}", s.display())));
-    }
-    Ok(())
+/// `path` as a PKCS#11 URI, if it is one.
+fn pkcs11_uri(path: &Path) -> Option<&str> {
+    path.to_str().filter(|s| crate::pkcs11::is_uri(s))
 }
 
-/// Loads a PEM private key; `RAUC_KEY_PASSPHRASE` unlocks encrypted keys.
+/// Loads a private key from a PEM file (`RAUC_KEY_PASSPHRASE` unlocks
+/// encrypted keys) or a PKCS#11 token.
 pub fn load_private_key(path: &Path) -> Result<PKey<Private>> {
-    reject_pkcs11(path, "key")?;
+    if let Some(uri) = pkcs11_uri(path) {
+        return crate::pkcs11::private_key(uri).map_err(Error::Key);
+    }
     let pem = read_file(path, "key")?;
     let key = match std::env::var("RAUC_KEY_PASSPHRASE") {
         Ok(pass) => PKey::private_key_from_pem_passphrase(&pem, pass.as_bytes()),
@@ -66,9 +67,11 @@ pub fn load_private_key(path: &Path) -> Result<PKey<Private>> {
     key.map_err(|e| Error::Key(format!("Failed to load key '{}': {}", path.display(), openssl_reason(&e))))
 }
 
-/// Loads the first certificate of a PEM file.
+/// Loads the first certificate of a PEM file, or a certificate from a PKCS#11 token.
 pub fn load_cert(path: &Path) -> Result<X509> {
-    reject_pkcs11(path, "certificate")?;
+    if let Some(uri) = pkcs11_uri(path) {
+        return crate::pkcs11::certificate(uri).map_err(Error::Key);
+    }
     let pem = read_file(path, "certificate")?;
     X509::from_pem(&pem)
         .map_err(|e| Error::Key(format!("Failed to load certificate '{}': {}", path.display(), openssl_reason(&e))))
@@ -97,7 +100,7 @@ pub struct Signer {
 }
 
 impl Signer {
-    /// Loads the signer from PEM files.
+    /// Loads the signer from PEM files or PKCS#11 tokens.
     pub fn load(cert: &Path, key: &Path, intermediates: &[PathBuf]) -> Result<Signer> {
         Ok(Signer { cert: load_cert(cert)?, key: load_private_key(key)?, intermediates: load_certs(intermediates)? })
     }

@@ -1,0 +1,141 @@
+//! Keys that never leave a PKCS#11 token (SoftHSM 2, through OpenSSL's
+//! pkcs11 engine): signing bundles, decrypting crypt bundles on the device,
+//! and presenting a TLS client certificate to nginx. Debian's rauc is the
+//! peer for signatures made on the token.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use testkit::device::{Device, grubenv};
+use testkit::pkcs11::Token;
+use testkit::{Content, peer_rauc, pki_file, rota, run, target_dir};
+
+fn dir(name: &str) -> PathBuf {
+    let d = target_dir().join("test-pkcs11").join(name);
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A token in `dir` holding the `release` signer (key and certificate).
+fn release_token(dir: &Path) -> Token {
+    let t = Token::new(&dir.join("token"));
+    t.import("release", "01", &pki_file("release.key"), Some(&pki_file("release.pem")));
+    t
+}
+
+fn with_env<'a>(cmd: &'a mut Command, env: &[(String, String)]) -> &'a mut Command {
+    cmd.envs(env.iter().map(|(k, v)| (k, v)))
+}
+
+fn token_sign_args(t: &Token) -> Vec<String> {
+    vec![
+        format!("--cert={}", t.uri("release", "cert")),
+        format!("--key={}", t.uri("release", "private")),
+        format!("--intermediate={}", pki_file("inter.pem").display()),
+    ]
+}
+
+#[test]
+fn bundles_signed_on_a_token_verify_with_rota_and_rauc() {
+    let d = dir("sign");
+    let t = release_token(&d);
+    let c = Content::standard(d.join("content"), "verity");
+    let ours = d.join("rota.raucb");
+    run(with_env(rota().arg("bundle").args(token_sign_args(&t)).arg(&c.dir).arg(&ours), &t.env())).ok();
+    let keyring = format!("--keyring={}", pki_file("keyring.pem").display());
+    let info = run(peer_rauc().arg("info").arg(&keyring).arg(&ours)).ok();
+    assert!(
+        info.stderr.contains("Verified inline signature by 'O = rota test, CN = rota Release Signer'"),
+        "{}",
+        info.stderr
+    );
+    // And the other way: rauc signs on the same token, rota verifies.
+    let theirs = d.join("rauc.raucb");
+    run(with_env(peer_rauc().arg("bundle").args(token_sign_args(&t)).arg(&c.dir).arg(&theirs), &t.env())).ok();
+    let info = run(rota().arg("info").arg(&keyring).arg(&theirs)).ok();
+    assert!(
+        info.stderr.contains("Verified inline signature by 'O = rota test, CN = rota Release Signer'"),
+        "{}",
+        info.stderr
+    );
+}
+
+#[test]
+fn a_wrong_pin_or_a_missing_object_is_named_and_writes_no_bundle() {
+    let d = dir("sign-errors");
+    let t = release_token(&d);
+    let c = Content::standard(d.join("content"), "verity");
+    let out = d.join("b.raucb");
+    let mut env = t.env_without_pin();
+    env.push(("RAUC_PKCS11_PIN".into(), "9999".into()));
+    let r = run(with_env(rota().arg("bundle").args(token_sign_args(&t)).arg(&c.dir).arg(&out), &env)).fails();
+    let key = t.uri("release", "private");
+    assert!(r.stderr.contains(&format!("Failed to load key '{key}': ")), "{}", r.stderr);
+    assert!(r.stderr.contains("PIN incorrect"), "{}", r.stderr);
+    assert!(!out.exists());
+    // A PIN in the URI works like the environment's, and is never shown.
+    let missing = "pkcs11:token=rota;object=nothing;type=private?pin-value=1234";
+    let args = [format!("--cert={}", t.uri("release", "cert")), format!("--key={missing}")];
+    let r = run(with_env(rota().arg("bundle").args(args).arg(&c.dir).arg(&out), &t.env_without_pin())).fails();
+    assert!(
+        r.stderr.contains("Failed to load key 'pkcs11:token=rota;object=nothing;type=private?pin-value=***': "),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("object not found"), "{}", r.stderr);
+    // (libp11 prints the URI itself; rota's own lines never show the PIN.)
+    assert!(r.stderr.lines().filter(|l| l.contains("Failed")).all(|l| !l.contains("pin-value=1234")), "{}", r.stderr);
+    assert!(!out.exists());
+    // A module that does not exist.
+    let env = vec![("RAUC_PKCS11_MODULE".to_string(), "/nonexistent/pkcs11-module.so".to_string())];
+    let r = run(with_env(rota().arg("bundle").args(token_sign_args(&t)).arg(&c.dir).arg(&out), &env)).fails();
+    assert!(
+        r.stderr.contains("Failed to load certificate 'pkcs11:token=rota;object=release;type=cert': "),
+        "{}",
+        r.stderr
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn crypt_bundles_install_with_the_decryption_key_on_a_token() {
+    let d = dir("decrypt");
+    let t = Token::new(&d.join("token"));
+    t.import("rsa", "02", &pki_file("rsa-recipient.key"), None);
+    t.import("ec", "03", &pki_file("ec-recipient.key"), None);
+    let c = Content::standard(d.join("content"), "crypt");
+    let signed = d.join("signed.raucb");
+    run(rota().arg("bundle").args(testkit::signer_args("release")).arg(&c.dir).arg(&signed)).ok();
+    for (label, recipient) in [("rsa", "rsa-recipient.pem"), ("ec", "ec-recipient.pem")] {
+        let enc = d.join(format!("{label}.raucb"));
+        let to = format!("--to={}", pki_file(recipient).display());
+        run(rota().arg("encrypt").arg(to).arg(&signed).arg(&enc)).ok();
+        // `info --key=<URI>`, from rota and from rauc.
+        let keyring = format!("--keyring={}", pki_file("keyring.pem").display());
+        let key = format!("--key={}", t.uri(label, "private"));
+        for mut cmd in [rota(), peer_rauc()] {
+            let info = run(with_env(cmd.arg("info").arg(&keyring).arg(&key).arg(&enc), &t.env())).ok();
+            assert!(info.stdout.contains("Compatible:") && info.stdout.contains("'Test Config'"), "{}", info.stdout);
+        }
+        // A device whose [encryption] key is on the token installs it.
+        let conf = format!(
+            "[system]\ncompatible=Test Config\nbootloader=grub\ngrubenv=grubenv\n[keyring]\npath={}\n\
+             [encryption]\nkey={}\n[slot.rootfs.0]\ndevice=rootfs0.img\nbootname=A\n\
+             [slot.rootfs.1]\ndevice=rootfs1.img\nbootname=B\n[slot.appfs.0]\ndevice=appfs0.img\nparent=rootfs.0\n\
+             [slot.appfs.1]\ndevice=appfs1.img\nparent=rootfs.1\n",
+            pki_file("keyring.pem").display(),
+            t.uri(label, "private")
+        );
+        let dev = Device::new(d.join(format!("device-{label}")), &conf);
+        dev.grub_env(&["A", "B"]);
+        for f in ["rootfs0.img", "rootfs1.img", "appfs0.img", "appfs1.img"] {
+            dev.slot_file(f, 512 * 1024, 0xAA);
+        }
+        run(with_env(dev.rota().arg("install").arg(&enc), &t.env())).ok();
+        let root = fs::read(dev.path("rootfs1.img")).unwrap();
+        assert_eq!(root[..256 * 1024], fs::read(c.dir.join("rootfs.img")).unwrap()[..], "{label}");
+        assert!(fs::read(dev.path("rootfs0.img")).unwrap().iter().all(|&b| b == 0xAA), "booted slot untouched");
+        assert_eq!(testkit::device::grub_selected(&grubenv(&dev.path("grubenv"))).as_deref(), Some("B"));
+    }
+}
