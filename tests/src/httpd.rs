@@ -76,6 +76,8 @@ impl Request {
 #[derive(Default)]
 struct State {
     files: HashMap<String, Arc<Vec<u8>>>,
+    /// Paths answered with `302 Found` and this `Location`.
+    redirects: HashMap<String, String>,
     requests: Vec<Request>,
     delay: std::time::Duration,
     active: usize,
@@ -123,6 +125,11 @@ impl Server {
     /// Serves `data` at `path` (e.g. `/b.raucb`).
     pub fn put(&self, path: &str, data: Vec<u8>) {
         self.state.lock().unwrap().files.insert(path.to_string(), Arc::new(data));
+    }
+
+    /// Answers requests for `path` with `302 Found` to `location`.
+    pub fn redirect(&self, path: &str, location: &str) {
+        self.state.lock().unwrap().redirects.insert(path.to_string(), location.to_string());
     }
 
     /// Changes the behaviour for subsequent requests.
@@ -213,13 +220,18 @@ fn serve_connection(conn: TcpStream, state: &Mutex<State>, mode: &Mutex<Mode>) -
             }
         }
         let req = Request { path: path.clone(), headers };
-        let (file, delay) = {
+        let (file, delay, redirect) = {
             let mut st = state.lock().unwrap();
             st.requests.push(req.clone());
             st.active += 1;
             st.max_active = st.max_active.max(st.active);
-            (st.files.get(&path).cloned(), st.delay)
+            (st.files.get(&path).cloned(), st.delay, st.redirects.get(&path).cloned())
         };
+        if let Some(location) = redirect {
+            state.lock().unwrap().active -= 1;
+            write!(out, "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n")?;
+            continue;
+        }
         thread::sleep(delay);
         let end = file.as_ref().and_then(|d| req.header("range").and_then(|r| parse_range(r, d.len() as u64)));
         while end.is_some_and(|(a, b)| state.lock().unwrap().hold.is_some_and(|(s, e)| a < e && b >= s)) {

@@ -6,9 +6,12 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use testkit::device::{Device, grubenv};
+use testkit::bus::{Bus, Service};
+use testkit::device::{Device, grub_selected, grubenv};
+use testkit::httpd::{Fault, Server};
+use testkit::nginx::{Nginx, Tls};
 use testkit::pkcs11::Token;
-use testkit::{Content, peer_rauc, pki_file, rota, run, target_dir};
+use testkit::{Content, peer_rauc, pki_file, rota, rota_bundle, run, sha256_hex, target_dir};
 
 fn dir(name: &str) -> PathBuf {
     let d = target_dir().join("test-pkcs11").join(name);
@@ -138,4 +141,139 @@ fn crypt_bundles_install_with_the_decryption_key_on_a_token() {
         assert!(fs::read(dev.path("rootfs0.img")).unwrap().iter().all(|&b| b == 0xAA), "booted slot untouched");
         assert_eq!(testkit::device::grub_selected(&grubenv(&dev.path("grubenv"))).as_deref(), Some("B"));
     }
+}
+
+const SLOT: usize = 4 << 20;
+
+/// An A/B device with its slots filled with 0x5A, booted from A.
+fn ab_device(dir: &Path, extra: &str) -> Device {
+    let conf = format!(
+        "[system]\ncompatible=Test Config\nbootloader=grub\ngrubenv=grubenv\n[keyring]\npath={}\n{extra}\n\
+         [slot.rootfs.0]\ndevice=rootfs0.img\nbootname=A\n[slot.rootfs.1]\ndevice=rootfs1.img\nbootname=B\n",
+        pki_file("keyring.pem").display()
+    );
+    let d = Device::new(dir, &conf);
+    d.grub_ab(SLOT, 0x5A);
+    d
+}
+
+/// A verity bundle with a 2 MiB image at `www/b.raucb`; returns the image.
+fn publish(d: &Path, www: &Path) -> Vec<u8> {
+    let c = Content::new(d.join("content"));
+    let image = c.image("rootfs.img", 2 << 20, 77);
+    c.manifest(
+        "[update]\ncompatible=Test Config\nversion=2\n[bundle]\nformat=verity\n[image.rootfs]\nfilename=rootfs.img\n",
+    );
+    fs::create_dir_all(www).unwrap();
+    rota_bundle(&c.dir, &www.join("b.raucb"), "release").ok();
+    image
+}
+
+fn installed(d: &Device, image: &[u8]) -> bool {
+    let slot = fs::read(d.path("rootfs1.img")).unwrap();
+    slot[..image.len()] == image[..] && grub_selected(&grubenv(&d.path("grubenv"))).as_deref() == Some("B")
+}
+
+fn untouched(d: &Device) -> bool {
+    let fill = sha256_hex(&vec![0x5A; SLOT]);
+    grub_selected(&grubenv(&d.path("grubenv"))).as_deref() == Some("A")
+        && ["rootfs0.img", "rootfs1.img"].iter().all(|s| sha256_hex(&fs::read(d.path(s)).unwrap()) == fill)
+}
+
+#[test]
+fn https_client_certificates_from_a_token() {
+    let d = dir("tls");
+    let www = d.join("www");
+    let image = publish(&d, &www);
+    let t = Token::new(&d.join("token"));
+    t.import("client", "05", &pki_file("client.key"), Some(&pki_file("client.pem")));
+    let root = pki_file("root.pem");
+    let (cert, key) = (pki_file("server.pem"), pki_file("server.key"));
+    let mtls = Nginx::serve_tls(&www, Tls { cert: &cert, key: &key, client_ca: Some(&root) });
+    let url = mtls.url("/b.raucb");
+    let ca = format!("--tls-ca={}", root.display());
+
+    // Direct mode: certificate and key on the token.
+    let dev = ab_device(&d.join("direct"), "");
+    let args = [
+        ca.clone(),
+        format!("--tls-cert={}", t.uri("client", "cert")),
+        format!("--tls-key={}", t.uri("client", "private")),
+    ];
+    run(with_env(dev.rota().arg("install").args(&args).arg(&url), &t.env())).ok();
+    assert!(installed(&dev, &image), "token certificate and key");
+
+    // The certificate from a file, the key on the token.
+    let dev = ab_device(&d.join("mixed"), "");
+    let args = [
+        ca.clone(),
+        format!("--tls-cert={}", pki_file("client.pem").display()),
+        format!("--tls-key={}", t.uri("client", "private")),
+    ];
+    run(with_env(dev.rota().arg("install").args(&args).arg(&url), &t.env())).ok();
+    assert!(installed(&dev, &image), "file certificate, token key");
+
+    // The service, configured in [streaming].
+    let streaming = format!(
+        "[streaming]\ntls-ca={}\ntls-cert={}\ntls-key={}\n",
+        root.display(),
+        t.uri("client", "cert"),
+        t.uri("client", "private")
+    );
+    let dev = ab_device(&d.join("service"), &streaming);
+    let bus = Bus::start();
+    let env = t.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let svc = Service::start(&dev, &bus, &env);
+    run(dev.rota().envs(bus.env()).args(["install", &url])).ok();
+    assert!(installed(&dev, &image), "service");
+    drop(svc);
+    assert!(mtls.header_log().iter().filter(|l| l.uri == "/b.raucb").all(|l| l.status == 206));
+
+    // No PIN: the key cannot be used; the message names it, nothing is written.
+    let dev = ab_device(&d.join("no-pin"), "");
+    let args =
+        [ca, format!("--tls-cert={}", t.uri("client", "cert")), format!("--tls-key={}", t.uri("client", "private"))];
+    let r = run(with_env(dev.rota().arg("install").args(&args).arg(&url), &t.env_without_pin())).fails();
+    let key = t.uri("client", "private");
+    assert!(r.stderr.contains(&format!("Failed to stream bundle {url}: Failed to load key '{key}': ")), "{}", r.stderr);
+    assert!(untouched(&dev), "no PIN");
+}
+
+#[test]
+fn the_token_transport_follows_redirects_sends_credentials_and_survives_faults() {
+    let d = dir("transport");
+    let www = d.join("www");
+    let image = publish(&d, &www);
+    let bytes = fs::read(www.join("b.raucb")).unwrap();
+    let t = Token::new(&d.join("token"));
+    t.import("client", "05", &pki_file("client.key"), Some(&pki_file("client.pem")));
+    let srv = Server::start();
+    srv.put("/b.raucb", bytes.clone());
+    srv.redirect("/latest.raucb", "/b.raucb");
+    // A reset mid-body, a stall and a 503, each once, somewhere in the image.
+    let third = bytes.len() as u64 / 3;
+    srv.inject(Fault::Reset(1000), third, 1);
+    srv.inject(Fault::Stall(1000, std::time::Duration::from_secs(5)), 2 * third, 1);
+    srv.inject(Fault::Status(503), third / 2, 1);
+    let url = srv.url("/latest.raucb").replace("http://", "http://fleet:s%3Acret@");
+    let dev = ab_device(&d.join("device"), "[streaming]\nstall-timeout-sec=1\nretry-pause-ms=50\n");
+    // Over plain HTTP the key is loaded but unused: the request still goes
+    // through the token transport.
+    let args = [format!("--tls-cert={}", t.uri("client", "cert")), format!("--tls-key={}", t.uri("client", "private"))];
+    run(with_env(dev.rota().arg("install").args(&args).arg(&url), &t.env())).ok();
+    assert!(installed(&dev, &image), "installed through redirects and faults");
+    assert_eq!(srv.faults_served(), 3);
+    let requests = srv.requests();
+    let basic = "Basic ZmxlZXQ6czpjcmV0".to_string(); // base64 of fleet:s:cret
+    assert!(requests.iter().any(|r| r.path == "/latest.raucb"));
+    assert!(requests.iter().all(|r| r.header("authorization") == Some(basic.as_str())), "{requests:?}");
+    assert!(requests.iter().filter(|r| r.path == "/b.raucb").all(|r| r.header("range").is_some()));
+
+    // Too many redirects: a clear error, nothing written.
+    srv.redirect("/loop.raucb", "/loop.raucb");
+    let dev = ab_device(&d.join("loop"), "");
+    let r = run(with_env(dev.rota().arg("install").args(&args).arg(srv.url("/loop.raucb")), &t.env())).fails();
+    assert!(r.stderr.contains("more than 8 redirects"), "{}", r.stderr);
+    assert!(untouched(&dev), "redirect loop");
 }

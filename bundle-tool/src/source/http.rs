@@ -5,6 +5,8 @@
 //! with read-ahead when access is sequential. Every response must be `206`
 //! with a `Content-Range` that matches the request exactly.
 
+mod transport;
+
 use super::ReadAt;
 use reqwest::header::{CONTENT_RANGE, ETAG, HeaderMap, HeaderName, HeaderValue, LAST_MODIFIED, RANGE};
 use std::collections::{HashMap, VecDeque};
@@ -13,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
+use transport::{Client, SendError};
 
 /// How to reach the server.
 #[derive(Debug, Clone)]
@@ -195,45 +198,6 @@ fn header_map(pairs: &[(String, String)]) -> Result<HeaderMap, String> {
     Ok(map)
 }
 
-fn read_file(path: &PathBuf, what: &str) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("Failed to read {what} '{}': {e}", path.display()))
-}
-
-fn build_client(opts: &HttpOptions) -> Result<reqwest::Client, String> {
-    let mut b = reqwest::Client::builder()
-        .tls_backend_native()
-        .connect_timeout(opts.connect_timeout)
-        .read_timeout(opts.stall_timeout)
-        .redirect(reqwest::redirect::Policy::limited(8))
-        .pool_max_idle_per_host(opts.max_in_flight.max(1));
-    if let Some(ca) = &opts.tls_ca {
-        let pem = read_file(ca, "CA file")?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| format!("Invalid CA file '{}': {e}", ca.display()))?;
-        b = b.tls_certs_only(certs);
-    }
-    if opts.tls_no_verify {
-        b = b.tls_danger_accept_invalid_certs(true);
-    }
-    match (&opts.tls_cert, &opts.tls_key) {
-        (Some(cert), Some(key)) => {
-            let cert_pem = read_file(cert, "TLS certificate")?;
-            let key_pem = read_file(key, "TLS key")?;
-            // native-tls wants PKCS#8; accept traditional RSA/EC PEM keys too.
-            let pkey = openssl::pkey::PKey::private_key_from_pem(&key_pem)
-                .map_err(|e| format!("Invalid TLS key '{}': {e}", key.display()))?;
-            let pkcs8 =
-                pkey.private_key_to_pem_pkcs8().map_err(|e| format!("Invalid TLS key '{}': {e}", key.display()))?;
-            let id = reqwest::Identity::from_pkcs8_pem(&cert_pem, &pkcs8)
-                .map_err(|e| format!("Invalid TLS client certificate: {e}"))?;
-            b = b.identity(id);
-        }
-        (None, None) => {}
-        _ => return Err("TLS client certificate and key must be given together".to_string()),
-    }
-    b.build().map_err(|e| format!("Failed to set up HTTP client: {e}"))
-}
-
 fn describe_status(status: u16) -> String {
     match status {
         200 => "range requests not supported by server".to_string(),
@@ -243,36 +207,6 @@ fn describe_status(status: u16) -> String {
         404 => "not found".to_string(),
         other => format!("unexpected HTTP response code {other}"),
     }
-}
-
-/// The error and its causes, each text once (libraries often repeat their source).
-fn error_chain(e: &reqwest::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut src: Option<&dyn std::error::Error> = Some(e);
-    while let Some(s) = src {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        src = s.source();
-    }
-    parts.join(": ")
-}
-
-/// Whether OpenSSL failed the TLS handshake (certificate checks and the like):
-/// retrying will not help, and the server did respond.
-fn is_tls_failure(e: &reqwest::Error) -> bool {
-    let mut src: Option<&dyn std::error::Error> = Some(e);
-    while let Some(s) = src {
-        if s.is::<openssl::ssl::Error>()
-            || s.is::<openssl::error::ErrorStack>()
-            || s.to_string().contains("SSL routines")
-        {
-            return true;
-        }
-        src = s.source();
-    }
-    false
 }
 
 /// Parses `bytes a-b/total`.
@@ -295,7 +229,7 @@ enum FetchError {
 /// Where range requests go, and what to count them in.
 #[derive(Clone)]
 struct Target {
-    client: reqwest::Client,
+    client: Client,
     url: String,
     headers: HeaderMap,
     stats: Arc<HttpStats>,
@@ -334,25 +268,17 @@ impl Target {
         body: &mut Vec<u8>,
     ) -> Result<(HeaderMap, String), FetchError> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let mut resp = self
-            .client
-            .get(&self.url)
-            .headers(self.headers.clone())
-            .header(RANGE, format!("bytes={from}-{end}"))
-            .send()
-            .await
-            .map_err(|e| {
-                if is_tls_failure(&e) {
-                    FetchError::Fatal(format!("TLS handshake failed: {}", error_chain(&e)))
-                } else if e.is_connect() {
-                    FetchError::NoResponse(error_chain(&e))
-                } else if e.is_timeout() || e.is_request() {
-                    FetchError::Transient(error_chain(&e))
-                } else {
-                    FetchError::Fatal(error_chain(&e))
-                }
-            })?;
-        let status = resp.status().as_u16();
+        let mut headers = self.headers.clone();
+        if let Ok(range) = HeaderValue::from_str(&format!("bytes={from}-{end}")) {
+            headers.insert(RANGE, range);
+        }
+        let mut resp = self.client.get(&self.url, &headers).await.map_err(|e| match e {
+            SendError::Tls(m) => FetchError::Fatal(format!("TLS handshake failed: {m}")),
+            SendError::Connect(m) => FetchError::NoResponse(m),
+            SendError::Transient(m) => FetchError::Transient(m),
+            SendError::Fatal(m) => FetchError::Fatal(m),
+        })?;
+        let status = resp.status;
         if status == 412 {
             return Err(FetchError::Fatal("bundle changed on the server since it was opened".to_string()));
         }
@@ -361,7 +287,7 @@ impl Target {
             let retry = status >= 500 || status == 408 || status == 429;
             return Err(if retry { FetchError::Transient(msg) } else { FetchError::Fatal(msg) });
         }
-        let cr = resp.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let cr = resp.headers.get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
         let Some((a, b, total)) = cr.as_deref().and_then(parse_content_range) else {
             let shown = cr.as_deref().unwrap_or("(missing)");
             return Err(FetchError::Fatal(format!("invalid Content-Range in response: {shown}")));
@@ -378,15 +304,12 @@ impl Target {
                 expect_total.map(|t| format!("/{t}")).unwrap_or_default()
             )));
         }
-        let url = resp.url().to_string();
-        let headers = resp.headers().clone();
+        let url = std::mem::take(&mut resp.url);
+        let headers = std::mem::take(&mut resp.headers);
         let want = (end - from + 1) as usize;
         let mut got = 0;
         loop {
-            let chunk = resp
-                .chunk()
-                .await
-                .map_err(|e| FetchError::Transient(format!("transfer failed: {}", error_chain(&e))))?;
+            let chunk = resp.chunk().await.map_err(|e| FetchError::Transient(format!("transfer failed: {e}")))?;
             let Some(chunk) = chunk else { break };
             self.stats.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             if got + chunk.len() > want {
@@ -454,7 +377,7 @@ impl HttpSource {
         if opts.window == 0 || !opts.window.is_multiple_of(4096) {
             return Err(fail("range window must be a non-zero multiple of 4096".into()));
         }
-        let client = build_client(&opts).map_err(fail)?;
+        let client = Client::build(&opts).map_err(fail)?;
         let headers = header_map(&opts.headers).map_err(fail)?;
         let mut first_headers = headers.clone();
         first_headers.extend(header_map(&opts.info_headers).map_err(fail)?);

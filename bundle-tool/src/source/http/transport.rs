@@ -1,0 +1,350 @@
+//! How a GET reaches the server. reqwest (on OpenSSL through native-tls)
+//! carries every request, except when the TLS client key or certificate
+//! lives on a PKCS#11 token: native-tls only accepts key bytes, so those
+//! connections go through hyper with an OpenSSL connector that holds the
+//! token's key (`hyper-openssl`). Both answer with the same [`Response`];
+//! redirects, `user:password@` credentials and timeouts behave alike.
+
+use super::HttpOptions;
+use crate::signature;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::{Bytes, Incoming};
+use hyper_openssl::client::legacy::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+use openssl::x509::X509;
+use openssl::x509::store::X509StoreBuilder;
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue, LOCATION};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Redirects followed per request, as RAUC (curl) does.
+const MAX_REDIRECTS: usize = 8;
+
+/// Why a request got no usable response.
+pub(super) enum SendError {
+    /// The TLS handshake failed (certificates): retrying will not help.
+    Tls(String),
+    /// No connection could be made.
+    Connect(String),
+    /// The request failed on its way (timeouts, resets): worth another try.
+    Transient(String),
+    /// Retrying will not help.
+    Fatal(String),
+}
+
+/// The configured HTTP client.
+#[derive(Clone)]
+pub(super) enum Client {
+    /// reqwest, for everything without a token key.
+    Reqwest(reqwest::Client),
+    /// hyper on OpenSSL, holding a client key from a PKCS#11 token.
+    Token(Arc<TokenClient>),
+}
+
+/// hyper's pooled client on an OpenSSL connector.
+pub(super) struct TokenClient {
+    client: hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    stall: Duration,
+}
+
+/// Status, headers and the body still to read.
+pub(super) struct Response {
+    /// HTTP status code.
+    pub status: u16,
+    /// Response headers.
+    pub headers: HeaderMap,
+    /// The URL that answered, after redirects.
+    pub url: String,
+    body: Body,
+}
+
+enum Body {
+    Reqwest(reqwest::Response),
+    Hyper { body: Incoming, stall: Duration },
+}
+
+fn uses_token(path: Option<&Path>) -> bool {
+    path.and_then(Path::to_str).is_some_and(crate::pkcs11::is_uri)
+}
+
+fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("Failed to read {what} '{}': {e}", path.display()))
+}
+
+impl Client {
+    /// The client for `opts`: reqwest unless a client key or certificate is a PKCS#11 URI.
+    pub(super) fn build(opts: &HttpOptions) -> Result<Client, String> {
+        match (&opts.tls_cert, &opts.tls_key) {
+            (Some(_), None) | (None, Some(_)) => {
+                Err("TLS client certificate and key must be given together".to_string())
+            }
+            (cert, key) if uses_token(cert.as_deref()) || uses_token(key.as_deref()) => {
+                TokenClient::build(opts).map(|c| Client::Token(Arc::new(c)))
+            }
+            _ => build_reqwest(opts).map(Client::Reqwest),
+        }
+    }
+
+    /// GETs `url` with `headers`, following redirects.
+    pub(super) async fn get(&self, url: &str, headers: &HeaderMap) -> Result<Response, SendError> {
+        match self {
+            Client::Reqwest(c) => {
+                let resp = c.get(url).headers(headers.clone()).send().await.map_err(|e| classify(&e))?;
+                Ok(Response {
+                    status: resp.status().as_u16(),
+                    headers: resp.headers().clone(),
+                    url: resp.url().to_string(),
+                    body: Body::Reqwest(resp),
+                })
+            }
+            Client::Token(c) => c.get(url, headers).await,
+        }
+    }
+}
+
+impl Response {
+    /// The next piece of the body; `None` at its end.
+    pub(super) async fn chunk(&mut self) -> Result<Option<Bytes>, String> {
+        match &mut self.body {
+            Body::Reqwest(r) => r.chunk().await.map_err(|e| error_chain(&e)),
+            Body::Hyper { body, stall } => loop {
+                let frame =
+                    tokio::time::timeout(*stall, body.frame()).await.map_err(|_| "operation timed out".to_string())?;
+                match frame {
+                    None => return Ok(None),
+                    Some(Err(e)) => return Err(error_chain(&e)),
+                    Some(Ok(f)) => {
+                        if let Ok(data) = f.into_data() {
+                            return Ok(Some(data));
+                        }
+                    }
+                }
+            },
+        }
+    }
+}
+
+fn build_reqwest(opts: &HttpOptions) -> Result<reqwest::Client, String> {
+    let mut b = reqwest::Client::builder()
+        .tls_backend_native()
+        .connect_timeout(opts.connect_timeout)
+        .read_timeout(opts.stall_timeout)
+        .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
+        .pool_max_idle_per_host(opts.max_in_flight.max(1));
+    if let Some(ca) = &opts.tls_ca {
+        let pem = read_file(ca, "CA file")?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("Invalid CA file '{}': {e}", ca.display()))?;
+        b = b.tls_certs_only(certs);
+    }
+    if opts.tls_no_verify {
+        b = b.tls_danger_accept_invalid_certs(true);
+    }
+    if let (Some(cert), Some(key)) = (&opts.tls_cert, &opts.tls_key) {
+        let cert_pem = read_file(cert, "TLS certificate")?;
+        let key_pem = read_file(key, "TLS key")?;
+        // native-tls wants PKCS#8; accept traditional RSA/EC PEM keys too.
+        let pkey = openssl::pkey::PKey::private_key_from_pem(&key_pem)
+            .map_err(|e| format!("Invalid TLS key '{}': {e}", key.display()))?;
+        let pkcs8 = pkey.private_key_to_pem_pkcs8().map_err(|e| format!("Invalid TLS key '{}': {e}", key.display()))?;
+        let id = reqwest::Identity::from_pkcs8_pem(&cert_pem, &pkcs8)
+            .map_err(|e| format!("Invalid TLS client certificate: {e}"))?;
+        b = b.identity(id);
+    }
+    b.build().map_err(|e| format!("Failed to set up HTTP client: {e}"))
+}
+
+/// Whether a proxy from the environment would carry requests to `url`;
+/// the token client connects directly only.
+fn proxied(url: &url::Url) -> bool {
+    let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
+    let proxy = match url.scheme() {
+        "https" => var("https_proxy").or_else(|| var("HTTPS_PROXY")),
+        _ => var("http_proxy"),
+    }
+    .or_else(|| var("all_proxy").or_else(|| var("ALL_PROXY")));
+    if proxy.is_none() {
+        return false;
+    }
+    let host = url.host_str().unwrap_or_default();
+    let excluded = var("no_proxy").or_else(|| var("NO_PROXY")).is_some_and(|list| {
+        list.split(',').map(str::trim).any(|n| {
+            n == "*" || {
+                let n = n.trim_start_matches('.');
+                !n.is_empty() && (host == n || host.ends_with(&format!(".{n}")))
+            }
+        })
+    });
+    !excluded
+}
+
+impl TokenClient {
+    fn build(opts: &HttpOptions) -> Result<TokenClient, String> {
+        let ssl_err =
+            |e: openssl::error::ErrorStack| format!("Failed to set up TLS: {}", signature::openssl_reason(&e));
+        let mut ssl = SslConnector::builder(SslMethod::tls_client()).map_err(ssl_err)?;
+        ssl.set_alpn_protos(b"\x02h2\x08http/1.1").map_err(ssl_err)?;
+        if let Some(ca) = &opts.tls_ca {
+            let pem = read_file(ca, "CA file")?;
+            let certs = X509::stack_from_pem(&pem).map_err(|e| format!("Invalid CA file '{}': {e}", ca.display()))?;
+            // The CA file replaces the system trust store.
+            let mut store = X509StoreBuilder::new().map_err(ssl_err)?;
+            for c in certs {
+                store.add_cert(c).map_err(ssl_err)?;
+            }
+            ssl.set_cert_store(store.build());
+        }
+        if opts.tls_no_verify {
+            ssl.set_verify(SslVerifyMode::NONE);
+        }
+        if let (Some(cert), Some(key)) = (&opts.tls_cert, &opts.tls_key) {
+            let cert = signature::load_cert(cert).map_err(|e| e.to_string())?;
+            let key = signature::load_private_key(key).map_err(|e| e.to_string())?;
+            ssl.set_certificate(&cert).map_err(ssl_err)?;
+            ssl.set_private_key(&key).map_err(ssl_err)?;
+            ssl.check_private_key().map_err(|e| {
+                format!("TLS client key does not match the certificate: {}", signature::openssl_reason(&e))
+            })?;
+        }
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(opts.connect_timeout));
+        let mut https = HttpsConnector::with_connector(http, ssl).map_err(ssl_err)?;
+        if opts.tls_no_verify {
+            https.set_callback(|c, _| {
+                c.set_verify_hostname(false);
+                Ok(())
+            });
+        }
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(opts.max_in_flight.max(1))
+            .build(https);
+        Ok(TokenClient { client, stall: opts.stall_timeout })
+    }
+
+    async fn get(&self, url: &str, headers: &HeaderMap) -> Result<Response, SendError> {
+        let mut url = url::Url::parse(url).map_err(|e| SendError::Fatal(format!("invalid URL '{url}': {e}")))?;
+        for _ in 0..=MAX_REDIRECTS {
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(SendError::Fatal(format!("unsupported URL scheme '{}'", url.scheme())));
+            }
+            if proxied(&url) {
+                return Err(SendError::Fatal(
+                    "HTTP proxies are not supported with a TLS client key on a PKCS#11 token".to_string(),
+                ));
+            }
+            let (uri, auth) = without_credentials(&url);
+            let mut req = hyper::Request::get(uri.as_str());
+            let h = req.headers_mut().expect("a valid request");
+            h.extend(headers.clone());
+            if let Some(auth) = auth {
+                h.insert(AUTHORIZATION, auth);
+            }
+            let req = req.body(Empty::new()).map_err(|e| SendError::Fatal(format!("invalid request: {e}")))?;
+            let resp = tokio::time::timeout(self.stall, self.client.request(req))
+                .await
+                .map_err(|_| SendError::Transient("operation timed out".to_string()))?
+                .map_err(|e| {
+                    if is_tls_failure(&e) {
+                        SendError::Tls(error_chain(&e))
+                    } else if e.is_connect() {
+                        SendError::Connect(error_chain(&e))
+                    } else {
+                        SendError::Transient(error_chain(&e))
+                    }
+                })?;
+            let status = resp.status().as_u16();
+            let location = resp.headers().get(LOCATION).and_then(|v| v.to_str().ok());
+            if let (301 | 302 | 303 | 307 | 308, Some(location)) = (status, location) {
+                url = url
+                    .join(location)
+                    .map_err(|e| SendError::Fatal(format!("invalid redirect to '{location}': {e}")))?;
+                continue;
+            }
+            let (parts, body) = resp.into_parts();
+            return Ok(Response {
+                status,
+                headers: parts.headers,
+                url: url.to_string(),
+                body: Body::Hyper { body, stall: self.stall },
+            });
+        }
+        Err(SendError::Fatal(format!("more than {MAX_REDIRECTS} redirects")))
+    }
+}
+
+/// `url` without `user:password@`, and those as a Basic `Authorization` value.
+fn without_credentials(url: &url::Url) -> (url::Url, Option<HeaderValue>) {
+    if url.username().is_empty() && url.password().is_none() {
+        return (url.clone(), None);
+    }
+    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+    let pair = format!("{}:{}", decode(url.username()), decode(url.password().unwrap_or_default()));
+    let value = HeaderValue::from_str(&format!("Basic {}", openssl::base64::encode_block(pair.as_bytes()))).ok();
+    let mut bare = url.clone();
+    let _ = bare.set_username("");
+    let _ = bare.set_password(None);
+    (bare, value)
+}
+
+fn classify(e: &reqwest::Error) -> SendError {
+    if is_tls_failure(e) {
+        SendError::Tls(error_chain(e))
+    } else if e.is_connect() {
+        SendError::Connect(error_chain(e))
+    } else if e.is_timeout() || e.is_request() {
+        SendError::Transient(error_chain(e))
+    } else {
+        SendError::Fatal(error_chain(e))
+    }
+}
+
+/// The error and its causes, each text once (libraries often repeat their source).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut src: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = src {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        src = s.source();
+    }
+    parts.join(": ")
+}
+
+/// Whether OpenSSL failed the TLS handshake (certificate checks and the like):
+/// retrying will not help, and the server did respond.
+fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut src: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = src {
+        if s.is::<openssl::ssl::Error>()
+            || s.is::<openssl::error::ErrorStack>()
+            || s.to_string().contains("SSL routines")
+        {
+            return true;
+        }
+        src = s.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_the_url_become_basic_authorization() {
+        let url = url::Url::parse("https://fleet%40x:p%3Ass@updates.example/b.raucb").unwrap();
+        let (bare, auth) = without_credentials(&url);
+        assert_eq!(bare.as_str(), "https://updates.example/b.raucb");
+        let expected = format!("Basic {}", openssl::base64::encode_block(b"fleet@x:p:ss"));
+        assert_eq!(auth.unwrap().to_str().unwrap(), expected);
+        let plain = url::Url::parse("http://updates.example/b.raucb").unwrap();
+        assert!(without_credentials(&plain).1.is_none());
+    }
+}
