@@ -25,6 +25,9 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
+mod plan;
+use plan::{Digests, Indexes, Planned};
+
 /// Bytes per indexed block.
 const BLOCK: u64 = 4096;
 /// Bits of a lookup key that hold the block number (spec: at most 0x7FFFFFF blocks).
@@ -47,91 +50,18 @@ fn sha(block: &[u8]) -> Digest32 {
     Sha256::digest(block).into()
 }
 
-/// Digests of a sequence of blocks, sorted for lookups: each key is the
-/// digest's first bits above the block number; candidates are checked
-/// against the full digest by hashing the block again.
-struct Lookup(Vec<u64>);
-
-impl Lookup {
-    fn key_prefix(h: &Digest32) -> u64 {
-        u64::from_be_bytes(h[..8].try_into().expect("8 bytes")) >> INDEX_BITS
-    }
-
-    fn key(h: &Digest32, block: u64) -> u64 {
-        (Self::key_prefix(h) << INDEX_BITS) | block
-    }
-
-    fn from_keys(mut keys: Vec<u64>) -> Lookup {
-        keys.truncate(1 << INDEX_BITS);
-        keys.sort_unstable();
-        Lookup(keys)
-    }
-
-    /// Blocks whose digest may be `h`, in ascending order.
-    fn candidates(&self, h: &Digest32) -> impl Iterator<Item = u64> + '_ {
-        let lo = Self::key_prefix(h) << INDEX_BITS;
-        let hi = lo | ((1 << INDEX_BITS) - 1);
-        let start = self.0.partition_point(|k| *k < lo);
-        self.0[start..].iter().take_while(move |k| **k <= hi).map(|k| k & ((1 << INDEX_BITS) - 1))
-    }
-}
-
-/// The digests of an index file in block order, read as they are used (an
-/// index holds 32 bytes per 4 KiB block: 64 MiB for an 8 GiB image).
-struct Digests(BufReader<File>);
-
-impl Digests {
-    fn open(path: &Path) -> std::io::Result<Digests> {
-        Ok(Digests(BufReader::with_capacity(1 << 16, File::open(path)?)))
-    }
-}
-
-impl Iterator for Digests {
-    type Item = std::io::Result<Digest32>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let mut h = [0u8; 32];
-        match self.0.read_exact(&mut h) {
-            Ok(()) => Some(Ok(h)),
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => None,
-            Err(e) => Some(Err(e)),
-        }
-    }
-}
-
-/// A lookup over the digests of an index file.
-fn index_lookup(path: &Path) -> std::io::Result<Lookup> {
-    let digests: std::io::Result<Vec<u64>> =
-        Digests::open(path)?.enumerate().map(|(i, h)| h.map(|h| Lookup::key(&h, i as u64))).collect();
-    Ok(Lookup::from_keys(digests?))
-}
-
-/// A lookup over the digests of every whole 4 KiB block of `device`.
-fn hash_device(device: &Path) -> Result<Lookup> {
-    let f = File::open(device).map_err(|e| Error::Failed(format!("Failed to open '{}': {e}", device.display())))?;
-    let mut r = BufReader::with_capacity(1 << 20, f);
-    let mut keys = Vec::new();
-    let mut block = vec![0u8; BLOCK as usize];
-    loop {
-        match r.read_exact(&mut block) {
-            Ok(()) => keys.push(Lookup::key(&sha(&block), keys.len() as u64)),
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(Lookup::from_keys(keys)),
-            Err(e) => return failed(format!("Failed to read '{}': {e}", device.display())),
-        }
-    }
-}
-
-/// The index of a slot: cached under its installed image's digest, else
-/// computed by reading the slot.
-fn slot_index(cache_root: &Path, slot: &SlotConfig, installed: Option<&str>) -> Result<Lookup> {
+/// The index file of a slot's current content: cached under its installed
+/// image's digest, else computed into `fresh` by reading the slot.
+fn slot_index(cache_root: &Path, slot: &SlotConfig, installed: Option<&str>, fresh: &Path) -> Result<PathBuf> {
     if let Some(sha) = installed {
         let cached = slot_cache_dir(cache_root, slot).join(format!("hash-{sha}")).join(INDEX_NAME);
-        if let Ok(lookup) = index_lookup(&cached) {
+        if cached.is_file() {
             tracing::debug!("using cached block-hash-index of {}", slot.name);
-            return Ok(lookup);
+            return Ok(cached);
         }
     }
-    hash_device(&slot.device)
+    plan::hash_device(&slot.device, fresh).map_err(Error::Failed)?;
+    Ok(fresh.to_path_buf())
 }
 
 fn slot_cache_dir(cache_root: &Path, slot: &SlotConfig) -> PathBuf {
@@ -161,9 +91,7 @@ struct Writer<'a> {
     map: BlockMap,
     target: File,
     target_path: &'a Path,
-    seed: Option<(File, Lookup)>,
-    old: Lookup,
-    image: Lookup,
+    seed: Option<(File, &'a Path)>,
     /// Squashfs blocks the plan expects to read from the bundle.
     needed: Vec<bool>,
     run: Option<Run>,
@@ -179,27 +107,19 @@ impl Writer<'_> {
         }
     }
 
-    /// A block with digest `h` from the device: the new image's earlier
-    /// blocks (already written), the target's old content after `c`, or
-    /// the seed slot; `None` when none of them really holds it.
-    fn local(&mut self, c: u64, h: &Digest32, buf: &mut [u8]) -> Result<bool> {
-        let earlier: Vec<u64> = self.image.candidates(h).filter(|j| *j < c).collect();
-        let later: Vec<u64> = self.old.candidates(h).filter(|p| *p > c).collect();
-        for p in earlier.into_iter().chain(later) {
-            if Self::read_block(&self.target, self.target_path, p, buf)? && sha(buf) == *h {
-                self.counts.from_target += 1;
-                return Ok(true);
-            }
+    /// Block `p` of the target or the seed into `buf`, if it really has digest `h`.
+    fn local(&mut self, planned: Planned, h: &Digest32, buf: &mut [u8]) -> Result<bool> {
+        let found = match (planned, &self.seed) {
+            (Planned::Target(p), _) => Self::read_block(&self.target, self.target_path, p, buf)? && sha(buf) == *h,
+            (Planned::Seed(p), Some((seed, path))) => Self::read_block(seed, path, p, buf)? && sha(buf) == *h,
+            _ => false,
+        };
+        match planned {
+            Planned::Target(_) if found => self.counts.from_target += 1,
+            Planned::Seed(_) if found => self.counts.from_seed += 1,
+            _ => {}
         }
-        if let Some((seed, lookup)) = &self.seed {
-            for p in lookup.candidates(h) {
-                if seed.read_exact_at(buf, p * BLOCK).is_ok() && sha(buf) == *h {
-                    self.counts.from_seed += 1;
-                    return Ok(true);
-                }
-            }
-        }
-        Ok(false)
+        Ok(found)
     }
 
     /// Block `c` of the image from the bundle, reading the squashfs block
@@ -319,45 +239,43 @@ fn write(
         let wanted = || Digests::open(&index_path).map_err(read_err);
         let target_slot = system.slots.iter().find(|s| s.config.name == slot.name);
         let installed = target_slot.map(|s| system.load_status(s)).and_then(|st| st.sha256);
-        let old = slot_index(root, slot, installed.as_deref())?;
-        let seed = match system.slots.iter().find(|s| s.config.class == slot.class && s.state == SlotState::Booted) {
+        // Work files next to the staged index, removed before it is kept.
+        let work = staging.join("work");
+        std::fs::create_dir_all(&work).map_err(|e| Error::io("Failed to create", &work, e))?;
+        let old = slot_index(root, slot, installed.as_deref(), &work.join("target.index"))?;
+        let seed_slot = system.slots.iter().find(|s| s.config.class == slot.class && s.state == SlotState::Booted);
+        let seed = match seed_slot {
             Some(s) => {
                 let installed = system.load_status(s).sha256;
-                let lookup = slot_index(root, &s.config, installed.as_deref())?;
+                let index = slot_index(root, &s.config, installed.as_deref(), &work.join("seed.index"))?;
                 let file = File::open(&s.config.device)
                     .map_err(|e| Error::Failed(format!("Failed to open '{}': {e}", s.config.device.display())))?;
-                Some((file, lookup))
+                Some((file, &s.config.device, index))
             }
             None => None,
         };
-        let image_lookup = index_lookup(&index_path).map_err(read_err)?;
         let map = fs.block_map(name)?;
         if map.file_size() != size {
             return failed(format!("image '{name}' holds {} bytes, the manifest says {size}", map.file_size()));
         }
-        // Plan: the squashfs blocks holding image blocks the device lacks.
+        // Plan: where each block comes from, and the squashfs blocks
+        // holding image blocks the device lacks.
         let bs = map.block_size();
-        let mut needed = vec![false; map.file_size().div_ceil(bs) as usize];
-        let known = |l: &Lookup, h: &Digest32| l.candidates(h).next().is_some();
-        for (c, h) in wanted()?.enumerate() {
-            let h = &h.map_err(read_err)?;
-            let local = *h == ZERO_BLOCK
-                || known(&old, h)
-                || seed.as_ref().is_some_and(|(_, l)| known(l, h))
-                || image_lookup.candidates(h).any(|j| j < c as u64);
-            if !local {
-                needed[(c as u64 * BLOCK / bs) as usize] = true;
-            }
+        if bs % BLOCK != 0 {
+            return failed(format!("squashfs block size {bs} is not a multiple of {BLOCK}"));
         }
+        let indexes = Indexes { image: &index_path, target: &old, seed: seed.as_ref().map(|(_, _, i)| i.as_path()) };
+        let plan_path = work.join("plan");
+        let needed = plan::make(&indexes, n, bs / BLOCK, plan::LOOKUP_BUDGET, &plan_path)
+            .map_err(|e| Error::io("Failed to plan into", &plan_path, e))?;
+        let mut planned = plan::Plan::open(&plan_path).map_err(|e| Error::io("Failed to read", &plan_path, e))?;
         let target = open_device(&slot.device, size)?;
         let mut w = Writer {
             fs,
             map,
             target,
             target_path: &slot.device,
-            seed,
-            old,
-            image: image_lookup,
+            seed: seed.map(|(f, p, _)| (f, p.as_path())),
             needed,
             run: None,
             counts: Counts::default(),
@@ -380,6 +298,7 @@ fn write(
                     .map_err(read_err)?;
                 let at = ((c - first) * BLOCK) as usize;
                 let current = &old_bytes[at..at + BLOCK as usize];
+                let source = planned.next_block().map_err(|e| Error::io("Failed to read", &plan_path, e))?;
                 let zero = *h == ZERO_BLOCK;
                 if (zero && current.iter().all(|b| *b == 0)) || (!zero && sha(current) == *h) {
                     w.counts.unchanged += 1;
@@ -388,7 +307,7 @@ fn write(
                 if zero {
                     buf.fill(0);
                     w.counts.zeros += 1;
-                } else if !w.local(c, h, &mut buf)? {
+                } else if !w.local(source, h, &mut buf)? {
                     w.read_from_bundle(c, h, &mut buf)?;
                 }
                 w.target
@@ -418,6 +337,7 @@ fn write(
         );
         Ok(())
     })();
+    let _ = std::fs::remove_dir_all(staging.join("work"));
     match result {
         Ok(()) => {
             // The bundle's index now describes the slot: keep it as its cache.
@@ -483,13 +403,5 @@ mod tests {
     #[test]
     fn zero_block_digest() {
         assert_eq!(sha(&[0u8; 4096]), ZERO_BLOCK);
-    }
-
-    #[test]
-    fn lookup_finds_every_block_of_a_digest() {
-        let l = Lookup::from_keys((0u8..50).map(|i| Lookup::key(&sha(&[i % 7; 16]), u64::from(i))).collect());
-        let found: Vec<u64> = l.candidates(&sha(&[3u8; 16])).collect();
-        assert_eq!(found, vec![3, 10, 17, 24, 31, 38, 45]);
-        assert_eq!(l.candidates(&sha(b"absent")).count(), 0);
     }
 }
