@@ -105,8 +105,9 @@ for pct in 1 5 25; do
   cp "$A/base.img" "$A/slot-a"
   head -c "${AMIB}M" /dev/zero | tr '\0' 'Z' > "$A/slot-b"
   rm -rf "$A/data"
-  "$ROTA" install --conf "$A/system.conf" --override-boot-slot=A "http://127.0.0.1:$port/adaptive-$pct.raucb" \
-    > /dev/null 2> "$A/log-$pct"
+  /usr/bin/time -f '%M' -o "$A/rss-$pct" "$ROTA" install --conf "$A/system.conf" --override-boot-slot=A \
+    "http://127.0.0.1:$port/adaptive-$pct.raucb" > /dev/null 2> "$A/log-$pct"
+  printf -v "ADAPTIVE_KB_$pct" '%s' "$(tail -n1 "$A/rss-$pct")"
   cmp -s "$A/slot-b" "$A/c$pct/rootfs.img" || { echo "adaptive $pct %: slot B differs from the image" >&2; exit 1; }
   got=$(grep -o 'downloaded [0-9]*' "$A/log-$pct" | tail -n1 | cut -d' ' -f2)
   printf -v "ADAPTIVE_BYTES_$pct" '%s' "$got"
@@ -114,10 +115,11 @@ for pct in 1 5 25; do
   echo "  $pct % changed: downloaded $got of $(stat -c %s "$W/adaptive-$pct.raucb") bytes" >&2
 done
 adaptive_row() {
-  local pct=$1 got size changed
-  got=${!2} size=${!3}
+  local pct=$1 got size changed kb
+  got=${!2} size=${!3} kb=ADAPTIVE_KB_$1
+  kb=${!kb}
   changed=$((AMIB * 1048576 / 131072 * pct / 100 * 131072))
-  echo "| $pct % | $(mib $((size / 1024))) MiB | $(mib $((changed / 1024))) MiB | $(mib $((got / 1024))) MiB | $(echo "scale=3; $got / $size" | bc -l | sed 's/^\./0./') | $(ratio "$got" "$changed") |"
+  echo "| $pct % | $(mib $((size / 1024))) MiB | $(mib $((changed / 1024))) MiB | $(mib $((got / 1024))) MiB | $(echo "scale=3; $got / $size" | bc -l | sed 's/^\./0./') | $(ratio "$got" "$changed") | $(mib "$kb") MiB |"
 }
 
 mibps() { echo "scale=1; $SIZE / 1048576 / $1" | bc -l; }
@@ -139,10 +141,11 @@ verifies, writes, syncs and reads back the image. $(nproc) cores. Command: \`ben
 Adaptive updates (\`adaptive=block-hash-index\`): a random $AMIB MiB image in the booted slot, the
 same image with 1, 5 and 25 % of its blocks changed (128 KiB runs at random places) in a verity
 bundle on the same nginx, installed into the other slot. Bytes fetched as the install reported them
-(\`downloaded … bytes\`); the installed slot is compared with the image. Same command.
+(\`downloaded … bytes\`); the installed slot is compared with the image; peak memory is the
+install's maximum RSS. Same command (\`ROTA_BENCH_ADAPTIVE_MIB\` sets the image size).
 
-| changed | bundle | changed bytes | fetched | fetched / bundle | fetched / changed |
-|---|---:|---:|---:|---:|---:|
+| changed | bundle | changed bytes | fetched | fetched / bundle | fetched / changed | peak memory |
+|---|---:|---:|---:|---:|---:|---:|
 $(adaptive_row 1 ADAPTIVE_BYTES_1 ADAPTIVE_SIZE_1)
 $(adaptive_row 5 ADAPTIVE_BYTES_5 ADAPTIVE_SIZE_5)
 $(adaptive_row 25 ADAPTIVE_BYTES_25 ADAPTIVE_SIZE_25)
