@@ -7,6 +7,7 @@ pub mod device;
 pub mod httpd;
 pub mod nginx;
 pub mod pkcs11;
+pub mod proxy;
 
 use std::ffi::OsStr;
 use std::fs;

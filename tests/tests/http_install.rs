@@ -40,7 +40,7 @@ fn device(name: &str, extra_system: &str) -> Device {
 /// A bundle of `format` with a 2 MiB rootfs image (seeded by `seed`) in
 /// `www`, as `<format>.raucb`; returns the image.
 fn publish(www: &Path, format: &str, seed: u64) -> Vec<u8> {
-    let dir = target_dir().join("test-bundles/http-install").join(format);
+    let dir = target_dir().join("test-bundles/http-install").join(format!("{format}-{seed}"));
     let _ = fs::remove_dir_all(&dir);
     let c = Content::new(dir.join("content"));
     let image = c.image("rootfs.img", 2 << 20, seed);
@@ -252,4 +252,43 @@ fn https_installs_check_the_server_ca_and_present_client_certificates() {
     run(d.rota().arg("install").args(&args).arg(&url)).ok();
     assert_installed(&d, &image, "client certificate given");
     assert!(mtls.header_log().iter().filter(|l| l.uri == "/verity.raucb").all(|l| l.status == 206 || l.status == 400));
+}
+
+#[test]
+fn installs_go_through_the_proxy_of_the_environment() {
+    let (_t, www) = www();
+    let image = publish(&www, "verity", 71);
+    let plain = Nginx::serve(&www);
+    let (cert, key) = (pki_file("server.pem"), pki_file("server.key"));
+    let tls = Nginx::serve_tls(&www, Tls { cert: &cert, key: &key, client_ca: None });
+    let proxy = testkit::proxy::Proxy::start();
+    let via = proxy.url("fleet", "pw");
+    // http:// as absolute-form requests to the proxy.
+    let d = device("proxy-http", "");
+    let url = plain.url("/verity.raucb");
+    run(d.rota().env_remove("no_proxy").env_remove("NO_PROXY").env("http_proxy", &via).args(["install", &url])).ok();
+    assert_installed(&d, &image, "http through the proxy");
+    // https:// through a CONNECT tunnel.
+    let d = device("proxy-https", "");
+    let ca = format!("--tls-ca={}", pki_file("root.pem").display());
+    let url_tls = tls.url("/verity.raucb");
+    run(d
+        .rota()
+        .env_remove("no_proxy")
+        .env_remove("NO_PROXY")
+        .env("https_proxy", &via)
+        .args(["install", &ca, &url_tls]))
+    .ok();
+    assert_installed(&d, &image, "https through the proxy");
+    let seen = proxy.seen();
+    assert!(seen.iter().any(|s| s.line == format!("GET {url}")), "{seen:?}");
+    assert!(seen.iter().any(|s| s.line == format!("CONNECT 127.0.0.1:{}", tls.port)), "{seen:?}");
+    // base64 of fleet:pw
+    assert!(seen.iter().all(|s| s.auth.as_deref() == Some("Basic ZmxlZXQ6cHc=")), "{seen:?}");
+    // no_proxy exempts a host.
+    let before = proxy.seen().len();
+    let d = device("proxy-exempt", "");
+    run(d.rota().env("no_proxy", "127.0.0.1").env("http_proxy", &via).args(["install", &url])).ok();
+    assert_installed(&d, &image, "exempt from the proxy");
+    assert_eq!(proxy.seen().len(), before, "no_proxy bypasses the proxy");
 }
