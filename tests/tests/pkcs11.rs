@@ -230,6 +230,34 @@ fn https_client_certificates_from_a_token() {
     drop(svc);
     assert!(mtls.header_log().iter().filter(|l| l.uri == "/b.raucb").all(|l| l.status == 206));
 
+    // Through the environment's proxy: https:// in a CONNECT tunnel, and
+    // http:// (the token transport, key loaded but unused) in absolute form.
+    let proxy = testkit::proxy::Proxy::start();
+    let via = proxy.url("fleet", "pw");
+    let plain = Nginx::serve(&www);
+    let token_args =
+        [format!("--tls-cert={}", t.uri("client", "cert")), format!("--tls-key={}", t.uri("client", "private"))];
+    for (name, var, target) in
+        [("proxy-https", "https_proxy", url.clone()), ("proxy-http", "http_proxy", plain.url("/b.raucb"))]
+    {
+        let dev = ab_device(&d.join(name), "");
+        let mut cmd = dev.rota();
+        cmd.env_remove("no_proxy")
+            .env_remove("NO_PROXY")
+            .env(var, &via)
+            .arg("install")
+            .arg(&ca)
+            .args(&token_args)
+            .arg(&target);
+        run(with_env(&mut cmd, &t.env())).ok();
+        assert!(installed(&dev, &image), "{name}");
+    }
+    let seen = proxy.seen();
+    assert!(seen.iter().any(|s| s.line == format!("CONNECT 127.0.0.1:{}", mtls.port)), "{seen:?}");
+    assert!(seen.iter().any(|s| s.line == format!("GET {}", plain.url("/b.raucb"))), "{seen:?}");
+    // base64 of fleet:pw
+    assert!(seen.iter().all(|s| s.auth.as_deref() == Some("Basic ZmxlZXQ6cHc=")), "{seen:?}");
+
     // No PIN: the key cannot be used; the message names it, nothing is written.
     let dev = ab_device(&d.join("no-pin"), "");
     let args =

@@ -3,22 +3,30 @@
 //! lives on a PKCS#11 token: native-tls only accepts key bytes, so those
 //! connections go through hyper with an OpenSSL connector that holds the
 //! token's key (`hyper-openssl`). Both answer with the same [`Response`];
-//! redirects, `user:password@` credentials and timeouts behave alike.
+//! redirects, `user:password@` credentials, proxies from the environment
+//! and timeouts behave alike.
 
 use super::HttpOptions;
 use crate::signature;
 use http_body_util::{BodyExt, Empty};
+use hyper::Uri;
 use hyper::body::{Bytes, Incoming};
 use hyper_openssl::client::legacy::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::proxy::matcher::Matcher;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
 use openssl::x509::X509;
 use openssl::x509::store::X509StoreBuilder;
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue, LOCATION};
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue, LOCATION, PROXY_AUTHORIZATION};
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::net::TcpStream;
 
 /// Redirects followed per request, as RAUC (curl) does.
 const MAX_REDIRECTS: usize = 8;
@@ -46,7 +54,8 @@ pub(super) enum Client {
 
 /// hyper's pooled client on an OpenSSL connector.
 pub(super) struct TokenClient {
-    client: hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    client: hyper_util::client::legacy::Client<HttpsConnector<ProxyConnector>, Empty<Bytes>>,
+    proxies: Arc<Matcher>,
     stall: Duration,
 }
 
@@ -157,28 +166,80 @@ fn build_reqwest(opts: &HttpOptions) -> Result<reqwest::Client, String> {
     b.build().map_err(|e| format!("Failed to set up HTTP client: {e}"))
 }
 
-/// Whether a proxy from the environment would carry requests to `url`;
-/// the token client connects directly only.
-fn proxied(url: &url::Url) -> bool {
-    let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
-    let proxy = match url.scheme() {
-        "https" => var("https_proxy").or_else(|| var("HTTPS_PROXY")),
-        _ => var("http_proxy"),
+/// Connections for the token client: direct, or through the proxy the
+/// environment names for the destination (`http_proxy`, `https_proxy`,
+/// `all_proxy`, `no_proxy`, as reqwest reads them): `https://` through a
+/// `CONNECT` tunnel, `http://` as absolute-form requests to the proxy.
+#[derive(Clone)]
+struct ProxyConnector {
+    http: HttpConnector,
+    proxies: Arc<Matcher>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<Uri> for ProxyConnector {
+    type Response = ProxyStream;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<ProxyStream, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
     }
-    .or_else(|| var("all_proxy").or_else(|| var("ALL_PROXY")));
-    if proxy.is_none() {
-        return false;
-    }
-    let host = url.host_str().unwrap_or_default();
-    let excluded = var("no_proxy").or_else(|| var("NO_PROXY")).is_some_and(|list| {
-        list.split(',').map(str::trim).any(|n| {
-            n == "*" || {
-                let n = n.trim_start_matches('.');
-                !n.is_empty() && (host == n || host.ends_with(&format!(".{n}")))
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let mut http = self.http.clone();
+        let intercept = self.proxies.intercept(&dst);
+        Box::pin(async move {
+            match intercept {
+                None => Ok(ProxyStream { io: http.call(dst).await?, proxied: false }),
+                Some(via) if dst.scheme_str() == Some("https") => {
+                    let mut tunnel = Tunnel::new(via.uri().clone(), http);
+                    if let Some(auth) = via.basic_auth() {
+                        tunnel = tunnel.with_auth(auth.clone());
+                    }
+                    Ok(ProxyStream { io: tunnel.call(dst).await?, proxied: false })
+                }
+                Some(via) => Ok(ProxyStream { io: http.call(via.uri().clone()).await?, proxied: true }),
             }
         })
-    });
-    !excluded
+    }
+}
+
+/// A connection, possibly to a proxy that takes absolute-form requests.
+struct ProxyStream {
+    io: TokioIo<TcpStream>,
+    proxied: bool,
+}
+
+impl Connection for ProxyStream {
+    fn connected(&self) -> Connected {
+        self.io.connected().proxy(self.proxied)
+    }
+}
+
+impl hyper::rt::Read for ProxyStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for ProxyStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 impl TokenClient {
@@ -213,7 +274,9 @@ impl TokenClient {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(opts.connect_timeout));
-        let mut https = HttpsConnector::with_connector(http, ssl).map_err(ssl_err)?;
+        let proxies = Arc::new(Matcher::from_env());
+        let connector = ProxyConnector { http, proxies: proxies.clone() };
+        let mut https = HttpsConnector::with_connector(connector, ssl).map_err(ssl_err)?;
         if opts.tls_no_verify {
             https.set_callback(|c, _| {
                 c.set_verify_hostname(false);
@@ -223,7 +286,7 @@ impl TokenClient {
         let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(opts.max_in_flight.max(1))
             .build(https);
-        Ok(TokenClient { client, stall: opts.stall_timeout })
+        Ok(TokenClient { client, proxies, stall: opts.stall_timeout })
     }
 
     async fn get(&self, url: &str, headers: &HeaderMap) -> Result<Response, SendError> {
@@ -232,17 +295,19 @@ impl TokenClient {
             if !matches!(url.scheme(), "http" | "https") {
                 return Err(SendError::Fatal(format!("unsupported URL scheme '{}'", url.scheme())));
             }
-            if proxied(&url) {
-                return Err(SendError::Fatal(
-                    "HTTP proxies are not supported with a TLS client key on a PKCS#11 token".to_string(),
-                ));
-            }
             let (uri, auth) = without_credentials(&url);
             let mut req = hyper::Request::get(uri.as_str());
             let h = req.headers_mut().expect("a valid request");
             h.extend(headers.clone());
             if let Some(auth) = auth {
                 h.insert(AUTHORIZATION, auth);
+            }
+            // An http:// request to a proxy carries the proxy's credentials.
+            if uri.scheme() == "http"
+                && let Ok(dst) = uri.as_str().parse::<Uri>()
+                && let Some(auth) = self.proxies.intercept(&dst).and_then(|i| i.basic_auth().cloned())
+            {
+                h.insert(PROXY_AUTHORIZATION, auth);
             }
             let req = req.body(Empty::new()).map_err(|e| SendError::Fatal(format!("invalid request: {e}")))?;
             let resp = tokio::time::timeout(self.stall, self.client.request(req))
