@@ -114,6 +114,12 @@ for pct in 1 5 25; do
   printf -v "ADAPTIVE_SIZE_$pct" '%s' "$(stat -c %s "$W/adaptive-$pct.raucb")"
   echo "  $pct % changed: downloaded $got of $(stat -c %s "$W/adaptive-$pct.raucb") bytes" >&2
 done
+# Planning memory of a large adaptive image, without the image: index files
+# of an 8 GiB image, its target and its seed (2 Mi blocks each).
+echo "Planning an 8 GiB adaptive image (index files only):" >&2
+PLAN_LINE=$(ROTA_PLAN_DIR=$W cargo test --release --locked -q -p rota planning_memory -- --ignored --nocapture 2>/dev/null \
+  | grep '^planning ')
+echo "  $PLAN_LINE" >&2
 adaptive_row() {
   local pct=$1 got size changed kb
   got=${!2} size=${!3} kb=ADAPTIVE_KB_$1
@@ -149,4 +155,8 @@ install's maximum RSS. Same command (\`ROTA_BENCH_ADAPTIVE_MIB\` sets the image 
 $(adaptive_row 1 ADAPTIVE_BYTES_1 ADAPTIVE_SIZE_1)
 $(adaptive_row 5 ADAPTIVE_BYTES_5 ADAPTIVE_SIZE_5)
 $(adaptive_row 25 ADAPTIVE_BYTES_25 ADAPTIVE_SIZE_25)
+
+Planning an 8 GiB adaptive image (2 Mi blocks; index files of the image, the target and the seed,
+no image data; \`cargo test --release -p rota planning_memory -- --ignored --nocapture\`, run by
+the same command): $PLAN_LINE. Whole-image lookups (before 92e014f) would hold 48 MiB.
 MD

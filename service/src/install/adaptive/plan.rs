@@ -276,4 +276,55 @@ mod tests {
         make(&idx, 8, 2, u64::MAX, &plan).unwrap();
         assert_eq!(read_plan(&plan, 8)[5], Bundle);
     }
+
+    /// The process's peak resident memory in KiB, since `reset`.
+    fn peak_kib(reset: bool) -> u64 {
+        if reset {
+            std::fs::write("/proc/self/clear_refs", "5").unwrap();
+        }
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// Planning an 8 GiB image (2 Mi blocks) against a target and a seed of
+    /// the same size: the peak memory stays near the lookup budget, where
+    /// whole-image lookups would take 48 MiB. Run alone (peak memory is per
+    /// process) by `bench/run stream`:
+    /// `cargo test --release -p rota planning_memory -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "writes 192 MiB of index files; a measurement run alone by bench/run stream"]
+    fn planning_memory_of_an_8_gib_image() {
+        let n: u64 = 2 << 20;
+        let dir = tempfile::tempdir_in(std::env::var_os("ROTA_PLAN_DIR").unwrap_or("/var/tmp".into())).unwrap();
+        let write = |name: &str, f: &dyn Fn(u64) -> u64| {
+            let path = dir.path().join(name);
+            let mut w = std::io::BufWriter::new(File::create(&path).unwrap());
+            for i in 0..n {
+                w.write_all(&sha(&f(i).to_le_bytes())).unwrap();
+            }
+            w.flush().unwrap();
+            path
+        };
+        // 5 % of the image is new; the target is an older release, the seed the booted one.
+        let image = write("image", &|i| if i % 20 == 0 { i | 1 << 40 } else { i });
+        let target = write("target", &|i| if i % 7 == 0 { i | 1 << 41 } else { i });
+        let seed = write("seed", &|i| i);
+        let idx = Indexes { image: &image, target: &target, seed: Some(&seed) };
+        let before = peak_kib(true);
+        let started = std::time::Instant::now();
+        let needed = make(&idx, n, 32, LOOKUP_BUDGET, &dir.path().join("plan")).unwrap();
+        let peak = peak_kib(false);
+        println!(
+            "planning {n} blocks: peak {:.1} MiB (before: {:.1} MiB), {:.1} s, {} of {} squashfs blocks needed",
+            peak as f64 / 1024.0,
+            before as f64 / 1024.0,
+            started.elapsed().as_secs_f64(),
+            needed.iter().filter(|b| **b).count(),
+            needed.len()
+        );
+        assert!(peak < 40 * 1024, "planning peaked at {peak} KiB");
+        let first = read_plan(&dir.path().join("plan"), 8);
+        assert_eq!((first[0], first[1], first[7]), (Planned::Bundle, Planned::Target(1), Planned::Seed(7)));
+    }
 }
