@@ -21,4 +21,5 @@ pub mod semver;
 pub mod signature;
 pub mod source;
 pub mod squashfs;
+pub mod tree;
 pub mod verity;

@@ -1,0 +1,385 @@
+//! The file index of a `tree` image: one entry per file system object of a
+//! root file system (path, type, owner, mode, size, SHA-256, symlink target,
+//! device numbers, extended attributes including file capabilities, hard-link
+//! groups). It travels inside the bundle's verified payload and its digest is
+//! in the manifest, so every file's content and metadata is covered by the
+//! signature; installs apply metadata from it, never from the squashfs.
+//!
+//! On disk it is JSON Lines: a header line, then one object per entry in
+//! byte order of the paths (the root directory first, as `""`), so equal
+//! trees give equal indexes.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::{CString, OsStr, OsString};
+use std::io::{BufRead, Read, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// The first line of every index.
+const HEADER: &str = r#"{"format":"rota-file-index","version":1}"#;
+
+/// What kind of object an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A directory.
+    Dir,
+    /// A regular file.
+    File,
+    /// A symbolic link.
+    Symlink,
+    /// A character device.
+    Char,
+    /// A block device.
+    Block,
+    /// A named pipe.
+    Fifo,
+    /// A socket.
+    Socket,
+}
+
+/// One file system object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Path below the tree's root, `/`-separated, no leading `/` (`""` is the root).
+    #[serde(with = "bytes_text")]
+    pub path: Vec<u8>,
+    /// The object's type.
+    pub kind: Kind,
+    /// Permission bits, set-id and sticky bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
+    /// Size in bytes (regular files).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub size: u64,
+    /// SHA-256 of the content, hex (regular files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Link target (symbolic links).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_bytes_text")]
+    pub target: Option<Vec<u8>>,
+    /// Device number (character and block devices).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rdev: u64,
+    /// Extended attributes, name → value in hex (`security.capability` among them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub xattrs: BTreeMap<String, String>,
+    /// Hard-link group: entries sharing a number are one inode (numbered
+    /// from 1 in path order; absent for files with a single link).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub link_group: u64,
+}
+
+fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+/// Paths and link targets: a JSON string when they are UTF-8, else `hex:`
+/// and the bytes in hex (file names on Linux are bytes).
+mod bytes_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn encode(v: &[u8]) -> String {
+        match std::str::from_utf8(v) {
+            Ok(s) if !s.starts_with("hex:") => s.to_string(),
+            _ => format!("hex:{}", hex::encode(v)),
+        }
+    }
+
+    pub fn decode(s: &str) -> Result<Vec<u8>, String> {
+        match s.strip_prefix("hex:") {
+            Some(h) => hex::decode(h).map_err(|e| format!("invalid hex path '{s}': {e}")),
+            None => Ok(s.as_bytes().to_vec()),
+        }
+    }
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        decode(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+mod opt_bytes_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.serialize_str(&super::bytes_text::encode(v)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        let s = Option::<String>::deserialize(d)?;
+        s.map(|s| super::bytes_text::decode(&s).map_err(serde::de::Error::custom)).transpose()
+    }
+}
+
+/// The index of one tree.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FileIndex {
+    /// The entries, sorted by path bytes.
+    pub entries: Vec<Entry>,
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> String {
+    format!("Failed to {what} '{}': {e}", path.display())
+}
+
+/// The extended attributes of `path` (not following a final symlink).
+fn xattrs(path: &Path) -> Result<BTreeMap<String, String>, String> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| format!("NUL in path '{}'", path.display()))?;
+    let last = |what: &str| io_err(what, path, std::io::Error::last_os_error());
+    // SAFETY: sizing call with a NULL buffer.
+    let len = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
+    if len < 0 {
+        let e = std::io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::ENOTSUP) { Ok(BTreeMap::new()) } else { Err(last("list xattrs of")) };
+    }
+    let mut names = vec![0u8; len as usize];
+    // SAFETY: the buffer holds `len` bytes.
+    let len = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    if len < 0 {
+        return Err(last("list xattrs of"));
+    }
+    let mut out = BTreeMap::new();
+    for name in names[..len as usize].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let cname = CString::new(name).expect("split at NUL");
+        // SAFETY: sizing call, then a read into a buffer of that size.
+        let vlen = unsafe { libc::lgetxattr(c.as_ptr(), cname.as_ptr(), std::ptr::null_mut(), 0) };
+        if vlen < 0 {
+            return Err(last("read xattrs of"));
+        }
+        let mut value = vec![0u8; vlen as usize];
+        let vlen = unsafe { libc::lgetxattr(c.as_ptr(), cname.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+        if vlen < 0 {
+            return Err(last("read xattrs of"));
+        }
+        value.truncate(vlen as usize);
+        out.insert(String::from_utf8_lossy(name).into_owned(), hex::encode(value));
+    }
+    Ok(out)
+}
+
+/// SHA-256 of a file's content, hex.
+fn file_sha256(path: &Path) -> Result<String, String> {
+    let mut f = std::fs::File::open(path).map_err(|e| io_err("open", path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| io_err("read", path, e))?;
+        if n == 0 {
+            return Ok(hex::encode(h.finalize()));
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+impl FileIndex {
+    /// Indexes the tree below `root` (not following symlinks, not crossing
+    /// into other file systems' contents beyond what `root` shows).
+    pub fn scan(root: &Path) -> Result<FileIndex, String> {
+        let mut entries = Vec::new();
+        let mut stack: Vec<Vec<u8>> = vec![Vec::new()];
+        while let Some(rel) = stack.pop() {
+            let full = if rel.is_empty() { root.to_path_buf() } else { root.join(OsStr::from_bytes(&rel)) };
+            let md = std::fs::symlink_metadata(&full).map_err(|e| io_err("stat", &full, e))?;
+            let ft = md.file_type();
+            let kind = if ft.is_dir() {
+                Kind::Dir
+            } else if ft.is_file() {
+                Kind::File
+            } else if ft.is_symlink() {
+                Kind::Symlink
+            } else if ft.is_char_device() {
+                Kind::Char
+            } else if ft.is_block_device() {
+                Kind::Block
+            } else if ft.is_fifo() {
+                Kind::Fifo
+            } else {
+                Kind::Socket
+            };
+            let mut e = Entry {
+                path: rel.clone(),
+                kind,
+                mode: md.mode() & 0o7777,
+                uid: md.uid(),
+                gid: md.gid(),
+                mtime: md.mtime(),
+                size: 0,
+                sha256: None,
+                target: None,
+                rdev: 0,
+                xattrs: xattrs(&full)?,
+                link_group: 0,
+            };
+            match kind {
+                Kind::File => {
+                    e.size = md.len();
+                    e.sha256 = Some(file_sha256(&full)?);
+                    if md.nlink() > 1 {
+                        // Numbered below, once the order is known; keep the inode for now.
+                        e.link_group = md.ino() ^ (md.dev() << 48);
+                    }
+                }
+                Kind::Symlink => {
+                    let t = std::fs::read_link(&full).map_err(|e| io_err("read link", &full, e))?;
+                    e.target = Some(t.into_os_string().into_vec());
+                }
+                Kind::Char | Kind::Block => e.rdev = md.rdev(),
+                Kind::Dir => {
+                    let mut names: Vec<OsString> = std::fs::read_dir(&full)
+                        .map_err(|e| io_err("read directory", &full, e))?
+                        .map(|d| d.map(|d| d.file_name()))
+                        .collect::<std::io::Result<_>>()
+                        .map_err(|e| io_err("read directory", &full, e))?;
+                    names.sort();
+                    for name in names.into_iter().rev() {
+                        let mut child = rel.clone();
+                        if !child.is_empty() {
+                            child.push(b'/');
+                        }
+                        child.extend_from_slice(name.as_bytes());
+                        stack.push(child);
+                    }
+                }
+                Kind::Fifo | Kind::Socket => {}
+            }
+            entries.push(e);
+        }
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        // Hard-link groups numbered from 1 in path order.
+        let mut groups: HashMap<u64, u64> = HashMap::new();
+        for e in entries.iter_mut().filter(|e| e.link_group != 0) {
+            let next = groups.len() as u64 + 1;
+            e.link_group = *groups.entry(e.link_group).or_insert(next);
+        }
+        Ok(FileIndex { entries })
+    }
+
+    /// Writes the index as JSON Lines.
+    pub fn write_to(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        writeln!(out, "{HEADER}")?;
+        for e in &self.entries {
+            serde_json::to_writer(&mut *out, e)?;
+            out.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+
+    /// Reads an index written by [`FileIndex::write_to`], checking its order.
+    pub fn read_from(input: &mut dyn BufRead) -> Result<FileIndex, String> {
+        let mut lines = input.lines();
+        match lines.next() {
+            Some(Ok(h)) if h == HEADER => {}
+            _ => return Err("not a rota file index (header missing)".to_string()),
+        }
+        let mut entries: Vec<Entry> = Vec::new();
+        for (i, line) in lines.enumerate() {
+            let line = line.map_err(|e| format!("Failed to read file index: {e}"))?;
+            let e: Entry = serde_json::from_str(&line).map_err(|e| format!("file index line {}: {e}", i + 2))?;
+            if entries.last().is_some_and(|p| p.path >= e.path) {
+                return Err(format!("file index line {}: paths out of order", i + 2));
+            }
+            entries.push(e);
+        }
+        Ok(FileIndex { entries })
+    }
+
+    /// Total bytes of regular files (each hard-link group once).
+    pub fn content_bytes(&self) -> u64 {
+        let mut seen = std::collections::HashSet::new();
+        self.entries
+            .iter()
+            .filter(|e| e.kind == Kind::File && (e.link_group == 0 || seen.insert(e.link_group)))
+            .map(|e| e.size)
+            .sum()
+    }
+
+    /// The path of an entry below `root`.
+    pub fn path_under(root: &Path, e: &Entry) -> PathBuf {
+        root.join(OsStr::from_bytes(&e.path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{PermissionsExt, symlink};
+
+    fn sample(dir: &Path) {
+        std::fs::create_dir_all(dir.join("usr/bin")).unwrap();
+        std::fs::write(dir.join("usr/bin/tool"), b"#!/bin/sh\necho hi\n").unwrap();
+        std::fs::set_permissions(dir.join("usr/bin/tool"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+        std::fs::hard_link(dir.join("usr/bin/tool"), dir.join("usr/bin/tool-again")).unwrap();
+        symlink("tool", dir.join("usr/bin/link")).unwrap();
+        std::fs::write(dir.join(OsStr::from_bytes(b"caf\xe9")), b"latin-1 name").unwrap();
+        std::fs::write(dir.join("empty"), b"").unwrap();
+        let path = CString::new(dir.join("empty").as_os_str().as_bytes()).unwrap();
+        let (name, value) = (CString::new("user.rota").unwrap(), b"\x01\x02");
+        // SAFETY: valid C strings and buffer.
+        let r = unsafe { libc::lsetxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), 2, 0) };
+        assert_eq!(r, 0, "user xattrs on the test directory: {}", std::io::Error::last_os_error());
+    }
+
+    #[test]
+    fn scan_write_and_read_back() {
+        let t = tempfile::tempdir().unwrap();
+        sample(t.path());
+        let idx = FileIndex::scan(t.path()).unwrap();
+        let paths: Vec<String> = idx.entries.iter().map(|e| bytes_text::encode(&e.path)).collect();
+        assert_eq!(
+            paths,
+            [
+                "",
+                "caf\u{e9}-as-latin-1",
+                "empty",
+                "usr",
+                "usr/bin",
+                "usr/bin/link",
+                "usr/bin/tool",
+                "usr/bin/tool-again"
+            ]
+            .map(|p| if p.starts_with("caf") { "hex:636166e9".to_string() } else { p.to_string() })
+        );
+        let tool = &idx.entries[6];
+        assert_eq!((tool.kind, tool.mode, tool.size, tool.link_group), (Kind::File, 0o4755, 18, 1));
+        assert_eq!(tool.sha256.as_deref(), Some(hex::encode(Sha256::digest(b"#!/bin/sh\necho hi\n")).as_str()));
+        assert_eq!(idx.entries[7].link_group, 1);
+        assert_eq!(idx.entries[5].target.as_deref(), Some(&b"tool"[..]));
+        assert_eq!(idx.entries[0].kind, Kind::Dir);
+        assert_eq!(idx.entries[2].xattrs.get("user.rota").map(String::as_str), Some("0102"));
+        assert_eq!(idx.content_bytes(), 18 + 12);
+        let mut text = Vec::new();
+        idx.write_to(&mut text).unwrap();
+        let back = FileIndex::read_from(&mut &text[..]).unwrap();
+        assert_eq!(back, idx);
+        // Same tree, same bytes.
+        let mut again = Vec::new();
+        FileIndex::scan(t.path()).unwrap().write_to(&mut again).unwrap();
+        assert_eq!(again, text);
+    }
+
+    #[test]
+    fn damaged_indexes_are_refused() {
+        assert!(FileIndex::read_from(&mut &b"{}\n"[..]).unwrap_err().contains("header missing"));
+        let text = format!(
+            "{HEADER}\n{{\"path\":\"b\",\"kind\":\"dir\",\"mode\":493,\"uid\":0,\"gid\":0,\"mtime\":0}}\n{{\"path\":\"a\",\"kind\":\"dir\",\"mode\":493,\"uid\":0,\"gid\":0,\"mtime\":0}}\n"
+        );
+        assert!(FileIndex::read_from(&mut text.as_bytes()).unwrap_err().contains("line 3: paths out of order"));
+        let text = format!("{HEADER}\n{{\"path\":\"a\",\"kind\":\"door\"}}\n");
+        assert!(FileIndex::read_from(&mut text.as_bytes()).unwrap_err().contains("file index line 2"));
+    }
+}
