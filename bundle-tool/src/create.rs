@@ -103,7 +103,7 @@ fn temp_path(output: &Path) -> PathBuf {
 /// Mirrors `input` into `work` with hard links (copies across filesystems),
 /// rejecting what RAUC rejects: absolute symlinks, symlinks with `/`, hidden
 /// top-level directories and special files.
-fn mirror_input(input: &Path, work: &Path, top: bool) -> Result<()> {
+fn mirror_input(input: &Path, work: &Path, top: bool, trees: &[String]) -> Result<()> {
     fs::create_dir(work).map_err(|e| io_err("create", work, e))?;
     let mut entries: Vec<_> = fs::read_dir(input)
         .map_err(|e| io_err("read", input, e))?
@@ -112,7 +112,7 @@ fn mirror_input(input: &Path, work: &Path, top: bool) -> Result<()> {
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         let name = entry.file_name();
-        if top && name == WORKDIR_NAME {
+        if top && (name == WORKDIR_NAME || trees.iter().any(|t| name == t.as_str())) {
             continue;
         }
         let src = entry.path();
@@ -125,7 +125,7 @@ fn mirror_input(input: &Path, work: &Path, top: bool) -> Result<()> {
                     src.display()
                 )));
             }
-            mirror_input(&src, &dst, false)?;
+            mirror_input(&src, &dst, false, &[])?;
         } else if ft.is_symlink() {
             let target = fs::read_link(&src).map_err(|e| io_err("read link", &src, e))?;
             if target.is_absolute() || target.to_string_lossy().contains('/') {
@@ -144,6 +144,47 @@ fn mirror_input(input: &Path, work: &Path, top: bool) -> Result<()> {
             return Err(Error::Other(format!("Unsupported file type in bundle input directory: {}", src.display())));
         }
     }
+    Ok(())
+}
+
+/// Whether an image file name names a `tree` image.
+pub fn is_tree_image(filename: &str) -> bool {
+    filename.ends_with(".tree")
+}
+
+/// Where a tree image's file with digest `sha256` lives in the bundle.
+pub fn tree_blob_path(image: &str, sha256: &str) -> String {
+    format!("{image}.d/{}/{}", &sha256[..2], &sha256[2..])
+}
+
+/// The tree images a manifest in `input` names that are directories there
+/// (none when the manifest cannot be read: the main pass reports that).
+fn tree_images(input: &Path) -> Vec<String> {
+    let Ok(text) = fs::read_to_string(input.join("manifest.raucm")) else { return Vec::new() };
+    let Ok(m) = Manifest::parse(&text, ManifestOrigin::Input) else { return Vec::new() };
+    m.images.iter().filter_map(|i| i.filename.clone()).filter(|f| is_tree_image(f) && input.join(f).is_dir()).collect()
+}
+
+/// Indexes the tree at `src` into `work/<name>` and puts each distinct
+/// file content once at [`tree_blob_path`].
+fn stage_tree(src: &Path, work: &Path, name: &str) -> Result<()> {
+    let index = crate::tree::FileIndex::scan(src).map_err(Error::Other)?;
+    for e in &index.entries {
+        let Some(sha) = &e.sha256 else { continue };
+        let dst = work.join(tree_blob_path(name, sha));
+        if dst.exists() {
+            continue;
+        }
+        let parent = dst.parent().expect("blob paths have a parent");
+        fs::create_dir_all(parent).map_err(|e| io_err("create", parent, e))?;
+        let from = crate::tree::FileIndex::path_under(src, e);
+        if fs::hard_link(&from, &dst).is_err() {
+            fs::copy(&from, &dst).map_err(|e| io_err("copy", &from, e))?;
+        }
+    }
+    let path = work.join(name);
+    let mut out = std::io::BufWriter::new(fs::File::create(&path).map_err(|e| io_err("create", &path, e))?);
+    index.write_to(&mut out).and_then(|()| out.flush()).map_err(|e| io_err("write", &path, e))?;
     Ok(())
 }
 
@@ -324,7 +365,10 @@ pub fn create(
         fs::remove_dir_all(&work).map_err(|e| io_err("remove stale", &work, e))?;
     }
     let _work_guard = Cleanup(Some(work.clone()));
-    mirror_input(&input_abs, &work, true)?;
+    // Tree images are directories of the input; they reach the bundle as a
+    // file index and content-addressed files, not as they are.
+    let trees = tree_images(&input_abs);
+    mirror_input(&input_abs, &work, true, &trees)?;
 
     let manifest_path = work.join("manifest.raucm");
     let text = fs::read_to_string(&manifest_path).map_err(|e| io_err("read manifest", &manifest_path, e))?;
@@ -359,6 +403,21 @@ pub fn create(
         let Some(name) = img.filename.clone() else {
             continue;
         };
+        if is_tree_image(&name) {
+            if !img.adaptive.is_empty() {
+                return Err(Error::Other(format!(
+                    "Tree image '{name}' of '[{}]' cannot be adaptive",
+                    img.group_name()
+                )));
+            }
+            if !input_abs.join(&name).is_dir() {
+                return Err(Error::Other(format!(
+                    "Tree image '{name}' of '[{}]' must be a directory in the input directory",
+                    img.group_name()
+                )));
+            }
+            stage_tree(&input_abs.join(&name), &work, &name)?;
+        }
         let path = work.join(&name);
         if !path.is_file() {
             return Err(Error::Other(format!(

@@ -89,9 +89,12 @@ pub enum ImageType {
     SquashfsCaibx,
     /// casync blob index of a raw image.
     RawCaibx,
+    /// rota's file tree: a signed file index and content-addressed files
+    /// (beyond RAUC), installed file by file into a filesystem slot.
+    Tree,
 }
 
-const IMAGE_TYPES: [(ImageType, &str); 14] = [
+const IMAGE_TYPES: [(ImageType, &str); 15] = [
     (ImageType::Ext4, "ext4"),
     (ImageType::Vfat, "vfat"),
     (ImageType::Ubifs, "ubifs"),
@@ -106,10 +109,11 @@ const IMAGE_TYPES: [(ImageType, &str); 14] = [
     (ImageType::UbifsCaibx, "ubifs-caibx"),
     (ImageType::SquashfsCaibx, "squashfs-caibx"),
     (ImageType::RawCaibx, "raw-caibx"),
+    (ImageType::Tree, "tree"),
 ];
 
 /// Filename patterns tried in order when `type=` is absent (spec §2.6).
-const FILENAME_PATTERNS: [(&str, ImageType); 16] = [
+const FILENAME_PATTERNS: [(&str, ImageType); 17] = [
     ("*.ext4.caibx", ImageType::Ext4Caibx),
     ("*.vfat.caibx", ImageType::VfatCaibx),
     ("*.ubifs.caibx", ImageType::UbifsCaibx),
@@ -126,6 +130,7 @@ const FILENAME_PATTERNS: [(&str, ImageType); 16] = [
     ("*.squashfs-*", ImageType::Squashfs),
     ("*.squashfs", ImageType::Squashfs),
     ("*.ubifs", ImageType::Ubifs),
+    ("*.tree", ImageType::Tree),
 ];
 
 impl ImageType {

@@ -1,0 +1,102 @@
+//! `tree` images in bundles: a root file system directory becomes a signed
+//! file index plus its distinct file contents, addressed by SHA-256; what
+//! the index records matches the tree (special files, links, xattrs, file
+//! capabilities included) and Debian's rauc accepts the bundle.
+
+use rota_bundle::create::tree_blob_path;
+use rota_bundle::tree::{FileIndex, Kind};
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::Path;
+use std::process::Command;
+use testkit::{Content, peer_rauc, rota, rota_bundle, run, sha256_hex, target_dir, with_keyring};
+
+fn sh(cmd: &str) {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A small root file system with every kind of object an image holds.
+fn rootfs(root: &Path) {
+    fs::create_dir_all(root.join("usr/bin")).unwrap();
+    fs::create_dir_all(root.join("etc")).unwrap();
+    fs::create_dir_all(root.join("dev")).unwrap();
+    fs::write(root.join("usr/bin/tool"), b"#!/bin/sh\necho tool\n").unwrap();
+    fs::set_permissions(root.join("usr/bin/tool"), fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::hard_link(root.join("usr/bin/tool"), root.join("usr/bin/tool-link")).unwrap();
+    fs::write(root.join("etc/hostname"), b"charger\n").unwrap();
+    fs::write(root.join("usr/bin/big"), testkit::pseudo_random(256 * 1024, 5)).unwrap();
+    fs::write(root.join("etc/same-as-hostname"), b"charger\n").unwrap();
+    symlink("/usr/bin/tool", root.join("usr/bin/abs")).unwrap();
+    let r = root.display();
+    sh(&format!("mknod {r}/dev/null c 1 3 && mkfifo {r}/dev/fifo && chown 12:34 {r}/etc/hostname"));
+    sh(&format!("truncate -s 8M {r}/sparse && printf end >> {r}/sparse"));
+    sh(&format!("setfattr -n user.origin -v rota {r}/etc/hostname && setcap cap_net_raw+ep {r}/usr/bin/tool"));
+}
+
+#[test]
+fn a_tree_image_is_bundled_as_a_signed_index_and_content_addressed_files() {
+    let dir = target_dir().join("test-bundles").join("tree");
+    let _ = fs::remove_dir_all(&dir);
+    let c = Content::new(dir.join("content"));
+    rootfs(&c.dir.join("rootfs.tree"));
+    c.manifest(
+        "[update]\ncompatible=Test Config\nversion=2\n[bundle]\nformat=verity\n[image.rootfs]\nfilename=rootfs.tree\n",
+    );
+    let b = dir.join("b.raucb");
+    rota_bundle(&c.dir, &b, "release").ok();
+
+    // Debian's rauc reads the bundle: the image is the index file.
+    let info = run(with_keyring(peer_rauc().arg("info")).arg(&b)).ok();
+    assert!(info.stdout.contains("rootfs.tree"), "{}", info.stdout);
+
+    // The index inside describes the tree exactly; every file's content is there once.
+    let out = dir.join("extracted");
+    run(with_keyring(rota().arg("extract")).arg(&b).arg(&out)).ok();
+    let text = fs::read(out.join("rootfs.tree")).unwrap();
+    let index = FileIndex::read_from(&mut &text[..]).unwrap();
+    assert_eq!(index, FileIndex::scan(&c.dir.join("rootfs.tree")).unwrap());
+    let find = |p: &str| index.entries.iter().find(|e| e.path == p.as_bytes()).unwrap_or_else(|| panic!("{p}"));
+    assert_eq!(find("dev/null").kind, Kind::Char);
+    assert_eq!(find("dev/null").rdev, fs::metadata("/dev/null").unwrap().rdev());
+    assert_eq!(find("dev/fifo").kind, Kind::Fifo);
+    assert_eq!(find("usr/bin/abs").target.as_deref(), Some(&b"/usr/bin/tool"[..]));
+    assert_eq!((find("etc/hostname").uid, find("etc/hostname").gid), (12, 34));
+    assert_eq!(find("etc/hostname").xattrs.get("user.origin").map(String::as_str), Some("726f7461"));
+    assert!(find("usr/bin/tool").xattrs.contains_key("security.capability"));
+    assert_eq!(find("usr/bin/tool").mode, 0o4755);
+    assert_ne!(find("usr/bin/tool").link_group, 0);
+    assert_eq!(find("usr/bin/tool").link_group, find("usr/bin/tool-link").link_group);
+    assert_eq!(find("sparse").size, (8 << 20) + 3);
+    let mut blobs = std::collections::BTreeSet::new();
+    for e in index.entries.iter().filter(|e| e.kind == Kind::File) {
+        let sha = e.sha256.as_deref().unwrap();
+        let blob = fs::read(out.join(tree_blob_path("rootfs.tree", sha))).unwrap();
+        assert_eq!(sha256_hex(&blob), sha);
+        blobs.insert(sha.to_string());
+    }
+    // hostname and its twin share one blob, as do the hard links.
+    let stored =
+        fs::read_dir(out.join("rootfs.tree.d")).unwrap().flat_map(|d| fs::read_dir(d.unwrap().path()).unwrap()).count();
+    assert_eq!(stored, blobs.len());
+    assert_eq!(blobs.len(), 4, "tool, hostname, big, sparse");
+}
+
+#[test]
+fn a_tree_image_must_be_a_directory() {
+    let dir = target_dir().join("test-bundles").join("tree-not-dir");
+    let _ = fs::remove_dir_all(&dir);
+    let c = Content::new(dir.join("content"));
+    c.file("rootfs.tree", b"not a directory");
+    c.manifest(
+        "[update]\ncompatible=Test Config\nversion=2\n[bundle]\nformat=verity\n[image.rootfs]\nfilename=rootfs.tree\n",
+    );
+    let b = dir.join("b.raucb");
+    let r = rota_bundle(&c.dir, &b, "release").fails();
+    assert!(
+        r.stderr.contains("Tree image 'rootfs.tree' of '[image.rootfs]' must be a directory in the input directory"),
+        "{}",
+        r.stderr
+    );
+    assert!(!b.exists());
+}
