@@ -595,18 +595,29 @@ impl HttpSource {
         }
     }
 
-    /// Copies `offset..offset + buf.len()` from a kept exact range, if one
-    /// holds it all.
-    fn from_piece(st: &mut State, offset: u64, buf: &mut [u8]) -> bool {
+    /// Copies into `buf` (bytes `offset..`) from the kept exact range that
+    /// holds byte `at`, up to that range's end or `buf`'s; returns where the
+    /// copy ended, or `None` when no kept range holds `at` (or, with
+    /// `whole`, none holds all of `at..` up to `buf`'s end).
+    fn copy_piece(st: &mut State, offset: u64, at: u64, buf: &mut [u8], whole: bool) -> Option<u64> {
         let end = offset + buf.len() as u64;
-        let Some(i) = st.pieces.iter().position(|(s, p)| *s <= offset && end <= s + p.len() as u64) else {
-            return false;
-        };
+        let holds = |s: u64, len: u64| s <= at && if whole { end <= s + len } else { at < s + len };
+        let i = st.pieces.iter().position(|(s, p)| holds(*s, p.len() as u64))?;
         let piece = st.pieces.remove(i).expect("position is valid");
-        let from = (offset - piece.0) as usize;
-        buf.copy_from_slice(&piece.1[from..from + buf.len()]);
+        let to = end.min(piece.0 + piece.1.len() as u64);
+        buf[(at - offset) as usize..(to - offset) as usize]
+            .copy_from_slice(&piece.1[(at - piece.0) as usize..(to - piece.0) as usize]);
         st.pieces.push_back(piece);
-        true
+        Some(to)
+    }
+
+    /// Bytes `start..=last`, fetched now (retries included) and waited for.
+    fn fetch_now(&self, start: u64, last: u64) -> io::Result<Vec<u8>> {
+        let (target, total) = (self.shared.target.clone(), self.shared.info.size);
+        let fetched = wait_for(self.runtime(), async move { target.fetch(start, last, Some(total)).await })
+            .ok_or_else(|| self.stream_error("HTTP runtime stopped"))?
+            .map_err(|m| self.stream_error(&m))?;
+        Ok(fetched.body)
     }
 
     /// Reads `offset..offset + buf.len()` (a scattered read) from kept exact
@@ -617,13 +628,7 @@ impl HttpSource {
         let mut at = offset;
         while at < end {
             let mut st = self.shared.state.lock().expect("state lock");
-            let holding = st.pieces.iter().position(|(s, p)| *s <= at && at < s + p.len() as u64);
-            if let Some(i) = holding {
-                let piece = st.pieces.remove(i).expect("position is valid");
-                let to = end.min(piece.0 + piece.1.len() as u64);
-                buf[(at - offset) as usize..(to - offset) as usize]
-                    .copy_from_slice(&piece.1[(at - piece.0) as usize..(to - piece.0) as usize]);
-                st.pieces.push_back(piece);
+            if let Some(to) = Self::copy_piece(&mut st, offset, at, buf, false) {
                 at = to;
                 continue;
             }
@@ -632,16 +637,13 @@ impl HttpSource {
             drop(st);
             let start = at & !4095;
             let last = upto.next_multiple_of(4096).min(self.size()) - 1;
-            let (target, total) = (self.shared.target.clone(), self.shared.info.size);
-            let fetched = wait_for(self.runtime(), async move { target.fetch(start, last, Some(total)).await })
-                .ok_or_else(|| self.stream_error("HTTP runtime stopped"))?
-                .map_err(|m| self.stream_error(&m))?;
+            let body = self.fetch_now(start, last)?;
             buf[(at - offset) as usize..(upto - offset) as usize]
-                .copy_from_slice(&fetched.body[(at - start) as usize..(upto - start) as usize]);
+                .copy_from_slice(&body[(at - start) as usize..(upto - start) as usize]);
             at = upto;
-            if fetched.body.len() <= PIECE_BYTES {
+            if body.len() <= PIECE_BYTES {
                 let mut st = self.shared.state.lock().expect("state lock");
-                st.pieces.push_back((start, Arc::new(fetched.body)));
+                st.pieces.push_back((start, Arc::new(body)));
                 while st.pieces.iter().map(|(_, p)| p.len()).sum::<usize>() > PIECE_BYTES {
                     st.pieces.pop_front();
                 }
@@ -690,7 +692,7 @@ impl ReadAt for HttpSource {
         // fetched whole: only the bytes the read needs are.
         let mut exact: Vec<u64> = Vec::new();
         if !sequential {
-            if Self::from_piece(&mut st, offset, buf) {
+            if Self::copy_piece(&mut st, offset, offset, buf, true).is_some() {
                 return Ok(());
             }
             exact = needed.iter().copied().filter(|w| !st.windows.contains_key(w)).collect();
@@ -756,12 +758,7 @@ impl ReadAt for HttpSource {
         if buf.is_empty() {
             return Ok(());
         }
-        let (target, total) = (self.shared.target.clone(), self.shared.info.size);
-        let end = offset + buf.len() as u64 - 1;
-        let fetched = wait_for(self.runtime(), async move { target.fetch(offset, end, Some(total)).await })
-            .ok_or_else(|| self.stream_error("HTTP runtime stopped"))?
-            .map_err(|m| self.stream_error(&m))?;
-        buf.copy_from_slice(&fetched.body);
+        buf.copy_from_slice(&self.fetch_now(offset, offset + buf.len() as u64 - 1)?);
         Ok(())
     }
 }
