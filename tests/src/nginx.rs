@@ -175,6 +175,15 @@ impl Nginx {
     }
 }
 
+/// An empty web root, `www` in a fresh temporary directory (removed with
+/// the returned guard).
+pub fn web_root() -> (tempfile::TempDir, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let www = t.path().join("www");
+    fs::create_dir(&www).unwrap();
+    (t, www)
+}
+
 impl Drop for Nginx {
     fn drop(&mut self) {
         let _ = self.child.kill();

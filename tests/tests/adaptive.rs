@@ -8,7 +8,7 @@
 use std::fs;
 use std::path::Path;
 use testkit::device::{Device, grub_selected, grubenv};
-use testkit::nginx::Nginx;
+use testkit::nginx::{Nginx, web_root};
 use testkit::{Content, pki_file, pseudo_random, rota_bundle, run, sha256_hex, target_dir};
 
 const MIB: usize = 1 << 20;
@@ -80,9 +80,7 @@ fn reported(log: &str) -> u64 {
 
 #[test]
 fn five_percent_changed_fetches_little_more_than_the_changed_blocks() {
-    let t = tempfile::tempdir().unwrap();
-    let www = t.path().join("www");
-    fs::create_dir(&www).unwrap();
+    let (_t, www) = web_root();
     let nginx = Nginx::serve(&www);
     let v1 = pseudo_random(SIZE, 71);
     let v2 = changed(&v1, 5, 72);
@@ -134,9 +132,7 @@ fn five_percent_changed_fetches_little_more_than_the_changed_blocks() {
 
 #[test]
 fn without_a_data_directory_the_full_image_is_copied() {
-    let t = tempfile::tempdir().unwrap();
-    let www = t.path().join("www");
-    fs::create_dir(&www).unwrap();
+    let (_t, www) = web_root();
     let nginx = Nginx::serve(&www);
     let v1 = pseudo_random(SIZE / 8, 81);
     let v2 = changed(&v1, 5, 82);

@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use testkit::httpd::{Mode, Server};
-use testkit::nginx::{Nginx, Tls};
+use testkit::nginx::{Nginx, Tls, web_root};
 use testkit::*;
 
 fn keyring() -> String {
@@ -24,9 +24,7 @@ fn info_json(location: &str, extra: &[&str]) -> String {
 
 #[test]
 fn info_and_extract_from_nginx() {
-    let t = tempfile::tempdir().unwrap();
-    let www = t.path().join("www");
-    fs::create_dir(&www).unwrap();
+    let (t, www) = web_root();
     let nginx = Nginx::serve(&www);
     for format in ["verity", "crypt"] {
         let (c, b) = make(t.path(), format);
@@ -122,10 +120,8 @@ fn plain_bundles_cannot_be_streamed_and_tampered_payloads_fail() {
 
 #[test]
 fn https_with_ca_pinning_no_verify_and_client_certificates() {
-    let t = tempfile::tempdir().unwrap();
+    let (t, www) = web_root();
     let (_, b) = make(t.path(), "verity");
-    let www = t.path().join("www");
-    fs::create_dir(&www).unwrap();
     fs::copy(&b, www.join("b.raucb")).unwrap();
     let (cert, key) = (pki_file("server.pem"), pki_file("server.key"));
     let local = info_json(&b.to_string_lossy(), &[]);

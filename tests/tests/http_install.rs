@@ -6,10 +6,10 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use testkit::bus::{Bus, Service};
 use testkit::device::{Device, grub_selected, grubenv};
-use testkit::nginx::{Logged, Nginx, Tls};
+use testkit::nginx::{Logged, Nginx, Tls, web_root};
 use testkit::{Content, pki_file, rota, rota_bundle, run, sha256_hex, target_dir};
 
 const SLOT: usize = 4 << 20;
@@ -109,18 +109,11 @@ fn assert_headers(log: &[Logged], uri: &str, case: &str) {
     assert!(reqs[3..].iter().all(|r| r.header("if_match").is_some()), "{case}: {reqs:?}");
 }
 
-fn www() -> (tempfile::TempDir, PathBuf) {
-    let t = tempfile::tempdir().unwrap();
-    let www = t.path().join("www");
-    fs::create_dir(&www).unwrap();
-    (t, www)
-}
-
 /// Publishes a verity and a crypt bundle on one nginx and has `install`
 /// put each on a fresh device named `<name>-<format>`; then checks the slots
 /// and the headers that arrived.
 fn stream_both_formats(name: &str, seeds: [u64; 2], install: impl Fn(&Device, &str)) {
-    let (_t, www) = www();
+    let (_t, www) = web_root();
     let nginx = Nginx::serve(&www);
     for (format, seed) in ["verity", "crypt"].into_iter().zip(seeds) {
         let image = publish(&www, format, seed);
@@ -152,7 +145,7 @@ fn verity_and_crypt_stream_from_nginx_through_the_service() {
 
 #[test]
 fn plain_bundles_are_downloaded_within_max_bundle_download_size() {
-    let (_t, www) = www();
+    let (_t, www) = web_root();
     let nginx = Nginx::serve(&www);
     let image = publish(&www, "plain", 51);
     let url = nginx.url("/plain.raucb");
@@ -193,7 +186,7 @@ fn assert_untouched(d: &Device, case: &str) {
 
 #[test]
 fn https_installs_check_the_server_ca_and_present_client_certificates() {
-    let (_t, www) = www();
+    let (_t, www) = web_root();
     let image = publish(&www, "verity", 61);
     let (cert, key) = (pki_file("server.pem"), pki_file("server.key"));
     let root = pki_file("root.pem");
@@ -256,7 +249,7 @@ fn https_installs_check_the_server_ca_and_present_client_certificates() {
 
 #[test]
 fn installs_go_through_the_proxy_of_the_environment() {
-    let (_t, www) = www();
+    let (_t, www) = web_root();
     let image = publish(&www, "verity", 71);
     let plain = Nginx::serve(&www);
     let (cert, key) = (pki_file("server.pem"), pki_file("server.key"));

@@ -44,24 +44,20 @@ fn bundles_signed_on_a_token_verify_with_rota_and_rauc() {
     let d = dir("sign");
     let t = release_token(&d);
     let c = Content::standard(d.join("content"), "verity");
-    let ours = d.join("rota.raucb");
-    run(with_env(rota().arg("bundle").args(token_sign_args(&t)).arg(&c.dir).arg(&ours), &t.env())).ok();
     let keyring = format!("--keyring={}", pki_file("keyring.pem").display());
-    let info = run(peer_rauc().arg("info").arg(&keyring).arg(&ours)).ok();
-    assert!(
-        info.stderr.contains("Verified inline signature by 'O = rota test, CN = rota Release Signer'"),
-        "{}",
-        info.stderr
-    );
-    // And the other way: rauc signs on the same token, rota verifies.
-    let theirs = d.join("rauc.raucb");
-    run(with_env(peer_rauc().arg("bundle").args(token_sign_args(&t)).arg(&c.dir).arg(&theirs), &t.env())).ok();
-    let info = run(rota().arg("info").arg(&keyring).arg(&theirs)).ok();
-    assert!(
-        info.stderr.contains("Verified inline signature by 'O = rota test, CN = rota Release Signer'"),
-        "{}",
-        info.stderr
-    );
+    // rota signs on the token and rauc verifies, and the other way round.
+    type Tool = fn() -> Command;
+    let tools: [(&str, Tool, Tool); 2] = [("rota", rota, peer_rauc), ("rauc", peer_rauc, rota)];
+    for (signer, sign, verify) in tools {
+        let b = d.join(format!("{signer}.raucb"));
+        run(with_env(sign().arg("bundle").args(token_sign_args(&t)).arg(&c.dir).arg(&b), &t.env())).ok();
+        let info = run(verify().arg("info").arg(&keyring).arg(&b)).ok();
+        assert!(
+            info.stderr.contains("Verified inline signature by 'O = rota test, CN = rota Release Signer'"),
+            "signed by {signer}: {}",
+            info.stderr
+        );
+    }
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use testkit::bus::{Bus, Service, interface_element};
 use testkit::device::{Device, grub_selected, grubenv};
-use testkit::nginx::Nginx;
+use testkit::nginx::{Nginx, web_root};
 use testkit::{Content, pki_file, rota_bundle, run, target_dir};
 
 const SLOT: usize = 1 << 20;
@@ -96,9 +96,7 @@ fn attempts(s: &Value) -> u64 {
 
 #[test]
 fn a_newer_bundle_is_installed_without_a_caller_and_the_device_reboots() {
-    let t = tempfile::tempdir().unwrap();
-    let www = t.path().join("www");
-    fs::create_dir(&www).unwrap();
+    let (t, www) = web_root();
     let nginx = Nginx::serve(&www);
     let image = publish(&www, "2.0.0");
     let rebooted = t.path().join("rebooted");
@@ -145,9 +143,7 @@ fn a_newer_bundle_is_installed_without_a_caller_and_the_device_reboots() {
 
 #[test]
 fn unchanged_bundles_inhibit_files_and_errors() {
-    let t = tempfile::tempdir().unwrap();
-    let www = t.path().join("www");
-    fs::create_dir(&www).unwrap();
+    let (t, www) = web_root();
     let nginx = Nginx::serve(&www);
     publish(&www, "1.0.0");
     let inhibit = t.path().join("inhibit");
