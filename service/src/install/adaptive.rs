@@ -11,7 +11,7 @@
 //! against the manifest's digest. Any error leaves the caller to do a full
 //! copy, as RAUC does.
 
-use super::write::{ImageSource, open_device};
+use super::write::{ImageSource, check_read_back, open_device};
 use crate::config::SlotConfig;
 use crate::error::{Error, Result, failed};
 use crate::system::{SlotState, System};
@@ -20,9 +20,8 @@ use rota_bundle::squashfs::BundleFs;
 use rota_bundle::squashfs::data::BlockMap;
 use sha2::{Digest, Sha256};
 use std::fs::File;
-use std::io::{BufReader, Read, Write};
+use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 mod plan;
@@ -317,13 +316,8 @@ fn write(
             progress((first + count) * BLOCK);
         }
         w.target.sync_all().map_err(|e| Error::io("Failed to sync", &slot.device, e))?;
-        let back = read_back(&w.target, &slot.device, size)?;
-        if back != digest {
-            return failed(format!(
-                "Read-back check of '{}' failed: sha256 {back} instead of {digest}",
-                slot.device.display()
-            ));
-        }
+        let reader = File::open(&slot.device).map_err(|e| Error::io("Failed to open", &slot.device, e))?;
+        check_read_back(&reader, &slot.device, 0, size, digest)?;
         let c = &w.counts;
         tracing::info!(
             "Adaptive update of {}: {} of {n} blocks unchanged, {} from the target, {} from the seed, {} zero, {} from the bundle ({} bytes read from it)",
@@ -370,30 +364,6 @@ fn read_upto(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
         }
     }
     Ok(done)
-}
-
-/// SHA-256 of the first `size` bytes of `file`, read from the medium (its
-/// cached pages dropped first).
-fn read_back(file: &File, path: &Path, size: u64) -> Result<String> {
-    // SAFETY: advisory call on an open descriptor.
-    unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, size as libc::off_t, libc::POSIX_FADV_DONTNEED) };
-    let reader = File::open(path).map_err(|e| Error::io("Failed to open", path, e))?;
-    let mut r = BufReader::with_capacity(1 << 20, reader.take(size));
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let k = r.read(&mut buf).map_err(|e| Error::io("Failed to read back", path, e))?;
-        if k == 0 {
-            break;
-        }
-        hasher.update(&buf[..k]);
-        total += k as u64;
-    }
-    if total != size {
-        return failed(format!("Read-back check of '{}' failed: {total} of {size} bytes", path.display()));
-    }
-    Ok(hex::encode(hasher.finalize()))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! and checked against the manifest digest before anything is switched.
 
 use super::hooks::SlotHook;
-use super::write::{Job, check_manifest, read_back_sha256, stream_hashed, zero_range};
+use super::write::{Job, check_manifest, check_read_back, stream_hashed, zero_range};
 use crate::config::SlotConfig;
 use crate::error::{Error, Result, failed};
 use crate::tools;
@@ -106,14 +106,7 @@ fn write_copy(
         file.write_all_at(&header, offset).map_err(|e| Error::io("Failed to write header to", dev, e))?;
         file.sync_data().map_err(|e| Error::io("Failed to sync", dev, e))?;
     }
-    let back = read_back_sha256(file, offset, bytes).map_err(|e| Error::io("Failed to read back", dev, e))?;
-    if back != sha {
-        return failed(format!(
-            "Read-back check of '{}' at offset {offset} failed: sha256 {back} instead of {sha}",
-            dev.display()
-        ));
-    }
-    Ok(())
+    check_read_back(file, dev, offset, bytes, &sha)
 }
 
 /// Which boot region slot type a job is for.

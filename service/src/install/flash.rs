@@ -9,7 +9,7 @@
 //! (beyond RAUC). NAND is not read back: its bad-block skipping and ECC
 //! make a plain read of the MTD device differ from what was written.
 
-use super::write::{ImageSource, Job, check_manifest, pipe_image, read_back_sha256, stream_hashed};
+use super::write::{ImageSource, Job, check_manifest, check_read_back, pipe_image, stream_hashed};
 use crate::error::{Error, Result, failed};
 use crate::tools;
 use std::fs::File;
@@ -57,14 +57,7 @@ fn nand(job: &Job<'_>, progress: &mut dyn FnMut(u64)) -> Result<()> {
 /// SHA-256 with `sha` (what was sent to the device).
 fn read_back(dev: &Path, len: u64, sha: &str) -> Result<()> {
     let f = File::open(dev).map_err(|e| Error::io("Failed to open", dev, e))?;
-    let back = read_back_sha256(&f, 0, len).map_err(|e| Error::io("Failed to read back", dev, e))?;
-    if back != sha {
-        return failed(format!(
-            "Read-back check of '{}' failed: sha256 {back} of {len} bytes instead of {sha}",
-            dev.display()
-        ));
-    }
-    Ok(())
+    check_read_back(&f, dev, 0, len, sha)
 }
 
 fn nor(job: &Job<'_>, progress: &mut dyn FnMut(u64)) -> Result<()> {

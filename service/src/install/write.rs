@@ -432,6 +432,32 @@ pub fn read_back_sha256(file: &File, offset: u64, len: u64) -> std::io::Result<S
     Ok(hex::encode(h.finalize()))
 }
 
+/// Reads `len` bytes at `offset` of `file` (the synced device `dev`) back
+/// from the medium and checks them against `expected` (SHA-256). Every
+/// writer that reads back (flash, boot regions, adaptive updates) reports a
+/// mismatch in the same words as the image copy.
+pub fn check_read_back(file: &File, dev: &Path, offset: u64, len: u64, expected: &str) -> Result<()> {
+    let back = read_back_sha256(file, offset, len).map_err(|e| Error::io("Failed to read back", dev, e))?;
+    if back != expected {
+        return Err(read_back_mismatch(dev, offset, (len, &back), (len, expected)));
+    }
+    Ok(())
+}
+
+/// The error for bytes read back from `dev` (starting at `offset`) that
+/// differ from what was written: (length, SHA-256) of each.
+fn read_back_mismatch(dev: &Path, offset: u64, back: (u64, &str), written: (u64, &str)) -> Error {
+    let at = if offset == 0 { String::new() } else { format!(" at offset {offset}") };
+    Error::Failed(format!(
+        "Read-back check of '{}'{at} failed: sha256 {} of {} bytes instead of {} of {} bytes",
+        dev.display(),
+        back.1,
+        back.0,
+        written.1,
+        written.0
+    ))
+}
+
 /// Checks a stream of `bytes` with digest `sha256`, read from `src`, against
 /// the manifest's `size` and `sha256` of the image (each when given).
 pub fn check_manifest(
@@ -497,14 +523,7 @@ pub fn copy_image(
     drop(file);
     check_manifest(src, bytes, &sha256, expected_size, expected_sha256)?;
     if back != written {
-        return failed(format!(
-            "Read-back check of '{}' failed: sha256 {} of {} bytes instead of {} of {} bytes",
-            device.display(),
-            back.1,
-            back.0,
-            written.1,
-            written.0
-        ));
+        return Err(read_back_mismatch(device, 0, (back.0, &back.1), (written.0, &written.1)));
     }
     Ok(())
 }
