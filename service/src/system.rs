@@ -129,6 +129,11 @@ pub fn slot_states(configs: &[SlotConfig], boot_slot: &str) -> Result<Vec<SlotSt
 }
 
 impl System {
+    /// The variant images are chosen for, if the system has one.
+    pub fn variant(&self) -> Option<&str> {
+        (!self.variant.is_empty()).then_some(self.variant.as_str())
+    }
+
     /// Sets up the context: boot slot (`override_slot` first), slot states,
     /// mount points, variant and system-info handler.
     pub fn setup(config: SystemConfig, override_slot: Option<&str>) -> Result<System> {
@@ -198,7 +203,7 @@ impl System {
     /// transaction id of an installation).
     pub fn header_facts(&self, transaction_id: Option<&str>) -> rota_bundle::hostconfig::HeaderFacts {
         rota_bundle::hostconfig::HeaderFacts {
-            variant: (!self.variant.is_empty()).then(|| self.variant.clone()),
+            variant: self.variant().map(str::to_string),
             system_version: self.system_version().map(str::to_string),
             serial: self.info("RAUC_SYSTEM_SERIAL").map(str::to_string),
             transaction_id: transaction_id.map(str::to_string),

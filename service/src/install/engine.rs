@@ -201,7 +201,8 @@ fn run(
     *info = (Some(manifest.clone()), Some(manifest_hash.clone()));
     // Hooks, handlers and `flashcp` (NOR slots) see the bundle mounted
     // (through the verified view).
-    let nor_target = manifest.images.iter().any(|i| {
+    // Only the images of the system's variant count.
+    let nor_target = manifest.select_images(system.variant()).unwrap_or_default().iter().any(|i| {
         system.slots.iter().any(|s| s.config.class == i.slotclass && s.config.slot_type == crate::config::SlotType::Nor)
     });
     let needs_mount = system.config.handlers.pre_install.is_some()
@@ -276,8 +277,7 @@ fn default_handler(
     control: &InstallControl,
     p: &mut Progress<'_>,
 ) -> Result<Outcome> {
-    let variant = (!system.variant.is_empty()).then_some(system.variant.as_str());
-    let images = manifest.select_images(variant).map_err(Error::Failed)?;
+    let images = manifest.select_images(system.variant()).map_err(Error::Failed)?;
     let plans = plan::plans(system, group, &images)?;
     let artifact_plans = plan::artifact_plans(system, manifest)?;
     if plans.is_empty() && artifact_plans.is_empty() {
