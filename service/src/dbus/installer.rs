@@ -82,7 +82,13 @@ enum Event {
 struct ChannelSink {
     tx: UnboundedSender<Event>,
     bundle: String,
+    /// Slot and byte count of the last byte event passed on.
+    sent: (String, u64),
 }
+
+/// Byte counts are passed to the worker in steps of this size (and at a
+/// slot's start and end), not for every chunk the engine writes.
+const FORWARD_STEP: u64 = 1 << 20;
 
 impl ProgressSink for ChannelSink {
     fn progress(&mut self, percentage: i32, message: &str, depth: i32) {
@@ -98,6 +104,11 @@ impl ProgressSink for ChannelSink {
     }
 
     fn bytes(&mut self, slot: &str, done: u64, total: u64) {
+        let (last_slot, last_done) = &self.sent;
+        if last_slot == slot && done < total && done.saturating_sub(*last_done) < FORWARD_STEP {
+            return;
+        }
+        self.sent = (slot.to_string(), done);
         let _ = self.tx.send(Event::Bytes(slot.to_string(), done, total));
     }
 }
@@ -379,7 +390,7 @@ pub async fn worker(
         let bundle = job.args.location.clone();
         let run = tokio::task::spawn_blocking(move || {
             let mut system = svc.system.fork();
-            let mut sink = ChannelSink { tx, bundle };
+            let mut sink = ChannelSink { tx, bundle, sent: (String::new(), 0) };
             engine::install(&mut system, &job.args, &mut sink).map_err(|e| e.to_string())
         });
         let done = job_done;
