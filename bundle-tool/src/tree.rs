@@ -295,7 +295,68 @@ impl FileIndex {
             }
             entries.push(e);
         }
-        Ok(FileIndex { entries })
+        let index = FileIndex { entries };
+        index.check().map_err(|(at, why)| format!("file index line {}: {why}", at + 2))?;
+        Ok(index)
+    }
+
+    /// Checks what an install relies on: the root directory comes first,
+    /// every other path is relative, without `.`/`..` or empty components,
+    /// below a directory of the index; files carry a digest, links a
+    /// target, and the members of a hard-link group are alike. Returns the
+    /// entry number and the reason of the first violation.
+    fn check(&self) -> Result<(), (usize, String)> {
+        use std::collections::HashSet;
+        let mut dirs: HashSet<&[u8]> = HashSet::new();
+        let mut groups: HashMap<u64, &Entry> = HashMap::new();
+        for (i, e) in self.entries.iter().enumerate() {
+            let fail = |why: &str| Err((i, why.to_string()));
+            if i == 0 {
+                if !e.path.is_empty() || e.kind != Kind::Dir {
+                    return fail("the first entry must be the root directory");
+                }
+                dirs.insert(&e.path);
+                continue;
+            }
+            if e.path.split(|b| *b == b'/').any(|c| c.is_empty() || c == b"." || c == b"..") {
+                return fail("path with an empty, '.' or '..' component");
+            }
+            let parent = e.path.iter().rposition(|b| *b == b'/').map_or(&e.path[..0], |at| &e.path[..at]);
+            if !dirs.contains(parent) {
+                return fail("parent is not a directory of the index");
+            }
+            match e.kind {
+                Kind::Dir => {
+                    dirs.insert(&e.path);
+                }
+                Kind::File => {
+                    let sha_ok = e.sha256.as_deref().is_some_and(|s| {
+                        s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                    });
+                    if !sha_ok {
+                        return fail("regular file without a SHA-256");
+                    }
+                }
+                Kind::Symlink if e.target.as_ref().is_none_or(|t| t.is_empty()) => {
+                    return fail("symbolic link without a target");
+                }
+                _ => {}
+            }
+            if e.link_group != 0 {
+                if e.kind != Kind::File {
+                    return fail("hard-link group on an entry that is not a regular file");
+                }
+                let first = *groups.entry(e.link_group).or_insert(e);
+                let alike = |a: &Entry, b: &Entry| {
+                    (a.sha256.as_ref(), a.size, a.mode, a.uid, a.gid, a.mtime, &a.xattrs)
+                        == (b.sha256.as_ref(), b.size, b.mode, b.uid, b.gid, b.mtime, &b.xattrs)
+                };
+                if !alike(first, e) {
+                    return fail("hard-link group members differ");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Total bytes of regular files (each hard-link group once).
@@ -370,6 +431,43 @@ mod tests {
         let mut again = Vec::new();
         FileIndex::scan(t.path()).unwrap().write_to(&mut again).unwrap();
         assert_eq!(again, text);
+    }
+
+    #[test]
+    fn unsafe_or_inconsistent_indexes_are_refused() {
+        let line = |path: &str, kind: &str, extra: &str| {
+            format!("{{\"path\":\"{path}\",\"kind\":\"{kind}\",\"mode\":493,\"uid\":0,\"gid\":0,\"mtime\":0{extra}}}\n")
+        };
+        let sha = format!(",\"size\":1,\"sha256\":\"{}\"", "ab".repeat(32));
+        let root = line("", "dir", "");
+        let cases = [
+            (line("a", "dir", ""), "line 2: the first entry must be the root directory"),
+            (root.clone() + &line("../x", "file", &sha), "line 3: path with an empty"),
+            (root.clone() + &line("a//b", "file", &sha), "line 3: path with an empty"),
+            (root.clone() + &line("a/b", "file", &sha), "line 3: parent is not a directory"),
+            (root.clone() + &line("a", "file", &sha) + &line("a/b", "file", &sha), "line 4: parent is not a directory"),
+            (root.clone() + &line("a", "file", ""), "line 3: regular file without a SHA-256"),
+            (root.clone() + &line("a", "symlink", ""), "line 3: symbolic link without a target"),
+            (
+                root.clone()
+                    + &line("a", "file", &(sha.clone() + ",\"link_group\":1"))
+                    + &line("b", "file", ",\"size\":1,\"sha256\":\"00\",\"link_group\":1"),
+                "line 4: regular file without a SHA-256",
+            ),
+            (
+                root.clone()
+                    + &line("a", "file", &(sha.clone() + ",\"link_group\":1"))
+                    + &line("b", "file", &(sha.clone() + ",\"link_group\":1")).replace("493", "420"),
+                "line 4: hard-link group members differ",
+            ),
+        ];
+        for (body, want) in cases {
+            let text = format!("{HEADER}\n{body}");
+            let err = FileIndex::read_from(&mut text.as_bytes()).unwrap_err();
+            assert!(err.contains(want), "{body}: {err}");
+        }
+        let fine = format!("{HEADER}\n{root}{}", line("a", "dir", "") + &line("a/b", "file", &sha));
+        assert_eq!(FileIndex::read_from(&mut fine.as_bytes()).unwrap().entries.len(), 3);
     }
 
     #[test]
