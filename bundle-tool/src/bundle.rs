@@ -158,6 +158,11 @@ impl<A: ReadAt, B: ReadAt> ReadAt for Concat<A, B> {
         self.first.read_exact_at(offset, a)?;
         self.second.read_exact_at(0, b)
     }
+
+    fn advise_scattered(&self, scattered: bool) {
+        self.first.advise_scattered(scattered);
+        self.second.advise_scattered(scattered);
+    }
 }
 
 /// Reads a source in 1 MiB steps (OpenSSL asks for 4 KiB at a time) and

@@ -125,6 +125,10 @@ impl<S: ReadAt> ReadAt for VerityReader<S> {
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         read_unaligned(self.data_size, offset, buf, BLOCK_SIZE as u64, |off, b| Ok(self.read_blocks(off, b)?))
     }
+
+    fn advise_scattered(&self, scattered: bool) {
+        self.source.advise_scattered(scattered)
+    }
 }
 
 /// Decrypts a crypt bundle's payload: AES-256-CBC per 4 KiB sector, IV =
@@ -181,6 +185,10 @@ impl<S: ReadAt> ReadAt for CryptReader<S> {
             self.inner.read_exact_at(off, b)?;
             crypt_sectors(&self.key, off / BLOCK_SIZE as u64, b, false)
         })
+    }
+
+    fn advise_scattered(&self, scattered: bool) {
+        self.inner.advise_scattered(scattered)
     }
 }
 
@@ -262,6 +270,10 @@ impl<S: ReadAt> ReadAt for PinnedReader<S> {
 
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         read_unaligned(self.source.size(), offset, buf, PIN_CHUNK as u64, |off, b| self.read_chunks(off, b))
+    }
+
+    fn advise_scattered(&self, scattered: bool) {
+        self.source.advise_scattered(scattered)
     }
 }
 

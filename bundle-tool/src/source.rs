@@ -22,6 +22,12 @@ pub trait ReadAt: Send + Sync {
     fn read_small_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.read_exact_at(offset, buf)
     }
+
+    /// Announces that reads from now on are scattered (`true`: each needs
+    /// just its own bytes, as a tree install reading single files does) or
+    /// may be sequential again (`false`). Remote sources stop reading ahead;
+    /// layers pass it on.
+    fn advise_scattered(&self, _scattered: bool) {}
 }
 
 impl<T: ReadAt + ?Sized> ReadAt for Arc<T> {
@@ -35,6 +41,10 @@ impl<T: ReadAt + ?Sized> ReadAt for Arc<T> {
 
     fn read_small_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         (**self).read_small_at(offset, buf)
+    }
+
+    fn advise_scattered(&self, scattered: bool) {
+        (**self).advise_scattered(scattered)
     }
 }
 
@@ -108,6 +118,10 @@ impl<S: ReadAt> ReadAt for Slice<S> {
         check_range(offset, buf.len(), self.len)?;
         self.inner.read_exact_at(self.start + offset, buf)
     }
+
+    fn advise_scattered(&self, scattered: bool) {
+        self.inner.advise_scattered(scattered)
+    }
 }
 
 /// An in-memory source (tests, small payloads).
@@ -124,7 +138,10 @@ impl ReadAt for Vec<u8> {
 }
 
 /// `Read + BufRead + Seek` over a [`ReadAt`], with an aligned buffer that
-/// survives seeks inside it (squashfs readers seek a lot).
+/// survives seeks inside it (squashfs readers seek a lot). A fill after a
+/// seek reads 4 KiB; each fill continuing the previous one reads twice as
+/// much, up to the buffer's size (a small table at a random place costs a
+/// small read, a long sequential one soon reads whole buffers).
 pub struct Cursor<S> {
     source: S,
     buf: Vec<u8>,
@@ -132,6 +149,9 @@ pub struct Cursor<S> {
     buf_len: usize,
     pos: u64,
 }
+
+/// The first fill after a seek.
+const FIRST_FILL: usize = 4096;
 
 impl<S: ReadAt> Cursor<S> {
     /// Default buffer: 512 KiB, one verity leaf hash block's worth of data.
@@ -173,7 +193,9 @@ impl<S: ReadAt> BufRead for Cursor<S> {
         let in_buf = self.pos >= self.buf_start && self.pos < self.buf_start + self.buf_len as u64;
         if !in_buf {
             let start = self.pos - self.pos % 4096;
-            let len = (self.buf.len() as u64).min(size - start) as usize;
+            let continues = self.buf_len > 0 && start == self.buf_start + self.buf_len as u64;
+            let fill = if continues { (2 * self.buf_len).min(self.buf.len()) } else { FIRST_FILL.min(self.buf.len()) };
+            let len = (fill as u64).min(size - start) as usize;
             self.buf_len = 0;
             self.source.read_exact_at(start, &mut self.buf[..len])?;
             self.buf_start = start;

@@ -12,7 +12,7 @@ use reqwest::header::{CONTENT_RANGE, ETAG, HeaderMap, HeaderName, HeaderValue, L
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 use transport::{Client, SendError};
@@ -178,6 +178,8 @@ struct Shared {
     target: Target,
     info: RemoteInfo,
     opts: HttpOptions,
+    /// Reads are scattered (see [`ReadAt::advise_scattered`]): never whole windows or read-ahead.
+    scattered: AtomicBool,
     state: Mutex<State>,
     ready: Condvar,
 }
@@ -429,6 +431,7 @@ impl HttpSource {
             target,
             info,
             opts,
+            scattered: AtomicBool::new(false),
             state: Mutex::new(State {
                 windows: HashMap::new(),
                 used: VecDeque::new(),
@@ -687,7 +690,7 @@ impl ReadAt for HttpSource {
         if st.heads.len() > MAX_STREAMS {
             st.heads.pop_front();
         }
-        let sequential = stream >= STREAM_MIN;
+        let sequential = stream >= STREAM_MIN && !self.shared.scattered.load(Ordering::Relaxed);
         // Windows of a scattered read that are not in the cache are not
         // fetched whole: only the bytes the read needs are.
         let mut exact: Vec<u64> = Vec::new();
@@ -751,6 +754,10 @@ impl ReadAt for HttpSource {
             i = j;
         }
         Ok(())
+    }
+
+    fn advise_scattered(&self, scattered: bool) {
+        self.shared.scattered.store(scattered, Ordering::Relaxed);
     }
 
     fn read_small_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {

@@ -142,6 +142,11 @@ impl BlockMap {
         self.block_size
     }
 
+    /// Offset in the squashfs of the file's first stored byte.
+    pub fn start(&self) -> u64 {
+        self.starts[0]
+    }
+
     /// Compressed bytes stored for blocks `first..first + count` (0 for
     /// sparse blocks; the tail fragment not counted).
     pub fn stored_bytes(&self, first: u64, count: u64) -> u64 {
@@ -343,6 +348,11 @@ impl DataReader {
             out.extend_from_slice(&frag[start as usize..end as usize]);
         }
         Ok(out)
+    }
+
+    /// Passes a read pattern hint to the source (see [`ReadAt::advise_scattered`]).
+    pub fn advise_scattered(&self, scattered: bool) {
+        self.source.advise_scattered(scattered)
     }
 
     /// Streams the contents of `file` into `sink`; returns the length.

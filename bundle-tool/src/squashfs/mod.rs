@@ -33,6 +33,10 @@ impl ReadAt for RecordingSource {
             *self.slot.0.lock().expect("error slot") = Some(e.to_string());
         })
     }
+
+    fn advise_scattered(&self, scattered: bool) {
+        self.inner.advise_scattered(scattered)
+    }
 }
 
 /// Kind of a squashfs entry.
@@ -92,7 +96,11 @@ impl BundleFs {
         let errors = ErrorSlot::default();
         let source = RecordingSource { inner: payload.clone(), slot: errors.clone() };
         let cursor = Cursor::new(source);
+        // The superblock and the tables are read exactly: no read-ahead
+        // into the data blocks around them.
+        payload.advise_scattered(true);
         let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| FilesystemReader::from_reader(cursor)));
+        payload.advise_scattered(false);
         let fs = match opened {
             Ok(Ok(fs)) => fs,
             Ok(Err(e)) => {
@@ -115,9 +123,13 @@ impl BundleFs {
         self.fs.files()
     }
 
+    /// The node at `path`, found by binary search: the reader keeps its
+    /// nodes sorted by full path (a bundle with a tree image holds one
+    /// file per distinct content, and installs look many of them up).
     fn node(&self, path: &str) -> Option<&Node<SquashfsFileReader>> {
-        let want = path.trim_start_matches('/');
-        self.nodes().find(|n| rel(&n.fullpath) == want)
+        let want = Path::new("/").join(path.trim_start_matches('/'));
+        let nodes = &self.fs.root.nodes;
+        nodes.binary_search_by(|n| n.fullpath.as_path().cmp(&want)).ok().map(|i| &nodes[i])
     }
 
     /// Every entry, parents before children.
@@ -154,6 +166,12 @@ impl BundleFs {
     /// one call to the verified source.
     pub fn read_blocks(&self, map: &data::BlockMap, first: u64, count: u64) -> Result<Vec<u8>> {
         self.data.read_blocks(map, first, count)
+    }
+
+    /// Tells the bundle's source that file reads from now on are scattered
+    /// (`true`) or may be sequential again (see [`ReadAt::advise_scattered`]).
+    pub fn advise_scattered(&self, scattered: bool) {
+        self.data.advise_scattered(scattered)
     }
 
     /// Reads one regular file completely.
