@@ -443,7 +443,14 @@ pub fn create(
 
     let tmp = temp_path(output);
     let mut out_guard = Cleanup(Some(tmp.clone()));
-    run_mksquashfs(&work, &tmp, &opts.mksquashfs_args)?;
+    // Files of a tree image are read one by one: without fragments, no
+    // file's tail shares a compressed block with others, so an install
+    // reads (and a stream fetches) the blocks of the files it needs only.
+    let mut squashfs_args = opts.mksquashfs_args.clone();
+    if !trees.is_empty() && !squashfs_args.iter().any(|a| a == "-no-fragments") {
+        squashfs_args.push("-no-fragments".into());
+    }
+    run_mksquashfs(&work, &tmp, &squashfs_args)?;
     let file = FsOpen::new().read(true).write(true).open(&tmp).map_err(|e| io_err("open", &tmp, e))?;
     let data_size = file.metadata()?.len();
     if data_size % BLOCK_SIZE as u64 != 0 {
