@@ -134,6 +134,63 @@ pub fn with_slot_mounted<T>(
     u.map(|()| r)
 }
 
+/// Exclusive locks on the devices of the slots an installation may write,
+/// held while it runs. Their holder may treat the slots' mounts at rota's
+/// own mount points as left behind by a killed installation.
+pub struct SlotLocks {
+    _files: Vec<std::fs::File>,
+}
+
+/// Locks the devices of `slots` (missing devices are skipped: the install
+/// reports them), or fails when another installation holds one.
+pub fn lock_slots<'a>(slots: impl Iterator<Item = &'a crate::config::SlotConfig>) -> Result<SlotLocks> {
+    use std::os::fd::AsRawFd;
+    let mut files = Vec::new();
+    for slot in slots {
+        let Ok(file) = std::fs::File::open(&slot.device) else { continue };
+        // SAFETY: flock on an open descriptor.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(Error::Failed(format!("Slot {} is being written by another installation", slot.name)));
+        }
+        files.push(file);
+    }
+    Ok(SlotLocks { _files: files })
+}
+
+/// Unmounts what a killed installation left mounted: any of `slots` mounted
+/// at `<prefix>/<slot name>`, and a bundle view at `<prefix>/bundle` whose
+/// FUSE server is gone. Needs the [`SlotLocks`] of the slots the system
+/// may write. Returns the directories unmounted.
+pub fn release_stale<'a>(
+    _locks: &SlotLocks,
+    prefix: &Path,
+    slots: impl Iterator<Item = &'a crate::config::SlotConfig>,
+) -> Vec<PathBuf> {
+    let Ok(prefix) = std::fs::canonicalize(prefix) else { return Vec::new() };
+    let mounts = table();
+    let mut stale = Vec::new();
+    for slot in slots {
+        let dir = prefix.join(&slot.name);
+        let own = |m: &&Mount| m.target == dir && mount_point_of(std::slice::from_ref(*m), &slot.device).is_some();
+        if mounts.iter().any(|m| own(&m)) {
+            stale.push(dir);
+        }
+    }
+    let bundle = prefix.join("bundle");
+    if mounts.iter().any(|m| m.target == bundle) && std::fs::metadata(&bundle).is_err() {
+        stale.push(bundle);
+    }
+    for dir in &stale {
+        tracing::warn!("Unmounting {}, left mounted by an interrupted installation", dir.display());
+        if tools::run("umount", &[dir]).is_err()
+            && let Err(e) = tools::run("umount", &["-l".as_ref(), dir.as_os_str()])
+        {
+            tracing::warn!("{e}");
+        }
+    }
+    stale
+}
+
 /// Unmounts `dir` and removes the (then empty) directory.
 pub fn umount(dir: &Path) -> Result<()> {
     tools::run("umount", &[dir])?;

@@ -16,7 +16,7 @@ use crate::error::{Error, Result, failed};
 use crate::eventlog::{self, Event, ids};
 use crate::mounts;
 use crate::status::{SlotStatus, now_timestamp};
-use crate::system::System;
+use crate::system::{SlotState, System};
 use rota_bundle::bundle::{Bundle, OpenOptions};
 use rota_bundle::manifest::{BundleFormat, Image, Manifest};
 use rota_bundle::squashfs::BundleFs;
@@ -170,9 +170,14 @@ fn run(
 ) -> Result<Outcome> {
     let control = &*args.control;
     p.phase("checking");
-    step(p, "Determining slot states", || {
+    // The slots this installation may write stay locked until it ends.
+    let _locks = step(p, "Determining slot states", || {
+        let writable = system.slots.iter().filter(|s| s.state == SlotState::Inactive).map(|s| &s.config);
+        let locks = mounts::lock_slots(writable)?;
+        let all = system.slots.iter().map(|s| &s.config);
+        mounts::release_stale(&locks, &system.config.system.mount_prefix, all);
         system.refresh_mounts();
-        Ok(())
+        Ok(locks)
     })?;
     control.check()?;
     p.begin("Checking bundle", 1, 1);
