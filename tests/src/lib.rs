@@ -8,6 +8,7 @@ pub mod httpd;
 pub mod nginx;
 pub mod pkcs11;
 pub mod proxy;
+pub mod rootfs;
 
 use std::ffi::OsStr;
 use std::fs;
@@ -277,4 +278,11 @@ pub fn have(prog: impl AsRef<OsStr>) -> bool {
         .arg(format!("command -v {} >/dev/null", prog.as_ref().to_string_lossy()))
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// Whether anything is mounted at or below `dir` (per `/proc/self/mountinfo`).
+pub fn mounted_below(dir: &Path) -> bool {
+    let Ok(real) = fs::canonicalize(dir) else { return false };
+    let table = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    table.lines().filter_map(|l| l.split(' ').nth(4)).any(|t| Path::new(t).starts_with(&real))
 }

@@ -24,6 +24,12 @@ pub struct Details {
     total: u64,
     /// `done` when the last bytes update was announced.
     announced: u64,
+    /// Files of a tree image done and in total.
+    files: (u64, u64),
+    /// `files.0` when last announced.
+    files_announced: u64,
+    /// The final numbers of the images written so far (`<slot>` → name, value).
+    counts: Vec<(String, &'static str, u64)>,
 }
 
 /// Announce byte counts at most every this many bytes (or at the end).
@@ -62,6 +68,26 @@ impl Details {
         false
     }
 
+    /// `done` of `total` files of a tree image for `slot`; announced in
+    /// steps of a hundredth of the files, and at the end.
+    pub fn files(&mut self, slot: &str, done: u64, total: u64) -> bool {
+        let new_slot = self.slot != slot;
+        self.slot = slot.to_string();
+        self.files = (done, total);
+        if new_slot || done >= total || done.saturating_sub(self.files_announced) >= (total / 100).max(1) {
+            self.files_announced = done;
+            return true;
+        }
+        false
+    }
+
+    /// The final numbers of the image written to `slot`.
+    pub fn counts(&mut self, slot: &str, counts: &[(&'static str, u64)]) -> bool {
+        self.counts.retain(|(s, _, _)| s != slot);
+        self.counts.extend(counts.iter().map(|(k, v)| (slot.to_string(), *k, *v)));
+        true
+    }
+
     /// The installation ended.
     pub fn finish(&mut self) -> bool {
         self.installing = false;
@@ -80,7 +106,19 @@ impl Details {
             ("slot".to_string(), owned(Variant::from(self.slot.clone()))),
             ("bytes-done".to_string(), self.done.into()),
             ("bytes-total".to_string(), self.total.into()),
+            ("files-done".to_string(), self.files.0.into()),
+            ("files-total".to_string(), self.files.1.into()),
+            ("results".to_string(), owned(Variant::from(self.results()))),
         ])
+    }
+
+    /// `slot` → (name → value) of the final numbers.
+    fn results(&self) -> HashMap<String, HashMap<String, u64>> {
+        let mut out: HashMap<String, HashMap<String, u64>> = HashMap::new();
+        for (slot, k, v) in &self.counts {
+            out.entry(slot.clone()).or_default().insert(k.to_string(), *v);
+        }
+        out
     }
 }
 
@@ -131,7 +169,11 @@ impl Control {
     }
 
     /// `operation`, `phase` (`idle`, `checking`, `writing`, `activating`),
-    /// `step`, `percentage`, `slot`, `bytes-done`, `bytes-total`.
+    /// `step`, `percentage`, `slot`, `bytes-done`, `bytes-total`,
+    /// `files-done`, `files-total` (tree images), and `results`: per slot
+    /// the final numbers of a tree image (`files-reused`, `files-copied`,
+    /// `files-fetched`, `bytes-reused`, `bytes-copied`, `bytes-fetched`,
+    /// `bytes-fetched-stored`) of the last installation.
     #[zbus(property)]
     fn details(&self) -> Dict {
         self.details.lock().expect("not poisoned").dict()

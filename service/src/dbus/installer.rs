@@ -75,6 +75,8 @@ enum Event {
     Progress(i32, String, i32),
     Phase(String),
     Bytes(String, u64, u64),
+    Files(String, u64, u64),
+    Counts(String, Vec<(&'static str, u64)>),
 }
 
 /// Forwards the engine's progress to the worker task; handler messages go
@@ -84,6 +86,8 @@ struct ChannelSink {
     bundle: String,
     /// Slot and byte count of the last byte event passed on.
     sent: (String, u64),
+    /// The byte count at which files were last passed on.
+    files_sent: u64,
 }
 
 /// Byte counts are passed to the worker in steps of this size (and at a
@@ -110,6 +114,18 @@ impl ProgressSink for ChannelSink {
         }
         self.sent = (slot.to_string(), done);
         let _ = self.tx.send(Event::Bytes(slot.to_string(), done, total));
+    }
+
+    fn files(&mut self, slot: &str, done: u64, total: u64) {
+        // Passed on with the byte steps, and at the last file.
+        if done == total || self.sent.1 != self.files_sent {
+            self.files_sent = self.sent.1;
+            let _ = self.tx.send(Event::Files(slot.to_string(), done, total));
+        }
+    }
+
+    fn counts(&mut self, slot: &str, counts: &[(&'static str, u64)]) {
+        let _ = self.tx.send(Event::Counts(slot.to_string(), counts.to_vec()));
     }
 }
 
@@ -390,7 +406,7 @@ pub async fn worker(
         let bundle = job.args.location.clone();
         let run = tokio::task::spawn_blocking(move || {
             let mut system = svc.system.fork();
-            let mut sink = ChannelSink { tx, bundle, sent: (String::new(), 0) };
+            let mut sink = ChannelSink { tx, bundle, sent: (String::new(), 0), files_sent: u64::MAX };
             engine::install(&mut system, &job.args, &mut sink).map_err(|e| e.to_string())
         });
         let done = job_done;
@@ -409,6 +425,10 @@ pub async fn worker(
                 Event::Bytes(slot, done, total) => {
                     super::control::update(&details, |s| s.bytes(&slot, done, total)).await
                 }
+                Event::Files(slot, done, total) => {
+                    super::control::update(&details, |s| s.files(&slot, done, total)).await
+                }
+                Event::Counts(slot, counts) => super::control::update(&details, |s| s.counts(&slot, &counts)).await,
             }
         }
         let result = run.await.unwrap_or_else(|e| Err(format!("Internal error: {e}")));

@@ -9,6 +9,7 @@ use super::flash;
 use super::hooks::{self, SlotHook, SlotHooks};
 use super::plan::{self, Method, Plan, check_writable};
 use super::progress::{Progress, ProgressSink};
+use super::tree;
 use super::write;
 use crate::artifacts;
 use crate::bundleview::BundleView;
@@ -416,7 +417,26 @@ fn update_slot(
     let size = image.size.unwrap_or(0);
     let total = size.max(1) as f64;
     let slot_hooks = mounted.and_then(|m| SlotHooks::new(system, manifest, m.dir(), &m.spki_hashes, slot, image));
-    let r = {
+    let r = if pl.method == Method::TreeToFs {
+        let job = tree::Job {
+            system,
+            slot: &slot.config,
+            image,
+            fs,
+            control,
+            hooks: slot_hooks.as_ref(),
+            installed: previous.sha256.as_deref(),
+        };
+        tree::install(&job, &mut |at| {
+            p.fraction(at.bytes_done as f64 / at.bytes_total.max(1) as f64);
+            p.bytes(name, at.bytes_done, at.bytes_total);
+            p.files(name, at.files_done, at.files_total);
+        })
+        .map(|stats| {
+            p.message(&stats.summary(name));
+            p.counts(name, &stats.counts());
+        })
+    } else {
         let mut on_bytes = |n: u64| {
             p.fraction(n as f64 / total);
             p.bytes(name, n, size);
@@ -543,6 +563,7 @@ pub fn write_image(
         (Method::Copy | Method::ImageToFs | Method::Flash(_) | Method::BootRegion(_) | Method::Emmc, None) => {
             failed("No image file to write")
         }
+        (Method::TreeToFs, _) => failed("Tree images are installed from a bundle, not written to a slot on their own"),
         (Method::Hook, _) => match hooks {
             Some(h) => h.run(SlotHook::Install, system.slots[pl.slot].mount_point.as_deref()),
             None => failed("The image is written by an install hook, which needs its bundle"),

@@ -12,4 +12,5 @@ pub mod flash;
 pub mod hooks;
 pub mod plan;
 pub mod progress;
+pub mod tree;
 pub mod write;

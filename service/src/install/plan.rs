@@ -25,6 +25,8 @@ pub enum Method {
     Flash(super::flash::Kind),
     /// The inactive eMMC boot partition, then the card switched to it.
     Emmc,
+    /// A tree image (file index and contents) updating the slot's filesystem file by file.
+    TreeToFs,
 }
 
 impl Method {
@@ -79,6 +81,7 @@ pub fn method_for(image: &Image, slot_type: SlotType) -> Result<Method> {
         (I::Raw, S::Nand) => Some(Method::Flash(Flash::Nand)),
         (I::Tar, S::Ubifs | S::Jffs2) => Some(Method::ArchiveToFs),
         (I::Raw, S::BootEmmc) => Some(Method::Emmc),
+        (I::Tree, S::Ext4) => Some(Method::TreeToFs),
         _ => None,
     };
     let m =

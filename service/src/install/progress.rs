@@ -18,6 +18,13 @@ pub trait ProgressSink {
 
     /// `done` of `total` bytes of the image for `slot` (a slot or repo name) are written.
     fn bytes(&mut self, _slot: &str, _done: u64, _total: u64) {}
+
+    /// `done` of `total` files of a tree image for `slot` are in place or staged.
+    fn files(&mut self, _slot: &str, _done: u64, _total: u64) {}
+
+    /// The final numbers of an image written to `slot` (for tree images:
+    /// files reused, copied and fetched, and their bytes).
+    fn counts(&mut self, _slot: &str, _counts: &[(&'static str, u64)]) {}
 }
 
 impl<F: FnMut(i32, &str, i32)> ProgressSink for F {
@@ -123,6 +130,16 @@ impl<'a> Progress<'a> {
     /// Tells the sink how far the current image is written.
     pub fn bytes(&mut self, slot: &str, done: u64, total: u64) {
         self.sink.bytes(slot, done, total);
+    }
+
+    /// Tells the sink how many files of a tree image are done.
+    pub fn files(&mut self, slot: &str, done: u64, total: u64) {
+        self.sink.files(slot, done, total);
+    }
+
+    /// Passes the final numbers of an image on to the sink.
+    pub fn counts(&mut self, slot: &str, counts: &[(&'static str, u64)]) {
+        self.sink.counts(slot, counts);
     }
 
     /// Passes a handler's status message on to the sink.

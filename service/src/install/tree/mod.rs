@@ -1,0 +1,688 @@
+//! Tree images into filesystem slots: file-level delta installs.
+//!
+//! The bundle carries the tree's file index (the image itself, so its
+//! digest is in the signed manifest) and each distinct file content once.
+//! The target slot is updated in place: what is already right stays, every
+//! other file's content comes from the first place that has it — the
+//! target's own earlier files, the staging directory an interrupted run
+//! left behind, the booted slot of the same class — and only what no local
+//! copy holds is read from the bundle (so a streamed install fetches the
+//! squashfs blocks of changed files only). Every content is checked
+//! against its SHA-256 from the index before it is used, and every file
+//! written is read back from the medium once the filesystem is synced;
+//! metadata is applied from the index. A target whose filesystem fails its check or
+//! cannot be cleaned up is formatted and filled from scratch.
+//!
+//! With a `data-directory`, the installed index is kept as
+//! `slot.<name>/tree-<sha256>.index`, so the next update finds files by
+//! content in that slot without scanning it.
+
+mod content;
+mod place;
+
+use super::control::InstallControl;
+use super::hooks::{SlotHook, SlotHooks};
+use crate::config::{SlotConfig, SlotType};
+use crate::error::{Error, Result, failed};
+use crate::mounts;
+use crate::system::{SlotState, System};
+use rota_bundle::manifest::Image;
+use rota_bundle::squashfs::BundleFs;
+use rota_bundle::tree::{Entry, FileIndex, Kind};
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// The directory in the target's root where contents are put together
+/// before they move into place; kept by an interrupted install for the next.
+const STAGING: &str = ".rota-tree-staging";
+
+/// One tree install.
+pub struct Job<'a> {
+    /// The system (slots, mount prefix, data directory).
+    pub system: &'a System,
+    /// The target slot.
+    pub slot: &'a SlotConfig,
+    /// The tree image (its file is the index).
+    pub image: &'a Image,
+    /// The bundle's filesystem.
+    pub fs: &'a BundleFs,
+    /// Cancellation.
+    pub control: &'a InstallControl,
+    /// The image's slot hooks, if any: pre-install sees the old tree, post-install the new one.
+    pub hooks: Option<&'a SlotHooks>,
+    /// The image digest the target's status named before this install.
+    pub installed: Option<&'a str>,
+}
+
+/// How far a tree install is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progressed {
+    /// Content bytes in place or staged.
+    pub bytes_done: u64,
+    /// Content bytes of the tree (each hard-linked file once).
+    pub bytes_total: u64,
+    /// Regular files (each hard-link group once) resolved.
+    pub files_done: u64,
+    /// Regular files of the tree.
+    pub files_total: u64,
+}
+
+/// What a tree install did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Regular files of the tree (each hard-link group once).
+    pub files: u64,
+    /// Files already right in the target.
+    pub reused: u64,
+    /// Files copied from a local source (booted slot, the target's other files, an earlier run).
+    pub copied: u64,
+    /// Files read from the bundle.
+    pub fetched: u64,
+    /// Bytes of reused files.
+    pub bytes_reused: u64,
+    /// Bytes copied locally.
+    pub bytes_copied: u64,
+    /// File bytes read from the bundle.
+    pub bytes_fetched: u64,
+    /// Squashfs bytes of those files (what a stream fetches for them).
+    pub stored_fetched: u64,
+}
+
+impl Stats {
+    /// The summary line of an install.
+    pub fn summary(&self, slot: &str) -> String {
+        format!(
+            "Tree update of {slot}: {} files; {} reused ({} bytes), {} copied locally ({} bytes), {} fetched from the bundle ({} bytes, {} stored)",
+            self.files,
+            self.reused,
+            self.bytes_reused,
+            self.copied,
+            self.bytes_copied,
+            self.fetched,
+            self.bytes_fetched,
+            self.stored_fetched
+        )
+    }
+
+    /// The numbers as (name, value) pairs for the structured progress interface.
+    pub fn counts(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("files-reused", self.reused),
+            ("files-copied", self.copied),
+            ("files-fetched", self.fetched),
+            ("bytes-reused", self.bytes_reused),
+            ("bytes-copied", self.bytes_copied),
+            ("bytes-fetched", self.bytes_fetched),
+            ("bytes-fetched-stored", self.stored_fetched),
+        ]
+    }
+}
+
+/// The index with what the install needs to look up in it.
+struct Plan {
+    entries: Vec<Entry>,
+    /// Hard-link group → index of its first entry (the one that gets the content).
+    leaders: HashMap<u64, usize>,
+    /// Digests of regular files.
+    wanted: HashSet<String>,
+    bytes_total: u64,
+    files_total: u64,
+}
+
+impl Plan {
+    fn new(index: FileIndex, name: &str) -> Result<Plan> {
+        let mut leaders = HashMap::new();
+        let mut wanted = HashSet::new();
+        let (mut bytes_total, mut files_total) = (0, 0);
+        for (i, e) in index.entries.iter().enumerate() {
+            if e.path == STAGING.as_bytes() {
+                return failed(format!("Tree image '{name}' holds the reserved path '{STAGING}'"));
+            }
+            if e.kind != Kind::File {
+                continue;
+            }
+            if e.link_group != 0 && leaders.contains_key(&e.link_group) {
+                continue;
+            }
+            if e.link_group != 0 {
+                leaders.insert(e.link_group, i);
+            }
+            wanted.insert(e.sha256.clone().unwrap_or_default());
+            bytes_total += e.size;
+            files_total += 1;
+        }
+        Ok(Plan { entries: index.entries, leaders, wanted, bytes_total, files_total })
+    }
+
+    fn lookup(&self, path: &[u8]) -> Option<(usize, &Entry)> {
+        self.entries.binary_search_by(|e| e.path.as_slice().cmp(path)).ok().map(|i| (i, &self.entries[i]))
+    }
+
+    /// Whether entry `i` is a hard link to an earlier entry.
+    fn is_follower(&self, i: usize) -> bool {
+        let g = self.entries[i].link_group;
+        g != 0 && self.leaders.get(&g) != Some(&i)
+    }
+
+    fn sha(&self, i: usize) -> &str {
+        self.entries[i].sha256.as_deref().unwrap_or_default()
+    }
+}
+
+fn under(root: &Path, rel: &[u8]) -> PathBuf {
+    if rel.is_empty() { root.to_path_buf() } else { root.join(OsStr::from_bytes(rel)) }
+}
+
+/// Where a slot's kept index lives, when there is a data directory.
+fn kept_dir(system: &System, slot: &str) -> Option<PathBuf> {
+    system.config.system.data_directory.as_ref().map(|d| d.join(format!("slot.{slot}")))
+}
+
+fn kept_index_path(dir: &Path, sha: &str) -> PathBuf {
+    dir.join(format!("tree-{sha}.index"))
+}
+
+/// Path → digest of the regular files of the kept index of `slot`'s
+/// installed tree `sha` (the image digest its status names).
+fn kept_contents(system: &System, slot: &SlotConfig, sha: Option<&str>) -> HashMap<Vec<u8>, String> {
+    let (Some(dir), Some(sha)) = (kept_dir(system, &slot.name), sha) else { return HashMap::new() };
+    let Ok(f) = std::fs::File::open(kept_index_path(&dir, sha)) else { return HashMap::new() };
+    match FileIndex::read_from(&mut std::io::BufReader::new(f)) {
+        Ok(index) => index
+            .entries
+            .into_iter()
+            .filter(|e| e.kind == Kind::File)
+            .map(|e| (e.path, e.sha256.unwrap_or_default()))
+            .collect(),
+        Err(e) => {
+            tracing::warn!("Ignoring the kept file index of {}: {e}", slot.name);
+            HashMap::new()
+        }
+    }
+}
+
+/// Lets the bundle's source read ahead again when the tree install ends.
+struct Restore<'a>(&'a BundleFs);
+
+impl Drop for Restore<'_> {
+    fn drop(&mut self) {
+        self.0.advise_scattered(false);
+    }
+}
+
+/// A mount made for the install, undone when dropped.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Err(e) = mounts::umount(&self.0) {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+/// The booted slot of the target's class, as a source of contents.
+struct Booted {
+    root: PathBuf,
+    _mounted: Option<Mounted>,
+    /// Digest → a path holding it, from the slot's kept index.
+    by_sha: HashMap<String, Vec<u8>>,
+}
+
+impl Booted {
+    fn open(system: &System, target: &SlotConfig) -> Option<Booted> {
+        let s = system.slots.iter().find(|s| s.config.class == target.class && s.state == SlotState::Booted)?;
+        let (root, mounted) = match &s.mount_point {
+            Some(mp) => (mp.clone(), None),
+            None => {
+                let dir = system.config.system.mount_prefix.join(&s.config.name);
+                if let Err(e) = mounts::mount_slot(&s.config, &dir, &["ro"]) {
+                    tracing::warn!("Booted slot {} not used as a source: {e}", s.config.name);
+                    return None;
+                }
+                (dir.clone(), Some(Mounted(dir)))
+            }
+        };
+        let installed = system.load_status(s).sha256;
+        let by_sha =
+            kept_contents(system, &s.config, installed.as_deref()).into_iter().map(|(p, sha)| (sha, p)).collect();
+        Some(Booted { root, _mounted: mounted, by_sha })
+    }
+}
+
+/// Checks the target's filesystem and mounts it at `dir`; formats it
+/// first when the check fails or the mount does. Returns the mount and
+/// whether the filesystem is new.
+fn mount_target(slot: &SlotConfig, dir: &Path) -> Result<(Mounted, bool)> {
+    let healthy = match slot.slot_type {
+        // e2fsck -p: 0 clean, 1 and 2 repaired; anything else is not usable.
+        SlotType::Ext4 => std::process::Command::new("e2fsck")
+            .arg("-p")
+            .arg(&slot.device)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| matches!(s.code(), Some(0..=2))),
+        _ => true,
+    };
+    if healthy && mounts::mount_slot(slot, dir, &[]).is_ok() {
+        return Ok((Mounted(dir.to_path_buf()), false));
+    }
+    tracing::info!("Slot {} holds no usable filesystem: formatting it", slot.name);
+    super::archive::mkfs(slot)?;
+    mounts::mount_slot(slot, dir, &[])?;
+    Ok((Mounted(dir.to_path_buf()), true))
+}
+
+/// Installs the tree image of `job` into its slot; `progress` hears how far it is.
+pub fn install(job: &Job<'_>, progress: &mut dyn FnMut(Progressed)) -> Result<Stats> {
+    let slot = job.slot;
+    let name = job.image.filename.as_deref().unwrap_or_default();
+    let sha = job.image.sha256.as_deref().unwrap_or_default();
+    // The index: read from the bundle, checked against the manifest.
+    let kept = kept_dir(job.system, &slot.name);
+    let work = match &kept {
+        Some(d) => {
+            std::fs::create_dir_all(d).map_err(|e| Error::io("Failed to create", d, e))?;
+            tempfile::Builder::new().prefix(".tree-").tempdir_in(d)
+        }
+        None => tempfile::Builder::new().prefix("rota-tree-").tempdir(),
+    }
+    .map_err(|e| Error::Failed(format!("Failed to create a work directory: {e}")))?;
+    // Single files are read from here on, each needing just its own blocks.
+    job.fs.advise_scattered(true);
+    let _sequential_again = Restore(job.fs);
+    let index_path = work.path().join("index");
+    let (len, digest) = {
+        let out = content::create(&index_path)?;
+        let mut w = content::SparseWriter::new(out);
+        job.fs.copy_file(name, &mut w)?;
+        let (len, digest, _) = w.finish().map_err(|e| Error::io("Failed to write", &index_path, e))?;
+        (len, digest)
+    };
+    super::write::check_manifest(
+        &super::write::ImageSource::Bundle(job.fs, name),
+        len,
+        &digest,
+        job.image.size,
+        job.image.sha256.as_deref(),
+    )?;
+    let file = std::fs::File::open(&index_path).map_err(|e| Error::io("Failed to open", &index_path, e))?;
+    let index = FileIndex::read_from(&mut std::io::BufReader::new(file))
+        .map_err(|e| Error::Failed(format!("Tree image '{name}': {e}")))?;
+    let plan = Plan::new(index, name)?;
+    // What the target held, by path, when its index was kept.
+    let earlier = kept_contents(job.system, slot, job.installed);
+    let booted = Booted::open(job.system, slot);
+    let dir = job.system.config.system.mount_prefix.join(&slot.name);
+    let (mounted, fresh) = mount_target(slot, &dir)?;
+    // The target's content changes from here on: its kept index no longer holds.
+    if let Some(d) = &kept {
+        remove_kept_indexes(d)?;
+    }
+    let mut run = Run {
+        job,
+        plan: &plan,
+        root: dir.clone(),
+        staging: dir.join(STAGING),
+        booted: booted.as_ref(),
+        verified: HashSet::new(),
+        kept: vec![false; plan.entries.len()],
+        stats: Stats { files: plan.files_total, ..Stats::default() },
+        at: Progressed { bytes_total: plan.bytes_total, files_total: plan.files_total, ..Progressed::default() },
+        progress,
+    };
+    let mut mounted = Some(mounted);
+    if let Some(h) = job.hooks {
+        h.run(SlotHook::PreInstall, Some(&dir))?;
+    }
+    run.open_staging()?;
+    if let Err(e) = run.clean(&earlier) {
+        if fresh {
+            return Err(e);
+        }
+        // A filesystem that cannot be cleaned up is started over.
+        tracing::warn!("Formatting slot {} after: {e}", slot.name);
+        drop(mounted.take());
+        super::archive::mkfs(slot)?;
+        mounts::mount_slot(slot, &dir, &[])?;
+        mounted = Some(Mounted(dir.clone()));
+        run.open_staging()?;
+    }
+    run.resolve()?;
+    run.place()?;
+    std::fs::remove_dir_all(&run.staging).map_err(|e| Error::io("Failed to remove", &run.staging, e))?;
+    run.set_dir_times()?;
+    sync_fs(&dir)?;
+    run.read_back()?;
+    if let Some(h) = job.hooks {
+        h.run(SlotHook::PostInstall, Some(&dir))?;
+    }
+    let stats = run.stats.clone();
+    drop(run);
+    drop(mounted);
+    if let Some(d) = &kept {
+        let to = kept_index_path(d, sha);
+        std::fs::rename(&index_path, &to).map_err(|e| Error::io("Failed to keep", &to, e))?;
+    }
+    Ok(stats)
+}
+
+fn remove_kept_indexes(dir: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+    for e in entries.flatten() {
+        let n = e.file_name();
+        let n = n.to_string_lossy();
+        if n.starts_with("tree-") && n.ends_with(".index") {
+            content::remove(&e.path())?;
+        }
+    }
+    Ok(())
+}
+
+fn sync_fs(dir: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let d = std::fs::File::open(dir).map_err(|e| Error::io("Failed to open", dir, e))?;
+    // SAFETY: syncfs on an open descriptor.
+    if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+        return Err(Error::io("Failed to sync", dir, std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// The state of one install while the target is mounted.
+struct Run<'a, 'p> {
+    job: &'a Job<'a>,
+    plan: &'a Plan,
+    root: PathBuf,
+    staging: PathBuf,
+    booted: Option<&'a Booted>,
+    /// Digests whose content is in the staging directory, checked.
+    verified: HashSet<String>,
+    /// Entries already right in the target.
+    kept: Vec<bool>,
+    stats: Stats,
+    at: Progressed,
+    progress: &'p mut dyn FnMut(Progressed),
+}
+
+impl Run<'_, '_> {
+    fn staged(&self, sha: &str) -> PathBuf {
+        self.staging.join(sha)
+    }
+
+    /// Creates the staging directory, dropping half-written leftovers.
+    fn open_staging(&mut self) -> Result<()> {
+        std::fs::create_dir_all(&self.staging).map_err(|e| Error::io("Failed to create", &self.staging, e))?;
+        let entries = std::fs::read_dir(&self.staging).map_err(|e| Error::io("Failed to read", &self.staging, e))?;
+        for e in entries.flatten() {
+            let n = e.file_name();
+            if n.len() != 64 || !self.plan.wanted.contains(n.to_string_lossy().as_ref()) {
+                place::remove_any(&e.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn done(&mut self, bytes: u64) {
+        self.at.files_done += 1;
+        self.at.bytes_done += bytes;
+        (self.progress)(self.at);
+    }
+
+    /// Removes what the new tree does not have, or has as another kind of
+    /// object, from the target; files whose content the new tree wants at
+    /// another path (known from the kept index) move to the staging directory.
+    fn clean(&mut self, earlier: &HashMap<Vec<u8>, String>) -> Result<()> {
+        self.clean_dir(&[], earlier)
+    }
+
+    fn clean_dir(&mut self, rel: &[u8], earlier: &HashMap<Vec<u8>, String>) -> Result<()> {
+        let dir = under(&self.root, rel);
+        let mut names: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+            .map_err(|e| Error::io("Failed to read directory", &dir, e))?
+            .map(|d| d.map(|d| d.file_name().as_bytes().to_vec()))
+            .collect::<std::io::Result<_>>()
+            .map_err(|e| Error::io("Failed to read directory", &dir, e))?;
+        names.sort();
+        for name in names {
+            self.job.control.check()?;
+            let child = if rel.is_empty() { name.clone() } else { [rel, b"/", &name].concat() };
+            if rel.is_empty()
+                && (name == STAGING.as_bytes() || (name == b"lost+found" && self.plan.lookup(&child).is_none()))
+            {
+                continue;
+            }
+            let path = under(&self.root, &child);
+            let md = std::fs::symlink_metadata(&path).map_err(|e| Error::io("Failed to stat", &path, e))?;
+            let keep = match self.plan.lookup(&child) {
+                Some((i, e)) => place::same_kind(&md, e, &path) && !(e.kind == Kind::File && self.plan.is_follower(i)),
+                None => false,
+            };
+            if md.is_dir() {
+                self.clean_dir(&child, earlier)?;
+            }
+            if keep {
+                continue;
+            }
+            match earlier.get(&child) {
+                Some(sha) if md.is_file() && self.plan.wanted.contains(sha) && !self.staged(sha).exists() => {
+                    let to = self.staged(sha);
+                    std::fs::rename(&path, &to).map_err(|e| Error::io("Failed to move", &path, e))?;
+                }
+                _ => place::remove_any(&path)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Finds every file's content: kept where the target already holds
+    /// it, else staged from a local copy, else read from the bundle.
+    fn resolve(&mut self) -> Result<()> {
+        let plan = self.plan;
+        let mut fetch: Vec<(usize, String)> = Vec::new();
+        for (i, e) in plan.entries.iter().enumerate() {
+            if e.kind != Kind::File || plan.is_follower(i) {
+                continue;
+            }
+            self.job.control.check()?;
+            let sha = plan.sha(i).to_string();
+            let path = under(&self.root, &e.path);
+            if let Ok(md) = std::fs::symlink_metadata(&path) {
+                let right =
+                    md.len() == e.size && content::hash_file(&path).is_ok_and(|(len, h)| len == e.size && h == sha);
+                if right && md.nlink() == 1 {
+                    self.kept[i] = true;
+                    self.stats.reused += 1;
+                    self.stats.bytes_reused += e.size;
+                    self.done(e.size);
+                    continue;
+                }
+                if right && !self.verified.contains(&sha) {
+                    // Right content, but shared with another path: used from the staging directory.
+                    let to = self.staged(&sha);
+                    std::fs::rename(&path, &to).map_err(|err| Error::io("Failed to move", &path, err))?;
+                    self.verified.insert(sha.clone());
+                } else {
+                    place::remove_any(&path)?;
+                }
+            }
+            if self.verified.contains(&sha) || self.stage_locally(e, &sha)? {
+                self.stats.copied += 1;
+                self.stats.bytes_copied += e.size;
+                self.done(e.size);
+                continue;
+            }
+            if !fetch.iter().any(|(_, s)| *s == sha) {
+                fetch.push((i, sha));
+            } else {
+                // The same content again: copied locally once it is fetched.
+                self.stats.copied += 1;
+                self.stats.bytes_copied += e.size;
+                self.done(e.size);
+            }
+        }
+        self.fetch(fetch)
+    }
+
+    /// Stages `sha` from the staging directory (an earlier run) or the
+    /// booted slot; returns whether a checked copy is there now.
+    fn stage_locally(&mut self, e: &Entry, sha: &str) -> Result<bool> {
+        let to = self.staged(sha);
+        if to.exists() {
+            if content::hash_file(&to).is_ok_and(|(_, h)| h == sha) {
+                self.verified.insert(sha.to_string());
+                return Ok(true);
+            }
+            content::remove(&to)?;
+        }
+        let Some(b) = self.booted else { return Ok(false) };
+        let part = self.staging.join(format!("{sha}.part"));
+        let mut candidates: Vec<&[u8]> = Vec::new();
+        if let Some(p) = b.by_sha.get(sha) {
+            candidates.push(p);
+        }
+        if b.by_sha.get(sha).map(Vec::as_slice) != Some(e.path.as_slice()) {
+            candidates.push(&e.path);
+        }
+        for rel in candidates {
+            let from = under(&b.root, rel);
+            if std::fs::symlink_metadata(&from).is_ok_and(|m| m.is_file() && m.len() == e.size)
+                && content::copy_verified(&from, &part, sha)?
+            {
+                std::fs::rename(&part, &to).map_err(|err| Error::io("Failed to move", &part, err))?;
+                self.verified.insert(sha.to_string());
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Reads the contents no local copy had from the bundle, in the order
+    /// they lie in the squashfs (so a stream reads forward).
+    fn fetch(&mut self, wanted: Vec<(usize, String)>) -> Result<()> {
+        let name = self.job.image.filename.as_deref().unwrap_or_default();
+        let mut jobs = Vec::with_capacity(wanted.len());
+        for (i, sha) in wanted {
+            let blob = rota_bundle::create::tree_blob_path(name, &sha);
+            let map = self.job.fs.block_map(&blob)?;
+            jobs.push((map.start(), i, sha, blob, map));
+        }
+        jobs.sort_by_key(|j| j.0);
+        for (_, i, sha, blob, map) in jobs {
+            self.job.control.check()?;
+            let e = &self.plan.entries[i];
+            let part = self.staging.join(format!("{sha}.part"));
+            let mut w = content::SparseWriter::new(content::create(&part)?);
+            self.job.fs.copy_file(&blob, &mut w)?;
+            w.flush().map_err(|err| Error::io("Failed to write", &part, err))?;
+            let (len, got, _) = w.finish().map_err(|err| Error::io("Failed to write", &part, err))?;
+            if got != sha || len != e.size {
+                content::remove(&part)?;
+                return failed(format!(
+                    "File '{}' of tree image '{name}' has sha256 {got} ({len} bytes) in the bundle, the index says {sha} ({} bytes)",
+                    String::from_utf8_lossy(&e.path),
+                    e.size
+                ));
+            }
+            let to = self.staged(&sha);
+            std::fs::rename(&part, &to).map_err(|err| Error::io("Failed to move", &part, err))?;
+            self.verified.insert(sha);
+            self.stats.fetched += 1;
+            self.stats.bytes_fetched += len;
+            self.stats.stored_fetched += map.stored_bytes(0, u64::MAX);
+            self.done(len);
+        }
+        Ok(())
+    }
+
+    /// Builds the new tree in path order from kept files and staged
+    /// contents, then gives directories their times, deepest first.
+    fn place(&mut self) -> Result<()> {
+        let plan = self.plan;
+        let mut users: HashMap<&str, u32> = HashMap::new();
+        for (i, e) in plan.entries.iter().enumerate() {
+            if e.kind == Kind::File && !plan.is_follower(i) && !self.kept[i] {
+                *users.entry(plan.sha(i)).or_default() += 1;
+            }
+        }
+        for (i, e) in plan.entries.iter().enumerate() {
+            if i % 256 == 0 {
+                self.job.control.check()?;
+            }
+            let path = under(&self.root, &e.path);
+            let existing = std::fs::symlink_metadata(&path).ok();
+            match e.kind {
+                Kind::File if plan.is_follower(i) => {
+                    let leader = &plan.entries[plan.leaders[&e.link_group]];
+                    place::remove_any(&path)?;
+                    let from = under(&self.root, &leader.path);
+                    std::fs::hard_link(&from, &path).map_err(|err| Error::io("Failed to link", &path, err))?;
+                    continue;
+                }
+                Kind::File if self.kept[i] => {}
+                Kind::File => {
+                    if existing.is_some() {
+                        place::remove_any(&path)?;
+                    }
+                    let sha = plan.sha(i);
+                    let left = users.get_mut(sha).expect("counted above");
+                    *left -= 1;
+                    let staged = self.staged(sha);
+                    if *left == 0 {
+                        std::fs::rename(&staged, &path).map_err(|err| Error::io("Failed to move", &staged, err))?;
+                    } else if !content::try_reflink(&staged, &path) && !content::copy_verified(&staged, &path, sha)? {
+                        return failed(format!("Staged content {sha} changed while in use"));
+                    }
+                }
+                _ => {
+                    let right = existing.as_ref().is_some_and(|md| place::same_kind(md, e, &path));
+                    if !right {
+                        if existing.is_some() {
+                            place::remove_any(&path)?;
+                        }
+                        place::create_special(&path, e)?;
+                    }
+                }
+            }
+            place::apply_metadata(&path, e)?;
+        }
+        Ok(())
+    }
+
+    /// Reads every file written by this install back from the medium (its
+    /// cached pages dropped; the filesystem was synced) and checks it.
+    fn read_back(&mut self) -> Result<()> {
+        let plan = self.plan;
+        for (i, e) in plan.entries.iter().enumerate() {
+            if e.kind != Kind::File || plan.is_follower(i) || self.kept[i] {
+                continue;
+            }
+            self.job.control.check()?;
+            let path = under(&self.root, &e.path);
+            let (len, got) =
+                content::hash_from_medium(&path).map_err(|err| Error::io("Failed to read back", &path, err))?;
+            if got != plan.sha(i) || len != e.size {
+                return failed(format!(
+                    "Read-back check of '{}' failed: sha256 {got} of {len} bytes instead of {} of {} bytes",
+                    path.display(),
+                    plan.sha(i),
+                    e.size
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives directories their times, deepest first (once nothing changes in them).
+    fn set_dir_times(&self) -> Result<()> {
+        for e in self.plan.entries.iter().rev().filter(|e| e.kind == Kind::Dir) {
+            place::set_mtime(&under(&self.root, &e.path), e.mtime)?;
+        }
+        Ok(())
+    }
+}

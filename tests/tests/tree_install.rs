@@ -1,0 +1,404 @@
+//! File-level delta installs of `tree` images into ext4 slots (file-backed,
+//! mounted through loop devices): version N runs in A, N+1 is installed into
+//! B from a local bundle or streamed from nginx. The result equals N+1
+//! exactly (contents, modes, owners, xattrs, capabilities, links, devices,
+//! the sparse file); files the device has are copied or kept, only the rest
+//! is read from the bundle; a corrupted local copy is not reused, a tampered
+//! bundle is refused, an interrupted install is finished by the next one.
+
+use rota_bundle::tree::{Entry, FileIndex, Kind};
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use testkit::device::{Device, grub_selected, grubenv};
+use testkit::nginx::{Nginx, web_root};
+use testkit::{Content, Run, pki_file, rootfs, rota_bundle, run, target_dir};
+
+/// Files per generated tree and their mean size.
+const FILES: usize = 3000;
+const MEAN: usize = 8 * 1024;
+
+fn sh(cmd: &str) {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Version 1 of a tree and its successor with `percent` % of the files
+/// changed, their indexes, and a bundle of version 2.
+struct Fixture {
+    dir: PathBuf,
+    v1: PathBuf,
+    v2: PathBuf,
+    bundle: PathBuf,
+    i1: FileIndex,
+    i2: FileIndex,
+}
+
+impl Fixture {
+    /// Made in `test-bundles/tree-install/<name>`; the bundle is written into `www` if given.
+    fn new(name: &str, percent: usize, www: Option<&Path>) -> Fixture {
+        let dir = target_dir().join("test-bundles/tree-install").join(name);
+        let _ = fs::remove_dir_all(&dir);
+        let (v1, v2) = (dir.join("trees/v1"), dir.join("trees/v2"));
+        rootfs::generate(&v1, FILES, MEAN, 1);
+        sh(&format!("cp -a {} {}", v1.display(), v2.display()));
+        rootfs::change(&v2, percent, 2);
+        let bundle_path = www.unwrap_or(&dir).join("v2.raucb");
+        bundle(&v2, &bundle_path);
+        let (i1, i2) = (FileIndex::scan(&v1).unwrap(), FileIndex::scan(&v2).unwrap());
+        Fixture { dir, v1, v2, bundle: bundle_path, i1, i2 }
+    }
+}
+
+/// Path → digest of the regular files of `index`.
+fn contents_at(index: &FileIndex) -> HashMap<&[u8], &str> {
+    index.entries.iter().filter_map(|e| Some((e.path.as_slice(), e.sha256.as_deref()?))).collect()
+}
+
+/// A verity bundle with `tree` as the rootfs tree image, at `out`.
+fn bundle(tree: &Path, out: &Path) {
+    let c = Content::new(out.with_extension("content"));
+    sh(&format!("cp -a {} {}", tree.display(), c.dir.join("rootfs.tree").display()));
+    c.manifest(
+        "[update]\ncompatible=Test Config\nversion=2\n[bundle]\nformat=verity\n[image.rootfs]\nfilename=rootfs.tree\n",
+    );
+    rota_bundle(&c.dir, out, "release").ok();
+}
+
+/// An ext4 filesystem image of `size` MiB holding `tree` (nothing when `None`).
+fn ext4(path: &Path, tree: Option<&Path>, size_mib: u64) {
+    let _ = fs::remove_file(path);
+    match tree {
+        Some(t) => run(Command::new("mkfs.ext4").args(["-q", "-d"]).arg(t).arg(path).arg(format!("{size_mib}M"))).ok(),
+        None => run(Command::new("truncate").arg(format!("-s{size_mib}M")).arg(path)).ok(),
+    };
+}
+
+/// A device booted from A holding `a`; B holds `b` (or nothing).
+fn device(name: &str, a: &Path, b: Option<&Path>) -> Device {
+    let conf = format!(
+        "[system]\ncompatible=Test Config\nbootloader=grub\ngrubenv=grubenv\ndata-directory=data\nmountprefix=mnt\n\
+         [keyring]\npath={}\n\
+         [slot.rootfs.0]\ndevice=rootfs0.img\ntype=ext4\nbootname=A\n[slot.rootfs.1]\ndevice=rootfs1.img\ntype=ext4\nbootname=B\n",
+        pki_file("keyring.pem").display()
+    );
+    let d = Device::new(target_dir().join("test-devices/tree").join(name), &conf);
+    d.grub_env(&["A", "B"]);
+    ext4(&d.path("rootfs0.img"), Some(a), 128);
+    ext4(&d.path("rootfs1.img"), b, 128);
+    d
+}
+
+/// The index of what the filesystem image at `img` holds (`lost+found` left out).
+fn scan_image(img: &Path) -> FileIndex {
+    let m = tempfile::tempdir().unwrap();
+    run(Command::new("mount").args(["-o", "ro"]).arg(img).arg(m.path())).ok();
+    let index = FileIndex::scan(m.path());
+    run(Command::new("umount").arg(m.path())).ok();
+    let mut index = index.unwrap();
+    index.entries.retain(|e| !e.path.starts_with(b"lost+found"));
+    index
+}
+
+fn assert_same_tree(got: &FileIndex, want: &FileIndex) {
+    let by_path = |i: &FileIndex| i.entries.iter().map(|e| (e.path.clone(), e.clone())).collect::<HashMap<_, _>>();
+    let (g, w) = (by_path(got), by_path(want));
+    for (p, e) in &w {
+        assert_eq!(g.get(p), Some(e), "{}", String::from_utf8_lossy(p));
+    }
+    assert_eq!(got.entries.len(), want.entries.len(), "extra entries");
+}
+
+/// The numbers of the install's summary line:
+/// (files, reused, copied, fetched, bytes fetched).
+fn summary(r: &Run) -> (u64, u64, u64, u64, u64) {
+    let text = format!("{}{}", r.stdout, r.stderr);
+    let line = text.lines().find(|l| l.contains("Tree update of rootfs.1: ")).unwrap_or_else(|| panic!("{text}"));
+    let nums: Vec<u64> =
+        line.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).filter_map(|s| s.parse().ok()).collect();
+    // rootfs.1 → 1, then files, reused, bytes, copied, bytes, fetched, bytes, stored.
+    (nums[1], nums[2], nums[4], nums[6], nums[7])
+}
+
+/// Distinct contents of `new` that no path holding them had in `old`
+/// (what a device with `old` and no kept index must fetch).
+fn fresh_contents(old: &FileIndex, new: &FileIndex) -> usize {
+    let old_at = contents_at(old);
+    let mut local: HashSet<&str> = HashSet::new();
+    let mut all: HashSet<&str> = HashSet::new();
+    for e in new.entries.iter().filter(|e| e.kind == Kind::File) {
+        let sha = e.sha256.as_deref().unwrap();
+        all.insert(sha);
+        if old_at.get(e.path.as_slice()) == Some(&sha) {
+            local.insert(sha);
+        }
+    }
+    all.difference(&local).count()
+}
+
+fn find<'a>(i: &'a FileIndex, path: &str) -> &'a Entry {
+    i.entries.iter().find(|e| e.path == path.as_bytes()).unwrap_or_else(|| panic!("{path}"))
+}
+
+#[test]
+fn a_local_bundle_builds_the_new_tree_from_the_booted_slot_and_the_changed_files() {
+    let f = Fixture::new("local", 5, None);
+    let Fixture { dir, v1, v2, bundle: b, i1, i2 } = &f;
+
+    // B was emptied: every file comes from A or the bundle.
+    let d = device("local", v1, None);
+    let r = run(d.rota().arg("install").arg(b)).ok();
+    assert_same_tree(&scan_image(&d.path("rootfs1.img")), i2);
+    assert_eq!(grub_selected(&grubenv(&d.path("grubenv"))).as_deref(), Some("B"));
+    let (files, reused, copied, fetched, _) = summary(&r);
+    assert_eq!(fetched as usize, fresh_contents(i1, i2), "{}", r.stdout);
+    assert_eq!(reused, 0);
+    assert_eq!(files, reused + copied + fetched);
+    // Every kind of object arrived with its metadata.
+    let got = scan_image(&d.path("rootfs1.img"));
+    assert_eq!(find(&got, "dev/null").kind, Kind::Char);
+    assert_eq!(find(&got, "dev/loop7").kind, Kind::Block);
+    assert_eq!(find(&got, "dev/initctl").kind, Kind::Fifo);
+    assert!(find(&got, "usr/bin/tool").xattrs.contains_key("security.capability"));
+    assert_eq!(find(&got, "usr/bin/tool").mode, 0o4755);
+    assert_eq!(find(&got, "usr/lib/multi3").link_group, find(&got, "usr/lib/multi1").link_group);
+    assert_eq!(find(&got, "etc/dangling").kind, Kind::Dir);
+    // The sparse file stays sparse.
+    let m = tempfile::tempdir().unwrap();
+    run(Command::new("mount").args(["-o", "ro"]).arg(d.path("rootfs1.img")).arg(m.path())).ok();
+    let blocks = {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(m.path().join("var/sparse")).unwrap().blocks()
+    };
+    run(Command::new("umount").arg(m.path())).ok();
+    assert!(blocks * 512 < 1 << 20, "var/sparse takes {} bytes", blocks * 512);
+    // The installed index is kept for the next update.
+    let kept: Vec<_> = fs::read_dir(d.path("data/slot.rootfs.1")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+
+    // B runs v2 now; v3 goes into A, which still holds v1: files A already
+    // has stay where they are, moved files are found in B by content.
+    let v3 = dir.join("trees/v3");
+    sh(&format!("cp -a {} {}", v2.display(), v3.display()));
+    rootfs::change(&v3, 5, 3);
+    let i3 = FileIndex::scan(&v3).unwrap();
+    let b3 = dir.join("v3.raucb");
+    bundle(&v3, &b3);
+    d.boot("rauc.slot=B");
+    let r = run(d.rota().arg("install").arg(&b3)).ok();
+    assert_same_tree(&scan_image(&d.path("rootfs0.img")), &i3);
+    let text = format!("{}{}", r.stdout, r.stderr);
+    let line = text.lines().find(|l| l.contains("Tree update of rootfs.0: ")).unwrap_or_else(|| panic!("{text}"));
+    let in_v2: HashSet<&str> = i2.entries.iter().filter_map(|e| e.sha256.as_deref()).collect();
+    let v1_at = contents_at(i1);
+    let needed: HashSet<&str> = i3
+        .entries
+        .iter()
+        .filter_map(|e| Some((e.path.as_slice(), e.sha256.as_deref()?)))
+        .filter(|(p, s)| !in_v2.contains(s) && v1_at.get(p) != Some(s))
+        .map(|(_, s)| s)
+        .collect();
+    assert!(line.contains(&format!(", {} fetched from the bundle", needed.len())), "{line}");
+    assert!(!line.contains(" 0 reused"), "{line}");
+    assert_eq!(grub_selected(&grubenv(&d.path("grubenv"))).as_deref(), Some("A"));
+}
+
+/// The bytes of the files below `dir`, packed as the bundle tool packs a
+/// tree (same compressor, no fragments): the compressed size of those files.
+fn packed_size(dir: &Path) -> u64 {
+    let out = dir.with_extension("sqfs");
+    let _ = fs::remove_file(&out);
+    run(Command::new("mksquashfs").arg(dir).arg(&out).args(["-quiet", "-no-progress", "-no-fragments", "-all-root"]))
+        .ok();
+    fs::metadata(&out).unwrap().len()
+}
+
+#[test]
+fn a_streamed_install_fetches_little_more_than_the_changed_files() {
+    let (_t, www) = web_root();
+    let f = Fixture::new("stream", 5, Some(&www));
+    let Fixture { dir, v1, v2: _, bundle: b, i1, i2 } = &f;
+    let nginx = Nginx::serve(&www);
+
+    let d = device("stream", v1, Some(v1));
+    let r = run(d.rota().args(["install", &nginx.url("/v2.raucb")])).ok();
+    assert_same_tree(&scan_image(&d.path("rootfs1.img")), i2);
+    assert_eq!(grub_selected(&grubenv(&d.path("grubenv"))).as_deref(), Some("B"));
+    let (_, reused, _, fetched, _) = summary(&r);
+    assert_eq!(fetched as usize, fresh_contents(i1, i2));
+    assert!(reused > 0);
+
+    // What had to cross the network: the changed contents (packed alone,
+    // as the bundle packs them), the index, and at most all of the
+    // bundle's metadata (squashfs tables, verity tree, signature) — the
+    // bundle minus every content packed the same way.
+    let wanted: HashSet<&str> = {
+        let old_at = contents_at(i1);
+        i2.entries
+            .iter()
+            .filter_map(|e| Some((e.path.as_slice(), e.sha256.as_deref()?)))
+            .filter(|(p, s)| old_at.get(p) != Some(s))
+            .map(|(_, s)| s)
+            .collect()
+    };
+    let extracted = dir.join("extracted");
+    run(testkit::with_keyring(testkit::rota().arg("extract")).arg(b).arg(&extracted)).ok();
+    let changed_dir = dir.join("changed");
+    fs::create_dir_all(&changed_dir).unwrap();
+    for sha in &wanted {
+        let from = extracted.join(rota_bundle::create::tree_blob_path("rootfs.tree", sha));
+        fs::copy(&from, changed_dir.join(sha)).unwrap();
+    }
+    let changed = packed_size(&changed_dir);
+    let index = fs::metadata(extracted.join("rootfs.tree")).unwrap().len();
+    // Everything after the squashfs data blocks: its tables (from the
+    // superblock's inode table start), the verity tree, the signature.
+    let bytes = fs::read(b).unwrap();
+    let size = bytes.len() as u64;
+    let metadata = size - u64::from_le_bytes(bytes[64..72].try_into().unwrap());
+    let served = nginx.served("/v2.raucb");
+    let bound = (changed + index + metadata) * 12 / 10;
+    eprintln!("fetched {served} of {size}; changed {changed}, index {index}, metadata {metadata}");
+    for l in
+        format!("{}{}", r.stdout, r.stderr).lines().filter(|l| l.contains("downloaded") || l.contains("Tree update"))
+    {
+        eprintln!("{l}");
+    }
+    assert!(served <= bound, "fetched {served} bytes, more than 1.2 × ({changed} + {index} + {metadata})");
+}
+
+/// Runs `f` with the ext4 image at `img` mounted read-write at a temporary place.
+fn with_mounted(img: &Path, f: impl FnOnce(&Path)) {
+    let m = tempfile::tempdir().unwrap();
+    run(Command::new("mount").arg(img).arg(m.path())).ok();
+    f(m.path());
+    run(Command::new("umount").arg(m.path())).ok();
+}
+
+/// A regular file of `old` whose content is unique and unchanged in `new`.
+fn unchanged_file(old: &FileIndex, new: &FileIndex) -> String {
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for e in old.entries.iter().chain(&new.entries) {
+        if let Some(s) = e.sha256.as_deref() {
+            *count.entry(s).or_default() += 1;
+        }
+    }
+    let e = new
+        .entries
+        .iter()
+        .filter(|e| e.kind == Kind::File && e.size > 1000 && count[e.sha256.as_deref().unwrap()] == 2)
+        .find(|e| old.entries.iter().any(|o| o.path == e.path && o.sha256 == e.sha256))
+        .expect("an unchanged file");
+    String::from_utf8(e.path.clone()).unwrap()
+}
+
+#[test]
+fn a_corrupted_local_copy_is_fetched_and_a_tampered_bundle_is_refused() {
+    let f = Fixture::new("bad", 5, None);
+    let Fixture { dir, v1, v2, bundle: b, i1, i2 } = &f;
+
+    // A file the booted slot holds unchanged was damaged there (same size).
+    let d = device("corrupted", v1, None);
+    let victim = unchanged_file(i1, i2);
+    with_mounted(&d.path("rootfs0.img"), |m| {
+        let len = fs::metadata(m.join(&victim)).unwrap().len() as usize;
+        fs::write(m.join(&victim), vec![0x55; len]).unwrap();
+    });
+    let r = run(d.rota().arg("install").arg(b)).ok();
+    assert_same_tree(&scan_image(&d.path("rootfs1.img")), i2);
+    let (_, _, _, fetched, _) = summary(&r);
+    assert_eq!(fetched as usize, fresh_contents(i1, i2) + 1, "the damaged file is fetched");
+    assert!(r.stderr.contains("does not hold the expected content"), "{}", r.stderr);
+
+    // A changed file's bytes altered inside a correctly signed bundle: the
+    // install stops, B is not activated, A is untouched.
+    let mut bytes = fs::read(b).unwrap();
+    let changed = i2
+        .entries
+        .iter()
+        .filter(|e| e.kind == Kind::File && e.size > 8192)
+        .filter(|e| !i1.entries.iter().any(|o| o.sha256 == e.sha256))
+        .find_map(|e| {
+            // Random contents are stored as they are: find them in the bundle.
+            let data = fs::read(v2.join(String::from_utf8(e.path.clone()).unwrap())).unwrap();
+            bytes.windows(64).position(|w| w == &data[..64])
+        })
+        .expect("a changed file stored uncompressed");
+    bytes[changed + 100] ^= 0x01;
+    let tampered = dir.join("tampered.raucb");
+    fs::write(&tampered, &bytes).unwrap();
+    let d = device("tampered", v1, None);
+    let a_before = testkit::sha256_hex(&fs::read(d.path("rootfs0.img")).unwrap());
+    let r = run(d.rota().arg("install").arg(&tampered));
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("corrupt"), "{}", r.stderr);
+    assert_eq!(grub_selected(&grubenv(&d.path("grubenv"))).as_deref(), Some("A"));
+    assert_eq!(testkit::sha256_hex(&fs::read(d.path("rootfs0.img")).unwrap()), a_before);
+    assert!(!testkit::mounted_below(&d.dir), "nothing stays mounted");
+}
+
+#[test]
+fn an_install_killed_midway_is_finished_by_the_next_fetching_less() {
+    let f = Fixture::new("killed", 10, None);
+    let Fixture { dir: _, v1, v2: _, bundle: b, i1, i2 } = &f;
+    let server = testkit::httpd::Server::start();
+    server.put("/v2.raucb", fs::read(b).unwrap());
+    // Slow answers: the install is still fetching when it is killed.
+    server.set_delay(std::time::Duration::from_millis(15));
+    let d = device("killed", v1, None);
+    let mut child = d.rota().args(["install", &server.url("/v2.raucb")]).spawn().unwrap();
+    let staging = d.path("mnt/rootfs.1/.rota-tree-staging");
+    let total = fresh_contents(i1, i2);
+    // Contents are staged from A first, then fetched: stop a third into the fetching.
+    let distinct = i2.entries.iter().filter_map(|e| e.sha256.as_deref()).collect::<HashSet<_>>().len();
+    let started = std::time::Instant::now();
+    loop {
+        let staged = fs::read_dir(&staging).map(|r| r.count()).unwrap_or(0);
+        if staged >= distinct - total + total / 3 {
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 120, "install did not get going");
+        assert!(child.try_wait().unwrap().is_none(), "install ended before it was killed");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(grub_selected(&grubenv(&d.path("grubenv"))).as_deref(), Some("A"));
+
+    server.set_delay(std::time::Duration::ZERO);
+    let r = run(d.rota().args(["install", &server.url("/v2.raucb")])).ok();
+    assert_same_tree(&scan_image(&d.path("rootfs1.img")), i2);
+    assert_eq!(grub_selected(&grubenv(&d.path("grubenv"))).as_deref(), Some("B"));
+    let (_, _, _, fetched, _) = summary(&r);
+    assert!((fetched as usize) < total * 3 / 4, "fetched {fetched} of {total} again: {}", r.stderr);
+    assert!(!testkit::mounted_below(&d.dir), "nothing stays mounted");
+}
+
+#[test]
+fn the_service_reports_files_and_the_final_numbers() {
+    use testkit::bus::{Bus, Service};
+    let f = Fixture::new("service", 5, None);
+    let Fixture { dir: _, v1, v2: _, bundle: b, i1, i2 } = &f;
+    let d = device("service", v1, None);
+    let bus = Bus::start();
+    let _svc = Service::start(&d, &bus, &[]);
+    let mut client = d.rota();
+    client.envs(bus.env()).arg("install").arg(b);
+    run(&mut client).ok();
+    assert_same_tree(&scan_image(&d.path("rootfs1.img")), i2);
+    let details = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+        let addr = bus.env().into_iter().find(|(k, _)| *k == "DBUS_SESSION_BUS_ADDRESS").unwrap().1.to_string();
+        let conn = zbus::connection::Builder::address(addr.as_str()).build().await.unwrap();
+        rota_dbus::ControlProxy::new(&conn).await.unwrap().details().await.unwrap()
+    });
+    let files = i2.entries.iter().filter(|e| e.kind == Kind::File && e.link_group == 0).count()
+        + i2.entries.iter().filter(|e| e.link_group != 0).map(|e| e.link_group).collect::<HashSet<_>>().len();
+    assert_eq!(u64::try_from(&*details["files-total"]).unwrap(), files as u64);
+    assert_eq!(u64::try_from(&*details["files-done"]).unwrap(), files as u64);
+    let results: HashMap<String, HashMap<String, u64>> = details["results"].try_clone().unwrap().try_into().unwrap();
+    let root1 = &results["rootfs.1"];
+    assert_eq!(root1["files-fetched"] as usize, fresh_contents(i1, i2), "{root1:?}");
+    assert_eq!(root1["files-reused"] + root1["files-copied"] + root1["files-fetched"], files as u64);
+    assert!(root1["bytes-fetched-stored"] > 0);
+}
