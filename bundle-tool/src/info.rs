@@ -54,6 +54,9 @@ pub struct BundleInfo {
     pub chains: Vec<Vec<CertInfo>>,
     /// Recipients of an encrypted CMS.
     pub recipients: Vec<Recipient>,
+    /// The counts of each tree image, by file name (indexes that cannot be
+    /// read are left out: installing them fails with the reason).
+    pub trees: std::collections::BTreeMap<String, crate::tree::TreeSummary>,
 }
 
 impl BundleInfo {
@@ -69,8 +72,27 @@ impl BundleInfo {
             verified: bundle.signature().verified,
             chains: bundle.signature().chains.clone(),
             recipients,
+            trees: tree_summaries(bundle),
         }
     }
+
+    /// The counts of `img`, when it is a tree image.
+    pub fn tree(&self, img: &Image) -> Option<&crate::tree::TreeSummary> {
+        self.trees.get(img.filename.as_deref()?)
+    }
+}
+
+/// Reads the index of every tree image of `bundle` and counts it.
+fn tree_summaries(bundle: &Bundle) -> std::collections::BTreeMap<String, crate::tree::TreeSummary> {
+    let mut out = std::collections::BTreeMap::new();
+    for img in bundle.manifest().images.iter().filter(|i| i.image_type() == Some(crate::manifest::ImageType::Tree)) {
+        let Some(name) = &img.filename else { continue };
+        let index = bundle.read_file(name).ok().and_then(|text| crate::tree::FileIndex::read_from(&mut &text[..]).ok());
+        if let Some(index) = index {
+            out.insert(name.clone(), index.summary());
+        }
+    }
+    out
 }
 
 /// GLib's `g_format_size`: decimal units, one decimal place.
@@ -173,6 +195,20 @@ pub fn readable(info: &BundleInfo, dump_cert: bool, dump_recipients: bool) -> St
         if !img.adaptive.is_empty() {
             let _ = writeln!(o, "    {:<11}{}", "Adaptive:", img.adaptive.join(" "));
         }
+        if let Some(t) = info.tree(img) {
+            let _ = writeln!(
+                o,
+                "    {:<11}{} files ({}, {} distinct contents), {} directories, {} symlinks, {} special files, {} hard links",
+                "Tree:",
+                t.files,
+                format_size(t.bytes),
+                t.contents,
+                t.directories,
+                t.symlinks,
+                t.special,
+                t.hard_links
+            );
+        }
         if !img.convert.is_empty() {
             let _ = writeln!(o, "    {:<11}{}", "Convert:", img.convert.join(" "));
         }
@@ -249,12 +285,21 @@ pub fn shell(info: &BundleInfo) -> String {
                 let _ = writeln!(o, "RAUC_IMAGE_{key}_{i}={}", shell_quote(&list.join(" ")));
             }
         }
+        for (k, v) in info.tree(img).map(|t| t.fields()).into_iter().flatten() {
+            let key = k.replace('-', "_").to_uppercase();
+            let _ = writeln!(o, "RAUC_IMAGE_TREE_{key}_{i}={}", shell_quote(&v.to_string()));
+        }
     }
     o
 }
 
 fn opt_str(v: &Option<String>) -> Value {
     v.as_ref().map_or(Value::Null, |s| Value::String(s.clone()))
+}
+
+/// A tree image's counts as a JSON object.
+fn tree_value(t: &crate::tree::TreeSummary) -> Value {
+    Value::Object(t.fields().into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect())
 }
 
 /// The `json`/`json-pretty` document.
@@ -278,6 +323,9 @@ pub fn json_value(info: &BundleInfo) -> Value {
             }
             if !img.converted.is_empty() {
                 o.insert("converted".into(), json!(img.converted));
+            }
+            if let Some(t) = info.tree(img) {
+                o.insert("tree".into(), tree_value(t));
             }
             let mut wrap = Map::new();
             wrap.insert(img.slotclass.clone(), Value::Object(o));
@@ -344,6 +392,9 @@ pub fn inspect_value(info: &BundleInfo) -> Value {
                 if !list.is_empty() {
                     o.insert(k.into(), json!(list));
                 }
+            }
+            if let Some(t) = info.tree(img) {
+                o.insert("tree".into(), tree_value(t));
             }
             Value::Object(o)
         })
@@ -437,7 +488,42 @@ mod tests {
             verified: false,
             chains: vec![],
             recipients: vec![],
+            trees: Default::default(),
         }
+    }
+
+    #[test]
+    fn tree_images_show_their_counts_in_every_format() {
+        let text = "[update]\ncompatible=Test Config\n\n[bundle]\nformat=verity\n\n[image.rootfs]\nsha256=98db1bd96b3b1f1a528850b5b14b6759b9956e0a18d315ce0a68f1deb262c2ee\nsize=100\nfilename=rootfs.tree\n";
+        let mut info = sample();
+        info.manifest = Manifest::parse(text, ManifestOrigin::Bundle).unwrap();
+        let t = crate::tree::TreeSummary {
+            files: 3000,
+            bytes: 45_000_000,
+            contents: 2900,
+            directories: 80,
+            symlinks: 3,
+            special: 3,
+            hard_links: 3,
+        };
+        info.trees.insert("rootfs.tree".into(), t);
+        let r = readable(&info, false, false);
+        assert!(
+            r.contains("    Tree:      3000 files (45.0 MB, 2900 distinct contents), 80 directories, 3 symlinks, 3 special files, 3 hard links\n"),
+            "{r}"
+        );
+        let sh = shell(&info);
+        assert!(
+            sh.contains("RAUC_IMAGE_TREE_FILES_0='3000'\n") && sh.contains("RAUC_IMAGE_TREE_HARD_LINKS_0='3'\n"),
+            "{sh}"
+        );
+        let j = json_value(&info);
+        assert_eq!(j["images"][0]["rootfs"]["tree"]["files"], 3000);
+        assert_eq!(j["images"][0]["rootfs"]["tree"]["hard-links"], 3);
+        let j2 = inspect_value(&info);
+        assert_eq!(j2["images"][0]["tree"]["bytes"], 45_000_000);
+        // Other images show nothing of the kind.
+        assert!(!readable(&sample(), false, false).contains("Tree:"));
     }
 
     #[test]

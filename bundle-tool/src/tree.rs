@@ -41,6 +41,40 @@ pub enum Kind {
     Socket,
 }
 
+/// The counts `info` shows for a tree image.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TreeSummary {
+    /// Regular files (a hard-link group counted once).
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Distinct contents among them (what the bundle stores).
+    pub contents: u64,
+    /// Directories, the root included.
+    pub directories: u64,
+    /// Symbolic links.
+    pub symlinks: u64,
+    /// Device nodes, fifos and sockets.
+    pub special: u64,
+    /// Further names of hard-linked files.
+    pub hard_links: u64,
+}
+
+impl TreeSummary {
+    /// (name, value) pairs in display order, named as in `info`'s JSON.
+    pub fn fields(&self) -> [(&'static str, u64); 7] {
+        [
+            ("files", self.files),
+            ("bytes", self.bytes),
+            ("contents", self.contents),
+            ("directories", self.directories),
+            ("symlinks", self.symlinks),
+            ("special", self.special),
+            ("hard-links", self.hard_links),
+        ]
+    }
+}
+
 /// One file system object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -357,6 +391,27 @@ impl FileIndex {
             }
         }
         Ok(())
+    }
+
+    /// What `info` shows of the tree.
+    pub fn summary(&self) -> TreeSummary {
+        let mut s = TreeSummary { bytes: self.content_bytes(), ..TreeSummary::default() };
+        let mut groups = std::collections::HashSet::new();
+        let mut contents = std::collections::HashSet::new();
+        for e in &self.entries {
+            match e.kind {
+                Kind::File if e.link_group != 0 && !groups.insert(e.link_group) => s.hard_links += 1,
+                Kind::File => {
+                    s.files += 1;
+                    contents.insert(e.sha256.as_deref().unwrap_or_default());
+                }
+                Kind::Dir => s.directories += 1,
+                Kind::Symlink => s.symlinks += 1,
+                Kind::Char | Kind::Block | Kind::Fifo | Kind::Socket => s.special += 1,
+            }
+        }
+        s.contents = contents.len() as u64;
+        s
     }
 
     /// Total bytes of regular files (each hard-link group once).

@@ -80,6 +80,23 @@ fn a_tree_image_is_bundled_as_a_signed_index_and_content_addressed_files() {
         fs::read_dir(out.join("rootfs.tree.d")).unwrap().flat_map(|d| fs::read_dir(d.unwrap().path()).unwrap()).count();
     assert_eq!(stored, blobs.len());
     assert_eq!(blobs.len(), 4, "tool, hostname, big, sparse");
+
+    // info counts the tree in every output format.
+    let info = |format: &str| {
+        run(with_keyring(rota().arg("info")).arg(format!("--output-format={format}")).arg(&b)).ok().stdout
+    };
+    let readable = info("readable");
+    assert!(
+        readable.contains(
+            "Tree:      5 files (8.7 MB, 4 distinct contents), 5 directories, 1 symlinks, 2 special files, 1 hard links"
+        ),
+        "{readable}"
+    );
+    assert!(info("shell").contains("RAUC_IMAGE_TREE_FILES_0='5'\n"));
+    let json: serde_json::Value = serde_json::from_str(&info("json")).unwrap();
+    assert_eq!(json["images"][0]["rootfs"]["tree"]["contents"], 4);
+    let json2: serde_json::Value = serde_json::from_str(&info("json-2")).unwrap();
+    assert_eq!(json2["images"][0]["tree"]["special"], 2);
 }
 
 #[test]

@@ -401,4 +401,10 @@ fn the_service_reports_files_and_the_final_numbers() {
     assert_eq!(root1["files-fetched"] as usize, fresh_contents(i1, i2), "{root1:?}");
     assert_eq!(root1["files-reused"] + root1["files-copied"] + root1["files-fetched"], files as u64);
     assert!(root1["bytes-fetched-stored"] > 0);
+    // info through the service shows the tree as a local info does.
+    let mut client = d.rota();
+    client.envs(bus.env()).arg("info").arg(b);
+    let via_service = run(&mut client).ok().stdout;
+    assert_eq!(via_service, run(d.rota().arg("info").arg(b)).ok().stdout);
+    assert!(via_service.contains(&format!("    Tree:      {files} files (")), "{via_service}");
 }

@@ -147,6 +147,12 @@ pub fn bundle_info_dict(info: &rota_bundle::info::BundleInfo, manifest_text: &st
     d.insert("verified".into(), info.verified.into());
     d.insert("chains".into(), owned(Variant::from(chains)));
     d.insert("recipients".into(), owned(Variant::from(recipients)));
+    let trees: HashMap<String, HashMap<String, u64>> = info
+        .trees
+        .iter()
+        .map(|(name, t)| (name.clone(), t.fields().into_iter().map(|(k, v)| (k.to_string(), v)).collect()))
+        .collect();
+    d.insert("trees".into(), owned(Variant::from(trees)));
     d
 }
 
@@ -203,7 +209,30 @@ pub fn bundle_info_from_dict(d: &Dict) -> Result<rota_bundle::info::BundleInfo, 
                 key_id: r.get("key-id").cloned(),
             })
             .collect(),
+        trees: trees_from_dict(d),
     })
+}
+
+/// The tree counts of an `Inspect` result (none from a service without them).
+fn trees_from_dict(d: &Dict) -> std::collections::BTreeMap<String, rota_bundle::tree::TreeSummary> {
+    let Some(trees) = d.get("trees").and_then(|v| v.try_clone().ok()) else { return Default::default() };
+    let trees: HashMap<String, HashMap<String, u64>> = trees.try_into().unwrap_or_default();
+    trees
+        .into_iter()
+        .map(|(name, f)| {
+            let n = |k: &str| f.get(k).copied().unwrap_or(0);
+            let t = rota_bundle::tree::TreeSummary {
+                files: n("files"),
+                bytes: n("bytes"),
+                contents: n("contents"),
+                directories: n("directories"),
+                symlinks: n("symlinks"),
+                special: n("special"),
+                hard_links: n("hard-links"),
+            };
+            (name, t)
+        })
+        .collect()
 }
 
 #[cfg(test)]
