@@ -18,18 +18,31 @@ const CHUNK: usize = 1 << 20;
 /// of aligned all-zero blocks; [`SparseWriter::finish`] sets the length.
 pub struct SparseWriter {
     file: File,
+    /// Bytes taken so far.
     pos: u64,
+    /// The start of the block being filled, held until it is complete.
+    partial: Vec<u8>,
     hasher: Sha256,
 }
 
 impl SparseWriter {
     /// A writer filling `file` (empty) from its start.
     pub fn new(file: File) -> SparseWriter {
-        SparseWriter { file, pos: 0, hasher: Sha256::new() }
+        SparseWriter { file, pos: 0, partial: Vec::with_capacity(HOLE_BLOCK), hasher: Sha256::new() }
     }
 
-    /// Sets the length (trailing holes) and returns (length, SHA-256 hex, file).
+    /// Writes `block` (a whole block, or the file's last piece) unless it is all zeros.
+    fn put(&self, block: &[u8], at: u64) -> std::io::Result<()> {
+        if block.iter().any(|b| *b != 0) {
+            self.file.write_all_at(block, at)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the held tail, sets the length (trailing holes) and returns
+    /// (length, SHA-256 hex, file).
     pub fn finish(self) -> std::io::Result<(u64, String, File)> {
+        self.put(&self.partial, self.pos - self.partial.len() as u64)?;
         self.file.set_len(self.pos)?;
         Ok((self.pos, hex::encode(self.hasher.finalize()), self.file))
     }
@@ -38,19 +51,43 @@ impl SparseWriter {
 impl Write for SparseWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.hasher.update(buf);
-        let mut done = 0;
-        while done < buf.len() {
-            // Up to the next block boundary of the file.
-            let in_block = (self.pos % HOLE_BLOCK as u64) as usize;
-            let n = (HOLE_BLOCK - in_block).min(buf.len() - done);
-            let piece = &buf[done..done + n];
-            let whole_block = in_block == 0 && n == HOLE_BLOCK;
-            if !(whole_block && piece.iter().all(|b| *b == 0)) {
-                self.file.write_all_at(piece, self.pos)?;
-            }
+        let mut rest = buf;
+        // Complete a held block first.
+        if !self.partial.is_empty() {
+            let n = (HOLE_BLOCK - self.partial.len()).min(rest.len());
+            self.partial.extend_from_slice(&rest[..n]);
             self.pos += n as u64;
-            done += n;
+            rest = &rest[n..];
+            if self.partial.len() < HOLE_BLOCK {
+                return Ok(buf.len());
+            }
+            let block = std::mem::take(&mut self.partial);
+            self.put(&block, self.pos - HOLE_BLOCK as u64)?;
+            self.partial = block;
+            self.partial.clear();
         }
+        // Whole blocks straight from the caller's buffer (runs of data
+        // blocks in one write), a tail held.
+        let whole = rest.len() - rest.len() % HOLE_BLOCK;
+        let blocks: Vec<&[u8]> = rest[..whole].chunks(HOLE_BLOCK).collect();
+        let mut i = 0;
+        while i < blocks.len() {
+            let zero = |b: &[u8]| b.iter().all(|x| *x == 0);
+            let mut j = i;
+            while j < blocks.len() && !zero(blocks[j]) {
+                j += 1;
+            }
+            if j > i {
+                self.file.write_all_at(&rest[i * HOLE_BLOCK..j * HOLE_BLOCK], self.pos)?;
+                self.pos += ((j - i) * HOLE_BLOCK) as u64;
+            } else {
+                self.pos += HOLE_BLOCK as u64;
+                j += 1;
+            }
+            i = j;
+        }
+        self.partial.extend_from_slice(&rest[whole..]);
+        self.pos += (rest.len() - whole) as u64;
         Ok(buf.len())
     }
 
