@@ -220,6 +220,62 @@ fn file_sha256(path: &Path) -> Result<String, String> {
     }
 }
 
+impl Entry {
+    /// The entry of the object at `rel` below `root` (not following a
+    /// final symlink). A file with several links gets a `link_group` that
+    /// identifies its inode; [`FileIndex::scan`] renumbers them.
+    pub fn read(root: &Path, rel: &[u8]) -> Result<Entry, String> {
+        let full = if rel.is_empty() { root.to_path_buf() } else { root.join(OsStr::from_bytes(rel)) };
+        let md = std::fs::symlink_metadata(&full).map_err(|e| io_err("stat", &full, e))?;
+        let ft = md.file_type();
+        let kind = if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_file() {
+            Kind::File
+        } else if ft.is_symlink() {
+            Kind::Symlink
+        } else if ft.is_char_device() {
+            Kind::Char
+        } else if ft.is_block_device() {
+            Kind::Block
+        } else if ft.is_fifo() {
+            Kind::Fifo
+        } else {
+            Kind::Socket
+        };
+        let mut e = Entry {
+            path: rel.to_vec(),
+            kind,
+            mode: md.mode() & 0o7777,
+            uid: md.uid(),
+            gid: md.gid(),
+            mtime: md.mtime(),
+            size: 0,
+            sha256: None,
+            target: None,
+            rdev: 0,
+            xattrs: xattrs(&full)?,
+            link_group: 0,
+        };
+        match kind {
+            Kind::File => {
+                e.size = md.len();
+                e.sha256 = Some(file_sha256(&full)?);
+                if md.nlink() > 1 {
+                    e.link_group = md.ino() ^ (md.dev() << 48);
+                }
+            }
+            Kind::Symlink => {
+                let t = std::fs::read_link(&full).map_err(|err| io_err("read link", &full, err))?;
+                e.target = Some(t.into_os_string().into_vec());
+            }
+            Kind::Char | Kind::Block => e.rdev = md.rdev(),
+            Kind::Dir | Kind::Fifo | Kind::Socket => {}
+        }
+        Ok(e)
+    }
+}
+
 impl FileIndex {
     /// Indexes the tree below `root` (not following symlinks, not crossing
     /// into other file systems' contents beyond what `root` shows).
@@ -227,69 +283,23 @@ impl FileIndex {
         let mut entries = Vec::new();
         let mut stack: Vec<Vec<u8>> = vec![Vec::new()];
         while let Some(rel) = stack.pop() {
-            let full = if rel.is_empty() { root.to_path_buf() } else { root.join(OsStr::from_bytes(&rel)) };
-            let md = std::fs::symlink_metadata(&full).map_err(|e| io_err("stat", &full, e))?;
-            let ft = md.file_type();
-            let kind = if ft.is_dir() {
-                Kind::Dir
-            } else if ft.is_file() {
-                Kind::File
-            } else if ft.is_symlink() {
-                Kind::Symlink
-            } else if ft.is_char_device() {
-                Kind::Char
-            } else if ft.is_block_device() {
-                Kind::Block
-            } else if ft.is_fifo() {
-                Kind::Fifo
-            } else {
-                Kind::Socket
-            };
-            let mut e = Entry {
-                path: rel.clone(),
-                kind,
-                mode: md.mode() & 0o7777,
-                uid: md.uid(),
-                gid: md.gid(),
-                mtime: md.mtime(),
-                size: 0,
-                sha256: None,
-                target: None,
-                rdev: 0,
-                xattrs: xattrs(&full)?,
-                link_group: 0,
-            };
-            match kind {
-                Kind::File => {
-                    e.size = md.len();
-                    e.sha256 = Some(file_sha256(&full)?);
-                    if md.nlink() > 1 {
-                        // Numbered below, once the order is known; keep the inode for now.
-                        e.link_group = md.ino() ^ (md.dev() << 48);
+            let e = Entry::read(root, &rel)?;
+            if e.kind == Kind::Dir {
+                let full = FileIndex::path_under(root, &e);
+                let mut names: Vec<OsString> = std::fs::read_dir(&full)
+                    .map_err(|err| io_err("read directory", &full, err))?
+                    .map(|d| d.map(|d| d.file_name()))
+                    .collect::<std::io::Result<_>>()
+                    .map_err(|err| io_err("read directory", &full, err))?;
+                names.sort();
+                for name in names.into_iter().rev() {
+                    let mut child = rel.clone();
+                    if !child.is_empty() {
+                        child.push(b'/');
                     }
+                    child.extend_from_slice(name.as_bytes());
+                    stack.push(child);
                 }
-                Kind::Symlink => {
-                    let t = std::fs::read_link(&full).map_err(|e| io_err("read link", &full, e))?;
-                    e.target = Some(t.into_os_string().into_vec());
-                }
-                Kind::Char | Kind::Block => e.rdev = md.rdev(),
-                Kind::Dir => {
-                    let mut names: Vec<OsString> = std::fs::read_dir(&full)
-                        .map_err(|e| io_err("read directory", &full, e))?
-                        .map(|d| d.map(|d| d.file_name()))
-                        .collect::<std::io::Result<_>>()
-                        .map_err(|e| io_err("read directory", &full, e))?;
-                    names.sort();
-                    for name in names.into_iter().rev() {
-                        let mut child = rel.clone();
-                        if !child.is_empty() {
-                            child.push(b'/');
-                        }
-                        child.extend_from_slice(name.as_bytes());
-                        stack.push(child);
-                    }
-                }
-                Kind::Fifo | Kind::Socket => {}
             }
             entries.push(e);
         }

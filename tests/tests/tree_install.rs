@@ -77,9 +77,14 @@ fn ext4(path: &Path, tree: Option<&Path>, size_mib: u64) {
 
 /// A device booted from A holding `a`; B holds `b` (or nothing).
 fn device(name: &str, a: &Path, b: Option<&Path>) -> Device {
+    device_with(name, a, b, "")
+}
+
+/// [`device`] with more configuration (`[tree]` and such).
+fn device_with(name: &str, a: &Path, b: Option<&Path>, extra: &str) -> Device {
     let conf = format!(
         "[system]\ncompatible=Test Config\nbootloader=grub\ngrubenv=grubenv\ndata-directory=data\nmountprefix=mnt\n\
-         [keyring]\npath={}\n\
+         {extra}\n[keyring]\npath={}\n\
          [slot.rootfs.0]\ndevice=rootfs0.img\ntype=ext4\nbootname=A\n[slot.rootfs.1]\ndevice=rootfs1.img\ntype=ext4\nbootname=B\n",
         pki_file("keyring.pem").display()
     );
@@ -407,4 +412,43 @@ fn the_service_reports_files_and_the_final_numbers() {
     let via_service = run(&mut client).ok().stdout;
     assert_eq!(via_service, run(d.rota().arg("info").arg(b)).ok().stdout);
     assert!(via_service.contains(&format!("    Tree:      {files} files (")), "{via_service}");
+}
+
+#[test]
+fn persistent_paths_come_from_the_booted_slot_and_fetched_contents_are_cached() {
+    let f = Fixture::new("persist", 5, None);
+    let Fixture { v1, i1, i2, bundle: b, .. } = &f;
+    let extra = "[tree]\npersist=/etc/hostname;/var/lib/app;/opt/state/data;/etc/not-there\ncache-size=64M\n";
+    let d = device_with("persist", v1, None, extra);
+    // The running system changed its own state in A.
+    with_mounted(&d.path("rootfs0.img"), |m| {
+        fs::write(m.join("etc/hostname"), b"charger-0042\n").unwrap();
+        fs::write(m.join("var/lib/app/secret"), b"rotated\n").unwrap();
+        fs::write(m.join("var/lib/app/session"), b"42\n").unwrap();
+        fs::create_dir_all(m.join("opt/state")).unwrap();
+        fs::write(m.join("opt/state/data"), b"energy=12.3\n").unwrap();
+        sh(&format!("chown -R 5:6 {0}/opt && chmod 0750 {0}/opt/state", m.display()));
+    });
+    let a = scan_image(&d.path("rootfs0.img"));
+    let r = run(d.rota().arg("install").arg(b)).ok();
+    let got = scan_image(&d.path("rootfs1.img"));
+    // The kept paths are as in A (content, owner, mode, xattrs, time) ...
+    let kept = |p: &[u8]| p == b"etc/hostname" || p.starts_with(b"var/lib/app") || p.starts_with(b"opt");
+    for e in a.entries.iter().filter(|e| kept(&e.path)) {
+        assert_eq!(find(&got, std::str::from_utf8(&e.path).unwrap()), e);
+    }
+    // ... and everything else is version 2.
+    let rest = |i: &FileIndex| FileIndex { entries: i.entries.iter().filter(|e| !kept(&e.path)).cloned().collect() };
+    assert_same_tree(&rest(&got), &rest(i2));
+    let (_, _, _, fetched, _) = summary(&r);
+    assert!(fetched > 0);
+
+    // The fetched contents were cached: B emptied, the same version installs without the bundle's files.
+    ext4(&d.path("rootfs1.img"), None, 128);
+    let r = run(d.rota().arg("install").arg(b)).ok();
+    let (files, reused, copied, fetched, _) = summary(&r);
+    assert_eq!(fetched, 0, "{}", r.stderr);
+    assert_eq!((reused, copied), (0, files));
+    assert_same_tree(&rest(&scan_image(&d.path("rootfs1.img"))), &rest(i2));
+    let _ = i1;
 }

@@ -162,6 +162,18 @@ pub struct PollingSection {
     pub reboot_cmd: Vec<String>,
 }
 
+/// `[tree]` (rota's own): how tree images are installed.
+#[derive(Debug, Clone, Default)]
+pub struct TreeSection {
+    /// `persist`: absolute paths copied from the booted slot into a freshly
+    /// installed tree (files, or directories with their contents), as
+    /// ota-client's persist list.
+    pub persist: Vec<String>,
+    /// `cache-size`: bytes of contents fetched from bundles kept in
+    /// `<data-directory>/tree-cache` for later installs (0: no cache).
+    pub cache_size: u64,
+}
+
 /// `[casync]`.
 #[derive(Debug, Clone, Default)]
 pub struct CasyncSection {
@@ -271,6 +283,8 @@ pub struct SystemConfig {
     pub encryption_cert: Option<PathBuf>,
     /// `[casync]`.
     pub casync: CasyncSection,
+    /// `[tree]`.
+    pub tree: TreeSection,
     /// `[autoinstall] path`.
     pub autoinstall: Option<PathBuf>,
     /// `[handlers]`.

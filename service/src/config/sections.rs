@@ -13,8 +13,8 @@ use std::path::Path;
 /// Default `max-bundle-download-size`.
 pub const DEFAULT_MAX_DOWNLOAD_SIZE: u64 = 8 * 1024 * 1024;
 
-const GLOBAL_GROUPS: [&str; 8] =
-    ["system", "keyring", "streaming", "polling", "encryption", "casync", "autoinstall", "handlers"];
+const GLOBAL_GROUPS: [&str; 9] =
+    ["system", "keyring", "streaming", "polling", "encryption", "casync", "tree", "autoinstall", "handlers"];
 
 /// Helpers around a [`GroupReader`] that produce config errors.
 pub(super) struct Reader<'a> {
@@ -281,6 +281,23 @@ fn streaming_section(r: &mut Reader<'_>) -> Result<StreamingSection, ConfigError
     Ok(s)
 }
 
+fn tree_section(r: &mut Reader<'_>, has_data_directory: bool) -> Result<TreeSection, ConfigError> {
+    let persist = r.list("persist")?.unwrap_or_default();
+    for p in &persist {
+        let safe = p.starts_with('/') && p.len() > 1 && !p.split('/').any(|c| c == "." || c == "..");
+        if !safe {
+            let e = r.entry("persist").expect("read");
+            return Err(r.bad(e, format!("Key 'persist' in group '[tree]': '{p}' is not an absolute path below '/'")));
+        }
+    }
+    let cache_size = r.size("cache-size")?.unwrap_or(0);
+    if cache_size > 0 && !has_data_directory {
+        let e = r.entry("cache-size").expect("read");
+        return Err(r.bad(e, "Key 'cache-size' in group '[tree]' requires a data-directory".into()));
+    }
+    Ok(TreeSection { persist, cache_size })
+}
+
 fn criteria(r: &mut Reader<'_>, key: &str, allowed: &[&str]) -> Result<Vec<String>, ConfigError> {
     let list = r.list(key)?.unwrap_or_default();
     for c in &list {
@@ -499,6 +516,9 @@ pub(super) fn interpret(kf: &KeyFile, origins: &Origins, base: &Path) -> Result<
     let mut r = Reader::new(group_of(kf, "casync", &empty), origins);
     let casync = casync_section(&mut r)?;
     r.finish()?;
+    let mut r = Reader::new(group_of(kf, "tree", &empty), origins);
+    let tree = tree_section(&mut r, system.data_directory.is_some())?;
+    r.finish()?;
     let mut r = Reader::new(group_of(kf, "autoinstall", &empty), origins);
     let autoinstall = r.path("path", Some(base))?;
     r.finish()?;
@@ -539,6 +559,7 @@ pub(super) fn interpret(kf: &KeyFile, origins: &Origins, base: &Path) -> Result<
         encryption_key,
         encryption_cert,
         casync,
+        tree,
         autoinstall,
         handlers,
         slots,

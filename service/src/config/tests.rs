@@ -112,6 +112,19 @@ fn errors_name_file_line_and_key() {
         ),
         ("[system]\ncompatible=x\nbootloader=grub\nmin-bundle-version=x.y\n", 4, "Key 'min-bundle-version'"),
         ("[system]\ncompatible=\nbootloader=grub\n", 2, "Missing value for key 'compatible'"),
+        ("[system]\ncompatible=x\nbootloader=grub\n[tree]\npersist=/etc;etc/x\n", 5, "'etc/x' is not an absolute path"),
+        (
+            "[system]\ncompatible=x\nbootloader=grub\n[tree]\npersist=/var/../etc\n",
+            5,
+            "'/var/../etc' is not an absolute",
+        ),
+        ("[system]\ncompatible=x\nbootloader=grub\n[tree]\ncache-size=8M\n", 5, "requires a data-directory"),
+        ("[system]\ncompatible=x\nbootloader=grub\n[tree]\ncache-size=lots\n", 5, "invalid size 'lots'"),
+        (
+            "[system]\ncompatible=x\nbootloader=grub\n[tree]\npersists=/etc\n",
+            5,
+            "Invalid key 'persists' in group '[tree]'",
+        ),
         ("[system]\ncompatible=x\nbootloader=grub\n;x\n", 4, "not a key-value pair"),
     ];
     for (text, line, needle) in cases {

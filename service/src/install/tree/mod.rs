@@ -5,8 +5,8 @@
 //! The target slot is updated in place: what is already right stays, every
 //! other file's content comes from the first place that has it — the
 //! target's own earlier files, the staging directory an interrupted run
-//! left behind, the booted slot of the same class — and only what no local
-//! copy holds is read from the bundle (so a streamed install fetches the
+//! left behind, the local cache, the booted slot of the same class — and
+//! only what no local copy holds is read from the bundle (so a streamed install fetches the
 //! squashfs blocks of changed files only). Every content is checked
 //! against its SHA-256 from the index before it is used, and every file
 //! written is read back from the medium once the filesystem is synced;
@@ -17,7 +17,9 @@
 //! `slot.<name>/tree-<sha256>.index`, so the next update finds files by
 //! content in that slot without scanning it.
 
+mod cache;
 mod content;
+mod persist;
 mod place;
 
 use super::control::InstallControl;
@@ -318,6 +320,7 @@ pub fn install(job: &Job<'_>, progress: &mut dyn FnMut(Progressed)) -> Result<St
     // What the target held, by path, when its index was kept.
     let earlier = kept_contents(job.system, slot, job.installed);
     let booted = Booted::open(job.system, slot);
+    let cache = cache::Cache::open(job.system);
     let dir = job.system.config.system.mount_prefix.join(&slot.name);
     let (mounted, fresh) = mount_target(slot, &dir)?;
     // The target's content changes from here on: its kept index no longer holds.
@@ -330,6 +333,9 @@ pub fn install(job: &Job<'_>, progress: &mut dyn FnMut(Progressed)) -> Result<St
         root: dir.clone(),
         staging: dir.join(STAGING),
         booted: booted.as_ref(),
+        cache: cache.as_ref(),
+        fetched: Vec::new(),
+        persisted: Vec::new(),
         verified: HashSet::new(),
         kept: vec![false; plan.entries.len()],
         stats: Stats { files: plan.files_total, ..Stats::default() },
@@ -356,6 +362,7 @@ pub fn install(job: &Job<'_>, progress: &mut dyn FnMut(Progressed)) -> Result<St
     run.resolve()?;
     run.place()?;
     std::fs::remove_dir_all(&run.staging).map_err(|e| Error::io("Failed to remove", &run.staging, e))?;
+    run.persist()?;
     run.set_dir_times()?;
     sync_fs(&dir)?;
     run.read_back()?;
@@ -401,6 +408,11 @@ struct Run<'a, 'p> {
     root: PathBuf,
     staging: PathBuf,
     booted: Option<&'a Booted>,
+    cache: Option<&'a cache::Cache>,
+    /// Entries whose content was read from the bundle.
+    fetched: Vec<usize>,
+    /// Paths (relative) replaced by persistent ones from the booted slot.
+    persisted: Vec<Vec<u8>>,
     /// Digests whose content is in the staging directory, checked.
     verified: HashSet<String>,
     /// Entries already right in the target.
@@ -540,6 +552,12 @@ impl Run<'_, '_> {
             }
             content::remove(&to)?;
         }
+        if let Some(c) = self.cache
+            && c.copy_to(sha, &to)?
+        {
+            self.verified.insert(sha.to_string());
+            return Ok(true);
+        }
         let Some(b) = self.booted else { return Ok(false) };
         let part = self.staging.join(format!("{sha}.part"));
         let mut candidates: Vec<&[u8]> = Vec::new();
@@ -592,11 +610,13 @@ impl Run<'_, '_> {
             let to = self.staged(&sha);
             std::fs::rename(&part, &to).map_err(|err| Error::io("Failed to move", &part, err))?;
             self.verified.insert(sha);
+            self.fetched.push(i);
             self.stats.fetched += 1;
             self.stats.bytes_fetched += len;
             self.stats.stored_fetched += map.stored_bytes(0, u64::MAX);
             self.done(len);
         }
+        self.keep_fetched();
         Ok(())
     }
 
@@ -659,7 +679,7 @@ impl Run<'_, '_> {
     fn read_back(&mut self) -> Result<()> {
         let plan = self.plan;
         for (i, e) in plan.entries.iter().enumerate() {
-            if e.kind != Kind::File || plan.is_follower(i) || self.kept[i] {
+            if e.kind != Kind::File || plan.is_follower(i) || self.kept[i] || self.is_persisted(&e.path) {
                 continue;
             }
             self.job.control.check()?;
@@ -678,9 +698,49 @@ impl Run<'_, '_> {
         Ok(())
     }
 
+    /// Copies the configured persistent paths from the booted slot.
+    fn persist(&mut self) -> Result<()> {
+        let paths = &self.job.system.config.tree.persist;
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let Some(b) = self.booted else {
+            tracing::warn!("No booted slot of class {} to keep persistent paths from", self.job.slot.class);
+            return Ok(());
+        };
+        for p in paths {
+            self.job.control.check()?;
+            if persist::copy(&b.root, &self.root, p)? {
+                self.persisted.push(p.trim_start_matches('/').as_bytes().to_vec());
+            } else {
+                tracing::info!("Persistent path '{p}' is not in the booted slot");
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `path` is, or lies below, a path kept from the booted slot.
+    fn is_persisted(&self, path: &[u8]) -> bool {
+        self.persisted.iter().any(|p| path.starts_with(p) && (path.len() == p.len() || path[p.len()] == b'/'))
+    }
+
+    /// Puts the contents just fetched from the bundle (checked, still in
+    /// the staging directory) into the local cache; failures are only logged.
+    fn keep_fetched(&self) {
+        let Some(c) = self.cache else { return };
+        let items: Vec<(String, PathBuf, u64)> = self
+            .fetched
+            .iter()
+            .map(|&i| (self.plan.sha(i).to_string(), self.staged(self.plan.sha(i)), self.plan.entries[i].size))
+            .collect();
+        if let Err(e) = c.keep(&items) {
+            tracing::warn!("Failed to keep fetched contents in the cache: {e}");
+        }
+    }
+
     /// Gives directories their times, deepest first (once nothing changes in them).
     fn set_dir_times(&self) -> Result<()> {
-        for e in self.plan.entries.iter().rev().filter(|e| e.kind == Kind::Dir) {
+        for e in self.plan.entries.iter().rev().filter(|e| e.kind == Kind::Dir && !self.is_persisted(&e.path)) {
             place::set_mtime(&under(&self.root, &e.path), e.mtime)?;
         }
         Ok(())
