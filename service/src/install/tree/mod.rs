@@ -32,9 +32,7 @@ use rota_bundle::manifest::Image;
 use rota_bundle::squashfs::BundleFs;
 use rota_bundle::tree::{Entry, FileIndex, Kind};
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsStr;
 use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -175,9 +173,7 @@ impl Plan {
     }
 }
 
-fn under(root: &Path, rel: &[u8]) -> PathBuf {
-    if rel.is_empty() { root.to_path_buf() } else { root.join(OsStr::from_bytes(rel)) }
-}
+use place::under;
 
 /// Where a slot's kept index lives, when there is a data directory.
 fn kept_dir(system: &System, slot: &str) -> Option<PathBuf> {
@@ -454,14 +450,7 @@ impl Run<'_, '_> {
     }
 
     fn clean_dir(&mut self, rel: &[u8], earlier: &HashMap<Vec<u8>, String>) -> Result<()> {
-        let dir = under(&self.root, rel);
-        let mut names: Vec<Vec<u8>> = std::fs::read_dir(&dir)
-            .map_err(|e| Error::io("Failed to read directory", &dir, e))?
-            .map(|d| d.map(|d| d.file_name().as_bytes().to_vec()))
-            .collect::<std::io::Result<_>>()
-            .map_err(|e| Error::io("Failed to read directory", &dir, e))?;
-        names.sort();
-        for name in names {
+        for name in place::sorted_names(&under(&self.root, rel))? {
             self.job.control.check()?;
             let child = if rel.is_empty() { name.clone() } else { [rel, b"/", &name].concat() };
             if rel.is_empty()

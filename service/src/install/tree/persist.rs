@@ -5,13 +5,9 @@
 use super::{content, place};
 use crate::error::{Error, Result, failed};
 use rota_bundle::tree::{Entry, Kind};
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-fn under(root: &Path, rel: &[u8]) -> std::path::PathBuf {
-    if rel.is_empty() { root.to_path_buf() } else { root.join(OsStr::from_bytes(rel)) }
-}
+use place::under;
 
 /// Copies `path` (absolute in the slot, e.g. `/etc/machine-id`) from the
 /// tree at `from` into the tree at `to`; returns whether the booted slot had
@@ -59,13 +55,7 @@ fn copy_object(from: &Path, to: &Path, rel: &[u8]) -> Result<()> {
         place::create_special(&dst, &e)?;
     }
     if e.kind == Kind::Dir {
-        let mut names: Vec<Vec<u8>> = std::fs::read_dir(&src)
-            .map_err(|err| Error::io("Failed to read directory", &src, err))?
-            .map(|d| d.map(|d| d.file_name().as_bytes().to_vec()))
-            .collect::<std::io::Result<_>>()
-            .map_err(|err| Error::io("Failed to read directory", &src, err))?;
-        names.sort();
-        for name in names {
+        for name in place::sorted_names(&src)? {
             copy_object(from, to, &[rel, b"/", &name].concat())?;
         }
     }

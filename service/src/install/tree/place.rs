@@ -11,6 +11,23 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+/// The path of `rel` (index bytes, `""` for the root) below `root`.
+pub fn under(root: &Path, rel: &[u8]) -> std::path::PathBuf {
+    if rel.is_empty() { root.to_path_buf() } else { root.join(std::ffi::OsStr::from_bytes(rel)) }
+}
+
+/// The names in directory `dir`, sorted by their bytes.
+pub fn sorted_names(dir: &Path) -> Result<Vec<Vec<u8>>> {
+    let fail = |e| Error::io("Failed to read directory", dir, e);
+    let mut names: Vec<Vec<u8>> = std::fs::read_dir(dir)
+        .map_err(fail)?
+        .map(|d| d.map(|d| d.file_name().as_bytes().to_vec()))
+        .collect::<std::io::Result<_>>()
+        .map_err(fail)?;
+    names.sort();
+    Ok(names)
+}
+
 fn cpath(path: &Path) -> Result<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(|_| Error::Failed(format!("NUL in path '{}'", path.display())))
 }
