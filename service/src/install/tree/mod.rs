@@ -32,7 +32,6 @@ use rota_bundle::manifest::Image;
 use rota_bundle::squashfs::BundleFs;
 use rota_bundle::tree::{Entry, FileIndex, Kind};
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -325,14 +324,18 @@ pub fn install(job: &Job<'_>, progress: &mut dyn FnMut(Progressed)) -> Result<St
     }
     let mut run = Run {
         job,
-        plan: &plan,
-        root: dir.clone(),
-        staging: dir.join(STAGING),
-        booted: booted.as_ref(),
-        cache: cache.as_ref(),
+        ctx: Ctx {
+            control: job.control,
+            fs: job.fs,
+            name,
+            plan: &plan,
+            root: dir.clone(),
+            staging: dir.join(STAGING),
+            booted: booted.as_ref(),
+            cache: cache.as_ref(),
+        },
         fetched: Vec::new(),
         persisted: Vec::new(),
-        verified: HashSet::new(),
         kept: vec![false; plan.entries.len()],
         stats: Stats { files: plan.files_total, ..Stats::default() },
         at: Progressed { bytes_total: plan.bytes_total, files_total: plan.files_total, ..Progressed::default() },
@@ -357,7 +360,7 @@ pub fn install(job: &Job<'_>, progress: &mut dyn FnMut(Progressed)) -> Result<St
     }
     run.resolve()?;
     run.place()?;
-    std::fs::remove_dir_all(&run.staging).map_err(|e| Error::io("Failed to remove", &run.staging, e))?;
+    std::fs::remove_dir_all(&run.ctx.staging).map_err(|e| Error::io("Failed to remove", &run.ctx.staging, e))?;
     run.persist()?;
     run.set_dir_times()?;
     sync_fs(&dir)?;
@@ -400,17 +403,11 @@ fn sync_fs(dir: &Path) -> Result<()> {
 /// The state of one install while the target is mounted.
 struct Run<'a, 'p> {
     job: &'a Job<'a>,
-    plan: &'a Plan,
-    root: PathBuf,
-    staging: PathBuf,
-    booted: Option<&'a Booted>,
-    cache: Option<&'a cache::Cache>,
+    ctx: Ctx<'a>,
     /// Entries whose content was read from the bundle.
     fetched: Vec<usize>,
     /// Paths (relative) replaced by persistent ones from the booted slot.
     persisted: Vec<Vec<u8>>,
-    /// Digests whose content is in the staging directory, checked.
-    verified: HashSet<String>,
     /// Entries already right in the target.
     kept: Vec<bool>,
     stats: Stats,
@@ -418,125 +415,115 @@ struct Run<'a, 'p> {
     progress: &'p mut dyn FnMut(Progressed),
 }
 
-impl Run<'_, '_> {
+/// What the workers of an install share (nothing that is not `Sync`).
+struct Ctx<'a> {
+    control: &'a InstallControl,
+    fs: &'a BundleFs,
+    /// The image (index) name in the bundle.
+    name: &'a str,
+    plan: &'a Plan,
+    root: PathBuf,
+    staging: PathBuf,
+    booted: Option<&'a Booted>,
+    cache: Option<&'a cache::Cache>,
+}
+
+/// Threads that copy, fetch and check files (mostly waiting for the
+/// medium or the network, so more than the cores).
+const WORKERS: usize = 4;
+
+/// Runs `work` on every item with [`WORKERS`] threads; `take` gets each
+/// result on the calling thread as it comes. Stops at the first error.
+fn in_parallel<T: Sync, R: Send>(
+    items: &[T],
+    work: impl Fn(&T) -> Result<R> + Sync,
+    mut take: impl FnMut(&T, R) -> Result<()>,
+) -> Result<()> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        for _ in 0..WORKERS.min(items.len()) {
+            let (tx, next, stop, work) = (tx.clone(), &next, &stop, &work);
+            s.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = items.get(k) else { break };
+                    let r = work(item);
+                    if r.is_err() {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                    if tx.send((k, r)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let mut first = None;
+        for (k, r) in rx {
+            if first.is_none()
+                && let Err(e) = r.and_then(|v| take(&items[k], v))
+            {
+                stop.store(true, Ordering::Relaxed);
+                first = Some(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    })
+}
+
+/// How a file's content was found.
+enum Found {
+    /// Already right in the target.
+    Kept,
+    /// Staged from a local copy (or the target's own file at another path).
+    Local,
+    /// Another file with the same content stages it.
+    Duplicate,
+    /// No local copy: to be read from the bundle.
+    Fetch,
+}
+
+impl Ctx<'_> {
     fn staged(&self, sha: &str) -> PathBuf {
         self.staging.join(sha)
     }
 
-    /// Creates the staging directory, dropping half-written leftovers.
-    fn open_staging(&mut self) -> Result<()> {
-        std::fs::create_dir_all(&self.staging).map_err(|e| Error::io("Failed to create", &self.staging, e))?;
-        let entries = std::fs::read_dir(&self.staging).map_err(|e| Error::io("Failed to read", &self.staging, e))?;
-        for e in entries.flatten() {
-            let n = e.file_name();
-            if n.len() != 64 || !self.plan.wanted.contains(n.to_string_lossy().as_ref()) {
-                place::remove_any(&e.path())?;
+    /// Finds the content of entry `i`; `claims` holds the digests some
+    /// worker stages (one worker per digest).
+    fn resolve_one(&self, i: usize, claims: &std::sync::Mutex<HashSet<String>>) -> Result<Found> {
+        self.control.check()?;
+        let e = &self.plan.entries[i];
+        let sha = self.plan.sha(i);
+        let claim = || claims.lock().expect("not poisoned").insert(sha.to_string());
+        let path = under(&self.root, &e.path);
+        if let Ok(md) = std::fs::symlink_metadata(&path) {
+            let right = md.len() == e.size && content::hash_file(&path).is_ok_and(|(len, h)| len == e.size && h == sha);
+            if right && md.nlink() == 1 {
+                return Ok(Found::Kept);
             }
+            if right && claim() {
+                // Right content, but shared with another path: used from the staging directory.
+                let to = self.staged(sha);
+                std::fs::rename(&path, &to).map_err(|err| Error::io("Failed to move", &path, err))?;
+                return Ok(Found::Local);
+            }
+            place::remove_any(&path)?;
         }
-        Ok(())
-    }
-
-    fn done(&mut self, bytes: u64) {
-        self.at.files_done += 1;
-        self.at.bytes_done += bytes;
-        (self.progress)(self.at);
-    }
-
-    /// Removes what the new tree does not have, or has as another kind of
-    /// object, from the target; files whose content the new tree wants at
-    /// another path (known from the kept index) move to the staging directory.
-    fn clean(&mut self, earlier: &HashMap<Vec<u8>, String>) -> Result<()> {
-        self.clean_dir(&[], earlier)
-    }
-
-    fn clean_dir(&mut self, rel: &[u8], earlier: &HashMap<Vec<u8>, String>) -> Result<()> {
-        for name in place::sorted_names(&under(&self.root, rel))? {
-            self.job.control.check()?;
-            let child = if rel.is_empty() { name.clone() } else { [rel, b"/", &name].concat() };
-            if rel.is_empty()
-                && (name == STAGING.as_bytes() || (name == b"lost+found" && self.plan.lookup(&child).is_none()))
-            {
-                continue;
-            }
-            let path = under(&self.root, &child);
-            let md = std::fs::symlink_metadata(&path).map_err(|e| Error::io("Failed to stat", &path, e))?;
-            let keep = match self.plan.lookup(&child) {
-                Some((i, e)) => place::same_kind(&md, e, &path) && !(e.kind == Kind::File && self.plan.is_follower(i)),
-                None => false,
-            };
-            if md.is_dir() {
-                self.clean_dir(&child, earlier)?;
-            }
-            if keep {
-                continue;
-            }
-            match earlier.get(&child) {
-                Some(sha) if md.is_file() && self.plan.wanted.contains(sha) && !self.staged(sha).exists() => {
-                    let to = self.staged(sha);
-                    std::fs::rename(&path, &to).map_err(|e| Error::io("Failed to move", &path, e))?;
-                }
-                _ => place::remove_any(&path)?,
-            }
+        if !claim() {
+            return Ok(Found::Duplicate);
         }
-        Ok(())
-    }
-
-    /// Finds every file's content: kept where the target already holds
-    /// it, else staged from a local copy, else read from the bundle.
-    fn resolve(&mut self) -> Result<()> {
-        let plan = self.plan;
-        let mut fetch: Vec<(usize, String)> = Vec::new();
-        for (i, e) in plan.entries.iter().enumerate() {
-            if e.kind != Kind::File || plan.is_follower(i) {
-                continue;
-            }
-            self.job.control.check()?;
-            let sha = plan.sha(i).to_string();
-            let path = under(&self.root, &e.path);
-            if let Ok(md) = std::fs::symlink_metadata(&path) {
-                let right =
-                    md.len() == e.size && content::hash_file(&path).is_ok_and(|(len, h)| len == e.size && h == sha);
-                if right && md.nlink() == 1 {
-                    self.kept[i] = true;
-                    self.stats.reused += 1;
-                    self.stats.bytes_reused += e.size;
-                    self.done(e.size);
-                    continue;
-                }
-                if right && !self.verified.contains(&sha) {
-                    // Right content, but shared with another path: used from the staging directory.
-                    let to = self.staged(&sha);
-                    std::fs::rename(&path, &to).map_err(|err| Error::io("Failed to move", &path, err))?;
-                    self.verified.insert(sha.clone());
-                } else {
-                    place::remove_any(&path)?;
-                }
-            }
-            if self.verified.contains(&sha) || self.stage_locally(e, &sha)? {
-                self.stats.copied += 1;
-                self.stats.bytes_copied += e.size;
-                self.done(e.size);
-                continue;
-            }
-            if !fetch.iter().any(|(_, s)| *s == sha) {
-                fetch.push((i, sha));
-            } else {
-                // The same content again: copied locally once it is fetched.
-                self.stats.copied += 1;
-                self.stats.bytes_copied += e.size;
-                self.done(e.size);
-            }
-        }
-        self.fetch(fetch)
+        Ok(if self.stage_locally(e, sha)? { Found::Local } else { Found::Fetch })
     }
 
     /// Stages `sha` from the staging directory (an earlier run) or the
-    /// booted slot; returns whether a checked copy is there now.
-    fn stage_locally(&mut self, e: &Entry, sha: &str) -> Result<bool> {
+    /// local cache or the booted slot; returns whether a checked copy is there now.
+    fn stage_locally(&self, e: &Entry, sha: &str) -> Result<bool> {
         let to = self.staged(sha);
         if to.exists() {
             if content::hash_file(&to).is_ok_and(|(_, h)| h == sha) {
-                self.verified.insert(sha.to_string());
                 return Ok(true);
             }
             content::remove(&to)?;
@@ -544,7 +531,6 @@ impl Run<'_, '_> {
         if let Some(c) = self.cache
             && c.copy_to(sha, &to)?
         {
-            self.verified.insert(sha.to_string());
             return Ok(true);
         }
         let Some(b) = self.booted else { return Ok(false) };
@@ -562,57 +548,188 @@ impl Run<'_, '_> {
                 && content::copy_verified(&from, &part, sha)?
             {
                 std::fs::rename(&part, &to).map_err(|err| Error::io("Failed to move", &part, err))?;
-                self.verified.insert(sha.to_string());
                 return Ok(true);
             }
         }
         Ok(false)
     }
 
-    /// Reads the contents no local copy had from the bundle, in the order
-    /// they lie in the squashfs (so a stream reads forward).
-    fn fetch(&mut self, wanted: Vec<(usize, String)>) -> Result<()> {
-        let name = self.job.image.filename.as_deref().unwrap_or_default();
+    /// Reads content `sha` (entry `i`) from the bundle into the staging
+    /// directory and checks it; returns its length and stored size.
+    fn fetch_one(&self, i: usize, sha: &str, blob: &str, stored: u64) -> Result<(u64, u64)> {
+        self.control.check()?;
+        let e = &self.plan.entries[i];
+        let part = self.staging.join(format!("{sha}.part"));
+        let mut w = content::SparseWriter::new(content::create(&part)?);
+        self.fs.copy_file(blob, &mut w)?;
+        let (len, got, _) = w.finish().map_err(|err| Error::io("Failed to write", &part, err))?;
+        if got != sha || len != e.size {
+            content::remove(&part)?;
+            return failed(format!(
+                "File '{}' of tree image '{}' has sha256 {got} ({len} bytes) in the bundle, the index says {sha} ({} bytes)",
+                String::from_utf8_lossy(&e.path),
+                self.name,
+                e.size
+            ));
+        }
+        let to = self.staged(sha);
+        std::fs::rename(&part, &to).map_err(|err| Error::io("Failed to move", &part, err))?;
+        Ok((len, stored))
+    }
+
+    /// Reads the written file of entry `i` back from the medium and checks it.
+    fn check_one(&self, i: usize) -> Result<()> {
+        self.control.check()?;
+        let e = &self.plan.entries[i];
+        let path = under(&self.root, &e.path);
+        let (len, got) =
+            content::hash_from_medium(&path).map_err(|err| Error::io("Failed to read back", &path, err))?;
+        if got != self.plan.sha(i) || len != e.size {
+            return failed(format!(
+                "Read-back check of '{}' failed: sha256 {got} of {len} bytes instead of {} of {} bytes",
+                path.display(),
+                self.plan.sha(i),
+                e.size
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Counts a resolved file into the progress.
+fn done(at: &mut Progressed, progress: &mut dyn FnMut(Progressed), bytes: u64) {
+    at.files_done += 1;
+    at.bytes_done += bytes;
+    progress(*at);
+}
+
+impl Run<'_, '_> {
+    /// Creates the staging directory, dropping half-written leftovers.
+    fn open_staging(&mut self) -> Result<()> {
+        std::fs::create_dir_all(&self.ctx.staging).map_err(|e| Error::io("Failed to create", &self.ctx.staging, e))?;
+        let entries =
+            std::fs::read_dir(&self.ctx.staging).map_err(|e| Error::io("Failed to read", &self.ctx.staging, e))?;
+        for e in entries.flatten() {
+            let n = e.file_name();
+            if n.len() != 64 || !self.ctx.plan.wanted.contains(n.to_string_lossy().as_ref()) {
+                place::remove_any(&e.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes what the new tree does not have, or has as another kind of
+    /// object, from the target; files whose content the new tree wants at
+    /// another path (known from the kept index) move to the staging directory.
+    fn clean(&mut self, earlier: &HashMap<Vec<u8>, String>) -> Result<()> {
+        self.clean_dir(&[], earlier)
+    }
+
+    fn clean_dir(&mut self, rel: &[u8], earlier: &HashMap<Vec<u8>, String>) -> Result<()> {
+        for name in place::sorted_names(&under(&self.ctx.root, rel))? {
+            self.ctx.control.check()?;
+            let child = if rel.is_empty() { name.clone() } else { [rel, b"/", &name].concat() };
+            if rel.is_empty()
+                && (name == STAGING.as_bytes() || (name == b"lost+found" && self.ctx.plan.lookup(&child).is_none()))
+            {
+                continue;
+            }
+            let path = under(&self.ctx.root, &child);
+            let md = std::fs::symlink_metadata(&path).map_err(|e| Error::io("Failed to stat", &path, e))?;
+            let keep = match self.ctx.plan.lookup(&child) {
+                Some((i, e)) => {
+                    place::same_kind(&md, e, &path) && !(e.kind == Kind::File && self.ctx.plan.is_follower(i))
+                }
+                None => false,
+            };
+            if md.is_dir() {
+                self.clean_dir(&child, earlier)?;
+            }
+            if keep {
+                continue;
+            }
+            match earlier.get(&child) {
+                Some(sha) if md.is_file() && self.ctx.plan.wanted.contains(sha) && !self.ctx.staged(sha).exists() => {
+                    let to = self.ctx.staged(sha);
+                    std::fs::rename(&path, &to).map_err(|e| Error::io("Failed to move", &path, e))?;
+                }
+                _ => place::remove_any(&path)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Finds every file's content (several files at a time): kept where
+    /// the target already holds it, else staged from a local copy, else
+    /// read from the bundle.
+    fn resolve(&mut self) -> Result<()> {
+        let plan = self.ctx.plan;
+        let leaders: Vec<usize> =
+            (0..plan.entries.len()).filter(|&i| plan.entries[i].kind == Kind::File && !plan.is_follower(i)).collect();
+        let claims = std::sync::Mutex::new(HashSet::new());
+        let mut fetch: Vec<usize> = Vec::new();
+        let ctx = &self.ctx;
+        let (kept, stats, at, progress) = (&mut self.kept, &mut self.stats, &mut self.at, &mut *self.progress);
+        in_parallel(
+            &leaders,
+            |&i| ctx.resolve_one(i, &claims),
+            |&i, found| {
+                let size = plan.entries[i].size;
+                match found {
+                    Found::Kept => {
+                        kept[i] = true;
+                        stats.reused += 1;
+                        stats.bytes_reused += size;
+                    }
+                    // A duplicate is copied locally once its content is staged.
+                    Found::Local | Found::Duplicate => {
+                        stats.copied += 1;
+                        stats.bytes_copied += size;
+                    }
+                    Found::Fetch => {
+                        fetch.push(i);
+                        return Ok(());
+                    }
+                }
+                done(at, progress, size);
+                Ok(())
+            },
+        )?;
+        self.fetch(fetch)
+    }
+
+    /// Reads the contents no local copy had from the bundle, several at a
+    /// time, taken in the order they lie in the squashfs.
+    fn fetch(&mut self, wanted: Vec<usize>) -> Result<()> {
+        let ctx = &self.ctx;
         let mut jobs = Vec::with_capacity(wanted.len());
-        for (i, sha) in wanted {
-            let blob = rota_bundle::create::tree_blob_path(name, &sha);
-            let map = self.job.fs.block_map(&blob)?;
-            jobs.push((map.start(), i, sha, blob, map));
+        for i in wanted {
+            let blob = rota_bundle::create::tree_blob_path(ctx.name, ctx.plan.sha(i));
+            let map = ctx.fs.block_map(&blob)?;
+            jobs.push((map.start(), i, blob, map.stored_bytes(0, u64::MAX)));
         }
         jobs.sort_by_key(|j| j.0);
-        for (_, i, sha, blob, map) in jobs {
-            self.job.control.check()?;
-            let e = &self.plan.entries[i];
-            let part = self.staging.join(format!("{sha}.part"));
-            let mut w = content::SparseWriter::new(content::create(&part)?);
-            self.job.fs.copy_file(&blob, &mut w)?;
-            w.flush().map_err(|err| Error::io("Failed to write", &part, err))?;
-            let (len, got, _) = w.finish().map_err(|err| Error::io("Failed to write", &part, err))?;
-            if got != sha || len != e.size {
-                content::remove(&part)?;
-                return failed(format!(
-                    "File '{}' of tree image '{name}' has sha256 {got} ({len} bytes) in the bundle, the index says {sha} ({} bytes)",
-                    String::from_utf8_lossy(&e.path),
-                    e.size
-                ));
-            }
-            let to = self.staged(&sha);
-            std::fs::rename(&part, &to).map_err(|err| Error::io("Failed to move", &part, err))?;
-            self.verified.insert(sha);
-            self.fetched.push(i);
-            self.stats.fetched += 1;
-            self.stats.bytes_fetched += len;
-            self.stats.stored_fetched += map.stored_bytes(0, u64::MAX);
-            self.done(len);
-        }
+        let (fetched, stats, at, progress) = (&mut self.fetched, &mut self.stats, &mut self.at, &mut *self.progress);
+        let r = in_parallel(
+            &jobs,
+            |(_, i, blob, stored)| ctx.fetch_one(*i, ctx.plan.sha(*i), blob, *stored),
+            |(_, i, _, _), (len, stored)| {
+                fetched.push(*i);
+                stats.fetched += 1;
+                stats.bytes_fetched += len;
+                stats.stored_fetched += stored;
+                done(at, progress, len);
+                Ok(())
+            },
+        );
         self.keep_fetched();
-        Ok(())
+        r
     }
 
     /// Builds the new tree in path order from kept files and staged
     /// contents, then gives directories their times, deepest first.
     fn place(&mut self) -> Result<()> {
-        let plan = self.plan;
+        let plan = self.ctx.plan;
         let mut users: HashMap<&str, u32> = HashMap::new();
         for (i, e) in plan.entries.iter().enumerate() {
             if e.kind == Kind::File && !plan.is_follower(i) && !self.kept[i] {
@@ -621,15 +738,15 @@ impl Run<'_, '_> {
         }
         for (i, e) in plan.entries.iter().enumerate() {
             if i % 256 == 0 {
-                self.job.control.check()?;
+                self.ctx.control.check()?;
             }
-            let path = under(&self.root, &e.path);
+            let path = under(&self.ctx.root, &e.path);
             let existing = std::fs::symlink_metadata(&path).ok();
             match e.kind {
                 Kind::File if plan.is_follower(i) => {
                     let leader = &plan.entries[plan.leaders[&e.link_group]];
                     place::remove_any(&path)?;
-                    let from = under(&self.root, &leader.path);
+                    let from = under(&self.ctx.root, &leader.path);
                     std::fs::hard_link(&from, &path).map_err(|err| Error::io("Failed to link", &path, err))?;
                     continue;
                 }
@@ -641,7 +758,7 @@ impl Run<'_, '_> {
                     let sha = plan.sha(i);
                     let left = users.get_mut(sha).expect("counted above");
                     *left -= 1;
-                    let staged = self.staged(sha);
+                    let staged = self.ctx.staged(sha);
                     if *left == 0 {
                         std::fs::rename(&staged, &path).map_err(|err| Error::io("Failed to move", &staged, err))?;
                     } else if !content::try_reflink(&staged, &path) && !content::copy_verified(&staged, &path, sha)? {
@@ -664,27 +781,18 @@ impl Run<'_, '_> {
     }
 
     /// Reads every file written by this install back from the medium (its
-    /// cached pages dropped; the filesystem was synced) and checks it.
+    /// cached pages dropped; the filesystem was synced) and checks it,
+    /// several at a time.
     fn read_back(&mut self) -> Result<()> {
-        let plan = self.plan;
-        for (i, e) in plan.entries.iter().enumerate() {
-            if e.kind != Kind::File || plan.is_follower(i) || self.kept[i] || self.is_persisted(&e.path) {
-                continue;
-            }
-            self.job.control.check()?;
-            let path = under(&self.root, &e.path);
-            let (len, got) =
-                content::hash_from_medium(&path).map_err(|err| Error::io("Failed to read back", &path, err))?;
-            if got != plan.sha(i) || len != e.size {
-                return failed(format!(
-                    "Read-back check of '{}' failed: sha256 {got} of {len} bytes instead of {} of {} bytes",
-                    path.display(),
-                    plan.sha(i),
-                    e.size
-                ));
-            }
-        }
-        Ok(())
+        let plan = self.ctx.plan;
+        let written: Vec<usize> = (0..plan.entries.len())
+            .filter(|&i| {
+                let e = &plan.entries[i];
+                e.kind == Kind::File && !plan.is_follower(i) && !self.kept[i] && !self.is_persisted(&e.path)
+            })
+            .collect();
+        let ctx = &self.ctx;
+        in_parallel(&written, |&i| ctx.check_one(i), |_, ()| Ok(()))
     }
 
     /// Copies the configured persistent paths from the booted slot.
@@ -693,13 +801,13 @@ impl Run<'_, '_> {
         if paths.is_empty() {
             return Ok(());
         }
-        let Some(b) = self.booted else {
+        let Some(b) = self.ctx.booted else {
             tracing::warn!("No booted slot of class {} to keep persistent paths from", self.job.slot.class);
             return Ok(());
         };
         for p in paths {
-            self.job.control.check()?;
-            if persist::copy(&b.root, &self.root, p)? {
+            self.ctx.control.check()?;
+            if persist::copy(&b.root, &self.ctx.root, p)? {
                 self.persisted.push(p.trim_start_matches('/').as_bytes().to_vec());
             } else {
                 tracing::info!("Persistent path '{p}' is not in the booted slot");
@@ -716,11 +824,13 @@ impl Run<'_, '_> {
     /// Puts the contents just fetched from the bundle (checked, still in
     /// the staging directory) into the local cache; failures are only logged.
     fn keep_fetched(&self) {
-        let Some(c) = self.cache else { return };
+        let Some(c) = self.ctx.cache else { return };
         let items: Vec<(String, PathBuf, u64)> = self
             .fetched
             .iter()
-            .map(|&i| (self.plan.sha(i).to_string(), self.staged(self.plan.sha(i)), self.plan.entries[i].size))
+            .map(|&i| {
+                (self.ctx.plan.sha(i).to_string(), self.ctx.staged(self.ctx.plan.sha(i)), self.ctx.plan.entries[i].size)
+            })
             .collect();
         if let Err(e) = c.keep(&items) {
             tracing::warn!("Failed to keep fetched contents in the cache: {e}");
@@ -729,8 +839,8 @@ impl Run<'_, '_> {
 
     /// Gives directories their times, deepest first (once nothing changes in them).
     fn set_dir_times(&self) -> Result<()> {
-        for e in self.plan.entries.iter().rev().filter(|e| e.kind == Kind::Dir && !self.is_persisted(&e.path)) {
-            place::set_mtime(&under(&self.root, &e.path), e.mtime)?;
+        for e in self.ctx.plan.entries.iter().rev().filter(|e| e.kind == Kind::Dir && !self.is_persisted(&e.path)) {
+            place::set_mtime(&under(&self.ctx.root, &e.path), e.mtime)?;
         }
         Ok(())
     }
