@@ -452,3 +452,33 @@ fn persistent_paths_come_from_the_booted_slot_and_fetched_contents_are_cached() 
     assert_same_tree(&rest(&scan_image(&d.path("rootfs1.img"))), &rest(i2));
     let _ = i1;
 }
+
+#[test]
+fn a_damaged_target_is_repaired_or_rebuilt() {
+    let f = Fixture::new("damaged-target", 5, None);
+    let Fixture { v1, i1, i2, bundle: b, .. } = &f;
+    // B holds version 1, but one file that stays the same was damaged in it.
+    let d = device("damaged-file", v1, Some(v1));
+    let victim = unchanged_file(i1, i2);
+    with_mounted(&d.path("rootfs1.img"), |m| {
+        let len = fs::metadata(m.join(&victim)).unwrap().len() as usize;
+        fs::write(m.join(&victim), vec![0xAA; len]).unwrap();
+    });
+    let r = run(d.rota().arg("install").arg(b)).ok();
+    assert_same_tree(&scan_image(&d.path("rootfs1.img")), i2);
+    let (_, reused, copied, fetched, _) = summary(&r);
+    assert_eq!(fetched as usize, fresh_contents(i1, i2));
+    assert!(reused > 0 && copied > 0, "the damaged file came from A: {reused} reused, {copied} copied");
+
+    // B's filesystem is gone (superblocks overwritten): formatted and filled.
+    let d = device("damaged-fs", v1, Some(v1));
+    {
+        use std::os::unix::fs::FileExt;
+        let img = fs::OpenOptions::new().write(true).open(d.path("rootfs1.img")).unwrap();
+        img.write_all_at(&vec![0x5A; 4 << 20], 0).unwrap();
+    }
+    let r = run(d.rota().arg("install").arg(b)).ok();
+    assert!(r.stderr.contains("Slot rootfs.1 holds no usable filesystem: formatting it"), "{}", r.stderr);
+    assert_same_tree(&scan_image(&d.path("rootfs1.img")), i2);
+    assert_eq!(grub_selected(&grubenv(&d.path("grubenv"))).as_deref(), Some("B"));
+}
