@@ -157,12 +157,36 @@ pub fn tree_blob_path(image: &str, sha256: &str) -> String {
     format!("{image}.d/{}/{}", &sha256[..2], &sha256[2..])
 }
 
-/// The tree images a manifest in `input` names that are directories there
-/// (none when the manifest cannot be read: the main pass reports that).
+/// The tree images a manifest in `input` names that are there (none when
+/// the manifest cannot be read: the main pass reports that).
 fn tree_images(input: &Path) -> Vec<String> {
     let Ok(text) = fs::read_to_string(input.join("manifest.raucm")) else { return Vec::new() };
     let Ok(m) = Manifest::parse(&text, ManifestOrigin::Input) else { return Vec::new() };
-    m.images.iter().filter_map(|i| i.filename.clone()).filter(|f| is_tree_image(f) && input.join(f).is_dir()).collect()
+    m.images.iter().filter_map(|i| i.filename.clone()).filter(|f| is_tree_image(f) && input.join(f).exists()).collect()
+}
+
+/// Unpacks the tar archive `archive` (compression detected by GNU tar)
+/// into a temporary directory, owners, modes, xattrs and file capabilities
+/// kept.
+fn unpack_tree(archive: &Path, name: &str, group: &str) -> Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new()
+        .prefix("rota-tree-")
+        .tempdir()
+        .map_err(|e| Error::Other(format!("Failed to create a temporary directory: {e}")))?;
+    let out = Command::new("tar")
+        .args(["-x", "-p", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-f"])
+        .arg(archive)
+        .arg("-C")
+        .arg(dir.path())
+        .output()
+        .map_err(|e| Error::Other(format!("Failed to run tar: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::Other(format!(
+            "Tree image '{name}' of '[{group}]' is neither a directory nor a tar archive: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(dir)
 }
 
 /// Indexes the tree at `src` into `work/<name>` and puts each distinct
@@ -410,13 +434,18 @@ pub fn create(
                     img.group_name()
                 )));
             }
-            if !input_abs.join(&name).is_dir() {
+            let src = input_abs.join(&name);
+            if src.is_dir() {
+                stage_tree(&src, &work, &name)?;
+            } else if src.is_file() {
+                let unpacked = unpack_tree(&src, &name, &img.group_name())?;
+                stage_tree(unpacked.path(), &work, &name)?;
+            } else {
                 return Err(Error::Other(format!(
-                    "Tree image '{name}' of '[{}]' must be a directory in the input directory",
+                    "Tree image '{name}' of '[{}]' must be a directory or a tar archive in the input directory",
                     img.group_name()
                 )));
             }
-            stage_tree(&input_abs.join(&name), &work, &name)?;
         }
         let path = work.join(&name);
         if !path.is_file() {

@@ -100,7 +100,7 @@ fn a_tree_image_is_bundled_as_a_signed_index_and_content_addressed_files() {
 }
 
 #[test]
-fn a_tree_image_must_be_a_directory() {
+fn a_tree_image_must_be_a_directory_or_a_tar_archive() {
     let dir = target_dir().join("test-bundles").join("tree-not-dir");
     let _ = fs::remove_dir_all(&dir);
     let c = Content::new(dir.join("content"));
@@ -111,9 +111,32 @@ fn a_tree_image_must_be_a_directory() {
     let b = dir.join("b.raucb");
     let r = rota_bundle(&c.dir, &b, "release").fails();
     assert!(
-        r.stderr.contains("Tree image 'rootfs.tree' of '[image.rootfs]' must be a directory in the input directory"),
+        r.stderr.contains("Tree image 'rootfs.tree' of '[image.rootfs]' is neither a directory nor a tar archive: "),
         "{}",
         r.stderr
     );
     assert!(!b.exists());
+}
+
+#[test]
+fn a_tar_archive_makes_the_same_tree_image_as_its_directory() {
+    let dir = target_dir().join("test-bundles").join("tree-tar");
+    let _ = fs::remove_dir_all(&dir);
+    let root = dir.join("root");
+    rootfs(&root);
+    let c = Content::new(dir.join("content"));
+    sh(&format!(
+        "tar --xattrs --xattrs-include='*' --numeric-owner -czf {} -C {} .",
+        c.dir.join("rootfs.tree").display(),
+        root.display()
+    ));
+    c.manifest(
+        "[update]\ncompatible=Test Config\nversion=2\n[bundle]\nformat=verity\n[image.rootfs]\nfilename=rootfs.tree\n",
+    );
+    let b = dir.join("b.raucb");
+    rota_bundle(&c.dir, &b, "release").ok();
+    let out = dir.join("extracted");
+    run(with_keyring(rota().arg("extract")).arg(&b).arg(&out)).ok();
+    let text = fs::read(out.join("rootfs.tree")).unwrap();
+    assert_eq!(FileIndex::read_from(&mut &text[..]).unwrap(), FileIndex::scan(&root).unwrap());
 }
