@@ -11,8 +11,8 @@ use std::path::Path;
 
 /// Blocks of this size that hold only zeros are left as holes.
 const HOLE_BLOCK: usize = 4096;
-/// Read size for local copies and hashing.
-const CHUNK: usize = 1 << 20;
+/// Read size for local copies and hashing (one buffer per worker).
+const CHUNK: usize = 256 << 10;
 
 /// Writes a file from a stream, hashing every byte and skipping the writes
 /// of aligned all-zero blocks; [`SparseWriter::finish`] sets the length.

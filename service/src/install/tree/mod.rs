@@ -428,13 +428,17 @@ struct Ctx<'a> {
     cache: Option<&'a cache::Cache>,
 }
 
-/// Threads that copy, fetch and check files (mostly waiting for the
-/// medium or the network, so more than the cores).
-const WORKERS: usize = 4;
+/// Threads that copy and check files (mostly waiting for the medium, so
+/// more than the cores).
+const LOCAL_WORKERS: usize = 4;
+/// Threads that read files from the bundle (each holds up to 2 MiB of
+/// compressed and 2 MiB of inflated data).
+const FETCH_WORKERS: usize = 2;
 
-/// Runs `work` on every item with [`WORKERS`] threads; `take` gets each
+/// Runs `work` on every item with `workers` threads; `take` gets each
 /// result on the calling thread as it comes. Stops at the first error.
 fn in_parallel<T: Sync, R: Send>(
+    workers: usize,
     items: &[T],
     work: impl Fn(&T) -> Result<R> + Sync,
     mut take: impl FnMut(&T, R) -> Result<()>,
@@ -444,7 +448,7 @@ fn in_parallel<T: Sync, R: Send>(
     let stop = AtomicBool::new(false);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::scope(|s| {
-        for _ in 0..WORKERS.min(items.len()) {
+        for _ in 0..workers.min(items.len()) {
             let (tx, next, stop, work) = (tx.clone(), &next, &stop, &work);
             s.spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
@@ -671,6 +675,7 @@ impl Run<'_, '_> {
         let ctx = &self.ctx;
         let (kept, stats, at, progress) = (&mut self.kept, &mut self.stats, &mut self.at, &mut *self.progress);
         in_parallel(
+            LOCAL_WORKERS,
             &leaders,
             |&i| ctx.resolve_one(i, &claims),
             |&i, found| {
@@ -711,6 +716,7 @@ impl Run<'_, '_> {
         jobs.sort_by_key(|j| j.0);
         let (fetched, stats, at, progress) = (&mut self.fetched, &mut self.stats, &mut self.at, &mut *self.progress);
         let r = in_parallel(
+            FETCH_WORKERS,
             &jobs,
             |(_, i, blob, stored)| ctx.fetch_one(*i, ctx.plan.sha(*i), blob, *stored),
             |(_, i, _, _), (len, stored)| {
@@ -792,7 +798,7 @@ impl Run<'_, '_> {
             })
             .collect();
         let ctx = &self.ctx;
-        in_parallel(&written, |&i| ctx.check_one(i), |_, ()| Ok(()))
+        in_parallel(LOCAL_WORKERS, &written, |&i| ctx.check_one(i), |_, ()| Ok(()))
     }
 
     /// Copies the configured persistent paths from the booted slot.
