@@ -95,3 +95,37 @@ echo "Image $MIB MiB; verity bundle $(bundle_mib "$W/verity.raucb") MiB, plain $
 check_installed() {
   cmp -s -n "$(stat -c %s "$IMG")" "$IMG" "$W/slot-b" || { echo "slot B does not hold the image after $1" >&2; exit 1; }
 }
+
+# start_nginx DIR ROOT: nginx (one worker, sendfile) serving ROOT on a free
+# port of 127.0.0.1, its files in DIR, logging the bytes of every response
+# to DIR/access.log; sets $port and $nginx_pid and waits until it answers.
+start_nginx() {
+  local dir=$1 root=$2
+  mkdir -p "$dir"
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  cat > "$dir/nginx.conf" <<CONF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $dir/nginx.pid;
+error_log $dir/error.log;
+events { worker_connections 256; }
+http {
+  log_format sent '\$bytes_sent';
+  access_log $dir/access.log sent;
+  client_body_temp_path $dir/body;
+  proxy_temp_path $dir/proxy;
+  fastcgi_temp_path $dir/fastcgi;
+  uwsgi_temp_path $dir/uwsgi;
+  scgi_temp_path $dir/scgi;
+  sendfile on;
+  server {
+    listen 127.0.0.1:$port;
+    root $root;
+  }
+}
+CONF
+  nginx -c "$dir/nginx.conf" -p "$dir" &
+  nginx_pid=$!
+  until curl -s -o /dev/null "http://127.0.0.1:$port/"; do sleep 0.1; done
+}

@@ -11,39 +11,13 @@ install_fixture
 RATE=${ROTA_BENCH_LINK:-400mbit}
 
 # nginx serving the bundles.
-N=$W/nginx
-mkdir -p "$N"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-cat > "$N/nginx.conf" <<CONF
-daemon off;
-master_process off;
-worker_processes 1;
-pid $N/nginx.pid;
-error_log $N/error.log;
-events { worker_connections 64; }
-http {
-  access_log off;
-  client_body_temp_path $N/body;
-  proxy_temp_path $N/proxy;
-  fastcgi_temp_path $N/fastcgi;
-  uwsgi_temp_path $N/uwsgi;
-  scgi_temp_path $N/scgi;
-  sendfile on;
-  server {
-    listen 127.0.0.1:$port;
-    root $W;
-  }
-}
-CONF
-nginx -c "$N/nginx.conf" -p "$N" &
-nginx_pid=$!
+start_nginx "$W/nginx" "$W"
 shaped=0
 cleanup() {
   kill "$nginx_pid" 2>/dev/null || true
   [ "$shaped" = 1 ] && tc qdisc del dev lo root 2>/dev/null || true
 }
 trap cleanup EXIT
-until curl -s -o /dev/null "http://127.0.0.1:$port/"; do sleep 0.1; done
 URL=http://127.0.0.1:$port/verity.raucb
 SIZE=$(stat -c %s "$W/verity.raucb")
 ROTA_INSTALL=("$ROTA" install --conf "$W/system.conf" --override-boot-slot=A)
