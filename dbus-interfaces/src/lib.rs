@@ -94,7 +94,8 @@ pub trait Control {
     /// `manifest` (exact text), `format`, `encrypted`, `verified`, `chains`, `recipients`.
     fn inspect(&self, source: &str, args: HashMap<&str, zbus::Variant<'_>>) -> zbus::Result<Dict>;
 
-    /// `operation`, `phase`, `step`, `percentage`, `slot`, `bytes-done`, `bytes-total`.
+    /// `operation`, `phase`, `step`, `percentage`, `slot`, `bytes-done`, `bytes-total`,
+    /// `files-done`, `files-total`, `results` (tree images' final numbers per slot).
     #[zbus(property)]
     fn details(&self) -> zbus::Result<Dict>;
 }
