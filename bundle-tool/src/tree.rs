@@ -61,6 +61,21 @@ pub struct TreeSummary {
 }
 
 impl TreeSummary {
+    /// The counts from (name, value) pairs as [`TreeSummary::fields`]
+    /// names them (missing names count 0).
+    pub fn from_fields(value: impl Fn(&str) -> Option<u64>) -> TreeSummary {
+        let n = |k: &str| value(k).unwrap_or(0);
+        TreeSummary {
+            files: n("files"),
+            bytes: n("bytes"),
+            contents: n("contents"),
+            directories: n("directories"),
+            symlinks: n("symlinks"),
+            special: n("special"),
+            hard_links: n("hard-links"),
+        }
+    }
+
     /// (name, value) pairs in display order, named as in `info`'s JSON.
     pub fn fields(&self) -> [(&'static str, u64); 7] {
         [

@@ -32,6 +32,17 @@ pub struct Details {
     counts: Vec<(String, &'static str, u64)>,
 }
 
+/// Whether a count that reached `done` of `total` is announced: for a new
+/// slot, at the end, or `step` past the last announced value `last` (which
+/// then moves on).
+fn due(new_slot: bool, done: u64, total: u64, step: u64, last: &mut u64) -> bool {
+    if new_slot || done >= total || done.saturating_sub(*last) >= step {
+        *last = done;
+        return true;
+    }
+    false
+}
+
 /// Announce byte counts at most every this many bytes (or at the end).
 const BYTES_STEP: u64 = 4 << 20;
 
@@ -55,30 +66,26 @@ impl Details {
         true
     }
 
-    /// `done` of `total` bytes for `slot`; announced in steps, not per write.
-    pub fn bytes(&mut self, slot: &str, done: u64, total: u64) -> bool {
+    /// Makes `slot` the current slot; returns whether it was another.
+    fn switch_slot(&mut self, slot: &str) -> bool {
         let new_slot = self.slot != slot;
         self.slot = slot.to_string();
-        self.done = done;
-        self.total = total;
-        if new_slot || done >= total || done.saturating_sub(self.announced) >= BYTES_STEP {
-            self.announced = done;
-            return true;
-        }
-        false
+        new_slot
+    }
+
+    /// `done` of `total` bytes for `slot`; announced in steps, not per write.
+    pub fn bytes(&mut self, slot: &str, done: u64, total: u64) -> bool {
+        (self.done, self.total) = (done, total);
+        let new_slot = self.switch_slot(slot);
+        due(new_slot, done, total, BYTES_STEP, &mut self.announced)
     }
 
     /// `done` of `total` files of a tree image for `slot`; announced in
     /// steps of a hundredth of the files, and at the end.
     pub fn files(&mut self, slot: &str, done: u64, total: u64) -> bool {
-        let new_slot = self.slot != slot;
-        self.slot = slot.to_string();
         self.files = (done, total);
-        if new_slot || done >= total || done.saturating_sub(self.files_announced) >= (total / 100).max(1) {
-            self.files_announced = done;
-            return true;
-        }
-        false
+        let new_slot = self.switch_slot(slot);
+        due(new_slot, done, total, (total / 100).max(1), &mut self.files_announced)
     }
 
     /// The final numbers of the image written to `slot`.

@@ -219,19 +219,7 @@ fn trees_from_dict(d: &Dict) -> std::collections::BTreeMap<String, rota_bundle::
     let trees: HashMap<String, HashMap<String, u64>> = trees.try_into().unwrap_or_default();
     trees
         .into_iter()
-        .map(|(name, f)| {
-            let n = |k: &str| f.get(k).copied().unwrap_or(0);
-            let t = rota_bundle::tree::TreeSummary {
-                files: n("files"),
-                bytes: n("bytes"),
-                contents: n("contents"),
-                directories: n("directories"),
-                symlinks: n("symlinks"),
-                special: n("special"),
-                hard_links: n("hard-links"),
-            };
-            (name, t)
-        })
+        .map(|(name, f)| (name, rota_bundle::tree::TreeSummary::from_fields(|k| f.get(k).copied())))
         .collect()
 }
 
