@@ -186,52 +186,64 @@ fn io_err(what: &str, path: &Path, e: std::io::Error) -> String {
     format!("Failed to {what} '{}': {e}", path.display())
 }
 
-/// The extended attributes of `path` (not following a final symlink).
-fn xattrs(path: &Path) -> Result<BTreeMap<String, String>, String> {
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| format!("NUL in path '{}'", path.display()))?;
-    let last = |what: &str| io_err(what, path, std::io::Error::last_os_error());
+/// The extended attributes of `path` (not following a final symlink),
+/// name → value; none where the filesystem has no xattr support.
+pub fn read_xattrs(path: &Path) -> std::io::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in path"))?;
+    let mut out = BTreeMap::new();
     // SAFETY: sizing call with a NULL buffer.
     let len = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
     if len < 0 {
         let e = std::io::Error::last_os_error();
-        return if e.raw_os_error() == Some(libc::ENOTSUP) { Ok(BTreeMap::new()) } else { Err(last("list xattrs of")) };
+        return if e.raw_os_error() == Some(libc::ENOTSUP) { Ok(out) } else { Err(e) };
     }
     let mut names = vec![0u8; len as usize];
     // SAFETY: the buffer holds `len` bytes.
     let len = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
     if len < 0 {
-        return Err(last("list xattrs of"));
+        return Err(std::io::Error::last_os_error());
     }
-    let mut out = BTreeMap::new();
     for name in names[..len as usize].split(|b| *b == 0).filter(|n| !n.is_empty()) {
         let cname = CString::new(name).expect("split at NUL");
-        // SAFETY: sizing call, then a read into a buffer of that size.
-        let vlen = unsafe { libc::lgetxattr(c.as_ptr(), cname.as_ptr(), std::ptr::null_mut(), 0) };
-        if vlen < 0 {
-            return Err(last("read xattrs of"));
+        let mut value = vec![0u8; 256];
+        loop {
+            // SAFETY: the buffer holds `value.len()` bytes.
+            let n = unsafe { libc::lgetxattr(c.as_ptr(), cname.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+            if n >= 0 {
+                value.truncate(n as usize);
+                break;
+            }
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ERANGE) {
+                return Err(e);
+            }
+            value.resize(value.len() * 4, 0);
         }
-        let mut value = vec![0u8; vlen as usize];
-        let vlen = unsafe { libc::lgetxattr(c.as_ptr(), cname.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
-        if vlen < 0 {
-            return Err(last("read xattrs of"));
-        }
-        value.truncate(vlen as usize);
-        out.insert(String::from_utf8_lossy(name).into_owned(), hex::encode(value));
+        out.insert(name.to_vec(), value);
     }
     Ok(out)
 }
 
-/// SHA-256 of a file's content, hex.
-fn file_sha256(path: &Path) -> Result<String, String> {
-    let mut f = std::fs::File::open(path).map_err(|e| io_err("open", path, e))?;
+/// The extended attributes of `path` as the index records them (value in hex).
+fn xattrs(path: &Path) -> Result<BTreeMap<String, String>, String> {
+    let raw = read_xattrs(path).map_err(|e| io_err("read xattrs of", path, e))?;
+    Ok(raw.into_iter().map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), hex::encode(v))).collect())
+}
+
+/// Length and SHA-256 (hex) of the file at `path`.
+pub fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
+    let mut f = std::fs::File::open(path)?;
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; 256 << 10];
+    let mut len = 0u64;
     loop {
-        let n = f.read(&mut buf).map_err(|e| io_err("read", path, e))?;
+        let n = f.read(&mut buf)?;
         if n == 0 {
-            return Ok(hex::encode(h.finalize()));
+            return Ok((len, hex::encode(h.finalize())));
         }
         h.update(&buf[..n]);
+        len += n as u64;
     }
 }
 
@@ -275,7 +287,7 @@ impl Entry {
         match kind {
             Kind::File => {
                 e.size = md.len();
-                e.sha256 = Some(file_sha256(&full)?);
+                e.sha256 = Some(hash_file(&full).map_err(|err| io_err("read", &full, err))?.1);
                 if md.nlink() > 1 {
                     e.link_group = md.ino() ^ (md.dev() << 48);
                 }

@@ -7,7 +7,6 @@
 use crate::config::{ArtifactRepoConfig, ArtifactRepoType};
 use crate::error::{Error, Result, failed};
 use crate::install::write::{ImageSource, stream_hashed};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 /// Prefix of the hidden instance entries.
@@ -61,20 +60,10 @@ pub fn has_instance(repo: &ArtifactRepoConfig, name: &str, digest: &str) -> bool
 
 fn sync_dir(dir: &Path, fs_too: bool) -> Result<()> {
     let f = std::fs::File::open(dir).map_err(|e| Error::io("Failed to open artifact repo", dir, e))?;
-    // SAFETY: syncfs on a valid open descriptor.
-    if fs_too && unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
-        return Err(Error::io("Failed to sync artifact repo", dir, std::io::Error::last_os_error()));
+    if fs_too {
+        crate::files::syncfs(dir).map_err(|e| Error::io("Failed to sync artifact repo", dir, e))?;
     }
     f.sync_all().map_err(|e| Error::io("Failed to sync artifact repo", dir, e))
-}
-
-fn remove_any(path: &Path) -> std::io::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
-        Ok(_) => std::fs::remove_file(path),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
 }
 
 /// Installs artifact `name` from `src` as a new instance: written to a
@@ -89,7 +78,7 @@ pub fn install(
 ) -> Result<()> {
     let target = repo.path.join(instance_entry(name, digest));
     let tmp = repo.path.join(format!("{}.tmp", instance_entry(name, digest)));
-    remove_any(&tmp).map_err(|e| Error::io("Failed to remove", &tmp, e))?;
+    crate::files::remove_any(&tmp).map_err(|e| Error::io("Failed to remove", &tmp, e))?;
     let written = match repo.repo_type {
         ArtifactRepoType::Files => {
             let file = std::fs::File::create(&tmp).map_err(|e| Error::io("Failed to create", &tmp, e))?;
@@ -104,7 +93,7 @@ pub fn install(
         }
     };
     if written.1 != digest {
-        let _ = remove_any(&tmp);
+        let _ = crate::files::remove_any(&tmp);
         return failed(format!("Image '{}' has sha256 {} but the manifest says {digest}", src.name(), written.1));
     }
     sync_dir(&repo.path, true)?;
@@ -117,7 +106,7 @@ pub fn install(
 pub fn activate(repo: &ArtifactRepoConfig, name: &str, digest: &str) -> Result<()> {
     let link = repo.path.join(name);
     let tmp = repo.path.join(format!(".{name}.link.tmp"));
-    remove_any(&tmp).map_err(|e| Error::io("Failed to remove", &tmp, e))?;
+    crate::files::remove_any(&tmp).map_err(|e| Error::io("Failed to remove", &tmp, e))?;
     std::os::unix::fs::symlink(instance_entry(name, digest), &tmp)
         .map_err(|e| Error::io("Failed to create symlink", &tmp, e))?;
     std::fs::rename(&tmp, &link).map_err(|e| Error::io("Failed to update symlink", &link, e))
@@ -147,7 +136,7 @@ pub fn prune(repo: &ArtifactRepoConfig) -> Result<()> {
         };
         if !keep {
             tracing::info!("Removing unused artifact data {}", path.display());
-            remove_any(&path).map_err(|e| Error::io("Failed to remove", &path, e))?;
+            crate::files::remove_any(&path).map_err(|e| Error::io("Failed to remove", &path, e))?;
         }
     }
     sync_dir(&repo.path, true)

@@ -12,6 +12,7 @@ pub mod config;
 pub mod dbus;
 pub mod error;
 pub mod eventlog;
+pub mod files;
 pub mod install;
 pub mod mark;
 pub mod mounts;

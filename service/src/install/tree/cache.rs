@@ -5,7 +5,7 @@
 //! re-published — copies them instead of fetching. Entries are checked
 //! against their digest whenever they are used.
 
-use super::content;
+use super::{content, place};
 use crate::error::Result;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -40,7 +40,7 @@ impl Cache {
             let _ = std::fs::File::options().append(true).open(&at).and_then(|f| f.set_modified(SystemTime::now()));
             return Ok(true);
         }
-        content::remove(&at)?;
+        place::remove_any(&at)?;
         Ok(false)
     }
 
@@ -78,7 +78,7 @@ impl Cache {
             if total <= self.limit {
                 break;
             }
-            content::remove(&path)?;
+            place::remove_any(&path)?;
             total -= len;
         }
         Ok(())

@@ -96,22 +96,6 @@ impl Write for SparseWriter {
     }
 }
 
-/// SHA-256 (hex) and length of the file at `path`.
-pub fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
-    let mut f = File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut len = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            return Ok((len, hex::encode(h.finalize())));
-        }
-        h.update(&buf[..n]);
-        len += n as u64;
-    }
-}
-
 /// SHA-256 (hex) and length of the synced file at `path` as the medium
 /// holds it: its cached pages are dropped before it is read.
 pub fn hash_from_medium(path: &Path) -> std::io::Result<(u64, String)> {
@@ -120,7 +104,7 @@ pub fn hash_from_medium(path: &Path) -> std::io::Result<(u64, String)> {
     // SAFETY: advisory call on an open descriptor.
     unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
     drop(f);
-    hash_file(path)
+    rota_bundle::tree::hash_file(path)
 }
 
 /// Copies `from` to a new file `to` (sparse, hashed); keeps it only when
@@ -142,7 +126,7 @@ pub fn copy_verified(from: &Path, to: &Path, sha: &str) -> Result<bool> {
     if copied && got == sha {
         return Ok(true);
     }
-    remove(to)?;
+    super::place::remove_any(to)?;
     if copied {
         tracing::warn!("'{}' does not hold the expected content (sha256 {got}, not {sha}): not reused", from.display());
     }
@@ -164,16 +148,8 @@ pub fn try_reflink(from: &Path, to: &Path) -> bool {
 
 /// Creates `path` for writing (replacing a leftover of an earlier run).
 pub fn create(path: &Path) -> Result<File> {
-    let _ = std::fs::remove_file(path);
+    let _ = crate::files::remove_any(path);
     File::options().write(true).create_new(true).open(path).map_err(|e| Error::io("Failed to create", path, e))
-}
-
-/// Removes a file that may be missing.
-pub fn remove(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("Failed to remove", path, e)),
-        _ => Ok(()),
-    }
 }
 
 #[cfg(test)]

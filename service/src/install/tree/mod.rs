@@ -270,9 +270,14 @@ fn mount_target(slot: &SlotConfig, dir: &Path) -> Result<(Mounted, bool)> {
         return Ok((Mounted(dir.to_path_buf()), false));
     }
     tracing::info!("Slot {} holds no usable filesystem: formatting it", slot.name);
+    Ok((format_and_mount(slot, dir)?, true))
+}
+
+/// Creates a new filesystem on the (unmounted) slot and mounts it at `dir`.
+fn format_and_mount(slot: &SlotConfig, dir: &Path) -> Result<Mounted> {
     super::archive::mkfs(slot)?;
     mounts::mount_slot(slot, dir, &[])?;
-    Ok((Mounted(dir.to_path_buf()), true))
+    Ok(Mounted(dir.to_path_buf()))
 }
 
 /// Installs the tree image of `job` into its slot; `progress` hears how far it is.
@@ -353,9 +358,7 @@ pub fn install(job: &Job<'_>, progress: &mut dyn FnMut(Progressed)) -> Result<St
         // A filesystem that cannot be cleaned up is started over.
         tracing::warn!("Formatting slot {} after: {e}", slot.name);
         drop(mounted.take());
-        super::archive::mkfs(slot)?;
-        mounts::mount_slot(slot, &dir, &[])?;
-        mounted = Some(Mounted(dir.clone()));
+        mounted = Some(format_and_mount(slot, &dir)?);
         run.open_staging()?;
     }
     run.resolve()?;
@@ -363,7 +366,7 @@ pub fn install(job: &Job<'_>, progress: &mut dyn FnMut(Progressed)) -> Result<St
     std::fs::remove_dir_all(&run.ctx.staging).map_err(|e| Error::io("Failed to remove", &run.ctx.staging, e))?;
     run.persist()?;
     run.set_dir_times()?;
-    sync_fs(&dir)?;
+    crate::files::syncfs(&dir).map_err(|e| Error::io("Failed to sync", &dir, e))?;
     run.read_back()?;
     if let Some(h) = job.hooks {
         h.run(SlotHook::PostInstall, Some(&dir))?;
@@ -384,18 +387,8 @@ fn remove_kept_indexes(dir: &Path) -> Result<()> {
         let n = e.file_name();
         let n = n.to_string_lossy();
         if n.starts_with("tree-") && n.ends_with(".index") {
-            content::remove(&e.path())?;
+            place::remove_any(&e.path())?;
         }
-    }
-    Ok(())
-}
-
-fn sync_fs(dir: &Path) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    let d = std::fs::File::open(dir).map_err(|e| Error::io("Failed to open", dir, e))?;
-    // SAFETY: syncfs on an open descriptor.
-    if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
-        return Err(Error::io("Failed to sync", dir, std::io::Error::last_os_error()));
     }
     Ok(())
 }
@@ -504,7 +497,8 @@ impl Ctx<'_> {
         let claim = || claims.lock().expect("not poisoned").insert(sha.to_string());
         let path = under(&self.root, &e.path);
         if let Ok(md) = std::fs::symlink_metadata(&path) {
-            let right = md.len() == e.size && content::hash_file(&path).is_ok_and(|(len, h)| len == e.size && h == sha);
+            let right = md.len() == e.size
+                && rota_bundle::tree::hash_file(&path).is_ok_and(|(len, h)| len == e.size && h == sha);
             if right && md.nlink() == 1 {
                 return Ok(Found::Kept);
             }
@@ -527,10 +521,10 @@ impl Ctx<'_> {
     fn stage_locally(&self, e: &Entry, sha: &str) -> Result<bool> {
         let to = self.staged(sha);
         if to.exists() {
-            if content::hash_file(&to).is_ok_and(|(_, h)| h == sha) {
+            if rota_bundle::tree::hash_file(&to).is_ok_and(|(_, h)| h == sha) {
                 return Ok(true);
             }
-            content::remove(&to)?;
+            place::remove_any(&to)?;
         }
         if let Some(c) = self.cache
             && c.copy_to(sha, &to)?
@@ -568,7 +562,7 @@ impl Ctx<'_> {
         self.fs.copy_file(blob, &mut w)?;
         let (len, got, _) = w.finish().map_err(|err| Error::io("Failed to write", &part, err))?;
         if got != sha || len != e.size {
-            content::remove(&part)?;
+            place::remove_any(&part)?;
             return failed(format!(
                 "File '{}' of tree image '{}' has sha256 {got} ({len} bytes) in the bundle, the index says {sha} ({} bytes)",
                 String::from_utf8_lossy(&e.path),

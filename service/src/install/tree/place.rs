@@ -68,12 +68,7 @@ pub fn same_kind(md: &std::fs::Metadata, e: &Entry, path: &Path) -> bool {
 
 /// Removes whatever is at `path` (a directory with its contents).
 pub fn remove_any(path: &Path) -> Result<()> {
-    let r = match std::fs::symlink_metadata(path) {
-        Err(_) => return Ok(()),
-        Ok(md) if md.is_dir() => std::fs::remove_dir_all(path),
-        Ok(_) => std::fs::remove_file(path),
-    };
-    r.map_err(|e| Error::io("Failed to remove", path, e))
+    crate::files::remove_any(path).map_err(|e| Error::io("Failed to remove", path, e))
 }
 
 /// Creates the non-regular object `e` at `path` (nothing is there).
@@ -98,41 +93,8 @@ pub fn create_special(path: &Path, e: &Entry) -> Result<()> {
 }
 
 /// The extended attributes of `path` (not following a symlink), name → value.
-fn xattrs_of(path: &Path, c: &CString) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
-    let mut out = BTreeMap::new();
-    // SAFETY: sizing call with a NULL buffer.
-    let len = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
-    if len < 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ENOTSUP) {
-            return Ok(out);
-        }
-        return Err(Error::io("Failed to list xattrs of", path, e));
-    }
-    let mut names = vec![0u8; len as usize];
-    // SAFETY: the buffer holds `len` bytes.
-    let len = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
-    if len < 0 {
-        return Err(last_error("Failed to list xattrs of", path));
-    }
-    for name in names[..len as usize].split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        let cname = CString::new(name).expect("split at NUL");
-        let mut value = vec![0u8; 256];
-        loop {
-            // SAFETY: the buffer holds `value.len()` bytes.
-            let n = unsafe { libc::lgetxattr(c.as_ptr(), cname.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
-            if n >= 0 {
-                value.truncate(n as usize);
-                break;
-            }
-            if std::io::Error::last_os_error().raw_os_error() != Some(libc::ERANGE) {
-                return Err(last_error("Failed to read xattrs of", path));
-            }
-            value.resize(value.len() * 4, 0);
-        }
-        out.insert(name.to_vec(), value);
-    }
-    Ok(out)
+fn xattrs_of(path: &Path) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+    rota_bundle::tree::read_xattrs(path).map_err(|e| Error::io("Failed to read xattrs of", path, e))
 }
 
 /// Gives the object at `path` the owner, mode, xattrs and modification
@@ -151,7 +113,7 @@ pub fn apply_metadata(path: &Path, e: &Entry) -> Result<()> {
             ))
         })
         .collect::<Result<_>>()?;
-    let have = xattrs_of(path, &c)?;
+    let have = xattrs_of(path)?;
     let owner_changes = md.uid() != e.uid || md.gid() != e.gid;
     if owner_changes {
         // SAFETY: valid C string.
@@ -166,7 +128,7 @@ pub fn apply_metadata(path: &Path, e: &Entry) -> Result<()> {
         }
     }
     // A change of owner drops capabilities: compare against what is left.
-    let have = if owner_changes { xattrs_of(path, &c)? } else { have };
+    let have = if owner_changes { xattrs_of(path)? } else { have };
     for name in have.keys().filter(|n| !want.contains_key(*n)) {
         let cname = CString::new(name.clone()).expect("xattr names hold no NUL");
         // SAFETY: valid C strings.
