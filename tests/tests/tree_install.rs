@@ -281,6 +281,14 @@ fn with_mounted(img: &Path, f: impl FnOnce(&Path)) {
     run(Command::new("umount").arg(m.path())).ok();
 }
 
+/// Overwrites the file `rel` in the ext4 image `img` with as many `byte`s.
+fn damage(img: &Path, rel: &str, byte: u8) {
+    with_mounted(img, |m| {
+        let len = fs::metadata(m.join(rel)).unwrap().len() as usize;
+        fs::write(m.join(rel), vec![byte; len]).unwrap();
+    });
+}
+
 /// A regular file of `old` whose content is unique and unchanged in `new`.
 fn unchanged_file(old: &FileIndex, new: &FileIndex) -> String {
     let mut count: HashMap<&str, usize> = HashMap::new();
@@ -306,10 +314,7 @@ fn a_corrupted_local_copy_is_fetched_and_a_tampered_bundle_is_refused() {
     // A file the booted slot holds unchanged was damaged there (same size).
     let d = device("corrupted", v1, None);
     let victim = unchanged_file(i1, i2);
-    with_mounted(&d.path("rootfs0.img"), |m| {
-        let len = fs::metadata(m.join(&victim)).unwrap().len() as usize;
-        fs::write(m.join(&victim), vec![0x55; len]).unwrap();
-    });
+    damage(&d.path("rootfs0.img"), &victim, 0x55);
     let r = run(d.rota().arg("install").arg(b)).ok();
     assert_same_tree(&scan_image(&d.path("rootfs1.img")), i2);
     let (_, _, _, fetched, _) = summary(&r);
@@ -460,10 +465,7 @@ fn a_damaged_target_is_repaired_or_rebuilt() {
     // B holds version 1, but one file that stays the same was damaged in it.
     let d = device("damaged-file", v1, Some(v1));
     let victim = unchanged_file(i1, i2);
-    with_mounted(&d.path("rootfs1.img"), |m| {
-        let len = fs::metadata(m.join(&victim)).unwrap().len() as usize;
-        fs::write(m.join(&victim), vec![0xAA; len]).unwrap();
-    });
+    damage(&d.path("rootfs1.img"), &victim, 0xAA);
     let r = run(d.rota().arg("install").arg(b)).ok();
     assert_same_tree(&scan_image(&d.path("rootfs1.img")), i2);
     let (_, reused, copied, fetched, _) = summary(&r);
