@@ -156,8 +156,8 @@ impl BundleView {
         &self.dir
     }
 
-    /// Keeps serving until the view is unmounted from outside (`umount
-    /// <dir>`): the loop device then lets go of the payload file.
+    /// Keeps serving until the view is unmounted from outside (`umount DIR`):
+    /// the loop device then lets go of the payload file.
     pub fn serve_until_unmounted(mut self) {
         let (lock, cv) = &*self.handles;
         let mut h = lock.lock().expect("handles lock");
