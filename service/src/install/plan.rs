@@ -81,7 +81,7 @@ pub fn method_for(image: &Image, slot_type: SlotType) -> Result<Method> {
         (I::Raw, S::Nand) => Some(Method::Flash(Flash::Nand)),
         (I::Tar, S::Ubifs | S::Jffs2) => Some(Method::ArchiveToFs),
         (I::Raw, S::BootEmmc) => Some(Method::Emmc),
-        (I::Tree, S::Ext4) => Some(Method::TreeToFs),
+        (I::Tree, S::Ext4 | S::Vfat) => Some(Method::TreeToFs),
         _ => None,
     };
     let m =

@@ -13,12 +13,15 @@
 //! metadata is applied from the index. A target whose filesystem fails its check or
 //! cannot be cleaned up is formatted and filled from scratch.
 //!
+//! FAT slots are reached through mtools instead of a mount (module `fat`).
+//!
 //! With a `data-directory`, the installed index is kept as
 //! `slot.<name>/tree-<sha256>.index`, so the next update finds files by
 //! content in that slot without scanning it.
 
 mod cache;
 mod content;
+mod fat;
 mod persist;
 mod place;
 
@@ -226,6 +229,8 @@ impl Drop for Mounted {
 struct Booted {
     root: PathBuf,
     _mounted: Option<Mounted>,
+    /// The device of a FAT slot that could not be mounted (read through mtools instead).
+    fat: Option<PathBuf>,
     /// Digest → a path holding it, from the slot's kept index.
     by_sha: HashMap<String, Vec<u8>>,
 }
@@ -233,21 +238,25 @@ struct Booted {
 impl Booted {
     fn open(system: &System, target: &SlotConfig) -> Option<Booted> {
         let s = system.slots.iter().find(|s| s.config.class == target.class && s.state == SlotState::Booted)?;
-        let (root, mounted) = match &s.mount_point {
-            Some(mp) => (mp.clone(), None),
+        let (root, mounted, fat) = match &s.mount_point {
+            Some(mp) => (mp.clone(), None, None),
             None => {
                 let dir = system.config.system.mount_prefix.join(&s.config.name);
-                if let Err(e) = mounts::mount_slot(&s.config, &dir, &["ro"]) {
-                    tracing::warn!("Booted slot {} not used as a source: {e}", s.config.name);
-                    return None;
+                match mounts::mount_slot(&s.config, &dir, &["ro"]) {
+                    Ok(()) => (dir.clone(), Some(Mounted(dir)), None),
+                    // A kernel without vfat: read the files through mtools.
+                    Err(_) if s.config.slot_type == SlotType::Vfat => (dir, None, Some(s.config.device.clone())),
+                    Err(e) => {
+                        tracing::warn!("Booted slot {} not used as a source: {e}", s.config.name);
+                        return None;
+                    }
                 }
-                (dir.clone(), Some(Mounted(dir)))
             }
         };
         let installed = system.load_status(s).sha256;
         let by_sha =
             kept_contents(system, &s.config, installed.as_deref()).into_iter().map(|(p, sha)| (sha, p)).collect();
-        Some(Booted { root, _mounted: mounted, by_sha })
+        Some(Booted { root, _mounted: mounted, fat, by_sha })
     }
 }
 
@@ -317,28 +326,36 @@ pub fn install(job: &Job<'_>, progress: &mut dyn FnMut(Progressed)) -> Result<St
     let index = FileIndex::read_from(&mut std::io::BufReader::new(file))
         .map_err(|e| Error::Failed(format!("Tree image '{name}': {e}")))?;
     let plan = Plan::new(index, name)?;
+    let fat = slot.slot_type == SlotType::Vfat;
+    if fat {
+        fat::check_tree(&plan.entries, name)?;
+    }
     // What the target held, by path, when its index was kept.
     let earlier = kept_contents(job.system, slot, job.installed);
     let booted = Booted::open(job.system, slot);
     let cache = cache::Cache::open(job.system);
     let dir = job.system.config.system.mount_prefix.join(&slot.name);
-    let (mounted, fresh) = mount_target(slot, &dir)?;
     // The target's content changes from here on: its kept index no longer holds.
-    if let Some(d) = &kept {
-        remove_kept_indexes(d)?;
-    }
+    let drop_kept_index = || kept.as_deref().map_or(Ok(()), remove_kept_indexes);
+    let ctx = Ctx {
+        control: job.control,
+        fs: job.fs,
+        name,
+        plan: &plan,
+        // FAT: the new objects are laid out here and copied in, contents staged locally
+        // (with a data directory where an interrupted install finds them again).
+        root: if fat { work.path().join("layout") } else { dir.clone() },
+        staging: match &kept {
+            _ if !fat => dir.join(STAGING),
+            Some(d) => d.join("tree-staging"),
+            None => work.path().join("staging"),
+        },
+        booted: booted.as_ref(),
+        cache: cache.as_ref(),
+    };
     let mut run = Run {
         job,
-        ctx: Ctx {
-            control: job.control,
-            fs: job.fs,
-            name,
-            plan: &plan,
-            root: dir.clone(),
-            staging: dir.join(STAGING),
-            booted: booted.as_ref(),
-            cache: cache.as_ref(),
-        },
+        ctx,
         fetched: Vec::new(),
         persisted: Vec::new(),
         kept: vec![false; plan.entries.len()],
@@ -346,39 +363,57 @@ pub fn install(job: &Job<'_>, progress: &mut dyn FnMut(Progressed)) -> Result<St
         at: Progressed { bytes_total: plan.bytes_total, files_total: plan.files_total, ..Progressed::default() },
         progress,
     };
-    let mut mounted = Some(mounted);
-    if let Some(h) = job.hooks {
-        h.run(SlotHook::PreInstall, Some(&dir))?;
-    }
-    run.open_staging()?;
-    if let Err(e) = run.clean(&earlier) {
-        if fresh {
-            return Err(e);
+    if fat {
+        run_hook_mounted(job, SlotHook::PreInstall, &dir)?;
+        run.install_fat(&earlier, drop_kept_index)?;
+        std::fs::remove_dir_all(&run.ctx.staging).map_err(|e| Error::io("Failed to remove", &run.ctx.staging, e))?;
+        run_hook_mounted(job, SlotHook::PostInstall, &dir)?;
+    } else {
+        let (mounted, fresh) = mount_target(slot, &dir)?;
+        drop_kept_index()?;
+        let mut mounted = Some(mounted);
+        if let Some(h) = job.hooks {
+            h.run(SlotHook::PreInstall, Some(&dir))?;
         }
-        // A filesystem that cannot be cleaned up is started over.
-        tracing::warn!("Formatting slot {} after: {e}", slot.name);
-        drop(mounted.take());
-        mounted = Some(format_and_mount(slot, &dir)?);
         run.open_staging()?;
-    }
-    run.resolve()?;
-    run.place()?;
-    std::fs::remove_dir_all(&run.ctx.staging).map_err(|e| Error::io("Failed to remove", &run.ctx.staging, e))?;
-    run.persist()?;
-    run.set_dir_times()?;
-    crate::files::syncfs(&dir).map_err(|e| Error::io("Failed to sync", &dir, e))?;
-    run.read_back()?;
-    if let Some(h) = job.hooks {
-        h.run(SlotHook::PostInstall, Some(&dir))?;
+        if let Err(e) = run.clean(&earlier) {
+            if fresh {
+                return Err(e);
+            }
+            // A filesystem that cannot be cleaned up is started over.
+            tracing::warn!("Formatting slot {} after: {e}", slot.name);
+            drop(mounted.take());
+            mounted = Some(format_and_mount(slot, &dir)?);
+            run.open_staging()?;
+        }
+        run.resolve()?;
+        run.place()?;
+        std::fs::remove_dir_all(&run.ctx.staging).map_err(|e| Error::io("Failed to remove", &run.ctx.staging, e))?;
+        run.persist()?;
+        run.set_dir_times()?;
+        crate::files::syncfs(&dir).map_err(|e| Error::io("Failed to sync", &dir, e))?;
+        run.read_back()?;
+        if let Some(h) = job.hooks {
+            h.run(SlotHook::PostInstall, Some(&dir))?;
+        }
+        drop(mounted);
     }
     let stats = run.stats.clone();
     drop(run);
-    drop(mounted);
     if let Some(d) = &kept {
         let to = kept_index_path(d, sha);
         std::fs::rename(&index_path, &to).map_err(|e| Error::io("Failed to keep", &to, e))?;
     }
     Ok(stats)
+}
+
+/// Runs a slot hook of a FAT slot (which is not mounted otherwise) with
+/// the slot mounted at `dir`.
+fn run_hook_mounted(job: &Job<'_>, hook: SlotHook, dir: &Path) -> Result<()> {
+    match job.hooks {
+        Some(h) if h.has(hook) => mounts::with_slot_mounted(job.slot, dir, |d| h.run(hook, Some(d))),
+        _ => Ok(()),
+    }
 }
 
 fn remove_kept_indexes(dir: &Path) -> Result<()> {
@@ -541,6 +576,12 @@ impl Ctx<'_> {
             candidates.push(&e.path);
         }
         for rel in candidates {
+            if let Some(dev) = &b.fat {
+                if fat::stage_from_fat(&self.staging, dev, rel, sha)? {
+                    return Ok(true);
+                }
+                continue;
+            }
             let from = under(&b.root, rel);
             if std::fs::symlink_metadata(&from).is_ok_and(|m| m.is_file() && m.len() == e.size)
                 && content::copy_verified(&from, &part, sha)?
@@ -801,8 +842,8 @@ impl Run<'_, '_> {
         if paths.is_empty() {
             return Ok(());
         }
-        let Some(b) = self.ctx.booted else {
-            tracing::warn!("No booted slot of class {} to keep persistent paths from", self.job.slot.class);
+        let Some(b) = self.ctx.booted.filter(|b| b.fat.is_none()) else {
+            tracing::warn!("No mounted booted slot of class {} to keep persistent paths from", self.job.slot.class);
             return Ok(());
         };
         for p in paths {
