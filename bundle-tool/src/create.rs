@@ -152,11 +152,6 @@ pub fn is_tree_image(filename: &str) -> bool {
     filename.ends_with(".tree")
 }
 
-/// Where a tree image's file with digest `sha256` lives in the bundle.
-pub fn tree_blob_path(image: &str, sha256: &str) -> String {
-    format!("{image}.d/{}/{}", &sha256[..2], &sha256[2..])
-}
-
 /// The tree images a manifest in `input` names that are there (none when
 /// the manifest cannot be read: the main pass reports that).
 fn tree_images(input: &Path) -> Vec<String> {
@@ -189,23 +184,26 @@ fn unpack_tree(archive: &Path, name: &str, group: &str) -> Result<tempfile::Temp
     Ok(dir)
 }
 
-/// Indexes the tree at `src` into `work/<name>` and puts each distinct
-/// file content once at [`tree_blob_path`].
+/// Indexes the tree at `src` into `work/<name>` and writes each distinct
+/// file content once into its contents file (see [`crate::tree::CONTENT_ALIGN`]).
 fn stage_tree(src: &Path, work: &Path, name: &str) -> Result<()> {
     let index = crate::tree::FileIndex::scan(src).map_err(Error::Other)?;
-    for e in &index.entries {
-        let Some(sha) = &e.sha256 else { continue };
-        let dst = work.join(tree_blob_path(name, sha));
-        if dst.exists() {
-            continue;
-        }
-        let parent = dst.parent().expect("blob paths have a parent");
-        fs::create_dir_all(parent).map_err(|e| io_err("create", parent, e))?;
+    let contents = index.contents();
+    let offsets = crate::tree::content_offsets(contents.iter().map(|c| c.1));
+    let data = work.join(crate::tree::contents_file(name));
+    let mut out = fs::File::create(&data).map_err(|e| io_err("create", &data, e))?;
+    let mut end = 0;
+    for ((_, size, e), at) in contents.iter().zip(offsets) {
         let from = crate::tree::FileIndex::path_under(src, e);
-        if fs::hard_link(&from, &dst).is_err() {
-            fs::copy(&from, &dst).map_err(|e| io_err("copy", &from, e))?;
+        let mut input = fs::File::open(&from).map_err(|e| io_err("open", &from, e))?;
+        out.seek(SeekFrom::Start(at)).map_err(|e| io_err("write", &data, e))?;
+        let copied = std::io::copy(&mut input, &mut out).map_err(|e| io_err("copy", &from, e))?;
+        if copied != *size {
+            return Err(Error::Other(format!("'{}' changed while the bundle was made", from.display())));
         }
+        end = at + size;
     }
+    out.set_len(end).map_err(|e| io_err("write", &data, e))?;
     let path = work.join(name);
     let mut out = std::io::BufWriter::new(fs::File::create(&path).map_err(|e| io_err("create", &path, e))?);
     index.write_to(&mut out).and_then(|()| out.flush()).map_err(|e| io_err("write", &path, e))?;
@@ -472,9 +470,8 @@ pub fn create(
 
     let tmp = temp_path(output);
     let mut out_guard = Cleanup(Some(tmp.clone()));
-    // Files of a tree image are read one by one: without fragments, no
-    // file's tail shares a compressed block with others, so an install
-    // reads (and a stream fetches) the blocks of the files it needs only.
+    // Contents of a tree image are read one by one: without fragments, the
+    // tail of the contents file shares no compressed block with other files.
     let mut squashfs_args = opts.mksquashfs_args.clone();
     if !trees.is_empty() && !squashfs_args.iter().any(|a| a == "-no-fragments") {
         squashfs_args.push("-no-fragments".into());

@@ -87,9 +87,10 @@ fn tree_summaries(bundle: &Bundle) -> std::collections::BTreeMap<String, crate::
     let mut out = std::collections::BTreeMap::new();
     for img in bundle.manifest().images.iter().filter(|i| i.image_type() == Some(crate::manifest::ImageType::Tree)) {
         let Some(name) = &img.filename else { continue };
-        let index = bundle.read_file(name).ok().and_then(|text| crate::tree::FileIndex::read_from(&mut &text[..]).ok());
-        if let Some(index) = index {
-            out.insert(name.clone(), index.summary());
+        let summary =
+            bundle.read_file(name).ok().and_then(|text| crate::tree::FileIndex::summarize(&mut &text[..]).ok());
+        if let Some(summary) = summary {
+            out.insert(name.clone(), summary);
         }
     }
     out

@@ -90,6 +90,32 @@ impl TreeSummary {
     }
 }
 
+/// Contents of a tree image are stored once each, sorted by SHA-256, in
+/// one file beside the index ([`contents_file`]), each starting at a
+/// multiple of this many bytes: the squashfs block size of bundles, so a
+/// content's blocks hold nothing else and reading (or streaming) one
+/// content touches its own blocks only. The gaps are holes, which squashfs
+/// stores as sparse blocks.
+pub const CONTENT_ALIGN: u64 = 128 * 1024;
+
+/// The name of the contents file of tree image `image`.
+pub fn contents_file(image: &str) -> String {
+    format!("{image}.data")
+}
+
+/// Where contents of these sizes (in SHA-256 order) start in the contents file.
+pub fn content_offsets(sizes: impl IntoIterator<Item = u64>) -> Vec<u64> {
+    let mut at = 0;
+    sizes
+        .into_iter()
+        .map(|size| {
+            let start = at;
+            at += size.div_ceil(CONTENT_ALIGN) * CONTENT_ALIGN;
+            start
+        })
+        .collect()
+}
+
 /// One file system object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -350,105 +376,65 @@ impl FileIndex {
         Ok(())
     }
 
-    /// Reads an index written by [`FileIndex::write_to`], checking its order.
+    /// Reads an index written by [`FileIndex::write_to`], checking it
+    /// (see [`FileIndex::read_each`]).
     pub fn read_from(input: &mut dyn BufRead) -> Result<FileIndex, String> {
+        let mut entries = Vec::new();
+        FileIndex::read_each(input, |e| {
+            entries.push(e);
+            Ok(())
+        })?;
+        Ok(FileIndex { entries })
+    }
+
+    /// Reads an index written by [`FileIndex::write_to`] one entry at a
+    /// time, without holding it: `f` gets each entry once it passed the
+    /// checks an install relies on — paths in order, the root directory
+    /// first, every other path relative, without `.`/`..` or empty
+    /// components, below a directory of the index; files carry a digest,
+    /// links a target, and the members of a hard-link group are alike.
+    pub fn read_each(input: &mut dyn BufRead, mut f: impl FnMut(Entry) -> Result<(), String>) -> Result<(), String> {
         let mut lines = input.lines();
         match lines.next() {
             Some(Ok(h)) if h == HEADER => {}
             _ => return Err("not a rota file index (header missing)".to_string()),
         }
-        let mut entries: Vec<Entry> = Vec::new();
+        let mut checker = Checker::default();
         for (i, line) in lines.enumerate() {
+            let at = |why: String| format!("file index line {}: {why}", i + 2);
             let line = line.map_err(|e| format!("Failed to read file index: {e}"))?;
-            let e: Entry = serde_json::from_str(&line).map_err(|e| format!("file index line {}: {e}", i + 2))?;
-            if entries.last().is_some_and(|p| p.path >= e.path) {
-                return Err(format!("file index line {}: paths out of order", i + 2));
-            }
-            entries.push(e);
-        }
-        let index = FileIndex { entries };
-        index.check().map_err(|(at, why)| format!("file index line {}: {why}", at + 2))?;
-        Ok(index)
-    }
-
-    /// Checks what an install relies on: the root directory comes first,
-    /// every other path is relative, without `.`/`..` or empty components,
-    /// below a directory of the index; files carry a digest, links a
-    /// target, and the members of a hard-link group are alike. Returns the
-    /// entry number and the reason of the first violation.
-    fn check(&self) -> Result<(), (usize, String)> {
-        use std::collections::HashSet;
-        let mut dirs: HashSet<&[u8]> = HashSet::new();
-        let mut groups: HashMap<u64, &Entry> = HashMap::new();
-        for (i, e) in self.entries.iter().enumerate() {
-            let fail = |why: &str| Err((i, why.to_string()));
-            if i == 0 {
-                if !e.path.is_empty() || e.kind != Kind::Dir {
-                    return fail("the first entry must be the root directory");
-                }
-                dirs.insert(&e.path);
-                continue;
-            }
-            if e.path.split(|b| *b == b'/').any(|c| c.is_empty() || c == b"." || c == b"..") {
-                return fail("path with an empty, '.' or '..' component");
-            }
-            let parent = e.path.iter().rposition(|b| *b == b'/').map_or(&e.path[..0], |at| &e.path[..at]);
-            if !dirs.contains(parent) {
-                return fail("parent is not a directory of the index");
-            }
-            match e.kind {
-                Kind::Dir => {
-                    dirs.insert(&e.path);
-                }
-                Kind::File => {
-                    let sha_ok = e.sha256.as_deref().is_some_and(|s| {
-                        s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-                    });
-                    if !sha_ok {
-                        return fail("regular file without a SHA-256");
-                    }
-                }
-                Kind::Symlink if e.target.as_ref().is_none_or(|t| t.is_empty()) => {
-                    return fail("symbolic link without a target");
-                }
-                _ => {}
-            }
-            if e.link_group != 0 {
-                if e.kind != Kind::File {
-                    return fail("hard-link group on an entry that is not a regular file");
-                }
-                let first = *groups.entry(e.link_group).or_insert(e);
-                let alike = |a: &Entry, b: &Entry| {
-                    (a.sha256.as_ref(), a.size, a.mode, a.uid, a.gid, a.mtime, &a.xattrs)
-                        == (b.sha256.as_ref(), b.size, b.mode, b.uid, b.gid, b.mtime, &b.xattrs)
-                };
-                if !alike(first, e) {
-                    return fail("hard-link group members differ");
-                }
-            }
+            let e: Entry = serde_json::from_str(&line).map_err(|e| at(e.to_string()))?;
+            checker.check(&e).map_err(|why| at(why.to_string()))?;
+            f(e).map_err(at)?;
         }
         Ok(())
     }
 
     /// What `info` shows of the tree.
     pub fn summary(&self) -> TreeSummary {
-        let mut s = TreeSummary { bytes: self.content_bytes(), ..TreeSummary::default() };
-        let mut groups = std::collections::HashSet::new();
-        let mut contents = std::collections::HashSet::new();
-        for e in &self.entries {
-            match e.kind {
-                Kind::File if e.link_group != 0 && !groups.insert(e.link_group) => s.hard_links += 1,
-                Kind::File => {
-                    s.files += 1;
-                    contents.insert(e.sha256.as_deref().unwrap_or_default());
-                }
-                Kind::Dir => s.directories += 1,
-                Kind::Symlink => s.symlinks += 1,
-                Kind::Char | Kind::Block | Kind::Fifo | Kind::Socket => s.special += 1,
-            }
-        }
-        s.contents = contents.len() as u64;
-        s
+        let mut counter = SummaryCounter::default();
+        self.entries.iter().for_each(|e| counter.add(e));
+        counter.finish()
+    }
+
+    /// What `info` shows of the index read from `input` (checked as
+    /// [`FileIndex::read_each`] does), without holding the index.
+    pub fn summarize(input: &mut dyn BufRead) -> Result<TreeSummary, String> {
+        let mut counter = SummaryCounter::default();
+        FileIndex::read_each(input, |e| {
+            counter.add(&e);
+            Ok(())
+        })?;
+        Ok(counter.finish())
+    }
+
+    /// The distinct contents (SHA-256, size, the first entry holding it), sorted by SHA-256.
+    pub fn contents(&self) -> Vec<(&str, u64, &Entry)> {
+        let mut out: Vec<(&str, u64, &Entry)> =
+            self.entries.iter().filter_map(|e| Some((e.sha256.as_deref()?, e.size, e))).collect();
+        out.sort_by_key(|c| c.0);
+        out.dedup_by_key(|c| c.0);
+        out
     }
 
     /// Total bytes of regular files (each hard-link group once).
@@ -464,6 +450,103 @@ impl FileIndex {
     /// The path of an entry below `root`.
     pub fn path_under(root: &Path, e: &Entry) -> PathBuf {
         root.join(OsStr::from_bytes(&e.path))
+    }
+}
+
+/// Counts entries for a [`TreeSummary`].
+#[derive(Default)]
+struct SummaryCounter {
+    summary: TreeSummary,
+    groups: std::collections::HashSet<u64>,
+    contents: std::collections::HashSet<String>,
+}
+
+impl SummaryCounter {
+    fn add(&mut self, e: &Entry) {
+        let s = &mut self.summary;
+        match e.kind {
+            Kind::File if e.link_group != 0 && !self.groups.insert(e.link_group) => s.hard_links += 1,
+            Kind::File => {
+                s.files += 1;
+                s.bytes += e.size;
+                if let Some(sha) = &e.sha256
+                    && !self.contents.contains(sha)
+                {
+                    self.contents.insert(sha.clone());
+                }
+            }
+            Kind::Dir => s.directories += 1,
+            Kind::Symlink => s.symlinks += 1,
+            Kind::Char | Kind::Block | Kind::Fifo | Kind::Socket => s.special += 1,
+        }
+    }
+
+    fn finish(mut self) -> TreeSummary {
+        self.summary.contents = self.contents.len() as u64;
+        self.summary
+    }
+}
+
+/// Checks index entries one at a time, in order (see [`FileIndex::read_each`]):
+/// remembers the last path, the directories and the first member of each
+/// hard-link group, nothing else.
+#[derive(Default)]
+struct Checker {
+    last: Option<Vec<u8>>,
+    dirs: std::collections::HashSet<Vec<u8>>,
+    groups: HashMap<u64, Entry>,
+}
+
+impl Checker {
+    fn check(&mut self, e: &Entry) -> Result<(), &'static str> {
+        let Some(last) = self.last.replace(e.path.clone()) else {
+            if !e.path.is_empty() || e.kind != Kind::Dir {
+                return Err("the first entry must be the root directory");
+            }
+            self.dirs.insert(Vec::new());
+            return Ok(());
+        };
+        if last >= e.path {
+            return Err("paths out of order");
+        }
+        if e.path.split(|b| *b == b'/').any(|c| c.is_empty() || c == b"." || c == b"..") {
+            return Err("path with an empty, '.' or '..' component");
+        }
+        let parent = e.path.iter().rposition(|b| *b == b'/').map_or(&e.path[..0], |at| &e.path[..at]);
+        if !self.dirs.contains(parent) {
+            return Err("parent is not a directory of the index");
+        }
+        match e.kind {
+            Kind::Dir => {
+                self.dirs.insert(e.path.clone());
+            }
+            Kind::File => {
+                let sha_ok = e.sha256.as_deref().is_some_and(|s| {
+                    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                });
+                if !sha_ok {
+                    return Err("regular file without a SHA-256");
+                }
+            }
+            Kind::Symlink if e.target.as_ref().is_none_or(|t| t.is_empty()) => {
+                return Err("symbolic link without a target");
+            }
+            _ => {}
+        }
+        if e.link_group != 0 {
+            if e.kind != Kind::File {
+                return Err("hard-link group on an entry that is not a regular file");
+            }
+            let first = self.groups.entry(e.link_group).or_insert_with(|| e.clone());
+            let alike = |a: &Entry, b: &Entry| {
+                (a.sha256.as_ref(), a.size, a.mode, a.uid, a.gid, a.mtime, &a.xattrs)
+                    == (b.sha256.as_ref(), b.size, b.mode, b.uid, b.gid, b.mtime, &b.xattrs)
+            };
+            if !alike(first, e) {
+                return Err("hard-link group members differ");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -566,9 +649,9 @@ mod tests {
     fn damaged_indexes_are_refused() {
         assert!(FileIndex::read_from(&mut &b"{}\n"[..]).unwrap_err().contains("header missing"));
         let text = format!(
-            "{HEADER}\n{{\"path\":\"b\",\"kind\":\"dir\",\"mode\":493,\"uid\":0,\"gid\":0,\"mtime\":0}}\n{{\"path\":\"a\",\"kind\":\"dir\",\"mode\":493,\"uid\":0,\"gid\":0,\"mtime\":0}}\n"
+            "{HEADER}\n{{\"path\":\"\",\"kind\":\"dir\",\"mode\":493,\"uid\":0,\"gid\":0,\"mtime\":0}}\n{{\"path\":\"b\",\"kind\":\"dir\",\"mode\":493,\"uid\":0,\"gid\":0,\"mtime\":0}}\n{{\"path\":\"a\",\"kind\":\"dir\",\"mode\":493,\"uid\":0,\"gid\":0,\"mtime\":0}}\n"
         );
-        assert!(FileIndex::read_from(&mut text.as_bytes()).unwrap_err().contains("line 3: paths out of order"));
+        assert!(FileIndex::read_from(&mut text.as_bytes()).unwrap_err().contains("line 4: paths out of order"));
         let text = format!("{HEADER}\n{{\"path\":\"a\",\"kind\":\"door\"}}\n");
         assert!(FileIndex::read_from(&mut text.as_bytes()).unwrap_err().contains("file index line 2"));
     }

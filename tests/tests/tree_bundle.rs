@@ -3,8 +3,7 @@
 //! the index records matches the tree (special files, links, xattrs, file
 //! capabilities included) and Debian's rauc accepts the bundle.
 
-use rota_bundle::create::tree_blob_path;
-use rota_bundle::tree::{FileIndex, Kind};
+use rota_bundle::tree::{CONTENT_ALIGN, FileIndex, Kind, content_offsets, contents_file};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::Path;
@@ -68,17 +67,17 @@ fn a_tree_image_is_bundled_as_a_signed_index_and_content_addressed_files() {
     assert_ne!(find("usr/bin/tool").link_group, 0);
     assert_eq!(find("usr/bin/tool").link_group, find("usr/bin/tool-link").link_group);
     assert_eq!(find("sparse").size, (8 << 20) + 3);
-    let mut blobs = std::collections::BTreeSet::new();
-    for e in index.entries.iter().filter(|e| e.kind == Kind::File) {
-        let sha = e.sha256.as_deref().unwrap();
-        let blob = fs::read(out.join(tree_blob_path("rootfs.tree", sha))).unwrap();
-        assert_eq!(sha256_hex(&blob), sha);
-        blobs.insert(sha.to_string());
+    // Each distinct content once in the contents file, at its aligned place.
+    let data = fs::read(out.join(contents_file("rootfs.tree"))).unwrap();
+    let contents = index.contents();
+    let offsets = content_offsets(contents.iter().map(|c| c.1));
+    for ((sha, size, _), at) in contents.iter().zip(&offsets) {
+        assert_eq!(at % CONTENT_ALIGN, 0);
+        assert_eq!(sha256_hex(&data[*at as usize..(at + size) as usize]), *sha);
     }
-    // hostname and its twin share one blob, as do the hard links.
-    let stored =
-        fs::read_dir(out.join("rootfs.tree.d")).unwrap().flat_map(|d| fs::read_dir(d.unwrap().path()).unwrap()).count();
-    assert_eq!(stored, blobs.len());
+    assert_eq!(data.len() as u64, offsets.last().unwrap() + contents.last().unwrap().1);
+    let blobs: Vec<_> = contents.iter().map(|c| c.0).collect();
+    // hostname and its twin share one content, as do the hard links.
     assert_eq!(blobs.len(), 4, "tool, hostname, big, sparse");
 
     // info counts the tree in every output format.

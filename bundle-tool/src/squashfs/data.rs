@@ -147,6 +147,20 @@ impl BlockMap {
         self.starts[0]
     }
 
+    /// Offset in the squashfs of the block holding byte `offset` of the file.
+    pub fn position(&self, offset: u64) -> u64 {
+        self.starts[((offset / self.block_size) as usize).min(self.starts.len() - 1)]
+    }
+
+    /// Compressed bytes stored for the blocks holding bytes `offset..offset + len`.
+    pub fn stored_range(&self, offset: u64, len: u64) -> u64 {
+        if len == 0 {
+            return 0;
+        }
+        let first = offset / self.block_size;
+        self.stored_bytes(first, (offset + len).div_ceil(self.block_size) - first)
+    }
+
     /// Compressed bytes stored for blocks `first..first + count` (0 for
     /// sparse blocks; the tail fragment not counted).
     pub fn stored_bytes(&self, first: u64, count: u64) -> u64 {

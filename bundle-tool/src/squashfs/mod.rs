@@ -168,6 +168,29 @@ impl BundleFs {
         self.data.read_blocks(map, first, count)
     }
 
+    /// Copies bytes `offset..offset + len` of the file `map` describes into
+    /// `out`, reading the blocks that hold them, at most 16 per call to the source.
+    pub fn copy_range(&self, map: &data::BlockMap, offset: u64, len: u64, out: &mut dyn Write) -> Result<()> {
+        let bs = map.block_size();
+        if offset.checked_add(len).is_none_or(|end| end > map.file_size()) {
+            return Err(Error::Payload(format!(
+                "Bytes {offset}+{len} lie beyond a file of {} bytes in the bundle",
+                map.file_size()
+            )));
+        }
+        let (mut block, mut skip, mut left) = (offset / bs, (offset % bs) as usize, len);
+        while left > 0 {
+            let count = (skip as u64 + left).div_ceil(bs).min(16);
+            let data = self.read_blocks(map, block, count)?;
+            let take = (data.len() - skip).min(left as usize);
+            out.write_all(&data[skip..skip + take]).map_err(|e| Error::Other(format!("Failed to write: {e}")))?;
+            left -= take as u64;
+            block += count;
+            skip = 0;
+        }
+        Ok(())
+    }
+
     /// Tells the bundle's source that file reads from now on are scattered
     /// (`true`) or may be sequential again (see [`ReadAt::advise_scattered`]).
     pub fn advise_scattered(&self, scattered: bool) {

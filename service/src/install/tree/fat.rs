@@ -15,6 +15,7 @@
 //! `mcopy`. Every file written is then read back from the synced device
 //! and checked.
 
+use super::index::Installed;
 use super::{Found, Run, content, place, under};
 use crate::config::SlotConfig;
 use crate::error::{Error, Result, failed};
@@ -33,7 +34,7 @@ const FORBIDDEN: &str = "\"*:<>?\\|";
 /// Refuses a tree FAT cannot store: objects other than files and
 /// directories, names that are not UTF-8, hold forbidden characters, end in
 /// a dot or space or are too long, and paths that differ only in case.
-pub fn check_tree(entries: &[Entry], image: &str) -> Result<()> {
+pub fn check_tree(entries: impl Iterator<Item = Entry>, image: &str) -> Result<()> {
     let mut folded = HashSet::new();
     let mut dropped = false;
     for e in entries {
@@ -223,7 +224,7 @@ impl Run<'_, '_> {
     /// laid out below `ctx.root` before they are copied in.
     pub(super) fn install_fat(
         &mut self,
-        earlier: &HashMap<Vec<u8>, String>,
+        earlier: &Installed,
         drop_kept_index: impl FnOnce() -> Result<()>,
     ) -> Result<()> {
         let slot = self.job.slot;
@@ -240,7 +241,7 @@ impl Run<'_, '_> {
         let candidates: Vec<usize> = listed
             .iter()
             .filter(|(_, dir)| !dir)
-            .filter_map(|(p, _)| plan.lookup(p).filter(|(_, e)| e.kind == Kind::File).map(|(i, _)| i))
+            .filter_map(|(p, _)| plan.lookup(p).filter(|&i| plan.item(i).kind == Kind::File))
             .collect();
         let kept = &mut self.kept;
         let ctx = &self.ctx;
@@ -250,10 +251,10 @@ impl Run<'_, '_> {
             |&i| {
                 ctx.control.check()?;
                 // A file that cannot be read is replaced like a changed one.
-                Ok(read_file(dev, &plan.entries[i].path, &mut std::io::sink()).ok())
+                Ok(read_file(dev, plan.path(i), &mut std::io::sink()).ok())
             },
             |&i, read| {
-                kept[i] = read.is_some_and(|(len, sha)| len == plan.entries[i].size && sha == plan.sha(i));
+                kept[i] = read.is_some_and(|(len, sha)| len == plan.item(i).size && sha == plan.sha(i));
                 Ok(())
             },
         )?;
@@ -262,21 +263,21 @@ impl Run<'_, '_> {
         let (mut files, mut dirs): (Vec<Vec<u8>>, Vec<Vec<u8>>) = (Vec::new(), Vec::new());
         for (p, is_dir) in &listed {
             let doomed = dirs.iter().any(|d| p.starts_with(d) && p.get(d.len()) == Some(&b'/'));
-            let wanted = plan.lookup(p).map(|(i, e)| (i, e.kind));
+            let wanted = plan.lookup(p);
             if *is_dir {
-                if !doomed && wanted.map(|w| w.1) != Some(Kind::Dir) {
+                if !doomed && wanted.is_none_or(|i| plan.item(i).kind != Kind::Dir) {
                     dirs.push(p.clone());
                 }
                 continue;
             }
-            if wanted.is_some_and(|(i, _)| self.kept[i]) {
+            if wanted.is_some_and(|i| self.kept[i]) {
                 continue;
             }
-            if let Some(sha) = earlier.get(p)
-                && plan.wanted.contains(sha)
-                && !self.ctx.staged(sha).exists()
-            {
-                stage_from_fat(&self.ctx.staging, dev, p, sha)?;
+            if let Some(c) = earlier.content_at(p) {
+                let sha = plan.digest_hex(c);
+                if !self.ctx.staged(&sha).exists() {
+                    stage_from_fat(&self.ctx.staging, dev, p, &sha)?;
+                }
             }
             if !doomed {
                 files.push(p.clone());
@@ -308,30 +309,28 @@ impl Run<'_, '_> {
     fn resolve_fat(&mut self) -> Result<()> {
         let plan = self.ctx.plan;
         let dev = self.job.slot.device.as_path();
-        // Contents the target holds at paths that stay.
-        let mut on_target: HashMap<&str, &[u8]> = HashMap::new();
-        for (i, e) in plan.entries.iter().enumerate() {
-            if self.kept[i] {
-                on_target.entry(plan.sha(i)).or_insert(&e.path);
-            }
+        // Entries of the target that stay, by content.
+        let mut on_target: HashMap<u32, usize> = HashMap::new();
+        for i in (0..plan.len()).filter(|&i| self.kept[i]) {
+            on_target.entry(plan.content(i)).or_insert(i);
         }
         // One entry stages each content, a first file of its hard-link
         // group where it can (only those are counted); the others copy it.
-        let counted = |i: usize| plan.entries[i].kind == Kind::File && !plan.is_follower(i);
-        let mut staging_by: HashSet<&str> = HashSet::new();
+        let files = (0..plan.len()).filter(|&i| plan.item(i).kind == Kind::File);
+        let (leaders, followers): (Vec<usize>, Vec<usize>) = files.partition(|&i| plan.is_leader(i));
+        let mut staged_by = vec![false; plan.contents()];
         let mut stagers = Vec::new();
-        let followers = (0..plan.entries.len()).filter(|&i| plan.entries[i].kind == Kind::File && !counted(i));
-        for i in (0..plan.entries.len()).filter(|&i| counted(i)).chain(followers) {
-            let size = plan.entries[i].size;
+        for i in leaders.into_iter().chain(followers) {
+            let size = plan.item(i).size;
             if self.kept[i] {
-                if counted(i) {
+                if plan.is_leader(i) {
                     self.stats.reused += 1;
                     self.stats.bytes_reused += size;
                     super::done(&mut self.at, self.progress, size);
                 }
-            } else if staging_by.insert(plan.sha(i)) {
+            } else if !std::mem::replace(&mut staged_by[plan.content(i) as usize], true) {
                 stagers.push(i);
-            } else if counted(i) {
+            } else if plan.is_leader(i) {
                 self.stats.copied += 1;
                 self.stats.bytes_copied += size;
                 super::done(&mut self.at, self.progress, size);
@@ -346,19 +345,19 @@ impl Run<'_, '_> {
             |&i| {
                 ctx.control.check()?;
                 let sha = plan.sha(i);
-                if ctx.stage_locally(&plan.entries[i], sha)? {
+                if ctx.stage_locally(i, &sha)? {
                     return Ok(Found::Local);
                 }
-                match on_target.get(sha) {
-                    Some(rel) if stage_from_fat(&ctx.staging, dev, rel, sha)? => Ok(Found::Local),
+                match on_target.get(&plan.content(i)) {
+                    Some(&k) if stage_from_fat(&ctx.staging, dev, plan.path(k), &sha)? => Ok(Found::Local),
                     _ => Ok(Found::Fetch),
                 }
             },
             |&i, found| {
                 if matches!(found, Found::Fetch) {
                     fetch.push(i);
-                } else if counted(i) {
-                    let size = plan.entries[i].size;
+                } else if plan.is_leader(i) {
+                    let size = plan.item(i).size;
                     stats.copied += 1;
                     stats.bytes_copied += size;
                     super::done(at, progress, size);
@@ -376,31 +375,32 @@ impl Run<'_, '_> {
         let plan = self.ctx.plan;
         let root = &self.ctx.root;
         std::fs::create_dir_all(root).map_err(|e| Error::io("Failed to create", root, e))?;
-        let mut first: HashMap<&str, std::path::PathBuf> = HashMap::new();
-        for (i, e) in plan.entries.iter().enumerate() {
+        let mut first: HashMap<u32, std::path::PathBuf> = HashMap::new();
+        for i in 0..plan.len() {
             if i % 256 == 0 {
                 self.ctx.control.check()?;
             }
-            let path = under(root, &e.path);
-            match e.kind {
-                Kind::Dir if !e.path.is_empty() => {
+            let (item, rel) = (plan.item(i), plan.path(i));
+            let path = under(root, rel);
+            match item.kind {
+                Kind::Dir if !rel.is_empty() => {
                     std::fs::create_dir(&path).map_err(|err| Error::io("Failed to create", &path, err))?
                 }
                 Kind::File if !self.kept[i] => {
                     let sha = plan.sha(i);
-                    match first.get(sha) {
+                    match first.get(&plan.content(i)) {
                         Some(from) => {
-                            if !content::copy_verified(from, &path, sha)? {
+                            if !content::copy_verified(from, &path, &sha)? {
                                 return failed(format!("Staged content {sha} changed while in use"));
                             }
                         }
                         None => {
-                            let staged = self.ctx.staged(sha);
+                            let staged = self.ctx.staged(&sha);
                             std::fs::rename(&staged, &path).map_err(|err| Error::io("Failed to move", &staged, err))?;
-                            first.insert(sha, path.clone());
+                            first.insert(plan.content(i), path.clone());
                         }
                     }
-                    place::set_mtime(&path, e.mtime)?;
+                    place::set_mtime(&path, item.mtime)?;
                 }
                 _ => {}
             }
@@ -412,11 +412,8 @@ impl Run<'_, '_> {
     fn read_back_fat(&mut self) -> Result<()> {
         let plan = self.ctx.plan;
         let dev = self.job.slot.device.as_path();
-        let written: Vec<usize> = (0..plan.entries.len())
-            .filter(|&i| {
-                let e = &plan.entries[i];
-                e.kind == Kind::File && !self.kept[i] && !self.is_persisted(&e.path)
-            })
+        let written: Vec<usize> = (0..plan.len())
+            .filter(|&i| plan.item(i).kind == Kind::File && !self.kept[i] && !self.is_persisted(plan.path(i)))
             .collect();
         let ctx = &self.ctx;
         super::in_parallel(
@@ -424,15 +421,13 @@ impl Run<'_, '_> {
             &written,
             |&i| {
                 ctx.control.check()?;
-                let e = &plan.entries[i];
-                let (len, got) = read_file(dev, &e.path, &mut std::io::sink())?;
-                if got != plan.sha(i) || len != e.size {
+                let (sha, size) = (plan.sha(i), plan.item(i).size);
+                let (len, got) = read_file(dev, plan.path(i), &mut std::io::sink())?;
+                if got != sha || len != size {
                     return failed(format!(
-                        "Read-back check of '::/{}' on '{}' failed: sha256 {got} of {len} bytes instead of {} of {} bytes",
-                        String::from_utf8_lossy(&e.path),
+                        "Read-back check of '::/{}' on '{}' failed: sha256 {got} of {len} bytes instead of {sha} of {size} bytes",
+                        String::from_utf8_lossy(plan.path(i)),
                         dev.display(),
-                        plan.sha(i),
-                        e.size
                     ));
                 }
                 Ok(())
@@ -466,7 +461,7 @@ mod tests {
 
     fn refusal(path: &[u8], kind: Kind) -> String {
         let tree = [entry(b"", Kind::Dir), entry(b"a", Kind::Dir), entry(path, kind)];
-        check_tree(&tree, "boot.tree").map_or_else(|e| e.to_string(), |()| "accepted".into())
+        check_tree(tree.into_iter(), "boot.tree").map_or_else(|e| e.to_string(), |()| "accepted".into())
     }
 
     #[test]

@@ -22,6 +22,7 @@
 mod cache;
 mod content;
 mod fat;
+mod index;
 mod persist;
 mod place;
 
@@ -31,12 +32,14 @@ use crate::config::{SlotConfig, SlotType};
 use crate::error::{Error, Result, failed};
 use crate::mounts;
 use crate::system::{SlotState, System};
+use index::{Installed, Plan};
 use rota_bundle::manifest::Image;
 use rota_bundle::squashfs::BundleFs;
-use rota_bundle::tree::{Entry, FileIndex, Kind};
-use std::collections::{HashMap, HashSet};
+use rota_bundle::squashfs::data::BlockMap;
+use rota_bundle::tree::Kind;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The directory in the target's root where contents are put together
 /// before they move into place; kept by an interrupted install for the next.
@@ -124,57 +127,6 @@ impl Stats {
     }
 }
 
-/// The index with what the install needs to look up in it.
-struct Plan {
-    entries: Vec<Entry>,
-    /// Hard-link group → index of its first entry (the one that gets the content).
-    leaders: HashMap<u64, usize>,
-    /// Digests of regular files.
-    wanted: HashSet<String>,
-    bytes_total: u64,
-    files_total: u64,
-}
-
-impl Plan {
-    fn new(index: FileIndex, name: &str) -> Result<Plan> {
-        let mut leaders = HashMap::new();
-        let mut wanted = HashSet::new();
-        let (mut bytes_total, mut files_total) = (0, 0);
-        for (i, e) in index.entries.iter().enumerate() {
-            if e.path == STAGING.as_bytes() {
-                return failed(format!("Tree image '{name}' holds the reserved path '{STAGING}'"));
-            }
-            if e.kind != Kind::File {
-                continue;
-            }
-            if e.link_group != 0 && leaders.contains_key(&e.link_group) {
-                continue;
-            }
-            if e.link_group != 0 {
-                leaders.insert(e.link_group, i);
-            }
-            wanted.insert(e.sha256.clone().unwrap_or_default());
-            bytes_total += e.size;
-            files_total += 1;
-        }
-        Ok(Plan { entries: index.entries, leaders, wanted, bytes_total, files_total })
-    }
-
-    fn lookup(&self, path: &[u8]) -> Option<(usize, &Entry)> {
-        self.entries.binary_search_by(|e| e.path.as_slice().cmp(path)).ok().map(|i| (i, &self.entries[i]))
-    }
-
-    /// Whether entry `i` is a hard link to an earlier entry.
-    fn is_follower(&self, i: usize) -> bool {
-        let g = self.entries[i].link_group;
-        g != 0 && self.leaders.get(&g) != Some(&i)
-    }
-
-    fn sha(&self, i: usize) -> &str {
-        self.entries[i].sha256.as_deref().unwrap_or_default()
-    }
-}
-
 use place::under;
 
 /// Where a slot's kept index lives, when there is a data directory.
@@ -186,23 +138,18 @@ fn kept_index_path(dir: &Path, sha: &str) -> PathBuf {
     dir.join(format!("tree-{sha}.index"))
 }
 
-/// Path → digest of the regular files of the kept index of `slot`'s
-/// installed tree `sha` (the image digest its status names).
-fn kept_contents(system: &System, slot: &SlotConfig, sha: Option<&str>) -> HashMap<Vec<u8>, String> {
-    let (Some(dir), Some(sha)) = (kept_dir(system, &slot.name), sha) else { return HashMap::new() };
-    let Ok(f) = std::fs::File::open(kept_index_path(&dir, sha)) else { return HashMap::new() };
-    match FileIndex::read_from(&mut std::io::BufReader::new(f)) {
-        Ok(index) => index
-            .entries
-            .into_iter()
-            .filter(|e| e.kind == Kind::File)
-            .map(|e| (e.path, e.sha256.unwrap_or_default()))
-            .collect(),
-        Err(e) => {
-            tracing::warn!("Ignoring the kept file index of {}: {e}", slot.name);
-            HashMap::new()
-        }
+/// The files of the kept index of `slot`'s installed tree `sha` (the
+/// image digest its status names) whose content `plan` has.
+fn kept_contents(system: &System, slot: &SlotConfig, sha: Option<&str>, plan: &Plan) -> Installed {
+    let (Some(dir), Some(sha)) = (kept_dir(system, &slot.name), sha) else { return Installed::default() };
+    let path = kept_index_path(&dir, sha);
+    if !path.exists() {
+        return Installed::default();
     }
+    Installed::read(&path, plan).unwrap_or_else(|e| {
+        tracing::warn!("Ignoring the kept file index of {}: {e}", slot.name);
+        Installed::default()
+    })
 }
 
 /// Lets the bundle's source read ahead again when the tree install ends.
@@ -231,12 +178,12 @@ struct Booted {
     _mounted: Option<Mounted>,
     /// The device of a FAT slot that could not be mounted (read through mtools instead).
     fat: Option<PathBuf>,
-    /// Digest → a path holding it, from the slot's kept index.
-    by_sha: HashMap<String, Vec<u8>>,
+    /// Where its files are, from the slot's kept index.
+    installed: Installed,
 }
 
 impl Booted {
-    fn open(system: &System, target: &SlotConfig) -> Option<Booted> {
+    fn open(system: &System, target: &SlotConfig, plan: &Plan) -> Option<Booted> {
         let s = system.slots.iter().find(|s| s.config.class == target.class && s.state == SlotState::Booted)?;
         let (root, mounted, fat) = match &s.mount_point {
             Some(mp) => (mp.clone(), None, None),
@@ -254,9 +201,8 @@ impl Booted {
             }
         };
         let installed = system.load_status(s).sha256;
-        let by_sha =
-            kept_contents(system, &s.config, installed.as_deref()).into_iter().map(|(p, sha)| (sha, p)).collect();
-        Some(Booted { root, _mounted: mounted, fat, by_sha })
+        let installed = kept_contents(system, &s.config, installed.as_deref(), plan);
+        Some(Booted { root, _mounted: mounted, fat, installed })
     }
 }
 
@@ -322,17 +268,14 @@ pub fn install(job: &Job<'_>, progress: &mut dyn FnMut(Progressed)) -> Result<St
         job.image.size,
         job.image.sha256.as_deref(),
     )?;
-    let file = std::fs::File::open(&index_path).map_err(|e| Error::io("Failed to open", &index_path, e))?;
-    let index = FileIndex::read_from(&mut std::io::BufReader::new(file))
-        .map_err(|e| Error::Failed(format!("Tree image '{name}': {e}")))?;
-    let plan = Plan::new(index, name)?;
+    let plan = Plan::read(&index_path, name, STAGING)?;
     let fat = slot.slot_type == SlotType::Vfat;
     if fat {
-        fat::check_tree(&plan.entries, name)?;
+        fat::check_tree((0..plan.len()).map(|i| plan.entry(i)), name)?;
     }
     // What the target held, by path, when its index was kept.
-    let earlier = kept_contents(job.system, slot, job.installed);
-    let booted = Booted::open(job.system, slot);
+    let earlier = kept_contents(job.system, slot, job.installed, &plan);
+    let booted = Booted::open(job.system, slot, &plan);
     let cache = cache::Cache::open(job.system);
     let dir = job.system.config.system.mount_prefix.join(&slot.name);
     // The target's content changes from here on: its kept index no longer holds.
@@ -358,7 +301,7 @@ pub fn install(job: &Job<'_>, progress: &mut dyn FnMut(Progressed)) -> Result<St
         ctx,
         fetched: Vec::new(),
         persisted: Vec::new(),
-        kept: vec![false; plan.entries.len()],
+        kept: vec![false; plan.len()],
         stats: Stats { files: plan.files_total, ..Stats::default() },
         at: Progressed { bytes_total: plan.bytes_total, files_total: plan.files_total, ..Progressed::default() },
         progress,
@@ -523,23 +466,23 @@ impl Ctx<'_> {
         self.staging.join(sha)
     }
 
-    /// Finds the content of entry `i`; `claims` holds the digests some
-    /// worker stages (one worker per digest).
-    fn resolve_one(&self, i: usize, claims: &std::sync::Mutex<HashSet<String>>) -> Result<Found> {
+    /// Finds the content of entry `i`; `claims` marks the contents some
+    /// worker stages (one worker per content).
+    fn resolve_one(&self, i: usize, claims: &[AtomicBool]) -> Result<Found> {
         self.control.check()?;
-        let e = &self.plan.entries[i];
-        let sha = self.plan.sha(i);
-        let claim = || claims.lock().expect("not poisoned").insert(sha.to_string());
-        let path = under(&self.root, &e.path);
+        let (plan, size) = (self.plan, self.plan.item(i).size);
+        let sha = plan.sha(i);
+        let claim = || !claims[plan.content(i) as usize].swap(true, Ordering::Relaxed);
+        let path = under(&self.root, plan.path(i));
         if let Ok(md) = std::fs::symlink_metadata(&path) {
-            let right = md.len() == e.size
-                && rota_bundle::tree::hash_file(&path).is_ok_and(|(len, h)| len == e.size && h == sha);
+            let right =
+                md.len() == size && rota_bundle::tree::hash_file(&path).is_ok_and(|(len, h)| len == size && h == sha);
             if right && md.nlink() == 1 {
                 return Ok(Found::Kept);
             }
             if right && claim() {
                 // Right content, but shared with another path: used from the staging directory.
-                let to = self.staged(sha);
+                let to = self.staged(&sha);
                 std::fs::rename(&path, &to).map_err(|err| Error::io("Failed to move", &path, err))?;
                 return Ok(Found::Local);
             }
@@ -548,12 +491,13 @@ impl Ctx<'_> {
         if !claim() {
             return Ok(Found::Duplicate);
         }
-        Ok(if self.stage_locally(e, sha)? { Found::Local } else { Found::Fetch })
+        Ok(if self.stage_locally(i, &sha)? { Found::Local } else { Found::Fetch })
     }
 
-    /// Stages `sha` from the staging directory (an earlier run) or the
-    /// local cache or the booted slot; returns whether a checked copy is there now.
-    fn stage_locally(&self, e: &Entry, sha: &str) -> Result<bool> {
+    /// Stages the content `sha` of entry `i` from the staging directory (an
+    /// earlier run) or the local cache or the booted slot; returns whether a
+    /// checked copy is there now.
+    fn stage_locally(&self, i: usize, sha: &str) -> Result<bool> {
         let to = self.staged(sha);
         if to.exists() {
             if rota_bundle::tree::hash_file(&to).is_ok_and(|(_, h)| h == sha) {
@@ -567,14 +511,11 @@ impl Ctx<'_> {
             return Ok(true);
         }
         let Some(b) = self.booted else { return Ok(false) };
+        let (path, size) = (self.plan.path(i), self.plan.item(i).size);
         let part = self.staging.join(format!("{sha}.part"));
-        let mut candidates: Vec<&[u8]> = Vec::new();
-        if let Some(p) = b.by_sha.get(sha) {
-            candidates.push(p);
-        }
-        if b.by_sha.get(sha).map(Vec::as_slice) != Some(e.path.as_slice()) {
-            candidates.push(&e.path);
-        }
+        // Where the booted slot's kept index has the content, then the same path.
+        let known = b.installed.path_of(self.plan.content(i));
+        let candidates = known.into_iter().chain((known != Some(path)).then_some(path));
         for rel in candidates {
             if let Some(dev) = &b.fat {
                 if fat::stage_from_fat(&self.staging, dev, rel, sha)? {
@@ -583,7 +524,7 @@ impl Ctx<'_> {
                 continue;
             }
             let from = under(&b.root, rel);
-            if std::fs::symlink_metadata(&from).is_ok_and(|m| m.is_file() && m.len() == e.size)
+            if std::fs::symlink_metadata(&from).is_ok_and(|m| m.is_file() && m.len() == size)
                 && content::copy_verified(&from, &part, sha)?
             {
                 std::fs::rename(&part, &to).map_err(|err| Error::io("Failed to move", &part, err))?;
@@ -593,25 +534,25 @@ impl Ctx<'_> {
         Ok(false)
     }
 
-    /// Reads content `sha` (entry `i`) from the bundle into the staging
-    /// directory and checks it; returns its length and stored size.
-    fn fetch_one(&self, i: usize, sha: &str, blob: &str, stored: u64) -> Result<(u64, u64)> {
+    /// Reads the content of entry `i` from the bundle's contents file
+    /// (`map`) into the staging directory and checks it; returns its length
+    /// and stored size.
+    fn fetch_one(&self, i: usize, map: &BlockMap, stored: u64) -> Result<(u64, u64)> {
         self.control.check()?;
-        let e = &self.plan.entries[i];
+        let (sha, size) = (self.plan.sha(i), self.plan.item(i).size);
         let part = self.staging.join(format!("{sha}.part"));
         let mut w = content::SparseWriter::new(content::create(&part)?);
-        self.fs.copy_file(blob, &mut w)?;
+        self.fs.copy_range(map, self.plan.offset(i), size, &mut w)?;
         let (len, got, _) = w.finish().map_err(|err| Error::io("Failed to write", &part, err))?;
-        if got != sha || len != e.size {
+        if got != sha || len != size {
             place::remove_any(&part)?;
             return failed(format!(
-                "File '{}' of tree image '{}' has sha256 {got} ({len} bytes) in the bundle, the index says {sha} ({} bytes)",
-                String::from_utf8_lossy(&e.path),
+                "File '{}' of tree image '{}' has sha256 {got} ({len} bytes) in the bundle, the index says {sha} ({size} bytes)",
+                String::from_utf8_lossy(self.plan.path(i)),
                 self.name,
-                e.size
             ));
         }
-        let to = self.staged(sha);
+        let to = self.staged(&sha);
         std::fs::rename(&part, &to).map_err(|err| Error::io("Failed to move", &part, err))?;
         Ok((len, stored))
     }
@@ -619,16 +560,14 @@ impl Ctx<'_> {
     /// Reads the written file of entry `i` back from the medium and checks it.
     fn check_one(&self, i: usize) -> Result<()> {
         self.control.check()?;
-        let e = &self.plan.entries[i];
-        let path = under(&self.root, &e.path);
+        let (sha, size) = (self.plan.sha(i), self.plan.item(i).size);
+        let path = under(&self.root, self.plan.path(i));
         let (len, got) =
             content::hash_from_medium(&path).map_err(|err| Error::io("Failed to read back", &path, err))?;
-        if got != self.plan.sha(i) || len != e.size {
+        if got != sha || len != size {
             return failed(format!(
-                "Read-back check of '{}' failed: sha256 {got} of {len} bytes instead of {} of {} bytes",
+                "Read-back check of '{}' failed: sha256 {got} of {len} bytes instead of {sha} of {size} bytes",
                 path.display(),
-                self.plan.sha(i),
-                e.size
             ));
         }
         Ok(())
@@ -650,7 +589,7 @@ impl Run<'_, '_> {
             std::fs::read_dir(&self.ctx.staging).map_err(|e| Error::io("Failed to read", &self.ctx.staging, e))?;
         for e in entries.flatten() {
             let n = e.file_name();
-            if n.len() != 64 || !self.ctx.plan.wanted.contains(n.to_string_lossy().as_ref()) {
+            if n.len() != 64 || self.ctx.plan.content_of(&n.to_string_lossy()).is_none() {
                 place::remove_any(&e.path())?;
             }
         }
@@ -660,36 +599,31 @@ impl Run<'_, '_> {
     /// Removes what the new tree does not have, or has as another kind of
     /// object, from the target; files whose content the new tree wants at
     /// another path (known from the kept index) move to the staging directory.
-    fn clean(&mut self, earlier: &HashMap<Vec<u8>, String>) -> Result<()> {
+    fn clean(&mut self, earlier: &Installed) -> Result<()> {
         self.clean_dir(&[], earlier)
     }
 
-    fn clean_dir(&mut self, rel: &[u8], earlier: &HashMap<Vec<u8>, String>) -> Result<()> {
+    fn clean_dir(&mut self, rel: &[u8], earlier: &Installed) -> Result<()> {
+        let plan = self.ctx.plan;
         for name in place::sorted_names(&under(&self.ctx.root, rel))? {
             self.ctx.control.check()?;
             let child = if rel.is_empty() { name.clone() } else { [rel, b"/", &name].concat() };
-            if rel.is_empty()
-                && (name == STAGING.as_bytes() || (name == b"lost+found" && self.ctx.plan.lookup(&child).is_none()))
-            {
+            let found = plan.lookup(&child);
+            if rel.is_empty() && (name == STAGING.as_bytes() || (name == b"lost+found" && found.is_none())) {
                 continue;
             }
             let path = under(&self.ctx.root, &child);
             let md = std::fs::symlink_metadata(&path).map_err(|e| Error::io("Failed to stat", &path, e))?;
-            let keep = match self.ctx.plan.lookup(&child) {
-                Some((i, e)) => {
-                    place::same_kind(&md, e, &path) && !(e.kind == Kind::File && self.ctx.plan.is_follower(i))
-                }
-                None => false,
-            };
+            let keep = found.is_some_and(|i| place::same_kind(&md, &plan.entry(i), &path) && !plan.is_follower(i));
             if md.is_dir() {
                 self.clean_dir(&child, earlier)?;
             }
             if keep {
                 continue;
             }
-            match earlier.get(&child) {
-                Some(sha) if md.is_file() && self.ctx.plan.wanted.contains(sha) && !self.ctx.staged(sha).exists() => {
-                    let to = self.ctx.staged(sha);
+            let to = earlier.content_at(&child).map(|c| self.ctx.staged(&plan.digest_hex(c)));
+            match to {
+                Some(to) if md.is_file() && !to.exists() => {
                     std::fs::rename(&path, &to).map_err(|e| Error::io("Failed to move", &path, e))?;
                 }
                 _ => place::remove_any(&path)?,
@@ -703,9 +637,8 @@ impl Run<'_, '_> {
     /// read from the bundle.
     fn resolve(&mut self) -> Result<()> {
         let plan = self.ctx.plan;
-        let leaders: Vec<usize> =
-            (0..plan.entries.len()).filter(|&i| plan.entries[i].kind == Kind::File && !plan.is_follower(i)).collect();
-        let claims = std::sync::Mutex::new(HashSet::new());
+        let leaders: Vec<usize> = (0..plan.len()).filter(|&i| plan.is_leader(i)).collect();
+        let claims: Vec<AtomicBool> = (0..plan.contents()).map(|_| AtomicBool::new(false)).collect();
         let mut fetch: Vec<usize> = Vec::new();
         let ctx = &self.ctx;
         let (kept, stats, at, progress) = (&mut self.kept, &mut self.stats, &mut self.at, &mut *self.progress);
@@ -714,7 +647,7 @@ impl Run<'_, '_> {
             &leaders,
             |&i| ctx.resolve_one(i, &claims),
             |&i, found| {
-                let size = plan.entries[i].size;
+                let size = plan.item(i).size;
                 match found {
                     Found::Kept => {
                         kept[i] = true;
@@ -741,21 +674,26 @@ impl Run<'_, '_> {
     /// Reads the contents no local copy had from the bundle, several at a
     /// time, taken in the order they lie in the squashfs.
     fn fetch(&mut self, wanted: Vec<usize>) -> Result<()> {
-        let ctx = &self.ctx;
-        let mut jobs = Vec::with_capacity(wanted.len());
-        for i in wanted {
-            let blob = rota_bundle::create::tree_blob_path(ctx.name, ctx.plan.sha(i));
-            let map = ctx.fs.block_map(&blob)?;
-            jobs.push((map.start(), i, blob, map.stored_bytes(0, u64::MAX)));
+        if wanted.is_empty() {
+            return Ok(());
         }
+        let ctx = &self.ctx;
+        let map = ctx.fs.block_map(&rota_bundle::tree::contents_file(ctx.name))?;
+        let mut jobs: Vec<(u64, usize, u64)> = wanted
+            .into_iter()
+            .map(|i| {
+                let (at, size) = (ctx.plan.offset(i), ctx.plan.item(i).size);
+                (map.position(at), i, map.stored_range(at, size))
+            })
+            .collect();
         jobs.sort_by_key(|j| j.0);
         let (fetched, stats, at, progress) = (&mut self.fetched, &mut self.stats, &mut self.at, &mut *self.progress);
         let r = in_parallel(
             FETCH_WORKERS,
             &jobs,
-            |(_, i, blob, stored)| ctx.fetch_one(*i, ctx.plan.sha(*i), blob, *stored),
-            |(_, i, _, _), (len, stored)| {
-                fetched.push(*i);
+            |&(_, i, stored)| ctx.fetch_one(i, &map, stored),
+            |&(_, i, _), (len, stored)| {
+                fetched.push(i);
                 stats.fetched += 1;
                 stats.bytes_fetched += len;
                 stats.stored_fetched += stored;
@@ -771,23 +709,22 @@ impl Run<'_, '_> {
     /// contents, then gives directories their times, deepest first.
     fn place(&mut self) -> Result<()> {
         let plan = self.ctx.plan;
-        let mut users: HashMap<&str, u32> = HashMap::new();
-        for (i, e) in plan.entries.iter().enumerate() {
-            if e.kind == Kind::File && !plan.is_follower(i) && !self.kept[i] {
-                *users.entry(plan.sha(i)).or_default() += 1;
-            }
+        // How many files still take each staged content (the last one moves it).
+        let mut users = vec![0u32; plan.contents()];
+        for i in (0..plan.len()).filter(|&i| plan.is_leader(i) && !self.kept[i]) {
+            users[plan.content(i) as usize] += 1;
         }
-        for (i, e) in plan.entries.iter().enumerate() {
+        for i in 0..plan.len() {
             if i % 256 == 0 {
                 self.ctx.control.check()?;
             }
-            let path = under(&self.ctx.root, &e.path);
+            let item = *plan.item(i);
+            let path = under(&self.ctx.root, plan.path(i));
             let existing = std::fs::symlink_metadata(&path).ok();
-            match e.kind {
+            match item.kind {
                 Kind::File if plan.is_follower(i) => {
-                    let leader = &plan.entries[plan.leaders[&e.link_group]];
                     place::remove_any(&path)?;
-                    let from = under(&self.ctx.root, &leader.path);
+                    let from = under(&self.ctx.root, plan.path(plan.leader_of(i)));
                     std::fs::hard_link(&from, &path).map_err(|err| Error::io("Failed to link", &path, err))?;
                     continue;
                 }
@@ -797,26 +734,27 @@ impl Run<'_, '_> {
                         place::remove_any(&path)?;
                     }
                     let sha = plan.sha(i);
-                    let left = users.get_mut(sha).expect("counted above");
+                    let left = &mut users[plan.content(i) as usize];
                     *left -= 1;
-                    let staged = self.ctx.staged(sha);
+                    let staged = self.ctx.staged(&sha);
                     if *left == 0 {
                         std::fs::rename(&staged, &path).map_err(|err| Error::io("Failed to move", &staged, err))?;
-                    } else if !content::try_reflink(&staged, &path) && !content::copy_verified(&staged, &path, sha)? {
+                    } else if !content::try_reflink(&staged, &path) && !content::copy_verified(&staged, &path, &sha)? {
                         return failed(format!("Staged content {sha} changed while in use"));
                     }
                 }
                 _ => {
-                    let right = existing.as_ref().is_some_and(|md| place::same_kind(md, e, &path));
+                    let e = plan.entry(i);
+                    let right = existing.as_ref().is_some_and(|md| place::same_kind(md, &e, &path));
                     if !right {
                         if existing.is_some() {
                             place::remove_any(&path)?;
                         }
-                        place::create_special(&path, e)?;
+                        place::create_special(&path, &e)?;
                     }
                 }
             }
-            place::apply_metadata(&path, e)?;
+            place::apply_metadata(&path, &plan.entry(i))?;
         }
         Ok(())
     }
@@ -826,11 +764,8 @@ impl Run<'_, '_> {
     /// several at a time.
     fn read_back(&mut self) -> Result<()> {
         let plan = self.ctx.plan;
-        let written: Vec<usize> = (0..plan.entries.len())
-            .filter(|&i| {
-                let e = &plan.entries[i];
-                e.kind == Kind::File && !plan.is_follower(i) && !self.kept[i] && !self.is_persisted(&e.path)
-            })
+        let written: Vec<usize> = (0..plan.len())
+            .filter(|&i| plan.is_leader(i) && !self.kept[i] && !self.is_persisted(plan.path(i)))
             .collect();
         let ctx = &self.ctx;
         in_parallel(LOCAL_WORKERS, &written, |&i| ctx.check_one(i), |_, ()| Ok(()))
@@ -866,13 +801,9 @@ impl Run<'_, '_> {
     /// the staging directory) into the local cache; failures are only logged.
     fn keep_fetched(&self) {
         let Some(c) = self.ctx.cache else { return };
-        let items: Vec<(String, PathBuf, u64)> = self
-            .fetched
-            .iter()
-            .map(|&i| {
-                (self.ctx.plan.sha(i).to_string(), self.ctx.staged(self.ctx.plan.sha(i)), self.ctx.plan.entries[i].size)
-            })
-            .collect();
+        let plan = self.ctx.plan;
+        let items: Vec<(String, PathBuf, u64)> =
+            self.fetched.iter().map(|&i| (plan.sha(i), self.ctx.staged(&plan.sha(i)), plan.item(i).size)).collect();
         if let Err(e) = c.keep(&items) {
             tracing::warn!("Failed to keep fetched contents in the cache: {e}");
         }
@@ -880,8 +811,11 @@ impl Run<'_, '_> {
 
     /// Gives directories their times, deepest first (once nothing changes in them).
     fn set_dir_times(&self) -> Result<()> {
-        for e in self.ctx.plan.entries.iter().rev().filter(|e| e.kind == Kind::Dir && !self.is_persisted(&e.path)) {
-            place::set_mtime(&under(&self.ctx.root, &e.path), e.mtime)?;
+        let plan = self.ctx.plan;
+        for i in (0..plan.len()).rev() {
+            if plan.item(i).kind == Kind::Dir && !self.is_persisted(plan.path(i)) {
+                place::set_mtime(&under(&self.ctx.root, plan.path(i)), plan.item(i).mtime)?;
+            }
         }
         Ok(())
     }
