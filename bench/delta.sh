@@ -167,6 +167,40 @@ for pct in 1 5 25; do
 "
 done
 
+# Peak memory against the number of files: small trees (ROTA_BENCH_SCALE_FILES,
+# files of ~1.5 kB) with 5 % changed, installed from the local bundle file
+# into an emptied B while A holds the old version, then once more into B
+# holding the new one (its kept index read).
+SCALE_ROWS=""
+for n in ${ROTA_BENCH_SCALE_FILES:-10000 100000}; do
+  S=$W/scale-$n
+  slot_mib=$((n / 40 + 128))
+  if [ ! -f "$S/.done" ]; then
+    echo "Generating a tree of $n small files" >&2
+    rm -rf "$S"; mkdir -p "$S/c"
+    "$GEN" generate "$S/v1" "$n" 1500 1
+    cp -a "$S/v1" "$S/c/rootfs.tree"
+    "$GEN" change "$S/c/rootfs.tree" 5 2 > /dev/null
+    printf '[update]\ncompatible=rota-bench\nversion=2\n\n[bundle]\nformat=verity\n\n[image.rootfs]\nfilename=rootfs.tree\n' \
+      > "$S/c/manifest.raucm"
+    "$ROTA" bundle "${SIGN[@]}" "$S/c" "$S/tree.raucb" > /dev/null 2>&1
+    mkfs.ext4 -q -N $((n * 2)) -d "$S/v1" "$S/slot-a" "${slot_mib}M"
+    touch "$S/.done"
+  fi
+  sed -e "s|$W/slot-a|$S/slot-a|; s|$W/slot-b|$S/slot-b|; s|$W/data|$S/data|; s|$W/grubenv|$S/grubenv|" \
+    "$W/system.conf" > "$S/system.conf"
+  rm -rf "$S/slot-b" "$S/data"; truncate -s "${slot_mib}M" "$S/slot-b"
+  grub-editenv "$S/grubenv" set ORDER='A B' A_OK=1 B_OK=1 A_TRY=0 B_TRY=0
+  scale_install=("$ROTA" install --conf "$S/system.conf" --override-boot-slot=A "$S/tree.raucb")
+  timed scale "${scale_install[@]}"
+  kb_empty=$KB_scale
+  timed scale "${scale_install[@]}"
+  kb_again=$KB_scale
+  echo "  $n files: peak $kb_empty KiB into an emptied slot, $kb_again KiB again" >&2
+  SCALE_ROWS+="| $n | $(mib "$kb_empty") MiB | $(mib "$kb_again") MiB |
+"
+done
+
 cat <<MD
 ### File-level delta installs (issue 6)
 
@@ -186,4 +220,11 @@ $(nproc) cores. Command: \`bench/run delta\`.
 | changed | files with new content | method | fetched | time | peak memory |
 |---|---:|---|---:|---:|---:|
 $ROWS
+
+Peak memory against the number of files (trees of small files, 5 % changed, installed from the
+local bundle file; the second install finds the slot's kept index):
+
+| files | peak memory, emptied slot | again, slot holding the tree |
+|---:|---:|---:|
+$SCALE_ROWS
 MD
