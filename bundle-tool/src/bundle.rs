@@ -139,29 +139,45 @@ struct Concat<A, B> {
     second: B,
 }
 
+impl<A: ReadAt, B: ReadAt> Concat<A, B> {
+    /// Reads `offset..offset + buf.len()` with `read` from the part or parts holding it.
+    fn read_split(
+        &self,
+        offset: u64,
+        buf: &mut [u8],
+        read: impl Fn(&dyn ReadAt, u64, &mut [u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        crate::source::check_range(offset, buf.len(), self.size())?;
+        let split = self.first.size();
+        let end = offset + buf.len() as u64;
+        if end <= split {
+            return read(&self.first, offset, buf);
+        }
+        if offset >= split {
+            return read(&self.second, offset - split, buf);
+        }
+        let (a, b) = buf.split_at_mut((split - offset) as usize);
+        read(&self.first, offset, a)?;
+        read(&self.second, 0, b)
+    }
+}
+
 impl<A: ReadAt, B: ReadAt> ReadAt for Concat<A, B> {
     fn size(&self) -> u64 {
         self.first.size() + self.second.size()
     }
 
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        crate::source::check_range(offset, buf.len(), self.size())?;
-        let split = self.first.size();
-        let end = offset + buf.len() as u64;
-        if end <= split {
-            return self.first.read_exact_at(offset, buf);
-        }
-        if offset >= split {
-            return self.second.read_exact_at(offset - split, buf);
-        }
-        let (a, b) = buf.split_at_mut((split - offset) as usize);
-        self.first.read_exact_at(offset, a)?;
-        self.second.read_exact_at(0, b)
+        self.read_split(offset, buf, |s, o, b| s.read_exact_at(o, b))
     }
 
     fn advise_scattered(&self, scattered: bool) {
         self.first.advise_scattered(scattered);
         self.second.advise_scattered(scattered);
+    }
+
+    fn read_exact_at_unverified(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.read_split(offset, buf, |s, o, b| s.read_exact_at_unverified(o, b))
     }
 }
 

@@ -129,6 +129,12 @@ impl<S: ReadAt> ReadAt for VerityReader<S> {
     fn advise_scattered(&self, scattered: bool) {
         self.source.advise_scattered(scattered)
     }
+
+    /// The data bytes as they are, no hash tree read (the caller checks them).
+    fn read_exact_at_unverified(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        check_range(offset, buf.len(), self.data_size)?;
+        self.source.read_exact_at_unverified(offset, buf)
+    }
 }
 
 /// Decrypts a crypt bundle's payload: AES-256-CBC per 4 KiB sector, IV =
@@ -189,6 +195,15 @@ impl<S: ReadAt> ReadAt for CryptReader<S> {
 
     fn advise_scattered(&self, scattered: bool) {
         self.inner.advise_scattered(scattered)
+    }
+
+    /// Decrypts whole sectors read unverified (tampered ciphertext turns
+    /// into wrong plaintext, which the caller's digest check catches).
+    fn read_exact_at_unverified(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        read_unaligned(self.inner.size(), offset, buf, BLOCK_SIZE as u64, |off, b| {
+            self.inner.read_exact_at_unverified(off, b)?;
+            crypt_sectors(&self.key, off / BLOCK_SIZE as u64, b, false)
+        })
     }
 }
 
@@ -319,6 +334,30 @@ mod tests {
         // Blocks before the damage still read fine.
         let mut ok = vec![0u8; 4096];
         r.read_exact_at(0, &mut ok).unwrap();
+    }
+
+    #[test]
+    fn unverified_reads_skip_the_check_and_leave_blocks_unchecked() {
+        let (data, mut p, root) = payload(300);
+        p[8192 + 100] ^= 4;
+        let r = VerityReader::new(p.clone(), data.len() as u64, &[3u8; 32], root).unwrap();
+        let mut b = vec![0u8; 50];
+        r.read_exact_at_unverified(8192 + 90, &mut b).unwrap();
+        assert_eq!(&b[..], &p[8192 + 90..8192 + 140], "bytes as stored, damage included");
+        assert!(r.read_exact_at(8192 + 90, &mut b).is_err(), "the checked read still refuses them");
+        assert!(r.read_exact_at_unverified(data.len() as u64 - 10, &mut [0u8; 11]).is_err(), "not into the tree");
+        // An unverified read does not count as a check.
+        let r = VerityReader::new(p, data.len() as u64, &[3u8; 32], root).unwrap();
+        r.read_exact_at_unverified(8192, &mut vec![0u8; 4096]).unwrap();
+        assert!(matches!(r.check_all(), Err(VerityError::DataBlock(2))));
+        // Crypt: whole sectors decrypted, any range served.
+        let key = [5u8; 32];
+        let plain: Vec<u8> = (0..3 * BLOCK_SIZE).map(|i| (i * 7) as u8).collect();
+        let mut enc = plain.clone();
+        crypt_sectors(&key, 0, &mut enc, true).unwrap();
+        let mut c = vec![0u8; 5000];
+        CryptReader::new(enc, key).read_exact_at_unverified(3000, &mut c).unwrap();
+        assert_eq!(&c[..], &plain[3000..8000]);
     }
 
     #[test]

@@ -28,6 +28,15 @@ pub trait ReadAt: Send + Sync {
     /// may be sequential again (`false`). Remote sources stop reading ahead;
     /// layers pass it on.
     fn advise_scattered(&self, _scattered: bool) {}
+
+    /// Fills `buf` with bytes the caller checks itself, against a digest it
+    /// holds from verified data (a tree image's file contents and their
+    /// SHA-256): a verifying layer may pass them on unchecked, and a remote
+    /// source fetches exactly these bytes, not the whole 4 KiB blocks a
+    /// check would need. By default the same as [`ReadAt::read_exact_at`].
+    fn read_exact_at_unverified(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.read_exact_at(offset, buf)
+    }
 }
 
 impl<T: ReadAt + ?Sized> ReadAt for Arc<T> {
@@ -45,6 +54,10 @@ impl<T: ReadAt + ?Sized> ReadAt for Arc<T> {
 
     fn advise_scattered(&self, scattered: bool) {
         (**self).advise_scattered(scattered)
+    }
+
+    fn read_exact_at_unverified(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        (**self).read_exact_at_unverified(offset, buf)
     }
 }
 
@@ -121,6 +134,11 @@ impl<S: ReadAt> ReadAt for Slice<S> {
 
     fn advise_scattered(&self, scattered: bool) {
         self.inner.advise_scattered(scattered)
+    }
+
+    fn read_exact_at_unverified(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        check_range(offset, buf.len(), self.len)?;
+        self.inner.read_exact_at_unverified(self.start + offset, buf)
     }
 }
 

@@ -255,3 +255,40 @@ fn a_bundle_larger_than_the_window_cache_is_fetched_about_once() {
     let fetched: u64 = srv.requests().iter().map(|r| r.range_len()).sum();
     assert!(fetched <= len + len / 100, "fetched {fetched} bytes of a {len} byte bundle: {}", r.stderr);
 }
+
+#[test]
+fn scattered_reads_of_bytes_being_fetched_wait_for_them() {
+    use rota_bundle::source::ReadAt;
+    use rota_bundle::source::http::{HttpOptions, HttpSource};
+    let server = Server::start();
+    let data: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 251) as u8).collect();
+    server.put("/b", data.clone());
+    let source = std::sync::Arc::new(HttpSource::open(&server.url("/b"), HttpOptions::default()).unwrap());
+    source.advise_scattered(true);
+    let asked = |s: &Server| s.requests().iter().filter(|r| r.header("range") == Some("bytes=8192-12287")).count();
+    // The first read's request is held at the server...
+    server.hold(8192, 12288);
+    let first = {
+        let s = source.clone();
+        std::thread::spawn(move || {
+            let mut b = vec![0u8; 90];
+            s.read_exact_at(8202, &mut b).map(|_| b)
+        })
+    };
+    while asked(&server) == 0 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // ...while a second read of the same 4 KiB block comes along.
+    let second = {
+        let s = source.clone();
+        std::thread::spawn(move || {
+            let mut b = vec![0u8; 100];
+            s.read_exact_at(8392, &mut b).map(|_| b)
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    server.release();
+    assert_eq!(first.join().unwrap().unwrap(), data[8202..8292]);
+    assert_eq!(second.join().unwrap().unwrap(), data[8392..8492]);
+    assert_eq!(asked(&server), 1, "the block was fetched once");
+}

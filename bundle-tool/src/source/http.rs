@@ -172,6 +172,11 @@ struct State {
     heads: VecDeque<Stream>,
     /// Recently fetched exact ranges of scattered reads, most recent last.
     pieces: VecDeque<(u64, Arc<Vec<u8>>)>,
+    /// Exact ranges being fetched for scattered reads (start, end): a read
+    /// needing bytes of one waits for it instead of fetching them again
+    /// (several workers reading files in one 512 KiB stretch need the
+    /// same verity hash block at once).
+    piece_fetches: Vec<(u64, u64)>,
 }
 
 struct Shared {
@@ -442,6 +447,7 @@ impl HttpSource {
                 in_flight: 0,
                 heads: VecDeque::new(),
                 pieces: VecDeque::new(),
+                piece_fetches: Vec::new(),
             }),
             ready: Condvar::new(),
         });
@@ -624,8 +630,9 @@ impl HttpSource {
     }
 
     /// Reads `offset..offset + buf.len()` (a scattered read) from kept exact
-    /// ranges where they hold it, fetching exactly the 4 KiB blocks of the
-    /// rest; small enough ranges are kept for reads of them again.
+    /// ranges where they hold it, waiting for ranges being fetched that hold
+    /// it, fetching exactly the 4 KiB blocks of the rest; small enough
+    /// ranges are kept for reads of them again.
     fn read_piece(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let end = offset + buf.len() as u64;
         let mut at = offset;
@@ -635,17 +642,33 @@ impl HttpSource {
                 at = to;
                 continue;
             }
-            // Up to the next kept range, if one starts before the end.
-            let upto = st.pieces.iter().map(|(s, _)| *s).filter(|s| *s > at && *s < end).min().unwrap_or(end);
-            drop(st);
+            if st.piece_fetches.iter().any(|&(s, e)| s <= at && at < e) {
+                // Kept when it arrives (or fetched here if it failed or was not kept).
+                drop(self.shared.ready.wait(st).expect("state lock"));
+                continue;
+            }
+            // Up to the next kept or coming range, if one starts before the end.
+            let upto = st
+                .pieces
+                .iter()
+                .map(|(s, _)| *s)
+                .chain(st.piece_fetches.iter().map(|&(s, _)| s))
+                .filter(|s| *s > at && *s < end)
+                .min()
+                .unwrap_or(end);
             let start = at & !4095;
             let last = upto.next_multiple_of(4096).min(self.size()) - 1;
-            let body = self.fetch_now(start, last)?;
+            st.piece_fetches.push((start, last + 1));
+            drop(st);
+            let fetched = self.fetch_now(start, last);
+            let mut st = self.shared.state.lock().expect("state lock");
+            st.piece_fetches.retain(|&r| r != (start, last + 1));
+            self.shared.ready.notify_all();
+            let body = fetched?;
             buf[(at - offset) as usize..(upto - offset) as usize]
                 .copy_from_slice(&body[(at - start) as usize..(upto - start) as usize]);
             at = upto;
             if body.len() <= PIECE_BYTES {
-                let mut st = self.shared.state.lock().expect("state lock");
                 st.pieces.push_back((start, Arc::new(body)));
                 while st.pieces.iter().map(|(_, p)| p.len()).sum::<usize>() > PIECE_BYTES {
                     st.pieces.pop_front();
@@ -767,6 +790,20 @@ impl ReadAt for HttpSource {
         }
         buf.copy_from_slice(&self.fetch_now(offset, offset + buf.len() as u64 - 1)?);
         Ok(())
+    }
+
+    /// Exactly these bytes, from a kept range holding them all or else
+    /// fetched with one request (no rounding to 4 KiB blocks: nothing
+    /// checks blocks here).
+    fn read_exact_at_unverified(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        super::check_range(offset, buf.len(), self.size())?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        if Self::copy_piece(&mut self.shared.state.lock().expect("state lock"), offset, offset, buf, true).is_some() {
+            return Ok(());
+        }
+        self.read_small_at(offset, buf)
     }
 }
 
