@@ -274,6 +274,66 @@ fn run_mksquashfs(content: &Path, out: &Path, extra: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Adds to the squashfs at `squashfs`, for each tree image, the SHA-256 of
+/// each stored block of its contents file ([`crate::tree::block_sums_file`]),
+/// appended with `mksquashfs` so that nothing already laid out moves (checked).
+fn append_block_sums(squashfs: &Path, trees: &[String]) -> Result<()> {
+    let sums_dir = tempfile::tempdir().map_err(|e| Error::Io(e.to_string()))?;
+    let maps = {
+        let source = crate::source::FileSource::open(squashfs).map_err(|e| io_err("open", squashfs, e))?;
+        let fs = crate::squashfs::BundleFs::open(std::sync::Arc::new(source))?;
+        let file = File::open(squashfs).map_err(|e| io_err("open", squashfs, e))?;
+        let mut maps = Vec::new();
+        for tree in trees {
+            let map = fs.block_map(&crate::tree::contents_file(tree))?;
+            let mut sums = Vec::with_capacity(32 * map.stored_blocks() as usize);
+            let mut block = Vec::new();
+            for b in 0..map.stored_blocks() {
+                let (start, end, _) = map.stored_block(b);
+                if start == end {
+                    // A sparse block: nothing is read, so nothing is checked;
+                    // a filler unlike any other keeps the file incompressible
+                    // (stored as it is, so a device reads single sums).
+                    sums.extend_from_slice(&Sha256::digest(format!("sparse block {b}")));
+                    continue;
+                }
+                block.resize((end - start) as usize, 0);
+                file.read_exact_at(&mut block, start).map_err(|e| io_err("read", squashfs, e))?;
+                sums.extend_from_slice(&Sha256::digest(&block));
+            }
+            let path = sums_dir.path().join(crate::tree::block_sums_file(tree));
+            fs::write(&path, &sums).map_err(|e| io_err("write", &path, e))?;
+            maps.push((0..map.stored_blocks()).map(|b| map.stored_block(b)).collect::<Vec<_>>());
+        }
+        maps
+    };
+    let output = Command::new("mksquashfs")
+        .arg(sums_dir.path())
+        .arg(squashfs)
+        .args(["-no-progress", "-all-root", "-no-xattrs", "-no-recovery", "-quiet"])
+        .output()
+        .map_err(|e| Error::Other(format!("Failed to run mksquashfs: {e}")))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(Error::Other(format!(
+            "mksquashfs failed to append block sums ({}): {}",
+            output.status,
+            stderr.trim()
+        )));
+    }
+    let source = crate::source::FileSource::open(squashfs).map_err(|e| io_err("open", squashfs, e))?;
+    let fs = crate::squashfs::BundleFs::open(std::sync::Arc::new(source))?;
+    for (tree, before) in trees.iter().zip(maps) {
+        let map = fs.block_map(&crate::tree::contents_file(tree))?;
+        let sums = fs.block_map(&crate::tree::block_sums_file(tree))?;
+        let after: Vec<_> = (0..map.stored_blocks()).map(|b| map.stored_block(b)).collect();
+        if after != before || sums.file_size() != 32 * map.stored_blocks() {
+            return Err(Error::Other(format!("mksquashfs moved the contents of tree image '{tree}' while appending")));
+        }
+    }
+    Ok(())
+}
+
 struct FileSink<'a> {
     file: &'a File,
     base: u64,
@@ -477,6 +537,9 @@ pub fn create(
         squashfs_args.push("-no-fragments".into());
     }
     run_mksquashfs(&work, &tmp, &squashfs_args)?;
+    if !trees.is_empty() {
+        append_block_sums(&tmp, &trees)?;
+    }
     let file = FsOpen::new().read(true).write(true).open(&tmp).map_err(|e| io_err("open", &tmp, e))?;
     let data_size = file.metadata()?.len();
     if data_size % BLOCK_SIZE as u64 != 0 {

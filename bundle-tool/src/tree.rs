@@ -103,6 +103,17 @@ pub fn contents_file(image: &str) -> String {
     format!("{image}.data")
 }
 
+/// The name of the file holding the SHA-256 of each stored (compressed)
+/// squashfs block of tree image `image`'s contents file, in block order (32
+/// bytes each; a sparse block's is filler). Added to the squashfs after the rest,
+/// as its layout is known only then; a device checks the bytes it fetches
+/// for a content against these before decompressing them, so it fetches
+/// just those bytes instead of the whole 4 KiB blocks around them and the
+/// verity hash blocks above them.
+pub fn block_sums_file(image: &str) -> String {
+    format!("{image}.data.sums")
+}
+
 /// Where contents of these sizes (in SHA-256 order) start in the contents file.
 pub fn content_offsets(sizes: impl IntoIterator<Item = u64>) -> Vec<u64> {
     let mut at = 0;

@@ -3,7 +3,7 @@
 //! the index records matches the tree (special files, links, xattrs, file
 //! capabilities included) and Debian's rauc accepts the bundle.
 
-use rota_bundle::tree::{CONTENT_ALIGN, FileIndex, Kind, content_offsets, contents_file};
+use rota_bundle::tree::{CONTENT_ALIGN, FileIndex, Kind, block_sums_file, content_offsets, contents_file};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::Path;
@@ -79,6 +79,27 @@ fn a_tree_image_is_bundled_as_a_signed_index_and_content_addressed_files() {
     let blobs: Vec<_> = contents.iter().map(|c| c.0).collect();
     // hostname and its twin share one content, as do the hard links.
     assert_eq!(blobs.len(), 4, "tool, hostname, big, sparse");
+
+    // The SHA-256 of each stored block of the contents file, read from the
+    // bundle's squashfs as stored; sparse blocks get distinct fillers.
+    let sums = fs::read(out.join(block_sums_file("rootfs.tree"))).unwrap();
+    let source = rota_bundle::source::FileSource::open(&b).unwrap();
+    let squashfs = rota_bundle::squashfs::BundleFs::open(std::sync::Arc::new(source)).unwrap();
+    let map = squashfs.block_map(&contents_file("rootfs.tree")).unwrap();
+    assert_eq!(map.stored_blocks(), (data.len() as u64).div_ceil(CONTENT_ALIGN));
+    assert_eq!(sums.len() as u64, 32 * map.stored_blocks());
+    let bytes = fs::read(&b).unwrap();
+    let mut sparse = 0;
+    for (block, sum) in sums.chunks(32).enumerate() {
+        let (start, end, _) = map.stored_block(block as u64);
+        if start == end {
+            sparse += 1;
+            assert!(sums.chunks(32).filter(|s| s == &sum).count() == 1, "fillers differ");
+        } else {
+            assert_eq!(sha256_hex(&bytes[start as usize..end as usize]), hex::encode(sum), "block {block}");
+        }
+    }
+    assert!(sparse >= 32, "the sparse file's holes are sparse blocks ({sparse})");
 
     // info counts the tree in every output format.
     let info = |format: &str| {

@@ -235,9 +235,10 @@ fn a_streamed_install_fetches_little_more_than_the_changed_files() {
     assert!(reused > 0);
 
     // What had to cross the network: the changed contents (packed alone,
-    // as the bundle packs them), the index, and at most all of the
-    // bundle's metadata (squashfs tables, verity tree, signature) — the
-    // bundle minus every content packed the same way.
+    // as the bundle packs them), the index (packed too), and at most all of
+    // the bundle's metadata (squashfs tables, verity tree, signature) — the
+    // bundle minus every content packed the same way. The contents' block
+    // sums are fetched on top of these.
     let wanted: HashSet<&str> = {
         let old_at = contents_at(i1);
         i2.entries
@@ -257,7 +258,11 @@ fn a_streamed_install_fetches_little_more_than_the_changed_files() {
     let changed = packed_size(&changed_dir);
     let extracted = dir.join("extracted");
     run(testkit::with_keyring(testkit::rota().arg("extract")).arg(b).arg(&extracted)).ok();
-    let index = fs::metadata(extracted.join("rootfs.tree")).unwrap().len();
+    // The index as the bundle stores it (compressed).
+    let index_dir = dir.join("index");
+    fs::create_dir_all(&index_dir).unwrap();
+    fs::copy(extracted.join("rootfs.tree"), index_dir.join("rootfs.tree")).unwrap();
+    let index = packed_size(&index_dir);
     // Everything after the squashfs data blocks: its tables (from the
     // superblock's inode table start), the verity tree, the signature.
     let bytes = fs::read(b).unwrap();

@@ -13,6 +13,7 @@ use crate::source::ReadAt;
 use backhand::traits::types::Compressor;
 use backhand::{DataSize, Fragment, SquashfsFileReader};
 use rayon::prelude::*;
+use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::sync::{Arc, Mutex};
@@ -168,7 +169,24 @@ impl BlockMap {
         let b = ((first + count) as usize).min(self.sizes.len());
         self.starts[b] - self.starts[a]
     }
+
+    /// Number of stored blocks (the tail fragment not counted).
+    pub fn stored_blocks(&self) -> u64 {
+        self.sizes.len() as u64
+    }
+
+    /// Where stored block `block` lies in the squashfs (`start..end`, empty
+    /// for a sparse block), and whether it is stored uncompressed.
+    pub fn stored_block(&self, block: u64) -> (u64, u64, bool) {
+        let i = block as usize;
+        (self.starts[i], self.starts[i + 1], self.sizes[i].uncompressed())
+    }
 }
+
+/// SHA-256 of each stored block of a file, from verified data: blocks
+/// read with them are taken as they come from the source (unverified,
+/// exactly their bytes) and checked against these before decompression.
+pub type BlockSums<'a> = &'a [[u8; 32]];
 
 /// Reads file contents of one squashfs.
 pub struct DataReader {
@@ -259,22 +277,36 @@ impl DataReader {
     /// Reads the compressed bytes `start..start + len` of a run of blocks
     /// (offset in run, stored size, stored uncompressed, output length) with
     /// one call and decompresses them in parallel; `None` for sparse blocks.
+    /// With `sums` (one per block of the run) the bytes are read unverified
+    /// and each block is checked against its sum before it is decompressed.
     fn read_run(
         &self,
         start: u64,
         len: u64,
         run: &[(u64, u32, bool, u64)],
+        sums: Option<BlockSums>,
     ) -> Result<Vec<io::Result<Option<Vec<u8>>>>> {
         let bs = self.block_size;
         let mut raw = vec![0u8; len as usize];
-        self.source.read_exact_at(start, &mut raw).map_err(|e| Error::Payload(e.to_string()))?;
+        let read = match sums {
+            None => self.source.read_exact_at(start, &mut raw),
+            Some(_) => self.source.read_exact_at_unverified(start, &mut raw),
+        };
+        read.map_err(|e| Error::Payload(e.to_string()))?;
         Ok(run
             .par_iter()
-            .map(|&(off, size, uncompressed, out_len)| {
+            .enumerate()
+            .map(|(i, &(off, size, uncompressed, out_len))| {
+                let input = &raw[off as usize..off as usize + size as usize];
+                if size > 0 && sums.is_some_and(|sums| Sha256::digest(input)[..] != sums[i]) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("the block stored at offset {} does not match its signed SHA-256", start + off),
+                    ));
+                }
                 if size == 0 {
                     return Ok(None); // sparse
                 }
-                let input = &raw[off as usize..off as usize + size as usize];
                 let mut out = Vec::with_capacity(out_len as usize);
                 if uncompressed {
                     out.extend_from_slice(input);
@@ -325,6 +357,22 @@ impl DataReader {
     /// `block_size` bytes, the file's last one shorter), read with one call
     /// to the source.
     pub fn read_blocks(&self, map: &BlockMap, first: u64, count: u64) -> Result<Vec<u8>> {
+        self.read_blocks_as(map, first, count, None)
+    }
+
+    /// [`DataReader::read_blocks`] with the SHA-256 of each of these stored
+    /// blocks (`sums[0]` for block `first`) from verified data: the blocks
+    /// are read exactly and unverified, then checked against them (a tail
+    /// fragment is read verified).
+    pub fn read_blocks_summed(&self, map: &BlockMap, first: u64, count: u64, sums: BlockSums) -> Result<Vec<u8>> {
+        let stored = count.min(map.stored_blocks().saturating_sub(first));
+        if (sums.len() as u64) < stored {
+            return Err(Self::corrupt(&map.path, "fewer block sums than blocks"));
+        }
+        self.read_blocks_as(map, first, count, Some(sums))
+    }
+
+    fn read_blocks_as(&self, map: &BlockMap, first: u64, count: u64, sums: Option<BlockSums>) -> Result<Vec<u8>> {
         let bs = self.block_size;
         let total = map.file_size.div_ceil(bs);
         if first + count > total {
@@ -342,7 +390,7 @@ impl DataReader {
                     (map.starts[i] - map.starts[a], ds.size(), ds.uncompressed(), out_len)
                 })
                 .collect();
-            let blocks = self.read_run(map.starts[a], map.starts[b] - map.starts[a], &run)?;
+            let blocks = self.read_run(map.starts[a], map.starts[b] - map.starts[a], &run, sums)?;
             for (block, &(_, _, _, out_len)) in blocks.into_iter().zip(&run) {
                 match block.map_err(|e| Self::corrupt(&map.path, e))? {
                     Some(data) => out.extend_from_slice(&data),
@@ -362,6 +410,11 @@ impl DataReader {
             out.extend_from_slice(&frag[start as usize..end as usize]);
         }
         Ok(out)
+    }
+
+    /// Reads stored bytes as they are, verified (for blocks stored uncompressed).
+    pub fn read_exact(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.source.read_exact_at(offset, buf).map_err(|e| Error::Payload(e.to_string()))
     }
 
     /// Passes a read pattern hint to the source (see [`ReadAt::advise_scattered`]).
@@ -390,7 +443,7 @@ impl DataReader {
                     (map.starts[k] - map.starts[i], ds.size(), ds.uncompressed(), bs.min(map.file_size - k as u64 * bs))
                 })
                 .collect();
-            let blocks = self.read_run(map.starts[i], map.starts[j] - map.starts[i], &run)?;
+            let blocks = self.read_run(map.starts[i], map.starts[j] - map.starts[i], &run, None)?;
             for (block, &(_, _, _, out_len)) in blocks.into_iter().zip(&run) {
                 match block.map_err(|e| Self::corrupt(path, e))? {
                     Some(data) => sink.put(&data).map_err(write_err)?,

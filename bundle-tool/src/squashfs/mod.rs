@@ -37,6 +37,10 @@ impl ReadAt for RecordingSource {
     fn advise_scattered(&self, scattered: bool) {
         self.inner.advise_scattered(scattered)
     }
+
+    fn read_exact_at_unverified(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.inner.read_exact_at_unverified(offset, buf)
+    }
 }
 
 /// Kind of a squashfs entry.
@@ -168,9 +172,58 @@ impl BundleFs {
         self.data.read_blocks(map, first, count)
     }
 
+    /// Bytes `offset..offset + len` of the file `map` describes, verified.
+    /// Where the blocks holding them are stored uncompressed (a file of
+    /// digests), just these bytes are read, not the whole blocks.
+    pub fn read_range(&self, map: &data::BlockMap, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let bs = map.block_size();
+        let end = offset.checked_add(len).filter(|end| *end <= map.file_size());
+        let Some(end) = end else {
+            return Err(Error::Payload(format!(
+                "Bytes {offset}+{len} lie beyond a file of {} bytes in the bundle",
+                map.file_size()
+            )));
+        };
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let (first, last) = (offset / bs, (end - 1) / bs);
+        let plain = last < map.stored_blocks()
+            && (first..=last).all(|b| {
+                let (s, e, uncompressed) = map.stored_block(b);
+                uncompressed && e - s == bs.min(map.file_size() - b * bs)
+            });
+        if plain {
+            let mut out = vec![0u8; len as usize];
+            let mut at = offset;
+            while at < end {
+                let (s, _, _) = map.stored_block(at / bs);
+                let n = (end - at).min(bs - at % bs);
+                let o = (at - offset) as usize;
+                self.data.read_exact(s + at % bs, &mut out[o..o + n as usize])?;
+                at += n;
+            }
+            return Ok(out);
+        }
+        let data = self.read_blocks(map, first, last + 1 - first)?;
+        let skip = (offset - first * bs) as usize;
+        Ok(data[skip..skip + len as usize].to_vec())
+    }
+
     /// Copies bytes `offset..offset + len` of the file `map` describes into
-    /// `out`, reading the blocks that hold them, at most 16 per call to the source.
-    pub fn copy_range(&self, map: &data::BlockMap, offset: u64, len: u64, out: &mut dyn Write) -> Result<()> {
+    /// `out`, reading the blocks that hold them, at most 16 per call to the
+    /// source. With `sums`, the file of the SHA-256 of each stored block of
+    /// `map`'s file, the blocks are read exactly as stored and checked
+    /// against their sums (which are read verified) instead of through the
+    /// payload's own check: no 4 KiB blocks around them, no hash tree.
+    pub fn copy_range(
+        &self,
+        map: &data::BlockMap,
+        offset: u64,
+        len: u64,
+        sums: Option<&data::BlockMap>,
+        out: &mut dyn Write,
+    ) -> Result<()> {
         let bs = map.block_size();
         if offset.checked_add(len).is_none_or(|end| end > map.file_size()) {
             return Err(Error::Payload(format!(
@@ -181,7 +234,16 @@ impl BundleFs {
         let (mut block, mut skip, mut left) = (offset / bs, (offset % bs) as usize, len);
         while left > 0 {
             let count = (skip as u64 + left).div_ceil(bs).min(16);
-            let data = self.read_blocks(map, block, count)?;
+            let data = match sums {
+                Some(sums_map) => {
+                    let summed = count.min(map.stored_blocks().saturating_sub(block));
+                    let raw = self.read_range(sums_map, block * 32, summed * 32)?;
+                    let sums: Vec<[u8; 32]> =
+                        raw.chunks_exact(32).map(|c| c.try_into().expect("32-byte chunks")).collect();
+                    self.data.read_blocks_summed(map, block, count, &sums)?
+                }
+                None => self.read_blocks(map, block, count)?,
+            };
             let take = (data.len() - skip).min(left as usize);
             out.write_all(&data[skip..skip + take]).map_err(|e| Error::Other(format!("Failed to write: {e}")))?;
             left -= take as u64;

@@ -537,12 +537,12 @@ impl Ctx<'_> {
     /// Reads the content of entry `i` from the bundle's contents file
     /// (`map`) into the staging directory and checks it; returns its length
     /// and stored size.
-    fn fetch_one(&self, i: usize, map: &BlockMap, stored: u64) -> Result<(u64, u64)> {
+    fn fetch_one(&self, i: usize, map: &BlockMap, sums: &BlockMap, stored: u64) -> Result<(u64, u64)> {
         self.control.check()?;
         let (sha, size) = (self.plan.sha(i), self.plan.item(i).size);
         let part = self.staging.join(format!("{sha}.part"));
         let mut w = content::SparseWriter::new(content::create(&part)?);
-        self.fs.copy_range(map, self.plan.offset(i), size, &mut w)?;
+        self.fs.copy_range(map, self.plan.offset(i), size, Some(sums), &mut w)?;
         let (len, got, _) = w.finish().map_err(|err| Error::io("Failed to write", &part, err))?;
         if got != sha || len != size {
             place::remove_any(&part)?;
@@ -555,6 +555,27 @@ impl Ctx<'_> {
         let to = self.staged(&sha);
         std::fs::rename(&part, &to).map_err(|err| Error::io("Failed to move", &part, err))?;
         Ok((len, stored))
+    }
+
+    /// Where the SHA-256 of each stored block of the contents file (`map`) lie.
+    fn block_sums(&self, map: &BlockMap) -> Result<BlockMap> {
+        let name = rota_bundle::tree::block_sums_file(self.name);
+        if self.fs.entry(&name).is_none() {
+            return failed(format!(
+                "Tree image '{}' lacks '{name}' in the bundle (made by an older rota-bundle): build the bundle again",
+                self.name
+            ));
+        }
+        let sums = self.fs.block_map(&name)?;
+        if sums.file_size() != 32 * map.stored_blocks() {
+            return failed(format!(
+                "'{name}' in the bundle is corrupt: {} bytes for the {} blocks of '{}'",
+                sums.file_size(),
+                map.stored_blocks(),
+                rota_bundle::tree::contents_file(self.name),
+            ));
+        }
+        Ok(sums)
     }
 
     /// Reads the written file of entry `i` back from the medium and checks it.
@@ -679,6 +700,7 @@ impl Run<'_, '_> {
         }
         let ctx = &self.ctx;
         let map = ctx.fs.block_map(&rota_bundle::tree::contents_file(ctx.name))?;
+        let sums = ctx.block_sums(&map)?;
         let mut jobs: Vec<(u64, usize, u64)> = wanted
             .into_iter()
             .map(|i| {
@@ -691,7 +713,7 @@ impl Run<'_, '_> {
         let r = in_parallel(
             FETCH_WORKERS,
             &jobs,
-            |&(_, i, stored)| ctx.fetch_one(i, &map, stored),
+            |&(_, i, stored)| ctx.fetch_one(i, &map, &sums, stored),
             |&(_, i, _), (len, stored)| {
                 fetched.push(i);
                 stats.fetched += 1;
