@@ -58,12 +58,26 @@ fn contents_at(index: &FileIndex) -> HashMap<&[u8], &str> {
 
 /// A verity bundle with `tree` as the rootfs tree image, at `out`.
 fn bundle(tree: &Path, out: &Path) {
+    bundle_as(tree, out, "verity");
+}
+
+/// A bundle of `format` with `tree` as the rootfs tree image, at `out`
+/// (crypt bundles encrypted for the test recipient).
+fn bundle_as(tree: &Path, out: &Path, format: &str) {
     let c = Content::new(out.with_extension("content"));
     sh(&format!("cp -a {} {}", tree.display(), c.dir.join("rootfs.tree").display()));
-    c.manifest(
-        "[update]\ncompatible=Test Config\nversion=2\n[bundle]\nformat=verity\n[image.rootfs]\nfilename=rootfs.tree\n",
-    );
-    rota_bundle(&c.dir, out, "release").ok();
+    c.manifest(&format!(
+        "[update]\ncompatible=Test Config\nversion=2\n[bundle]\nformat={format}\n[image.rootfs]\nfilename=rootfs.tree\n"
+    ));
+    if format != "crypt" {
+        rota_bundle(&c.dir, out, "release").ok();
+        return;
+    }
+    let signed = out.with_extension("signed.raucb");
+    rota_bundle(&c.dir, &signed, "release").ok();
+    let _ = fs::remove_file(out);
+    let to = format!("--to={}", pki_file("rsa-recipient.pem").display());
+    run(testkit::rota().arg("encrypt").arg(to).arg(&signed).arg(out)).ok();
 }
 
 /// An ext4 filesystem image of `size` MiB holding `tree` (nothing when `None`).
@@ -489,4 +503,24 @@ fn a_damaged_target_is_repaired_or_rebuilt() {
     assert!(r.stderr.contains("Slot rootfs.1 holds no usable filesystem: formatting it"), "{}", r.stderr);
     assert_same_tree(&scan_image(&d.path("rootfs1.img")), i2);
     assert_eq!(grub_selected(&grubenv(&d.path("grubenv"))).as_deref(), Some("B"));
+}
+
+#[test]
+fn plain_and_crypt_bundles_carry_tree_images_too() {
+    let (_t, www) = web_root();
+    let f = Fixture::new("formats", 5, None);
+    let nginx = Nginx::serve(&www);
+    let key = format!("[encryption]\nkey={}", pki_file("rsa-recipient.key").display());
+    // A plain bundle from its file; a crypt bundle streamed (whole sectors
+    // decrypted, each fetched block checked against its sum).
+    for (format, from) in [("plain", None), ("crypt", Some(nginx.url("/crypt.raucb")))] {
+        let b = www.join(format!("{format}.raucb"));
+        bundle_as(&f.v2, &b, format);
+        let d = device_with(&format!("format-{format}"), &f.v1, Some(&f.v1), &key);
+        let r = run(d.rota().arg("install").arg(from.unwrap_or_else(|| b.display().to_string()))).ok();
+        assert_same_tree(&scan_image(&d.path("rootfs1.img")), &f.i2);
+        let (_, _, _, fetched, _) = summary(&r);
+        assert_eq!(fetched as usize, fresh_contents(&f.i1, &f.i2), "{format}");
+    }
+    assert!(nginx.served("/crypt.raucb") < fs::metadata(www.join("crypt.raucb")).unwrap().len() / 4);
 }
