@@ -89,6 +89,13 @@ fn rel(p: &Path) -> String {
     p.to_string_lossy().trim_start_matches('/').to_string()
 }
 
+/// The end of bytes `offset..offset + len` of the file `map` describes, if they lie inside it.
+fn range_end(map: &data::BlockMap, offset: u64, len: u64) -> Result<u64> {
+    offset.checked_add(len).filter(|end| *end <= map.file_size()).ok_or_else(|| {
+        Error::Payload(format!("Bytes {offset}+{len} lie beyond a file of {} bytes in the bundle", map.file_size()))
+    })
+}
+
 /// Splits a squashfs device number into (major, minor).
 pub fn split_dev(dev: u32) -> (u32, u32) {
     ((dev & 0xfff00) >> 8, (dev & 0xff) | ((dev >> 12) & 0xfff00))
@@ -177,13 +184,7 @@ impl BundleFs {
     /// digests), just these bytes are read, not the whole blocks.
     pub fn read_range(&self, map: &data::BlockMap, offset: u64, len: u64) -> Result<Vec<u8>> {
         let bs = map.block_size();
-        let end = offset.checked_add(len).filter(|end| *end <= map.file_size());
-        let Some(end) = end else {
-            return Err(Error::Payload(format!(
-                "Bytes {offset}+{len} lie beyond a file of {} bytes in the bundle",
-                map.file_size()
-            )));
-        };
+        let end = range_end(map, offset, len)?;
         if len == 0 {
             return Ok(Vec::new());
         }
@@ -225,12 +226,7 @@ impl BundleFs {
         out: &mut dyn Write,
     ) -> Result<()> {
         let bs = map.block_size();
-        if offset.checked_add(len).is_none_or(|end| end > map.file_size()) {
-            return Err(Error::Payload(format!(
-                "Bytes {offset}+{len} lie beyond a file of {} bytes in the bundle",
-                map.file_size()
-            )));
-        }
+        range_end(map, offset, len)?;
         let (mut block, mut skip, mut left) = (offset / bs, (offset % bs) as usize, len);
         while left > 0 {
             let count = (skip as u64 + left).div_ceil(bs).min(16);
