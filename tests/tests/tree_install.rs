@@ -524,3 +524,53 @@ fn plain_and_crypt_bundles_carry_tree_images_too() {
     }
     assert!(nginx.served("/crypt.raucb") < fs::metadata(www.join("crypt.raucb")).unwrap().len() / 4);
 }
+
+#[test]
+fn tree_bundles_without_fitting_block_sums_are_refused_before_the_slot_is_touched() {
+    // Debian's rauc packs a tree bundle's files again, all but the block sums.
+    let dir = target_dir().join("test-bundles/tree-install/no-sums");
+    let _ = fs::remove_dir_all(&dir);
+    let tree = dir.join("tree");
+    rootfs::generate(&tree, 200, 4096, 1);
+    let made = dir.join("made.raucb");
+    bundle(&tree, &made);
+    let content = dir.join("content");
+    run(testkit::with_keyring(testkit::rota().arg("extract")).arg(&made).arg(&content)).ok();
+    fs::remove_file(content.join(rota_bundle::tree::block_sums_file("rootfs.tree"))).unwrap();
+    let repacked = dir.join("repacked.raucb");
+    testkit::peer_bundle(&content, &repacked, "release").ok();
+
+    let d = device("no-sums", &tree, None);
+    let b_before = testkit::sha256_hex(&fs::read(d.path("rootfs1.img")).unwrap());
+    let r = run(d.rota().arg("install").arg(&repacked));
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains(
+            "Tree image 'rootfs.tree' lacks 'rootfs.tree.data.sums' in the bundle (made by an older rota-bundle): build the bundle again"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(grub_selected(&grubenv(&d.path("grubenv"))).as_deref(), Some("A"));
+    assert_eq!(testkit::sha256_hex(&fs::read(d.path("rootfs1.img")).unwrap()), b_before, "B untouched");
+
+    // Sums that do not fit the contents file (one block's short).
+    let mut sums = {
+        let out = dir.join("again");
+        run(testkit::with_keyring(testkit::rota().arg("extract")).arg(&made).arg(&out)).ok();
+        fs::read(out.join(rota_bundle::tree::block_sums_file("rootfs.tree"))).unwrap()
+    };
+    let blocks = sums.len() / 32;
+    sums.truncate(sums.len() - 32);
+    fs::write(content.join(rota_bundle::tree::block_sums_file("rootfs.tree")), &sums).unwrap();
+    let short = dir.join("short.raucb");
+    testkit::peer_bundle(&content, &short, "release").ok();
+    let r = run(d.rota().arg("install").arg(&short));
+    assert_ne!(r.code, 0);
+    let want = format!(
+        "'rootfs.tree.data.sums' in the bundle is corrupt: {} bytes for the {blocks} blocks of 'rootfs.tree.data'",
+        sums.len()
+    );
+    assert!(r.stderr.contains(&want), "{}", r.stderr);
+    assert_eq!(testkit::sha256_hex(&fs::read(d.path("rootfs1.img")).unwrap()), b_before, "B untouched");
+}

@@ -269,6 +269,7 @@ pub fn install(job: &Job<'_>, progress: &mut dyn FnMut(Progressed)) -> Result<St
         job.image.sha256.as_deref(),
     )?;
     let plan = Plan::read(&index_path, name, STAGING)?;
+    let (contents, sums) = contents_and_sums(job.fs, name)?;
     let fat = slot.slot_type == SlotType::Vfat;
     if fat {
         fat::check_tree((0..plan.len()).map(|i| plan.entry(i)), name)?;
@@ -285,6 +286,8 @@ pub fn install(job: &Job<'_>, progress: &mut dyn FnMut(Progressed)) -> Result<St
         fs: job.fs,
         name,
         plan: &plan,
+        contents,
+        sums,
         // FAT: the new objects are laid out here and copied in, contents staged locally
         // (with a data directory where an interrupted install finds them again).
         root: if fat { work.path().join("layout") } else { dir.clone() },
@@ -350,6 +353,28 @@ pub fn install(job: &Job<'_>, progress: &mut dyn FnMut(Progressed)) -> Result<St
     Ok(stats)
 }
 
+/// Where the blocks of tree image `name`'s contents file lie, and the file
+/// of their SHA-256 sums (checked before the slot is touched).
+fn contents_and_sums(fs: &BundleFs, name: &str) -> Result<(BlockMap, BlockMap)> {
+    let contents = fs.block_map(&rota_bundle::tree::contents_file(name))?;
+    let sums_name = rota_bundle::tree::block_sums_file(name);
+    if fs.entry(&sums_name).is_none() {
+        return failed(format!(
+            "Tree image '{name}' lacks '{sums_name}' in the bundle (made by an older rota-bundle): build the bundle again"
+        ));
+    }
+    let sums = fs.block_map(&sums_name)?;
+    if sums.file_size() != 32 * contents.stored_blocks() {
+        return failed(format!(
+            "'{sums_name}' in the bundle is corrupt: {} bytes for the {} blocks of '{}'",
+            sums.file_size(),
+            contents.stored_blocks(),
+            rota_bundle::tree::contents_file(name),
+        ));
+    }
+    Ok((contents, sums))
+}
+
 /// Runs a slot hook of a FAT slot (which is not mounted otherwise) with
 /// the slot mounted at `dir`.
 fn run_hook_mounted(job: &Job<'_>, hook: SlotHook, dir: &Path) -> Result<()> {
@@ -393,6 +418,9 @@ struct Ctx<'a> {
     /// The image (index) name in the bundle.
     name: &'a str,
     plan: &'a Plan,
+    /// Where the contents file's blocks lie, and the file of their sums.
+    contents: BlockMap,
+    sums: BlockMap,
     root: PathBuf,
     staging: PathBuf,
     booted: Option<&'a Booted>,
@@ -534,15 +562,14 @@ impl Ctx<'_> {
         Ok(false)
     }
 
-    /// Reads the content of entry `i` from the bundle's contents file
-    /// (`map`) into the staging directory and checks it; returns its length
-    /// and stored size.
-    fn fetch_one(&self, i: usize, map: &BlockMap, sums: &BlockMap, stored: u64) -> Result<(u64, u64)> {
+    /// Reads the content of entry `i` from the bundle's contents file into
+    /// the staging directory and checks it; returns its length and stored size.
+    fn fetch_one(&self, i: usize, stored: u64) -> Result<(u64, u64)> {
         self.control.check()?;
         let (sha, size) = (self.plan.sha(i), self.plan.item(i).size);
         let part = self.staging.join(format!("{sha}.part"));
         let mut w = content::SparseWriter::new(content::create(&part)?);
-        self.fs.copy_range(map, self.plan.offset(i), size, Some(sums), &mut w)?;
+        self.fs.copy_range(&self.contents, self.plan.offset(i), size, Some(&self.sums), &mut w)?;
         let (len, got, _) = w.finish().map_err(|err| Error::io("Failed to write", &part, err))?;
         if got != sha || len != size {
             place::remove_any(&part)?;
@@ -555,27 +582,6 @@ impl Ctx<'_> {
         let to = self.staged(&sha);
         std::fs::rename(&part, &to).map_err(|err| Error::io("Failed to move", &part, err))?;
         Ok((len, stored))
-    }
-
-    /// Where the SHA-256 of each stored block of the contents file (`map`) lie.
-    fn block_sums(&self, map: &BlockMap) -> Result<BlockMap> {
-        let name = rota_bundle::tree::block_sums_file(self.name);
-        if self.fs.entry(&name).is_none() {
-            return failed(format!(
-                "Tree image '{}' lacks '{name}' in the bundle (made by an older rota-bundle): build the bundle again",
-                self.name
-            ));
-        }
-        let sums = self.fs.block_map(&name)?;
-        if sums.file_size() != 32 * map.stored_blocks() {
-            return failed(format!(
-                "'{name}' in the bundle is corrupt: {} bytes for the {} blocks of '{}'",
-                sums.file_size(),
-                map.stored_blocks(),
-                rota_bundle::tree::contents_file(self.name),
-            ));
-        }
-        Ok(sums)
     }
 
     /// Reads the written file of entry `i` back from the medium and checks it.
@@ -699,8 +705,7 @@ impl Run<'_, '_> {
             return Ok(());
         }
         let ctx = &self.ctx;
-        let map = ctx.fs.block_map(&rota_bundle::tree::contents_file(ctx.name))?;
-        let sums = ctx.block_sums(&map)?;
+        let map = &ctx.contents;
         let mut jobs: Vec<(u64, usize, u64)> = wanted
             .into_iter()
             .map(|i| {
@@ -713,7 +718,7 @@ impl Run<'_, '_> {
         let r = in_parallel(
             FETCH_WORKERS,
             &jobs,
-            |&(_, i, stored)| ctx.fetch_one(i, &map, &sums, stored),
+            |&(_, i, stored)| ctx.fetch_one(i, stored),
             |&(_, i, _), (len, stored)| {
                 fetched.push(i);
                 stats.fetched += 1;
