@@ -96,8 +96,13 @@ fn device(name: &str, a: &Path, b: Option<&Path>) -> Device {
 
 /// [`device`] with more configuration (`[tree]` and such).
 fn device_with(name: &str, a: &Path, b: Option<&Path>, extra: &str) -> Device {
+    device_keeping(name, a, b, "data-directory=data", extra)
+}
+
+/// [`device_with`] keeping the slot status as `status` says.
+fn device_keeping(name: &str, a: &Path, b: Option<&Path>, status: &str, extra: &str) -> Device {
     let conf = format!(
-        "[system]\ncompatible=Test Config\nbootloader=grub\ngrubenv=grubenv\ndata-directory=data\nmountprefix=mnt\n\
+        "[system]\ncompatible=Test Config\nbootloader=grub\ngrubenv=grubenv\n{status}\nmountprefix=mnt\n\
          {extra}\n[keyring]\npath={}\n\
          [slot.rootfs.0]\ndevice=rootfs0.img\ntype=ext4\nbootname=A\n[slot.rootfs.1]\ndevice=rootfs1.img\ntype=ext4\nbootname=B\n",
         pki_file("keyring.pem").display()
@@ -156,6 +161,34 @@ fn fresh_contents(old: &FileIndex, new: &FileIndex) -> usize {
     all.difference(&local).count()
 }
 
+/// Boots `d` from B (holding the fixture's v2), installs a v3 with 5 % of
+/// v2's files changed into A (holding v1) and checks that only contents
+/// neither in v2 nor at the same path in v1 were fetched; returns v3's
+/// index and the summary line.
+fn install_v3_into_a(d: &Device, f: &Fixture) -> (FileIndex, String) {
+    let v3 = f.dir.join("trees/v3");
+    sh(&format!("cp -a {} {}", f.v2.display(), v3.display()));
+    rootfs::change(&v3, 5, 3);
+    let i3 = FileIndex::scan(&v3).unwrap();
+    let b3 = f.dir.join("v3.raucb");
+    bundle(&v3, &b3);
+    d.boot("rauc.slot=B");
+    let r = run(d.rota().arg("install").arg(&b3)).ok();
+    let text = format!("{}{}", r.stdout, r.stderr);
+    let line = text.lines().find(|l| l.contains("Tree update of rootfs.0: ")).unwrap_or_else(|| panic!("{text}"));
+    let in_v2: HashSet<&str> = f.i2.entries.iter().filter_map(|e| e.sha256.as_deref()).collect();
+    let v1_at = contents_at(&f.i1);
+    let needed: HashSet<&str> = i3
+        .entries
+        .iter()
+        .filter_map(|e| Some((e.path.as_slice(), e.sha256.as_deref()?)))
+        .filter(|(p, s)| !in_v2.contains(s) && v1_at.get(p) != Some(s))
+        .map(|(_, s)| s)
+        .collect();
+    assert!(line.contains(&format!(", {} fetched from the bundle", needed.len())), "{line}");
+    (i3, line.to_string())
+}
+
 fn find<'a>(i: &'a FileIndex, path: &str) -> &'a Entry {
     i.entries.iter().find(|e| e.path == path.as_bytes()).unwrap_or_else(|| panic!("{path}"))
 }
@@ -163,7 +196,7 @@ fn find<'a>(i: &'a FileIndex, path: &str) -> &'a Entry {
 #[test]
 fn a_local_bundle_builds_the_new_tree_from_the_booted_slot_and_the_changed_files() {
     let f = Fixture::new("local", 5, None);
-    let Fixture { dir, v1, v2, bundle: b, i1, i2 } = &f;
+    let Fixture { v1, bundle: b, i1, i2, .. } = &f;
 
     // B was emptied: every file comes from A or the bundle.
     let d = device("local", v1, None);
@@ -198,27 +231,8 @@ fn a_local_bundle_builds_the_new_tree_from_the_booted_slot_and_the_changed_files
 
     // B runs v2 now; v3 goes into A, which still holds v1: files A already
     // has stay where they are, moved files are found in B by content.
-    let v3 = dir.join("trees/v3");
-    sh(&format!("cp -a {} {}", v2.display(), v3.display()));
-    rootfs::change(&v3, 5, 3);
-    let i3 = FileIndex::scan(&v3).unwrap();
-    let b3 = dir.join("v3.raucb");
-    bundle(&v3, &b3);
-    d.boot("rauc.slot=B");
-    let r = run(d.rota().arg("install").arg(&b3)).ok();
+    let (i3, line) = install_v3_into_a(&d, &f);
     assert_same_tree(&scan_image(&d.path("rootfs0.img")), &i3);
-    let text = format!("{}{}", r.stdout, r.stderr);
-    let line = text.lines().find(|l| l.contains("Tree update of rootfs.0: ")).unwrap_or_else(|| panic!("{text}"));
-    let in_v2: HashSet<&str> = i2.entries.iter().filter_map(|e| e.sha256.as_deref()).collect();
-    let v1_at = contents_at(i1);
-    let needed: HashSet<&str> = i3
-        .entries
-        .iter()
-        .filter_map(|e| Some((e.path.as_slice(), e.sha256.as_deref()?)))
-        .filter(|(p, s)| !in_v2.contains(s) && v1_at.get(p) != Some(s))
-        .map(|(_, s)| s)
-        .collect();
-    assert!(line.contains(&format!(", {} fetched from the bundle", needed.len())), "{line}");
     assert!(!line.contains(" 0 reused"), "{line}");
     assert_eq!(grub_selected(&grubenv(&d.path("grubenv"))).as_deref(), Some("A"));
 }
@@ -573,4 +587,43 @@ fn tree_bundles_without_fitting_block_sums_are_refused_before_the_slot_is_touche
     );
     assert!(r.stderr.contains(&want), "{}", r.stderr);
     assert_eq!(testkit::sha256_hex(&fs::read(d.path("rootfs1.img")).unwrap()), b_before, "B untouched");
+}
+
+#[test]
+fn the_installed_index_is_kept_where_the_slot_status_is() {
+    let f = Fixture::new("per-slot", 5, None);
+    let Fixture { dir, v1, bundle: b, i2, .. } = &f;
+    let d = device_keeping("per-slot", v1, None, "statusfile=per-slot", "");
+    run(d.rota().arg("install").arg(b)).ok();
+
+    // B holds v2, its status, and the signed index it was installed from.
+    let extracted = dir.join("extracted");
+    run(testkit::with_keyring(testkit::rota().arg("extract")).arg(b).arg(&extracted)).ok();
+    let index_sha = testkit::sha256_hex(&fs::read(extracted.join("rootfs.tree")).unwrap());
+    let mut got = scan_image(&d.path("rootfs1.img"));
+    assert_eq!(find(&got, "slot.tree-index").sha256.as_deref(), Some(index_sha.as_str()));
+    assert_eq!(find(&got, "slot.raucs").kind, Kind::File);
+    // (the root's time is the status file's)
+    got.entries.retain(|e| !e.path.is_empty() && e.path != b"slot.raucs" && e.path != b"slot.tree-index");
+    let mut want = i2.clone();
+    want.entries.retain(|e| !e.path.is_empty());
+    assert_same_tree(&got, &want);
+
+    // B runs v2 now; v3 goes into A (v1, nothing kept): moved files are
+    // found in B by content, through the index kept inside B.
+    let (i3, _) = install_v3_into_a(&d, &f);
+    let mut got = scan_image(&d.path("rootfs0.img"));
+    got.entries.retain(|e| !e.path.is_empty() && e.path != b"slot.raucs" && e.path != b"slot.tree-index");
+    let mut want = i3.clone();
+    want.entries.retain(|e| !e.path.is_empty());
+    assert_same_tree(&got, &want);
+    assert_eq!(grub_selected(&grubenv(&d.path("grubenv"))).as_deref(), Some("A"));
+
+    // A central status file and no data directory: the index is kept beside it.
+    let d = device_keeping("central", v1, None, "statusfile=state/central.raucs", "");
+    fs::create_dir_all(d.path("state")).unwrap();
+    run(d.rota().arg("install").arg(b)).ok();
+    let kept = d.path(&format!("state/slot.rootfs.1/tree-{index_sha}.index"));
+    assert_eq!(testkit::sha256_hex(&fs::read(&kept).unwrap()), index_sha);
+    assert!(scan_image(&d.path("rootfs1.img")).entries.iter().all(|e| e.path != b"slot.tree-index"));
 }

@@ -15,9 +15,11 @@
 //!
 //! FAT slots are reached through mtools instead of a mount (module `fat`).
 //!
-//! With a `data-directory`, the installed index is kept as
-//! `slot.<name>/tree-<sha256>.index`, so the next update finds files by
-//! content in that slot without scanning it.
+//! The installed index is kept with the slot status, as
+//! `slot.<name>/tree-<sha256>.index` under the `data-directory` (or beside
+//! a central status file), or as `slot.tree-index` in the root of an ext4
+//! slot that holds its own status (`statusfile=per-slot`), so the next
+//! update finds files by content in that slot without scanning it.
 
 mod cache;
 mod content;
@@ -28,7 +30,7 @@ mod place;
 
 use super::control::InstallControl;
 use super::hooks::{SlotHook, SlotHooks};
-use crate::config::{SlotConfig, SlotType};
+use crate::config::{SlotConfig, SlotType, StatusMode};
 use crate::error::{Error, Result, failed};
 use crate::mounts;
 use crate::system::{SlotState, System};
@@ -44,6 +46,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// The directory in the target's root where contents are put together
 /// before they move into place; kept by an interrupted install for the next.
 const STAGING: &str = ".rota-tree-staging";
+/// The installed index of an ext4 slot whose status lives inside it
+/// (`statusfile=per-slot`), beside `slot.raucs` in its root.
+const IN_SLOT_INDEX: &str = "slot.tree-index";
 
 /// One tree install.
 pub struct Job<'a> {
@@ -129,9 +134,35 @@ impl Stats {
 
 use place::under;
 
-/// Where a slot's kept index lives, when there is a data directory.
+/// Where a slot's kept index lives when its status is kept outside the
+/// slot: under the data directory, or beside the central status file.
 fn kept_dir(system: &System, slot: &str) -> Option<PathBuf> {
-    system.config.system.data_directory.as_ref().map(|d| d.join(format!("slot.{slot}")))
+    let dir = match (&system.config.system.data_directory, &system.config.system.status) {
+        (Some(d), _) => d.clone(),
+        (None, StatusMode::Central(file)) => file.parent()?.to_path_buf(),
+        (None, StatusMode::PerSlot) => return None,
+    };
+    Some(dir.join(format!("slot.{slot}")))
+}
+
+/// Whether `slot`'s index is kept inside it (its status is, and it is ext4).
+fn kept_in_slot(system: &System, slot: &SlotConfig) -> bool {
+    kept_dir(system, &slot.name).is_none() && slot.slot_type == SlotType::Ext4
+}
+
+/// The files of the index kept in the slot mounted at `root`, if it is the
+/// one of the installed tree `sha` (its digest is checked: the file is the
+/// signed index the tree was installed from), whose content `plan` has.
+fn in_slot_contents(root: &Path, sha: Option<&str>, plan: &Plan) -> Installed {
+    let path = root.join(IN_SLOT_INDEX);
+    let Some(sha) = sha else { return Installed::default() };
+    match rota_bundle::tree::hash_file(&path) {
+        Ok((_, digest)) if digest == sha => Installed::read(&path, plan).unwrap_or_else(|e| {
+            tracing::warn!("Ignoring the file index kept in {}: {e}", root.display());
+            Installed::default()
+        }),
+        _ => Installed::default(),
+    }
 }
 
 fn kept_index_path(dir: &Path, sha: &str) -> PathBuf {
@@ -200,8 +231,12 @@ impl Booted {
                 }
             }
         };
-        let installed = system.load_status(s).sha256;
-        let installed = kept_contents(system, &s.config, installed.as_deref(), plan);
+        let sha = system.load_status(s).sha256;
+        let installed = if fat.is_none() && kept_in_slot(system, &s.config) {
+            in_slot_contents(&root, sha.as_deref(), plan)
+        } else {
+            kept_contents(system, &s.config, sha.as_deref(), plan)
+        };
         Some(Booted { root, _mounted: mounted, fat, installed })
     }
 }
@@ -271,11 +306,13 @@ pub fn install(job: &Job<'_>, progress: &mut dyn FnMut(Progressed)) -> Result<St
     let plan = Plan::read(&index_path, name, STAGING)?;
     let (contents, sums) = contents_and_sums(job.fs, name)?;
     let fat = slot.slot_type == SlotType::Vfat;
+    // A tree that has a file of that name at its root keeps it, not the index.
+    let in_slot = kept_in_slot(job.system, slot) && plan.lookup(IN_SLOT_INDEX.as_bytes()).is_none();
     if fat {
         fat::check_tree((0..plan.len()).map(|i| plan.entry(i)), name)?;
     }
     // What the target held, by path, when its index was kept.
-    let earlier = kept_contents(job.system, slot, job.installed, &plan);
+    let mut earlier = kept_contents(job.system, slot, job.installed, &plan);
     let booted = Booted::open(job.system, slot, &plan);
     let cache = cache::Cache::open(job.system);
     let dir = job.system.config.system.mount_prefix.join(&slot.name);
@@ -317,6 +354,13 @@ pub fn install(job: &Job<'_>, progress: &mut dyn FnMut(Progressed)) -> Result<St
     } else {
         let (mounted, fresh) = mount_target(slot, &dir)?;
         drop_kept_index()?;
+        if in_slot {
+            earlier = in_slot_contents(&dir, job.installed, &plan);
+            let old = dir.join(IN_SLOT_INDEX);
+            if std::fs::symlink_metadata(&old).is_ok() {
+                place::remove_any(&old)?;
+            }
+        }
         let mut mounted = Some(mounted);
         if let Some(h) = job.hooks {
             h.run(SlotHook::PreInstall, Some(&dir))?;
@@ -336,6 +380,12 @@ pub fn install(job: &Job<'_>, progress: &mut dyn FnMut(Progressed)) -> Result<St
         run.place()?;
         std::fs::remove_dir_all(&run.ctx.staging).map_err(|e| Error::io("Failed to remove", &run.ctx.staging, e))?;
         run.persist()?;
+        if in_slot {
+            // Beside slot.raucs, which the status update writes next (before
+            // the directory times are set, so the root keeps its own).
+            let to = dir.join(IN_SLOT_INDEX);
+            std::fs::copy(&index_path, &to).map_err(|e| Error::io("Failed to keep", &to, e))?;
+        }
         run.set_dir_times()?;
         crate::files::syncfs(&dir).map_err(|e| Error::io("Failed to sync", &dir, e))?;
         run.read_back()?;
