@@ -264,14 +264,31 @@ fn hash_image(path: &Path, index: Option<&Path>) -> Result<(String, u64)> {
 }
 
 fn run_mksquashfs(content: &Path, out: &Path, extra: &[String]) -> Result<()> {
+    mksquashfs(content, out, &["-noappend"], extra, "")
+}
+
+/// Runs `mksquashfs content out` quietly (owners root, no xattrs) with
+/// `args` and `extra`; a failure says what it was for (`purpose`, e.g. " to …").
+fn mksquashfs(content: &Path, out: &Path, args: &[&str], extra: &[String], purpose: &str) -> Result<()> {
     let mut cmd = Command::new("mksquashfs");
-    cmd.arg(content).arg(out).args(["-noappend", "-no-progress", "-all-root", "-no-xattrs", "-quiet"]).args(extra);
+    cmd.arg(content).arg(out).args(args).args(["-no-progress", "-all-root", "-no-xattrs", "-quiet"]).args(extra);
     let output = cmd.output().map_err(|e| Error::Other(format!("Failed to run mksquashfs: {e}")))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        return Err(Error::Other(format!("mksquashfs failed ({}): {}", output.status, stderr.trim())));
+        return Err(Error::Other(format!("mksquashfs failed{purpose} ({}): {}", output.status, stderr.trim())));
     }
     Ok(())
+}
+
+/// The squashfs at `path`, read back (the bundle tool made it: no check).
+fn open_squashfs(path: &Path) -> Result<crate::squashfs::BundleFs> {
+    let source = crate::source::FileSource::open(path).map_err(|e| io_err("open", path, e))?;
+    crate::squashfs::BundleFs::open(std::sync::Arc::new(source))
+}
+
+/// Where each stored block of the file `map` describes lies.
+fn layout(map: &crate::squashfs::data::BlockMap) -> Vec<(u64, u64, bool)> {
+    (0..map.stored_blocks()).map(|b| map.stored_block(b)).collect()
 }
 
 /// Adds to the squashfs at `squashfs`, for each tree image, the SHA-256 of
@@ -280,8 +297,7 @@ fn run_mksquashfs(content: &Path, out: &Path, extra: &[String]) -> Result<()> {
 fn append_block_sums(squashfs: &Path, trees: &[String]) -> Result<()> {
     let sums_dir = tempfile::tempdir().map_err(|e| Error::Io(e.to_string()))?;
     let maps = {
-        let source = crate::source::FileSource::open(squashfs).map_err(|e| io_err("open", squashfs, e))?;
-        let fs = crate::squashfs::BundleFs::open(std::sync::Arc::new(source))?;
+        let fs = open_squashfs(squashfs)?;
         let file = File::open(squashfs).map_err(|e| io_err("open", squashfs, e))?;
         let mut maps = Vec::new();
         for tree in trees {
@@ -303,31 +319,17 @@ fn append_block_sums(squashfs: &Path, trees: &[String]) -> Result<()> {
             }
             let path = sums_dir.path().join(crate::tree::block_sums_file(tree));
             fs::write(&path, &sums).map_err(|e| io_err("write", &path, e))?;
-            maps.push((0..map.stored_blocks()).map(|b| map.stored_block(b)).collect::<Vec<_>>());
+            maps.push(layout(&map));
         }
         maps
     };
-    let output = Command::new("mksquashfs")
-        .arg(sums_dir.path())
-        .arg(squashfs)
-        .args(["-no-progress", "-all-root", "-no-xattrs", "-no-recovery", "-quiet"])
-        .output()
-        .map_err(|e| Error::Other(format!("Failed to run mksquashfs: {e}")))?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        return Err(Error::Other(format!(
-            "mksquashfs failed to append block sums ({}): {}",
-            output.status,
-            stderr.trim()
-        )));
-    }
-    let source = crate::source::FileSource::open(squashfs).map_err(|e| io_err("open", squashfs, e))?;
-    let fs = crate::squashfs::BundleFs::open(std::sync::Arc::new(source))?;
+    // Without -noappend: added to the existing filesystem, after its data.
+    mksquashfs(sums_dir.path(), squashfs, &["-no-recovery"], &[], " to append block sums")?;
+    let fs = open_squashfs(squashfs)?;
     for (tree, before) in trees.iter().zip(maps) {
         let map = fs.block_map(&crate::tree::contents_file(tree))?;
         let sums = fs.block_map(&crate::tree::block_sums_file(tree))?;
-        let after: Vec<_> = (0..map.stored_blocks()).map(|b| map.stored_block(b)).collect();
-        if after != before || sums.file_size() != 32 * map.stored_blocks() {
+        if layout(&map) != before || sums.file_size() != 32 * map.stored_blocks() {
             return Err(Error::Other(format!("mksquashfs moved the contents of tree image '{tree}' while appending")));
         }
     }
