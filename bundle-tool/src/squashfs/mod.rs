@@ -213,8 +213,8 @@ impl BundleFs {
 
     /// Copies bytes `offset..offset + len` of the file `map` describes into
     /// `out`, reading the blocks that hold them, at most 16 per call to the
-    /// source. With `sums`, the file of the SHA-256 of each stored block of
-    /// `map`'s file, the blocks are read exactly as stored and checked
+    /// source. `sums` is the file of the SHA-256 of each stored block of
+    /// `map`'s file: the blocks are read exactly as stored and checked
     /// against their sums (which are read verified) instead of through the
     /// payload's own check: no 4 KiB blocks around them, no hash tree.
     pub fn copy_range(
@@ -222,7 +222,7 @@ impl BundleFs {
         map: &data::BlockMap,
         offset: u64,
         len: u64,
-        sums: Option<&data::BlockMap>,
+        sums: &data::BlockMap,
         out: &mut dyn Write,
     ) -> Result<()> {
         let bs = map.block_size();
@@ -230,16 +230,11 @@ impl BundleFs {
         let (mut block, mut skip, mut left) = (offset / bs, (offset % bs) as usize, len);
         while left > 0 {
             let count = (skip as u64 + left).div_ceil(bs).min(16);
-            let data = match sums {
-                Some(sums_map) => {
-                    let summed = count.min(map.stored_blocks().saturating_sub(block));
-                    let raw = self.read_range(sums_map, block * 32, summed * 32)?;
-                    let sums: Vec<[u8; 32]> =
-                        raw.chunks_exact(32).map(|c| c.try_into().expect("32-byte chunks")).collect();
-                    self.data.read_blocks_summed(map, block, count, &sums)?
-                }
-                None => self.read_blocks(map, block, count)?,
-            };
+            let summed = count.min(map.stored_blocks().saturating_sub(block));
+            let raw = self.read_range(sums, block * 32, summed * 32)?;
+            let block_sums: Vec<[u8; 32]> =
+                raw.chunks_exact(32).map(|c| c.try_into().expect("32-byte chunks")).collect();
+            let data = self.data.read_blocks_summed(map, block, count, &block_sums)?;
             let take = (data.len() - skip).min(left as usize);
             out.write_all(&data[skip..skip + take]).map_err(|e| Error::Other(format!("Failed to write: {e}")))?;
             left -= take as u64;

@@ -232,7 +232,7 @@ impl Booted {
             }
         };
         let sha = system.load_status(s).sha256;
-        let installed = if fat.is_none() && kept_in_slot(system, &s.config) {
+        let installed = if kept_in_slot(system, &s.config) {
             in_slot_contents(&root, sha.as_deref(), plan)
         } else {
             kept_contents(system, &s.config, sha.as_deref(), plan)
@@ -356,10 +356,7 @@ pub fn install(job: &Job<'_>, progress: &mut dyn FnMut(Progressed)) -> Result<St
         drop_kept_index()?;
         if in_slot {
             earlier = in_slot_contents(&dir, job.installed, &plan);
-            let old = dir.join(IN_SLOT_INDEX);
-            if std::fs::symlink_metadata(&old).is_ok() {
-                place::remove_any(&old)?;
-            }
+            place::remove_any(&dir.join(IN_SLOT_INDEX))?;
         }
         let mut mounted = Some(mounted);
         if let Some(h) = job.hooks {
@@ -619,7 +616,7 @@ impl Ctx<'_> {
         let (sha, size) = (self.plan.sha(i), self.plan.item(i).size);
         let part = self.staging.join(format!("{sha}.part"));
         let mut w = content::SparseWriter::new(content::create(&part)?);
-        self.fs.copy_range(&self.contents, self.plan.offset(i), size, Some(&self.sums), &mut w)?;
+        self.fs.copy_range(&self.contents, self.plan.offset(i), size, &self.sums, &mut w)?;
         let (len, got, _) = w.finish().map_err(|err| Error::io("Failed to write", &part, err))?;
         if got != sha || len != size {
             place::remove_any(&part)?;
