@@ -589,6 +589,15 @@ fn tree_bundles_without_fitting_block_sums_are_refused_before_the_slot_is_touche
     assert_eq!(testkit::sha256_hex(&fs::read(d.path("rootfs1.img")).unwrap()), b_before, "B untouched");
 }
 
+/// [`assert_same_tree`] for a slot that also holds its status and index
+/// (`slot.raucs`, `slot.tree-index`; the root's time is the status file's).
+fn assert_same_tree_beside_status(mut got: FileIndex, want: &FileIndex) {
+    got.entries.retain(|e| !e.path.is_empty() && e.path != b"slot.raucs" && e.path != b"slot.tree-index");
+    let mut want = want.clone();
+    want.entries.retain(|e| !e.path.is_empty());
+    assert_same_tree(&got, &want);
+}
+
 #[test]
 fn the_installed_index_is_kept_where_the_slot_status_is() {
     let f = Fixture::new("per-slot", 5, None);
@@ -600,23 +609,15 @@ fn the_installed_index_is_kept_where_the_slot_status_is() {
     let extracted = dir.join("extracted");
     run(testkit::with_keyring(testkit::rota().arg("extract")).arg(b).arg(&extracted)).ok();
     let index_sha = testkit::sha256_hex(&fs::read(extracted.join("rootfs.tree")).unwrap());
-    let mut got = scan_image(&d.path("rootfs1.img"));
+    let got = scan_image(&d.path("rootfs1.img"));
     assert_eq!(find(&got, "slot.tree-index").sha256.as_deref(), Some(index_sha.as_str()));
     assert_eq!(find(&got, "slot.raucs").kind, Kind::File);
-    // (the root's time is the status file's)
-    got.entries.retain(|e| !e.path.is_empty() && e.path != b"slot.raucs" && e.path != b"slot.tree-index");
-    let mut want = i2.clone();
-    want.entries.retain(|e| !e.path.is_empty());
-    assert_same_tree(&got, &want);
+    assert_same_tree_beside_status(got, i2);
 
     // B runs v2 now; v3 goes into A (v1, nothing kept): moved files are
     // found in B by content, through the index kept inside B.
     let (i3, _) = install_v3_into_a(&d, &f);
-    let mut got = scan_image(&d.path("rootfs0.img"));
-    got.entries.retain(|e| !e.path.is_empty() && e.path != b"slot.raucs" && e.path != b"slot.tree-index");
-    let mut want = i3.clone();
-    want.entries.retain(|e| !e.path.is_empty());
-    assert_same_tree(&got, &want);
+    assert_same_tree_beside_status(scan_image(&d.path("rootfs0.img")), &i3);
     assert_eq!(grub_selected(&grubenv(&d.path("grubenv"))).as_deref(), Some("A"));
 
     // A central status file and no data directory: the index is kept beside it.
