@@ -79,6 +79,18 @@ fn a_tree_image_is_bundled_as_a_signed_index_and_content_addressed_files() {
     let blobs: Vec<_> = contents.iter().map(|c| c.0).collect();
     // hostname and its twin share one content, as do the hard links.
     assert_eq!(blobs.len(), 4, "tool, hostname, big, sparse");
+    // Extracted sparse: the alignment padding and the holes take no room
+    // (no more than the tree's own files, each content once).
+    let on_disk = |p: &Path| fs::metadata(p).unwrap().blocks() * 512;
+    let tree_bytes: u64 = blobs
+        .iter()
+        .map(|sha| {
+            let e = index.entries.iter().find(|e| e.sha256.as_deref() == Some(*sha)).unwrap();
+            on_disk(&c.dir.join("rootfs.tree").join(std::str::from_utf8(&e.path).unwrap()))
+        })
+        .sum();
+    let extracted = on_disk(&out.join(contents_file("rootfs.tree")));
+    assert!(extracted <= tree_bytes, "{extracted} bytes on disk for {tree_bytes} bytes of files");
 
     // The SHA-256 of each stored block of the contents file, read from the
     // bundle's squashfs as stored; sparse blocks get distinct fillers.

@@ -49,18 +49,43 @@ impl Sink for Vec<u8> {
     }
 }
 
-impl Sink for std::fs::File {
+/// A new, empty regular file filled from its start, sparse: sparse blocks
+/// and every all-zero 4 KiB page are left as holes (a tree image's contents
+/// file is mostly alignment padding). Never for devices: skipped pages keep
+/// whatever was there.
+pub struct SparseFile(pub std::fs::File);
+
+/// Pages of this size that hold only zeros are not written.
+const HOLE_PAGE: usize = 4096;
+
+impl Sink for SparseFile {
     fn put(&mut self, data: &[u8]) -> io::Result<()> {
-        self.write_all(data)
+        // Data arrives block by block, so pages line up with the file's.
+        let mut rest = data;
+        while !rest.is_empty() {
+            let zero = |p: &[u8]| p.iter().all(|b| *b == 0);
+            let mut n = 0;
+            while n < rest.len() && !zero(&rest[n..(n + HOLE_PAGE).min(rest.len())]) {
+                n = (n + HOLE_PAGE).min(rest.len());
+            }
+            if n > 0 {
+                self.0.write_all(&rest[..n])?;
+            } else {
+                n = HOLE_PAGE.min(rest.len());
+                self.0.seek(SeekFrom::Current(n as i64))?;
+            }
+            rest = &rest[n..];
+        }
+        Ok(())
     }
 
     fn zeros(&mut self, n: u64) -> io::Result<()> {
-        self.seek(SeekFrom::Current(n as i64)).map(|_| ())
+        self.0.seek(SeekFrom::Current(n as i64)).map(|_| ())
     }
 
     fn finish(&mut self, len: u64) -> io::Result<()> {
         // Trailing holes need the length set explicitly.
-        self.set_len(len)
+        self.0.set_len(len)
     }
 }
 
@@ -493,11 +518,31 @@ mod tests {
         v.put(b"ab").unwrap();
         v.zeros(3).unwrap();
         assert_eq!(v, b"ab\0\0\0");
+    }
+
+    #[test]
+    fn a_sparse_file_leaves_zero_pages_and_sparse_blocks_as_holes() {
+        use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
-        let mut f = std::fs::File::create(dir.path().join("s")).unwrap();
-        f.put(b"x").unwrap();
-        f.zeros(1 << 20).unwrap();
-        f.finish(1 + (1 << 20)).unwrap();
-        assert_eq!(std::fs::metadata(dir.path().join("s")).unwrap().len(), 1 + (1 << 20));
+        let path = dir.path().join("s");
+        // A block with data in its first and fifth page, a sparse block, a
+        // short last block whose data ends in zeros.
+        let mut block = vec![0u8; 128 << 10];
+        block[1] = 1;
+        block[4 * HOLE_PAGE + 9] = 2;
+        let mut last = vec![0u8; 3 * HOLE_PAGE + 100];
+        last[HOLE_PAGE] = 3;
+        let mut f = SparseFile(std::fs::File::create(&path).unwrap());
+        f.put(&block).unwrap();
+        f.zeros(128 << 10).unwrap();
+        f.put(&last).unwrap();
+        let len = (256 << 10) + last.len() as u64;
+        f.finish(len).unwrap();
+        let mut want = block.clone();
+        want.resize(256 << 10, 0);
+        want.extend_from_slice(&last);
+        assert_eq!(std::fs::read(&path).unwrap(), want);
+        // Three pages hold data.
+        assert_eq!(std::fs::metadata(&path).unwrap().blocks() * 512, 3 * HOLE_PAGE as u64);
     }
 }

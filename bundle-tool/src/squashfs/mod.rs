@@ -260,7 +260,8 @@ impl BundleFs {
 
     /// Extracts everything below `dest` (created if missing), keeping modes,
     /// owners (when root), times, links, devices and fifos. Regular files are
-    /// written by a few workers that take them in on-disk order.
+    /// written by a few workers that take them in on-disk order, sparse (zero
+    /// 4 KiB pages become holes).
     pub fn extract_to(&self, dest: &Path) -> Result<()> {
         std::fs::create_dir_all(dest).map_err(|e| io_err("create", dest, e))?;
         let is_root = unsafe { libc::geteuid() } == 0;
@@ -314,7 +315,7 @@ impl BundleFs {
                             let (target, relp, f, node) = &files[i];
                             let r = std::fs::File::create(target)
                                 .map_err(|e| io_err("create", target, e))
-                                .and_then(|mut out| self.data.copy(f, relp, &mut out))
+                                .and_then(|out| self.data.copy(f, relp, &mut data::SparseFile(out)))
                                 .and_then(|_| apply_metadata(target, node, is_root, true));
                             if r.is_err() {
                                 failed.store(true, std::sync::atomic::Ordering::Relaxed);
