@@ -3,24 +3,26 @@
 //! recording fakes of `tests/fakes` first on `PATH` (see its README: only
 //! hardware-bound tools are faked; GRUB uses the real `grub-editenv`).
 
-use crate::{Run, rota, rota_as_rauc, run, workspace};
+use crate::{Run, WorkDir, rota, rota_as_rauc, run, workspace};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// One simulated device in a directory.
+/// One simulated device in a directory (removed with the device when the
+/// test passes, see [`WorkDir`]).
 pub struct Device {
     /// Root directory of the device.
     pub dir: PathBuf,
+    _work: WorkDir,
 }
 
 impl Device {
     /// A device in `dir` (emptied first) with `system.conf` = `conf`.
     pub fn new(dir: impl Into<PathBuf>, conf: &str) -> Device {
-        let dir = dir.into();
-        let _ = fs::remove_dir_all(&dir);
+        let work = WorkDir::new(dir);
+        let dir = work.path().to_path_buf();
         fs::create_dir_all(dir.join("fake")).unwrap();
-        let d = Device { dir };
+        let d = Device { dir, _work: work };
         d.write_conf(conf);
         d.boot("rauc.slot=A");
         d

@@ -27,6 +27,51 @@ pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target"))
 }
 
+/// A test's working directory: emptied when made, removed when dropped
+/// unless the test is failing (then it stays, to be looked at). Removal stays
+/// on the directory's own file system (`rm --one-file-system`), so nothing
+/// still mounted below it is descended into. Keeps a whole run of the suite
+/// within the disk a CI machine has: each test leaves nothing behind.
+pub struct WorkDir {
+    path: PathBuf,
+}
+
+impl WorkDir {
+    /// `path`, emptied (made if missing).
+    pub fn new(path: impl Into<PathBuf>) -> WorkDir {
+        let path = path.into();
+        remove_tree(&path);
+        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        WorkDir { path }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            remove_tree(&self.path);
+        }
+    }
+}
+
+/// Removes `path` and what is below it on its own file system; a missing
+/// path is fine. What cannot go (a mount point still in use) is reported
+/// on stderr and left.
+pub fn remove_tree(path: &Path) {
+    if fs::symlink_metadata(path).is_err() {
+        return;
+    }
+    let out = Command::new("rm").args(["-rf", "--one-file-system", "--"]).arg(path).output().expect("run rm");
+    if !out.status.success() {
+        eprintln!("removing {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    }
+}
+
 /// Runs `f` while holding an exclusive lock on `target/<name>.lock`, so
 /// parallel test binaries do not race on shared fixtures.
 fn with_lock<T>(name: &str, f: impl FnOnce() -> T) -> T {

@@ -9,7 +9,7 @@ use std::fs;
 use std::path::Path;
 use testkit::device::{Device, grub_selected, grubenv};
 use testkit::nginx::{Nginx, web_root};
-use testkit::{Content, pki_file, pseudo_random, rota_bundle, run, sha256_hex, target_dir};
+use testkit::{Content, pki_file, pseudo_random, remove_tree, rota_bundle, run, sha256_hex, target_dir};
 
 const MIB: usize = 1 << 20;
 const SIZE: usize = 256 * MIB;
@@ -55,6 +55,7 @@ fn publish(www: &Path, name: &str, image: &[u8]) -> u64 {
     );
     let out = www.join(format!("{name}.raucb"));
     rota_bundle(&c.dir, &out, "release").ok();
+    remove_tree(&dir);
     fs::metadata(&out).unwrap().len()
 }
 

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use testkit::device::{Device, grub_selected, grubenv};
 use testkit::nginx::{Nginx, web_root};
-use testkit::{Content, Run, pki_file, rootfs, rota_bundle, run, target_dir};
+use testkit::{Content, Run, WorkDir, pki_file, remove_tree, rootfs, rota_bundle, run, target_dir};
 
 /// Files per generated tree and their mean size.
 const FILES: usize = 3000;
@@ -28,6 +28,7 @@ fn sh(cmd: &str) {
 /// changed, their indexes, and a bundle of version 2.
 struct Fixture {
     dir: PathBuf,
+    _work: WorkDir,
     v1: PathBuf,
     v2: PathBuf,
     bundle: PathBuf,
@@ -36,10 +37,11 @@ struct Fixture {
 }
 
 impl Fixture {
-    /// Made in `test-bundles/tree-install/<name>`; the bundle is written into `www` if given.
+    /// Made in `test-bundles/tree-install/<name>` (removed when the test
+    /// passes); the bundle is written into `www` if given.
     fn new(name: &str, percent: usize, www: Option<&Path>) -> Fixture {
-        let dir = target_dir().join("test-bundles/tree-install").join(name);
-        let _ = fs::remove_dir_all(&dir);
+        let work = WorkDir::new(target_dir().join("test-bundles/tree-install").join(name));
+        let dir = work.path().to_path_buf();
         let (v1, v2) = (dir.join("trees/v1"), dir.join("trees/v2"));
         rootfs::generate(&v1, FILES, MEAN, 1);
         sh(&format!("cp -a {} {}", v1.display(), v2.display()));
@@ -47,7 +49,7 @@ impl Fixture {
         let bundle_path = www.unwrap_or(&dir).join("v2.raucb");
         bundle(&v2, &bundle_path);
         let (i1, i2) = (FileIndex::scan(&v1).unwrap(), FileIndex::scan(&v2).unwrap());
-        Fixture { dir, v1, v2, bundle: bundle_path, i1, i2 }
+        Fixture { dir, _work: work, v1, v2, bundle: bundle_path, i1, i2 }
     }
 }
 
@@ -71,13 +73,16 @@ fn bundle_as(tree: &Path, out: &Path, format: &str) {
     ));
     if format != "crypt" {
         rota_bundle(&c.dir, out, "release").ok();
+        remove_tree(&c.dir);
         return;
     }
     let signed = out.with_extension("signed.raucb");
     rota_bundle(&c.dir, &signed, "release").ok();
+    remove_tree(&c.dir);
     let _ = fs::remove_file(out);
     let to = format!("--to={}", pki_file("rsa-recipient.pem").display());
     run(testkit::rota().arg("encrypt").arg(to).arg(&signed).arg(out)).ok();
+    fs::remove_file(&signed).unwrap();
 }
 
 /// An ext4 filesystem image of `size` MiB holding `tree` (nothing when `None`).
@@ -251,7 +256,7 @@ fn packed_size(dir: &Path) -> u64 {
 fn a_streamed_install_fetches_little_more_than_the_changed_files() {
     let (_t, www) = web_root();
     let f = Fixture::new("stream", 5, Some(&www));
-    let Fixture { dir, v1, v2, bundle: b, i1, i2 } = &f;
+    let Fixture { dir, v1, v2, bundle: b, i1, i2, .. } = &f;
     let nginx = Nginx::serve(&www);
 
     let d = device("stream", v1, Some(v1));
@@ -343,7 +348,7 @@ fn unchanged_file(old: &FileIndex, new: &FileIndex) -> String {
 #[test]
 fn a_corrupted_local_copy_is_fetched_and_a_tampered_bundle_is_refused() {
     let f = Fixture::new("bad", 5, None);
-    let Fixture { dir, v1, v2, bundle: b, i1, i2 } = &f;
+    let Fixture { dir, v1, v2, bundle: b, i1, i2, .. } = &f;
 
     // A file the booted slot holds unchanged was damaged there (same size).
     let d = device("corrupted", v1, None);
@@ -385,7 +390,7 @@ fn a_corrupted_local_copy_is_fetched_and_a_tampered_bundle_is_refused() {
 #[test]
 fn an_install_killed_midway_is_finished_by_the_next_fetching_less() {
     let f = Fixture::new("killed", 10, None);
-    let Fixture { dir: _, v1, v2: _, bundle: b, i1, i2 } = &f;
+    let Fixture { v1, bundle: b, i1, i2, .. } = &f;
     let server = testkit::httpd::Server::start();
     server.put("/v2.raucb", fs::read(b).unwrap());
     // Slow answers: the install is still fetching when it is killed.
@@ -423,7 +428,7 @@ fn an_install_killed_midway_is_finished_by_the_next_fetching_less() {
 fn the_service_reports_files_and_the_final_numbers() {
     use testkit::bus::{Bus, Service};
     let f = Fixture::new("service", 5, None);
-    let Fixture { dir: _, v1, v2: _, bundle: b, i1, i2 } = &f;
+    let Fixture { v1, bundle: b, i1, i2, .. } = &f;
     let d = device("service", v1, None);
     let bus = Bus::start();
     let _svc = Service::start(&d, &bus, &[]);
@@ -542,8 +547,8 @@ fn plain_and_crypt_bundles_carry_tree_images_too() {
 #[test]
 fn tree_bundles_without_fitting_block_sums_are_refused_before_the_slot_is_touched() {
     // Debian's rauc packs a tree bundle's files again, all but the block sums.
-    let dir = target_dir().join("test-bundles/tree-install/no-sums");
-    let _ = fs::remove_dir_all(&dir);
+    let work = WorkDir::new(target_dir().join("test-bundles/tree-install/no-sums"));
+    let dir = work.path();
     let tree = dir.join("tree");
     rootfs::generate(&tree, 200, 4096, 1);
     let made = dir.join("made.raucb");
