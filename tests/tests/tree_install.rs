@@ -312,6 +312,17 @@ fn a_streamed_install_fetches_little_more_than_the_changed_files() {
     assert!(served <= bound, "fetched {served} bytes, more than 1.2 × ({changed} + {index} + {metadata})");
 }
 
+/// The size and inode count of the file system in the image at `img`, as
+/// statfs counts them.
+fn fs_capacity(img: &Path) -> (u64, u64) {
+    let m = tempfile::tempdir().unwrap();
+    run(Command::new("mount").args(["-o", "ro"]).arg(img).arg(m.path())).ok();
+    let out = run(Command::new("stat").args(["-f", "-c", "%b %S %c"]).arg(m.path())).ok();
+    run(Command::new("umount").arg(m.path())).ok();
+    let v: Vec<u64> = out.stdout.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    (v[0] * v[1], v[2])
+}
+
 /// Runs `f` with the ext4 image at `img` mounted read-write at a temporary place.
 fn with_mounted(img: &Path, f: impl FnOnce(&Path)) {
     let m = tempfile::tempdir().unwrap();
@@ -632,4 +643,40 @@ fn the_installed_index_is_kept_where_the_slot_status_is() {
     let kept = d.path(&format!("state/slot.rootfs.1/tree-{index_sha}.index"));
     assert_eq!(testkit::sha256_hex(&fs::read(&kept).unwrap()), index_sha);
     assert!(scan_image(&d.path("rootfs1.img")).entries.iter().all(|e| e.path != b"slot.tree-index"));
+}
+
+#[test]
+fn a_target_too_small_for_the_new_tree_fails_clearly_and_is_not_activated() {
+    let f = Fixture::new("too-small", 5, None);
+    let Fixture { v1, bundle: b, i2, .. } = &f;
+    // B is a 12 MiB slot; the tree takes more than three times that.
+    let d = device("too-small", v1, Some(v1));
+    ext4(&d.path("rootfs1.img"), None, 12);
+    let a_before = testkit::sha256_hex(&fs::read(d.path("rootfs0.img")).unwrap());
+    let r = run(d.rota().arg("install").arg(b));
+    assert_ne!(r.code, 0);
+    // What the tree takes: each hard-link group's content once.
+    let mut groups = HashSet::new();
+    let leaders: Vec<&Entry> = i2
+        .entries
+        .iter()
+        .filter(|e| e.kind == Kind::File && (e.link_group == 0 || groups.insert(e.link_group)))
+        .collect();
+    let (bytes, inodes) = fs_capacity(&d.path("rootfs1.img"));
+    let want = format!(
+        "Failed updating slot rootfs.1: the slot is too small for tree image 'rootfs.tree': its filesystem holds \
+         {} and {inodes} inodes, the tree takes {} in {} files ({} entries): Failed to write '",
+        rota_bundle::info::format_size(bytes),
+        rota_bundle::info::format_size(leaders.iter().map(|e| e.size).sum()),
+        leaders.len(),
+        i2.entries.len()
+    );
+    assert!(r.stderr.contains(&want), "{want}\n{}", r.stderr);
+    assert!(r.stderr.contains("No space left on device"), "{}", r.stderr);
+    assert_eq!(grub_selected(&grubenv(&d.path("grubenv"))).as_deref(), Some("A"));
+    assert_eq!(testkit::sha256_hex(&fs::read(d.path("rootfs0.img")).unwrap()), a_before, "A untouched");
+    // Not marked installed: the next install into a slot big enough starts over.
+    ext4(&d.path("rootfs1.img"), None, 128);
+    run(d.rota().arg("install").arg(b)).ok();
+    assert_same_tree(&scan_image(&d.path("rootfs1.img")), i2);
 }

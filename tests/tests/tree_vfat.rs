@@ -258,3 +258,44 @@ fn a_tree_fat_cannot_store_is_refused_before_the_slot_is_touched() {
         assert_eq!(grub_selected(&grubenv(&d.path("grubenv"))).as_deref(), Some("A"), "{name}");
     }
 }
+
+/// The number on the line of mtools' output that holds `label`: after a
+/// label ending in ':', else before it (thousands separators dropped).
+fn mtools_number(out: &str, label: &str) -> u64 {
+    let line = out.lines().find(|l| l.contains(label)).unwrap_or_else(|| panic!("{label}: {out}"));
+    let (before, after) = line.split_once(label).unwrap();
+    let text = if label.ends_with(':') { after } else { before };
+    text.chars().filter(char::is_ascii_digit).collect::<String>().parse().unwrap()
+}
+
+#[test]
+fn a_tree_too_big_for_the_fat_slot_is_refused_before_the_slot_is_touched() {
+    let work = testkit::WorkDir::new(target_dir().join("test-bundles/tree-vfat-small"));
+    let tree = work.path().join("tree");
+    boot_tree(&tree);
+    let b = work.path().join("b.raucb");
+    bundle(&tree, &b);
+    // B: a 2 MiB FAT slot holding a file of its own; the tree takes about 4 MB.
+    let d = device("small");
+    let img = d.path("boot1.img");
+    run(Command::new("truncate").arg("-s2M").arg(&img)).ok();
+    run(Command::new("mkfs.vfat").arg(&img)).ok();
+    let free = mtools_number(&run(mtools("mdir", &img).arg("::/")).ok().stdout, "bytes free");
+    let info = run(mtools("minfo", &img).arg("::")).ok().stdout;
+    let cluster = mtools_number(&info, "sector size:") * mtools_number(&info, "cluster size:");
+    fs::write(work.path().join("old.txt"), b"old\n").unwrap();
+    run(mtools("mcopy", &img).arg(work.path().join("old.txt")).arg("::/old.txt")).ok();
+    let before = fs::read(&img).unwrap();
+
+    let r = run(d.rota().arg("install").arg(&b)).fails();
+    let size = rota_bundle::info::format_size;
+    let want = format!(
+        "Failed updating slot boot.1: the slot is too small for tree image 'boot.tree': its filesystem holds {} in {} clusters of {}, the tree takes at least ",
+        size(free),
+        free / cluster,
+        size(cluster)
+    );
+    assert!(r.stderr.contains(&want), "{want}\n{}", r.stderr);
+    assert!(fs::read(&img).unwrap() == before, "the slot changed");
+    assert_eq!(grub_selected(&grubenv(&d.path("grubenv"))).as_deref(), Some("A"));
+}

@@ -99,6 +99,58 @@ fn fat_path(rel: &[u8]) -> OsString {
     p
 }
 
+/// The data area of the FAT filesystem on `dev`, from its boot sector:
+/// (bytes per cluster, clusters).
+fn geometry(dev: &Path) -> Result<(u64, u64)> {
+    use std::os::unix::fs::FileExt;
+    let mut b = [0u8; 512];
+    std::fs::File::open(dev)
+        .and_then(|f| f.read_exact_at(&mut b, 0))
+        .map_err(|e| Error::io("Failed to read the boot sector of", dev, e))?;
+    let u16_at = |o: usize| u64::from(u16::from_le_bytes([b[o], b[o + 1]]));
+    let u32_at = |o: usize| u64::from(u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]));
+    let (sector, per_cluster) = (u16_at(11), u64::from(b[13]));
+    if sector == 0 || per_cluster == 0 {
+        return failed(format!("'{}' holds no FAT boot sector", dev.display()));
+    }
+    let total = if u16_at(19) != 0 { u16_at(19) } else { u32_at(32) };
+    let fat = if u16_at(22) != 0 { u16_at(22) } else { u32_at(36) };
+    let root_dir = (u16_at(17) * 32).div_ceil(sector);
+    let data = total.saturating_sub(u16_at(14) + u64::from(b[16]) * fat + root_dir);
+    Ok((sector * per_cluster, data / per_cluster))
+}
+
+/// Refuses, before anything is written, a tree that cannot fit the FAT
+/// filesystem on `dev`: each file takes whole clusters (hard links become
+/// copies), each directory below the root at least one.
+fn check_room(dev: &Path, plan: &super::index::Plan, name: &str) -> Result<()> {
+    let (cluster, clusters) = geometry(dev)?;
+    let (mut need, mut files) = (0u64, 0u64);
+    for i in 0..plan.len() {
+        let item = plan.item(i);
+        match item.kind {
+            Kind::File => {
+                need += item.size.div_ceil(cluster);
+                files += 1;
+            }
+            Kind::Dir if !plan.path(i).is_empty() => need += 1,
+            _ => {}
+        }
+    }
+    if need <= clusters {
+        return Ok(());
+    }
+    let size = rota_bundle::info::format_size;
+    failed(format!(
+        "the slot is too small for tree image '{name}': its filesystem holds {} in {clusters} clusters of {}, \
+         the tree takes at least {need} of them ({}) in {files} files ({} entries)",
+        size(clusters * cluster),
+        size(cluster),
+        size(need * cluster),
+        plan.len()
+    ))
+}
+
 /// Whether the slot holds a FAT filesystem mtools can read (after
 /// `fsck.fat -a` repaired what it can).
 fn usable(slot: &SlotConfig) -> bool {
@@ -233,6 +285,7 @@ impl Run<'_, '_> {
             tracing::info!("Slot {} holds no usable FAT filesystem: formatting it", slot.name);
             super::super::archive::mkfs(slot)?;
         }
+        check_room(dev, self.ctx.plan, self.ctx.name)?;
         drop_kept_index()?;
         self.open_staging()?;
         let plan = self.ctx.plan;
@@ -439,7 +492,30 @@ impl Run<'_, '_> {
 
 #[cfg(test)]
 mod tests {
-    use super::check_tree;
+    use super::{check_tree, geometry, mtool, output};
+    use std::process::Command;
+
+    #[test]
+    fn the_data_area_is_read_from_the_boot_sector_of_fat12_16_and_32() {
+        let dir = tempfile::tempdir().unwrap();
+        for (bits, mib) in [("12", 2), ("16", 16), ("32", 40)] {
+            let img = dir.path().join(format!("fat{bits}.img"));
+            std::fs::File::create(&img).unwrap().set_len(mib << 20).unwrap();
+            let made = Command::new("mkfs.vfat").args(["-F", bits]).arg(&img).output().unwrap();
+            assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+            let (cluster, clusters) = geometry(&img).unwrap();
+            // An empty filesystem has all its clusters free, but FAT32's root directory's.
+            let listed = output(mtool("mdir", &img).arg("::/"), "list").unwrap();
+            let listed = String::from_utf8(listed).unwrap();
+            let free_line = listed.lines().find(|l| l.contains("bytes free")).unwrap();
+            let free: u64 = free_line.chars().filter(char::is_ascii_digit).collect::<String>().parse().unwrap();
+            let root = if bits == "32" { 1 } else { 0 };
+            assert_eq!((clusters - root) * cluster, free, "FAT{bits}");
+        }
+        std::fs::write(dir.path().join("zeros"), [0u8; 512]).unwrap();
+        let e = geometry(&dir.path().join("zeros")).unwrap_err().to_string();
+        assert!(e.ends_with("zeros' holds no FAT boot sector"), "{e}");
+    }
     use rota_bundle::tree::{Entry, Kind};
 
     fn entry(path: &[u8], kind: Kind) -> Entry {

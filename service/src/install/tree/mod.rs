@@ -373,19 +373,23 @@ pub fn install(job: &Job<'_>, progress: &mut dyn FnMut(Progressed)) -> Result<St
             mounted = Some(format_and_mount(slot, &dir)?);
             run.open_staging()?;
         }
-        run.resolve()?;
-        run.place()?;
-        std::fs::remove_dir_all(&run.ctx.staging).map_err(|e| Error::io("Failed to remove", &run.ctx.staging, e))?;
-        run.persist()?;
-        if in_slot {
-            // Beside slot.raucs, which the status update writes next (before
-            // the directory times are set, so the root keeps its own).
-            let to = dir.join(IN_SLOT_INDEX);
-            std::fs::copy(&index_path, &to).map_err(|e| Error::io("Failed to keep", &to, e))?;
-        }
-        run.set_dir_times()?;
-        crate::files::syncfs(&dir).map_err(|e| Error::io("Failed to sync", &dir, e))?;
-        run.read_back()?;
+        let mut fill = || -> Result<()> {
+            run.resolve()?;
+            run.place()?;
+            let staging = &run.ctx.staging;
+            std::fs::remove_dir_all(staging).map_err(|e| Error::io("Failed to remove", staging, e))?;
+            run.persist()?;
+            if in_slot {
+                // Beside slot.raucs, which the status update writes next (before
+                // the directory times are set, so the root keeps its own).
+                let to = dir.join(IN_SLOT_INDEX);
+                std::fs::copy(&index_path, &to).map_err(|e| Error::io("Failed to keep", &to, e))?;
+            }
+            run.set_dir_times()?;
+            crate::files::syncfs(&dir).map_err(|e| Error::io("Failed to sync", &dir, e))?;
+            run.read_back()
+        };
+        fill().map_err(|e| too_small(e, &dir, &plan, name))?;
         if let Some(h) = job.hooks {
             h.run(SlotHook::PostInstall, Some(&dir))?;
         }
@@ -398,6 +402,38 @@ pub fn install(job: &Job<'_>, progress: &mut dyn FnMut(Progressed)) -> Result<St
         std::fs::rename(&index_path, &to).map_err(|e| Error::io("Failed to keep", &to, e))?;
     }
     Ok(stats)
+}
+
+/// `e` told as what it is when the slot's filesystem (mounted at `dir`)
+/// ran out of room or inodes: how much it holds against what the tree takes.
+fn too_small(e: Error, dir: &Path, plan: &Plan, name: &str) -> Error {
+    let no_space = std::io::Error::from_raw_os_error(libc::ENOSPC).to_string();
+    if !e.to_string().contains(&no_space) {
+        return e;
+    }
+    let Ok(fs) = fs_capacity(dir) else { return e };
+    let size = rota_bundle::info::format_size;
+    Error::Failed(format!(
+        "the slot is too small for tree image '{name}': its filesystem holds {} and {} inodes, \
+         the tree takes {} in {} files ({} entries): {e}",
+        size(fs.0),
+        fs.1,
+        size(plan.bytes_total),
+        plan.files_total,
+        plan.len()
+    ))
+}
+
+/// Size in bytes and inode count of the file system mounted at `dir`.
+fn fs_capacity(dir: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a buffer of the right type.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((st.f_blocks * st.f_frsize, st.f_files))
 }
 
 /// Where the blocks of tree image `name`'s contents file lie, and the file
