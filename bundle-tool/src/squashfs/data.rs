@@ -61,9 +61,9 @@ const HOLE_PAGE: usize = 4096;
 impl Sink for SparseFile {
     fn put(&mut self, data: &[u8]) -> io::Result<()> {
         // Data arrives block by block, so pages line up with the file's.
+        let zero = |p: &[u8]| p.iter().all(|b| *b == 0);
         let mut rest = data;
         while !rest.is_empty() {
-            let zero = |p: &[u8]| p.iter().all(|b| *b == 0);
             let mut n = 0;
             while n < rest.len() && !zero(&rest[n..(n + HOLE_PAGE).min(rest.len())]) {
                 n = (n + HOLE_PAGE).min(rest.len());

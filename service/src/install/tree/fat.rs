@@ -493,6 +493,7 @@ impl Run<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::{check_tree, geometry, mtool, output};
+    use rota_bundle::tree::{Entry, Kind};
     use std::process::Command;
 
     #[test]
@@ -516,7 +517,6 @@ mod tests {
         let e = geometry(&dir.path().join("zeros")).unwrap_err().to_string();
         assert!(e.ends_with("zeros' holds no FAT boot sector"), "{e}");
     }
-    use rota_bundle::tree::{Entry, Kind};
 
     fn entry(path: &[u8], kind: Kind) -> Entry {
         Entry {

@@ -428,6 +428,7 @@ fn too_small(e: Error, dir: &Path, plan: &Plan, name: &str) -> Error {
 fn fs_capacity(dir: &Path) -> std::io::Result<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: statvfs is plain old data; all zeros is a valid value.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: a NUL-terminated path and a buffer of the right type.
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
