@@ -20,6 +20,7 @@ pub mod reader;
 pub mod semver;
 pub mod signature;
 pub mod source;
+pub mod sparse;
 pub mod squashfs;
 pub mod tree;
 pub mod verity;

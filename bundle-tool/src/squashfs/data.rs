@@ -15,7 +15,7 @@ use backhand::{DataSize, Fragment, SquashfsFileReader};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Write};
 use std::sync::{Arc, Mutex};
 
 const NO_FRAGMENT: u32 = 0xffff_ffff;
@@ -49,43 +49,21 @@ impl Sink for Vec<u8> {
     }
 }
 
-/// A new, empty regular file filled from its start, sparse: sparse blocks
-/// and every all-zero 4 KiB page are left as holes (a tree image's contents
-/// file is mostly alignment padding). Never for devices: skipped pages keep
-/// whatever was there.
-pub struct SparseFile(pub std::fs::File);
-
-/// Pages of this size that hold only zeros are not written.
-const HOLE_PAGE: usize = 4096;
-
-impl Sink for SparseFile {
+/// A new file, sparse: sparse blocks and every all-zero 4 KiB page are
+/// left as holes (a tree image's contents file is mostly alignment padding).
+impl Sink for crate::sparse::SparseWriter {
     fn put(&mut self, data: &[u8]) -> io::Result<()> {
-        // Data arrives block by block, so pages line up with the file's.
-        let zero = |p: &[u8]| p.iter().all(|b| *b == 0);
-        let mut rest = data;
-        while !rest.is_empty() {
-            let mut n = 0;
-            while n < rest.len() && !zero(&rest[n..(n + HOLE_PAGE).min(rest.len())]) {
-                n = (n + HOLE_PAGE).min(rest.len());
-            }
-            if n > 0 {
-                self.0.write_all(&rest[..n])?;
-            } else {
-                n = HOLE_PAGE.min(rest.len());
-                self.0.seek(SeekFrom::Current(n as i64))?;
-            }
-            rest = &rest[n..];
-        }
-        Ok(())
+        self.write_all(data)
     }
 
     fn zeros(&mut self, n: u64) -> io::Result<()> {
-        self.0.seek(SeekFrom::Current(n as i64)).map(|_| ())
+        self.skip(n)
     }
 
     fn finish(&mut self, len: u64) -> io::Result<()> {
-        // Trailing holes need the length set explicitly.
-        self.0.set_len(len)
+        let written = self.complete()?;
+        debug_assert_eq!(written, len, "the blocks add up to the file's length");
+        Ok(())
     }
 }
 
@@ -522,6 +500,7 @@ mod tests {
 
     #[test]
     fn a_sparse_file_leaves_zero_pages_and_sparse_blocks_as_holes() {
+        use crate::sparse::{HOLE_PAGE, SparseWriter};
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
@@ -532,12 +511,12 @@ mod tests {
         block[4 * HOLE_PAGE + 9] = 2;
         let mut last = vec![0u8; 3 * HOLE_PAGE + 100];
         last[HOLE_PAGE] = 3;
-        let mut f = SparseFile(std::fs::File::create(&path).unwrap());
-        f.put(&block).unwrap();
-        f.zeros(128 << 10).unwrap();
-        f.put(&last).unwrap();
+        let mut f = SparseWriter::new(std::fs::File::create(&path).unwrap());
+        Sink::put(&mut f, &block).unwrap();
+        Sink::zeros(&mut f, 128 << 10).unwrap();
+        Sink::put(&mut f, &last).unwrap();
         let len = (256 << 10) + last.len() as u64;
-        f.finish(len).unwrap();
+        Sink::finish(&mut f, len).unwrap();
         let mut want = block.clone();
         want.resize(256 << 10, 0);
         want.extend_from_slice(&last);

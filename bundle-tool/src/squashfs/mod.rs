@@ -315,7 +315,7 @@ impl BundleFs {
                             let (target, relp, f, node) = &files[i];
                             let r = std::fs::File::create(target)
                                 .map_err(|e| io_err("create", target, e))
-                                .and_then(|out| self.data.copy(f, relp, &mut data::SparseFile(out)))
+                                .and_then(|out| self.data.copy(f, relp, &mut crate::sparse::SparseWriter::new(out)))
                                 .and_then(|_| apply_metadata(target, node, is_root, true));
                             if r.is_err() {
                                 failed.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -3,91 +3,40 @@
 //! and only kept when the digest is the one the index names.
 
 use crate::error::{Error, Result};
+use rota_bundle::sparse::SparseWriter;
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-/// Blocks of this size that hold only zeros are left as holes.
-const HOLE_BLOCK: usize = 4096;
 /// Read size for local copies and hashing (one buffer per worker).
 const CHUNK: usize = 256 << 10;
 
-/// Writes a file from a stream, hashing every byte and skipping the writes
-/// of aligned all-zero blocks; [`SparseWriter::finish`] sets the length.
-pub struct SparseWriter {
-    file: File,
-    /// Bytes taken so far.
-    pos: u64,
-    /// The start of the block being filled, held until it is complete.
-    partial: Vec<u8>,
+/// Writes a new file from a stream, sparse (all-zero 4 KiB pages become
+/// holes), hashing every byte; [`HashingWriter::finish`] sets the length.
+pub struct HashingWriter {
+    file: SparseWriter,
     hasher: Sha256,
 }
 
-impl SparseWriter {
+impl HashingWriter {
     /// A writer filling `file` (empty) from its start.
-    pub fn new(file: File) -> SparseWriter {
-        SparseWriter { file, pos: 0, partial: Vec::with_capacity(HOLE_BLOCK), hasher: Sha256::new() }
-    }
-
-    /// Writes `block` (a whole block, or the file's last piece) unless it is all zeros.
-    fn put(&self, block: &[u8], at: u64) -> std::io::Result<()> {
-        if block.iter().any(|b| *b != 0) {
-            self.file.write_all_at(block, at)?;
-        }
-        Ok(())
+    pub fn new(file: File) -> HashingWriter {
+        HashingWriter { file: SparseWriter::new(file), hasher: Sha256::new() }
     }
 
     /// Writes the held tail, sets the length (trailing holes) and returns
     /// (length, SHA-256 hex, file).
     pub fn finish(self) -> std::io::Result<(u64, String, File)> {
-        self.put(&self.partial, self.pos - self.partial.len() as u64)?;
-        self.file.set_len(self.pos)?;
-        Ok((self.pos, hex::encode(self.hasher.finalize()), self.file))
+        let (len, file) = self.file.finish()?;
+        Ok((len, hex::encode(self.hasher.finalize()), file))
     }
 }
 
-impl Write for SparseWriter {
+impl Write for HashingWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.hasher.update(buf);
-        let mut rest = buf;
-        // Complete a held block first.
-        if !self.partial.is_empty() {
-            let n = (HOLE_BLOCK - self.partial.len()).min(rest.len());
-            self.partial.extend_from_slice(&rest[..n]);
-            self.pos += n as u64;
-            rest = &rest[n..];
-            if self.partial.len() < HOLE_BLOCK {
-                return Ok(buf.len());
-            }
-            let block = std::mem::take(&mut self.partial);
-            self.put(&block, self.pos - HOLE_BLOCK as u64)?;
-            self.partial = block;
-            self.partial.clear();
-        }
-        // Whole blocks straight from the caller's buffer (runs of data
-        // blocks in one write), a tail held.
-        let whole = rest.len() - rest.len() % HOLE_BLOCK;
-        let blocks: Vec<&[u8]> = rest[..whole].chunks(HOLE_BLOCK).collect();
-        let mut i = 0;
-        while i < blocks.len() {
-            let zero = |b: &[u8]| b.iter().all(|x| *x == 0);
-            let mut j = i;
-            while j < blocks.len() && !zero(blocks[j]) {
-                j += 1;
-            }
-            if j > i {
-                self.file.write_all_at(&rest[i * HOLE_BLOCK..j * HOLE_BLOCK], self.pos)?;
-                self.pos += ((j - i) * HOLE_BLOCK) as u64;
-            } else {
-                self.pos += HOLE_BLOCK as u64;
-                j += 1;
-            }
-            i = j;
-        }
-        self.partial.extend_from_slice(&rest[whole..]);
-        self.pos += (rest.len() - whole) as u64;
+        self.file.write_all(buf)?;
         Ok(buf.len())
     }
 
@@ -113,7 +62,7 @@ pub fn hash_from_medium(path: &Path) -> std::io::Result<(u64, String)> {
 pub fn copy_verified(from: &Path, to: &Path, sha: &str) -> Result<bool> {
     let Ok(mut src) = File::open(from) else { return Ok(false) };
     let out = create(to)?;
-    let mut w = SparseWriter::new(out);
+    let mut w = HashingWriter::new(out);
     let mut buf = vec![0u8; CHUNK];
     let copied = loop {
         match src.read(&mut buf) {
@@ -164,7 +113,7 @@ mod tests {
         let mut data = vec![0u8; 64 * 4096 + 100];
         data[5] = 1;
         data[40 * 4096 + 7] = 2;
-        let mut w = SparseWriter::new(create(&path).unwrap());
+        let mut w = HashingWriter::new(create(&path).unwrap());
         for piece in data.chunks(3000) {
             w.write_all(piece).unwrap();
         }

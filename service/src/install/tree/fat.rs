@@ -236,7 +236,7 @@ fn read_file(dev: &Path, rel: &[u8], out: &mut dyn Write) -> Result<(u64, String
 /// `sha`; returns whether it holds that content.
 pub(super) fn stage_from_fat(staging: &Path, dev: &Path, rel: &[u8], sha: &str) -> Result<bool> {
     let part = staging.join(format!("{sha}.part"));
-    let mut w = content::SparseWriter::new(content::create(&part)?);
+    let mut w = content::HashingWriter::new(content::create(&part)?);
     let read = read_file(dev, rel, &mut w);
     let (_, got, _) = w.finish().map_err(|e| Error::io("Failed to write", &part, e))?;
     if read.is_ok_and(|(_, h)| h == sha) && got == sha {

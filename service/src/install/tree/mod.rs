@@ -291,7 +291,7 @@ pub fn install(job: &Job<'_>, progress: &mut dyn FnMut(Progressed)) -> Result<St
     let index_path = work.path().join("index");
     let (len, digest) = {
         let out = content::create(&index_path)?;
-        let mut w = content::SparseWriter::new(out);
+        let mut w = content::HashingWriter::new(out);
         job.fs.copy_file(name, &mut w)?;
         let (len, digest, _) = w.finish().map_err(|e| Error::io("Failed to write", &index_path, e))?;
         (len, digest)
@@ -652,7 +652,7 @@ impl Ctx<'_> {
         self.control.check()?;
         let (sha, size) = (self.plan.sha(i), self.plan.item(i).size);
         let part = self.staging.join(format!("{sha}.part"));
-        let mut w = content::SparseWriter::new(content::create(&part)?);
+        let mut w = content::HashingWriter::new(content::create(&part)?);
         self.fs.copy_range(&self.contents, self.plan.offset(i), size, &self.sums, &mut w)?;
         let (len, got, _) = w.finish().map_err(|err| Error::io("Failed to write", &part, err))?;
         if got != sha || len != size {
