@@ -119,13 +119,18 @@ fn device_keeping(name: &str, a: &Path, b: Option<&Path>, status: &str, extra: &
     d
 }
 
-/// The index of what the filesystem image at `img` holds (`lost+found` left out).
-fn scan_image(img: &Path) -> FileIndex {
+/// What `f` makes of the filesystem image at `img`, mounted read-only at a temporary place.
+fn with_mounted_ro<T>(img: &Path, f: impl FnOnce(&Path) -> T) -> T {
     let m = tempfile::tempdir().unwrap();
     run(Command::new("mount").args(["-o", "ro"]).arg(img).arg(m.path())).ok();
-    let index = FileIndex::scan(m.path());
+    let r = f(m.path());
     run(Command::new("umount").arg(m.path())).ok();
-    let mut index = index.unwrap();
+    r
+}
+
+/// The index of what the filesystem image at `img` holds (`lost+found` left out).
+fn scan_image(img: &Path) -> FileIndex {
+    let mut index = with_mounted_ro(img, FileIndex::scan).unwrap();
     index.entries.retain(|e| !e.path.starts_with(b"lost+found"));
     index
 }
@@ -315,10 +320,7 @@ fn a_streamed_install_fetches_little_more_than_the_changed_files() {
 /// The size and inode count of the file system in the image at `img`, as
 /// statfs counts them.
 fn fs_capacity(img: &Path) -> (u64, u64) {
-    let m = tempfile::tempdir().unwrap();
-    run(Command::new("mount").args(["-o", "ro"]).arg(img).arg(m.path())).ok();
-    let out = run(Command::new("stat").args(["-f", "-c", "%b %S %c"]).arg(m.path())).ok();
-    run(Command::new("umount").arg(m.path())).ok();
+    let out = with_mounted_ro(img, |m| run(Command::new("stat").args(["-f", "-c", "%b %S %c"]).arg(m)).ok());
     let v: Vec<u64> = out.stdout.split_whitespace().map(|x| x.parse().unwrap()).collect();
     (v[0] * v[1], v[2])
 }
