@@ -270,7 +270,11 @@ fn xattrs(path: &Path) -> Result<BTreeMap<String, String>, String> {
 
 /// Length and SHA-256 (hex) of the file at `path`.
 pub fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
-    let mut f = std::fs::File::open(path)?;
+    hash_reader(std::fs::File::open(path)?)
+}
+
+/// Length and SHA-256 (hex) of everything `f` reads.
+pub fn hash_reader(mut f: impl Read) -> std::io::Result<(u64, String)> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 256 << 10];
     let mut len = 0u64;

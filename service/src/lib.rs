@@ -9,6 +9,7 @@ pub mod bootslot;
 pub mod bundleview;
 pub mod cli;
 pub mod config;
+pub mod confined;
 pub mod dbus;
 pub mod error;
 pub mod eventlog;

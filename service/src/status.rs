@@ -224,9 +224,25 @@ impl CentralFile {
 /// Name of the per-slot status file in a slot's root directory.
 pub const PER_SLOT_FILE: &str = "slot.raucs";
 
-/// Reads `slot.raucs` from a mounted slot filesystem (missing: empty).
+/// Largest `slot.raucs` read (a status takes a few hundred bytes).
+const PER_SLOT_MAX: u64 = 1 << 20;
+
+/// Reads `slot.raucs` from a mounted slot filesystem (missing: empty). The
+/// slot's content is not trusted: only a regular file is read (a link, a
+/// fifo or a device there counts as no status), and at most 1 MiB of it.
 pub fn read_per_slot(root: &Path) -> SlotStatus {
-    std::fs::read_to_string(root.join(PER_SLOT_FILE))
+    let read = || -> std::io::Result<String> {
+        let file = crate::confined::Root::open(root)?.open_file(PER_SLOT_FILE.as_bytes())?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::Read::take(file, PER_SLOT_MAX), &mut text)?;
+        Ok(text)
+    };
+    read()
+        .map_err(|e| {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("Ignoring the status in {}: {e}", root.display());
+            }
+        })
         .ok()
         .and_then(|t| KeyFile::parse(&t).ok())
         .and_then(|kf| kf.group("slot").map(SlotStatus::from_group))

@@ -9,6 +9,7 @@ pub mod nginx;
 pub mod pkcs11;
 pub mod proxy;
 pub mod rootfs;
+pub mod trees;
 
 use std::ffi::OsStr;
 use std::fs;
@@ -189,6 +190,42 @@ pub fn run(cmd: &mut Command) -> Run {
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
     }
+}
+
+/// Runs a command to completion unless it runs longer than `limit`: then it
+/// is killed and the test fails (a command that blocks must be seen, not
+/// waited for).
+#[track_caller]
+pub fn run_within(cmd: &mut Command, limit: std::time::Duration) -> Run {
+    let (out, err) = (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(err.try_clone().unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > limit {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("{cmd:?} still ran after {limit:?}: blocked\n{}", read_all(err));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    Run { code: status.code().unwrap_or(-1), stdout: read_all(out), stderr: read_all(err) }
+}
+
+/// Everything in `f` (an unnamed file a child wrote), from its start.
+fn read_all(mut f: fs::File) -> String {
+    use std::io::{Read, Seek};
+    let mut s = String::new();
+    f.rewind().unwrap();
+    f.read_to_string(&mut s).unwrap();
+    s
 }
 
 /// Deterministic pseudo-random bytes (xorshift), different per `seed`.

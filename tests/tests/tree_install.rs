@@ -13,16 +13,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use testkit::device::{Device, grub_selected, grubenv};
 use testkit::nginx::{Nginx, web_root};
-use testkit::{Content, Run, WorkDir, pki_file, remove_tree, rootfs, rota_bundle, run, target_dir};
+use testkit::trees::{
+    assert_same_tree, bundle_as, ext4, ext4_device, find, scan_image, sh, with_mounted, with_mounted_ro,
+};
+use testkit::{Run, WorkDir, pki_file, rootfs, run, target_dir};
 
 /// Files per generated tree and their mean size.
 const FILES: usize = 3000;
 const MEAN: usize = 8 * 1024;
-
-fn sh(cmd: &str) {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
-    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
-}
 
 /// Version 1 of a tree and its successor with `percent` % of the files
 /// changed, their indexes, and a bundle of version 2.
@@ -63,37 +61,6 @@ fn bundle(tree: &Path, out: &Path) {
     bundle_as(tree, out, "verity");
 }
 
-/// A bundle of `format` with `tree` as the rootfs tree image, at `out`
-/// (crypt bundles encrypted for the test recipient).
-fn bundle_as(tree: &Path, out: &Path, format: &str) {
-    let c = Content::new(out.with_extension("content"));
-    sh(&format!("cp -a {} {}", tree.display(), c.dir.join("rootfs.tree").display()));
-    c.manifest(&format!(
-        "[update]\ncompatible=Test Config\nversion=2\n[bundle]\nformat={format}\n[image.rootfs]\nfilename=rootfs.tree\n"
-    ));
-    if format != "crypt" {
-        rota_bundle(&c.dir, out, "release").ok();
-        remove_tree(&c.dir);
-        return;
-    }
-    let signed = out.with_extension("signed.raucb");
-    rota_bundle(&c.dir, &signed, "release").ok();
-    remove_tree(&c.dir);
-    let _ = fs::remove_file(out);
-    let to = format!("--to={}", pki_file("rsa-recipient.pem").display());
-    run(testkit::rota().arg("encrypt").arg(to).arg(&signed).arg(out)).ok();
-    fs::remove_file(&signed).unwrap();
-}
-
-/// An ext4 filesystem image of `size` MiB holding `tree` (nothing when `None`).
-fn ext4(path: &Path, tree: Option<&Path>, size_mib: u64) {
-    let _ = fs::remove_file(path);
-    match tree {
-        Some(t) => run(Command::new("mkfs.ext4").args(["-q", "-d"]).arg(t).arg(path).arg(format!("{size_mib}M"))).ok(),
-        None => run(Command::new("truncate").arg(format!("-s{size_mib}M")).arg(path)).ok(),
-    };
-}
-
 /// A device booted from A holding `a`; B holds `b` (or nothing).
 fn device(name: &str, a: &Path, b: Option<&Path>) -> Device {
     device_with(name, a, b, "")
@@ -101,47 +68,7 @@ fn device(name: &str, a: &Path, b: Option<&Path>) -> Device {
 
 /// [`device`] with more configuration (`[tree]` and such).
 fn device_with(name: &str, a: &Path, b: Option<&Path>, extra: &str) -> Device {
-    device_keeping(name, a, b, "data-directory=data", extra)
-}
-
-/// [`device_with`] keeping the slot status as `status` says.
-fn device_keeping(name: &str, a: &Path, b: Option<&Path>, status: &str, extra: &str) -> Device {
-    let conf = format!(
-        "[system]\ncompatible=Test Config\nbootloader=grub\ngrubenv=grubenv\n{status}\nmountprefix=mnt\n\
-         {extra}\n[keyring]\npath={}\n\
-         [slot.rootfs.0]\ndevice=rootfs0.img\ntype=ext4\nbootname=A\n[slot.rootfs.1]\ndevice=rootfs1.img\ntype=ext4\nbootname=B\n",
-        pki_file("keyring.pem").display()
-    );
-    let d = Device::new(target_dir().join("test-devices/tree").join(name), &conf);
-    d.grub_env(&["A", "B"]);
-    ext4(&d.path("rootfs0.img"), Some(a), 128);
-    ext4(&d.path("rootfs1.img"), b, 128);
-    d
-}
-
-/// What `f` makes of the filesystem image at `img`, mounted read-only at a temporary place.
-fn with_mounted_ro<T>(img: &Path, f: impl FnOnce(&Path) -> T) -> T {
-    let m = tempfile::tempdir().unwrap();
-    run(Command::new("mount").args(["-o", "ro"]).arg(img).arg(m.path())).ok();
-    let r = f(m.path());
-    run(Command::new("umount").arg(m.path())).ok();
-    r
-}
-
-/// The index of what the filesystem image at `img` holds (`lost+found` left out).
-fn scan_image(img: &Path) -> FileIndex {
-    let mut index = with_mounted_ro(img, FileIndex::scan).unwrap();
-    index.entries.retain(|e| !e.path.starts_with(b"lost+found"));
-    index
-}
-
-fn assert_same_tree(got: &FileIndex, want: &FileIndex) {
-    let by_path = |i: &FileIndex| i.entries.iter().map(|e| (e.path.clone(), e.clone())).collect::<HashMap<_, _>>();
-    let (g, w) = (by_path(got), by_path(want));
-    for (p, e) in &w {
-        assert_eq!(g.get(p), Some(e), "{}", String::from_utf8_lossy(p));
-    }
-    assert_eq!(got.entries.len(), want.entries.len(), "extra entries");
+    ext4_device(name, a, b, "data-directory=data", extra)
 }
 
 /// The numbers of the install's summary line:
@@ -197,10 +124,6 @@ fn install_v3_into_a(d: &Device, f: &Fixture) -> (FileIndex, String) {
         .collect();
     assert!(line.contains(&format!(", {} fetched from the bundle", needed.len())), "{line}");
     (i3, line.to_string())
-}
-
-fn find<'a>(i: &'a FileIndex, path: &str) -> &'a Entry {
-    i.entries.iter().find(|e| e.path == path.as_bytes()).unwrap_or_else(|| panic!("{path}"))
 }
 
 #[test]
@@ -323,14 +246,6 @@ fn fs_capacity(img: &Path) -> (u64, u64) {
     let out = with_mounted_ro(img, |m| run(Command::new("stat").args(["-f", "-c", "%b %S %c"]).arg(m)).ok());
     let v: Vec<u64> = out.stdout.split_whitespace().map(|x| x.parse().unwrap()).collect();
     (v[0] * v[1], v[2])
-}
-
-/// Runs `f` with the ext4 image at `img` mounted read-write at a temporary place.
-fn with_mounted(img: &Path, f: impl FnOnce(&Path)) {
-    let m = tempfile::tempdir().unwrap();
-    run(Command::new("mount").arg(img).arg(m.path())).ok();
-    f(m.path());
-    run(Command::new("umount").arg(m.path())).ok();
 }
 
 /// Overwrites the file `rel` in the ext4 image `img` with as many `byte`s.
@@ -620,7 +535,7 @@ fn assert_same_tree_beside_status(mut got: FileIndex, want: &FileIndex) {
 fn the_installed_index_is_kept_where_the_slot_status_is() {
     let f = Fixture::new("per-slot", 5, None);
     let Fixture { dir, v1, bundle: b, i2, .. } = &f;
-    let d = device_keeping("per-slot", v1, None, "statusfile=per-slot", "");
+    let d = ext4_device("per-slot", v1, None, "statusfile=per-slot", "");
     run(d.rota().arg("install").arg(b)).ok();
 
     // B holds v2, its status, and the signed index it was installed from.
@@ -639,7 +554,7 @@ fn the_installed_index_is_kept_where_the_slot_status_is() {
     assert_eq!(grub_selected(&grubenv(&d.path("grubenv"))).as_deref(), Some("A"));
 
     // A central status file and no data directory: the index is kept beside it.
-    let d = device_keeping("central", v1, None, "statusfile=state/central.raucs", "");
+    let d = ext4_device("central", v1, None, "statusfile=state/central.raucs", "");
     fs::create_dir_all(d.path("state")).unwrap();
     run(d.rota().arg("install").arg(b)).ok();
     let kept = d.path(&format!("state/slot.rootfs.1/tree-{index_sha}.index"));

@@ -6,8 +6,9 @@
 //! against their digest whenever they are used.
 
 use super::{content, place};
-use crate::error::Result;
-use std::path::{Path, PathBuf};
+use crate::confined::Root;
+use crate::error::{Error, Result};
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 /// The cache directory and its size limit.
@@ -28,35 +29,43 @@ impl Cache {
         self.dir.join(&sha[..2]).join(&sha[2..])
     }
 
-    /// Copies the cached content `sha` to `to`; returns whether it did. A
-    /// damaged entry is dropped.
-    pub fn copy_to(&self, sha: &str, to: &Path) -> Result<bool> {
+    /// Copies the cached content `sha` to `name` below `to`; returns
+    /// whether it did. A damaged entry is dropped.
+    pub fn copy_to(&self, sha: &str, to: &Root, name: &[u8]) -> Result<bool> {
         let at = self.path(sha);
-        if !at.exists() {
-            return Ok(false);
-        }
-        if content::copy_verified(&at, to, sha)? {
+        let Ok(mut src) = std::fs::File::open(&at) else { return Ok(false) };
+        let out = content::create(to, name)?;
+        if content::copy_checked(&mut src, out).map_err(|e| place::fail("Failed to write", to, name, e))?.as_deref()
+            == Some(sha)
+        {
             // Used now: it leaves the cache last.
-            let _ = std::fs::File::options().append(true).open(&at).and_then(|f| f.set_modified(SystemTime::now()));
+            let _ = src.set_modified(SystemTime::now());
             return Ok(true);
         }
-        place::remove_any(&at)?;
+        place::remove(to, name)?;
+        crate::files::remove_any(&at).map_err(|e| Error::io("Failed to remove", &at, e))?;
         Ok(false)
     }
 
-    /// Adds the contents `(sha256, file holding it, size)` that fit, then
-    /// removes the least recently used entries beyond the limit.
-    pub fn keep(&self, items: &[(String, PathBuf, u64)]) -> Result<()> {
-        for (sha, from, size) in items {
+    /// Adds the contents `(sha256, its name below `from`, size)` that fit,
+    /// then removes the least recently used entries beyond the limit.
+    pub fn keep(&self, from: &Root, items: &[(String, Vec<u8>, u64)]) -> Result<()> {
+        for (sha, name, size) in items {
             let at = self.path(sha);
             if *size > self.limit || at.exists() {
                 continue;
             }
             let parent = at.parent().expect("cache paths have a parent");
-            std::fs::create_dir_all(parent).map_err(|e| crate::error::Error::io("Failed to create", parent, e))?;
+            std::fs::create_dir_all(parent).map_err(|e| Error::io("Failed to create", parent, e))?;
             let part = at.with_extension("part");
-            if content::copy_verified(from, &part, sha)? {
-                std::fs::rename(&part, &at).map_err(|e| crate::error::Error::io("Failed to store", &at, e))?;
+            let Ok(mut src) = from.open_file(name) else { continue };
+            let out = std::fs::File::create(&part).map_err(|e| Error::io("Failed to create", &part, e))?;
+            if content::copy_checked(&mut src, out).map_err(|e| Error::io("Failed to write", &part, e))?.as_deref()
+                == Some(sha.as_str())
+            {
+                std::fs::rename(&part, &at).map_err(|e| Error::io("Failed to store", &at, e))?;
+            } else {
+                crate::files::remove_any(&part).map_err(|e| Error::io("Failed to remove", &part, e))?;
             }
         }
         self.trim()
@@ -78,7 +87,7 @@ impl Cache {
             if total <= self.limit {
                 break;
             }
-            place::remove_any(&path)?;
+            crate::files::remove_any(&path).map_err(|e| Error::io("Failed to remove", &path, e))?;
             total -= len;
         }
         Ok(())

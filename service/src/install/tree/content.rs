@@ -2,12 +2,12 @@
 //! staging directory, written sparse (all-zero 4 KiB blocks become holes),
 //! and only kept when the digest is the one the index names.
 
-use crate::error::{Error, Result};
+use crate::confined::Root;
+use crate::error::Result;
 use rota_bundle::sparse::SparseWriter;
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{Read, Write};
-use std::path::Path;
 
 /// Read size for local copies and hashing (one buffer per worker).
 const CHUNK: usize = 256 << 10;
@@ -45,60 +45,43 @@ impl Write for HashingWriter {
     }
 }
 
-/// SHA-256 (hex) and length of the synced file at `path` as the medium
-/// holds it: its cached pages are dropped before it is read.
-pub fn hash_from_medium(path: &Path) -> std::io::Result<(u64, String)> {
-    use std::os::fd::AsRawFd;
-    let f = File::open(path)?;
-    // SAFETY: advisory call on an open descriptor.
-    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    drop(f);
-    rota_bundle::tree::hash_file(path)
+/// SHA-256 (hex) and length of the synced file `rel` below `root` as the
+/// medium holds it: its cached pages are dropped before it is read.
+pub fn hash_from_medium(root: &Root, rel: &[u8]) -> std::io::Result<(u64, String)> {
+    let f = root.open_file(rel)?;
+    rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed)?;
+    rota_bundle::tree::hash_reader(f)
 }
 
-/// Copies `from` to a new file `to` (sparse, hashed); keeps it only when
-/// its digest is `sha` and returns whether it did. A source that cannot be
-/// read counts as a mismatch (another source may still have the content).
-pub fn copy_verified(from: &Path, to: &Path, sha: &str) -> Result<bool> {
-    let Ok(mut src) = File::open(from) else { return Ok(false) };
-    let out = create(to)?;
+/// Copies `src` into the new, empty file `out` (sparse, hashed); returns
+/// the digest of what was copied, `None` when `src` could not be read to
+/// its end (another source may still have the content). The caller compares
+/// it with the one it expects; a write that fails is an error.
+pub fn copy_checked(src: &mut dyn Read, out: File) -> std::io::Result<Option<String>> {
     let mut w = HashingWriter::new(out);
     let mut buf = vec![0u8; CHUNK];
     let copied = loop {
         match src.read(&mut buf) {
             Ok(0) => break true,
-            Ok(n) => w.write_all(&buf[..n]).map_err(|e| Error::io("Failed to write", to, e))?,
+            Ok(n) => w.write_all(&buf[..n])?,
             Err(_) => break false,
         }
     };
-    let (_, got, _) = w.finish().map_err(|e| Error::io("Failed to write", to, e))?;
-    if copied && got == sha {
-        return Ok(true);
-    }
-    super::place::remove_any(to)?;
-    if copied {
-        tracing::warn!("'{}' does not hold the expected content (sha256 {got}, not {sha}): not reused", from.display());
-    }
-    Ok(false)
+    let (_, got, _) = w.finish()?;
+    Ok(copied.then_some(got))
 }
 
-/// A clone of `from` at `to` where the file system shares extents
-/// (btrfs, XFS); `false` where it cannot (ext4), leaving nothing behind.
-pub fn try_reflink(from: &Path, to: &Path) -> bool {
-    let (Ok(src), Ok(dst)) = (File::open(from), create(to)) else { return false };
-    use std::os::fd::AsRawFd;
-    // SAFETY: FICLONE on two open descriptors; failure leaves `dst` empty.
-    let r = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) };
-    if r != 0 {
-        let _ = std::fs::remove_file(to);
-    }
-    r == 0
+/// Makes `dst` (empty) a clone of `src` where the file system shares
+/// extents (btrfs, XFS); `false` where it cannot (ext4).
+pub fn try_reflink(src: &File, dst: &File) -> bool {
+    rustix::fs::ioctl_ficlone(dst, src).is_ok()
 }
 
-/// Creates `path` for writing (replacing a leftover of an earlier run).
-pub fn create(path: &Path) -> Result<File> {
-    let _ = crate::files::remove_any(path);
-    File::options().write(true).create_new(true).open(path).map_err(|e| Error::io("Failed to create", path, e))
+/// Creates `rel` below `root` for writing (replacing a leftover of an
+/// earlier run, whatever it is), readable by its owner only.
+pub fn create(root: &Root, rel: &[u8]) -> Result<File> {
+    super::place::remove(root, rel)?;
+    root.create(rel, 0o600).map_err(|e| super::place::fail("Failed to create", root, rel, e))
 }
 
 #[cfg(test)]
@@ -109,11 +92,12 @@ mod tests {
     #[test]
     fn zero_blocks_become_holes_and_the_digest_covers_everything() {
         let dir = tempfile::tempdir().unwrap();
+        let root = Root::open(dir.path()).unwrap();
         let path = dir.path().join("f");
         let mut data = vec![0u8; 64 * 4096 + 100];
         data[5] = 1;
         data[40 * 4096 + 7] = 2;
-        let mut w = HashingWriter::new(create(&path).unwrap());
+        let mut w = HashingWriter::new(create(&root, b"f").unwrap());
         for piece in data.chunks(3000) {
             w.write_all(piece).unwrap();
         }
@@ -126,15 +110,13 @@ mod tests {
     }
 
     #[test]
-    fn a_copy_is_kept_only_with_the_right_digest() {
+    fn a_copy_tells_its_digest_or_that_the_source_failed() {
         let dir = tempfile::tempdir().unwrap();
-        let (from, to) = (dir.path().join("a"), dir.path().join("b"));
-        std::fs::write(&from, b"content").unwrap();
+        let root = Root::open(dir.path()).unwrap();
         let sha = hex::encode(Sha256::digest(b"content"));
-        assert!(copy_verified(&from, &to, &sha).unwrap());
-        assert_eq!(std::fs::read(&to).unwrap(), b"content");
-        assert!(!copy_verified(&from, &to, &"0".repeat(64)).unwrap());
-        assert!(!to.exists());
-        assert!(!copy_verified(&dir.path().join("missing"), &to, &sha).unwrap());
+        assert_eq!(copy_checked(&mut &b"content"[..], create(&root, b"b").unwrap()).unwrap(), Some(sha));
+        assert_eq!(std::fs::read(dir.path().join("b")).unwrap(), b"content");
+        let unreadable = &mut std::fs::File::open(dir.path()).unwrap();
+        assert_eq!(copy_checked(unreadable, create(&root, b"c").unwrap()).unwrap(), None);
     }
 }

@@ -16,8 +16,9 @@
 //! and checked.
 
 use super::index::Installed;
-use super::{Found, Run, content, place, under};
+use super::{Found, Run, content, place};
 use crate::config::SlotConfig;
+use crate::confined::Root;
 use crate::error::{Error, Result, failed};
 use rota_bundle::tree::{Entry, Kind};
 use sha2::{Digest, Sha256};
@@ -234,17 +235,17 @@ fn read_file(dev: &Path, rel: &[u8], out: &mut dyn Write) -> Result<(u64, String
 /// Copies file `rel` of the FAT filesystem on `dev` (the target, or a
 /// booted slot that is not mounted) into the staging directory as content
 /// `sha`; returns whether it holds that content.
-pub(super) fn stage_from_fat(staging: &Path, dev: &Path, rel: &[u8], sha: &str) -> Result<bool> {
-    let part = staging.join(format!("{sha}.part"));
-    let mut w = content::HashingWriter::new(content::create(&part)?);
+pub(super) fn stage_from_fat(staging: &Root, dev: &Path, rel: &[u8], sha: &str) -> Result<bool> {
+    let part = format!("{sha}.part");
+    let part = part.as_bytes();
+    let mut w = content::HashingWriter::new(content::create(staging, part)?);
     let read = read_file(dev, rel, &mut w);
-    let (_, got, _) = w.finish().map_err(|e| Error::io("Failed to write", &part, e))?;
+    let (_, got, _) = w.finish().map_err(|e| place::fail("Failed to write", staging, part, e))?;
     if read.is_ok_and(|(_, h)| h == sha) && got == sha {
-        let to = staging.join(sha);
-        std::fs::rename(&part, &to).map_err(|e| Error::io("Failed to move", &part, e))?;
+        staging.rename(part, staging, sha.as_bytes()).map_err(|e| place::fail("Failed to move", staging, part, e))?;
         return Ok(true);
     }
-    place::remove_any(&part)?;
+    place::remove(staging, part)?;
     Ok(false)
 }
 
@@ -287,7 +288,7 @@ impl Run<'_, '_> {
         }
         check_room(dev, self.ctx.plan, self.ctx.name)?;
         drop_kept_index()?;
-        self.open_staging()?;
+        super::prune_staging(&self.ctx.staging, self.ctx.plan)?;
         let plan = self.ctx.plan;
         let listed = list(dev)?;
         // Files of the new tree already right at their path stay.
@@ -328,7 +329,7 @@ impl Run<'_, '_> {
             }
             if let Some(c) = earlier.content_at(p) {
                 let sha = plan.digest_hex(c);
-                if !self.ctx.staged(&sha).exists() {
+                if !self.ctx.has_staged(&sha)? {
                     stage_from_fat(&self.ctx.staging, dev, p, &sha)?;
                 }
             }
@@ -344,10 +345,9 @@ impl Run<'_, '_> {
         self.lay_out()?;
         self.persist()?;
         self.set_dir_times()?;
-        let top: Vec<OsString> = place::sorted_names(&self.ctx.root)?
-            .into_iter()
-            .map(|n| under(&self.ctx.root, &n).into_os_string())
-            .collect();
+        let root = &self.ctx.root;
+        let names = root.names(b"").map_err(|e| place::fail("Failed to read directory", root, b"", e))?;
+        let top: Vec<OsString> = names.iter().map(|n| root.shown(n).into_os_string()).collect();
         if !top.is_empty() {
             let mut cmd = mtool("mcopy", dev);
             cmd.args(["-s", "-m", "-Q", "-D", "o"]).args(top).arg("::/");
@@ -426,34 +426,38 @@ impl Run<'_, '_> {
     /// or copied for a second user), with the index's times.
     fn lay_out(&mut self) -> Result<()> {
         let plan = self.ctx.plan;
-        let root = &self.ctx.root;
-        std::fs::create_dir_all(root).map_err(|e| Error::io("Failed to create", root, e))?;
-        let mut first: HashMap<u32, std::path::PathBuf> = HashMap::new();
+        let (root, staging) = (&self.ctx.root, &self.ctx.staging);
+        let mut first: HashMap<u32, &[u8]> = HashMap::new();
         for i in 0..plan.len() {
             if i % 256 == 0 {
                 self.ctx.control.check()?;
             }
             let (item, rel) = (plan.item(i), plan.path(i));
-            let path = under(root, rel);
             match item.kind {
                 Kind::Dir if !rel.is_empty() => {
-                    std::fs::create_dir(&path).map_err(|err| Error::io("Failed to create", &path, err))?
+                    root.mkdir(rel, 0o755).map_err(|err| place::fail("Failed to create", root, rel, err))?
                 }
                 Kind::File if !self.kept[i] => {
                     let sha = plan.sha(i);
                     match first.get(&plan.content(i)) {
                         Some(from) => {
-                            if !content::copy_verified(from, &path, &sha)? {
+                            let mut src =
+                                root.open_file(from).map_err(|err| place::fail("Failed to open", root, from, err))?;
+                            let out = content::create(root, rel)?;
+                            let got = content::copy_checked(&mut src, out)
+                                .map_err(|err| place::fail("Failed to write", root, rel, err))?;
+                            if got.as_deref() != Some(sha.as_str()) {
                                 return failed(format!("Staged content {sha} changed while in use"));
                             }
                         }
                         None => {
-                            let staged = self.ctx.staged(&sha);
-                            std::fs::rename(&staged, &path).map_err(|err| Error::io("Failed to move", &staged, err))?;
-                            first.insert(plan.content(i), path.clone());
+                            staging
+                                .rename(sha.as_bytes(), root, rel)
+                                .map_err(|err| place::fail("Failed to move", staging, sha.as_bytes(), err))?;
+                            first.insert(plan.content(i), rel);
                         }
                     }
-                    place::set_mtime(&path, item.mtime)?;
+                    place::set_mtime(root, rel, item.mtime)?;
                 }
                 _ => {}
             }

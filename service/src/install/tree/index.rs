@@ -269,7 +269,11 @@ pub struct Installed {
 impl Installed {
     /// Reads the kept index at `path`, keeping what `plan` wants.
     pub fn read(path: &Path, plan: &Plan) -> std::result::Result<Installed, String> {
-        let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+        Installed::read_from(std::fs::File::open(path).map_err(|e| e.to_string())?, plan)
+    }
+
+    /// Reads a kept index from `file`, keeping what `plan` wants.
+    pub fn read_from(file: impl std::io::Read, plan: &Plan) -> std::result::Result<Installed, String> {
         let mut out = Installed::default();
         FileIndex::read_each(&mut std::io::BufReader::new(file), |e| {
             let Some(c) = e.sha256.as_deref().and_then(|s| plan.content_of(s)) else { return Ok(()) };

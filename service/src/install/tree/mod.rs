@@ -31,6 +31,7 @@ mod place;
 use super::control::InstallControl;
 use super::hooks::{SlotHook, SlotHooks};
 use crate::config::{SlotConfig, SlotType, StatusMode};
+use crate::confined::{Root, is};
 use crate::error::{Error, Result, failed};
 use crate::mounts;
 use crate::system::{SlotState, System};
@@ -39,12 +40,16 @@ use rota_bundle::manifest::Image;
 use rota_bundle::squashfs::BundleFs;
 use rota_bundle::squashfs::data::BlockMap;
 use rota_bundle::tree::Kind;
-use std::os::unix::fs::MetadataExt;
+use rustix::fs::FileType;
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The directory in the target's root where contents are put together
 /// before they move into place; kept by an interrupted install for the next.
+/// It comes from the old slot content like everything else there: used
+/// only as a plain directory of the slot's file system, its entries only as
+/// checked regular files.
 const STAGING: &str = ".rota-tree-staging";
 /// The installed index of an ext4 slot whose status lives inside it
 /// (`statusfile=per-slot`), beside `slot.raucs` in its root.
@@ -132,8 +137,6 @@ impl Stats {
     }
 }
 
-use place::under;
-
 /// Where a slot's kept index lives when its status is kept outside the
 /// slot: under the data directory, or beside the central status file.
 fn kept_dir(system: &System, slot: &str) -> Option<PathBuf> {
@@ -153,16 +156,24 @@ fn kept_in_slot(system: &System, slot: &SlotConfig) -> bool {
 /// The files of the index kept in the slot mounted at `root`, if it is the
 /// one of the installed tree `sha` (its digest is checked: the file is the
 /// signed index the tree was installed from), whose content `plan` has.
-fn in_slot_contents(root: &Path, sha: Option<&str>, plan: &Plan) -> Installed {
-    let path = root.join(IN_SLOT_INDEX);
+fn in_slot_contents(root: &Root, sha: Option<&str>, plan: &Plan) -> Installed {
     let Some(sha) = sha else { return Installed::default() };
-    match rota_bundle::tree::hash_file(&path) {
-        Ok((_, digest)) if digest == sha => Installed::read(&path, plan).unwrap_or_else(|e| {
-            tracing::warn!("Ignoring the file index kept in {}: {e}", root.display());
-            Installed::default()
-        }),
-        _ => Installed::default(),
-    }
+    let read = || -> std::result::Result<Installed, String> {
+        let mut file = match root.open_file(IN_SLOT_INDEX.as_bytes()) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Installed::default()),
+            r => r.map_err(|e| e.to_string())?,
+        };
+        let (_, digest) = rota_bundle::tree::hash_reader(&mut file).map_err(|e| e.to_string())?;
+        if digest != sha {
+            return Ok(Installed::default());
+        }
+        file.rewind().map_err(|e| e.to_string())?;
+        Installed::read_from(file, plan)
+    };
+    read().unwrap_or_else(|e| {
+        tracing::warn!("Ignoring the file index kept in {}: {e}", root.path().display());
+        Installed::default()
+    })
 }
 
 fn kept_index_path(dir: &Path, sha: &str) -> PathBuf {
@@ -205,7 +216,8 @@ impl Drop for Mounted {
 
 /// The booted slot of the target's class, as a source of contents.
 struct Booted {
-    root: PathBuf,
+    /// Its files (none for a FAT slot read through mtools); dropped before the mount.
+    root: Option<Root>,
     _mounted: Option<Mounted>,
     /// The device of a FAT slot that could not be mounted (read through mtools instead).
     fat: Option<PathBuf>,
@@ -231,11 +243,20 @@ impl Booted {
                 }
             }
         };
+        let root = match fat {
+            Some(_) => None,
+            None => match Root::open(&root) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!("Booted slot {} not used as a source: {}: {e}", s.config.name, root.display());
+                    return None;
+                }
+            },
+        };
         let sha = system.load_status(s).sha256;
-        let installed = if kept_in_slot(system, &s.config) {
-            in_slot_contents(&root, sha.as_deref(), plan)
-        } else {
-            kept_contents(system, &s.config, sha.as_deref(), plan)
+        let installed = match &root {
+            Some(r) if kept_in_slot(system, &s.config) => in_slot_contents(r, sha.as_deref(), plan),
+            _ => kept_contents(system, &s.config, sha.as_deref(), plan),
         };
         Some(Booted { root, _mounted: mounted, fat, installed })
     }
@@ -290,7 +311,7 @@ pub fn install(job: &Job<'_>, progress: &mut dyn FnMut(Progressed)) -> Result<St
     let _sequential_again = Restore(job.fs);
     let index_path = work.path().join("index");
     let (len, digest) = {
-        let out = content::create(&index_path)?;
+        let out = std::fs::File::create_new(&index_path).map_err(|e| Error::io("Failed to create", &index_path, e))?;
         let mut w = content::HashingWriter::new(out);
         job.fs.copy_file(name, &mut w)?;
         let (len, digest, _) = w.finish().map_err(|e| Error::io("Failed to write", &index_path, e))?;
@@ -318,100 +339,152 @@ pub fn install(job: &Job<'_>, progress: &mut dyn FnMut(Progressed)) -> Result<St
     let dir = job.system.config.system.mount_prefix.join(&slot.name);
     // The target's content changes from here on: its kept index no longer holds.
     let drop_kept_index = || kept.as_deref().map_or(Ok(()), remove_kept_indexes);
-    let ctx = Ctx {
+    let new_ctx = |root: Root, staging: Root| Ctx {
         control: job.control,
         fs: job.fs,
         name,
         plan: &plan,
-        contents,
-        sums,
-        // FAT: the new objects are laid out here and copied in, contents staged locally
-        // (with a data directory where an interrupted install finds them again).
-        root: if fat { work.path().join("layout") } else { dir.clone() },
-        staging: match &kept {
-            _ if !fat => dir.join(STAGING),
-            Some(d) => d.join("tree-staging"),
-            None => work.path().join("staging"),
-        },
+        contents: &contents,
+        sums: &sums,
+        root,
+        staging,
         booted: booted.as_ref(),
         cache: cache.as_ref(),
     };
-    let mut run = Run {
-        job,
-        ctx,
-        fetched: Vec::new(),
-        persisted: Vec::new(),
-        kept: vec![false; plan.len()],
-        stats: Stats { files: plan.files_total, ..Stats::default() },
-        at: Progressed { bytes_total: plan.bytes_total, files_total: plan.files_total, ..Progressed::default() },
-        progress,
-    };
     if fat {
+        // The new objects are laid out locally and copied in, contents staged
+        // locally (with a data directory where an interrupted install finds them again).
+        let layout = work.path().join("layout");
+        let staging = match &kept {
+            Some(d) => d.join("tree-staging"),
+            None => work.path().join("staging"),
+        };
+        for d in [&layout, &staging] {
+            std::fs::create_dir_all(d).map_err(|e| Error::io("Failed to create", d, e))?;
+        }
+        let mut run = Run::new(job, new_ctx(open_root(&layout)?, open_root(&staging)?), progress);
         run_hook_mounted(job, SlotHook::PreInstall, &dir)?;
         run.install_fat(&earlier, drop_kept_index)?;
-        std::fs::remove_dir_all(&run.ctx.staging).map_err(|e| Error::io("Failed to remove", &run.ctx.staging, e))?;
+        std::fs::remove_dir_all(&staging).map_err(|e| Error::io("Failed to remove", &staging, e))?;
         run_hook_mounted(job, SlotHook::PostInstall, &dir)?;
-    } else {
-        let (mounted, fresh) = mount_target(slot, &dir)?;
-        drop_kept_index()?;
-        if in_slot {
-            earlier = in_slot_contents(&dir, job.installed, &plan);
-            place::remove_any(&dir.join(IN_SLOT_INDEX))?;
+        return keep_index(&kept, &index_path, sha, run.stats);
+    }
+    let (mut mounted, fresh) = mount_target(slot, &dir)?;
+    drop_kept_index()?;
+    let root = open_root(&dir)?;
+    if in_slot {
+        earlier = in_slot_contents(&root, job.installed, &plan);
+        place::remove(&root, IN_SLOT_INDEX.as_bytes())?;
+    }
+    if let Some(h) = job.hooks {
+        h.run(SlotHook::PreInstall, Some(&dir))?;
+    }
+    let staging = open_staging(&root, &plan)?;
+    let mut ctx = new_ctx(root, staging);
+    if let Err(e) = ctx.clean(&earlier) {
+        if fresh {
+            return Err(e);
         }
-        let mut mounted = Some(mounted);
-        if let Some(h) = job.hooks {
-            h.run(SlotHook::PreInstall, Some(&dir))?;
-        }
-        run.open_staging()?;
-        if let Err(e) = run.clean(&earlier) {
-            if fresh {
-                return Err(e);
-            }
-            // A filesystem that cannot be cleaned up is started over.
-            tracing::warn!("Formatting slot {} after: {e}", slot.name);
-            drop(mounted.take());
-            mounted = Some(format_and_mount(slot, &dir)?);
-            run.open_staging()?;
-        }
-        let mut fill = || -> Result<()> {
-            run.resolve()?;
-            run.place()?;
-            let staging = &run.ctx.staging;
-            std::fs::remove_dir_all(staging).map_err(|e| Error::io("Failed to remove", staging, e))?;
-            run.persist()?;
-            if in_slot {
-                // Beside slot.raucs, which the status update writes next (before
-                // the directory times are set, so the root keeps its own).
-                let to = dir.join(IN_SLOT_INDEX);
-                std::fs::copy(&index_path, &to).map_err(|e| Error::io("Failed to keep", &to, e))?;
-            }
-            run.set_dir_times()?;
-            crate::files::syncfs(&dir).map_err(|e| Error::io("Failed to sync", &dir, e))?;
-            run.read_back()
-        };
-        fill().map_err(|e| too_small(e, &dir, &plan, name))?;
-        if let Some(h) = job.hooks {
-            h.run(SlotHook::PostInstall, Some(&dir))?;
-        }
+        // A filesystem that cannot be cleaned up is started over.
+        tracing::warn!("Formatting slot {} after: {e}", slot.name);
+        drop(ctx);
         drop(mounted);
+        mounted = format_and_mount(slot, &dir)?;
+        let root = open_root(&dir)?;
+        let staging = open_staging(&root, &plan)?;
+        ctx = new_ctx(root, staging);
+    }
+    let mut run = Run::new(job, ctx, progress);
+    let mut fill = || -> Result<()> {
+        run.resolve()?;
+        run.place()?;
+        place::remove(&run.ctx.root, STAGING.as_bytes())?;
+        run.persist()?;
+        if in_slot {
+            // Beside slot.raucs, which the status update writes next (before
+            // the directory times are set, so the root keeps its own).
+            let root = &run.ctx.root;
+            let to = IN_SLOT_INDEX.as_bytes();
+            let mut from = std::fs::File::open(&index_path).map_err(|e| Error::io("Failed to open", &index_path, e))?;
+            let copied = std::io::copy(&mut from, &mut content::create(root, to)?);
+            copied.map_err(|e| place::fail("Failed to keep", root, to, e))?;
+        }
+        run.set_dir_times()?;
+        run.ctx.root.sync().map_err(|e| Error::io("Failed to sync", &dir, e))?;
+        run.read_back()
+    };
+    let filled = fill();
+    filled.map_err(|e| too_small(e, &run.ctx.root, &plan, name))?;
+    if let Some(h) = job.hooks {
+        h.run(SlotHook::PostInstall, Some(&dir))?;
     }
     let stats = run.stats.clone();
+    // The descriptors into the slot go before its mount.
     drop(run);
-    if let Some(d) = &kept {
+    drop(mounted);
+    keep_index(&kept, &index_path, sha, stats)
+}
+
+/// Keeps the index of the installed tree `sha` (at `index_path`) in the
+/// slot's kept directory, if it has one; returns `stats`.
+fn keep_index(kept: &Option<PathBuf>, index_path: &Path, sha: &str, stats: Stats) -> Result<Stats> {
+    if let Some(d) = kept {
         let to = kept_index_path(d, sha);
-        std::fs::rename(&index_path, &to).map_err(|e| Error::io("Failed to keep", &to, e))?;
+        std::fs::rename(index_path, &to).map_err(|e| Error::io("Failed to keep", &to, e))?;
     }
     Ok(stats)
 }
 
-/// `e` told as what it is when the slot's filesystem (mounted at `dir`)
+/// The directory at `path` (rota's own: a mount point, a work directory) as a root.
+fn open_root(path: &Path) -> Result<Root> {
+    Root::open(path).map_err(|e| Error::io("Failed to open", path, e))
+}
+
+/// The staging directory of the target mounted as `root`: used if it is a
+/// directory of the slot's file system, else whatever holds its name (a
+/// file, a link) is removed and a new one made. Only checked contents the
+/// plan wants stay in it.
+fn open_staging(root: &Root, plan: &Plan) -> Result<Root> {
+    let name = STAGING.as_bytes();
+    match place::stat(root, name)? {
+        Some(st) if is(&st, FileType::Directory) => {}
+        found => {
+            if found.is_some() {
+                tracing::warn!("'{}' is not a directory: replaced", root.shown(name).display());
+                place::remove(root, name)?;
+            }
+            root.mkdir(name, 0o700).map_err(|e| place::fail("Failed to create", root, name, e))?;
+        }
+    }
+    let staging = root.subdir(name).map_err(|e| place::fail("Failed to open", root, name, e))?;
+    prune_staging(&staging, plan)?;
+    Ok(staging)
+}
+
+/// Drops everything from the staging directory but what can be a checked
+/// content of `plan`: a regular file with one link, named by a digest the
+/// plan has (half-written parts, links, fifos, devices and directories go).
+fn prune_staging(staging: &Root, plan: &Plan) -> Result<()> {
+    let names = staging.names(b"").map_err(|e| place::fail("Failed to read directory", staging, b"", e))?;
+    for n in names {
+        let wanted = n.len() == 64 && std::str::from_utf8(&n).ok().and_then(|s| plan.content_of(s)).is_some();
+        let usable =
+            wanted && place::stat(staging, &n)?.is_some_and(|st| is(&st, FileType::RegularFile) && st.st_nlink == 1);
+        if !usable {
+            place::remove(staging, &n)?;
+        }
+    }
+    Ok(())
+}
+
+/// `e` told as what it is when the slot's filesystem (at `root`)
 /// ran out of room or inodes: how much it holds against what the tree takes.
-fn too_small(e: Error, dir: &Path, plan: &Plan, name: &str) -> Error {
+fn too_small(e: Error, root: &Root, plan: &Plan, name: &str) -> Error {
     let no_space = std::io::Error::from_raw_os_error(libc::ENOSPC).to_string();
     if !e.to_string().contains(&no_space) {
         return e;
     }
-    let Ok(fs) = fs_capacity(dir) else { return e };
+    let Ok(fs) = root.capacity() else { return e };
     let size = rota_bundle::info::format_size;
     Error::Failed(format!(
         "the slot is too small for tree image '{name}': its filesystem holds {} and {} inodes, \
@@ -422,19 +495,6 @@ fn too_small(e: Error, dir: &Path, plan: &Plan, name: &str) -> Error {
         plan.files_total,
         plan.len()
     ))
-}
-
-/// Size in bytes and inode count of the file system mounted at `dir`.
-fn fs_capacity(dir: &Path) -> std::io::Result<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    // SAFETY: statvfs is plain old data; all zeros is a valid value.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a NUL-terminated path and a buffer of the right type.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok((st.f_blocks * st.f_frsize, st.f_files))
 }
 
 /// Where the blocks of tree image `name`'s contents file lie, and the file
@@ -474,7 +534,7 @@ fn remove_kept_indexes(dir: &Path) -> Result<()> {
         let n = e.file_name();
         let n = n.to_string_lossy();
         if n.starts_with("tree-") && n.ends_with(".index") {
-            place::remove_any(&e.path())?;
+            crate::files::remove_any(&e.path()).map_err(|err| Error::io("Failed to remove", &e.path(), err))?;
         }
     }
     Ok(())
@@ -495,6 +555,22 @@ struct Run<'a, 'p> {
     progress: &'p mut dyn FnMut(Progressed),
 }
 
+impl<'a, 'p> Run<'a, 'p> {
+    fn new(job: &'a Job<'a>, ctx: Ctx<'a>, progress: &'p mut dyn FnMut(Progressed)) -> Run<'a, 'p> {
+        let plan = ctx.plan;
+        Run {
+            job,
+            ctx,
+            fetched: Vec::new(),
+            persisted: Vec::new(),
+            kept: vec![false; plan.len()],
+            stats: Stats { files: plan.files_total, ..Stats::default() },
+            at: Progressed { bytes_total: plan.bytes_total, files_total: plan.files_total, ..Progressed::default() },
+            progress,
+        }
+    }
+}
+
 /// What the workers of an install share (nothing that is not `Sync`).
 struct Ctx<'a> {
     control: &'a InstallControl,
@@ -503,10 +579,12 @@ struct Ctx<'a> {
     name: &'a str,
     plan: &'a Plan,
     /// Where the contents file's blocks lie, and the file of their sums.
-    contents: BlockMap,
-    sums: BlockMap,
-    root: PathBuf,
-    staging: PathBuf,
+    contents: &'a BlockMap,
+    sums: &'a BlockMap,
+    /// The tree being built (the mounted target, or a FAT slot's local layout).
+    root: Root,
+    /// Where contents are put together, by digest.
+    staging: Root,
     booted: Option<&'a Booted>,
     cache: Option<&'a cache::Cache>,
 }
@@ -574,8 +652,45 @@ enum Found {
 }
 
 impl Ctx<'_> {
-    fn staged(&self, sha: &str) -> PathBuf {
-        self.staging.join(sha)
+    /// Whether the staging directory holds content `sha`.
+    fn has_staged(&self, sha: &str) -> Result<bool> {
+        Ok(place::stat(&self.staging, sha.as_bytes())?.is_some())
+    }
+
+    /// Whether the regular file `rel` below `root` has length `size` and
+    /// digest `sha` (anything else there, or a read that fails, has not).
+    fn holds(root: &Root, rel: &[u8], size: u64, sha: &str) -> Result<Option<rustix::fs::Stat>> {
+        let Some(st) = place::stat(root, rel)? else { return Ok(None) };
+        let right = is(&st, FileType::RegularFile)
+            && st.st_size as u64 == size
+            && root
+                .open_file(rel)
+                .and_then(rota_bundle::tree::hash_reader)
+                .is_ok_and(|(len, h)| len == size && h == sha);
+        Ok(right.then_some(st))
+    }
+
+    /// Copies `src` (read from `from`, for messages) into the staging
+    /// directory as content `sha`; returns whether it holds that content.
+    fn stage_copy(&self, src: &mut dyn Read, from: &Path, sha: &str) -> Result<bool> {
+        let part = format!("{sha}.part");
+        let out = content::create(&self.staging, part.as_bytes())?;
+        let got = content::copy_checked(src, out)
+            .map_err(|e| place::fail("Failed to write", &self.staging, part.as_bytes(), e))?;
+        if got.as_deref() == Some(sha) {
+            self.staging
+                .rename(part.as_bytes(), &self.staging, sha.as_bytes())
+                .map_err(|e| place::fail("Failed to move", &self.staging, part.as_bytes(), e))?;
+            return Ok(true);
+        }
+        place::remove(&self.staging, part.as_bytes())?;
+        if let Some(got) = got {
+            tracing::warn!(
+                "'{}' does not hold the expected content (sha256 {got}, not {sha}): not reused",
+                from.display()
+            );
+        }
+        Ok(false)
     }
 
     /// Finds the content of entry `i`; `claims` marks the contents some
@@ -583,23 +698,21 @@ impl Ctx<'_> {
     fn resolve_one(&self, i: usize, claims: &[AtomicBool]) -> Result<Found> {
         self.control.check()?;
         let (plan, size) = (self.plan, self.plan.item(i).size);
-        let sha = plan.sha(i);
+        let (sha, rel) = (plan.sha(i), plan.path(i));
         let claim = || !claims[plan.content(i) as usize].swap(true, Ordering::Relaxed);
-        let path = under(&self.root, plan.path(i));
-        if let Ok(md) = std::fs::symlink_metadata(&path) {
-            let right =
-                md.len() == size && rota_bundle::tree::hash_file(&path).is_ok_and(|(len, h)| len == size && h == sha);
-            if right && md.nlink() == 1 {
+        if let Some(st) = Self::holds(&self.root, rel, size, &sha)? {
+            if st.st_nlink == 1 {
                 return Ok(Found::Kept);
             }
-            if right && claim() {
+            if claim() {
                 // Right content, but shared with another path: used from the staging directory.
-                let to = self.staged(&sha);
-                std::fs::rename(&path, &to).map_err(|err| Error::io("Failed to move", &path, err))?;
+                self.root
+                    .rename(rel, &self.staging, sha.as_bytes())
+                    .map_err(|err| place::fail("Failed to move", &self.root, rel, err))?;
                 return Ok(Found::Local);
             }
-            place::remove_any(&path)?;
         }
+        place::remove(&self.root, rel)?;
         if !claim() {
             return Ok(Found::Duplicate);
         }
@@ -610,21 +723,20 @@ impl Ctx<'_> {
     /// earlier run) or the local cache or the booted slot; returns whether a
     /// checked copy is there now.
     fn stage_locally(&self, i: usize, sha: &str) -> Result<bool> {
-        let to = self.staged(sha);
-        if to.exists() {
-            if rota_bundle::tree::hash_file(&to).is_ok_and(|(_, h)| h == sha) {
+        if self.has_staged(sha)? {
+            let staged = Self::holds(&self.staging, sha.as_bytes(), self.plan.item(i).size, sha)?;
+            if staged.is_some_and(|st| st.st_nlink == 1) {
                 return Ok(true);
             }
-            place::remove_any(&to)?;
+            place::remove(&self.staging, sha.as_bytes())?;
         }
         if let Some(c) = self.cache
-            && c.copy_to(sha, &to)?
+            && c.copy_to(sha, &self.staging, sha.as_bytes())?
         {
             return Ok(true);
         }
         let Some(b) = self.booted else { return Ok(false) };
         let (path, size) = (self.plan.path(i), self.plan.item(i).size);
-        let part = self.staging.join(format!("{sha}.part"));
         // Where the booted slot's kept index has the content, then the same path.
         let known = b.installed.path_of(self.plan.content(i));
         let candidates = known.into_iter().chain((known != Some(path)).then_some(path));
@@ -635,11 +747,12 @@ impl Ctx<'_> {
                 }
                 continue;
             }
-            let from = under(&b.root, rel);
-            if std::fs::symlink_metadata(&from).is_ok_and(|m| m.is_file() && m.len() == size)
-                && content::copy_verified(&from, &part, sha)?
-            {
-                std::fs::rename(&part, &to).map_err(|err| Error::io("Failed to move", &part, err))?;
+            let Some(root) = &b.root else { continue };
+            let regular = root
+                .stat(rel)
+                .is_ok_and(|st| st.is_some_and(|st| is(&st, FileType::RegularFile) && st.st_size as u64 == size));
+            let Some(mut src) = regular.then(|| root.open_file(rel).ok()).flatten() else { continue };
+            if self.stage_copy(&mut src, &root.shown(rel), sha)? {
                 return Ok(true);
             }
         }
@@ -651,35 +764,81 @@ impl Ctx<'_> {
     fn fetch_one(&self, i: usize, stored: u64) -> Result<(u64, u64)> {
         self.control.check()?;
         let (sha, size) = (self.plan.sha(i), self.plan.item(i).size);
-        let part = self.staging.join(format!("{sha}.part"));
-        let mut w = content::HashingWriter::new(content::create(&part)?);
-        self.fs.copy_range(&self.contents, self.plan.offset(i), size, &self.sums, &mut w)?;
-        let (len, got, _) = w.finish().map_err(|err| Error::io("Failed to write", &part, err))?;
+        let part = format!("{sha}.part");
+        let part = part.as_bytes();
+        let mut w = content::HashingWriter::new(content::create(&self.staging, part)?);
+        self.fs.copy_range(self.contents, self.plan.offset(i), size, self.sums, &mut w)?;
+        let (len, got, _) = w.finish().map_err(|err| place::fail("Failed to write", &self.staging, part, err))?;
         if got != sha || len != size {
-            place::remove_any(&part)?;
+            place::remove(&self.staging, part)?;
             return failed(format!(
                 "File '{}' of tree image '{}' has sha256 {got} ({len} bytes) in the bundle, the index says {sha} ({size} bytes)",
                 String::from_utf8_lossy(self.plan.path(i)),
                 self.name,
             ));
         }
-        let to = self.staged(&sha);
-        std::fs::rename(&part, &to).map_err(|err| Error::io("Failed to move", &part, err))?;
+        self.staging
+            .rename(part, &self.staging, sha.as_bytes())
+            .map_err(|err| place::fail("Failed to move", &self.staging, part, err))?;
         Ok((len, stored))
     }
 
     /// Reads the written file of entry `i` back from the medium and checks it.
     fn check_one(&self, i: usize) -> Result<()> {
         self.control.check()?;
-        let (sha, size) = (self.plan.sha(i), self.plan.item(i).size);
-        let path = under(&self.root, self.plan.path(i));
-        let (len, got) =
-            content::hash_from_medium(&path).map_err(|err| Error::io("Failed to read back", &path, err))?;
+        let (sha, size, rel) = (self.plan.sha(i), self.plan.item(i).size, self.plan.path(i));
+        let (len, got) = content::hash_from_medium(&self.root, rel)
+            .map_err(|err| place::fail("Failed to read back", &self.root, rel, err))?;
         if got != sha || len != size {
             return failed(format!(
                 "Read-back check of '{}' failed: sha256 {got} of {len} bytes instead of {sha} of {size} bytes",
-                path.display(),
+                self.root.shown(rel).display(),
             ));
+        }
+        Ok(())
+    }
+
+    /// Removes what the new tree does not have, or has as another kind of
+    /// object, from the target; files whose content the new tree wants at
+    /// another path (known from the kept index) move to the staging directory.
+    fn clean(&self, earlier: &Installed) -> Result<()> {
+        self.clean_dir(&[], earlier, 0)
+    }
+
+    fn clean_dir(&self, rel: &[u8], earlier: &Installed, depth: usize) -> Result<()> {
+        if depth > crate::confined::MAX_DEPTH {
+            return failed(format!(
+                "'{}' is nested deeper than {} directories",
+                self.root.shown(rel).display(),
+                crate::confined::MAX_DEPTH
+            ));
+        }
+        let plan = self.plan;
+        let names = self.root.names(rel).map_err(|e| place::fail("Failed to read directory", &self.root, rel, e))?;
+        for name in names {
+            self.control.check()?;
+            let child = if rel.is_empty() { name.clone() } else { [rel, b"/", &name].concat() };
+            let found = plan.lookup(&child);
+            if rel.is_empty() && (name == STAGING.as_bytes() || (name == b"lost+found" && found.is_none())) {
+                continue;
+            }
+            let Some(st) = place::stat(&self.root, &child)? else { continue };
+            let keep = found
+                .is_some_and(|i| place::same_kind(&self.root, &child, &st, &plan.entry(i)) && !plan.is_follower(i));
+            if is(&st, FileType::Directory) {
+                self.clean_dir(&child, earlier, depth + 1)?;
+            }
+            if keep {
+                continue;
+            }
+            let sha = earlier.content_at(&child).map(|c| plan.digest_hex(c));
+            match sha {
+                Some(sha) if is(&st, FileType::RegularFile) && st.st_nlink == 1 && !self.has_staged(&sha)? => self
+                    .root
+                    .rename(&child, &self.staging, sha.as_bytes())
+                    .map_err(|e| place::fail("Failed to move", &self.root, &child, e))?,
+                _ => place::remove(&self.root, &child)?,
+            }
         }
         Ok(())
     }
@@ -693,56 +852,6 @@ fn done(at: &mut Progressed, progress: &mut dyn FnMut(Progressed), bytes: u64) {
 }
 
 impl Run<'_, '_> {
-    /// Creates the staging directory, dropping half-written leftovers.
-    fn open_staging(&mut self) -> Result<()> {
-        std::fs::create_dir_all(&self.ctx.staging).map_err(|e| Error::io("Failed to create", &self.ctx.staging, e))?;
-        let entries =
-            std::fs::read_dir(&self.ctx.staging).map_err(|e| Error::io("Failed to read", &self.ctx.staging, e))?;
-        for e in entries.flatten() {
-            let n = e.file_name();
-            if n.len() != 64 || self.ctx.plan.content_of(&n.to_string_lossy()).is_none() {
-                place::remove_any(&e.path())?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes what the new tree does not have, or has as another kind of
-    /// object, from the target; files whose content the new tree wants at
-    /// another path (known from the kept index) move to the staging directory.
-    fn clean(&mut self, earlier: &Installed) -> Result<()> {
-        self.clean_dir(&[], earlier)
-    }
-
-    fn clean_dir(&mut self, rel: &[u8], earlier: &Installed) -> Result<()> {
-        let plan = self.ctx.plan;
-        for name in place::sorted_names(&under(&self.ctx.root, rel))? {
-            self.ctx.control.check()?;
-            let child = if rel.is_empty() { name.clone() } else { [rel, b"/", &name].concat() };
-            let found = plan.lookup(&child);
-            if rel.is_empty() && (name == STAGING.as_bytes() || (name == b"lost+found" && found.is_none())) {
-                continue;
-            }
-            let path = under(&self.ctx.root, &child);
-            let md = std::fs::symlink_metadata(&path).map_err(|e| Error::io("Failed to stat", &path, e))?;
-            let keep = found.is_some_and(|i| place::same_kind(&md, &plan.entry(i), &path) && !plan.is_follower(i));
-            if md.is_dir() {
-                self.clean_dir(&child, earlier)?;
-            }
-            if keep {
-                continue;
-            }
-            let to = earlier.content_at(&child).map(|c| self.ctx.staged(&plan.digest_hex(c)));
-            match to {
-                Some(to) if md.is_file() && !to.exists() => {
-                    std::fs::rename(&path, &to).map_err(|e| Error::io("Failed to move", &path, e))?;
-                }
-                _ => place::remove_any(&path)?,
-            }
-        }
-        Ok(())
-    }
-
     /// Finds every file's content (several files at a time): kept where
     /// the target already holds it, else staged from a local copy, else
     /// read from the bundle.
@@ -829,43 +938,56 @@ impl Run<'_, '_> {
             if i % 256 == 0 {
                 self.ctx.control.check()?;
             }
-            let item = *plan.item(i);
-            let path = under(&self.ctx.root, plan.path(i));
-            let existing = std::fs::symlink_metadata(&path).ok();
+            let (item, rel) = (*plan.item(i), plan.path(i));
+            let root = &self.ctx.root;
+            let existing = place::stat(root, rel)?;
             match item.kind {
                 Kind::File if plan.is_follower(i) => {
-                    place::remove_any(&path)?;
-                    let from = under(&self.ctx.root, plan.path(plan.leader_of(i)));
-                    std::fs::hard_link(&from, &path).map_err(|err| Error::io("Failed to link", &path, err))?;
+                    place::remove(root, rel)?;
+                    let from = plan.path(plan.leader_of(i));
+                    root.hard_link(from, rel).map_err(|err| place::fail("Failed to link", root, rel, err))?;
                     continue;
                 }
                 Kind::File if self.kept[i] => {}
                 Kind::File => {
                     if existing.is_some() {
-                        place::remove_any(&path)?;
+                        place::remove(root, rel)?;
                     }
                     let sha = plan.sha(i);
                     let left = &mut users[plan.content(i) as usize];
                     *left -= 1;
-                    let staged = self.ctx.staged(&sha);
+                    let staging = &self.ctx.staging;
                     if *left == 0 {
-                        std::fs::rename(&staged, &path).map_err(|err| Error::io("Failed to move", &staged, err))?;
-                    } else if !content::try_reflink(&staged, &path) && !content::copy_verified(&staged, &path, &sha)? {
-                        return failed(format!("Staged content {sha} changed while in use"));
+                        staging
+                            .rename(sha.as_bytes(), root, rel)
+                            .map_err(|err| place::fail("Failed to move", staging, sha.as_bytes(), err))?;
+                    } else {
+                        let mut src = staging
+                            .open_file(sha.as_bytes())
+                            .map_err(|err| place::fail("Failed to open", staging, sha.as_bytes(), err))?;
+                        let out = content::create(root, rel)?;
+                        if !content::try_reflink(&src, &out)
+                            && content::copy_checked(&mut src, out)
+                                .map_err(|err| place::fail("Failed to write", root, rel, err))?
+                                .as_deref()
+                                != Some(sha.as_str())
+                        {
+                            return failed(format!("Staged content {sha} changed while in use"));
+                        }
                     }
                 }
                 _ => {
                     let e = plan.entry(i);
-                    let right = existing.as_ref().is_some_and(|md| place::same_kind(md, &e, &path));
+                    let right = existing.as_ref().is_some_and(|st| place::same_kind(root, rel, st, &e));
                     if !right {
                         if existing.is_some() {
-                            place::remove_any(&path)?;
+                            place::remove(root, rel)?;
                         }
-                        place::create_special(&path, &e)?;
+                        place::create_special(root, rel, &e)?;
                     }
                 }
             }
-            place::apply_metadata(&path, &plan.entry(i))?;
+            place::apply_metadata(root, rel, &plan.entry(i))?;
         }
         Ok(())
     }
@@ -888,13 +1010,13 @@ impl Run<'_, '_> {
         if paths.is_empty() {
             return Ok(());
         }
-        let Some(b) = self.ctx.booted.filter(|b| b.fat.is_none()) else {
+        let Some(from) = self.ctx.booted.and_then(|b| b.root.as_ref()) else {
             tracing::warn!("No mounted booted slot of class {} to keep persistent paths from", self.job.slot.class);
             return Ok(());
         };
         for p in paths {
             self.ctx.control.check()?;
-            if persist::copy(&b.root, &self.ctx.root, p)? {
+            if persist::copy(from, &self.ctx.root, p)? {
                 self.persisted.push(p.trim_start_matches('/').as_bytes().to_vec());
             } else {
                 tracing::info!("Persistent path '{p}' is not in the booted slot");
@@ -913,9 +1035,9 @@ impl Run<'_, '_> {
     fn keep_fetched(&self) {
         let Some(c) = self.ctx.cache else { return };
         let plan = self.ctx.plan;
-        let items: Vec<(String, PathBuf, u64)> =
-            self.fetched.iter().map(|&i| (plan.sha(i), self.ctx.staged(&plan.sha(i)), plan.item(i).size)).collect();
-        if let Err(e) = c.keep(&items) {
+        let items: Vec<(String, Vec<u8>, u64)> =
+            self.fetched.iter().map(|&i| (plan.sha(i), plan.sha(i).into_bytes(), plan.item(i).size)).collect();
+        if let Err(e) = c.keep(&self.ctx.staging, &items) {
             tracing::warn!("Failed to keep fetched contents in the cache: {e}");
         }
     }
@@ -925,7 +1047,7 @@ impl Run<'_, '_> {
         let plan = self.ctx.plan;
         for i in (0..plan.len()).rev() {
             if plan.item(i).kind == Kind::Dir && !self.is_persisted(plan.path(i)) {
-                place::set_mtime(&under(&self.ctx.root, plan.path(i)), plan.item(i).mtime)?;
+                place::set_mtime(&self.ctx.root, plan.path(i), plan.item(i).mtime)?;
             }
         }
         Ok(())
