@@ -746,6 +746,24 @@ pub fn manifest_hash(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// The manifest text without its secret: the `crypt-key` line of the
+/// `[bundle]` group, which only the device that decrypted the bundle may
+/// know. Everything else stays as it was, byte for byte.
+pub fn without_secrets(text: &str) -> String {
+    let mut group = "";
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            group = name;
+        } else if group == "bundle" && t.split_once('=').is_some_and(|(k, _)| k.trim() == "crypt-key") {
+            continue;
+        }
+        out.push_str(line);
+    }
+    out
+}
+
 fn check_min_rauc_version(v: &str) -> Result<(), String> {
     let parsed = SemVer::parse(v).ok_or_else(|| format!("Failed to parse 'min-rauc-version' value '{v}'"))?;
     if parsed < SemVer::parse("1.14").expect("constant") {
@@ -957,6 +975,19 @@ release-notes=foo bar
         assert_eq!(m.bundle.crypt_key, Some([0xab; 32]));
         assert_eq!(m.to_text(ManifestCopy::Inline), text);
         assert_eq!(m.to_text(ManifestCopy::Internal), "[update]\ncompatible=c\n\n[bundle]\nformat=crypt\n");
+    }
+
+    #[test]
+    fn the_crypt_key_is_left_out_of_a_shown_manifest() {
+        let k = "ab".repeat(32);
+        let text = format!(
+            "[update]\ncompatible=c\ndescription=crypt-key=kept-here\n\n[bundle]\ncrypt-key = {k}\nformat=crypt\n# crypt-key={k}\n[image.a]\nfilename=a.img\n"
+        );
+        let shown = without_secrets(&text);
+        assert!(!shown.contains(&format!("= {k}")), "{shown}");
+        assert_eq!(shown, text.replace(&format!("crypt-key = {k}\n"), ""));
+        let m = Manifest::parse(&shown, ManifestOrigin::Bundle).unwrap();
+        assert_eq!((m.bundle.format, m.bundle.crypt_key), (BundleFormat::Crypt, None));
     }
 
     #[test]

@@ -91,7 +91,8 @@ pub trait Control {
     fn cancel(&self) -> zbus::Result<()>;
 
     /// Everything `info` shows about a bundle, verified by the service:
-    /// `manifest` (exact text), `format`, `encrypted`, `verified`, `chains`, `recipients`.
+    /// `manifest` (its text; a crypt bundle's `crypt-key` left out), `manifest-hash`,
+    /// `format`, `encrypted`, `verified`, `chains`, `recipients`, `trees`.
     fn inspect(&self, source: &str, args: HashMap<&str, zbus::Variant<'_>>) -> zbus::Result<Dict>;
 
     /// `operation`, `phase`, `step`, `percentage`, `slot`, `bytes-done`, `bytes-total`,

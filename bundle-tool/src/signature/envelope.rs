@@ -41,39 +41,62 @@ pub fn encrypt(signed_data: &[u8], recipients: &[X509]) -> Result<Vec<u8>> {
     env.to_der().map_err(|e| Error::Other(e.to_string()))
 }
 
-/// Decrypts an EnvelopedData with `key` (and its certificate, if known).
+/// The one text every failure to decrypt an EnvelopedData gives. Telling
+/// a bad padding from a wrong key length or a failed content decryption
+/// would be an oracle on the device's private key (Bleichenbacher), and
+/// these texts reach D-Bus callers (`LastError`, `Inspect`).
+pub const DECRYPT_FAILED: &str =
+    "Failed to decrypt CMS EnvelopedData: it is not encrypted for this key, or it is damaged";
+
+/// Decrypts an EnvelopedData with `key` (and its certificate, if known)
+/// into the SignedData it wraps. OpenSSL's countermeasure against
+/// padding oracles stays on: a recipient key that does not fit yields a
+/// random content key, not an error of its own. Every failure, including a
+/// result that is no CMS SignedData, is [`DECRYPT_FAILED`].
 pub fn decrypt(enveloped: &[u8], key: &PKey<Private>, cert: Option<&X509>) -> Result<Vec<u8>> {
     let cms = CmsContentInfo::from_der(enveloped)
         .map_err(|e| Error::Format(format!("Failed to parse CMS: {}", openssl_reason(&e))))?;
-    let fail = |e: openssl::error::ErrorStack| {
-        Error::Decrypt(format!("Failed to decrypt CMS EnvelopedData: {}", openssl_reason(&e)))
+    let fail = || {
+        // The reasons stay in this process: not even the log gets them.
+        openssl::error::ErrorStack::get();
+        Error::Decrypt(DECRYPT_FAILED.to_string())
     };
-    unsafe {
+    let plain = unsafe {
         let out = openssl_sys::BIO_new(openssl_sys::BIO_s_mem());
         if out.is_null() {
-            return Err(fail(openssl::error::ErrorStack::get()));
+            return Err(fail());
         }
-        // Without a certificate every recipient is tried; ask for real errors
-        // instead of the anti-oracle random key (no oracle exists here).
-        let flags = openssl_sys::CMS_BINARY | if cert.is_none() { openssl_sys::CMS_DEBUG_DECRYPT } else { 0 };
         let ok = openssl_sys::CMS_decrypt(
             cms.as_ptr(),
             key.as_ptr(),
             cert.map_or(std::ptr::null_mut(), |c| c.as_ptr()),
             std::ptr::null_mut(),
             out,
-            flags,
+            openssl_sys::CMS_BINARY,
         );
         let result = if ok == 1 {
             let mut ptr: *mut libc::c_char = std::ptr::null_mut();
             let len = openssl_sys::BIO_ctrl(out, ffi::BIO_CTRL_INFO, 0, (&mut ptr as *mut *mut libc::c_char).cast());
-            Ok(std::slice::from_raw_parts(ptr as *const u8, len.max(0) as usize).to_vec())
+            Some(std::slice::from_raw_parts(ptr as *const u8, len.max(0) as usize).to_vec())
         } else {
-            Err(fail(openssl::error::ErrorStack::get()))
+            None
         };
         ffi::BIO_free(out);
         result
+    };
+    // A random content key (the countermeasure) decrypts to garbage that
+    // now and then has valid padding: it must fail the same way.
+    match plain {
+        Some(p) if is_signed_data(&p) => Ok(p),
+        _ => Err(fail()),
     }
+}
+
+/// Whether `der` is a CMS ContentInfo holding SignedData.
+fn is_signed_data(der: &[u8]) -> bool {
+    CmsContentInfo::from_der(der).is_ok_and(|c| unsafe {
+        openssl_sys::OBJ_obj2nid(ffi::CMS_get0_type(c.as_ptr())) == openssl_sys::NID_pkcs7_signed
+    })
 }
 
 /// Who an EnvelopedData is encrypted to.

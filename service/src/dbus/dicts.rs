@@ -99,8 +99,9 @@ pub fn slot_dict(slot: &SlotReport) -> Dict {
     d
 }
 
-/// Everything `info` shows, for `dev.rota.Installer1.Inspect`: the exact
-/// manifest text (its hash is recomputed by the reader), `format`,
+/// Everything `info` shows, for `dev.rota.Installer1.Inspect`: the
+/// manifest text without its secret (a crypt bundle's `crypt-key` never
+/// leaves the service), the `manifest-hash` of the signed text, `format`,
 /// `encrypted`, `verified`, the signer `chains` (`aaa{ss}`) and the
 /// `recipients` (`aa{ss}`).
 pub fn bundle_info_dict(info: &rota_bundle::info::BundleInfo, manifest_text: &str) -> Dict {
@@ -141,7 +142,9 @@ pub fn bundle_info_dict(info: &rota_bundle::info::BundleInfo, manifest_text: &st
         })
         .collect();
     let mut d = Dict::new();
-    d.insert("manifest".into(), owned(Variant::from(manifest_text.to_string())));
+    let shown = rota_bundle::manifest::without_secrets(manifest_text);
+    d.insert("manifest".into(), owned(Variant::from(shown)));
+    d.insert("manifest-hash".into(), owned(Variant::from(info.manifest_hash.clone())));
     d.insert("format".into(), owned(Variant::from(info.format.as_str().to_string())));
     d.insert("encrypted".into(), info.encrypted.into());
     d.insert("verified".into(), info.verified.into());
@@ -168,6 +171,12 @@ pub fn bundle_info_from_dict(d: &Dict) -> Result<rota_bundle::info::BundleInfo, 
     let text = String::try_from(get("manifest")?.try_clone().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
     let format = String::try_from(get("format")?.try_clone().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
     let manifest = Manifest::parse(&text, ManifestOrigin::Bundle).map_err(|e| e.to_string())?;
+    // The hash of the signed text (which the shown one may lack a secret of);
+    // a service without it sent the signed text itself.
+    let hash = match d.get("manifest-hash") {
+        Some(v) => String::try_from(v.try_clone().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?,
+        None => manifest_hash(text.as_bytes()),
+    };
     let flag = |k: &str| get(k).and_then(|v| bool::try_from(&**v).map_err(|e| e.to_string()));
     let chains: Vec<Vec<HashMap<String, String>>> =
         get("chains")?.try_clone().ok().and_then(|v| Vec::try_from(v).ok()).ok_or("Inspect result: bad 'chains'")?;
@@ -179,7 +188,7 @@ pub fn bundle_info_from_dict(d: &Dict) -> Result<rota_bundle::info::BundleInfo, 
     let field = |m: &HashMap<String, String>, k: &str| m.get(k).cloned().unwrap_or_default();
     Ok(rota_bundle::info::BundleInfo {
         format: BundleFormat::parse(&format).ok_or_else(|| format!("Inspect result: unknown format '{format}'"))?,
-        manifest_hash: manifest_hash(text.as_bytes()),
+        manifest_hash: hash,
         manifest,
         encrypted: flag("encrypted")?,
         verified: flag("verified")?,
