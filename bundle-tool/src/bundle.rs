@@ -34,6 +34,12 @@ pub struct OpenOptions {
     /// Where plain bundles from `http(s)://` go (they cannot be streamed);
     /// `None` refuses them.
     pub download: Option<Download>,
+    /// The local bundle, already opened (by a service, with the rights of
+    /// the caller who named it): read instead of opening the path again.
+    pub opened: Option<Arc<std::fs::File>>,
+    /// Descriptors that paths in these options refer to (`/proc/self/fd/N`:
+    /// copies of a caller's TLS files), open as long as the options live.
+    pub keep_open: Vec<Arc<std::os::fd::OwnedFd>>,
 }
 
 /// Downloading remote plain bundles: into an unnamed temporary file (gone
@@ -58,6 +64,8 @@ impl Default for OpenOptions {
             trust_environment: false,
             http: HttpOptions::default(),
             download: None,
+            opened: None,
+            keep_open: Vec::new(),
         }
     }
 }
@@ -65,6 +73,30 @@ impl Default for OpenOptions {
 /// Whether `location` names a remote bundle.
 pub fn is_remote(location: &str) -> bool {
     ["http://", "https://"].iter().any(|s| location.starts_with(s))
+}
+
+/// Opens the regular file at `path` (a link to one is fine) for reading,
+/// never anything else: a fifo would block the reader, a device may act on
+/// being opened. The type is checked before the file is opened (without
+/// blocking) and again on what was opened.
+pub fn open_regular(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let not_regular = || io::Error::new(io::ErrorKind::InvalidInput, "not a regular file");
+    let before = std::fs::metadata(path)?;
+    if !before.is_file() {
+        return Err(not_regular());
+    }
+    let file = std::fs::File::options().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path)?;
+    let opened = file.metadata()?;
+    if !opened.is_file() || (opened.dev(), opened.ino()) != (before.dev(), before.ino()) {
+        return Err(not_regular());
+    }
+    // Reads of a regular file never block: back to ordinary blocking mode.
+    // SAFETY: fcntl on an open descriptor.
+    if unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&file), libc::F_SETFL, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
 }
 
 /// Turns a `file://` URI into a path; other strings are paths already.
@@ -237,8 +269,11 @@ impl Bundle {
             return Ok(b);
         }
         let path = local_path(location)?;
-        let file = std::fs::File::open(&path)
-            .map_err(|e| Error::Io(format!("Failed to open bundle '{}': {e}", path.display())))?;
+        let file = match &opts.opened {
+            Some(f) => f.try_clone(),
+            None => open_regular(&path),
+        }
+        .map_err(|e| Error::Io(format!("Failed to open bundle '{}': {e}", path.display())))?;
         let source = FileSource::from_file(file)
             .map_err(|e| Error::Io(format!("Failed to open bundle '{}': {e}", path.display())))?;
         let source = Arc::new(source);
@@ -248,6 +283,7 @@ impl Bundle {
     /// Copies the whole remote bundle into an unnamed temporary file and
     /// opens the copy like a local file.
     fn open_downloaded(location: &str, source: &dyn ReadAt, download: &Download, opts: &OpenOptions) -> Result<Bundle> {
+        let location = &crate::source::http::shown_url(location);
         let size = source.size();
         if size > download.max_size {
             return Err(Error::Io(format!(
@@ -279,7 +315,7 @@ impl Bundle {
         file: Option<Arc<FileSource>>,
         opts: &OpenOptions,
     ) -> Result<Bundle> {
-        tracing::info!("Reading bundle: {location}");
+        tracing::info!("Reading bundle: {}", crate::source::http::shown_url(location));
         Self::open_verified(location, source, file, opts)
     }
 

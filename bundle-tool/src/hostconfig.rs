@@ -45,7 +45,8 @@ pub struct HostConfig {
 }
 
 /// How hard range requests try (`[streaming]` keys of rota's own:
-/// `retries`, `retry-pause-ms`, `stall-timeout-sec`, `connect-timeout-sec`).
+/// `retries`, `retry-pause-ms`, `stall-timeout-sec`, `connect-timeout-sec`,
+/// `max-attempts`, `request-timeout-sec`, `min-bytes-per-sec`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transfer {
     /// Attempts after the first failure of a request.
@@ -56,6 +57,12 @@ pub struct Transfer {
     pub stall_timeout: Duration,
     /// Connect timeout.
     pub connect_timeout: Duration,
+    /// Attempts per request in all, however much each one delivered.
+    pub max_attempts: u32,
+    /// Longest a request may take, its retries included.
+    pub request_timeout: Duration,
+    /// Slowest transfer accepted, measured over each stall timeout.
+    pub min_speed: u64,
 }
 
 impl Default for Transfer {
@@ -66,17 +73,23 @@ impl Default for Transfer {
             retry_pause: h.retry_pause,
             stall_timeout: h.stall_timeout,
             connect_timeout: h.connect_timeout,
+            max_attempts: h.max_attempts,
+            request_timeout: h.request_timeout,
+            min_speed: h.min_speed,
         }
     }
 }
 
 /// The `[streaming]` keys of [`Transfer`] and their bounds: the one place
 /// both configuration readers take them from.
-pub const TRANSFER_KEYS: [(&str, u64, u64); 4] = [
+pub const TRANSFER_KEYS: [(&str, u64, u64); 7] = [
     ("retries", 0, 100),
     ("retry-pause-ms", 0, 600_000),
     ("stall-timeout-sec", 1, 3600),
     ("connect-timeout-sec", 1, 3600),
+    ("max-attempts", 1, 1000),
+    ("request-timeout-sec", 1, 86_400),
+    ("min-bytes-per-sec", 0, 1 << 30),
 ];
 
 impl Transfer {
@@ -93,6 +106,9 @@ impl Transfer {
             "retries" => self.retries = n as u32,
             "retry-pause-ms" => self.retry_pause = Duration::from_millis(n),
             "stall-timeout-sec" => self.stall_timeout = Duration::from_secs(n),
+            "max-attempts" => self.max_attempts = n as u32,
+            "request-timeout-sec" => self.request_timeout = Duration::from_secs(n),
+            "min-bytes-per-sec" => self.min_speed = n,
             _ => self.connect_timeout = Duration::from_secs(n),
         }
         Ok(())
@@ -255,6 +271,9 @@ impl HostConfig {
             retry_pause: self.transfer.retry_pause,
             stall_timeout: self.transfer.stall_timeout,
             connect_timeout: self.transfer.connect_timeout,
+            max_attempts: self.transfer.max_attempts,
+            request_timeout: self.transfer.request_timeout,
+            min_speed: self.transfer.min_speed,
             ..HttpOptions::default()
         }
     }

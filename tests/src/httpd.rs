@@ -40,6 +40,9 @@ pub enum Fault {
     WrongRange,
     /// Flip the bits of the body byte at the chosen offset.
     Corrupt,
+    /// Send the body one byte at a time, this long apart (until the client
+    /// gives up).
+    Trickle(std::time::Duration),
 }
 
 /// Bytes a `Range: bytes=a-b` header value asks for (0 for none).
@@ -344,6 +347,15 @@ fn misbehave(
             head(out, body.len())?;
             out.write_all(&body)?;
             out.flush()
+        }
+        Fault::Trickle(gap) => {
+            head(out, body.len())?;
+            for byte in body {
+                out.write_all(&[*byte])?;
+                out.flush()?;
+                thread::sleep(gap);
+            }
+            Ok(())
         }
     }
 }

@@ -498,25 +498,33 @@ fn detail_str(d: &rota_dbus::Dict, k: &str) -> String {
     String::try_from(d[k].try_clone().unwrap()).unwrap()
 }
 
+/// A verity bundle `name` with one rootfs image of `size` random bytes,
+/// served at `/b.raucb` by an in-process server that holds back the bytes
+/// `hold` (from, to) until released: the bundle, the image, the server.
+fn held_bundle(name: &str, size: usize, hold: (u64, u64)) -> (PathBuf, Vec<u8>, testkit::httpd::Server) {
+    let dir = target_dir().join("test-bundles").join(name);
+    let _ = fs::remove_dir_all(&dir);
+    let c = Content::new(dir.join("content"));
+    let image = c.image("rootfs.img", size, 31);
+    c.manifest(
+        "[update]\ncompatible=Test Config\nversion=2\n[bundle]\nformat=verity\n[image.rootfs]\nfilename=rootfs.img\n",
+    );
+    let b = dir.join("b.raucb");
+    rota_bundle(&c.dir, &b, "release").ok();
+    let server = testkit::httpd::Server::start();
+    server.put("/b.raucb", fs::read(&b).unwrap());
+    server.hold(hold.0, hold.1);
+    (b, image, server)
+}
+
 #[test]
 fn cancel_mid_copy_leaves_the_target_inactive_and_the_next_install_succeeds() {
     let d = device("dbus-cancel", "");
     for f in ["rootfs0.img", "rootfs1.img"] {
         d.slot_file(f, 20 << 20, 0xAA);
     }
-    let dir = target_dir().join("test-bundles").join("dbus-cancel");
-    let _ = fs::remove_dir_all(&dir);
-    let c = Content::new(dir.join("content"));
-    let image = c.image("rootfs.img", 16 << 20, 31);
-    c.manifest(
-        "[update]\ncompatible=Test Config\nversion=2\n[bundle]\nformat=verity\n[image.rootfs]\nfilename=rootfs.img\n",
-    );
-    let b = dir.join("b.raucb");
-    rota_bundle(&c.dir, &b, "release").ok();
     // Served over HTTP, the transfer of the image data stops at 10 MiB until released.
-    let server = testkit::httpd::Server::start();
-    server.put("/b.raucb", fs::read(&b).unwrap());
-    server.hold(10 << 20, 12 << 20);
+    let (b, image, server) = held_bundle("dbus-cancel", 16 << 20, (10 << 20, 12 << 20));
     let bus = Bus::start();
     let _svc = Service::start(&d, &bus, &[]);
     rt().block_on(async {
@@ -560,6 +568,40 @@ fn cancel_mid_copy_leaves_the_target_inactive_and_the_next_install_succeeds() {
     });
     assert_eq!(primary(&d), "B");
     assert_eq!(&fs::read(d.path("rootfs1.img")).unwrap()[..image.len()], &image[..]);
+}
+
+#[test]
+fn cancel_ends_an_install_waiting_for_a_silent_server() {
+    let d = device("dbus-cancel-silent", "");
+    // The server answers nothing for the image's second MiB, and never will.
+    let (_, _, server) = held_bundle("dbus-cancel-silent", 4 << 20, (1 << 20, 2 << 20));
+    let bus = Bus::start();
+    let _svc = Service::start(&d, &bus, &[]);
+    rt().block_on(async {
+        let (conn, proxy, mut stream) = connect(&bus).await;
+        let control = rota_dbus::ControlProxy::new(&conn).await.unwrap();
+        proxy.install_bundle(&server.url("/b.raucb"), HashMap::new()).await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        // Writing, and waiting for the held range.
+        let held = |r: &testkit::httpd::Request| {
+            let range = r.header("range").and_then(|v| v.strip_prefix("bytes=")).and_then(|v| v.split_once('-'));
+            range.is_some_and(|(a, b)| a.parse::<u64>().unwrap() < 2 << 20 && b.parse::<u64>().unwrap() >= 1 << 20)
+        };
+        while detail_str(&control.details().await.unwrap(), "phase") != "writing" || !server.requests().iter().any(held)
+        {
+            assert!(std::time::Instant::now() < deadline, "the copy never reached the held range");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        control.cancel().await.unwrap();
+        let seen = tokio::time::timeout(std::time::Duration::from_secs(20), signals_until_idle(&mut stream))
+            .await
+            .expect("Cancel did not end an installation waiting for the server");
+        assert!(seen.contains(&Seen::Completed(1)), "{seen:?}");
+        let error = proxy.last_error().await.unwrap();
+        assert!(error.ends_with("Installation cancelled"), "{error}");
+    });
+    assert_eq!(primary(&d), "A", "nothing activated");
 }
 
 #[test]

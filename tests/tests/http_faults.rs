@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use testkit::device::{Device, grub_selected, grubenv};
 use testkit::httpd::{Fault, Server};
-use testkit::{Content, pki_file, rota_bundle, run, sha256_hex, target_dir};
+use testkit::{Content, pki_file, rota_bundle, run, run_within, sha256_hex, target_dir};
 
 const SLOT: usize = 12 << 20;
 
@@ -35,10 +35,15 @@ fn bundle() -> (PathBuf, Vec<u8>) {
 
 /// A device booted from A whose transfers give up quickly.
 fn device(name: &str) -> Device {
+    device_with(name, "")
+}
+
+/// [`device`] with more `[streaming]` keys.
+fn device_with(name: &str, streaming: &str) -> Device {
     let conf = format!(
         "[system]\ncompatible=Test Config\nbootloader=grub\ngrubenv=grubenv\n\
          [keyring]\npath={}\n\
-         [streaming]\nretries=3\nretry-pause-ms=50\nstall-timeout-sec=2\n\
+         [streaming]\nretries=3\nretry-pause-ms=50\nstall-timeout-sec=2\n{streaming}\n\
          [slot.rootfs.0]\ndevice=rootfs0.img\nbootname=A\n[slot.rootfs.1]\ndevice=rootfs1.img\nbootname=B\n",
         pki_file("keyring.pem").display()
     );
@@ -169,4 +174,39 @@ fn a_bundle_replaced_on_the_server_mid_install_is_refused() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("bundle changed on the server since it was opened"), "{stderr}");
     assert_untouched(&d, "replaced");
+}
+
+#[test]
+fn a_server_that_sends_a_byte_and_hangs_up_is_given_up_on() {
+    // Every attempt brings one more byte: without a cap on attempts in all,
+    // the install would go on for a day.
+    let d = device("byte-and-hang-up");
+    let (srv, _) = serve(Fault::Reset(1), 1_000_000);
+    let out = run_within(d.rota().arg("install").arg(srv.url("/b.raucb")), Duration::from_secs(120));
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("(gave up after 20 attempts)"), "{}", out.stderr);
+    assert_eq!(srv.faults_served(), 20, "the default max-attempts");
+    assert_untouched(&d, "byte-and-hang-up");
+}
+
+#[test]
+fn a_trickling_server_is_given_up_on() {
+    // Slower than min-bytes-per-sec (256 by default) over a stall timeout (2 s).
+    let d = device_with("trickle", "max-attempts=3");
+    let (srv, _) = serve(Fault::Trickle(Duration::from_millis(200)), 1_000_000);
+    let out = run_within(d.rota().arg("install").arg(srv.url("/b.raucb")), Duration::from_secs(120));
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("transfer slower than 256 bytes/s for 2 s (gave up after 3 attempts)"),
+        "{}",
+        out.stderr
+    );
+    assert_untouched(&d, "trickle");
+    // Fast enough for no minimum, never done: the request's deadline ends it.
+    let d = device_with("deadline", "min-bytes-per-sec=0\nrequest-timeout-sec=3");
+    let (srv, _) = serve(Fault::Trickle(Duration::from_millis(50)), 1_000_000);
+    let out = run_within(d.rota().arg("install").arg(srv.url("/b.raucb")), Duration::from_secs(120));
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("no complete response within 3 s"), "{}", out.stderr);
+    assert_untouched(&d, "deadline");
 }

@@ -301,3 +301,55 @@ fn the_token_transport_follows_redirects_sends_credentials_and_survives_faults()
     assert!(r.stderr.contains("more than 8 redirects"), "{}", r.stderr);
     assert!(untouched(&dev), "redirect loop");
 }
+
+#[test]
+fn credentials_go_only_to_their_host_and_are_never_shown() {
+    let d = dir("credentials");
+    let www = d.join("www");
+    publish(&d, &www);
+    let bytes = fs::read(www.join("b.raucb")).unwrap();
+    let t = Token::new(&d.join("token"));
+    t.import("client", "05", &pki_file("client.key"), Some(&pki_file("client.pem")));
+    let token_args =
+        vec![format!("--tls-cert={}", t.uri("client", "cert")), format!("--tls-key={}", t.uri("client", "private"))];
+    // Both transports: reqwest, and hyper on the token's key.
+    for (transport, args) in [("reqwest", vec![]), ("token", token_args)] {
+        let (origin, mirror) = (Server::start(), Server::start());
+        origin.put("/b.raucb", bytes.clone());
+        mirror.put("/b.raucb", bytes.clone());
+        origin.redirect("/elsewhere.raucb", &mirror.url("/b.raucb"));
+        origin.redirect("/here.raucb", "/b.raucb");
+        let with_user = |path: &str| origin.url(path).replace("http://", "http://fleet:s3cret@");
+        let info = |url: &str, extra: &[&str]| {
+            let mut c = rota();
+            c.args(["info", "--output-format=json"]).args(&args).args(extra).arg(url);
+            run(with_env(testkit::with_keyring(&mut c), &t.env()))
+        };
+        // Redirected to another host: no credential follows, other headers do.
+        let sent = ["-H", "Authorization: Bearer tok", "-H", "Cookie: session=1", "-H", "X-Fleet: 7"];
+        let r = info(&with_user("/elsewhere.raucb"), &sent).ok();
+        assert!(!format!("{}{}", r.stdout, r.stderr).contains("s3cret"), "{transport}: {}", r.stderr);
+        let there = mirror.requests();
+        assert!(!there.is_empty(), "{transport}");
+        for req in &there {
+            assert_eq!((req.header("authorization"), req.header("cookie")), (None, None), "{transport}: {req:?}");
+            assert_eq!(req.header("x-fleet"), Some("7"), "{transport}: {req:?}");
+        }
+        // Redirected on the same host: every request, the ranges after the
+        // redirect too, carries the URL's credentials.
+        let before = origin.requests().len();
+        info(&with_user("/here.raucb"), &[]).ok();
+        let basic = "Basic ZmxlZXQ6czNjcmV0"; // base64 of fleet:s3cret
+        let here = &origin.requests()[before..];
+        assert!(here.len() >= 3, "{transport}: {here:?}");
+        assert!(here.iter().all(|r| r.header("authorization") == Some(basic)), "{transport}: {here:?}");
+        // An error names the URL without its credentials.
+        let r = info(&with_user("/missing.raucb"), &[]).fails();
+        assert!(
+            r.stderr.contains(&format!("Failed to stream bundle {}", origin.url("/missing.raucb"))),
+            "{}",
+            r.stderr
+        );
+        assert!(!r.stderr.contains("s3cret"), "{transport}: {}", r.stderr);
+    }
+}

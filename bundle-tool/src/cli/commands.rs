@@ -176,6 +176,8 @@ fn open_options(ctx: &Context, use_config: bool) -> Result<OpenOptions, CliError
         http,
         // The bundle tool streams; plain bundles are only downloaded on devices.
         download: None,
+        opened: None,
+        keep_open: Vec::new(),
     })
 }
 

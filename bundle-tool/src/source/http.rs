@@ -47,12 +47,43 @@ pub struct HttpOptions {
     /// Windows kept in memory.
     pub cache_windows: usize,
     /// Attempts per request after the first failure (a failure after some
-    /// bytes arrived resumes from there and does not use up the budget).
+    /// bytes arrived resumes from there and starts this count again).
     pub retries: u32,
     /// Pause before the first retry; it doubles with every further attempt.
     pub retry_pause: Duration,
     /// Longest pause between attempts.
     pub max_retry_pause: Duration,
+    /// Attempts per request in all, resumed ones included: a server that
+    /// sends a byte and hangs up cannot keep a request going for ever.
+    pub max_attempts: u32,
+    /// Longest a request may take from its first attempt to its last byte,
+    /// retries and pauses included.
+    pub request_timeout: Duration,
+    /// Slowest transfer accepted (bytes per second, 0: any), measured over
+    /// each `stall_timeout`: a server trickling bytes is given up on.
+    pub min_speed: u64,
+    /// Asked at every wait: once it says so, reads fail with [`CANCELLED`].
+    pub cancel: Option<CancelCheck>,
+}
+
+/// The error text of a read given up because its work was cancelled.
+pub const CANCELLED: &str = "cancelled";
+
+/// Whether the work a source serves was cancelled (an installation's
+/// `Cancel`); asked by every wait of the source.
+#[derive(Clone)]
+pub struct CancelCheck(pub Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl CancelCheck {
+    fn cancelled(c: &Option<CancelCheck>) -> bool {
+        c.as_ref().is_some_and(|c| (c.0)())
+    }
+}
+
+impl std::fmt::Debug for CancelCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CancelCheck")
+    }
 }
 
 impl Default for HttpOptions {
@@ -74,7 +105,45 @@ impl Default for HttpOptions {
             retries: 5,
             retry_pause: Duration::from_secs(1),
             max_retry_pause: Duration::from_secs(30),
+            max_attempts: 20,
+            request_timeout: Duration::from_secs(600),
+            min_speed: 256,
+            cancel: None,
         }
+    }
+}
+
+/// `url` without a `user:password@` part, for showing (messages, logs,
+/// `info`, D-Bus properties): credentials are only ever sent.
+pub fn shown_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Where later requests go once the first one ended at `effective` (after
+/// redirects, without credentials): there, with the `user:password@` of
+/// `asked` when it is still the same host and port (never to another).
+fn request_url(asked: &str, effective: &str) -> String {
+    let (Ok(a), Ok(mut e)) = (url::Url::parse(asked), url::Url::parse(effective)) else { return effective.into() };
+    if same_host(asked, effective) && (!a.username().is_empty() || a.password().is_some()) {
+        let _ = e.set_username(a.username());
+        let _ = e.set_password(a.password());
+    }
+    e.to_string()
+}
+
+/// Whether URLs `a` and `b` name the same host and port (credentials for
+/// one may go to the other).
+fn same_host(a: &str, b: &str) -> bool {
+    match (url::Url::parse(a), url::Url::parse(b)) {
+        (Ok(a), Ok(b)) => transport::same_host(&a, &b),
+        _ => false,
     }
 }
 
@@ -243,6 +312,11 @@ struct Target {
     retries: u32,
     retry_pause: Duration,
     max_retry_pause: Duration,
+    max_attempts: u32,
+    request_timeout: Duration,
+    stall: Duration,
+    min_speed: u64,
+    cancel: Option<CancelCheck>,
 }
 
 /// A successful range response.
@@ -264,6 +338,23 @@ fn validator(info: &RemoteInfo) -> Option<(HeaderName, HeaderValue)> {
 }
 
 impl Target {
+    fn new(opts: &HttpOptions, client: Client, url: String, headers: HeaderMap, stats: Arc<HttpStats>) -> Target {
+        Target {
+            client,
+            url,
+            headers,
+            stats,
+            retries: opts.retries,
+            retry_pause: opts.retry_pause,
+            max_retry_pause: opts.max_retry_pause,
+            max_attempts: opts.max_attempts.max(1),
+            request_timeout: opts.request_timeout,
+            stall: opts.stall_timeout,
+            min_speed: opts.min_speed,
+            cancel: opts.cancel.clone(),
+        }
+    }
+
     /// One attempt at `bytes=from-end` (inclusive), checked for `206` and an
     /// exact `Content-Range`; the body is appended to `body` as it arrives, so
     /// what came before a failure is kept.
@@ -315,6 +406,8 @@ impl Target {
         let headers = std::mem::take(&mut resp.headers);
         let want = (end - from + 1) as usize;
         let mut got = 0;
+        // Bytes since the start of the current measuring period (one stall timeout).
+        let mut period = (tokio::time::Instant::now(), 0u64);
         loop {
             let chunk = resp.chunk().await.map_err(|e| FetchError::Transient(format!("transfer failed: {e}")))?;
             let Some(chunk) = chunk else { break };
@@ -324,6 +417,21 @@ impl Target {
             }
             got += chunk.len();
             body.extend_from_slice(&chunk);
+            if CancelCheck::cancelled(&self.cancel) {
+                return Err(FetchError::Fatal(CANCELLED.to_string()));
+            }
+            period.1 += chunk.len() as u64;
+            let elapsed = period.0.elapsed();
+            if elapsed >= self.stall && got < want {
+                if period.1 < self.min_speed.saturating_mul(elapsed.as_secs()) {
+                    return Err(FetchError::Transient(format!(
+                        "transfer slower than {} bytes/s for {} s",
+                        self.min_speed,
+                        elapsed.as_secs()
+                    )));
+                }
+                period = (tokio::time::Instant::now(), 0);
+            }
         }
         if got != want {
             return Err(FetchError::Transient(format!("short response: got {got} of {want} bytes")));
@@ -332,55 +440,96 @@ impl Target {
     }
 
     /// Bytes `start..=end`, retrying transient failures with a doubling pause
-    /// and resuming after the bytes already received; errors are final texts.
+    /// and resuming after the bytes already received, within the attempt cap
+    /// and the request's deadline; errors are final texts.
     async fn fetch(&self, start: u64, end: u64, expect_total: Option<u64>) -> Result<Fetched, String> {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let late = || format!("no complete response within {} s", self.request_timeout.as_secs());
         let mut body = Vec::with_capacity((end - start + 1) as usize);
-        let mut attempt = 0;
+        let (mut attempt, mut total) = (0, 0);
         let mut pause = self.retry_pause;
         loop {
+            if CancelCheck::cancelled(&self.cancel) {
+                return Err(CANCELLED.to_string());
+            }
             let before = body.len();
-            match self.fetch_once(start + before as u64, end, expect_total, &mut body).await {
+            total += 1;
+            let once = self.fetch_once(start + before as u64, end, expect_total, &mut body);
+            let Ok(outcome) = tokio::time::timeout_at(deadline, once).await else { return Err(late()) };
+            match outcome {
                 Ok((headers, url)) => return Ok(Fetched { body, headers, url }),
                 Err(FetchError::Transient(m) | FetchError::NoResponse(m))
-                    if attempt < self.retries || body.len() > before =>
+                    if (attempt < self.retries || body.len() > before) && total < self.max_attempts =>
                 {
                     if body.len() > before {
-                        // Progress: resume, with a fresh budget for the rest.
+                        // Progress: resume, with a fresh count for the rest.
                         attempt = 0;
                         pause = self.retry_pause;
                     }
                     attempt += 1;
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!("request failed: {m} (retrying {attempt}/{})", self.retries);
-                    tokio::time::sleep(pause).await;
+                    if !self.pause(pause, deadline).await {
+                        return Err(if CancelCheck::cancelled(&self.cancel) { CANCELLED.to_string() } else { late() });
+                    }
                     pause = (pause * 2).min(self.max_retry_pause);
                 }
                 Err(FetchError::NoResponse(m)) => return Err(format!("server not responding: {m}")),
-                Err(FetchError::Transient(m)) => {
-                    return Err(format!("{m} (gave up after {} attempts)", self.retries + 1));
-                }
+                Err(FetchError::Transient(m)) => return Err(format!("{m} (gave up after {total} attempts)")),
                 Err(FetchError::Fatal(m)) => return Err(m),
             }
         }
     }
+
+    /// Waits `pause` unless the work is cancelled or `deadline` comes
+    /// first; returns whether the pause ran its course.
+    async fn pause(&self, pause: Duration, deadline: tokio::time::Instant) -> bool {
+        let until = tokio::time::Instant::now() + pause;
+        if until > deadline {
+            return false;
+        }
+        while tokio::time::Instant::now() < until {
+            if CancelCheck::cancelled(&self.cancel) {
+                return false;
+            }
+            tokio::time::sleep_until(until.min(tokio::time::Instant::now() + CANCEL_POLL)).await;
+        }
+        true
+    }
 }
 
-/// Runs `fut` on `rt` and waits for it from this (non-async) thread.
+/// How often a wait looks whether its work was cancelled.
+const CANCEL_POLL: Duration = Duration::from_millis(100);
+
+/// Runs `fut` on `rt` and waits for it from this (non-async) thread, unless
+/// `cancel` says the work was cancelled first (the task then ends at its own
+/// next check).
 fn wait_for<T: Send + 'static>(
     rt: &tokio::runtime::Runtime,
+    cancel: &Option<CancelCheck>,
     fut: impl Future<Output = T> + Send + 'static,
-) -> Option<T> {
+) -> Result<T, String> {
     let (tx, rx) = std::sync::mpsc::channel();
     rt.spawn(async move {
         let _ = tx.send(fut.await);
     });
-    rx.recv().ok()
+    loop {
+        match rx.recv_timeout(CANCEL_POLL) {
+            Ok(v) => return Ok(v),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err("HTTP runtime stopped".into()),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if CancelCheck::cancelled(cancel) => {
+                return Err(CANCELLED.into());
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+    }
 }
 
 impl HttpSource {
     /// Connects, checks that ranges work and learns the size (`Range: bytes=0-3`).
     pub fn open(url: &str, opts: HttpOptions) -> Result<HttpSource, String> {
-        let fail = |m: String| format!("Failed to stream bundle {url}: {m}");
+        let shown = shown_url(url);
+        let fail = |m: String| format!("Failed to stream bundle {shown}: {m}");
         if opts.window == 0 || !opts.window.is_multiple_of(4096) {
             return Err(fail("range window must be a non-zero multiple of 4096".into()));
         }
@@ -398,40 +547,28 @@ impl HttpSource {
             .build()
             .map_err(|e| fail(format!("failed to start HTTP runtime: {e}")))?;
         let stats = Arc::new(HttpStats::default());
-        let probe_target = Target {
-            client: client.clone(),
-            url: url.to_string(),
-            headers: first_headers,
-            stats: stats.clone(),
-            retries: opts.retries,
-            retry_pause: opts.retry_pause,
-            max_retry_pause: opts.max_retry_pause,
-        };
-        let probe = wait_for(&runtime, async move { probe_target.fetch(0, 3, None).await })
-            .ok_or_else(|| fail("HTTP runtime stopped".into()))?
+        let probe_target = Target::new(&opts, client.clone(), url.to_string(), first_headers, stats.clone());
+        let probe = wait_for(&runtime, &opts.cancel, async move { probe_target.fetch(0, 3, None).await })
+            .map_err(fail)?
             .map_err(fail)?;
         let get = |name| probe.headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok()).map(str::to_string);
         let total = get(CONTENT_RANGE).as_deref().and_then(parse_content_range).map(|(_, _, t)| t).unwrap_or(0);
         let info = RemoteInfo {
-            effective_url: probe.url.clone(),
+            effective_url: shown_url(&probe.url),
             size: total,
             etag: get(ETAG),
             last_modified: get(LAST_MODIFIED),
             date: get(reqwest::header::DATE),
         };
         let mut headers = headers;
+        if !same_host(url, &probe.url) {
+            // Redirected to another host: the caller's credentials were for the first.
+            transport::strip_credentials(&mut headers);
+        }
         if let Some((name, value)) = validator(&info) {
             headers.insert(name, value);
         }
-        let target = Target {
-            client,
-            url: probe.url,
-            headers,
-            stats,
-            retries: opts.retries,
-            retry_pause: opts.retry_pause,
-            max_retry_pause: opts.max_retry_pause,
-        };
+        let target = Target::new(&opts, client, request_url(url, &probe.url), headers, stats);
         let shared = Arc::new(Shared {
             target,
             info,
@@ -474,8 +611,18 @@ impl HttpSource {
         self.runtime.as_ref().expect("runtime lives as long as the source")
     }
 
+    /// Waits for a fetch to end (the state changes), failing with
+    /// [`CANCELLED`] once the work is cancelled.
+    fn wait<'a>(&self, st: std::sync::MutexGuard<'a, State>) -> io::Result<std::sync::MutexGuard<'a, State>> {
+        let (st, _) = self.shared.ready.wait_timeout(st, CANCEL_POLL).expect("state lock");
+        if CancelCheck::cancelled(&self.shared.opts.cancel) {
+            return Err(self.stream_error(CANCELLED));
+        }
+        Ok(st)
+    }
+
     fn stream_error(&self, m: &str) -> io::Error {
-        io::Error::other(format!("Failed to stream bundle {}: {m}", self.shared.target.url))
+        io::Error::other(format!("Failed to stream bundle {}: {m}", self.shared.info.effective_url))
     }
 
     fn window_count(&self) -> u64 {
@@ -623,8 +770,13 @@ impl HttpSource {
     /// Bytes `start..=last`, fetched now (retries included) and waited for.
     fn fetch_now(&self, start: u64, last: u64) -> io::Result<Vec<u8>> {
         let (target, total) = (self.shared.target.clone(), self.shared.info.size);
-        let fetched = wait_for(self.runtime(), async move { target.fetch(start, last, Some(total)).await })
-            .ok_or_else(|| self.stream_error("HTTP runtime stopped"))?
+        let fetched =
+            wait_for(
+                self.runtime(),
+                &self.shared.opts.cancel,
+                async move { target.fetch(start, last, Some(total)).await },
+            )
+            .map_err(|m| self.stream_error(&m))?
             .map_err(|m| self.stream_error(&m))?;
         Ok(fetched.body)
     }
@@ -644,7 +796,7 @@ impl HttpSource {
             }
             if st.piece_fetches.iter().any(|&(s, e)| s <= at && at < e) {
                 // Kept when it arrives (or fetched here if it failed or was not kept).
-                drop(self.shared.ready.wait(st).expect("state lock"));
+                drop(self.wait(st)?);
                 continue;
             }
             // Up to the next kept or coming range, if one starts before the end.
@@ -757,7 +909,7 @@ impl ReadAt for HttpSource {
                         st.fresh.retain(|&x| x != w);
                         return Err(self.stream_error(&m));
                     }
-                    Some(Window::Pending) => st = self.shared.ready.wait(st).expect("state lock"),
+                    Some(Window::Pending) => st = self.wait(st)?,
                     None => self.request(&mut st, w),
                 }
             }
@@ -818,6 +970,17 @@ impl Drop for HttpSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_are_never_shown_and_only_sent_to_their_host() {
+        assert_eq!(shown_url("https://fleet:s%3Acret@u.example/b.raucb"), "https://u.example/b.raucb");
+        assert_eq!(shown_url("https://u.example/b.raucb"), "https://u.example/b.raucb");
+        assert_eq!(shown_url("not a url"), "not a url");
+        let asked = "https://fleet:pw@u.example/latest.raucb";
+        assert_eq!(request_url(asked, "https://u.example/b.raucb"), "https://fleet:pw@u.example/b.raucb");
+        assert_eq!(request_url(asked, "https://u.example:8443/b.raucb"), "https://u.example:8443/b.raucb");
+        assert_eq!(request_url(asked, "https://cdn.example/b.raucb"), "https://cdn.example/b.raucb");
+    }
 
     #[test]
     fn content_range_and_headers_parse() {

@@ -347,6 +347,8 @@ impl SystemConfig {
                 dir: std::env::temp_dir(),
                 max_size: self.system.max_bundle_download_size,
             }),
+            opened: None,
+            keep_open: Vec::new(),
         }
     }
 }

@@ -11,6 +11,7 @@ use crate::config::PollingSection;
 use crate::install::engine::Outcome;
 use crate::polling;
 use rota_bundle::info::{BundleInfo, inspect_value};
+use rota_bundle::source::http::shown_url;
 use rota_dbus::Dict;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -157,7 +158,7 @@ async fn fetch(service: &Arc<Service>, url: String, etag: Option<String>) -> Res
         let remote = bundle.remote_info().cloned();
         let facts = BundleFacts {
             size: remote.as_ref().map_or(0, |r| r.size),
-            effective_url: remote.as_ref().map_or(url.clone(), |r| r.effective_url.clone()),
+            effective_url: remote.as_ref().map_or_else(|| shown_url(&url), |r| r.effective_url.clone()),
             modified_time: remote.as_ref().and_then(|r| r.last_modified.as_deref()).and_then(polling::parse_http_date),
             etag: remote.and_then(|r| r.etag),
         };
@@ -202,7 +203,7 @@ async fn poll_once(
     st.last_attempt_time = now.as_micros() as u64;
     match result {
         Err(m) => {
-            tracing::warn!("Polling {} failed: {m}", p.url);
+            tracing::warn!("Polling {} failed: {m}", shown_url(&p.url));
             st.recent_error_count += 1;
             st.last_error_message = Some(m);
         }
@@ -210,7 +211,7 @@ async fn poll_once(
             st.recent_error_count = 0;
             st.last_success_time = now.as_micros() as u64;
             match found {
-                Polled::NotModified => tracing::info!("Polling {}: not modified", p.url),
+                Polled::NotModified => tracing::info!("Polling {}: not modified", shown_url(&p.url)),
                 Polled::NoBundle => {
                     st.manifest = None;
                     st.manifest_hash = None;
@@ -231,7 +232,7 @@ async fn poll_once(
                 st.update_available = found.is_some();
                 st.summary = Some(found.unwrap_or(polling::NO_CANDIDATE).into());
             }
-            tracing::info!("Polling {}: {}", p.url, st.summary.as_deref().unwrap_or_default());
+            tracing::info!("Polling {}: {}", shown_url(&p.url), st.summary.as_deref().unwrap_or_default());
         }
     }
     let delay = polling::next_delay(p, st.recent_error_count);
@@ -257,7 +258,7 @@ async fn poll_once(
     guard.status.attempted_hash = Some(hash.clone());
     let _ = guard.status_changed(&emitter).await;
     drop(guard);
-    tracing::info!("Installing {} (polling, manifest hash {hash})", p.url);
+    tracing::info!("Installing {} (polling, manifest hash {hash})", shown_url(&p.url));
     let i = installer.get().await;
     match i.install_polled(p.url.clone(), hash, installer.signal_emitter()).await {
         Ok(done) => Some(done),

@@ -115,7 +115,16 @@ pub fn install(system: &mut System, args: &InstallArgs, sink: &mut dyn ProgressS
     let mut progress = Progress::new(sink);
     progress.begin("Installing", 0, 10);
     let mut info: (Option<Manifest>, Option<String>) = (None, None);
-    let result = run(system, args, &txn, &mut progress, &mut info);
+    let result = run(system, args, &txn, &mut progress, &mut info).map_err(|e| {
+        // Whatever stopped first (a write, a read from the server), a
+        // cancelled installation says it was cancelled.
+        let text = e.to_string();
+        if args.control.is_cancelled() && !text.ends_with(super::control::CANCELLED_TEXT) {
+            Error::Failed(super::control::CANCELLED_TEXT.into())
+        } else {
+            e
+        }
+    });
     match &result {
         Ok(_) => {
             progress.end(true);
@@ -184,6 +193,10 @@ fn run(
     p.begin("Checking bundle", 1, 1);
     // The first request also names this installation, when configured.
     let mut open = args.open.clone();
+    // Every wait for the server ends when the installation is cancelled.
+    let cancelled = args.control.clone();
+    open.http.cancel =
+        Some(rota_bundle::source::http::CancelCheck(std::sync::Arc::new(move || cancelled.is_cancelled())));
     let send = &system.config.streaming.send_headers;
     if send.iter().any(|h| h == "transaction-id") {
         open.http.info_headers = rota_bundle::hostconfig::automatic_headers(send, &system.header_facts(Some(txn)));

@@ -19,7 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
 use openssl::x509::X509;
 use openssl::x509::store::X509StoreBuilder;
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue, LOCATION, PROXY_AUTHORIZATION};
+use reqwest::header::{AUTHORIZATION, COOKIE, HeaderMap, HeaderValue, LOCATION, PROXY_AUTHORIZATION, WWW_AUTHENTICATE};
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
@@ -290,7 +290,9 @@ impl TokenClient {
     }
 
     async fn get(&self, url: &str, headers: &HeaderMap) -> Result<Response, SendError> {
-        let mut url = url::Url::parse(url).map_err(|e| SendError::Fatal(format!("invalid URL '{url}': {e}")))?;
+        let mut url = url::Url::parse(url)
+            .map_err(|e| SendError::Fatal(format!("invalid URL '{}': {e}", super::shown_url(url))))?;
+        let mut headers = headers.clone();
         for _ in 0..=MAX_REDIRECTS {
             if !matches!(url.scheme(), "http" | "https") {
                 return Err(SendError::Fatal(format!("unsupported URL scheme '{}'", url.scheme())));
@@ -298,7 +300,7 @@ impl TokenClient {
             let (uri, auth) = without_credentials(&url);
             let mut req = hyper::Request::get(uri.as_str());
             let h = req.headers_mut().expect("a valid request");
-            h.extend(headers.clone());
+            h.extend(headers.iter().map(|(k, v)| (k.clone(), v.clone())));
             if let Some(auth) = auth {
                 h.insert(AUTHORIZATION, auth);
             }
@@ -325,21 +327,41 @@ impl TokenClient {
             let status = resp.status().as_u16();
             let location = resp.headers().get(LOCATION).and_then(|v| v.to_str().ok());
             if let (301 | 302 | 303 | 307 | 308, Some(location)) = (status, location) {
-                url = url
+                let next = url
                     .join(location)
                     .map_err(|e| SendError::Fatal(format!("invalid redirect to '{location}': {e}")))?;
+                if !same_host(&next, &url) {
+                    // Credentials go to the host they were given for, not where it sends us.
+                    strip_credentials(&mut headers);
+                }
+                url = next;
                 continue;
             }
             let (parts, body) = resp.into_parts();
             return Ok(Response {
                 status,
                 headers: parts.headers,
-                url: url.to_string(),
+                // As reqwest reports it: without `user:password@`.
+                url: without_credentials(&url).0.to_string(),
                 body: Body::Hyper { body, stall: self.stall },
             });
         }
         Err(SendError::Fatal(format!("more than {MAX_REDIRECTS} redirects")))
     }
+}
+
+/// Drops the headers that carry credentials (as reqwest does when a
+/// redirect leaves the host): `Authorization`, `Cookie`,
+/// `Proxy-Authorization`, `WWW-Authenticate`.
+pub(super) fn strip_credentials(headers: &mut HeaderMap) {
+    for name in [AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION, WWW_AUTHENTICATE] {
+        headers.remove(name);
+    }
+}
+
+/// Whether `a` and `b` name the same host and port.
+pub(super) fn same_host(a: &url::Url, b: &url::Url) -> bool {
+    a.host_str() == b.host_str() && a.port_or_known_default() == b.port_or_known_default()
 }
 
 /// `url` without `user:password@`, and those as a Basic `Authorization` value.
