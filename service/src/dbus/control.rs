@@ -168,10 +168,18 @@ impl Control {
 
     /// Opens and verifies a bundle (same arguments as `InspectBundle`) and
     /// returns everything `info` shows, signer chains included: `manifest`
-    /// (exact text), `format`, `encrypted`, `verified`, `chains`, `recipients`.
+    /// (its text; a crypt bundle's `crypt-key` left out), `manifest-hash`,
+    /// `format`, `encrypted`, `verified`, `chains`, `recipients`, `trees`.
     #[zbus(out_args("info"))]
-    async fn inspect(&self, source: String, args: HashMap<String, OwnedVariant>) -> Result<Dict, RaucError> {
-        let (info, text) = super::open_bundle(&self.service, source, args).await?;
+    async fn inspect(
+        &self,
+        source: String,
+        args: HashMap<String, OwnedVariant>,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+    ) -> Result<Dict, RaucError> {
+        let caller = super::caller::Caller::of(conn, &header).await.map_err(|e| RaucError::Code30(e.to_string()))?;
+        let (info, text) = super::open_bundle(&self.service, source, args, caller).await?;
         Ok(super::dicts::bundle_info_dict(&info, &text))
     }
 

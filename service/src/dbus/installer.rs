@@ -7,6 +7,7 @@
 //! `GetPrimary`, `InspectBundle`, `Info`) keep answering during an
 //! installation; `Mark` and a second `InstallBundle` are refused.
 
+use super::caller::Caller;
 use super::dicts;
 use super::{Service, access_from_args, arg};
 use crate::install::engine::{self, InstallArgs};
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering as AtomicOrdering};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::oneshot;
+use zbus::message::Header;
 use zbus::object_server::{InterfaceRef, SignalEmitter};
 use zbus::{OwnedVariant, interface};
 
@@ -184,7 +186,7 @@ impl Installer {
 
     /// Queues the `[autoinstall]` bundle at service start (no caller).
     pub async fn autoinstall(&self, location: String, emitter: &SignalEmitter<'_>) -> Result<(), RaucError> {
-        let args = self.install_args(location, &HashMap::new())?;
+        let args = self.install_args(location, &HashMap::new(), None)?;
         self.start(InstallJob { args, done: None }, emitter).await
     }
 
@@ -201,18 +203,30 @@ impl Installer {
         manifest_hash: String,
         emitter: &SignalEmitter<'_>,
     ) -> Result<oneshot::Receiver<Result<engine::Outcome, String>>, RaucError> {
-        let mut args = self.install_args(url, &HashMap::new())?;
+        let mut args = self.install_args(url, &HashMap::new(), None)?;
         args.require_manifest_hash = Some(manifest_hash);
         let (tx, rx) = oneshot::channel();
         self.start(InstallJob { args, done: Some(tx) }, emitter).await?;
         Ok(rx)
     }
 
-    fn install_args(&self, location: String, args: &HashMap<String, OwnedVariant>) -> Result<InstallArgs, RaucError> {
+    /// What the installation of `location` with `args` gets; files a
+    /// `caller` names are opened with its rights (no caller: the service's
+    /// own configuration named it).
+    fn install_args(
+        &self,
+        location: String,
+        args: &HashMap<String, OwnedVariant>,
+        caller: Option<&Caller>,
+    ) -> Result<InstallArgs, RaucError> {
         check_keys(args, INSTALL_KEYS)?;
         let access = access_from_args(args)?;
+        let open = match caller {
+            Some(c) => self.service.caller_open_options(&location, &access, c)?,
+            None => self.service.open_options(&access),
+        };
         Ok(InstallArgs {
-            open: self.service.open_options(&access),
+            open,
             location,
             ignore_compatible: arg(args, "ignore-compatible")?.unwrap_or(false),
             ignore_version_limit: arg(args, "ignore-version-limit")?.unwrap_or(false),
@@ -257,12 +271,15 @@ impl Installer {
         &self,
         source: String,
         args: HashMap<String, OwnedVariant>,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
     ) -> Result<(), RaucError> {
         if self.busy.load(AtomicOrdering::SeqCst) != IDLE {
             return Err(RaucError::failed(BUSY_INSTALL));
         }
-        let args = self.install_args(rota_bundle::cli::commands::location(&source), &args)?;
+        let caller = Caller::of(conn, &header).await.map_err(RaucError::failed)?;
+        let args = self.install_args(rota_bundle::cli::commands::location(&source), &args, Some(&caller))?;
         self.start(InstallJob { args, done: None }, &emitter).await
     }
 
@@ -270,22 +287,37 @@ impl Installer {
     async fn install(
         &self,
         source: String,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
     ) -> Result<(), RaucError> {
-        self.install_bundle(source, HashMap::new(), emitter).await
+        self.install_bundle(source, HashMap::new(), header, conn, emitter).await
     }
 
     /// The bundle's manifest in the json-2 layout (spec §8.3).
     #[zbus(out_args("info"))]
-    async fn inspect_bundle(&self, source: String, args: HashMap<String, OwnedVariant>) -> Result<Dict, RaucError> {
-        let (info, _) = super::open_bundle(&self.service, source, args).await?;
+    async fn inspect_bundle(
+        &self,
+        source: String,
+        args: HashMap<String, OwnedVariant>,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+    ) -> Result<Dict, RaucError> {
+        let caller = Caller::of(conn, &header).await.map_err(RaucError::failed)?;
+        let (info, _) = super::open_bundle(&self.service, source, args, caller).await?;
         Ok(dicts::inspect_dict(&inspect_value(&info)))
     }
 
     /// Deprecated: (compatible, version).
     #[zbus(out_args("compatible", "version"))]
-    async fn info(&self, bundle: String) -> Result<(String, String), RaucError> {
-        let (info, _) = super::open_bundle(&self.service, bundle, HashMap::new()).await?;
+    async fn info(
+        &self,
+        bundle: String,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+    ) -> Result<(String, String), RaucError> {
+        let caller = Caller::of(conn, &header).await.map_err(RaucError::failed)?;
+        let (info, _) = super::open_bundle(&self.service, bundle, HashMap::new(), caller).await?;
         let update = &info.manifest.update;
         Ok((update.compatible.clone(), update.version.clone().unwrap_or_default()))
     }

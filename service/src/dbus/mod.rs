@@ -5,6 +5,7 @@
 //! (exit 0) or until it loses the name (fatal), and installs the
 //! `[autoinstall]` bundle if there is one.
 
+pub mod caller;
 pub mod control;
 pub mod dicts;
 pub mod installer;
@@ -12,6 +13,7 @@ pub mod poller;
 
 use crate::runtime;
 use crate::system::System;
+use caller::Caller;
 use installer::{Installer, RaucError};
 use rota_bundle::bundle::OpenOptions;
 use rota_bundle::cli::{CliError, Context};
@@ -91,6 +93,39 @@ impl Service {
         http.headers = access.headers.clone();
         self.system.config.open_options(http, None)
     }
+
+    /// How this service opens `location` for `caller` ([`Self::open_options`]):
+    /// a local bundle and the caller's local TLS files are opened with the
+    /// caller's rights (see [`caller`]), not the service's.
+    pub fn caller_open_options(
+        &self,
+        location: &str,
+        access: &Access,
+        caller: &Caller,
+    ) -> Result<OpenOptions, RaucError> {
+        let mut access = access.clone();
+        let mut held = Vec::new();
+        for path in [&mut access.tls_cert, &mut access.tls_key, &mut access.tls_ca].into_iter().flatten() {
+            if path.to_str().is_some_and(rota_bundle::pkcs11::is_uri) {
+                continue;
+            }
+            let (copy, fd) = caller
+                .copy(path)
+                .map_err(|e| RaucError::Code30(format!("Failed to read '{}': {e}", path.display())))?;
+            *path = copy;
+            held.push(Arc::new(fd));
+        }
+        let mut open = self.open_options(&access);
+        open.keep_open = held;
+        if !rota_bundle::bundle::is_remote(location) {
+            let path = rota_bundle::bundle::local_path(location).map_err(|e| RaucError::Code30(e.to_string()))?;
+            let file = caller
+                .open(&path)
+                .map_err(|e| RaucError::Code30(format!("Failed to open bundle '{}': {e}", path.display())))?;
+            open.opened = Some(Arc::new(file));
+        }
+        Ok(open)
+    }
 }
 
 /// Opens and verifies `source` for a caller with `args` (the bundle-access
@@ -100,13 +135,16 @@ pub async fn open_bundle(
     service: &Arc<Service>,
     source: String,
     args: HashMap<String, OwnedVariant>,
+    caller: Caller,
 ) -> Result<(rota_bundle::info::BundleInfo, String), RaucError> {
     installer::check_keys(&args, installer::INSPECT_KEYS)?;
     let access = access_from_args(&args)?;
-    let open = service.open_options(&access);
+    let service = service.clone();
     tokio::task::spawn_blocking(move || {
-        let bundle = rota_bundle::bundle::Bundle::open(&rota_bundle::cli::commands::location(&source), &open)
-            .map_err(|e| RaucError::Code30(e.to_string()))?;
+        let location = rota_bundle::cli::commands::location(&source);
+        let open = service.caller_open_options(&location, &access, &caller)?;
+        let bundle =
+            rota_bundle::bundle::Bundle::open(&location, &open).map_err(|e| RaucError::Code30(e.to_string()))?;
         let text = String::from_utf8_lossy(bundle.manifest_bytes()).into_owned();
         Ok((rota_bundle::info::BundleInfo::of(&bundle), text))
     })
@@ -206,7 +244,7 @@ async fn serve(service: Arc<Service>) -> Result<(), CliError> {
             .interface::<_, poller::Poller>(rota_dbus::OBJECT_PATH)
             .await
             .map_err(|e| fail(format!("Failed to set up the service: {e}")))?;
-        tracing::info!("Polling {} every {} s", p.url, p.interval_sec);
+        tracing::info!("Polling {} every {} s", rota_bundle::source::http::shown_url(&p.url), p.interval_sec);
         tokio::spawn(poller::run(service.clone(), p, pref, iref.clone()));
     }
     if let Some(path) = service.system.config.autoinstall.clone().filter(|p| p.exists()) {
