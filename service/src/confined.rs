@@ -259,93 +259,36 @@ impl Root {
         names_in(dir.as_fd())
     }
 
-    /// Gives `rel` (a link itself) owner `uid` and group `gid`.
-    pub fn chown(&self, rel: &[u8], uid: u32, gid: u32) -> io::Result<()> {
-        let p = self.parent(rel)?;
-        let (u, g) = (rustix::fs::Uid::from_raw(uid), rustix::fs::Gid::from_raw(gid));
-        Ok(rustix::fs::chownat(&p.dir, &p.name, Some(u), Some(g), AtFlags::SYMLINK_NOFOLLOW)?)
-    }
-
-    /// Sets the permission bits of `rel`, which must not be a symbolic link.
-    pub fn chmod(&self, rel: &[u8], mode: u32) -> io::Result<()> {
-        let p = self.parent(rel)?;
-        let st = rustix::fs::statat(&p.dir, &p.name, AtFlags::SYMLINK_NOFOLLOW)?;
-        if is(&st, FileType::Symlink) {
-            return Err(invalid(format!("'{}' is a symbolic link", self.shown(rel).display())));
-        }
-        Ok(rustix::fs::chmodat(&p.dir, &p.name, Mode::from_raw_mode(mode), AtFlags::empty())?)
-    }
-
-    /// Sets the modification time of `rel` (a link itself); the access time stays.
-    pub fn set_mtime(&self, rel: &[u8], secs: i64) -> io::Result<()> {
-        let times = rustix::fs::Timestamps {
-            last_access: rustix::fs::Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_OMIT },
-            last_modification: rustix::fs::Timespec { tv_sec: secs, tv_nsec: 0 },
-        };
-        if rel.is_empty() {
-            return Ok(rustix::fs::futimens(&self.dir, &times)?);
-        }
-        let p = self.parent(rel)?;
-        Ok(rustix::fs::utimensat(&p.dir, &p.name, &times, AtFlags::SYMLINK_NOFOLLOW)?)
-    }
-
-    /// The extended attributes of `rel` (a link itself), name → value; none
-    /// where the file system keeps none.
-    pub fn xattrs(&self, rel: &[u8]) -> io::Result<std::collections::BTreeMap<Vec<u8>, Vec<u8>>> {
-        let path = self.xattr_path(rel)?;
-        let mut out = std::collections::BTreeMap::new();
-        let mut names = vec![0u8; 1024];
-        let len = loop {
-            match rustix::fs::llistxattr(path.as_c_str(), &mut names[..]) {
-                Ok(n) => break n,
-                Err(rustix::io::Errno::RANGE) => names.resize(names.len() * 4, 0),
-                Err(rustix::io::Errno::NOTSUP) => return Ok(out),
-                Err(e) => return Err(e.into()),
-            }
-        };
-        for name in names[..len].split(|b| *b == 0).filter(|n| !n.is_empty()) {
-            let cname = CString::new(name).expect("split at NUL");
-            let mut value = vec![0u8; 256];
-            let n = loop {
-                match rustix::fs::lgetxattr(path.as_c_str(), cname.as_c_str(), &mut value[..]) {
-                    Ok(n) => break n,
-                    Err(rustix::io::Errno::RANGE) => value.resize(value.len() * 4, 0),
-                    Err(e) => return Err(e.into()),
-                }
-            };
-            value.truncate(n);
-            out.insert(name.to_vec(), value);
-        }
-        Ok(out)
-    }
-
-    /// Sets the extended attribute `name` of `rel` (a link itself).
-    pub fn set_xattr(&self, rel: &[u8], name: &CStr, value: &[u8]) -> io::Result<()> {
-        let path = self.xattr_path(rel)?;
-        Ok(rustix::fs::lsetxattr(path.as_c_str(), name, value, rustix::fs::XattrFlags::empty())?)
-    }
-
-    /// Removes the extended attribute `name` of `rel` (a link itself).
-    pub fn remove_xattr(&self, rel: &[u8], name: &CStr) -> io::Result<()> {
-        let path = self.xattr_path(rel)?;
-        Ok(rustix::fs::lremovexattr(path.as_c_str(), name)?)
-    }
-
-    /// A path for the `l*xattr` calls that reaches `rel` through its parent's
-    /// descriptor (`/proc/self/fd/N/name`): the parent was resolved beneath
-    /// the root, the name is not followed. Only valid while the returned
-    /// guard (holding that descriptor) lives.
-    fn xattr_path(&self, rel: &[u8]) -> io::Result<XattrPath<'_>> {
-        use std::os::fd::AsRawFd;
+    /// The object at `rel`, held for a series of metadata changes (see [`Node`]).
+    pub fn node(&self, rel: &[u8]) -> io::Result<Node<'_>> {
         let (dir, name) = if rel.is_empty() {
             (Dir::Root(self.dir.as_fd()), CString::new(".").expect("no NUL"))
         } else {
             let p = self.parent(rel)?;
             (p.dir, p.name)
         };
-        let mut path = format!("/proc/self/fd/{}/", dir.as_fd().as_raw_fd()).into_bytes();
-        path.extend_from_slice(name.as_bytes());
-        Ok(XattrPath { _dir: dir, path: CString::new(path).expect("no NUL") })
+        let st = rustix::fs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW)?;
+        let flags = match FileType::from_raw_mode(st.st_mode) {
+            FileType::Directory => OFlags::RDONLY | OFlags::DIRECTORY,
+            FileType::RegularFile => OFlags::RDONLY | OFlags::NONBLOCK,
+            _ => return Ok(Node { st, how: Held::Named(dir, name) }),
+        };
+        let fd = rustix::fs::openat(
+            &dir,
+            &name,
+            flags | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let opened = rustix::fs::fstat(&fd)?;
+        if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino) || opened.st_dev != self.dev {
+            return Err(invalid(format!("'{}' changed while it was opened", self.shown(rel).display())));
+        }
+        Ok(Node { st: opened, how: Held::Open(fd) })
+    }
+
+    /// Sets the modification time of `rel` (a link itself); the access time stays.
+    pub fn set_mtime(&self, rel: &[u8], secs: i64) -> io::Result<()> {
+        self.node(rel)?.set_mtime(secs)
     }
 
     /// Writes out everything cached for the root's file system.
@@ -360,15 +303,128 @@ impl Root {
     }
 }
 
-/// A `/proc/self/fd/N/name` path and the descriptor `N` it needs.
-struct XattrPath<'a> {
-    _dir: Dir<'a>,
-    path: CString,
+/// An object beneath a root, held for metadata changes: a directory or a
+/// regular file through a descriptor of its own (`fchown`, `fchmod`,
+/// `f*xattr`, `futimens`), anything else — a link, a device, a fifo, a
+/// socket, never opened — through its parent's descriptor and its name
+/// (`fchownat` and `utimensat` without following, `l*xattr` on
+/// `/proc/self/fd/<parent>/<name>`).
+pub struct Node<'a> {
+    st: Stat,
+    how: Held<'a>,
 }
 
-impl XattrPath<'_> {
-    fn as_c_str(&self) -> &CStr {
-        &self.path
+enum Held<'a> {
+    Open(OwnedFd),
+    Named(Dir<'a>, CString),
+}
+
+impl Node<'_> {
+    /// What the object is (as it was when it was taken).
+    pub fn stat(&self) -> &Stat {
+        &self.st
+    }
+
+    /// The `/proc/self/fd/<parent>/<name>` path of a named object.
+    fn proc_path(dir: &Dir<'_>, name: &CStr) -> CString {
+        use std::os::fd::AsRawFd;
+        let mut path = format!("/proc/self/fd/{}/", dir.as_fd().as_raw_fd()).into_bytes();
+        path.extend_from_slice(name.to_bytes());
+        CString::new(path).expect("no NUL")
+    }
+
+    /// Gives the object owner `uid` and group `gid`.
+    pub fn chown(&self, uid: u32, gid: u32) -> io::Result<()> {
+        let (u, g) = (Some(rustix::fs::Uid::from_raw(uid)), Some(rustix::fs::Gid::from_raw(gid)));
+        let done = match &self.how {
+            Held::Open(fd) => rustix::fs::fchown(fd, u, g),
+            Held::Named(dir, name) => rustix::fs::chownat(dir, name.as_c_str(), u, g, AtFlags::SYMLINK_NOFOLLOW),
+        };
+        Ok(done?)
+    }
+
+    /// Sets the permission bits; a symbolic link has none to set.
+    pub fn chmod(&self, mode: u32) -> io::Result<()> {
+        let mode = Mode::from_raw_mode(mode);
+        let done = match &self.how {
+            Held::Open(fd) => rustix::fs::fchmod(fd, mode),
+            Held::Named(..) if is(&self.st, FileType::Symlink) => {
+                return Err(invalid("a symbolic link has no mode to set".into()));
+            }
+            // A device, fifo or socket: its name was just seen to be one (not a link).
+            Held::Named(dir, name) => rustix::fs::chmodat(dir, name.as_c_str(), mode, AtFlags::empty()),
+        };
+        Ok(done?)
+    }
+
+    /// Sets the modification time; the access time stays.
+    pub fn set_mtime(&self, secs: i64) -> io::Result<()> {
+        let times = rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_OMIT },
+            last_modification: rustix::fs::Timespec { tv_sec: secs, tv_nsec: 0 },
+        };
+        let done = match &self.how {
+            Held::Open(fd) => rustix::fs::futimens(fd, &times),
+            Held::Named(dir, name) => rustix::fs::utimensat(dir, name.as_c_str(), &times, AtFlags::SYMLINK_NOFOLLOW),
+        };
+        Ok(done?)
+    }
+
+    /// The extended attributes, name → value; none where the file system keeps none.
+    pub fn xattrs(&self) -> io::Result<std::collections::BTreeMap<Vec<u8>, Vec<u8>>> {
+        let mut out = std::collections::BTreeMap::new();
+        let mut names = vec![0u8; 1024];
+        let len = loop {
+            let r = match &self.how {
+                Held::Open(fd) => rustix::fs::flistxattr(fd, &mut names[..]),
+                Held::Named(dir, name) => rustix::fs::llistxattr(Self::proc_path(dir, name).as_c_str(), &mut names[..]),
+            };
+            match r {
+                Ok(n) => break n,
+                Err(rustix::io::Errno::RANGE) => names.resize(names.len() * 4, 0),
+                Err(rustix::io::Errno::NOTSUP) => return Ok(out),
+                Err(e) => return Err(e.into()),
+            }
+        };
+        for attr in names[..len].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+            let cattr = CString::new(attr).expect("split at NUL");
+            let mut value = vec![0u8; 256];
+            let n = loop {
+                let r = match &self.how {
+                    Held::Open(fd) => rustix::fs::fgetxattr(fd, cattr.as_c_str(), &mut value[..]),
+                    Held::Named(dir, name) => {
+                        rustix::fs::lgetxattr(Self::proc_path(dir, name).as_c_str(), cattr.as_c_str(), &mut value[..])
+                    }
+                };
+                match r {
+                    Ok(n) => break n,
+                    Err(rustix::io::Errno::RANGE) => value.resize(value.len() * 4, 0),
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            value.truncate(n);
+            out.insert(attr.to_vec(), value);
+        }
+        Ok(out)
+    }
+
+    /// Sets the extended attribute `attr`.
+    pub fn set_xattr(&self, attr: &CStr, value: &[u8]) -> io::Result<()> {
+        let flags = rustix::fs::XattrFlags::empty();
+        let done = match &self.how {
+            Held::Open(fd) => rustix::fs::fsetxattr(fd, attr, value, flags),
+            Held::Named(dir, name) => rustix::fs::lsetxattr(Self::proc_path(dir, name).as_c_str(), attr, value, flags),
+        };
+        Ok(done?)
+    }
+
+    /// Removes the extended attribute `attr`.
+    pub fn remove_xattr(&self, attr: &CStr) -> io::Result<()> {
+        let done = match &self.how {
+            Held::Open(fd) => rustix::fs::fremovexattr(fd, attr),
+            Held::Named(dir, name) => rustix::fs::lremovexattr(Self::proc_path(dir, name).as_c_str(), attr),
+        };
+        Ok(done?)
     }
 }
 
@@ -424,7 +480,7 @@ fn remove_at(dir: BorrowedFd<'_>, name: &CStr, dev: u64, depth: usize) -> io::Re
 mod tests {
     use super::*;
     use std::io::{Read, Write};
-    use std::os::unix::fs::symlink;
+    use std::os::unix::fs::{MetadataExt, symlink};
 
     fn setup() -> (tempfile::TempDir, Root, PathBuf) {
         let t = tempfile::tempdir().unwrap();
@@ -466,9 +522,13 @@ mod tests {
             assert!(r.stat(b"link-dir/f").is_err());
             // The link itself is seen, removed, replaced.
             assert!(is(&r.stat(b"link-dir").unwrap().unwrap(), FileType::Symlink));
-            assert!(r.chmod(b"link-file", 0o600).is_err());
-            r.chown(b"link-file", 0, 0).unwrap();
-            r.set_mtime(b"link-file", 12345).unwrap();
+            let link = r.node(b"link-file").unwrap();
+            assert!(link.chmod(0o600).is_err());
+            link.chown(0, 0).unwrap();
+            link.set_mtime(12345).unwrap();
+            assert_eq!(r.stat(b"link-file").unwrap().unwrap().st_mtime, 12345);
+            assert_ne!(std::fs::metadata(outside.join("f")).unwrap().mtime(), 12345);
+            drop(link);
             r.remove(b"link-dir").unwrap();
             r.remove(b"link-file").unwrap();
             r.mkdir(b"link-dir", 0o755).unwrap();
@@ -490,8 +550,10 @@ mod tests {
             r.mknod(b"d/zero", FileType::CharacterDevice, 0o644, rustix::fs::makedev(1, 5)).unwrap();
             assert!(r.open_file(b"d/zero").is_err());
             assert!(r.open_file(b"d").is_err());
-            r.chmod(b"d/fifo", 0o600).unwrap();
+            r.node(b"d/fifo").unwrap().chmod(0o600).unwrap();
             assert_eq!(r.stat(b"d/fifo").unwrap().unwrap().st_mode & 0o7777, 0o600);
+            r.node(b"d/file").unwrap().chmod(0o640).unwrap();
+            assert_eq!(r.stat(b"d/file").unwrap().unwrap().st_mode & 0o7777, 0o640);
         });
     }
 
@@ -516,18 +578,25 @@ mod tests {
 
     #[test]
     fn xattrs_are_read_and_set_on_the_object_itself() {
-        each_way(|r, _| {
+        each_way(|r, outside| {
             let name = c"user.rota";
-            match r.set_xattr(b"d/file", name, b"v") {
+            let file = r.node(b"d/file").unwrap();
+            match file.set_xattr(name, b"v") {
                 // tmpfs without user xattrs: nothing to check here.
                 Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return,
                 other => other.unwrap(),
             }
-            assert_eq!(r.xattrs(b"d/file").unwrap().get(&b"user.rota"[..]).map(Vec::as_slice), Some(&b"v"[..]));
-            r.remove_xattr(b"d/file", name).unwrap();
-            assert!(r.xattrs(b"d/file").unwrap().is_empty());
+            assert_eq!(file.xattrs().unwrap().get(&b"user.rota"[..]).map(Vec::as_slice), Some(&b"v"[..]));
+            file.remove_xattr(name).unwrap();
+            assert!(file.xattrs().unwrap().is_empty());
+            // On a fifo (named, not opened): trusted.* is root's to set.
+            r.mknod(b"d/fifo", FileType::Fifo, 0o644, 0).unwrap();
+            let fifo = r.node(b"d/fifo").unwrap();
+            fifo.set_xattr(c"trusted.rota", b"f").unwrap();
+            assert_eq!(fifo.xattrs().unwrap().get(&b"trusted.rota"[..]).map(Vec::as_slice), Some(&b"f"[..]));
             // user xattrs cannot go on links: the link is addressed, not its target.
-            assert!(r.set_xattr(b"link-file", name, b"v").is_err());
+            assert!(r.node(b"link-file").unwrap().set_xattr(name, b"v").is_err());
+            assert!(std::fs::read_dir(outside).is_ok());
         });
     }
 }

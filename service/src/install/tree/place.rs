@@ -74,7 +74,9 @@ pub fn entry_of(root: &Root, rel: &[u8]) -> Result<Entry> {
         .into_iter()
         .find(|k| is(&st, file_type(*k)))
         .ok_or_else(|| Error::Failed(format!("'{}' is of an unknown type", root.shown(rel).display())))?;
-    let xattrs = root.xattrs(rel).map_err(|err| fail("Failed to read xattrs of", root, rel, err))?;
+    let node = root.node(rel).map_err(|err| fail("Failed to open", root, rel, err))?;
+    let xattrs = node.xattrs().map_err(|err| fail("Failed to read xattrs of", root, rel, err))?;
+    drop(node);
     let mut e = Entry {
         path: rel.to_vec(),
         kind,
@@ -110,7 +112,8 @@ pub fn entry_of(root: &Root, rel: &[u8]) -> Result<Entry> {
 /// time of `e` (a directory's time is set by [`set_mtime`] once its
 /// contents are complete).
 pub fn apply_metadata(root: &Root, rel: &[u8], e: &Entry) -> Result<()> {
-    let st = stat(root, rel)?.ok_or_else(|| Error::Failed(format!("'{}' is gone", root.shown(rel).display())))?;
+    let node = root.node(rel).map_err(|err| fail("Failed to open", root, rel, err))?;
+    let st = *node.stat();
     let want: BTreeMap<Vec<u8>, Vec<u8>> = e
         .xattrs
         .iter()
@@ -120,20 +123,20 @@ pub fn apply_metadata(root: &Root, rel: &[u8], e: &Entry) -> Result<()> {
             Ok((k.as_bytes().to_vec(), value))
         })
         .collect::<Result<_>>()?;
-    let xattrs = || root.xattrs(rel).map_err(|err| fail("Failed to read xattrs of", root, rel, err));
+    let xattrs = || node.xattrs().map_err(|err| fail("Failed to read xattrs of", root, rel, err));
     let have = xattrs()?;
     let owner_changes = st.st_uid != e.uid || st.st_gid != e.gid;
     if owner_changes {
-        root.chown(rel, e.uid, e.gid).map_err(|err| fail("Failed to change owner of", root, rel, err))?;
+        node.chown(e.uid, e.gid).map_err(|err| fail("Failed to change owner of", root, rel, err))?;
     }
     if e.kind != Kind::Symlink && (owner_changes || st.st_mode & 0o7777 != e.mode) {
-        root.chmod(rel, e.mode).map_err(|err| fail("Failed to change mode of", root, rel, err))?;
+        node.chmod(e.mode).map_err(|err| fail("Failed to change mode of", root, rel, err))?;
     }
     // A change of owner drops capabilities: compare against what is left.
     let have = if owner_changes { xattrs()? } else { have };
     for name in have.keys().filter(|n| !want.contains_key(*n)) {
         let cname = CString::new(name.clone()).expect("xattr names hold no NUL");
-        root.remove_xattr(rel, &cname).map_err(|err| fail("Failed to remove xattr of", root, rel, err))?;
+        node.remove_xattr(&cname).map_err(|err| fail("Failed to remove xattr of", root, rel, err))?;
     }
     for (name, value) in &want {
         if have.get(name) == Some(value) {
@@ -142,12 +145,12 @@ pub fn apply_metadata(root: &Root, rel: &[u8], e: &Entry) -> Result<()> {
         let shown = String::from_utf8_lossy(name);
         let cname = CString::new(name.clone())
             .map_err(|_| Error::Failed(format!("xattr name with NUL on '{}'", root.shown(rel).display())))?;
-        root.set_xattr(rel, &cname, value).map_err(|err| {
+        node.set_xattr(&cname, value).map_err(|err| {
             Error::Failed(format!("Failed to set xattr '{shown}' of '{}': {err}", root.shown(rel).display()))
         })?;
     }
     if e.kind != Kind::Dir {
-        set_mtime(root, rel, e.mtime)?;
+        node.set_mtime(e.mtime).map_err(|err| fail("Failed to set the time of", root, rel, err))?;
     }
     Ok(())
 }
