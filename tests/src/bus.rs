@@ -96,11 +96,26 @@ impl Service {
     }
 
     /// Stops the service with SIGTERM and returns how it exited.
-    pub fn stop(mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("running");
+    pub fn stop(self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait()
+    }
+
+    /// Sends `signal` to the service.
+    pub fn signal(&self, signal: i32) {
+        let child = self.child.as_ref().expect("running");
         // SAFETY: plain kill(2) of our child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        child.wait().expect("wait for rota service")
+        unsafe { libc::kill(child.id() as i32, signal) };
+    }
+
+    /// Whether the service still runs.
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().is_ok_and(|s| s.is_none()))
+    }
+
+    /// Waits for the service to end and returns how it exited.
+    pub fn wait(mut self) -> ExitStatus {
+        self.child.take().expect("running").wait().expect("wait for rota service")
     }
 }
 

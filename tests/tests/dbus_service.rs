@@ -583,15 +583,11 @@ fn cancel_ends_an_install_waiting_for_a_silent_server() {
         proxy.install_bundle(&server.url("/b.raucb"), HashMap::new()).await.unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         // Writing, and waiting for the held range.
-        let held = |r: &testkit::httpd::Request| {
-            let range = r.header("range").and_then(|v| v.strip_prefix("bytes=")).and_then(|v| v.split_once('-'));
-            range.is_some_and(|(a, b)| a.parse::<u64>().unwrap() < 2 << 20 && b.parse::<u64>().unwrap() >= 1 << 20)
-        };
-        while detail_str(&control.details().await.unwrap(), "phase") != "writing" || !server.requests().iter().any(held)
-        {
-            assert!(std::time::Instant::now() < deadline, "the copy never reached the held range");
+        while detail_str(&control.details().await.unwrap(), "phase") != "writing" {
+            assert!(std::time::Instant::now() < deadline, "the copy never started");
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+        wait_for_range(&server, 1 << 20, 2 << 20);
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         control.cancel().await.unwrap();
         let seen = tokio::time::timeout(std::time::Duration::from_secs(20), signals_until_idle(&mut stream))
@@ -602,6 +598,56 @@ fn cancel_ends_an_install_waiting_for_a_silent_server() {
         assert!(error.ends_with("Installation cancelled"), "{error}");
     });
     assert_eq!(primary(&d), "A", "nothing activated");
+}
+
+/// Waits (up to a minute) until `server` got a request for a range that
+/// overlaps the bytes `from..to` of its bundle.
+fn wait_for_range(server: &testkit::httpd::Server, from: u64, to: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let overlaps = |r: &testkit::httpd::Request| {
+        let range = r.header("range").and_then(|v| v.strip_prefix("bytes=")).and_then(|v| v.split_once('-'));
+        range.is_some_and(|(a, b)| a.parse::<u64>().unwrap() < to && b.parse::<u64>().unwrap() >= from)
+    };
+    while !server.requests().iter().any(overlaps) {
+        assert!(std::time::Instant::now() < deadline, "the install never reached bytes {from}..{to}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_client_heeds_only_its_service_and_stops_waiting_when_it_dies() {
+    let d = device("dbus-client-impostor", "");
+    let (_, _, server) = held_bundle("dbus-client-impostor", 4 << 20, (1 << 20, 2 << 20));
+    let bus = Bus::start();
+    let mut svc = Service::start(&d, &bus, &[]);
+    let mut client = d.rota();
+    client.envs(bus.env()).arg("install").arg(server.url("/b.raucb"));
+    client.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = client.spawn().unwrap();
+    wait_for_range(&server, 1 << 20, 2 << 20);
+    // Another connection sends what the service would: the client waits on.
+    for signal in [&["Completed", "i", "0"][..], &["Completed", "i", "1"]] {
+        let mut emit = vec!["emit", "/", "de.pengutronix.rauc.Installer"];
+        emit.extend(signal);
+        run(&mut bus.busctl(&emit)).ok();
+    }
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(child.try_wait().unwrap().is_none(), "the client took another sender's Completed");
+    // The service dies: the client says so instead of waiting for ever.
+    svc.signal(libc::SIGKILL);
+    let started = std::time::Instant::now();
+    let out = loop {
+        if child.try_wait().unwrap().is_some() {
+            break child.wait_with_output().unwrap();
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "the client still waits for a dead service");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(!svc.running());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("The service stopped during the installation"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("succeeded"));
 }
 
 #[test]

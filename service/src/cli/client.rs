@@ -51,11 +51,20 @@ impl Client {
     }
 
     /// `install` through `InstallBundle`: prints what the service reports
-    /// (operation, progress as lines or a bar, the last error) until `Completed`.
+    /// (operation, progress as lines or a bar, the last error) until its
+    /// `Completed`. Only the service's own signals count (its unique name,
+    /// the installer interface), and the client stops waiting when the
+    /// service leaves the bus.
     pub fn install(&self, location: &str, args: HashMap<&str, Variant<'_>>, bar: bool) -> Result<(), CliError> {
         let proxy = self.proxy()?;
         let mut term = Terminal::new(bar);
         let result = self.rt.block_on(async {
+            let dbus = zbus::fdo::DBusProxy::new(&self.conn).await.map_err(dbus_error)?;
+            let name = zbus::names::BusName::try_from(rota_dbus::BUS_NAME).map_err(dbus_error)?;
+            // Watched before the call, so no change of owner is missed.
+            let mut owner_changes =
+                dbus.receive_name_owner_changed_with_args(&[(0, rota_dbus::BUS_NAME)]).await.map_err(dbus_error)?;
+            // The call starts the service if it is only activatable; its owner is known then.
             let rule = zbus::MatchRule::builder()
                 .msg_type(zbus::message::Type::Signal)
                 .path(rota_dbus::OBJECT_PATH)
@@ -66,9 +75,17 @@ impl Client {
             let mut interrupted = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
                 .map_err(|e| CliError { message: format!("Failed to handle SIGINT: {e}"), code: 2 })?;
             proxy.install_bundle(location, args).await.map_err(dbus_error)?;
+            let owner = dbus.get_name_owner(name).await.map_err(|e| dbus_error(e.into()))?;
+            let vanished = || CliError { message: "The service stopped during the installation".into(), code: 2 };
             loop {
                 let msg = tokio::select! {
                     msg = signals.next() => msg,
+                    change = owner_changes.next() => {
+                        match change.as_ref().and_then(|c| c.args().ok()) {
+                            Some(a) if a.new_owner().as_ref().map(|o| o.as_str()) == Some(owner.as_str()) => continue,
+                            _ => return Err(vanished()),
+                        }
+                    }
                     _ = interrupted.recv() => {
                         return Err(CliError {
                             message: "Interrupted; the installation continues in the service".into(),
@@ -76,12 +93,18 @@ impl Client {
                         });
                     }
                 };
-                let Some(msg) = msg else { break };
+                let Some(msg) = msg else { return Err(vanished()) };
                 let Ok(msg) = msg else { continue };
                 let header = msg.header();
-                match header.member().map(|m| m.as_str()) {
-                    Some("Completed") => return msg.body().deserialize::<i32>().map_err(dbus_error),
-                    Some("PropertiesChanged") => {
+                if header.sender().map(|s| s.as_str()) != Some(owner.as_str()) {
+                    continue;
+                }
+                let interface = header.interface().map(|i| i.as_str());
+                match (interface, header.member().map(|m| m.as_str())) {
+                    (Some(rota_dbus::INSTALLER_INTERFACE), Some("Completed")) => {
+                        return msg.body().deserialize::<i32>().map_err(dbus_error);
+                    }
+                    (Some("org.freedesktop.DBus.Properties"), Some("PropertiesChanged")) => {
                         let Ok((interface, changed, _)) =
                             msg.body().deserialize::<(String, HashMap<String, OwnedVariant>, Vec<String>)>()
                         else {
@@ -95,7 +118,6 @@ impl Client {
                     _ => {}
                 }
             }
-            Err(CliError { message: "The service vanished during the installation".into(), code: 2 })
         });
         term.finish();
         match result? {
