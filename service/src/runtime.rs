@@ -20,6 +20,28 @@ pub fn current_boot_id() -> Result<String> {
         .map_err(|e| Error::Failed(format!("Failed to read the boot id: {e}")))
 }
 
+/// The file under the runtime directory that holds the id of the boot in
+/// which the booted slot was marked good through the service.
+const BOOTED_GOOD: &str = "booted-marked-good";
+
+/// Remembers, for this boot, that the booted slot was marked good (or, with
+/// `good` false, bad) through the service: a restarted service then polls
+/// without waiting for the next mark (the runtime directory is gone with the boot).
+pub fn record_booted_good(run_dir: &Path, good: bool) -> Result<()> {
+    let path = run_dir.join(BOOTED_GOOD);
+    if !good {
+        return crate::files::remove_any(&path).map_err(|e| Error::io("Failed to remove", &path, e));
+    }
+    std::fs::create_dir_all(run_dir).map_err(|e| Error::io("Failed to create", run_dir, e))?;
+    crate::status::write_atomic(&path, current_boot_id()?.as_bytes())
+}
+
+/// Whether the booted slot was marked good through the service in this boot.
+pub fn booted_marked_good(run_dir: &Path) -> bool {
+    let recorded = std::fs::read_to_string(run_dir.join(BOOTED_GOOD)).unwrap_or_default();
+    current_boot_id().is_ok_and(|id| recorded.trim() == id)
+}
+
 fn service_event(system: &System, message: &str) {
     let event = Event { kind: "service", message: message.to_string(), message_id: None, fields: vec![] };
     eventlog::emit(&system.config.logs, &event);

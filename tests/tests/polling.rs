@@ -1,8 +1,11 @@
 //! Polling (`[polling]`, spec §11.1, `de.pengutronix.rauc.Poller` §8.5)
 //! against a real nginx and a real dbus-daemon: no poll before the booted
-//! slot was marked good through the service; a newer bundle is reported
+//! slot was marked good through the service (in this boot: a restarted
+//! service remembers it); a newer bundle is reported
 //! and installed without a caller (`install-criteria`), then the reboot
-//! command runs and polling stops; an unchanged bundle is answered `304`;
+//! command runs and polling stops (a failing one is reported and run
+//! again); a candidate found while the installer is busy is installed at a
+//! later poll; an unchanged bundle is answered `304`;
 //! an inhibit file stops polls; errors are counted; a service without a
 //! system version refuses to start. The scheduler's 10 s tick is shortened
 //! with `ROTA_POLL_TICK_MS` so a `Poll()` is due after 0.3 s instead of 30 s.
@@ -261,4 +264,138 @@ fn polling_needs_a_system_version() {
     let bus = Bus::start();
     let out = run(d.rota().envs(bus.env()).arg("service")).fails();
     assert!(out.stderr.contains("system version not provided via system-info handler"), "{}", out.stderr);
+}
+
+/// Waits (up to 60 s) until `path` exists.
+fn wait_for_file(path: &Path, d: &Device) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no {}; log: {}",
+            path.display(),
+            fs::read_to_string(d.path("service.log")).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_failing_reboot_command_is_reported_and_tried_again() {
+    let (t, www) = web_root();
+    let nginx = Nginx::serve(&www);
+    publish(&www, "2.1.0");
+    // The first reboot attempt fails, the second succeeds.
+    let (tried, rebooted) = (t.path().join("tried"), t.path().join("rebooted"));
+    let cmd = t.path().join("reboot.sh");
+    fs::write(
+        &cmd,
+        format!(
+            "#!/bin/sh\nif [ -e {0} ]; then touch {1}; else touch {0}; exit 1; fi\n",
+            tried.display(),
+            rebooted.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&cmd, fs::Permissions::from_mode(0o755)).unwrap();
+    let polling = format!(
+        "url={}\ninstall-criteria=higher-semver\nreboot-criteria=updated-slots\nreboot-cmd={}\n",
+        nginx.url("/update.raucb"),
+        cmd.display()
+    );
+    let d = device("reboot-fails", &polling, Some("1.0.0"));
+    let bus = Bus::start();
+    let _svc = Service::start(&d, &bus, &[TICK]);
+    mark_good(&d, &bus);
+    poll(&bus);
+    wait_for_file(&tried, &d);
+    let s = wait_status(&bus, "the failure reported", |s| s["last-error-message"]["data"].is_string());
+    let m = s["last-error-message"]["data"].as_str().unwrap();
+    assert!(m.starts_with(&format!("Reboot command {} failed", cmd.display())), "{m}");
+    // Tried again: this time the system goes down, and polling stops.
+    wait_for_file(&rebooted, &d);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while next_poll(&bus) != 0 {
+        assert!(Instant::now() < deadline, "polling goes on after the reboot");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_candidate_found_while_the_installer_is_busy_is_installed_later() {
+    let t = tempfile::tempdir().unwrap();
+    let image = publish(t.path(), "2.2.0");
+    // Polls are answered slowly: the installer gets busy while one runs.
+    let polled = testkit::httpd::Server::start();
+    polled.put("/update.raucb", fs::read(t.path().join("update.raucb")).unwrap());
+    polled.set_delay(Duration::from_millis(400));
+    // An application installs another bundle meanwhile, held up by its server.
+    let dir = target_dir().join("test-bundles/polling/busy-other");
+    let _ = fs::remove_dir_all(&dir);
+    let c = Content::new(dir.join("content"));
+    c.image("rootfs.img", 256 << 10, 91);
+    c.manifest("[update]\ncompatible=Test Config\nversion=1.5.0\n[bundle]\nformat=verity\n[image.rootfs]\nfilename=rootfs.img\n");
+    rota_bundle(&c.dir, &dir.join("other.raucb"), "release").ok();
+    let other = testkit::httpd::Server::start();
+    other.put("/other.raucb", fs::read(dir.join("other.raucb")).unwrap());
+    other.hold(8192, 1 << 30);
+    let rebooted = t.path().join("rebooted");
+    let polling = format!(
+        "url={}\ninstall-criteria=higher-semver\nreboot-criteria=updated-slots\nreboot-cmd=touch {}\n",
+        polled.url("/update.raucb"),
+        rebooted.display()
+    );
+    let d = device("busy", &polling, Some("1.0.0"));
+    let bus = Bus::start();
+    let _svc = Service::start(&d, &bus, &[TICK]);
+    mark_good(&d, &bus);
+    poll(&bus);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while polled.requests().is_empty() {
+        assert!(Instant::now() < deadline, "no poll");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let call = ["call", "de.pengutronix.rauc", "/", "de.pengutronix.rauc.Installer", "InstallBundle", "sa{sv}"];
+    let mut args = call.to_vec();
+    let url = other.url("/other.raucb");
+    args.extend([url.as_str(), "0"]);
+    run(&mut bus.busctl(&args)).ok();
+    let s = wait_status(&bus, "the candidate found busy", |s| {
+        attempts(s) >= 1 && s["last-error-message"]["data"].is_string()
+    });
+    assert!(
+        s["last-error-message"]["data"].as_str().unwrap().starts_with("Automatic installation failed to start"),
+        "{s}"
+    );
+    assert!(s.get("attempted-hash").is_none(), "recorded as attempted although it never started: {s}");
+    // The application's install ends; the next poll installs the candidate.
+    other.release();
+    polled.set_delay(Duration::ZERO);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !rebooted.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the candidate was not installed: {}",
+            fs::read_to_string(d.path("service.log")).unwrap()
+        );
+        poll(&bus);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(fs::read(d.path("rootfs1.img")).unwrap()[..image.len()] == image[..], "B holds the candidate");
+}
+
+#[test]
+fn a_restarted_service_polls_without_a_new_mark() {
+    let (_t, www) = web_root();
+    let nginx = Nginx::serve(&www);
+    publish(&www, "1.0.2");
+    let d = device("restart", &format!("url={}\n", nginx.url("/update.raucb")), Some("1.0.0"));
+    let bus = Bus::start();
+    let svc = Service::start(&d, &bus, &[TICK]);
+    mark_good(&d, &bus);
+    assert!(svc.stop().success());
+    // The same boot: the mark of the service before counts.
+    let _svc = Service::start(&d, &bus, &[TICK]);
+    poll(&bus);
+    wait_status(&bus, "a poll after the restart", |s| attempts(s) >= 1);
 }

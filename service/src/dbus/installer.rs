@@ -333,10 +333,15 @@ impl Installer {
             .with_system(move |system| {
                 let state = MarkState::parse(&state).map_err(RaucError::failed)?;
                 let (names, message) = mark::mark(system, state, &slot_identifier).map_err(RaucError::failed)?;
-                // Polling waits until the booted slot was marked good through the service.
+                // Polling waits until the booted slot was marked good through
+                // the service (in this boot: a restarted service remembers it).
                 let booted = system.booted().map(|s| s.config.name.as_str());
-                if state == MarkState::Good && booted.is_some_and(|b| names.iter().any(|n| n == b)) {
-                    service.booted_marked_good.store(true, std::sync::atomic::Ordering::SeqCst);
+                if booted.is_some_and(|b| names.iter().any(|n| n == b)) && state != MarkState::Active {
+                    let good = state == MarkState::Good;
+                    service.booted_marked_good.store(good, std::sync::atomic::Ordering::SeqCst);
+                    if let Err(e) = crate::runtime::record_booted_good(&super::run_dir(), good) {
+                        tracing::warn!("{e}");
+                    }
                 }
                 Ok((names.join(" "), message))
             })

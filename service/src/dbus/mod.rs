@@ -158,7 +158,7 @@ pub fn use_session_bus() -> bool {
 }
 
 /// Where the runtime links go (`ROTA_RUN_DIR` moves them for tests).
-fn run_dir() -> PathBuf {
+pub(crate) fn run_dir() -> PathBuf {
     std::env::var_os("ROTA_RUN_DIR").map_or_else(|| PathBuf::from(runtime::RUN_DIR), PathBuf::from)
 }
 
@@ -169,7 +169,7 @@ pub fn run(ctx: &Context) -> Result<(), CliError> {
         system,
         handler_args: ctx.args.value("handler-args").map(str::to_string),
         current: Default::default(),
-        booted_marked_good: Default::default(),
+        booted_marked_good: runtime::booted_marked_good(&run_dir()).into(),
     });
     if service.system.config.polling.is_some() && service.system.system_version().is_none() {
         return Err(fail("system version not provided via system-info handler".into()));

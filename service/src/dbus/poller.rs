@@ -255,18 +255,24 @@ async fn poll_once(
     let _ = guard.status_changed(&emitter).await;
     let _ = guard.next_poll_changed(&emitter).await;
     let hash = install?;
-    guard.status.attempted_hash = Some(hash.clone());
-    let _ = guard.status_changed(&emitter).await;
     drop(guard);
     tracing::info!("Installing {} (polling, manifest hash {hash})", shown_url(&p.url));
-    let i = installer.get().await;
-    match i.install_polled(p.url.clone(), hash, installer.signal_emitter()).await {
-        Ok(done) => Some(done),
+    let started = installer.get().await.install_polled(p.url.clone(), hash.clone(), installer.signal_emitter()).await;
+    let mut guard = poller.get_mut().await;
+    let done = match started {
+        Ok(done) => {
+            // Attempted only once it started: a busy installer is tried again at the next poll.
+            guard.status.attempted_hash = Some(hash);
+            Some(done)
+        }
         Err(e) => {
             tracing::warn!("Automatic installation failed to start: {e}");
+            guard.status.last_error_message = Some(format!("Automatic installation failed to start: {e}"));
             None
         }
-    }
+    };
+    let _ = guard.status_changed(&emitter).await;
+    done
 }
 
 /// The scheduler: ticks, polls when due and allowed, waits for automatic
@@ -279,6 +285,8 @@ pub async fn run(
 ) {
     let mut ticker = tokio::time::interval(polling::tick());
     let mut running: Option<oneshot::Receiver<Result<Outcome, String>>> = None;
+    // The reboot criteria asked for a reboot that has not happened yet.
+    let mut must_reboot = false;
     loop {
         ticker.tick().await;
         if let Some(done) = running.as_mut() {
@@ -292,20 +300,36 @@ pub async fn run(
                 Ok(o) => (true, o.written.len(), o.artifacts.len()),
                 Err(_) => (false, 0, 0),
             };
-            if polling::reboot_after(&p, ok, slots, artifacts) {
-                reboot(&p, &poller).await;
-                return;
+            must_reboot = polling::reboot_after(&p, ok, slots, artifacts);
+            if !must_reboot {
+                set_next(&poller, polling::boottime() + polling::short_delay()).await;
+                continue;
             }
-            set_next(&poller, polling::boottime() + polling::short_delay()).await;
-            continue;
+        } else {
+            let Some(next) = poller.get().await.next else { return };
+            if polling::boottime() < next {
+                continue;
+            }
+            if !may_poll(&service, &installer, &p).await {
+                set_next(&poller, polling::boottime() + polling::short_delay()).await;
+                continue;
+            }
         }
-        let Some(next) = poller.get().await.next else { return };
-        if polling::boottime() < next {
-            continue;
-        }
-        if !may_poll(&service, &installer, &p).await {
-            set_next(&poller, polling::boottime() + polling::short_delay()).await;
-            continue;
+        if must_reboot {
+            match reboot(&p, &poller).await {
+                // The system goes down: no more polls.
+                Ok(()) => return,
+                // Tried again after the short delay, instead of polling.
+                Err(m) => {
+                    tracing::warn!("{m}");
+                    let mut g = poller.get_mut().await;
+                    g.status.last_error_message = Some(m);
+                    let _ = g.status_changed(poller.signal_emitter()).await;
+                    drop(g);
+                    set_next(&poller, polling::boottime() + polling::short_delay()).await;
+                    continue;
+                }
+            }
         }
         running = poll_once(&service, &p, &poller, &installer).await;
     }
@@ -317,21 +341,23 @@ async fn set_next(poller: &InterfaceRef<Poller>, at: Duration) {
     let _ = g.next_poll_changed(poller.signal_emitter()).await;
 }
 
-/// Stops polling (`NextPoll` 0) and runs `reboot-cmd`.
-async fn reboot(p: &PollingSection, poller: &InterfaceRef<Poller>) {
+/// Stops polling (`NextPoll` 0) and runs `reboot-cmd`. A failure is
+/// returned, for the caller to report and schedule the next try.
+async fn reboot(p: &PollingSection, poller: &InterfaceRef<Poller>) -> Result<(), String> {
     {
         let mut g = poller.get_mut().await;
         g.next = None;
         let _ = g.next_poll_changed(poller.signal_emitter()).await;
     }
     tracing::info!("Rebooting after the automatic installation: {}", p.reboot_cmd.join(" "));
-    let Some((cmd, args)) = p.reboot_cmd.split_first() else { return };
+    let Some((cmd, args)) = p.reboot_cmd.split_first() else { return Err("No reboot command configured".into()) };
     let (cmd, args) = (cmd.clone(), args.to_vec());
     let ran = tokio::task::spawn_blocking(move || (std::process::Command::new(&cmd).args(&args).status(), cmd)).await;
     match ran {
         Ok((Ok(s), _)) if s.success() => {}
-        Ok((Ok(s), cmd)) => tracing::warn!("Reboot command {cmd} failed: {s}"),
-        Ok((Err(e), cmd)) => tracing::warn!("Failed to run reboot command {cmd}: {e}"),
-        Err(e) => tracing::warn!("Failed to run the reboot command: {e}"),
+        Ok((Ok(s), cmd)) => return Err(format!("Reboot command {cmd} failed: {s}")),
+        Ok((Err(e), cmd)) => return Err(format!("Failed to run reboot command {cmd}: {e}")),
+        Err(e) => return Err(format!("Failed to run the reboot command: {e}")),
     }
+    Ok(())
 }
