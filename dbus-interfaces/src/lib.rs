@@ -87,7 +87,8 @@ pub trait Installer {
 /// `dev.rota.Installer1`: what rota adds, on an interface of its own.
 #[proxy(interface = "dev.rota.Installer1", default_service = "de.pengutronix.rauc", default_path = "/")]
 pub trait Control {
-    /// Cancels the running installation; refused once it activates.
+    /// Cancels the running installation; refused once it activates, and while
+    /// the bundle's own update handler installs it.
     fn cancel(&self) -> zbus::Result<()>;
 
     /// Everything `info` shows about a bundle, verified by the service:

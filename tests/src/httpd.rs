@@ -102,6 +102,20 @@ pub struct Server {
 }
 
 impl Server {
+    /// Waits (up to a minute) until a request for a range that overlaps
+    /// the bytes `from..to` arrived.
+    pub fn wait_for_range(&self, from: u64, to: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let overlaps = |r: &Request| {
+            let range = r.header("range").and_then(|v| v.strip_prefix("bytes=")).and_then(|v| v.split_once('-'));
+            range.is_some_and(|(a, b)| a.parse::<u64>().unwrap() < to && b.parse::<u64>().unwrap() >= from)
+        };
+        while !self.requests().iter().any(overlaps) {
+            assert!(std::time::Instant::now() < deadline, "no request reached bytes {from}..{to}");
+            thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Starts on an ephemeral port of 127.0.0.1.
     pub fn start() -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -385,4 +399,23 @@ fn partial(
         out.write_all(&data[a as usize..=b as usize])?;
     }
     Ok(())
+}
+
+/// A verity bundle `name` (in `test-bundles/<name>`) with one rootfs image
+/// of `size` random bytes, served at `/b.raucb` by a server that holds back
+/// the bytes `hold` (from, to) until released: the bundle, the image, the server.
+pub fn held_bundle(name: &str, size: usize, hold: (u64, u64)) -> (std::path::PathBuf, Vec<u8>, Server) {
+    let dir = crate::target_dir().join("test-bundles").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    let c = crate::Content::new(dir.join("content"));
+    let image = c.image("rootfs.img", size, 31);
+    c.manifest(
+        "[update]\ncompatible=Test Config\nversion=2\n[bundle]\nformat=verity\n[image.rootfs]\nfilename=rootfs.img\n",
+    );
+    let b = dir.join("b.raucb");
+    crate::rota_bundle(&c.dir, &b, "release").ok();
+    let server = Server::start();
+    server.put("/b.raucb", std::fs::read(&b).unwrap());
+    server.hold(hold.0, hold.1);
+    (b, image, server)
 }

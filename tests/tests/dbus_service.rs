@@ -18,7 +18,7 @@ use zbus::OwnedVariant;
 fn device(name: &str, handlers: &str) -> Device {
     let dir = target_dir().join("test-devices").join(name);
     let conf = format!(
-        "[system]\ncompatible=Test Config\nbootloader=grub\ngrubenv=grubenv\ndata-directory=data\n\
+        "[system]\ncompatible=Test Config\nbootloader=grub\ngrubenv=grubenv\ndata-directory=data\nmountprefix=mnt\n\
          variant-name=charger-x\n[keyring]\npath={}\n[handlers]\nsystem-info=system-info.sh\n{handlers}\n\
          [slot.rootfs.0]\ndevice=rootfs0.img\nbootname=A\n[slot.rootfs.1]\ndevice=rootfs1.img\nbootname=B\n\
          [slot.appfs.0]\ndevice=appfs0.img\nparent=rootfs.0\n[slot.appfs.1]\ndevice=appfs1.img\nparent=rootfs.1\n",
@@ -498,25 +498,6 @@ fn detail_str(d: &rota_dbus::Dict, k: &str) -> String {
     String::try_from(d[k].try_clone().unwrap()).unwrap()
 }
 
-/// A verity bundle `name` with one rootfs image of `size` random bytes,
-/// served at `/b.raucb` by an in-process server that holds back the bytes
-/// `hold` (from, to) until released: the bundle, the image, the server.
-fn held_bundle(name: &str, size: usize, hold: (u64, u64)) -> (PathBuf, Vec<u8>, testkit::httpd::Server) {
-    let dir = target_dir().join("test-bundles").join(name);
-    let _ = fs::remove_dir_all(&dir);
-    let c = Content::new(dir.join("content"));
-    let image = c.image("rootfs.img", size, 31);
-    c.manifest(
-        "[update]\ncompatible=Test Config\nversion=2\n[bundle]\nformat=verity\n[image.rootfs]\nfilename=rootfs.img\n",
-    );
-    let b = dir.join("b.raucb");
-    rota_bundle(&c.dir, &b, "release").ok();
-    let server = testkit::httpd::Server::start();
-    server.put("/b.raucb", fs::read(&b).unwrap());
-    server.hold(hold.0, hold.1);
-    (b, image, server)
-}
-
 #[test]
 fn cancel_mid_copy_leaves_the_target_inactive_and_the_next_install_succeeds() {
     let d = device("dbus-cancel", "");
@@ -524,7 +505,7 @@ fn cancel_mid_copy_leaves_the_target_inactive_and_the_next_install_succeeds() {
         d.slot_file(f, 20 << 20, 0xAA);
     }
     // Served over HTTP, the transfer of the image data stops at 10 MiB until released.
-    let (b, image, server) = held_bundle("dbus-cancel", 16 << 20, (10 << 20, 12 << 20));
+    let (b, image, server) = testkit::httpd::held_bundle("dbus-cancel", 16 << 20, (10 << 20, 12 << 20));
     let bus = Bus::start();
     let _svc = Service::start(&d, &bus, &[]);
     rt().block_on(async {
@@ -574,7 +555,7 @@ fn cancel_mid_copy_leaves_the_target_inactive_and_the_next_install_succeeds() {
 fn cancel_ends_an_install_waiting_for_a_silent_server() {
     let d = device("dbus-cancel-silent", "");
     // The server answers nothing for the image's second MiB, and never will.
-    let (_, _, server) = held_bundle("dbus-cancel-silent", 4 << 20, (1 << 20, 2 << 20));
+    let (_, _, server) = testkit::httpd::held_bundle("dbus-cancel-silent", 4 << 20, (1 << 20, 2 << 20));
     let bus = Bus::start();
     let _svc = Service::start(&d, &bus, &[]);
     rt().block_on(async {
@@ -587,7 +568,7 @@ fn cancel_ends_an_install_waiting_for_a_silent_server() {
             assert!(std::time::Instant::now() < deadline, "the copy never started");
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        wait_for_range(&server, 1 << 20, 2 << 20);
+        server.wait_for_range(1 << 20, 2 << 20);
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         control.cancel().await.unwrap();
         let seen = tokio::time::timeout(std::time::Duration::from_secs(20), signals_until_idle(&mut stream))
@@ -600,31 +581,17 @@ fn cancel_ends_an_install_waiting_for_a_silent_server() {
     assert_eq!(primary(&d), "A", "nothing activated");
 }
 
-/// Waits (up to a minute) until `server` got a request for a range that
-/// overlaps the bytes `from..to` of its bundle.
-fn wait_for_range(server: &testkit::httpd::Server, from: u64, to: u64) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let overlaps = |r: &testkit::httpd::Request| {
-        let range = r.header("range").and_then(|v| v.strip_prefix("bytes=")).and_then(|v| v.split_once('-'));
-        range.is_some_and(|(a, b)| a.parse::<u64>().unwrap() < to && b.parse::<u64>().unwrap() >= from)
-    };
-    while !server.requests().iter().any(overlaps) {
-        assert!(std::time::Instant::now() < deadline, "the install never reached bytes {from}..{to}");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn the_client_heeds_only_its_service_and_stops_waiting_when_it_dies() {
     let d = device("dbus-client-impostor", "");
-    let (_, _, server) = held_bundle("dbus-client-impostor", 4 << 20, (1 << 20, 2 << 20));
+    let (_, _, server) = testkit::httpd::held_bundle("dbus-client-impostor", 4 << 20, (1 << 20, 2 << 20));
     let bus = Bus::start();
     let mut svc = Service::start(&d, &bus, &[]);
     let mut client = d.rota();
     client.envs(bus.env()).arg("install").arg(server.url("/b.raucb"));
     client.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
     let mut child = client.spawn().unwrap();
-    wait_for_range(&server, 1 << 20, 2 << 20);
+    server.wait_for_range(1 << 20, 2 << 20);
     // Another connection sends what the service would: the client waits on.
     for signal in [&["Completed", "i", "0"][..], &["Completed", "i", "1"]] {
         let mut emit = vec!["emit", "/", "de.pengutronix.rauc.Installer"];
@@ -648,6 +615,105 @@ fn the_client_heeds_only_its_service_and_stops_waiting_when_it_dies() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("The service stopped during the installation"), "{stderr}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("succeeded"));
+}
+
+/// `rota install <location>` through the service on `bus`, started in the background.
+fn client_install(d: &Device, bus: &Bus, location: &str) -> std::process::Child {
+    let mut client = d.rota();
+    client.envs(bus.env()).arg("install").arg(location);
+    client.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    client.spawn().unwrap()
+}
+
+/// Waits (up to `secs`) for `child` to end; its output.
+fn finished(child: std::process::Child, secs: u64) -> std::process::Output {
+    let mut child = child;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "still running after {secs} s");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn sigterm_cancels_a_running_install_and_the_service_ends_after_its_completed() {
+    let d = device("dbus-sigterm", "");
+    let (_, _, server) = testkit::httpd::held_bundle("dbus-sigterm", 4 << 20, (1 << 20, 2 << 20));
+    let bus = Bus::start();
+    let mut svc = Service::start(&d, &bus, &[]);
+    let client = client_install(&d, &bus, &server.url("/b.raucb"));
+    server.wait_for_range(1 << 20, 2 << 20);
+    svc.signal(libc::SIGTERM);
+    // The client hears the installation's end from the service (exit 1, not
+    // 2 for a service that vanished), and the service then ends with 0.
+    let out = finished(client, 30);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("Installation cancelled"), "{text}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while svc.running() {
+        assert!(std::time::Instant::now() < deadline, "the service did not end");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(svc.wait().success());
+    assert_eq!(primary(&d), "A", "nothing activated");
+    let log = fs::read_to_string(d.path("service.log")).unwrap();
+    assert!(log.contains("Stopping: the running installation is cancelled"), "{log}");
+}
+
+#[test]
+fn sigterm_lets_an_install_past_its_point_of_no_return_finish() {
+    let d = device("dbus-sigterm-late", "post-install=slow.sh\n");
+    let started = d.path("post-install-started");
+    script(&d.path("slow.sh"), &format!("touch {}\nsleep 2\n", started.display()));
+    let b = bundle("dbus-sigterm-late", "Test Config");
+    let bus = Bus::start();
+    let mut svc = Service::start(&d, &bus, &[]);
+    let client = client_install(&d, &bus, b.to_str().unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !started.exists() {
+        assert!(std::time::Instant::now() < deadline, "the post-install handler never ran");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    svc.signal(libc::SIGTERM);
+    let out = finished(client, 30);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    while svc.running() {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(svc.wait().success());
+    assert_eq!(primary(&d), "B", "the activated update stands");
+}
+
+#[test]
+fn cancel_is_refused_while_the_bundles_own_handler_installs() {
+    let d = device("dbus-cancel-handler", "");
+    let dir = target_dir().join("test-bundles").join("dbus-cancel-handler");
+    let _ = fs::remove_dir_all(&dir);
+    let c = Content::standard(dir.join("content"), "verity");
+    let started = d.path("handler-started");
+    script(&c.dir.join("handler.sh"), &format!("touch {}\nsleep 2\n", started.display()));
+    let manifest = fs::read_to_string(c.dir.join("manifest.raucm")).unwrap();
+    c.manifest(&format!("{manifest}\n[handler]\nfilename=handler.sh\n"));
+    let b = dir.join("b.raucb");
+    rota_bundle(&c.dir, &b, "release").ok();
+    let bus = Bus::start();
+    let _svc = Service::start(&d, &bus, &[]);
+    rt().block_on(async {
+        let (conn, proxy, mut stream) = connect(&bus).await;
+        let control = rota_dbus::ControlProxy::new(&conn).await.unwrap();
+        proxy.install_bundle(b.to_str().unwrap(), HashMap::new()).await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !started.exists() {
+            assert!(std::time::Instant::now() < deadline, "the handler never ran");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let e = control.cancel().await.unwrap_err().to_string();
+        assert!(e.contains("Cannot cancel: the bundle's update handler is installing it"), "{e}");
+        let seen = signals_until_idle(&mut stream).await;
+        assert!(seen.contains(&Seen::Completed(0)), "the handler's installation ends as it ends: {seen:?}");
+    });
 }
 
 #[test]

@@ -154,7 +154,8 @@ pub async fn update(iref: &InterfaceRef<Control>, f: impl FnOnce(&mut Details) -
 
 #[interface(name = "dev.rota.Installer1")]
 impl Control {
-    /// Cancels the running installation; refused once it activates.
+    /// Cancels the running installation; refused once it activates, and while
+    /// the bundle's own update handler installs it.
     fn cancel(&self) -> Result<(), RaucError> {
         let current = self.service.current.lock().expect("not poisoned").clone();
         match current.map(|c| c.cancel()) {
@@ -163,6 +164,10 @@ impl Control {
             Some(Err(CancelRefused::Activating)) => {
                 Err(RaucError::Code30("Too late to cancel: the installation is activating the new slots".into()))
             }
+            Some(Err(CancelRefused::Handler)) => Err(RaucError::Code30(
+                "Cannot cancel: the bundle's update handler is installing it, and it cannot be interrupted safely"
+                    .into(),
+            )),
         }
     }
 

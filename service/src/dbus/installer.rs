@@ -170,6 +170,9 @@ impl Installer {
 
     /// Claims the installer and queues `job`.
     async fn start(&self, job: InstallJob, emitter: &SignalEmitter<'_>) -> Result<(), RaucError> {
+        if self.service.stopping.load(AtomicOrdering::SeqCst) {
+            return Err(RaucError::failed("The service is stopping"));
+        }
         if !self.claim(INSTALLING) {
             return Err(RaucError::failed(BUSY_INSTALL));
         }

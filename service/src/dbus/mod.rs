@@ -34,6 +34,8 @@ pub struct Service {
     /// Whether the booted slot was marked good through the service since
     /// it started (polling waits for it, spec §11.1).
     pub booted_marked_good: std::sync::atomic::AtomicBool,
+    /// Set once SIGTERM or SIGINT came: no installation starts any more.
+    pub stopping: std::sync::atomic::AtomicBool,
 }
 
 /// How a caller wants a bundle reached: TLS material and extra HTTP headers.
@@ -170,6 +172,7 @@ pub fn run(ctx: &Context) -> Result<(), CliError> {
         handler_args: ctx.args.value("handler-args").map(str::to_string),
         current: Default::default(),
         booted_marked_good: runtime::booted_marked_good(&run_dir()).into(),
+        stopping: Default::default(),
     });
     if service.system.config.polling.is_some() && service.system.system_version().is_none() {
         return Err(fail("system version not provided via system-info handler".into()));
@@ -261,16 +264,36 @@ async fn serve(service: Arc<Service>) -> Result<(), CliError> {
         .map_err(|e| fail(format!("Failed to handle SIGTERM: {e}")))?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(|e| fail(format!("Failed to handle SIGINT: {e}")))?;
+    let lost_name = |signal: Option<zbus::fdo::NameLost>| match signal {
+        None => Some(fail("Lost the connection to the bus".into())),
+        Some(s) if s.args().is_ok_and(|a| a.name() == rota_dbus::BUS_NAME) => {
+            Some(fail(format!("Lost name {} on {bus} bus", rota_dbus::BUS_NAME)))
+        }
+        Some(_) => None,
+    };
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            signal = lost.next() => {
-                let Some(signal) = signal else { return Err(fail("Lost the connection to the bus".into())) };
-                if signal.args().is_ok_and(|a| a.name() == rota_dbus::BUS_NAME) {
-                    return Err(fail(format!("Lost name {} on {bus} bus", rota_dbus::BUS_NAME)));
-                }
+            signal = lost.next() => if let Some(e) = lost_name(signal) { return Err(e) },
+        }
+    }
+    // A running installation is cancelled unless it is past its point of no
+    // return; either way the name stays ours until its Completed went out.
+    service.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut told = false;
+    while iref.get().await.is_installing() {
+        let current = service.current.lock().expect("not poisoned").clone();
+        if let Some(control) = current.filter(|_| !told) {
+            told = true;
+            match control.cancel() {
+                Ok(()) => tracing::info!("Stopping: the running installation is cancelled"),
+                Err(_) => tracing::info!("Stopping once the running installation, past its point of no return, ends"),
             }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+            signal = lost.next() => if let Some(e) = lost_name(signal) { return Err(e) },
         }
     }
     tracing::info!("Service stopped");

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 const RUNNING: u8 = 0;
 const CANCELLED: u8 = 1;
 const COMMITTED: u8 = 2;
+const HANDED_OVER: u8 = 3;
 
 /// The text every cancelled installation fails with.
 pub const CANCELLED_TEXT: &str = "Installation cancelled";
@@ -24,6 +25,9 @@ pub struct InstallControl {
 pub enum CancelRefused {
     /// The installation already started activating the new slots.
     Activating,
+    /// The bundle's own update handler installs it: rota cannot tell where
+    /// its point of no return is, so it is not interrupted.
+    Handler,
 }
 
 impl InstallControl {
@@ -31,6 +35,7 @@ impl InstallControl {
     pub fn cancel(&self) -> std::result::Result<(), CancelRefused> {
         match self.state.compare_exchange(RUNNING, CANCELLED, Ordering::SeqCst, Ordering::SeqCst) {
             Ok(_) | Err(CANCELLED) => Ok(()),
+            Err(HANDED_OVER) => Err(CancelRefused::Handler),
             Err(_) => Err(CancelRefused::Activating),
         }
     }
@@ -43,6 +48,15 @@ impl InstallControl {
     /// Fails with [`CANCELLED_TEXT`] once cancellation was requested.
     pub fn check(&self) -> Result<()> {
         if self.is_cancelled() { Err(Error::Failed(CANCELLED_TEXT.into())) } else { Ok(()) }
+    }
+
+    /// Hands the installation over to the bundle's update handler: from
+    /// now on cancelling is refused. Fails if a cancel came first.
+    pub fn hand_over(&self) -> Result<()> {
+        match self.state.compare_exchange(RUNNING, HANDED_OVER, Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(_) | Err(HANDED_OVER) => Ok(()),
+            Err(_) => Err(Error::Failed(CANCELLED_TEXT.into())),
+        }
     }
 
     /// Enters activation: from now on cancelling is refused. Fails if a
@@ -92,5 +106,11 @@ mod tests {
         c.commit().unwrap();
         assert_eq!(c.cancel(), Err(CancelRefused::Activating));
         assert!(c.check().is_ok());
+        let c = InstallControl::default();
+        c.hand_over().unwrap();
+        assert_eq!(c.cancel(), Err(CancelRefused::Handler));
+        let c = InstallControl::default();
+        c.cancel().unwrap();
+        assert!(c.hand_over().is_err());
     }
 }

@@ -266,6 +266,8 @@ fn run(
     let outcome = match (&manifest.handler.filename, &mounted) {
         (Some(handler), Some(m)) => {
             let argv = handler_argv(&manifest, args.handler_args.as_deref())?;
+            // The handler writes and activates on its own: from here on Cancel is refused.
+            control.hand_over()?;
             p.begin("Launching update handler", 6, 0);
             hooks::run_handler(&m.dir().join(handler), &argv, &env, &mut |msg| p.message(msg))
                 .map_err(|e| Error::Failed(format!("Installation error: Handler error: {e}")))?;
