@@ -5,7 +5,6 @@
 use crate::config::StatusMode;
 use crate::error::{Error, Result};
 use rota_bundle::keyfile::{self, Group, KeyFile};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Status of one slot; all fields optional, as RAUC's readers are lenient.
@@ -128,20 +127,12 @@ pub fn now_timestamp() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
-/// Writes `data` to `path` atomically: temporary file in the same directory, fsync, rename.
+/// Writes `data` to the configured file `path` atomically (temporary file
+/// in the same directory, fsync, rename), where its links lead: a status
+/// file linked into another partition stays a link to the new content.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let fail = |e: std::io::Error| Error::Failed(format!("Failed to write status file {}: {e}", path.display()));
-    let mut tmp = tempfile::Builder::new().prefix(".rota-").tempfile_in(dir).map_err(fail)?;
-    tmp.write_all(data).map_err(fail)?;
-    use std::os::unix::fs::PermissionsExt;
-    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(fail)?;
-    tmp.as_file().sync_all().map_err(fail)?;
-    tmp.persist(path).map_err(|e| fail(e.error))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    crate::files::replace(&crate::files::resolve_links(path).map_err(fail)?, data).map_err(fail)
 }
 
 /// The central status file.
@@ -152,24 +143,55 @@ pub struct CentralFile {
 }
 
 impl CentralFile {
-    /// Reads the file; a missing file is empty, an unparsable one is moved to `<file>.broken`.
+    /// Reads the file: a missing one is empty; one that is not text or not
+    /// a key file is kept as `<file>.broken` and counts as empty; one that
+    /// cannot be read is an error (writing then would lose what it holds).
+    fn load(&self) -> Result<KeyFile> {
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(KeyFile::default()),
+            Err(e) => {
+                return Err(Error::Failed(format!("Failed to read status file {}: {e}", self.path.display())));
+            }
+        };
+        let parsed = String::from_utf8(bytes)
+            .map_err(|_| "not UTF-8 text".to_string())
+            .and_then(|text| KeyFile::parse(&text).map_err(|e| e.to_string()));
+        parsed.or_else(|e| {
+            let broken = PathBuf::from(format!("{}.broken", self.path.display()));
+            tracing::warn!("Status file {} is unparsable ({e}); moved to {}", self.path.display(), broken.display());
+            std::fs::rename(&self.path, &broken).map_err(|err| {
+                Error::Failed(format!(
+                    "Failed to keep unparsable status file {} as {}: {err}",
+                    self.path.display(),
+                    broken.display()
+                ))
+            })?;
+            Ok(KeyFile::default())
+        })
+    }
+
+    /// Reads the file as [`Self::load`] does; one that cannot be read counts as empty (with a warning).
     pub fn read(&self) -> KeyFile {
-        match std::fs::read_to_string(&self.path) {
-            Ok(text) => match KeyFile::parse(&text) {
-                Ok(kf) => kf,
-                Err(e) => {
-                    let broken = PathBuf::from(format!("{}.broken", self.path.display()));
-                    tracing::warn!(
-                        "Status file {} is unparsable ({e}); moved to {}",
-                        self.path.display(),
-                        broken.display()
-                    );
-                    let _ = std::fs::rename(&self.path, &broken);
-                    KeyFile::default()
-                }
-            },
-            Err(_) => KeyFile::default(),
-        }
+        self.load().unwrap_or_else(|e| {
+            tracing::warn!("{e}");
+            KeyFile::default()
+        })
+    }
+
+    /// Changes the file under the lock of its directory: `f` gets what it
+    /// holds, and the result is written back. Refused when it cannot be read.
+    fn change(&self, f: impl FnOnce(&mut KeyFile)) -> Result<()> {
+        let target = crate::files::resolve_links(&self.path)
+            .map_err(|e| Error::Failed(format!("Failed to write status file {}: {e}", self.path.display())))?;
+        let dir = crate::files::dir_of(&target);
+        crate::files::create_private_dir(dir)
+            .map_err(|e| Error::Failed(format!("Failed to create status directory {}: {e}", dir.display())))?;
+        let _lock = crate::files::DirLock::take(dir)
+            .map_err(|e| Error::Failed(format!("Failed to lock status directory {}: {e}", dir.display())))?;
+        let mut kf = self.load()?;
+        f(&mut kf);
+        write_atomic(&target, kf.to_text().as_bytes())
     }
 
     /// The status of `slot` (empty if unknown).
@@ -179,45 +201,32 @@ impl CentralFile {
 
     /// Replaces the status of the given slots, keeping every other group.
     pub fn update(&self, slots: &[(&str, &SlotStatus)]) -> Result<()> {
-        let mut kf = self.read();
-        for (name, status) in slots {
-            let gname = format!("slot.{name}");
-            let g = status.to_group(&gname);
-            match kf.groups.iter_mut().find(|x| x.name == gname) {
-                Some(existing) => *existing = g,
-                None => kf.groups.push(g),
+        self.change(|kf| {
+            for (name, status) in slots {
+                let gname = format!("slot.{name}");
+                let g = status.to_group(&gname);
+                match kf.groups.iter_mut().find(|x| x.name == gname) {
+                    Some(existing) => *existing = g,
+                    None => kf.groups.push(g),
+                }
             }
-        }
-        self.write(&kf)
+        })
     }
 
     /// Sets a key of the `[system]` group.
     pub fn set_system(&self, key: &str, value: &str) -> Result<()> {
-        let mut kf = self.read();
-        let pos = kf.groups.iter().position(|g| g.name == "system");
-        if pos.is_none() {
-            kf.groups.insert(0, Group::new("system"));
-        }
-        kf.group_mut("system").set_string(key, value);
-        self.write(&kf)
+        self.change(|kf| {
+            if !kf.groups.iter().any(|g| g.name == "system") {
+                kf.groups.insert(0, Group::new("system"));
+            }
+            kf.group_mut("system").set_string(key, value);
+        })
     }
 
     /// A key of the `[system]` group.
     pub fn system(&self, key: &str) -> Option<String> {
         let kf = self.read();
         kf.group("system").and_then(|g| g.entry(key)).map(|e| keyfile::unescape_string(&e.raw).unwrap_or_default())
-    }
-
-    fn write(&self, kf: &KeyFile) -> Result<()> {
-        if let Some(dir) = self.path.parent() {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| Error::Failed(format!("Failed to create status directory {}: {e}", dir.display())))?;
-        }
-        write_atomic(&self.path, kf.to_text().as_bytes())
     }
 }
 
@@ -249,10 +258,14 @@ pub fn read_per_slot(root: &Path) -> SlotStatus {
         .unwrap_or_default()
 }
 
-/// Writes `slot.raucs` into a mounted slot filesystem.
+/// Writes `slot.raucs` into a mounted slot filesystem. Whatever the slot
+/// held at that name, a link included, is replaced: nothing in a slot's
+/// content leads the write elsewhere.
 pub fn write_per_slot(root: &Path, status: &SlotStatus) -> Result<()> {
     let kf = KeyFile { groups: vec![status.to_group("slot")] };
-    write_atomic(&root.join(PER_SLOT_FILE), kf.to_text().as_bytes())
+    let path = root.join(PER_SLOT_FILE);
+    crate::files::replace(&path, kf.to_text().as_bytes())
+        .map_err(|e| Error::Failed(format!("Failed to write status file {}: {e}", path.display())))
 }
 
 /// Whether `mode` keeps a central file, and its path.
@@ -307,5 +320,35 @@ mod tests {
         assert!(dir.path().join("central.raucs.broken").exists());
         let g = KeyFile::parse("[slot.a.0]\ninstalled.count=garbage\nsize=x\n").unwrap();
         assert_eq!(SlotStatus::from_group(&g.groups[0]).installed_count, 0);
+    }
+
+    #[test]
+    fn a_central_file_that_cannot_be_read_is_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = CentralFile { path: dir.path().join("central.raucs") };
+        let s = SlotStatus { status: Some("ok".into()), ..Default::default() };
+        // Not text: kept whole as .broken, and the update goes on.
+        std::fs::write(&c.path, b"[slot.rootfs.0]\nstatus=ok\n\xff\xfe").unwrap();
+        c.update(&[("rootfs.1", &s)]).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("central.raucs.broken")).unwrap().last(), Some(&0xfe));
+        assert_eq!(c.slot("rootfs.1"), s);
+        // Unreadable (here: a directory in its place): the update is refused, nothing is lost.
+        std::fs::remove_file(&c.path).unwrap();
+        std::fs::create_dir(&c.path).unwrap();
+        std::fs::write(c.path.join("keep"), b"x").unwrap();
+        let e = c.update(&[("rootfs.1", &s)]).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("Failed to read status file {}", c.path.display())), "{e}");
+        assert!(c.path.join("keep").exists());
+    }
+
+    #[test]
+    fn a_linked_central_file_is_written_where_the_link_leads() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        std::os::unix::fs::symlink("data/central.raucs", dir.path().join("central.raucs")).unwrap();
+        let c = CentralFile { path: dir.path().join("central.raucs") };
+        c.set_system("boot-id", "abc").unwrap();
+        assert!(std::fs::symlink_metadata(&c.path).unwrap().file_type().is_symlink());
+        assert!(std::fs::read_to_string(dir.path().join("data/central.raucs")).unwrap().contains("boot-id=abc"));
     }
 }

@@ -717,6 +717,36 @@ fn cancel_is_refused_while_the_bundles_own_handler_installs() {
 }
 
 #[test]
+fn a_linked_grub_environment_is_changed_where_the_link_leads() {
+    // The environment GRUB reads lives on another partition; the configured path links to it.
+    let d = device("dbus-grubenv-link", "");
+    fs::create_dir_all(d.path("efi")).unwrap();
+    fs::rename(d.path("grubenv"), d.path("efi/grubenv")).unwrap();
+    std::os::unix::fs::symlink("efi/grubenv", d.path("grubenv")).unwrap();
+    let b = bundle("dbus-grubenv-link", "Test Config");
+    let bus = Bus::start();
+    let _svc = Service::start(&d, &bus, &[]);
+    let out = finished(client_install(&d, &bus, b.to_str().unwrap()), 60);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(fs::symlink_metadata(d.path("grubenv")).unwrap().file_type().is_symlink(), "the link was replaced");
+    let order = grubenv(&d.path("efi/grubenv")).into_iter().find(|l| l.starts_with("ORDER=")).unwrap();
+    assert_eq!(order, "ORDER=B A", "the file GRUB reads");
+    // Marking goes the same way.
+    run(&mut bus.busctl(&[
+        "call",
+        "de.pengutronix.rauc",
+        "/",
+        "de.pengutronix.rauc.Installer",
+        "Mark",
+        "ss",
+        "active",
+        "booted",
+    ]))
+    .ok();
+    assert!(grubenv(&d.path("efi/grubenv")).contains(&"ORDER=A B".to_string()));
+}
+
+#[test]
 fn python_dasbus_client() {
     let d = device("dbus-dasbus", "");
     let bus = Bus::start();

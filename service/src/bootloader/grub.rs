@@ -4,14 +4,17 @@
 //! interruption (power loss, or a reader racing the write) could see an
 //! invalid block. Changes are therefore made on a copy next to the file, which
 //! is synced and renamed over it: readers and the next boot see either the
-//! old or the new environment.
+//! old or the new environment. A configured path that is a link (say into
+//! the EFI partition) is followed: the file GRUB reads is the one replaced.
+//! Each change runs under a lock of that file's directory, so the service
+//! and the command line never lose each other's changes.
 
 use super::Bootloader;
 use crate::error::{Error, Result, failed};
 use crate::tools;
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 pub(super) struct Grub {
     pub(super) env: PathBuf,
@@ -25,12 +28,14 @@ impl Grub {
     }
 
     fn set(&self, pairs: &[String]) -> Result<()> {
-        let dir = self.env.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let fail = |e: std::io::Error| Error::io("Failed to update GRUB environment", &self.env, e);
+        let env = crate::files::resolve_links(&self.env).map_err(fail)?;
+        let dir = crate::files::dir_of(&env);
+        let _lock = crate::files::DirLock::take(dir).map_err(fail)?;
         let tmp = tempfile::Builder::new().prefix(".rota-grubenv-").tempfile_in(dir).map_err(fail)?;
-        let mode = match std::fs::metadata(&self.env) {
+        let mode = match std::fs::metadata(&env) {
             Ok(meta) => {
-                std::fs::copy(&self.env, tmp.path()).map_err(fail)?;
+                std::fs::copy(&env, tmp.path()).map_err(fail)?;
                 meta.permissions()
             }
             // A missing file is created by grub-editenv, as when editing in place.
@@ -45,7 +50,7 @@ impl Grub {
         tools::run("grub-editenv", &args)?;
         std::fs::set_permissions(tmp.path(), mode).map_err(fail)?;
         std::fs::File::open(tmp.path()).and_then(|f| f.sync_all()).map_err(fail)?;
-        tmp.persist(&self.env).map_err(|e| fail(e.error))?;
+        tmp.persist(&env).map_err(|e| fail(e.error))?;
         std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(fail)
     }
 
@@ -87,5 +92,31 @@ impl Bootloader for Grub {
             }
         }
         failed("Unable to find primary boot slot")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_from_several_writers_are_all_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = dir.path().join("grubenv");
+        let grub = |_| Grub { env: env.clone(), bootnames: vec!["A".into(), "B".into()] };
+        std::thread::scope(|s| {
+            for w in 0..4 {
+                let g = grub(w);
+                s.spawn(move || {
+                    for i in 0..10 {
+                        g.set(&[format!("W{w}_{i}=1")]).unwrap();
+                    }
+                });
+            }
+        });
+        let all = grub(0).list().unwrap();
+        let missing: Vec<String> =
+            (0..4).flat_map(|w| (0..10).map(move |i| format!("W{w}_{i}"))).filter(|k| !all.contains_key(k)).collect();
+        assert!(missing.is_empty(), "lost: {missing:?}");
     }
 }
