@@ -2,7 +2,9 @@
 //! trees installed from bundles next to the slots. Each installed instance
 //! lives at `<repo>/.artifact-<name>-<sha256>`; the visible entry
 //! `<repo>/<name>` is a relative symlink to the active instance, switched
-//! atomically. Instances no link points to are removed after an install.
+//! atomically. An install stages its instances first and switches the
+//! links only past its point of no return, so the running system keeps its
+//! artifacts if it fails; instances no link points to are removed after that.
 
 use crate::config::{ArtifactRepoConfig, ArtifactRepoType};
 use crate::error::{Error, Result, failed};
@@ -79,17 +81,13 @@ pub fn install(
     let target = repo.path.join(instance_entry(name, digest));
     let tmp = repo.path.join(format!("{}.tmp", instance_entry(name, digest)));
     crate::files::remove_any(&tmp).map_err(|e| Error::io("Failed to remove", &tmp, e))?;
-    let written = match repo.repo_type {
-        ArtifactRepoType::Files => {
-            let file = std::fs::File::create(&tmp).map_err(|e| Error::io("Failed to create", &tmp, e))?;
-            let (n, sha, file) = stream_hashed(src, file, progress)?;
-            file.sync_all().map_err(|e| Error::io("Failed to sync", &tmp, e))?;
-            (n, sha)
-        }
-        ArtifactRepoType::Trees => {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new().mode(0o700).create(&tmp).map_err(|e| Error::io("Failed to create", &tmp, e))?;
-            crate::install::archive::extract_tar(src, &tmp, true, progress)?
+    let written = write_instance(repo, &tmp, src, progress);
+    let written = match written {
+        Ok(w) => w,
+        Err(e) => {
+            // Cancelled or failed halfway: nothing is left behind.
+            let _ = crate::files::remove_any(&tmp);
+            return Err(e);
         }
     };
     if written.1 != digest {
@@ -98,6 +96,41 @@ pub fn install(
     }
     sync_dir(&repo.path, true)?;
     std::fs::rename(&tmp, &target).map_err(|e| Error::io("Failed to rename artifact to", &target, e))?;
+    sync_dir(&repo.path, false)
+}
+
+/// Writes the artifact from `src` to `tmp` (a file, or a tree unpacked
+/// with tar); returns its length and SHA-256.
+fn write_instance(
+    repo: &ArtifactRepoConfig,
+    tmp: &Path,
+    src: &ImageSource<'_>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(u64, String)> {
+    Ok(match repo.repo_type {
+        ArtifactRepoType::Files => {
+            let file = std::fs::File::create(tmp).map_err(|e| Error::io("Failed to create", tmp, e))?;
+            let (n, sha, file) = stream_hashed(src, file, progress)?;
+            file.sync_all().map_err(|e| Error::io("Failed to sync", tmp, e))?;
+            (n, sha)
+        }
+        ArtifactRepoType::Trees => {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().mode(0o700).create(tmp).map_err(|e| Error::io("Failed to create", tmp, e))?;
+            crate::install::archive::extract_tar(src, tmp, true, progress)?
+        }
+    })
+}
+
+/// Removes the instance of `name` with `digest` unless a link points to it
+/// (one an install staged and then gave up on).
+pub fn discard(repo: &ArtifactRepoConfig, name: &str, digest: &str) -> Result<()> {
+    let entry = instance_entry(name, digest);
+    if std::fs::read_link(repo.path.join(name)).is_ok_and(|l| l == Path::new(&entry)) {
+        return Ok(());
+    }
+    let path = repo.path.join(entry);
+    crate::files::remove_any(&path).map_err(|e| Error::io("Failed to remove", &path, e))?;
     sync_dir(&repo.path, false)
 }
 

@@ -128,3 +128,30 @@ fn artifacts_install_reuse_switch_and_prune() {
     );
     assert_eq!(fs::read(apps.join("app-a")).unwrap(), a1);
 }
+
+#[test]
+fn a_failed_install_leaves_the_running_systems_artifacts_as_they_were() {
+    let d = device("artifacts-failed");
+    let apps = d.path("repos/apps");
+    let images = "[image.rootfs]\nfilename=rootfs.img\n[image.apps/app-a]\nfilename=app-a.bin\n\
+                  [image.apps/app-b]\nfilename=app-b.bin\n";
+    let v1 = bundle("artifacts-failed-1", &[("app-a.bin", b"app a v1"), ("app-b.bin", b"app b v1")], None, images);
+    run(d.rota().arg("install").arg(&v1)).ok();
+    let before = (link(&apps, "app-a"), link(&apps, "app-b"), entries(&apps));
+    // Version 2: its second artifact cannot be read from the server (app-a
+    // was staged by then), in a bundle streamed from it.
+    let (a2, b2) = (testkit::pseudo_random(3 << 20, 7), testkit::pseudo_random(3 << 20, 8));
+    let v2 = bundle("artifacts-failed-2", &[("app-a.bin", &a2), ("app-b.bin", &b2)], None, images);
+    let bytes = fs::read(&v2).unwrap();
+    let at = bytes.windows(64).position(|w| w == &b2[1 << 20..(1 << 20) + 64]).expect("app-b stored as it is");
+    let srv = testkit::httpd::Server::start();
+    srv.put("/b.raucb", bytes);
+    srv.inject(testkit::httpd::Fault::Status(404), at as u64, 1000);
+    let r = run(d.rota().arg("install").arg(srv.url("/b.raucb")));
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    assert!(r.stderr.contains("Failed updating artifact 'app-b'"), "{}", r.stderr);
+    // The links, and everything else in the repo, are as before: no new
+    // instance, no temporary leftover.
+    assert_eq!((link(&apps, "app-a"), link(&apps, "app-b"), entries(&apps)), before);
+    assert_eq!(fs::read(apps.join("app-a")).unwrap(), b"app a v1");
+}

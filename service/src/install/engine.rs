@@ -343,19 +343,35 @@ fn default_handler(
         update_slot(system, fs, mounted, manifest, manifest_hash, pl, txn, control, p)?;
         written.push(system.slots[pl.slot].config.name.clone());
     }
+    // Artifacts are staged next to the running system's, which keep being
+    // used until the point of no return; what this install staged goes again
+    // if it fails before that.
     let mut artifacts = Vec::new();
-    for ap in &artifact_plans {
-        control.check()?;
-        update_artifact(system, fs, manifest, ap, control, p)?;
-        artifacts.push(ap.image.artifact.clone().unwrap_or_default());
+    let mut staged = Vec::new();
+    let mut stage = || -> Result<()> {
+        for ap in &artifact_plans {
+            control.check()?;
+            if stage_artifact(system, fs, ap, control, p)? {
+                staged.push(ap);
+            }
+            artifacts.push(ap.image.artifact.clone().unwrap_or_default());
+        }
+        p.end(true);
+        // The point of no return: from here on a cancel request is refused.
+        control.commit()
+    };
+    if let Err(e) = stage() {
+        for ap in &staged {
+            let repo = &system.config.artifacts[ap.repo];
+            let (name, digest) = (ap.image.artifact.as_deref().unwrap_or(""), ap.image.sha256.as_deref().unwrap_or(""));
+            if let Err(d) = artifacts::discard(repo, name, digest) {
+                tracing::warn!("{d}");
+            }
+        }
+        return Err(e);
     }
-    for repo in &system.config.artifacts {
-        artifacts::prune(repo)?;
-    }
-    p.end(true);
-    // The point of no return: from here on a cancel request is refused.
-    control.commit()?;
     p.phase("activating");
+    activate_artifacts(system, manifest, &artifact_plans)?;
     let mut activated = None;
     if let Some(s) = boot_mark
         && system.config.system.activate_installed
@@ -471,26 +487,21 @@ fn update_slot(
     Ok(())
 }
 
-/// Installs (or reuses) one artifact and makes it the active instance;
-/// artifacts of the same repo the bundle no longer ships are deactivated.
-fn update_artifact(
+/// Stages one artifact: its instance written next to the active ones (or
+/// an installed one reused); returns whether a new instance was written.
+/// Nothing the running system uses changes.
+fn stage_artifact(
     system: &System,
     fs: &BundleFs,
-    manifest: &Manifest,
     ap: &plan::ArtifactPlan<'_>,
     control: &InstallControl,
     p: &mut Progress<'_>,
-) -> Result<()> {
+) -> Result<bool> {
     let repo = &system.config.artifacts[ap.repo];
     let image = ap.image;
     let name = image.artifact.as_deref().expect("artifact plan");
     let digest = image.sha256.as_deref().unwrap_or("");
-    let reuse = step(p, &format!("Checking repo '{}'", repo.name), || {
-        let keep: Vec<&str> =
-            manifest.images.iter().filter(|i| i.slotclass == repo.name).filter_map(|i| i.artifact.as_deref()).collect();
-        artifacts::deactivate_others(repo, &keep)?;
-        Ok(artifacts::has_instance(repo, name, digest))
-    })?;
+    let reuse = step(p, &format!("Checking repo '{}'", repo.name), || Ok(artifacts::has_instance(repo, name, digest)))?;
     writeslot_event(system, format!("Updating artifact '{name}' in repo '{}'", repo.name));
     let text = if reuse { "Reusing artifact image in repo" } else { "Copying artifact image to repo" };
     p.begin(&format!("{text} '{}'", repo.name), 9, 0);
@@ -505,8 +516,30 @@ fn update_artifact(
         })
         .map_err(|e| e.context(&format!("Failed updating artifact '{name}' in repo '{}'", repo.name)))?;
     }
-    artifacts::activate(repo, name, digest)?;
     p.end(true);
+    Ok(!reuse)
+}
+
+/// Past the point of no return: the bundle's artifacts become the active
+/// instances of their repos (links switched atomically), the artifacts of
+/// those repos the bundle no longer ships are deactivated, and instances
+/// nothing points to are removed.
+fn activate_artifacts(system: &System, manifest: &Manifest, plans: &[plan::ArtifactPlan<'_>]) -> Result<()> {
+    for (index, repo) in system.config.artifacts.iter().enumerate() {
+        if !plans.iter().any(|ap| ap.repo == index) {
+            continue;
+        }
+        let keep: Vec<&str> =
+            manifest.images.iter().filter(|i| i.slotclass == repo.name).filter_map(|i| i.artifact.as_deref()).collect();
+        artifacts::deactivate_others(repo, &keep)?;
+        for ap in plans.iter().filter(|ap| ap.repo == index) {
+            let name = ap.image.artifact.as_deref().expect("artifact plan");
+            artifacts::activate(repo, name, ap.image.sha256.as_deref().unwrap_or(""))?;
+        }
+    }
+    for repo in &system.config.artifacts {
+        artifacts::prune(repo)?;
+    }
     Ok(())
 }
 
