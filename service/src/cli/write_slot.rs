@@ -40,7 +40,7 @@ pub(super) fn run(ctx: &Context) -> Result<(), CliError> {
     let method = plan::method_for(&image, slot.slot_type)?;
     plan::check_writable(&system, index, false)?;
     let src = ImageSource::File(image_path);
-    write_image(&system, Some(&src), &Plan { image: &image, slot: index, method }, None, None, &mut |_| {})?;
+    write_image(&system, Some(&src), &Plan { image: &image, slot: index, method }, None, None, None, &mut |_| {})?;
     println!("Slot written successfully");
     Ok(())
 }

@@ -11,7 +11,7 @@
 //! against the manifest's digest. Any error leaves the caller to do a full
 //! copy, as RAUC does.
 
-use super::write::{ImageSource, check_read_back, open_device};
+use super::write::{ImageSource, check_read_back, open_device_rw};
 use crate::config::SlotConfig;
 use crate::error::{Error, Result, failed};
 use crate::system::{SlotState, System};
@@ -50,17 +50,16 @@ fn sha(block: &[u8]) -> Digest32 {
 }
 
 /// The index file of a slot's current content: cached under its installed
-/// image's digest, else computed into `fresh` by reading the slot.
-fn slot_index(cache_root: &Path, slot: &SlotConfig, installed: Option<&str>, fresh: &Path) -> Result<PathBuf> {
+/// image's digest (then `true`), else computed into `fresh` by reading the slot.
+fn slot_index(cache_root: &Path, slot: &SlotConfig, installed: Option<&str>, fresh: &Path) -> Result<(PathBuf, bool)> {
     if let Some(sha) = installed {
         let cached = slot_cache_dir(cache_root, slot).join(format!("hash-{sha}")).join(INDEX_NAME);
         if cached.is_file() {
-            tracing::debug!("using cached block-hash-index of {}", slot.name);
-            return Ok(cached);
+            return Ok((cached, true));
         }
     }
     plan::hash_device(&slot.device, fresh).map_err(Error::Failed)?;
-    Ok(fresh.to_path_buf())
+    Ok((fresh.to_path_buf(), false))
 }
 
 fn slot_cache_dir(cache_root: &Path, slot: &SlotConfig) -> PathBuf {
@@ -166,14 +165,17 @@ fn unsuitable(image: &Image, data_dir: Option<&Path>) -> Option<&'static str> {
 }
 
 /// Installs `image` into `slot` adaptively when the image has a
-/// `block-hash-index` and the system keeps a data directory. Returns
-/// whether it did; on any error it logs a warning and returns `false`, and
-/// the caller copies the image in full.
+/// `block-hash-index` and the system keeps a data directory; `installed`
+/// is the digest of the image the slot held before this installation
+/// started (its status is cleared while it is written). Returns whether it
+/// did; on any error it logs a warning and returns `false`, and the caller
+/// copies the image in full.
 pub fn install(
     system: &System,
     slot: &SlotConfig,
     image: &Image,
     src: &ImageSource<'_>,
+    installed: Option<&str>,
     progress: &mut dyn FnMut(u64),
 ) -> bool {
     let data_dir = system.config.system.data_directory.as_deref();
@@ -192,7 +194,7 @@ pub fn install(
     };
     let cancelled = || check.map_or(Ok(()), |c| c.check());
     let root = data_dir.expect("checked above");
-    match write(system, root, slot, image, fs, name, &cancelled, progress) {
+    match write(system, root, slot, image, fs, name, installed, &cancelled, progress) {
         Ok(()) => true,
         Err(e) => {
             // A cancelled install is not continued with a full copy.
@@ -213,6 +215,7 @@ fn write(
     image: &Image,
     fs: &BundleFs,
     name: &str,
+    installed: Option<&str>,
     cancelled: &dyn Fn() -> Result<()>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<()> {
@@ -236,17 +239,15 @@ fn write(
         }
         let read_err = |e| Error::io("Failed to read", &index_path, e);
         let wanted = || Digests::open(&index_path).map_err(read_err);
-        let target_slot = system.slots.iter().find(|s| s.config.name == slot.name);
-        let installed = target_slot.map(|s| system.load_status(s)).and_then(|st| st.sha256);
         // Work files next to the staged index, removed before it is kept.
         let work = staging.join("work");
         std::fs::create_dir_all(&work).map_err(|e| Error::io("Failed to create", &work, e))?;
-        let old = slot_index(root, slot, installed.as_deref(), &work.join("target.index"))?;
+        let (old, cached) = slot_index(root, slot, installed, &work.join("target.index"))?;
         let seed_slot = system.slots.iter().find(|s| s.config.class == slot.class && s.state == SlotState::Booted);
         let seed = match seed_slot {
             Some(s) => {
                 let installed = system.load_status(s).sha256;
-                let index = slot_index(root, &s.config, installed.as_deref(), &work.join("seed.index"))?;
+                let (index, _) = slot_index(root, &s.config, installed.as_deref(), &work.join("seed.index"))?;
                 let file = File::open(&s.config.device)
                     .map_err(|e| Error::Failed(format!("Failed to open '{}': {e}", s.config.device.display())))?;
                 Some((file, &s.config.device, index))
@@ -268,7 +269,7 @@ fn write(
         let needed = plan::make(&indexes, n, bs / BLOCK, plan::LOOKUP_BUDGET, &plan_path)
             .map_err(|e| Error::io("Failed to plan into", &plan_path, e))?;
         let mut planned = plan::Plan::open(&plan_path).map_err(|e| Error::io("Failed to read", &plan_path, e))?;
-        let target = open_device(&slot.device, size)?;
+        let target = open_device_rw(&slot.device, size)?;
         let mut w = Writer {
             fs,
             map,
@@ -320,14 +321,15 @@ fn write(
         check_read_back(&reader, &slot.device, 0, size, digest)?;
         let c = &w.counts;
         tracing::info!(
-            "Adaptive update of {}: {} of {n} blocks unchanged, {} from the target, {} from the seed, {} zero, {} from the bundle ({} bytes read from it)",
+            "Adaptive update of {}: {} of {n} blocks unchanged, {} from the target, {} from the seed, {} zero, {} from the bundle ({} bytes read from it); the target's index {}",
             slot.name,
             c.unchanged,
             c.from_target,
             c.from_seed,
             c.zeros,
             c.from_bundle,
-            c.bundle_bytes
+            c.bundle_bytes,
+            if cached { "kept from its last update" } else { "read from the slot" }
         );
         Ok(())
     })();

@@ -474,7 +474,9 @@ fn update_slot(
         };
         let src = pl.image.filename.as_deref().map(|f| write::ImageSource::Bundle(fs, f));
         let guarded = src.as_ref().map(|s| write::ImageSource::Guarded(s, control));
-        write_image(system, guarded.as_ref(), pl, mounted.map(|m| m.dir()), slot_hooks.as_ref(), &mut on_bytes)
+        let before = previous.sha256.as_deref();
+        let dir = mounted.map(|m| m.dir());
+        write_image(system, guarded.as_ref(), pl, dir, slot_hooks.as_ref(), before, &mut on_bytes)
     };
     if let Err(e) = r {
         if let Err(se) = system.save_status(slot, &fresh("failed")) {
@@ -546,13 +548,15 @@ fn activate_artifacts(system: &System, manifest: &Manifest, plans: &[plan::Artif
 /// Writes `pl`'s image from `src` (`None` only for `emptyfs` and install
 /// hooks) into its slot with the plan's method, running the image's slot
 /// hooks around it (spec §4.2); shared by installs and `write-slot` (no
-/// hooks). `bundle_dir` is where the bundle is mounted, if it is.
+/// hooks). `bundle_dir` is where the bundle is mounted, if it is;
+/// `installed` the digest of the image the slot held before.
 pub fn write_image(
     system: &System,
     src: Option<&write::ImageSource<'_>>,
     pl: &Plan<'_>,
     bundle_dir: Option<&Path>,
     hooks: Option<&SlotHooks>,
+    installed: Option<&str>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<()> {
     use crate::config::SlotType;
@@ -580,7 +584,7 @@ pub fn write_image(
                 flash::write(kind, &job(src), progress)?;
             } else {
                 let adaptive = matches!(pl.method, Method::Copy | Method::ImageToFs)
-                    && adaptive::install(system, slot, image, src, progress);
+                    && adaptive::install(system, slot, image, src, installed, progress);
                 if !adaptive {
                     let (c, size, sha) = (image.compression(), image.size, image.sha256.as_deref());
                     write::copy_image(src, c, &slot.device, size, sha, progress)?;

@@ -284,11 +284,21 @@ fn stream_decompressed<W: Write>(
 
 /// Opens a slot device for writing: block devices exclusively and size-checked.
 pub fn open_device(device: &Path, image_size: u64) -> Result<File> {
+    open_device_for(device, image_size, false)
+}
+
+/// [`open_device`] for reading too (an adaptive update takes blocks from
+/// the target itself).
+pub fn open_device_rw(device: &Path, image_size: u64) -> Result<File> {
+    open_device_for(device, image_size, true)
+}
+
+fn open_device_for(device: &Path, image_size: u64, read: bool) -> Result<File> {
     let meta = std::fs::metadata(device)
         .map_err(|e| Error::Failed(format!("Destination device '{}' not found: {e}", device.display())))?;
     let block = meta.file_type().is_block_device();
     let mut opts = OpenOptions::new();
-    opts.write(true);
+    opts.write(true).read(read);
     if block {
         opts.custom_flags(libc::O_EXCL);
     }
