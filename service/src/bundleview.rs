@@ -5,6 +5,14 @@
 //! plain bundle) and decrypted for crypt bundles — and the kernel mounts that
 //! file as squashfs through a read-only, auto-clearing loop device. The raw
 //! bundle file is never mounted, and no device-mapper is needed.
+//!
+//! Everything a view sets up lives under the mount prefix: the squashfs at
+//! `<prefix>/bundle`, the payload file at `<prefix>/.payload-*/`, and the
+//! view holds `<prefix>/.bundle.lock` while it exists. Whoever takes that
+//! lock knows no live view is left, so what a killed process left there
+//! (mounts whose FUSE server is gone, their loop devices) is removed first.
+//! A view that cannot be unmounted because a process is still inside (a
+//! handler left one behind) is detached lazily and goes once it is left.
 
 use crate::error::{Error, Result};
 use crate::mounts;
@@ -120,15 +128,101 @@ pub struct BundleView {
     mounted: bool,
     handles: Arc<(Mutex<Handles>, Condvar)>,
     session: Option<fuser::BackgroundSession>,
-    _file_dir: tempfile::TempDir,
+    file_dir: Option<tempfile::TempDir>,
+    _lock: std::fs::File,
+}
+
+/// Prefix of the directories holding a view's payload file.
+const PAYLOAD_PREFIX: &str = ".payload-";
+
+/// Takes the bundle-view lock of the mount prefix `prefix`: fails at once
+/// if a live view (another installation, `rota mount`) holds it.
+fn lock_views(prefix: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let fail = |e: std::io::Error| Error::Failed(format!("Failed mounting bundle: {}: {e}", prefix.display()));
+    std::fs::create_dir_all(prefix).map_err(fail)?;
+    let lock = std::fs::File::create(prefix.join(".bundle.lock")).map_err(fail)?;
+    // SAFETY: flock on an open descriptor.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let dir = prefix.join("bundle");
+        let why = if mounts::is_mount_point(&dir) { "is already a mount point" } else { "is being mounted" };
+        return Err(Error::Failed(format!(
+            "Failed mounting bundle: {} {why} (by another process: rota mount, or an installation)",
+            dir.display()
+        )));
+    }
+    Ok(lock)
+}
+
+/// Removes what dead views left under `prefix` (its lock must be held):
+/// the mount at `<prefix>/bundle`, the payload files' FUSE mounts, their
+/// loop devices, the payload directories. Busy mounts are detached lazily.
+/// Returns what it removed, for the log.
+pub fn release_debris(prefix: &Path) -> Vec<String> {
+    let Ok(prefix) = std::fs::canonicalize(prefix) else { return Vec::new() };
+    let mut done = Vec::new();
+    let is_payload = |p: &Path| {
+        p.strip_prefix(&prefix)
+            .ok()
+            .and_then(|r| r.iter().next())
+            .is_some_and(|c| c.to_string_lossy().starts_with(PAYLOAD_PREFIX))
+    };
+    // The squashfs first, then the payload files it was mounted from.
+    let mut stale: Vec<mounts::Mount> =
+        mounts::table().into_iter().filter(|m| m.target == prefix.join("bundle") || is_payload(&m.target)).collect();
+    stale.sort_by_key(|m| !m.target.ends_with("bundle"));
+    for m in &stale {
+        match mounts::umount_or_detach(&m.target) {
+            Ok(lazy) => done.push(format!("{}{}", m.target.display(), if lazy { " (detached)" } else { "" })),
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+    // Loop devices still bound to a payload file (autoclear frees the rest).
+    for entry in std::fs::read_dir("/sys/block").into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Ok(backing) = std::fs::read_to_string(entry.path().join("loop/backing_file")) else { continue };
+        if name.starts_with("loop") && is_payload(Path::new(backing.trim_end().trim_end_matches(" (deleted)"))) {
+            let dev = Path::new("/dev").join(&name);
+            if crate::tools::run("losetup", &["-d".as_ref(), dev.as_os_str()]).is_ok() {
+                done.push(dev.display().to_string());
+            }
+        }
+    }
+    for entry in std::fs::read_dir(&prefix).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(PAYLOAD_PREFIX)
+            && std::fs::remove_dir_all(entry.path()).is_ok()
+        {
+            done.push(entry.path().display().to_string());
+        }
+    }
+    done
+}
+
+/// [`release_debris`] of `prefix` if no live view holds its lock (else nothing).
+pub fn release_unused(prefix: &Path) -> Vec<String> {
+    match lock_views(prefix) {
+        Ok(_lock) => release_debris(prefix),
+        Err(_) => Vec::new(),
+    }
 }
 
 impl BundleView {
-    /// Mounts the squashfs `payload` read-only at `dir` (created if missing).
+    /// Mounts the squashfs `payload` read-only at `dir` (`<prefix>/bundle`,
+    /// created if missing), after removing what dead views left there.
     pub fn mount(payload: Arc<dyn ReadAt>, dir: &Path) -> Result<BundleView> {
         let fail = |what: &str, e: std::io::Error| Error::Failed(format!("Failed mounting bundle: {what}: {e}"));
-        let file_dir =
-            tempfile::Builder::new().prefix("rota-payload-").tempdir().map_err(|e| fail("temporary directory", e))?;
+        let prefix = dir.parent().unwrap_or(Path::new("/"));
+        let lock = lock_views(prefix)?;
+        for what in release_debris(prefix) {
+            tracing::warn!("Removed {what}, left by an interrupted bundle view");
+        }
+        if mounts::is_mount_point(dir) {
+            return Err(Error::Failed(format!("Failed mounting bundle: {} is already a mount point", dir.display())));
+        }
+        let file_dir = tempfile::Builder::new()
+            .prefix(PAYLOAD_PREFIX)
+            .tempdir_in(prefix)
+            .map_err(|e| fail("temporary directory", e))?;
         let file = file_dir.path().join("payload.squashfs");
         std::fs::File::create(&file).map_err(|e| fail("payload file", e))?;
         let handles = Arc::new((Mutex::new(Handles::default()), Condvar::new()));
@@ -142,8 +236,14 @@ impl BundleView {
         config.n_threads = Some(2);
         let fs = PayloadFile { payload, handles: handles.clone() };
         let session = fuser::spawn_mount(fs, &file, &config).map_err(|e| fail("FUSE", e))?;
-        let mut view =
-            BundleView { dir: dir.to_path_buf(), mounted: false, handles, session: Some(session), _file_dir: file_dir };
+        let mut view = BundleView {
+            dir: dir.to_path_buf(),
+            mounted: false,
+            handles,
+            session: Some(session),
+            file_dir: Some(file_dir),
+            _lock: lock,
+        };
         // `loop` makes mount(8) set up an auto-clearing, read-only loop device.
         mounts::mount(&file, dir, Some("squashfs"), &["ro", "loop"])
             .map_err(|e| Error::Failed(format!("Failed mounting bundle: {e}")))?;
@@ -171,15 +271,36 @@ impl BundleView {
 
 impl Drop for BundleView {
     fn drop(&mut self) {
-        if self.mounted
-            && let Err(e) = mounts::umount(&self.dir)
-        {
-            tracing::warn!("Failed to unmount bundle at {}: {e}", self.dir.display());
+        let mut busy = false;
+        if self.mounted {
+            match mounts::umount_or_detach(&self.dir) {
+                Ok(lazy) => busy = lazy,
+                Err(e) => tracing::warn!("Failed to unmount bundle at {}: {e}", self.dir.display()),
+            }
+            if busy {
+                tracing::warn!(
+                    "Bundle at {} is still in use by a process: detached, it goes when that process leaves",
+                    self.dir.display()
+                );
+            }
+        }
+        let Some(session) = self.session.take() else { return };
+        if busy {
+            // The loop device keeps the payload file open until the last
+            // user leaves: the FUSE mount is detached too, and its server
+            // thread serves that user and ends with it.
+            if let Some(dir) = self.file_dir.take() {
+                let file = dir.path().join("payload.squashfs");
+                if let Err(e) = mounts::umount_or_detach(&file) {
+                    tracing::warn!("{e}");
+                }
+                let _ = dir.close();
+            }
+            std::mem::forget(session);
+            return;
         }
         // Unmounts the FUSE file once the loop device has let go of it.
-        if let Some(s) = self.session.take()
-            && let Err(e) = s.umount_and_join()
-        {
+        if let Err(e) = session.umount_and_join() {
             tracing::debug!("FUSE session end: {e}");
         }
     }

@@ -12,6 +12,8 @@ pub struct Mount {
     pub source: String,
     /// Where it is mounted.
     pub target: PathBuf,
+    /// The filesystem type (`fuse.rota` for a bundle view's payload file).
+    pub fstype: String,
 }
 
 /// Resolves the `\NNN` octal escapes of mountinfo fields (space, tab, newline, backslash).
@@ -58,9 +60,10 @@ pub fn table() -> Vec<Mount> {
             let fields: Vec<&str> = line.split(' ').collect();
             let sep = fields.iter().position(|f| *f == "-")?;
             let target = unescape(fields.get(4)?);
+            let fstype = unescape(fields.get(sep + 1)?);
             let source = unescape(fields.get(sep + 2)?);
             let source = loop_backing_file(&source).unwrap_or(source);
-            Some(Mount { source, target: PathBuf::from(target) })
+            Some(Mount { source, target: PathBuf::from(target), fstype })
         })
         .collect()
 }
@@ -158,9 +161,10 @@ pub fn lock_slots<'a>(slots: impl Iterator<Item = &'a crate::config::SlotConfig>
 }
 
 /// Unmounts what a killed installation left mounted: any of `slots` mounted
-/// at `<prefix>/<slot name>`, and a bundle view at `<prefix>/bundle` whose
-/// FUSE server is gone. Needs the [`SlotLocks`] of the slots the system
-/// may write. Returns the directories unmounted.
+/// at `<prefix>/<slot name>`, and what a bundle view left under `<prefix>`
+/// when no live view holds it (see [`crate::bundleview::release_unused`]).
+/// Needs the [`SlotLocks`] of the slots the system may write. Returns what
+/// it removed.
 pub fn release_stale<'a>(
     _locks: &SlotLocks,
     prefix: &Path,
@@ -176,19 +180,34 @@ pub fn release_stale<'a>(
             stale.push(dir);
         }
     }
-    let bundle = prefix.join("bundle");
-    if mounts.iter().any(|m| m.target == bundle) && std::fs::metadata(&bundle).is_err() {
-        stale.push(bundle);
-    }
     for dir in &stale {
         tracing::warn!("Unmounting {}, left mounted by an interrupted installation", dir.display());
-        if tools::run("umount", &[dir]).is_err()
-            && let Err(e) = tools::run("umount", &["-l".as_ref(), dir.as_os_str()])
-        {
+        if let Err(e) = umount_or_detach(dir) {
             tracing::warn!("{e}");
         }
     }
+    for what in crate::bundleview::release_unused(&prefix) {
+        tracing::warn!("Removed {what}, left by an interrupted bundle view");
+        stale.push(PathBuf::from(what));
+    }
     stale
+}
+
+/// Unmounts `dir` and removes the (then empty) directory; when it is busy
+/// (a process still inside), detaches it lazily instead (it goes once the
+/// last user leaves). Returns whether it had to be lazy.
+pub fn umount_or_detach(dir: &Path) -> Result<bool> {
+    match tools::run("umount", &[dir]) {
+        Ok(_) => {
+            let _ = std::fs::remove_dir(dir);
+            Ok(false)
+        }
+        Err(e) => {
+            tools::run("umount", &["-l".as_ref(), dir.as_os_str()])
+                .map_err(|l| Error::Failed(format!("{e}; a lazy unmount failed too: {l}")))?;
+            Ok(true)
+        }
+    }
 }
 
 /// Unmounts `dir` and removes the (then empty) directory.

@@ -747,6 +747,33 @@ fn a_linked_grub_environment_is_changed_where_the_link_leads() {
 }
 
 #[test]
+fn a_process_left_inside_the_bundle_view_does_not_block_the_next_install() {
+    // The pre-install handler leaves a process behind in the bundle view.
+    let d = device("dbus-busy-view", "pre-install=linger.sh\n");
+    let pid = d.path("lingering.pid");
+    script(
+        &d.path("linger.sh"),
+        &format!(
+            "setsid sh -c 'cd \"$RAUC_BUNDLE_MOUNT_POINT\" && exec sleep 60' </dev/null >/dev/null 2>&1 &\necho $! >> {}\n",
+            pid.display()
+        ),
+    );
+    let b = bundle("dbus-busy-view", "Test Config");
+    let bus = Bus::start();
+    let _svc = Service::start(&d, &bus, &[]);
+    for round in 0..2 {
+        let out = finished(client_install(&d, &bus, b.to_str().unwrap()), 60);
+        assert_eq!(out.status.code(), Some(0), "round {round}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let log = fs::read_to_string(d.path("service.log")).unwrap();
+    assert!(log.contains("is still in use by a process: detached"), "{log}");
+    assert!(!testkit::mounted_below(&d.path("mnt")), "the views are detached from the namespace");
+    for p in fs::read_to_string(&pid).unwrap().split_whitespace() {
+        run(Command::new("kill").arg(p)).ok();
+    }
+}
+
+#[test]
 fn python_dasbus_client() {
     let d = device("dbus-dasbus", "");
     let bus = Bus::start();

@@ -21,34 +21,51 @@ fn digest(d: &Device, f: &str) -> String {
     sha256_hex(&fs::read(d.path(f)).unwrap())
 }
 
-#[test]
-fn sigkill_at_any_point_loses_nothing() {
+/// A device in `test-devices/<name>` with A/B root slots and app children
+/// (12 MiB of 0x5A each), GRUB, a data directory and `extra` configuration.
+fn device(name: &str, extra: &str) -> Device {
     let conf = format!(
-        "[system]\ncompatible=Test Config\nbootloader=grub\ngrubenv=grubenv\ndata-directory=data\n\
+        "[system]\ncompatible=Test Config\nbootloader=grub\ngrubenv=grubenv\ndata-directory=data\n{extra}\n\
          [keyring]\npath={}\n\
          [slot.rootfs.0]\ndevice=rootfs0.img\nbootname=A\n[slot.rootfs.1]\ndevice=rootfs1.img\nbootname=B\n\
          [slot.appfs.0]\ndevice=appfs0.img\nparent=rootfs.0\n[slot.appfs.1]\ndevice=appfs1.img\nparent=rootfs.1\n",
         pki_file("keyring.pem").display()
     );
-    let d = Device::new(target_dir().join("test-devices/interrupted"), &conf);
+    let d = Device::new(target_dir().join("test-devices").join(name), &conf);
     d.grub_ab(12 << 20, 0x5A);
-    let dir = target_dir().join("test-bundles/interrupted");
+    d
+}
+
+/// A bundle in `test-bundles/<name>` with an 8 MiB rootfs and a 4 MiB
+/// appfs image (random, from `seed`): the bundle and the two images.
+fn bundle(name: &str, seed: u64) -> (std::path::PathBuf, Vec<u8>, Vec<u8>) {
+    let dir = target_dir().join("test-bundles").join(name);
     let _ = fs::remove_dir_all(&dir);
     let c = Content::new(dir.join("content"));
-    let root = c.image("rootfs.img", 8 << 20, 21);
-    let app = c.image("appfs.img", 4 << 20, 22);
+    let root = c.image("rootfs.img", 8 << 20, seed);
+    let app = c.image("appfs.img", 4 << 20, seed + 1);
     c.manifest(
         "[update]\ncompatible=Test Config\nversion=1\n[bundle]\nformat=verity\n\
          [image.rootfs]\nfilename=rootfs.img\n[image.appfs]\nfilename=appfs.img\n",
     );
-    let bundle = dir.join("b.raucb");
-    rota_bundle(&c.dir, &bundle, "release").ok();
+    let b = dir.join("b.raucb");
+    rota_bundle(&c.dir, &b, "release").ok();
+    (b, root, app)
+}
+
+/// Whether B's slots hold `root` and `app` completely.
+fn holds(d: &Device, root: &[u8], app: &[u8]) -> bool {
+    let r = fs::read(d.path("rootfs1.img")).unwrap();
+    let a = fs::read(d.path("appfs1.img")).unwrap();
+    r[..root.len()] == root[..] && a[..app.len()] == app[..]
+}
+
+#[test]
+fn sigkill_at_any_point_loses_nothing() {
+    let d = device("interrupted", "");
+    let (bundle, root, app) = bundle("interrupted", 21);
     let booted = (digest(&d, "rootfs0.img"), digest(&d, "appfs0.img"));
-    let holds_update = |d: &Device| {
-        let r = fs::read(d.path("rootfs1.img")).unwrap();
-        let a = fs::read(d.path("appfs1.img")).unwrap();
-        r[..root.len()] == root[..] && a[..app.len()] == app[..]
-    };
+    let holds_update = |d: &Device| holds(d, &root, &app);
 
     // How long an uninterrupted install takes, to spread the kill points over it.
     let t0 = Instant::now();
@@ -90,4 +107,87 @@ fn sigkill_at_any_point_loses_nothing() {
     assert!(holds_update(&d));
     assert_eq!(selected(&grubenv(&d.path("grubenv"))), "B");
     assert_eq!((digest(&d, "rootfs0.img"), digest(&d, "appfs0.img")), booted);
+}
+
+/// Loop devices whose backing file lies below `dir`.
+fn loops_below(dir: &std::path::Path) -> Vec<String> {
+    let dir = fs::canonicalize(dir).unwrap();
+    fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let backing = fs::read_to_string(e.path().join("loop/backing_file")).ok()?;
+            std::path::Path::new(backing.trim())
+                .starts_with(&dir)
+                .then(|| format!("{:?}: {}", e.file_name(), backing.trim()))
+        })
+        .collect()
+}
+
+#[test]
+fn the_service_killed_at_any_point_leaves_nothing_that_stops_the_next_install() {
+    use testkit::bus::{Bus, Service};
+    const SERVICE_KILLS: u32 = 24;
+    // A pre-install handler: every installation mounts the bundle view
+    // (FUSE, a loop device, squashfs) under the device's mount prefix.
+    let d = device("interrupted-service", "mountprefix=mnt\n[handlers]\npre-install=pre.sh");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::write(d.path("pre.sh"), "#!/bin/sh\nls \"$RAUC_BUNDLE_MOUNT_POINT\" >/dev/null\n").unwrap();
+        fs::set_permissions(d.path("pre.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let (bundle, root, app) = bundle("interrupted-service", 23);
+    let booted = (digest(&d, "rootfs0.img"), digest(&d, "appfs0.img"));
+    let holds_update = |d: &Device| holds(d, &root, &app);
+    let bus = Bus::start();
+    let install = |d: &Device| {
+        let mut client = d.rota();
+        client.envs(bus.env()).arg("install").arg(&bundle).stdout(Stdio::null()).stderr(Stdio::null());
+        client.spawn().unwrap()
+    };
+
+    // How long an install through the service takes.
+    let svc = Service::start(&d, &bus, &[]);
+    let t0 = Instant::now();
+    assert!(install(&d).wait().unwrap().success());
+    let span = t0.elapsed().as_micros() as u64 * 11 / 10;
+    assert!(svc.stop().success());
+    run(Command::new("grub-editenv").arg(d.path("grubenv")).args(["set", "ORDER=A B", "B_OK=0"])).ok();
+
+    let delays = pseudo_random(SERVICE_KILLS as usize * 8, 98);
+    let mut left_mounted = 0;
+    for i in 0..SERVICE_KILLS {
+        let r = u64::from_le_bytes(delays[i as usize * 8..][..8].try_into().unwrap());
+        let delay = Duration::from_micros(r % span.max(1));
+        let svc = Service::start(&d, &bus, &[]);
+        let mut client = install(&d);
+        std::thread::sleep(delay);
+        svc.signal(libc::SIGKILL);
+        svc.wait();
+        let _ = client.wait();
+        if testkit::mounted_below(&d.path("mnt")) {
+            left_mounted += 1;
+        }
+        assert_eq!((digest(&d, "rootfs0.img"), digest(&d, "appfs0.img")), booted, "kill {i} after {delay:?}");
+        let env = grubenv(&d.path("grubenv"));
+        if selected(&env) == "B" {
+            assert!(holds_update(&d), "kill {i} after {delay:?}: B selected but not completely written: {env:?}");
+        }
+        // The next install through a restarted service succeeds, and once the
+        // service stopped nothing of either is left: no mount, no loop
+        // device, no FUSE session, no payload directory.
+        let svc = Service::start(&d, &bus, &[]);
+        let out = install(&d).wait_with_output().unwrap();
+        assert!(out.status.success(), "kill {i}: {}", fs::read_to_string(d.path("service.log")).unwrap());
+        assert!(holds_update(&d));
+        assert_eq!(selected(&grubenv(&d.path("grubenv"))), "B");
+        assert!(svc.stop().success());
+        assert!(!testkit::mounted_below(&d.dir), "kill {i}: {}", fs::read_to_string("/proc/self/mountinfo").unwrap());
+        assert_eq!(loops_below(&d.dir), Vec::<String>::new(), "kill {i}");
+        let left: Vec<_> = fs::read_dir(d.path("mnt")).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert!(left.iter().all(|n| !n.to_string_lossy().starts_with(".payload-")), "kill {i}: {left:?}");
+        run(Command::new("grub-editenv").arg(d.path("grubenv")).args(["set", "ORDER=A B", "B_OK=0"])).ok();
+    }
+    eprintln!("{SERVICE_KILLS} kills over {span} µs, {left_mounted} left the bundle view mounted");
+    assert!(left_mounted > 0, "no kill hit a mounted bundle view");
 }

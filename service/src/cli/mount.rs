@@ -5,7 +5,7 @@
 
 use crate::bundleview::BundleView;
 use rota_bundle::bundle::Bundle;
-use rota_bundle::cli::{CliError, Context, fail};
+use rota_bundle::cli::{CliError, Context};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -48,9 +48,6 @@ fn serve(ctx: &Context) -> Result<(), CliError> {
     let opts = super::open_options(ctx, &config, &Default::default())?;
     let bundle = Bundle::open(&loc, &opts)?;
     let dir = config.system.mount_prefix.join("bundle");
-    if crate::mounts::is_mount_point(&dir) {
-        return fail(format!("Failed mounting bundle: {} is already a mount point", dir.display()));
-    }
     let view = BundleView::mount(bundle.payload(), &dir)?;
     let d = view.path().display();
     println!("Mounted bundle at {d}. Use 'umount {d}' to unmount.");

@@ -233,9 +233,6 @@ fn run(
         let fs = bundle.filesystem().map_err(|e| Error::Failed(format!("Failed mounting bundle: {e}")))?;
         let mounted = if needs_mount {
             let dir = system.config.system.mount_prefix.join("bundle");
-            if crate::mounts::is_mount_point(&dir) {
-                return failed(format!("Failed mounting bundle: {} is already a mount point", dir.display()));
-            }
             let view = BundleView::mount(bundle.payload(), &dir)?;
             Some(MountedBundle { view, spki_hashes: bundle.signature().spki_hashes() })
         } else {
