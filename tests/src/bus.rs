@@ -108,6 +108,11 @@ impl Service {
         unsafe { libc::kill(child.id() as i32, signal) };
     }
 
+    /// The service's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Whether the service still runs.
     pub fn running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| c.try_wait().is_ok_and(|s| s.is_none()))

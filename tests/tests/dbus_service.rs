@@ -773,6 +773,33 @@ fn a_process_left_inside_the_bundle_view_does_not_block_the_next_install() {
     }
 }
 
+/// The anonymous memory the process `pid` holds, in KiB.
+fn rss_anon_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("RssAnon:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_service_gives_its_memory_back_after_an_installation() {
+    let d = device("dbus-memory", "pre-install=pre.sh\n");
+    script(&d.path("pre.sh"), "ls \"$RAUC_BUNDLE_MOUNT_POINT\" >/dev/null\n");
+    for f in ["rootfs0.img", "rootfs1.img"] {
+        d.slot_file(f, 20 << 20, 0xAA);
+    }
+    let (b, _, server) = testkit::httpd::held_bundle("dbus-memory", 8 << 20, (u64::MAX, u64::MAX));
+    let bus = Bus::start();
+    let svc = Service::start(&d, &bus, &[]);
+    let idle = rss_anon_kib(svc.pid());
+    // A local install (through the bundle view) and a streamed one.
+    for location in [b.to_str().unwrap().to_string(), server.url("/b.raucb")] {
+        let out = finished(client_install(&d, &bus, &location), 60);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let after = rss_anon_kib(svc.pid());
+    assert!(after < idle + 8 * 1024, "{after} KiB of anonymous memory after two installations, {idle} KiB idle");
+}
+
 #[test]
 fn python_dasbus_client() {
     let d = device("dbus-dasbus", "");

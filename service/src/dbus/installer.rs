@@ -473,6 +473,7 @@ pub async fn worker(
         }
         let result = run.await.unwrap_or_else(|e| Err(format!("Internal error: {e}")));
         *service.current.lock().expect("not poisoned") = None;
+        give_back_memory();
         super::control::update(&details, |s| s.finish()).await;
         if let Err(e) = &result {
             tracing::warn!("Installation failed: {e}");
@@ -494,5 +495,30 @@ pub async fn worker(
         if let Err(e) = i.operation_changed(iref.signal_emitter()).await {
             tracing::warn!("Failed to announce the operation: {e}");
         }
+    }
+}
+
+/// Returns the heap an installation freed (an index's tables, small
+/// buffers) to the system: glibc keeps freed memory for reuse, and a
+/// service idle for days should not hold tens of MiB on a small device.
+fn give_back_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Has glibc hand large blocks (copy buffers, HTTP windows, squashfs
+/// blocks: 256 KiB and more) straight back to the system when they are
+/// freed, instead of raising its threshold and keeping them in per-thread
+/// arenas, and keeps those arenas few: the service's memory then returns to
+/// its idle size after each installation.
+pub fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator parameters; called before threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }

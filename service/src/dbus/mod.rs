@@ -166,6 +166,7 @@ pub(crate) fn run_dir() -> PathBuf {
 
 /// `rota service`.
 pub fn run(ctx: &Context) -> Result<(), CliError> {
+    installer::tune_allocator();
     let system = crate::cli::setup(ctx)?;
     let service = Arc::new(Service {
         system,
