@@ -801,6 +801,22 @@ fn the_service_gives_its_memory_back_after_an_installation() {
 }
 
 #[test]
+fn bus_addresses_are_read_as_libdbus_reads_them() {
+    // As `dbus-daemon --print-address` writes it (a newline at the end), after
+    // an alternative that does not answer.
+    let d = device("dbus-address", "");
+    let bus = Bus::start();
+    let address = format!("unix:path=/nonexistent/bus;{}\n", bus.address);
+    let env = [("DBUS_SESSION_BUS_ADDRESS", address.as_str())];
+    let _svc = Service::start(&d, &bus, &env);
+    // No configuration here: only the service can answer.
+    let mut status = testkit::rota();
+    status.envs(bus.env()).envs(env).args(["status", "--output-format=json"]);
+    let out = run(&mut status).ok();
+    assert!(out.stdout.contains("\"booted\":\"A\""), "{}", out.stdout);
+}
+
+#[test]
 fn python_dasbus_client() {
     let d = device("dbus-dasbus", "");
     let bus = Bus::start();

@@ -32,9 +32,7 @@ impl Client {
     pub fn connect() -> Option<Client> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
         let conn = rt.block_on(async {
-            let conn =
-                if crate::dbus::use_session_bus() { Connection::session().await } else { Connection::system().await }
-                    .ok()?;
+            let conn = crate::dbus::connect_bus(crate::dbus::use_session_bus()).await.ok()?;
             let dbus = zbus::fdo::DBusProxy::new(&conn).await.ok()?;
             let name = zbus::names::BusName::try_from(rota_dbus::BUS_NAME).ok()?;
             if dbus.name_has_owner(name).await.unwrap_or(false) {

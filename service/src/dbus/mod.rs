@@ -159,6 +159,40 @@ pub fn use_session_bus() -> bool {
     std::env::var("DBUS_STARTER_BUS_TYPE").is_ok_and(|v| v == "session")
 }
 
+/// The addresses of the bus, as libdbus and GLib read them from
+/// `DBUS_SESSION_BUS_ADDRESS` or `DBUS_SYSTEM_BUS_ADDRESS`: white space
+/// around the value dropped (an address read from `dbus-daemon
+/// --print-address` ends in a newline), `;`-separated alternatives in
+/// order. Empty when the variable is not set: the usual place is used then.
+pub fn bus_addresses(session: bool) -> Vec<String> {
+    let var = if session { "DBUS_SESSION_BUS_ADDRESS" } else { "DBUS_SYSTEM_BUS_ADDRESS" };
+    let value = std::env::var(var).unwrap_or_default();
+    value.split(';').map(str::trim).filter(|a| !a.is_empty()).map(str::to_string).collect()
+}
+
+/// Builders for the bus, one per address in order ([`bus_addresses`]), or
+/// zbus's own way to the bus when no address is set.
+pub fn bus_builders(session: bool) -> Vec<zbus::connection::Builder<'static>> {
+    let addresses = bus_addresses(session);
+    if addresses.is_empty() {
+        let b = if session { zbus::connection::Builder::session() } else { zbus::connection::Builder::system() };
+        return vec![b];
+    }
+    addresses.into_iter().map(|a| zbus::connection::Builder::address(a.as_str())).collect()
+}
+
+/// A connection to the bus: the first of its addresses that answers.
+pub async fn connect_bus(session: bool) -> zbus::Result<zbus::Connection> {
+    let mut last = zbus::Error::Address("no bus address".into());
+    for builder in bus_builders(session) {
+        match builder.build().await {
+            Ok(c) => return Ok(c),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 /// Where the runtime links go (`ROTA_RUN_DIR` moves them for tests).
 pub(crate) fn run_dir() -> PathBuf {
     std::env::var_os("ROTA_RUN_DIR").map_or_else(|| PathBuf::from(runtime::RUN_DIR), PathBuf::from)
@@ -209,26 +243,36 @@ async fn serve(service: Arc<Service>) -> Result<(), CliError> {
     use futures_util::StreamExt;
     let session = use_session_bus();
     let bus = if session { "session" } else { "system" };
-    let builder = if session { zbus::connection::Builder::session() } else { zbus::connection::Builder::system() };
     let (jobs, queue) = tokio::sync::mpsc::unbounded_channel();
-    let installer = Installer::new(service.clone(), jobs);
     let polling = service.system.config.polling.clone();
-    let mut builder = builder;
-    if let Some(p) = &polling {
-        builder = builder.serve_at(rota_dbus::OBJECT_PATH, poller::Poller::new(p));
+    // The first of the bus's addresses that answers.
+    let mut last = zbus::Error::Address("no bus address".into());
+    let mut connected = None;
+    for mut builder in bus_builders(session) {
+        if let Some(p) = &polling {
+            builder = builder.serve_at(rota_dbus::OBJECT_PATH, poller::Poller::new(p));
+        }
+        let built = builder
+            .name(rota_dbus::BUS_NAME)
+            .allow_name_replacements(false)
+            .replace_existing_names(false)
+            .serve_at(rota_dbus::OBJECT_PATH, Installer::new(service.clone(), jobs.clone()))
+            .serve_at(rota_dbus::OBJECT_PATH, control::Control::new(service.clone()))
+            .build()
+            .await;
+        match built {
+            Ok(c) => {
+                connected = Some(c);
+                break;
+            }
+            Err(zbus::Error::NameTaken) => {
+                return Err(fail(format!("Failed to obtain name {} on {bus} bus", rota_dbus::BUS_NAME)));
+            }
+            Err(e) => last = e,
+        }
     }
-    let conn = builder
-        .name(rota_dbus::BUS_NAME)
-        .allow_name_replacements(false)
-        .replace_existing_names(false)
-        .serve_at(rota_dbus::OBJECT_PATH, installer)
-        .serve_at(rota_dbus::OBJECT_PATH, control::Control::new(service.clone()))
-        .build()
-        .await
-        .map_err(|e| match e {
-            zbus::Error::NameTaken => fail(format!("Failed to obtain name {} on {bus} bus", rota_dbus::BUS_NAME)),
-            e => fail(format!("Failed to connect to the {bus} bus: {e}")),
-        })?;
+    drop(jobs);
+    let conn = connected.ok_or_else(|| fail(format!("Failed to connect to the {bus} bus: {last}")))?;
     let iref = conn
         .object_server()
         .interface::<_, Installer>(rota_dbus::OBJECT_PATH)
