@@ -55,6 +55,22 @@ pub fn instances(repo: &ArtifactRepoConfig) -> Result<Vec<Instance>> {
     Ok(out)
 }
 
+/// Checks that every repository of `system` can be read, as RAUC does
+/// before `status`, at the service's start and when an installation plans
+/// its artifacts: `Failed to initialize artifact repos: …`.
+pub fn init(system: &crate::system::System) -> Result<()> {
+    for repo in &system.config.artifacts {
+        if let Err(e) = std::fs::read_dir(&repo.path) {
+            return failed(format!(
+                "Failed to initialize artifact repos: Error opening directory “{}”: {}",
+                repo.path.display(),
+                crate::error::strerror(&e)
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Whether an instance of `name` with `digest` is installed.
 pub fn has_instance(repo: &ArtifactRepoConfig, name: &str, digest: &str) -> bool {
     repo.path.join(instance_entry(name, digest)).exists()

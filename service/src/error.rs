@@ -42,3 +42,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub fn failed<T>(message: impl Into<String>) -> Result<T> {
     Err(Error::Failed(message.into()))
 }
+
+/// The system's text for an I/O error, as C's `strerror` (and GLib's
+/// messages) give it: without Rust's ` (os error N)`.
+pub fn strerror(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match e.raw_os_error() {
+        Some(code) => text.strip_suffix(&format!(" (os error {code})")).unwrap_or(&text).to_string(),
+        None => text,
+    }
+}

@@ -137,6 +137,17 @@ impl System {
     /// Sets up the context: boot slot (`override_slot` first), slot states,
     /// mount points, variant and system-info handler.
     pub fn setup(config: SystemConfig, override_slot: Option<&str>) -> Result<System> {
+        Self::setup_with(config, override_slot, true)
+    }
+
+    /// [`System::setup`] for commands that work without knowing the booted
+    /// slot (`write-slot`, as RAUC's): when it cannot be found, every slot
+    /// counts as inactive and the boot slot is empty.
+    pub fn setup_without_boot(config: SystemConfig, override_slot: Option<&str>) -> Result<System> {
+        Self::setup_with(config, override_slot, false)
+    }
+
+    fn setup_with(config: SystemConfig, override_slot: Option<&str>, need_boot: bool) -> Result<System> {
         let bootloader = bootloader::for_config(&config);
         let mut system_info = Vec::new();
         if let Some(handler) = &config.handlers.system_info {
@@ -156,8 +167,16 @@ impl System {
         if let Some((_, v)) = system_info.iter().find(|(k, _)| k == "RAUC_SYSTEM_VARIANT") {
             variant = v.clone();
         }
-        let boot_slot = bootslot::detect(override_slot, bootloader.as_ref())?;
-        let states = slot_states(&config.slots, &boot_slot)?;
+        let found = bootslot::detect(override_slot, bootloader.as_ref())
+            .and_then(|b| slot_states(&config.slots, &b).map(|states| (b, states)));
+        let (boot_slot, states) = match found {
+            Ok(found) => found,
+            Err(e) if !need_boot => {
+                tracing::debug!("{e}");
+                (String::new(), vec![SlotState::Inactive; config.slots.len()])
+            }
+            Err(e) => return Err(e),
+        };
         let table = mounts::table();
         let slots = config
             .slots

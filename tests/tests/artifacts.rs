@@ -155,3 +155,24 @@ fn a_failed_install_leaves_the_running_systems_artifacts_as_they_were() {
     assert_eq!((link(&apps, "app-a"), link(&apps, "app-b"), entries(&apps)), before);
     assert_eq!(fs::read(apps.join("app-a")).unwrap(), b"app a v1");
 }
+
+#[test]
+fn a_missing_repository_directory_is_reported_where_it_is_used() {
+    // As RAUC: the configuration loads; status, the service and installations say so.
+    let d = device("artifacts-missing");
+    fs::remove_dir(d.path("repos/web")).unwrap();
+    let message = format!(
+        "Failed to initialize artifact repos: Error opening directory “{}”: No such file or directory",
+        d.path("repos/web").display()
+    );
+    let r = run(d.rota().arg("status")).fails();
+    assert!(r.stderr.contains(&message), "{}", r.stderr);
+    let r = run(d.rota().arg("service")).fails();
+    assert!(r.stderr.contains(&message), "{}", r.stderr);
+    let b = bundle("artifacts-missing", &[("app-a.bin", b"a")], None, "[image.rootfs]\nfilename=rootfs.img\n");
+    let r = run(d.rota().arg("install").arg(&b)).fails();
+    assert!(r.stderr.contains(&message), "{}", r.stderr);
+    // A command that needs no repository works.
+    fs::write(d.path("new.img"), vec![1u8; 4096]).unwrap();
+    run(d.rota().args(["write-slot", "rootfs.1"]).arg(d.path("new.img"))).ok();
+}

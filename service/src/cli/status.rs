@@ -39,6 +39,7 @@ pub(super) fn run(ctx: &Context) -> Result<(), CliError> {
     let system = super::setup(ctx)?;
     match state {
         None => {
+            crate::artifacts::init(&system)?;
             print!("{}", StatusReport::gather(&system).render(format, ctx.args.has("detailed")));
             Ok(())
         }

@@ -400,14 +400,10 @@ fn artifacts_section(
     if slot_classes.contains(&name) {
         return Err(r.group_error(format!("Repository name '{name}' is already used as a slot class name")));
     }
+    // Whether the directory exists is checked where it is used (status,
+    // service start, installation), as RAUC does.
     let path =
         r.path("path", Some(base))?.ok_or_else(|| r.group_error(format!("Missing path for repository '{name}'")))?;
-    if !path.is_dir() {
-        return Err(r.bad(
-            r.entry("path").expect("read"),
-            format!("Key 'path' in group '[{}]': '{}' is not an existing directory", r.group.name, path.display()),
-        ));
-    }
     let repo_type = match r.string("type")?.as_deref() {
         Some("files") => ArtifactRepoType::Files,
         Some("trees") => ArtifactRepoType::Trees,

@@ -212,6 +212,7 @@ pub fn run(ctx: &Context) -> Result<(), CliError> {
     if service.system.config.polling.is_some() && service.system.system_version().is_none() {
         return Err(fail("system version not provided via system-info handler".into()));
     }
+    crate::artifacts::init(&service.system)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

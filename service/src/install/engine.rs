@@ -297,6 +297,7 @@ fn default_handler(
 ) -> Result<Outcome> {
     let images = manifest.select_images(system.variant()).map_err(Error::Failed)?;
     let plans = plan::plans(system, group, &images)?;
+    artifacts::init(system)?;
     let artifact_plans = plan::artifact_plans(system, manifest)?;
     if plans.is_empty() && artifact_plans.is_empty() {
         return failed("No installable image found");
