@@ -99,13 +99,35 @@ pub fn open_regular(path: &Path) -> io::Result<std::fs::File> {
     Ok(file)
 }
 
-/// Turns a `file://` URI into a path; other strings are paths already.
+/// Turns a `file:` URI into a path as RAUC does (GLib's conversion, no
+/// host part); other strings are paths already.
 pub fn local_path(location: &str) -> Result<PathBuf> {
-    match location.strip_prefix("file://") {
-        Some(rest) if rest.starts_with('/') => Ok(PathBuf::from(rest)),
-        Some(_) => Err(Error::Other(format!("Invalid file URI '{location}': a host part is not supported"))),
-        None => Ok(PathBuf::from(location)),
+    if crate::uri::scheme(location) != Some("file") {
+        return Ok(PathBuf::from(location));
     }
+    match crate::uri::filename_from_uri(location) {
+        Ok((path, None)) => Ok(path),
+        Ok((_, Some(_))) => Err(Error::Other(FILE_URI_WITH_HOST.to_string())),
+        Err(e) => Err(Error::Other(format!("Conversion error: {e}"))),
+    }
+}
+
+/// RAUC's refusal of `file://host/…`.
+pub const FILE_URI_WITH_HOST: &str = "file URI with hostname detected. Did you forget to add a leading / ?";
+
+/// A bundle argument as RAUC's `install`, `info` and `mount` resolve it: a
+/// `file:` URI becomes its path, a relative path is made absolute, and a
+/// local bundle must exist (`No such file: <path>`); other URIs are kept.
+pub fn resolve_location(arg: &str) -> Result<String> {
+    let path = match crate::uri::scheme(arg) {
+        Some("file") => local_path(arg)?,
+        Some(_) => return Ok(arg.to_string()),
+        None => std::path::absolute(arg).unwrap_or_else(|_| PathBuf::from(arg)),
+    };
+    if !path.exists() {
+        return Err(Error::Other(format!("No such file: {}", path.display())));
+    }
+    Ok(path.to_string_lossy().into_owned())
 }
 
 /// The verified parts of a bundle, as either format path finds them.

@@ -118,30 +118,30 @@ fn mirror_input(input: &Path, work: &Path, top: bool, trees: &[String]) -> Resul
         let src = entry.path();
         let dst = work.join(&name);
         let ft = entry.file_type().map_err(|e| io_err("stat", &src, e))?;
-        if ft.is_dir() {
-            if top && name.to_string_lossy().starts_with('.') {
-                return Err(Error::Other(format!(
-                    "Hidden directories are not allowed in the bundle input directory: {}",
-                    src.display()
-                )));
-            }
-            mirror_input(&src, &dst, false, &[])?;
-        } else if ft.is_symlink() {
+        let shown = name.to_string_lossy();
+        let refused = |what: &str| Err(Error::Other(format!("{what} bundle contents ({shown})")));
+        if ft.is_symlink() {
+            // What a link leaving its directory should mean is unclear, so
+            // only links to a name in the same directory are taken.
             let target = fs::read_link(&src).map_err(|e| io_err("read link", &src, e))?;
-            if target.is_absolute() || target.to_string_lossy().contains('/') {
-                return Err(Error::Other(format!(
-                    "Symlink '{}' must point to a file in the same directory (target '{}')",
-                    src.display(),
-                    target.display()
-                )));
+            if target.is_absolute() {
+                return refused("absolute symlinks are not supported as");
+            }
+            if target.to_string_lossy().contains('/') {
+                return refused("symlinks containing slashes are not supported as");
             }
             std::os::unix::fs::symlink(&target, &dst).map_err(|e| io_err("create symlink", &dst, e))?;
+        } else if ft.is_dir() {
+            if top && shown.starts_with('.') {
+                return refused("hidden directories are not supported as top-level");
+            }
+            mirror_input(&src, &dst, false, &[])?;
         } else if ft.is_file() {
             if fs::hard_link(&src, &dst).is_err() {
                 fs::copy(&src, &dst).map_err(|e| io_err("copy", &src, e))?;
             }
         } else {
-            return Err(Error::Other(format!("Unsupported file type in bundle input directory: {}", src.display())));
+            return refused("only regular files are supported as");
         }
     }
     Ok(())
@@ -442,8 +442,6 @@ pub fn create(
             output.display()
         )));
     }
-    let signer = opts.signing.signer()?;
-
     let work = input_abs.join(WORKDIR_NAME);
     if work.exists() {
         fs::remove_dir_all(&work).map_err(|e| io_err("remove stale", &work, e))?;
@@ -464,6 +462,10 @@ pub fn create(
     }
     let format = manifest.bundle.format;
     announce(format);
+    // As RAUC: the manifest's checks and the signing material once the
+    // format is announced, still before any work is done.
+    manifest.check_min_rauc_version().map_err(Error::Other)?;
+    let signer = opts.signing.signer()?;
     for hook_file in [&manifest.hooks.filename, &manifest.handler.filename].into_iter().flatten() {
         if !work.join(hook_file).is_file() {
             return Err(Error::Other(format!("Hook or handler file '{hook_file}' not found in input directory")));
@@ -648,16 +650,23 @@ pub fn resign(input: &str, output: &Path, opts: &ResignOptions) -> Result<Vec<St
     let mut file = new_output(&tmp)?;
     copy_payload(bundle.payload_source().as_ref(), bundle.layout().payload_size, &mut file)?;
     container::write_signature(&mut file, &cms)?;
-    if let Some(k) = &opts.signing.keyring {
-        file.sync_all()?;
-        warnings.extend(check_new_bundle(&tmp, k, &opts.open)?);
+    match &opts.signing.keyring {
+        // Bundles with more than one signer cannot be verified (RAUC does
+        // not either), so the new signer's certificate is checked alone.
+        Some(k) if opts.append => signer.check_chain(k)?,
+        Some(k) => {
+            file.sync_all()?;
+            warnings.extend(check_new_bundle(&tmp, k, &opts.open)?);
+        }
+        None => {}
     }
     finish_output(file, &tmp, output, guard)?;
     Ok(warnings)
 }
 
 /// `replace-signature <IN> <SIG> <OUT>`: the payload of IN with the DER CMS
-/// from SIG; the result is verified with `keyring` when one is given.
+/// from SIG. IN is opened (and verified) with `open` first; the result is
+/// verified with `keyring` whenever one is given.
 pub fn replace_signature(
     input: &str,
     sig: &Path,
@@ -666,6 +675,8 @@ pub fn replace_signature(
     open: &OpenOptions,
 ) -> Result<()> {
     check_new_output(output)?;
+    // The bundle whose signature is replaced passes the usual checks first.
+    drop(Bundle::open(input, open)?);
     let cms = fs::read(sig).map_err(|e| io_err("read signature", sig, e))?;
     if !signature::is_enveloped(&cms) {
         signature::parse_signed_data(&cms)?;
@@ -681,7 +692,7 @@ pub fn replace_signature(
     file.sync_all()?;
     if let Some(k) = keyring {
         let mut o = open.clone();
-        o.verify = VerifyOptions { keyring: k.clone(), ..o.verify.clone() };
+        o.verify = VerifyOptions { keyring: k.clone(), no_verify: false, ..o.verify.clone() };
         o.trust_environment = true;
         let b = Bundle::open(&tmp.to_string_lossy(), &o)?;
         b.check_payload()?;

@@ -200,19 +200,35 @@ impl Default for HostConfig {
 
 /// Applies one `-C SECTION:KEY=VALUE` override to a parsed key file.
 pub fn apply_override(kf: &mut KeyFile, spec: &str) -> Result<()> {
-    let Some((section, rest)) = spec.split_once(':') else {
-        return Err(Error::Other("Error in parsing override: Missing ':'".to_string()));
-    };
-    let Some((key, value)) = rest.split_once('=') else {
-        return Err(Error::Other("Error in parsing override: Missing '='".to_string()));
-    };
-    if section.is_empty() || key.is_empty() {
-        return Err(Error::Other(
-            "Error in parsing override: you must specify it in format SECTION:KEY=VALUE".to_string(),
-        ));
-    }
+    let (section, key, value) = split_override(spec).map_err(Error::Other)?;
     kf.group_mut(section).set_raw(key, value);
     Ok(())
+}
+
+/// `SECTION:KEY=VALUE` in its parts: split at the first `=`, then the part
+/// before it at the first `:`, as RAUC does (so the value may hold both).
+fn split_override(spec: &str) -> std::result::Result<(&str, &str, &str), String> {
+    let Some((target, value)) = spec.split_once('=') else {
+        return Err("Error in parsing override: Missing '='".to_string());
+    };
+    let Some((section, key)) = target.split_once(':') else {
+        return Err("Error in parsing override: Missing ':'".to_string());
+    };
+    if section.is_empty() || key.is_empty() {
+        return Err(format!("Error in parsing override: {FORMAT_HINT}"));
+    }
+    Ok((section, key, value))
+}
+
+const FORMAT_HINT: &str = "you must specify it in format SECTION:KEY=VALUE";
+
+/// Checks a `-C` occurrence as the command line is parsed (`None`: `-C`
+/// without a value).
+pub fn check_override(spec: Option<&str>) -> std::result::Result<(), String> {
+    match spec {
+        None => Err(format!("Error in parsing override: {FORMAT_HINT}")),
+        Some(s) => split_override(s).map(|_| ()),
+    }
 }
 
 /// Parses `bundle-formats`: a fixed list, or only `+fmt`/`-fmt` changes to the default.

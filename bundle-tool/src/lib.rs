@@ -23,4 +23,5 @@ pub mod source;
 pub mod sparse;
 pub mod squashfs;
 pub mod tree;
+pub mod uri;
 pub mod verity;

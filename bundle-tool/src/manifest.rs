@@ -439,7 +439,12 @@ impl Manifest {
                     m.update.build = r.string("build")?;
                     if let Some(e) = r.take("min-rauc-version") {
                         let v = keyfile::unescape_string(&e.raw).map_err(|msg| err_at(e.line, msg))?;
-                        check_min_rauc_version(&v).map_err(|msg| err_at(e.line, msg))?;
+                        // A bundle's is checked as it is read; an input
+                        // manifest's once the bundle tool has said what it
+                        // creates (`check_min_rauc_version`), as RAUC does.
+                        if origin == ManifestOrigin::Bundle {
+                            check_min_rauc_version(&v).map_err(|msg| err_at(e.line, msg))?;
+                        }
                         m.update.min_rauc_version = Some(v);
                     }
                 }
@@ -764,16 +769,26 @@ pub fn without_secrets(text: &str) -> String {
     out
 }
 
-fn check_min_rauc_version(v: &str) -> Result<(), String> {
-    let parsed = SemVer::parse(v).ok_or_else(|| format!("Failed to parse 'min-rauc-version' value '{v}'"))?;
-    if parsed < SemVer::parse("1.14").expect("constant") {
-        return Err(format!("Invalid 'min-rauc-version' '{v}': the key exists since 1.14"));
+impl Manifest {
+    /// Checks `min-rauc-version`, if set: a version, not newer than the
+    /// RAUC level rota implements, and above 1.13 (the key is 1.14's).
+    pub fn check_min_rauc_version(&self) -> Result<(), String> {
+        self.update.min_rauc_version.as_deref().map_or(Ok(()), check_min_rauc_version)
     }
+}
+
+fn check_min_rauc_version(v: &str) -> Result<(), String> {
+    let parsed = SemVer::parse(v).ok_or_else(|| {
+        format!("Failed to parse 'min-rauc-version'. Expected 'Major[.Minor[.Patch]][-pre_release]]', got '{v}'")
+    })?;
     let current = SemVer::parse(RAUC_COMPAT_VERSION).expect("constant");
     if parsed > current {
         return Err(format!(
             "Minimum RAUC version in manifest ({v}) is newer than current version ({RAUC_COMPAT_VERSION})"
         ));
+    }
+    if parsed <= SemVer::parse("1.13").expect("constant") {
+        return Err(format!("Minimum RAUC version field in manifest is only supported since 1.14 (not '{v}')"));
     }
     Ok(())
 }
@@ -994,13 +1009,30 @@ release-notes=foo bar
     fn min_rauc_version_is_kept() {
         let m = Manifest::parse("[update]\ncompatible=c\nmin-rauc-version=1.14\n", ManifestOrigin::Input).unwrap();
         assert!(m.to_text(ManifestCopy::Internal).contains("min-rauc-version=1.14\n"));
-        let e = Manifest::parse("[update]\ncompatible=c\nmin-rauc-version=9.0\n", ManifestOrigin::Input).unwrap_err();
+        let check = |v: &str| {
+            let text = format!("[update]\ncompatible=c\nmin-rauc-version={v}\n");
+            let input = Manifest::parse(&text, ManifestOrigin::Input).unwrap().check_min_rauc_version();
+            let bundled = Manifest::parse(&text, ManifestOrigin::Bundle).map(|_| ()).map_err(|e| e.message);
+            assert_eq!(input, bundled, "{v}");
+            input
+        };
+        let newer = |v: &str| {
+            format!("Minimum RAUC version in manifest ({v}) is newer than current version ({RAUC_COMPAT_VERSION})")
+        };
+        let old = |v: &str| format!("Minimum RAUC version field in manifest is only supported since 1.14 (not '{v}')");
+        assert_eq!(check("9.0"), Err(newer("9.0")));
+        assert_eq!(check("1000-rc.1+21000101"), Err(newer("1000-rc.1+21000101")));
+        assert_eq!(check("1.13"), Err(old("1.13")));
+        assert_eq!(check("1.13.0"), Err(old("1.13.0")));
+        assert_eq!(check("1.2"), Err(old("1.2")));
+        // RAUC compares with 1.13 itself, so a later 1.13.x passes.
+        assert_eq!(check("1.13.9"), Ok(()));
+        assert_eq!(check("1.14-dev"), Ok(()), "a pre-release of 1.14 is above 1.13");
+        assert_eq!(check("1.14"), Ok(()));
         assert_eq!(
-            e.message,
-            format!("Minimum RAUC version in manifest (9.0) is newer than current version ({RAUC_COMPAT_VERSION})")
+            check("bad_version"),
+            Err("Failed to parse 'min-rauc-version'. Expected 'Major[.Minor[.Patch]][-pre_release]]', got 'bad_version'".into())
         );
-        assert!(Manifest::parse("[update]\ncompatible=c\nmin-rauc-version=1.13\n", ManifestOrigin::Input).is_err());
-        assert!(Manifest::parse("[update]\ncompatible=c\nmin-rauc-version=x\n", ManifestOrigin::Input).is_err());
     }
 
     fn parse_err(text: &str) -> String {

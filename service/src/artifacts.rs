@@ -172,23 +172,71 @@ pub fn deactivate_others(repo: &ArtifactRepoConfig, keep: &[&str]) -> Result<()>
 }
 
 /// Removes unreferenced instances, temporary leftovers and anything else
-/// that is neither an instance nor a symlink; then syncs the repo.
+/// that is neither an instance nor a symlink; then syncs the repo. An
+/// unreferenced instance with a file some process still has open stays
+/// until a later installation, as with RAUC.
 pub fn prune(repo: &ArtifactRepoConfig) -> Result<()> {
     let active: Vec<Instance> = instances(repo)?.into_iter().filter(|i| i.active).collect();
     let dir = std::fs::read_dir(&repo.path).map_err(|e| Error::io("Failed to read artifact repo", &repo.path, e))?;
     for entry in dir.filter_map(|e| e.ok()) {
         let path: PathBuf = entry.path();
         let file_name = entry.file_name().to_string_lossy().into_owned();
-        let keep = match parse_instance(&file_name) {
-            Some((name, digest)) => active.iter().any(|i| i.name == name && i.digest == digest),
-            None => entry.file_type().is_ok_and(|t| t.is_symlink()) && !file_name.ends_with(".link.tmp"),
-        };
-        if !keep {
-            tracing::info!("Removing unused artifact data {}", path.display());
-            crate::files::remove_any(&path).map_err(|e| Error::io("Failed to remove", &path, e))?;
+        match parse_instance(&file_name) {
+            Some((name, digest)) if !active.iter().any(|i| i.name == name && i.digest == digest) => {
+                let where_ = format!("artifact '{name}' with hash '{digest}' from repo '{}'", repo.name);
+                if let Some(open) = open_file_in(&path)? {
+                    tracing::info!("Skipping removal of {where_}: File {} is currently open", open.display());
+                    continue;
+                }
+                tracing::info!("Removing unused {where_}");
+            }
+            Some(_) => continue,
+            None if entry.file_type().is_ok_and(|t| t.is_symlink()) && !file_name.ends_with(".link.tmp") => continue,
+            None => tracing::info!("Removing unexpected data in artifact repo: {}", path.display()),
         }
+        crate::files::remove_any(&path).map_err(|e| Error::io("Failed to remove", &path, e))?;
     }
     sync_dir(&repo.path, true)
+}
+
+/// The first regular file under `path` (itself, or in the tree below it,
+/// not following links nor leaving its file system) that another process
+/// has open: a write lease (fcntl(2)) is only granted on a file nobody
+/// else has open.
+fn open_file_in(path: &Path) -> Result<Option<PathBuf>> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let check = |p: &Path| -> Result<bool> {
+        let file = std::fs::File::options()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(p)
+            .map_err(|e| Error::io("Failed to open", p, e))?;
+        // SAFETY: fcntl on a descriptor we own; the lease ends when it closes.
+        if unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&file), libc::F_SETLEASE, libc::F_WRLCK) } == 0 {
+            return Ok(false);
+        }
+        match std::io::Error::last_os_error() {
+            e if e.raw_os_error() == Some(libc::EAGAIN) => Ok(true),
+            e => failed(format!("Failed to check if {} is open: {e}", p.display())),
+        }
+    };
+    let top = std::fs::symlink_metadata(path).map_err(|e| Error::io("Failed to inspect", path, e))?;
+    let mut pending = vec![path.to_path_buf()];
+    while let Some(p) = pending.pop() {
+        let md = std::fs::symlink_metadata(&p).map_err(|e| Error::io("Failed to inspect", &p, e))?;
+        if md.dev() != top.dev() {
+            continue;
+        }
+        if md.is_file() && check(&p)? {
+            return Ok(Some(p));
+        }
+        if md.is_dir() {
+            for e in std::fs::read_dir(&p).map_err(|e| Error::io("Failed to read", &p, e))? {
+                pending.push(e.map_err(|e| Error::io("Failed to read", &p, e))?.path());
+            }
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -206,6 +254,24 @@ mod tests {
 
     fn repo(dir: &Path, repo_type: ArtifactRepoType) -> ArtifactRepoConfig {
         ArtifactRepoConfig { name: "r".into(), path: dir.to_path_buf(), repo_type, description: None }
+    }
+
+    #[test]
+    fn open_files_are_found_deep_in_a_tree_and_links_are_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("a/b")).unwrap();
+        std::fs::write(tree.join("a/b/deep"), b"x").unwrap();
+        std::fs::write(dir.path().join("outside"), b"y").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("outside"), tree.join("link")).unwrap();
+        let fifo = std::ffi::CString::new(tree.join("fifo").as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo with a valid path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        assert_eq!(open_file_in(&tree).unwrap(), None);
+        let _outside = std::fs::File::open(dir.path().join("outside")).unwrap();
+        assert_eq!(open_file_in(&tree).unwrap(), None, "a link's target is not the tree's");
+        let _deep = std::fs::File::open(tree.join("a/b/deep")).unwrap();
+        assert_eq!(open_file_in(&tree).unwrap(), Some(tree.join("a/b/deep")));
     }
 
     #[test]
@@ -234,6 +300,11 @@ mod tests {
         assert!(err.to_string().contains("but the manifest says"), "{err}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
         deactivate_others(&r, &[]).unwrap();
+        // An instance with a file open elsewhere stays until it is closed.
+        let held = std::fs::File::open(dir.path().join(format!(".artifact-app-{}", ids[1]))).unwrap();
+        prune(&r).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        drop(held);
         prune(&r).unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }

@@ -20,6 +20,7 @@ pub mod mounts;
 pub mod polling;
 pub mod report;
 pub mod runtime;
+pub mod slot_order;
 pub mod status;
 pub mod system;
 pub mod tools;

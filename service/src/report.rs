@@ -1,6 +1,7 @@
 //! The system status report behind `rauc status` (spec §9.5) in its four
-//! output formats. Slots appear in configuration order (RAUC uses hash-table
-//! order, which scripts cannot rely on anyway).
+//! output formats. Slots appear, and are numbered, in the order RAUC walks
+//! its slot table (see [`crate::slot_order`]), so scripts written against
+//! RAUC's numbers keep working.
 
 use crate::status::SlotStatus;
 use crate::system::System;
@@ -80,12 +81,14 @@ impl RepoReport {
     }
 }
 
-/// The artifact repositories as the report shows them.
+/// The artifact repositories as the report shows them, in the order RAUC
+/// walks its table of them (keyed by name, like the slots').
 pub fn gather_repos(system: &System) -> Vec<RepoReport> {
-    system
-        .config
-        .artifacts
-        .iter()
+    let repos = &system.config.artifacts;
+    let names: Vec<&str> = repos.iter().map(|r| r.name.as_str()).collect();
+    crate::slot_order::table_order(&names)
+        .into_iter()
+        .map(|i| &repos[i])
         .map(|r| RepoReport {
             name: r.name.clone(),
             path: r.path.to_string_lossy().into_owned(),
@@ -178,11 +181,13 @@ impl StatusReport {
         }
     }
 
-    /// Every configured slot with its state and stored status.
+    /// Every configured slot with its state and stored status, in the
+    /// order RAUC walks its slot table.
     pub fn gather_slots(system: &System) -> Vec<SlotReport> {
         system
-            .slots
-            .iter()
+            .table_order()
+            .into_iter()
+            .map(|i| &system.slots[i])
             .map(|s| SlotReport {
                 name: s.config.name.clone(),
                 class: s.config.class.clone(),
@@ -227,7 +232,7 @@ impl StatusReport {
             .is_some_and(|l| l.to_ascii_uppercase().contains("UTF-8") || l.to_ascii_uppercase().contains("UTF8"));
         let (primary_mark, other_mark) = if utf8 { ("⏺", "○") } else { ("x", "o") };
         let booted_label = match self.slots.iter().find(|s| s.state == "booted") {
-            Some(s) => self.slot_label(&s.name),
+            Some(s) => format!("{} ({})", s.name, self.booted),
             None => self.booted.clone(),
         };
         let mut out = String::new();
@@ -242,63 +247,94 @@ impl StatusReport {
             None => out.push_str("Activated: none\n\n"),
         }
         out.push_str("=== Slot States ===\n");
-        let roots: Vec<&SlotReport> = self.slots.iter().filter(|s| s.parent.is_none()).collect();
-        for (i, root) in roots.iter().enumerate() {
-            if i > 0 {
+        // RAUC's layout: per root class (in its order), each slot of the
+        // class followed by the slots below it, then a blank line.
+        let roots =
+            crate::slot_order::root_classes(self.slots.iter().filter(|s| s.parent.is_none()).map(|s| s.class.as_str()));
+        for class in roots {
+            for top in self.slots.iter().filter(|s| s.class == class) {
+                self.readable_slot(&mut out, top, primary_mark, other_mark, detailed);
+                for child in self.slots.iter().filter(|s| s.name != top.name && self.root_of(s) == top.name) {
+                    self.readable_slot(&mut out, child, primary_mark, other_mark, detailed);
+                }
                 out.push('\n');
-            }
-            let mark = match &root.bootname {
-                Some(_) if self.boot_primary.as_deref() == Some(&root.name) => primary_mark,
-                Some(_) => other_mark,
-                None => " ",
-            };
-            self.readable_slot(&mut out, root, &format!("{mark} "), "      ", detailed);
-            for child in self.slots.iter().filter(|s| s.parent.as_deref() == Some(&root.name)) {
-                self.readable_slot(&mut out, child, "    ", "          ", detailed);
             }
         }
         if !self.repos.is_empty() {
-            out.push_str("\n=== Artifact Repositories ===\n");
+            out.push_str("=== Artifact Repo States ===\n");
         }
         for r in &self.repos {
-            out.push_str(&format!("[{}] ({}, {})\n", r.name, r.path, r.repo_type));
-            if let Some(d) = &r.description {
-                out.push_str(&format!("      description: {d}\n"));
+            out.push_str(&format!("[{}] ({})\n  type: {}\n", r.name, r.path, r.repo_type));
+            if r.artifacts.is_empty() {
+                out.push_str("  artifacts: (none)\n");
+            } else {
+                out.push_str("  artifacts:\n");
             }
             for (name, instances) in &r.artifacts {
-                out.push_str(&format!("    {name}\n"));
+                out.push_str(&format!("    [{name}]\n"));
                 for i in instances {
-                    out.push_str(&format!("      {} {}\n", if i.active { "*" } else { "-" }, i.digest));
+                    let state = if i.active { "active" } else { "inactive" };
+                    out.push_str(&format!("      checksum: {}\n        {state}\n", i.digest));
                 }
             }
+            out.push('\n');
         }
+        // Trailing white space goes, as RAUC strips it.
+        let end = out.trim_end().len();
+        out.truncate(end);
+        out.push('\n');
         out
     }
 
-    fn readable_slot(&self, out: &mut String, s: &SlotReport, lead: &str, indent: &str, detailed: bool) {
-        let mount = s.mountpoint.as_ref().map(|m| format!(", mounted at {m}")).unwrap_or_default();
-        out.push_str(&format!("{lead}[{}] ({}, {}, {}{mount})\n", s.name, s.device, s.slot_type, s.state));
-        if let Some(d) = &s.description {
-            out.push_str(&format!("{indent}description: {d}\n"));
+    /// The root slot above `s` (itself for a root slot).
+    fn root_of<'a>(&'a self, s: &'a SlotReport) -> &'a str {
+        let mut name = s.name.as_str();
+        let mut parent = s.parent.as_deref();
+        // Bounded: a configuration has no cycles, but a report from a
+        // service need not be trusted that far.
+        for _ in 0..self.slots.len() {
+            let Some(p) = parent else { break };
+            name = p;
+            parent = self.slot(p).and_then(|s| s.parent.as_deref());
         }
+        name
+    }
+
+    fn readable_slot(&self, out: &mut String, s: &SlotReport, primary_mark: &str, other_mark: &str, detailed: bool) {
+        let mark = match &s.bootname {
+            Some(_) if self.boot_primary.as_deref() == Some(&s.name) => primary_mark,
+            Some(_) => other_mark,
+            None => " ",
+        };
+        let indent = if s.parent.is_some() { "   " } else { " " };
+        out.push_str(&format!("{mark}{indent}[{}] ({}, {}, {})\n", s.name, s.device, s.slot_type, s.state));
+        let field = "      ";
         if let Some(b) = &s.bootname {
-            out.push_str(&format!("{indent}bootname: {b}\n"));
+            out.push_str(&format!("{field}bootname: {b}\n"));
         }
-        if let Some(b) = &s.boot_status {
-            out.push_str(&format!("{indent}boot status: {b}\n"));
+        if let Some(d) = &s.description {
+            out.push_str(&format!("{field}description: {d}\n"));
+        }
+        if let Some(m) = &s.mountpoint {
+            out.push_str(&format!("{field}mounted: {m}\n"));
+        }
+        if s.bootname.is_some() {
+            out.push_str(&format!("{field}boot status: {}\n", s.boot_status.as_deref().unwrap_or("unknown")));
         }
         if !detailed {
             return;
         }
         let st = &s.status;
-        let i2 = format!("{indent}    ");
-        let i3 = format!("{indent}        ");
-        out.push_str(&format!("{indent}slot status:\n"));
+        let (i2, i3) = ("          ", "              ");
+        out.push_str(&format!("{field}slot status:\n"));
         out.push_str(&format!("{i2}bundle:\n"));
         out.push_str(&format!("{i3}compatible={}\n", st.bundle_compatible.as_deref().unwrap_or("")));
-        out.push_str(&format!("{i3}version={}\n", st.bundle_version.as_deref().unwrap_or("")));
-        for (k, v) in [("description", &st.bundle_description), ("build", &st.bundle_build), ("hash", &st.bundle_hash)]
-        {
+        for (k, v) in [
+            ("version", &st.bundle_version),
+            ("description", &st.bundle_description),
+            ("build", &st.bundle_build),
+            ("hash", &st.bundle_hash),
+        ] {
             if let Some(v) = v {
                 out.push_str(&format!("{i3}{k}={v}\n"));
             }
@@ -308,11 +344,12 @@ impl StatusReport {
             let size = st.size.unwrap_or(0);
             out.push_str(&format!("{i3}size={} ({size} bytes)\n", format_size(size)));
         }
+        out.push_str(&format!("{i2}installed:\n"));
         if let Some(ts) = &st.installed_timestamp {
-            out.push_str(&format!("{i2}installed:\n{i3}timestamp={ts}\n{i3}count={}\n", st.installed_count));
-            if let Some(t) = &st.installed_transaction {
-                out.push_str(&format!("{i3}transaction={t}\n"));
-            }
+            out.push_str(&format!("{i3}timestamp={ts}\n{i3}count={}\n", st.installed_count));
+        }
+        if let Some(t) = &st.installed_transaction {
+            out.push_str(&format!("{i3}transaction={t}\n"));
         }
         if let Some(ts) = &st.activated_timestamp {
             out.push_str(&format!("{i2}activated:\n{i3}timestamp={ts}\n{i3}count={}\n", st.activated_count));

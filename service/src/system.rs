@@ -8,6 +8,7 @@ use crate::config::{SlotConfig, SystemConfig, VariantSource};
 use crate::error::{Error, Result, failed};
 use crate::mounts;
 use crate::status::{self, CentralFile, SlotStatus};
+use rota_bundle::hostconfig::HeaderFacts;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -86,6 +87,54 @@ pub fn run_merged(program: &Path, args: &[String], env: &[(String, String)], mut
     crate::tools::check_exit(status)
 }
 
+/// The `RAUC_*` values of the system-info handler (if one is configured)
+/// and the variant they leave: the handler's `RAUC_SYSTEM_VARIANT`, else
+/// the configured one.
+fn system_info(config: &SystemConfig) -> Result<(Vec<(String, String)>, String)> {
+    let mut values = Vec::new();
+    if let Some(handler) = &config.handlers.system_info {
+        if !handler.exists() {
+            return failed(format!("System-info handler '{}' does not exist", handler.display()));
+        }
+        run_merged(handler, &[], &[], |l| {
+            if l.starts_with("RAUC_")
+                && let Some((k, v)) = l.split_once('=')
+            {
+                values.push((k.to_string(), v.to_string()));
+            }
+        })
+        .map_err(|e| e.context("Failed to run system-info handler"))?;
+    }
+    let variant = match values.iter().find(|(k, _)| k == "RAUC_SYSTEM_VARIANT") {
+        Some((_, v)) => v.clone(),
+        None => read_variant(&config.system.variant)?,
+    };
+    Ok((values, variant))
+}
+
+fn header_facts(values: &[(String, String)], variant: Option<&str>, transaction_id: Option<&str>) -> HeaderFacts {
+    let value = |key: &str| values.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    HeaderFacts {
+        variant: variant.map(str::to_string),
+        system_version: value("RAUC_SYSTEM_VERSION"),
+        serial: value("RAUC_SYSTEM_SERIAL"),
+        transaction_id: transaction_id.map(str::to_string),
+        extra: values
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix("RAUC_HTTP_").map(|n| (n.to_string(), v.clone())))
+            .collect(),
+    }
+}
+
+/// What the automatic HTTP headers report for a system set up from
+/// `config` without the rest of the device context (the system-info
+/// handler runs): for `info` with an explicit configuration, as RAUC
+/// configures its target then.
+pub fn target_header_facts(config: &SystemConfig) -> Result<HeaderFacts> {
+    let (values, variant) = system_info(config)?;
+    Ok(header_facts(&values, Some(&variant).filter(|v| !v.is_empty()).map(String::as_str), None))
+}
+
 fn read_variant(source: &VariantSource) -> Result<String> {
     Ok(match source {
         VariantSource::None => String::new(),
@@ -149,24 +198,7 @@ impl System {
 
     fn setup_with(config: SystemConfig, override_slot: Option<&str>, need_boot: bool) -> Result<System> {
         let bootloader = bootloader::for_config(&config);
-        let mut system_info = Vec::new();
-        if let Some(handler) = &config.handlers.system_info {
-            if !handler.exists() {
-                return failed(format!("System-info handler '{}' does not exist", handler.display()));
-            }
-            run_merged(handler, &[], &[], |l| {
-                if l.starts_with("RAUC_")
-                    && let Some((k, v)) = l.split_once('=')
-                {
-                    system_info.push((k.to_string(), v.to_string()));
-                }
-            })
-            .map_err(|e| e.context("Failed to run system-info handler"))?;
-        }
-        let mut variant = read_variant(&config.system.variant)?;
-        if let Some((_, v)) = system_info.iter().find(|(k, _)| k == "RAUC_SYSTEM_VARIANT") {
-            variant = v.clone();
-        }
+        let (system_info, variant) = system_info(&config)?;
         let found = bootslot::detect(override_slot, bootloader.as_ref())
             .and_then(|b| slot_states(&config.slots, &b).map(|states| (b, states)));
         let (boot_slot, states) = match found {
@@ -220,18 +252,8 @@ impl System {
 
     /// What the automatic HTTP headers report for this system (with the
     /// transaction id of an installation).
-    pub fn header_facts(&self, transaction_id: Option<&str>) -> rota_bundle::hostconfig::HeaderFacts {
-        rota_bundle::hostconfig::HeaderFacts {
-            variant: self.variant().map(str::to_string),
-            system_version: self.system_version().map(str::to_string),
-            serial: self.info("RAUC_SYSTEM_SERIAL").map(str::to_string),
-            transaction_id: transaction_id.map(str::to_string),
-            extra: self
-                .system_info
-                .iter()
-                .filter_map(|(k, v)| k.strip_prefix("RAUC_HTTP_").map(|n| (n.to_string(), v.clone())))
-                .collect(),
-        }
+    pub fn header_facts(&self, transaction_id: Option<&str>) -> HeaderFacts {
+        header_facts(&self.system_info, self.variant(), transaction_id)
     }
 
     /// `RAUC_SYSTEM_VERSION` from the system-info handler.
@@ -242,6 +264,13 @@ impl System {
     /// The slot named `name`.
     pub fn slot(&self, name: &str) -> Option<&Slot> {
         self.slots.iter().find(|s| s.config.name == name)
+    }
+
+    /// Indices into [`System::slots`] in the order RAUC walks its slot
+    /// table (see [`crate::slot_order`]).
+    pub fn table_order(&self) -> Vec<usize> {
+        let names: Vec<&str> = self.slots.iter().map(|s| s.config.name.as_str()).collect();
+        crate::slot_order::table_order(&names)
     }
 
     /// The booted slot, if one matched.

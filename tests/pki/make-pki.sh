@@ -6,6 +6,7 @@
 #   codesign.pem           EKU codeSigning only     other-root.pem  unrelated CA (+ other.pem signer)
 #   rsa-recipient.pem/key  EC recipient ec-recipient.pem/key
 #   server.pem/key         TLS server 127.0.0.1     client.pem/key  TLS client certificate
+#   inter-server.pem/key   TLS server 127.0.0.1 signed by inter
 #   keyring.pem            root only                keyring-crl.pem root + CRLs of root and inter
 set -eu
 out=$1
@@ -92,6 +93,7 @@ leaf revoked "rota Revoked Signer" v3_leaf 20200101000000Z 20991231235959Z
 leaf codesign "rota Codesign Signer" v3_codesign 20200101000000Z 20991231235959Z
 leaf rsa-recipient "rota RSA Recipient" v3_recipient 20200101000000Z 20991231235959Z root
 leaf server "127.0.0.1" v3_server 20200101000000Z 20991231235959Z root
+leaf inter-server "127.0.0.1" v3_server 20200101000000Z 20991231235959Z
 leaf client "rota Test Client" v3_client 20200101000000Z 20991231235959Z root
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ec-recipient.key 2>/dev/null
 csr ec-recipient "/O=rota test/CN=rota EC Recipient"

@@ -61,6 +61,8 @@ pub struct Request {
     pub path: String,
     /// Header names (lower-case) and values, in order.
     pub headers: Vec<(String, String)>,
+    /// Header names as they were spelt, in order.
+    pub spelt: Vec<String>,
 }
 
 impl Request {
@@ -223,6 +225,7 @@ fn serve_connection(conn: TcpStream, state: &Mutex<State>, mode: &Mutex<Mode>) -
         let method = parts.next().unwrap_or("").to_string();
         let path = parts.next().unwrap_or("/").to_string();
         let mut headers = Vec::new();
+        let mut spelt = Vec::new();
         loop {
             let mut h = String::new();
             if reader.read_line(&mut h)? == 0 {
@@ -233,10 +236,11 @@ fn serve_connection(conn: TcpStream, state: &Mutex<State>, mode: &Mutex<Mode>) -
                 break;
             }
             if let Some((k, v)) = h.split_once(':') {
+                spelt.push(k.trim().to_string());
                 headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
             }
         }
-        let req = Request { path: path.clone(), headers };
+        let req = Request { path: path.clone(), headers, spelt };
         let (file, delay, redirect) = {
             let mut st = state.lock().unwrap();
             st.requests.push(req.clone());

@@ -88,20 +88,25 @@ fn artifacts_install_reuse_switch_and_prune() {
 
     // Status shows the repositories in every format.
     let v: serde_json::Value = serde_json::from_str(&d.run(&["status", "--output-format=json"]).ok().stdout).unwrap();
+    // Repositories come in RAUC's order (its table keyed by name walks
+    // "web" before "apps").
     let repos = &v["artifact-repositories"];
-    assert_eq!(repos[0]["name"], "apps");
-    assert_eq!(repos[0]["description"], "Charger apps");
-    assert_eq!(repos[0]["artifacts"][0]["name"], "app-a");
-    assert_eq!(repos[0]["artifacts"][0]["instances"][0]["checksum"], sa.as_str());
-    assert_eq!(repos[0]["artifacts"][0]["instances"][0]["references"], serde_json::json!([""]));
+    assert_eq!(repos[0]["name"], "web");
+    assert_eq!(repos[1]["name"], "apps");
+    assert_eq!(repos[1]["description"], "Charger apps");
+    assert_eq!(repos[1]["artifacts"][0]["name"], "app-a");
+    assert_eq!(repos[1]["artifacts"][0]["instances"][0]["checksum"], sa.as_str());
+    assert_eq!(repos[1]["artifacts"][0]["instances"][0]["references"], serde_json::json!([""]));
     let shell = d.run(&["status", "--output-format=shell"]).ok().stdout;
     assert!(shell.contains("RAUC_REPOS='1 2'\n"), "{shell}");
-    assert!(shell.contains("RAUC_REPO_ARTIFACTS_1='1 2'\n"), "{shell}");
-    assert!(shell.contains(&format!("RAUC_REPO_ARTIFACT_INSTANCE_CHECKSUM_1_2_1='{sb}'\n")), "{shell}");
-    assert!(shell.contains("RAUC_REPO_ARTIFACT_INSTANCE_ACTIVE_1_2_1='1'\n"), "{shell}");
+    assert!(shell.contains("RAUC_REPO_NAME_2='apps'\n"), "{shell}");
+    assert!(shell.contains("RAUC_REPO_ARTIFACTS_2='1 2'\n"), "{shell}");
+    assert!(shell.contains(&format!("RAUC_REPO_ARTIFACT_INSTANCE_CHECKSUM_2_2_1='{sb}'\n")), "{shell}");
+    assert!(shell.contains("RAUC_REPO_ARTIFACT_INSTANCE_ACTIVE_2_2_1='1'\n"), "{shell}");
     let readable = d.run(&["status"]).ok().stdout;
-    assert!(readable.contains("=== Artifact Repositories ===\n[apps] ("), "{readable}");
-    assert!(readable.contains(&format!("      * {sa}\n")), "{readable}");
+    assert!(readable.contains("=== Artifact Repo States ===\n[web] ("), "{readable}");
+    assert!(readable.contains("\n[apps] ("), "{readable}");
+    assert!(readable.contains(&format!("    [app-a]\n      checksum: {sa}\n        active\n")), "{readable}");
 
     // Next bundle: app-a unchanged (reused), app-b dropped, the site changed.
     let images = "[image.apps/app-a]\nfilename=app-a.bin\n[image.web/site]\nfilename=web.tar\n";

@@ -237,6 +237,7 @@ fn limits_and_allowed_formats() {
         "Error in parsing override: Missing '='"
     );
     assert_eq!(info_error(&[&k, "-C", "max-bundle-signature-size=1"], &b), "Error in parsing override: Missing ':'");
+    assert_eq!(info_error(&[&k, "-C", "max-bundle-signature-size"], &b), "Error in parsing override: Missing '='");
 }
 
 #[test]
@@ -271,8 +272,10 @@ fn bundle_creation_errors_leave_nothing_behind() {
             .arg(&f.content.dir)
             .arg(&out))
     };
+    // As RAUC: the format is announced, then the signing material checked.
     let r = bundle_with("release.pem", "second.key", &[]).fails();
     assert!(r.stderr.contains("key values mismatch"), "{}", r.stderr);
+    assert_eq!(r.stdout, "Creating 'verity' format bundle\n");
     let r = bundle_with("release.key", "release.key", &[]).fails();
     assert!(r.stderr.contains("Expecting: CERTIFICATE"), "{}", r.stderr);
     let r = bundle_with("release.pem", "release.key", &["--mksquashfs-args=-nopad"]).fails();
@@ -302,9 +305,87 @@ fn bundle_creation_errors_leave_nothing_behind() {
     fs::write(&m, "[update]\ncompatible=x\n[image.rootfs]\nfilename=missing.img\n").unwrap();
     let r = bundle_with("release.pem", "release.key", &[]).fails();
     assert!(r.stderr.contains("'missing.img'") && r.stderr.contains("not found"), "{}", r.stderr);
+    for (version, message) in [
+        ("1.14-dev", None),
+        (
+            "1000-rc.1+21000101",
+            Some("Minimum RAUC version in manifest (1000-rc.1+21000101) is newer than current version ("),
+        ),
+        ("1.13", Some("Minimum RAUC version field in manifest is only supported since 1.14 (not '1.13')")),
+        ("bad", Some("Failed to parse 'min-rauc-version'. Expected 'Major[.Minor[.Patch]][-pre_release]]', got 'bad'")),
+    ] {
+        let _ = fs::remove_file(&out);
+        fs::write(&m, format!("[update]\ncompatible=x\nmin-rauc-version={version}\n[bundle]\nformat=verity\n"))
+            .unwrap();
+        match message {
+            None => {
+                bundle_with("release.pem", "release.key", &[]).ok();
+            }
+            Some(message) => {
+                let r = bundle_with("release.pem", "release.key", &[]).fails();
+                assert_eq!(r.stdout, "Creating 'verity' format bundle\n", "{version}");
+                assert!(r.stderr.contains(message), "{version}: {}", r.stderr);
+                assert!(!out.exists());
+            }
+        }
+    }
     fs::write(&m, "[update]\ncompatible=x\nnope=1\n").unwrap();
     let r = bundle_with("release.pem", "release.key", &[]).fails();
     assert!(r.stderr.contains("Invalid key 'nope' in group '[update]'"), "{}", r.stderr);
+}
+
+#[test]
+fn bundle_contents_rauc_refuses_are_refused_with_its_words() {
+    // Links must stay in their directory, no hidden top-level directory, no
+    // special files; a link to a name beside it and subdirectories are fine.
+    // RAUC's suite (test_bundle_content_checks) referees the refusals, which
+    // Debian's rauc 1.8 predates; it still takes what is accepted.
+    let f = fixture("verity");
+    let out = f.dir.path().join("out.raucb");
+    let c = &f.content.dir;
+    let build = |cmd: &mut Command| {
+        cmd.arg("bundle").args(signer_args("release")).arg(c).arg(&out);
+        let r = run(cmd);
+        let _ = fs::remove_file(&out);
+        r
+    };
+    type Make<'a> = &'a dyn Fn(&Path);
+    let bad: [(&str, Make, &str); 4] = [
+        (
+            "absolute symlinks are not supported as bundle contents (abs-link)",
+            &|c| std::os::unix::fs::symlink("/dev/null", c.join("abs-link")).unwrap(),
+            "abs-link",
+        ),
+        (
+            "symlinks containing slashes are not supported as bundle contents (rel-link)",
+            &|c| std::os::unix::fs::symlink("../foo", c.join("rel-link")).unwrap(),
+            "rel-link",
+        ),
+        (
+            "hidden directories are not supported as top-level bundle contents (.hidden)",
+            &|c| fs::create_dir(c.join(".hidden")).unwrap(),
+            ".hidden",
+        ),
+        (
+            "only regular files are supported as bundle contents (fifo)",
+            &|c| {
+                run(Command::new("mkfifo").arg(c.join("fifo"))).ok();
+            },
+            "fifo",
+        ),
+    ];
+    for (message, make, name) in bad {
+        make(c);
+        let ours = build(&mut rota()).fails();
+        assert_eq!(ours.stderr.lines().last(), Some(message), "{}", ours.stderr);
+        assert!(!out.exists());
+        let p = c.join(name);
+        if p.is_dir() { fs::remove_dir(&p) } else { fs::remove_file(&p) }.unwrap();
+    }
+    std::os::unix::fs::symlink("rootfs.img", c.join("local-link")).unwrap();
+    fs::create_dir_all(c.join("sub/.hidden-below")).unwrap();
+    build(&mut rota()).ok();
+    build(&mut peer_rauc()).ok();
 }
 
 #[test]
@@ -342,4 +423,45 @@ fn plain_payloads_over_2_gib_are_refused() {
         info_error(&[&keyring("keyring.pem")], &big),
         "Invalid bundle format: Bundle payload size 2147487744 exceeds maximum for bundles using plain format (2 GiB)"
     );
+}
+
+#[test]
+fn bundle_locations_resolve_as_rauc_resolves_them() {
+    // `info`, `install` and `mount` take a path (made absolute), a `file:`
+    // URI (GLib's conversion) or a URL; a local bundle must exist.
+    let f = fixture("verity");
+    let dir = f.dir.path().join("with space");
+    fs::create_dir(&dir).unwrap();
+    let b = f.bundle("with space/b.raucb", "release");
+    let k = keyring("keyring.pem");
+    let info = |arg: &str| run(rota().current_dir(&dir).args(["info", &k, "--output-format=json", arg]));
+    let expected = info(&b.to_string_lossy()).ok().stdout;
+    let escaped = b.to_string_lossy().replace(' ', "%20");
+    for arg in ["b.raucb", "./b.raucb", &format!("file:{escaped}"), &format!("file://{escaped}")] {
+        assert_eq!(info(arg).ok().stdout, expected, "{arg}");
+    }
+    let host = "file URI with hostname detected. Did you forget to add a leading / ?".to_string();
+    let cases = [
+        ("missing.raucb".to_string(), format!("No such file: {}", dir.join("missing.raucb").display())),
+        ("file:/missing.raucb".to_string(), "No such file: /missing.raucb".to_string()),
+        ("file://b.raucb".to_string(), "Conversion error: The URI “file://b.raucb” is invalid".to_string()),
+        (
+            "file:b.raucb".to_string(),
+            "Conversion error: The URI “file:b.raucb” is not an absolute URI using the “file” scheme".to_string(),
+        ),
+        (format!("file://localhost{escaped}"), host.clone()),
+        (format!("file://build-host{escaped}"), host),
+        (
+            format!("file:{escaped}#x"),
+            format!("Conversion error: The local file URI “file:{escaped}#x” may not include a “#”"),
+        ),
+        (
+            "file:/b%2F.raucb".to_string(),
+            "Conversion error: The URI “file:/b%2F.raucb” contains invalidly escaped characters".to_string(),
+        ),
+    ];
+    for (arg, message) in cases {
+        let r = info(&arg).fails();
+        assert_eq!(r.stderr, format!("{message}\n"), "{arg}");
+    }
 }

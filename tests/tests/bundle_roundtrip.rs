@@ -199,6 +199,21 @@ fn crypt_round_trip_unencrypted_and_encrypted() {
     with_keyring(&mut cmd).arg(&vb).arg(t.path().join("nope.raucb"));
     assert!(run(&mut cmd).fails().stderr.contains("Refused to encrypt input bundle that is not in 'crypt' format."));
     assert!(!t.path().join("nope.raucb").exists());
+
+    // Recipient files without a certificate: OpenSSL's reason, as RAUC
+    // passes it on; nothing is written.
+    let key_only = pki_file("rsa-recipient.key");
+    let missing = t.path().join("missing.pem");
+    for (to, expected) in [
+        (&key_only, format!("Failed to parse cert file '{}': Expecting: CERTIFICATE", key_only.display())),
+        (&missing, format!("Failed to load cert file '{}'", missing.display())),
+    ] {
+        let mut cmd = rota();
+        cmd.arg("encrypt").arg(format!("--to={}", to.display()));
+        with_keyring(&mut cmd).arg(&b).arg(t.path().join("nope.raucb"));
+        assert_eq!(run(&mut cmd).fails().stderr.lines().last(), Some(expected.as_str()));
+        assert!(!t.path().join("nope.raucb").exists());
+    }
 }
 
 #[test]

@@ -81,15 +81,29 @@ fn options_before_or_after_the_command() {
 fn bad_output_format_and_overrides() {
     let r = run(rota_as_rauc().args(["info", "--output-format=invalid", "x.raucb"])).fails();
     assert_eq!(r.stderr.lines().last(), Some("Unknown output format: 'invalid'"));
-    let r = run(rota_as_rauc().args(["info", "-C", "keyring", "x.raucb"])).fails();
-    assert_eq!(r.stderr.lines().last(), Some("Error in parsing override: Missing ':'"));
-    let r = run(rota_as_rauc().args(["info", "-C", "keyring:path", "x.raucb"])).fails();
-    assert_eq!(r.stderr.lines().last(), Some("Error in parsing override: Missing '='"));
-    let r = run(rota_as_rauc().args(["info", "-C", ":x=y", "x.raucb"])).fails();
-    assert_eq!(
-        r.stderr.lines().last(),
-        Some("Error in parsing override: you must specify it in format SECTION:KEY=VALUE")
-    );
+    // `-C` is checked as RAUC checks it while reading the command line:
+    // split at the first '=', then at the first ':'; a value may be left
+    // out only at the end or before another option. The message alone, no help.
+    let usage = "Error in parsing override: you must specify it in format SECTION:KEY=VALUE";
+    let cases: &[(&[&str], &str)] = &[
+        (&["info", "-C", "keyring", "x.raucb"], "Error in parsing override: Missing '='"),
+        (&["info", "-C", "keyring:path", "x.raucb"], "Error in parsing override: Missing '='"),
+        (&["info", "-C", "keyring=a:b", "x.raucb"], "Error in parsing override: Missing ':'"),
+        (&["info", "--confopt=x", "x.raucb"], "Error in parsing override: Missing '='"),
+        (&["info", "-Ckeyring:path"], "Error in parsing override: Missing '='"),
+        (&["info", "-C", ":x=y", "x.raucb"], usage),
+        (&["info", "-C"], usage),
+        (&["info", "x.raucb", "-C", "--no-verify"], usage),
+        (&["-C", "info", "x.raucb"], "Error in parsing override: Missing '='"),
+        (&["-C"], usage),
+    ];
+    for (args, expected) in cases {
+        let r = run(rota_as_rauc().args(*args)).fails();
+        assert_eq!((r.stdout.as_str(), r.stderr.as_str()), ("", format!("{expected}\n").as_str()), "{args:?}");
+    }
+    // A value may hold ':' and '=' after the first '='.
+    let r = run(rota_as_rauc().args(["info", "-C", "system:bundle-formats=+verity", "-C", "a:b=c:d=e"])).fails();
+    assert_eq!(r.stderr, "A bundle file or URL must be provided\n");
     let r = run(rota_as_rauc().args(["info", "-c", "/nonexistent/system.conf", "x.raucb"])).fails();
     assert!(r.stderr.contains("/nonexistent/system.conf"), "{}", r.stderr);
 }

@@ -175,19 +175,21 @@ fn every_handler_and_hook_gets_exactly_the_documented_environment() {
         ("RAUC_UPDATE_SOURCE", bundle_dir.clone()),
         ("RAUC_TRANSACTION_ID", txn.into()),
         ("RAUC_SLOTS", "1 2 3 4".into()),
-        ("RAUC_TARGET_SLOTS", "2 4".into()),
-        ("RAUC_IMAGE_NAME_2", "rootfs.img".into()),
-        ("RAUC_IMAGE_DIGEST_2", root_sha.clone()),
-        ("RAUC_IMAGE_CLASS_2", "rootfs".into()),
-        ("RAUC_IMAGE_NAME_4", "appfs.img".into()),
-        ("RAUC_IMAGE_DIGEST_4", app_sha.clone()),
-        ("RAUC_IMAGE_CLASS_4", "appfs".into()),
+        ("RAUC_TARGET_SLOTS", "1 2".into()),
+        ("RAUC_IMAGE_NAME_1", "rootfs.img".into()),
+        ("RAUC_IMAGE_DIGEST_1", root_sha.clone()),
+        ("RAUC_IMAGE_CLASS_1", "rootfs".into()),
+        ("RAUC_IMAGE_NAME_2", "appfs.img".into()),
+        ("RAUC_IMAGE_DIGEST_2", app_sha.clone()),
+        ("RAUC_IMAGE_CLASS_2", "appfs".into()),
     ];
+    // Numbered in the order RAUC walks its slot table (tests/slot_order.rs
+    // checks that order against Debian's rauc).
     let slots = [
-        ("rootfs.0", "rootfs", "rootfs0.img", "A", ""),
         ("rootfs.1", "rootfs", "rootfs1.img", "B", ""),
-        ("appfs.0", "appfs", "appfs0.img", "", "rootfs.0"),
         ("appfs.1", "appfs", "appfs1.img", "", "rootfs.1"),
+        ("rootfs.0", "rootfs", "rootfs0.img", "A", ""),
+        ("appfs.0", "appfs", "appfs0.img", "", "rootfs.0"),
     ];
     let mut owned: Vec<(String, String)> = Vec::new();
     for (i, (name, class, file, bootname, parent)) in slots.iter().enumerate() {
@@ -351,7 +353,7 @@ fn full_custom_handler_replaces_the_slot_update() {
     assert!(r.stdout.contains("Handler status: custom-handler running"), "{}", r.stdout);
     assert_eq!(fs::read_to_string(d.path("dump/custom-handler.args")).unwrap(), "--mode two words --extra x\n");
     let env = dump(&d, "custom-handler.env");
-    assert_eq!(env["RAUC_TARGET_SLOTS"], "2 4");
+    assert_eq!(env["RAUC_TARGET_SLOTS"], "1 2");
     assert_eq!(env["RAUC_BUNDLE_MOUNT_POINT"], d.path("mnt/bundle").display().to_string());
     // rota wrote nothing and switched nothing: that is the handler's job.
     assert_eq!((fs::read(d.path("rootfs1.img")).unwrap(), grubenv(&d.path("grubenv"))), before);

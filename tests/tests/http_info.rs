@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use testkit::httpd::{Mode, Server};
 use testkit::nginx::{Nginx, Tls, web_root};
 use testkit::*;
@@ -55,7 +56,7 @@ fn info_from_in_process_server_sends_the_expected_headers() {
     let reqs = srv.requests();
     assert!(reqs.len() >= 3, "{reqs:?}");
     assert_eq!(reqs[0].header("range"), Some("bytes=0-3"));
-    assert!(reqs[0].header("user-agent").is_some_and(|ua| ua.starts_with("rota/")), "{:?}", reqs[0]);
+    let ours = concat!("rota/", env!("CARGO_PKG_VERSION"));
     // Then exactly the trailer and exactly the signature, as RAUC asks for them.
     let bytes = fs::read(&b).unwrap();
     let len = bytes.len() as u64;
@@ -64,11 +65,58 @@ fn info_from_in_process_server_sends_the_expected_headers() {
     assert_eq!(reqs[2].header("range"), Some(format!("bytes={}-{}", len - 8 - sig, len - 9).as_str()));
     assert_eq!(reqs.len(), 3, "info of a verity bundle reads nothing else: {reqs:?}");
     for r in &reqs {
+        assert!(r.spelt.iter().any(|k| k == "X-Token") && r.spelt.iter().any(|k| k == "Authorization"), "{r:?}");
         assert_eq!(r.header("x-token"), Some("secret 42"));
         assert_eq!(r.header("authorization"), Some("Bearer abc"));
     }
+    // The first request names the client, as RAUC's does.
+    assert_eq!(reqs[0].header("user-agent"), Some(ours), "{:?}", reqs[0]);
     for r in &reqs[1..] {
-        assert!(r.header("user-agent").is_none(), "only the first request identifies the client: {r:?}");
+        assert!(r.header("user-agent").is_none(), "only the first request names the client: {r:?}");
+    }
+    // Called as `rauc`, RAUC's product token comes first (RAUC sends
+    // `rauc/<version>`; servers may tell RAUC clients apart by it).
+    let before = srv.requests().len();
+    let out = run(rota_as_rauc().arg("info").arg("--output-format=json").arg(keyring()).arg(&url)).ok().stdout;
+    assert_eq!(out, info_json(&b.to_string_lossy(), &[]));
+    let reqs = srv.requests();
+    let ua = reqs[before].header("user-agent").unwrap_or_default();
+    assert!(ua.starts_with("rauc/1.") && ua.ends_with(&format!(" {ours}")), "{:?}", reqs[before]);
+}
+
+#[test]
+fn a_ca_file_is_trusted_as_curl_trusts_it() {
+    // The server's certificate is issued by the intermediate CA and sent
+    // alone: a CA file holding only the intermediate is enough, as it is
+    // for curl (and so for RAUC); the root alone or an unrelated CA is not.
+    let t = tempfile::tempdir().unwrap();
+    let (_, b) = make(t.path(), "verity");
+    let (_w, www) = web_root();
+    fs::copy(&b, www.join("b.raucb")).unwrap();
+    let (cert, key) = (pki_file("inter-server.pem"), pki_file("inter-server.key"));
+    let nginx = Nginx::serve_tls(&www, Tls { cert: &cert, key: &key, client_ca: None });
+    let url = nginx.url("/b.raucb");
+    let curl = |ca: &str| {
+        Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "--cacert"])
+            .arg(pki_file(ca))
+            .arg(&url)
+            .status()
+            .unwrap()
+            .success()
+    };
+    let expected = info_json(&b.to_string_lossy(), &[]);
+    assert!(curl("inter.pem"), "the referee trusts the intermediate alone");
+    assert_eq!(info_json(&url, &[&format!("--tls-ca={}", pki_file("inter.pem").display())]), expected);
+    for ca in ["root.pem", "other-root.pem"] {
+        assert!(!curl(ca), "the referee refuses with {ca}");
+        let out = run(rota().arg("info").arg(keyring()).arg(format!("--tls-ca={}", pki_file(ca).display())).arg(&url))
+            .fails();
+        assert!(
+            out.stderr.contains("TLS handshake failed") && out.stderr.contains("certificate verify failed"),
+            "{ca}: {}",
+            out.stderr
+        );
     }
 }
 
@@ -181,12 +229,67 @@ fn automatic_rauc_headers_go_with_the_first_request_only() {
     assert!(first.header("rauc-system-version").is_none());
     let names: Vec<&str> = first.headers.iter().map(|(k, _)| k.as_str()).filter(|k| k.starts_with("rauc-")).collect();
     assert_eq!(names, ["rauc-boot-id", "rauc-uptime", "rauc-variant"], "send-headers order");
+    // Spelt as RAUC (curl) spells them: HTTP/1 servers may keep the case.
+    let spelt: Vec<&str> = first.spelt.iter().map(String::as_str).filter(|k| k.starts_with("RAUC-")).collect();
+    assert_eq!(spelt, ["RAUC-Boot-ID", "RAUC-Uptime", "RAUC-Variant"], "{first:?}");
+    for name in ["User-Agent", "Range", "Accept", "Host"] {
+        assert!(first.spelt.iter().any(|k| k == name), "{name}: {first:?}");
+    }
     for r in &reqs[1..] {
         assert!(r.headers.iter().all(|(k, _)| !k.starts_with("rauc-")), "{r:?}");
     }
-    fs::write(&conf, "[streaming]\nsend-headers=boot-id;shoe-size\n").unwrap();
+    // With the configuration named, the system-info handler runs (as RAUC
+    // sets up its target then) and its values go along; found on the search
+    // path instead, the configuration alone counts.
+    let handler = t.path().join("systeminfo.sh");
+    fs::write(
+        &handler,
+        "#!/bin/sh
+echo RAUC_SYSTEM_SERIAL=1234
+echo RAUC_SYSTEM_VERSION=1.0.0
+echo RAUC_SYSTEM_VARIANT=test-variant-x
+echo RAUC_HTTP_FLEET=north
+",
+    )
+    .unwrap();
+    run(Command::new("chmod").arg("+x").arg(&handler)).ok();
+    fs::write(
+        &conf,
+        format!(
+            "[system]\ncompatible=Test Config\nbootloader=noop\nvariant-name=charger-v2\n\n[keyring]\npath={}\n\n[handlers]\nsystem-info={}\n\n[streaming]\nsend-headers=serial;system-version;variant\n",
+            pki_file("keyring.pem").display(),
+            handler.display()
+        ),
+    )
+    .unwrap();
+    let before = srv.requests().len();
+    run(rota().arg("info").arg("-c").arg(&conf).arg(srv.url("/b.raucb"))).ok();
+    let first = &srv.requests()[before];
+    let sent: Vec<(&str, &str)> = first
+        .spelt
+        .iter()
+        .zip(&first.headers)
+        .filter(|(k, _)| k.starts_with("RAUC-"))
+        .map(|(k, (_, v))| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            ("RAUC-Serial", "1234"),
+            ("RAUC-System-Version", "1.0.0"),
+            ("RAUC-Variant", "test-variant-x"),
+            ("RAUC-FLEET", "north")
+        ],
+        "{first:?}"
+    );
+    fs::write(
+        &conf,
+        "[system]\ncompatible=Test Config\nbootloader=noop\n[streaming]\nsend-headers=boot-id;shoe-size\n",
+    )
+    .unwrap();
     let r = run(rota().arg("info").arg("-c").arg(&conf).arg(srv.url("/b.raucb"))).fails();
-    assert_eq!(r.stderr.lines().last(), Some("Automatic HTTP header 'shoe-size' not supported"));
+    let last = r.stderr.lines().last().unwrap_or_default();
+    assert!(last.ends_with(":5: Automatic HTTP header 'shoe-size' not supported"), "{last}");
 }
 
 /// A verity bundle of one random `mib` MiB image on an in-process server,

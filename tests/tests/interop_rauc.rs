@@ -5,6 +5,7 @@
 use serde_json::Value;
 use std::fs;
 use std::path::Path;
+use std::process::Command;
 use testkit::*;
 
 fn keyring_arg() -> String {
@@ -131,7 +132,7 @@ fn rota_encrypted_bundle_decrypts_in_rauc() {
 }
 
 #[test]
-fn resigned_and_double_signed_bundles_verify_in_both() {
+fn resigned_bundles_verify_in_both_and_double_signed_ones_are_refused_by_both() {
     let t = tempfile::tempdir().unwrap();
     for format in ["plain", "verity"] {
         let c = Content::standard(t.path().join(format!("c-{format}")), format);
@@ -139,13 +140,28 @@ fn resigned_and_double_signed_bundles_verify_in_both() {
         peer_bundle(&c.dir, &b, "release").ok();
         let two = t.path().join(format!("{format}-two.raucb"));
         run(rota().arg("resign").arg("--append").arg(keyring_arg()).args(signer_args("second")).arg(&b).arg(&two)).ok();
-        let text = run(rota().arg("info").arg(keyring_arg()).arg(&two)).ok().stdout;
-        assert!(text.contains("CN = rota Release Signer") && text.contains("CN = rota Second Signer"), "{text}");
-        // rauc 1.8 verifies both signers, then its info stops: it shows one chain only.
-        let peer = run(peer_rauc().arg("info").arg(keyring_arg()).arg(&two)).fails();
+        // Both verify both signatures, then refuse the bundle: which chain
+        // would it be trusted for? (RAUC's suite asks the same.)
         let both = "signature by 'O = rota test, CN = rota Release Signer', 'O = rota test, CN = rota Second Signer'";
-        assert!(peer.stderr.contains(both), "{}", peer.stderr);
-        assert!(peer.stderr.contains("Unsupported number of signers: 2"), "{}", peer.stderr);
+        for mut cmd in [rota(), peer_rauc()] {
+            let r = run(cmd.arg("info").arg(keyring_arg()).arg(&two)).fails();
+            assert!(r.stderr.contains(both), "{}", r.stderr);
+            assert!(r.stderr.contains("Unsupported number of signers: 2"), "{}", r.stderr);
+        }
+        // Without verification it opens.
+        run(rota().args(["info", "--no-verify"]).arg(&two)).ok();
+        // The added signer must chain up to the signing keyring.
+        let stray = t.path().join(format!("{format}-stray.raucb"));
+        let r = run(rota()
+            .args(["resign", "--append"])
+            .arg(keyring_arg())
+            .arg(format!("--signing-keyring={}", pki_file("other-root.pem").display()))
+            .args(signer_args("second"))
+            .arg(&b)
+            .arg(&stray))
+        .fails();
+        assert!(r.stderr.contains("Verify error: unable to get local issuer certificate"), "{}", r.stderr);
+        assert!(!stray.exists());
 
         // A plain resign replaces the signer; payload bytes stay the same.
         let re = t.path().join(format!("{format}-re.raucb"));
@@ -179,4 +195,24 @@ fn extracted_and_replaced_signatures_round_trip() {
     let r = run(rota().arg("replace-signature").arg(keyring_arg()).arg(&b).arg(&sig).arg(&bad)).fails();
     assert!(r.stderr.contains("bundle payload is corrupted"), "{}", r.stderr);
     assert!(!bad.exists(), "a bundle that fails verification must not be left behind");
+
+    // The input bundle must pass `--keyring` itself unless `--no-verify`;
+    // the new signature is checked either way. Same verdicts as Debian's rauc.
+    let other = t.path().join("a-other.raucb");
+    run(rota()
+        .arg("resign")
+        .args(signer_args("other"))
+        .arg(keyring_arg())
+        .arg(format!("--signing-keyring={}", pki_file("other-root.pem").display()))
+        .arg(&a)
+        .arg(&other))
+    .ok();
+    for (name, mut cmd) in [("rota", rota()), ("rauc", peer_rauc())] {
+        let out = t.path().join(format!("{name}-replaced.raucb"));
+        cmd.arg(keyring_arg()).arg("replace-signature");
+        let r = run(Command::new(cmd.get_program()).args(cmd.get_args()).arg(&other).arg(&sig).arg(&out)).fails();
+        assert!(!out.exists(), "{name}: {}", r.stderr);
+        run(cmd.arg("--no-verify").arg(&other).arg(&sig).arg(&out)).ok();
+        assert_eq!(fs::read(&out).unwrap(), fs::read(&a).unwrap(), "{name}");
+    }
 }

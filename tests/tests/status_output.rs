@@ -28,6 +28,8 @@ fn device(name: &str) -> Device {
 
 #[test]
 fn readable_detailed() {
+    // RAUC's layout and order: root classes and slots as its slot table
+    // walks them (rootfs.1 before rootfs.0 here), children under their root.
     let d = device("status-readable");
     let out = run(d.rauc().args(["status", "--detailed"]).env("LANG", "C")).ok().stdout;
     let expected = r#"=== System Info ===
@@ -40,9 +42,17 @@ Booted from:    rootfs.0 (A)
 Activated: rootfs.0 (A)
 
 === Slot States ===
+o [rootfs.1] (/dev/zero, raw, inactive)
+      bootname: B
+      boot status: bad
+      slot status:
+          bundle:
+              compatible=
+          installed:
+
 x [rootfs.0] (/dev/null, raw, booted)
-      description: first root
       bootname: A
+      description: first root
       boot status: good
       slot status:
           bundle:
@@ -57,18 +67,10 @@ x [rootfs.0] (/dev/null, raw, booted)
               transaction=t-1
           status=ok
     [appfs.0] (/dev/full, raw, active)
-          slot status:
-              bundle:
-                  compatible=
-                  version=
-
-o [rootfs.1] (/dev/zero, raw, inactive)
-      bootname: B
-      boot status: bad
       slot status:
           bundle:
               compatible=
-              version=
+          installed:
 "#;
     assert_eq!(out, expected);
     let out = run(d.rauc().arg("status").env("LANG", "en_US.UTF-8")).ok().stdout;
@@ -79,20 +81,21 @@ o [rootfs.1] (/dev/zero, raw, inactive)
 fn shell_output_is_valid_sh() {
     let d = device("status-shell");
     let out = run(d.rota().args(["status", "--detailed", "--output-format=shell"])).ok().stdout;
+    // Numbered in RAUC's order: rootfs.1, rootfs.0, appfs.0.
     let script = format!(
-        "{out}\necho \"$RAUC_SYSTEM_SLOTS|$RAUC_SLOT_STATUS_INSTALLED_COUNT_1|$RAUC_SLOT_BOOT_STATUS_2|$RAUC_BOOT_PRIMARY\""
+        "{out}\necho \"$RAUC_SYSTEM_SLOTS|$RAUC_SLOTS|$RAUC_SLOT_STATUS_INSTALLED_COUNT_2|$RAUC_SLOT_BOOT_STATUS_1|$RAUC_SLOT_PARENT_3|$RAUC_BOOT_PRIMARY\""
     );
     let r = run(Command::new("sh").arg("-c").arg(script)).ok();
-    assert_eq!(r.stdout, "rootfs.0 rootfs.1 appfs.0|2|bad|rootfs.0\n");
+    assert_eq!(r.stdout, "rootfs.1 rootfs.0 appfs.0|1 2 3|2|bad|rootfs.0|rootfs.0\n");
 }
 
 #[test]
 fn json_formats() {
     let d = device("status-json");
     let compact = run(d.rota().args(["status", "--detailed", "--output-format=json"])).ok().stdout;
-    assert!(compact.starts_with("{\"compatible\":\"Test Config\",\"variant\":\"\",\"system_version\":null,\"booted\":\"A\",\"boot_primary\":\"rootfs.0\",\"slots\":[{\"rootfs.0\":{\"class\":\"rootfs\""), "{compact}");
+    assert!(compact.starts_with("{\"compatible\":\"Test Config\",\"variant\":\"\",\"system_version\":null,\"booted\":\"A\",\"boot_primary\":\"rootfs.0\",\"slots\":[{\"rootfs.1\":{\"class\":\"rootfs\""), "{compact}");
     let v: serde_json::Value = serde_json::from_str(&compact).unwrap();
-    let st = &v["slots"][0]["rootfs.0"]["slot_status"];
+    let st = &v["slots"][1]["rootfs.0"]["slot_status"];
     assert_eq!(st["checksum"]["size"], 262144);
     assert_eq!(st["installed"]["count"], 2);
     assert_eq!(v["artifact-repositories"], serde_json::json!([]));
@@ -122,5 +125,5 @@ fn config_errors_name_file_line_and_key() {
         "Invalid system config: -C option 1:1: Bootname 'has space' of slot rootfs.0 must not contain whitespace"
     );
     let r = run(d.rota().args(["status", "-C", "system"])).fails();
-    assert_eq!(r.stderr.trim_end(), "Error in parsing override: Missing ':'");
+    assert_eq!(r.stderr.trim_end(), "Error in parsing override: Missing '='");
 }

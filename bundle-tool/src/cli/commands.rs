@@ -160,7 +160,10 @@ pub fn http_options(
 /// Open options from command line and configuration.
 fn open_options(ctx: &Context, use_config: bool) -> Result<OpenOptions, CliError> {
     let conf = if use_config { ctx.host_config()? } else { Default::default() };
-    let facts = crate::hostconfig::HeaderFacts { variant: conf.variant.clone(), ..Default::default() };
+    let facts = ctx
+        .header_facts
+        .clone()
+        .unwrap_or_else(|| crate::hostconfig::HeaderFacts { variant: conf.variant.clone(), ..Default::default() });
     let http = http_options(ctx, &conf, &facts)?;
     Ok(OpenOptions {
         verify: VerifyOptions {
@@ -251,12 +254,11 @@ fn cmd_encrypt(ctx: &Context) -> Result<(), CliError> {
 }
 
 fn cmd_replace_signature(ctx: &Context) -> Result<(), CliError> {
+    // The input bundle is verified with `--keyring` (unless `--no-verify`),
+    // the new signature with `--signing-keyring` (else `--keyring`) whenever
+    // one is given, as RAUC does.
     let open = open_options(ctx, false)?;
-    let keyring = if ctx.args.has("no-verify") {
-        None
-    } else {
-        ctx.path("signing-keyring").or_else(|| ctx.path("keyring")).map(Keyring::from_path)
-    };
+    let keyring = ctx.path("signing-keyring").or_else(|| ctx.path("keyring")).map(Keyring::from_path);
     create::replace_signature(
         &location(ctx.arg(0)),
         Path::new(ctx.arg(1)),
@@ -286,8 +288,9 @@ fn cmd_extract(ctx: &Context) -> Result<(), CliError> {
 
 fn cmd_info(ctx: &Context) -> Result<(), CliError> {
     let format = OutputFormat::parse(ctx.args.value("output-format").unwrap_or("readable"))?;
+    let location = crate::bundle::resolve_location(ctx.arg(0))?;
     let open = open_options(ctx, true)?;
-    let bundle = Bundle::open(&location(ctx.arg(0)), &open)?;
+    let bundle = Bundle::open(&location, &open)?;
     let text =
         info::render(&BundleInfo::of(&bundle), format, ctx.args.has("dump-cert"), ctx.args.has("dump-recipients"));
     print!("{text}");

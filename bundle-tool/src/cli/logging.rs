@@ -50,8 +50,7 @@ where
 pub fn init(prog: &str, debug: bool) {
     let level = if debug { "debug" } else { "info" };
     // Libraries we build on log their own chatter; keep only their warnings.
-    let filter =
-        tracing_subscriber::EnvFilter::new(format!("{level},backhand=warn,reqwest=warn,hyper=warn,hyper_util=warn"));
+    let filter = tracing_subscriber::EnvFilter::new(format!("{level},backhand=warn,hyper=warn,hyper_util=warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

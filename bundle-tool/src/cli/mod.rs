@@ -15,7 +15,9 @@ use std::path::PathBuf;
 /// Options every command accepts.
 pub const GLOBAL_OPTIONS: &[OptSpec] = &[
     OptSpec::value("conf", "FILENAME", "use this system configuration file").short('c'),
-    OptSpec::value("confopt", "SECTION:KEY=VALUE", "set a configuration value (repeatable)").short('C'),
+    OptSpec::value("confopt", "SECTION:KEY=VALUE", "set a configuration value (repeatable)")
+        .short('C')
+        .optional_checked(crate::hostconfig::check_override),
     OptSpec::value("keyring", "PEMFILE", "trust anchors for signature checks").hidden(),
     OptSpec::value("intermediate", "PEMFILE", "intermediate certificate to embed").hidden(),
     OptSpec::value("cert", "PEMFILE", "signing certificate").hidden(),
@@ -52,6 +54,9 @@ pub struct Context {
     pub prog: String,
     /// All parsed options (global and command) and positionals after the command.
     pub args: Parsed,
+    /// What the automatic HTTP headers report, when the device side knows
+    /// more than the configuration file says (its system-info handler).
+    pub header_facts: Option<crate::hostconfig::HeaderFacts>,
 }
 
 impl Context {
@@ -117,6 +122,13 @@ pub fn version_line(prog: &str) -> String {
     }
 }
 
+/// `User-Agent` of HTTP requests: RAUC's product token first when called as
+/// `rauc` (servers that tell RAUC clients apart by it keep working).
+pub fn user_agent(prog: &str) -> String {
+    let own = concat!("rota/", env!("CARGO_PKG_VERSION"));
+    if prog == "rauc" { format!("rauc/{} {own}", crate::manifest::RAUC_COMPAT_VERSION) } else { own.to_string() }
+}
+
 fn top_help(prog: &str, commands: &[Command]) -> String {
     let mut list = format!("Command-specific help:\n  {prog} <COMMAND> --help\n\nList of {prog} commands:\n");
     let width = commands.iter().map(|c| c.name.len()).max().unwrap_or(0);
@@ -172,12 +184,20 @@ pub fn main_with(args: Vec<OsString>, commands: &[Command]) -> i32 {
                 1
             }
             Err(e) => {
-                print_out(&top_help(&prog, commands));
+                if !matches!(e, options::ParseError::BadValue(_)) {
+                    print_out(&top_help(&prog, commands));
+                }
                 eprintln!("{e}");
                 1
             }
         };
     };
+    // A refused global option before the command word is reported alone,
+    // as RAUC's first pass over the command line reports it.
+    if let Err(e @ options::ParseError::BadValue(_)) = options::parse(&rest[..cmd_idx], &global) {
+        eprintln!("{e}");
+        return 1;
+    }
     let name = &rest[cmd_idx];
     let Some(cmd) = commands.iter().find(|c| c.name == name) else {
         print_out(&format!("Invalid command '{name}' given\n{}", top_help(&prog, commands)));
@@ -189,7 +209,11 @@ pub fn main_with(args: Vec<OsString>, commands: &[Command]) -> i32 {
     let parsed = match options::parse(&without_cmd, &specs) {
         Ok(p) => p,
         Err(e) => {
-            print_out(&command_help(&prog, cmd));
+            // A global option's refused value ends RAUC's first pass over
+            // the command line, before any help is shown.
+            if !matches!(e, options::ParseError::BadValue(_)) {
+                print_out(&command_help(&prog, cmd));
+            }
             eprintln!("{e}");
             return 1;
         }
@@ -212,7 +236,7 @@ pub fn main_with(args: Vec<OsString>, commands: &[Command]) -> i32 {
         eprintln!("Excess arguments given to '{}': {}", cmd.name, parsed.positionals[cmd.positionals.1..].join(" "));
         return 1;
     }
-    let ctx = Context { prog, args: parsed };
+    let ctx = Context { prog, args: parsed, header_facts: None };
     match (cmd.run)(&ctx) {
         Ok(()) => 0,
         Err(e) => {

@@ -3,6 +3,9 @@
 
 use std::collections::HashMap;
 
+/// A check of an option's value while parsing (`None`: given without one).
+pub type ValueCheck = fn(Option<&str>) -> Result<(), String>;
+
 /// One option.
 #[derive(Debug, Clone, Copy)]
 pub struct OptSpec {
@@ -16,17 +19,24 @@ pub struct OptSpec {
     pub help: &'static str,
     /// Accepted but not listed in help.
     pub hidden: bool,
+    /// The value may be left out (GLib's optional arguments): it is taken
+    /// from `--name=value`, `-xvalue`, or the next argument unless that
+    /// starts with `-`.
+    pub optional: bool,
+    /// Checks each occurrence while parsing (`None`: given without a
+    /// value); its error ends parsing, as a GLib option callback's does.
+    pub check: Option<ValueCheck>,
 }
 
 impl OptSpec {
     /// A boolean flag.
     pub const fn flag(long: &'static str, help: &'static str) -> OptSpec {
-        OptSpec { long, short: None, arg: None, help, hidden: false }
+        OptSpec { long, short: None, arg: None, help, hidden: false, optional: false, check: None }
     }
 
     /// An option taking a value.
     pub const fn value(long: &'static str, arg: &'static str, help: &'static str) -> OptSpec {
-        OptSpec { long, short: None, arg: Some(arg), help, hidden: false }
+        OptSpec { long, short: None, arg: Some(arg), help, hidden: false, optional: false, check: None }
     }
 
     /// Adds a short letter.
@@ -39,6 +49,19 @@ impl OptSpec {
     pub const fn hidden(mut self) -> OptSpec {
         self.hidden = true;
         self
+    }
+
+    /// Makes the value optional; `check` sees every occurrence.
+    pub const fn optional_checked(mut self, check: ValueCheck) -> OptSpec {
+        self.optional = true;
+        self.check = Some(check);
+        self
+    }
+
+    /// Whether the argument at `next` (if any) is this option's value when
+    /// it was not given inline.
+    fn takes_next(&self, next: Option<&String>) -> bool {
+        self.arg.is_some() && !(self.optional && next.is_none_or(|n| n.starts_with('-')))
     }
 }
 
@@ -60,6 +83,16 @@ pub struct Parsed {
 }
 
 impl Parsed {
+    /// Records one occurrence of `spec` (an optional value left out is
+    /// kept as an empty string) after its check.
+    fn add(&mut self, spec: &OptSpec, value: Option<String>) -> Result<(), ParseError> {
+        if let Some(check) = spec.check {
+            check(value.as_deref()).map_err(ParseError::BadValue)?;
+        }
+        self.values.entry(spec.long).or_default().push(value.unwrap_or_default());
+        Ok(())
+    }
+
     /// Whether a flag (or any value of an option) was given.
     pub fn has(&self, long: &str) -> bool {
         self.values.contains_key(long)
@@ -83,6 +116,8 @@ pub enum ParseError {
     Unknown(String),
     /// `Missing argument for --x`.
     MissingValue(String),
+    /// An option's own check refused its value (the message as it is).
+    BadValue(String),
 }
 
 impl std::fmt::Display for ParseError {
@@ -90,6 +125,7 @@ impl std::fmt::Display for ParseError {
         match self {
             ParseError::Unknown(o) => write!(f, "Unknown option {o}"),
             ParseError::MissingValue(o) => write!(f, "Missing argument for {o}"),
+            ParseError::BadValue(m) => f.write_str(m),
         }
     }
 }
@@ -126,16 +162,17 @@ pub fn parse(args: &[String], specs: &[&OptSpec]) -> Result<Parsed, ParseError> 
             };
             let spec = find(specs, Some(name), None).ok_or_else(|| ParseError::Unknown(a.clone()))?;
             let value = match (spec.arg, inline) {
-                (None, None) => String::new(),
+                (None, None) => Some(String::new()),
                 (None, Some(_)) => return Err(ParseError::Unknown(a.clone())),
-                (Some(_), Some(v)) => v,
-                (Some(_), None) => {
+                (Some(_), Some(v)) => Some(v),
+                (Some(_), None) if spec.takes_next(args.get(i)) => {
                     let v = args.get(i).cloned().ok_or_else(|| ParseError::MissingValue(format!("--{name}")))?;
                     i += 1;
-                    v
+                    Some(v)
                 }
+                (Some(_), None) => None,
             };
-            p.values.entry(spec.long).or_default().push(value);
+            p.add(spec, value)?;
             continue;
         }
         // Short options, possibly bundled (`-dc file`, `-cfile`).
@@ -149,16 +186,18 @@ pub fn parse(args: &[String], specs: &[&OptSpec]) -> Result<Parsed, ParseError> 
                 if k < chars.len() {
                     let v: String = chars[k..].iter().collect();
                     k = chars.len();
-                    v
-                } else {
+                    Some(v)
+                } else if spec.takes_next(args.get(i)) {
                     let v = args.get(i).cloned().ok_or_else(|| ParseError::MissingValue(format!("-{c}")))?;
                     i += 1;
-                    v
+                    Some(v)
+                } else {
+                    None
                 }
             } else {
-                String::new()
+                Some(String::new())
             };
-            p.values.entry(spec.long).or_default().push(value);
+            p.add(spec, value)?;
         }
     }
     Ok(p)
@@ -176,11 +215,12 @@ pub fn find_command(args: &[String], global: &[&OptSpec]) -> Option<usize> {
         if !a.starts_with('-') || a == "-" {
             return Some(i);
         }
+        let next = args.get(i + 1);
         let takes_value = if let Some(body) = a.strip_prefix("--") {
-            !body.contains('=') && find(global, Some(body), None).is_some_and(|s| s.arg.is_some())
+            !body.contains('=') && find(global, Some(body), None).is_some_and(|s| s.takes_next(next))
         } else {
             let chars: Vec<char> = a[1..].chars().collect();
-            chars.last().is_some_and(|&c| find(global, None, Some(c)).is_some_and(|s| s.arg.is_some()))
+            chars.last().is_some_and(|&c| find(global, None, Some(c)).is_some_and(|s| s.takes_next(next)))
                 && chars
                     .iter()
                     .take(chars.len() - 1)

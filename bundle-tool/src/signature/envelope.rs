@@ -16,13 +16,18 @@ pub fn load_recipients(paths: &[impl AsRef<Path>]) -> Result<Vec<X509>> {
     let mut out = Vec::new();
     for p in paths {
         let p = p.as_ref();
-        let pem = std::fs::read(p)
-            .map_err(|e| Error::Key(format!("Failed to read recipient certificate '{}': {e}", p.display())))?;
-        let certs = X509::stack_from_pem(&pem).map_err(|e| {
-            Error::Key(format!("Failed to load recipient certificate '{}': {}", p.display(), openssl_reason(&e)))
-        })?;
+        let pem = std::fs::read(p).map_err(|_| Error::Key(format!("Failed to load cert file '{}'", p.display())))?;
+        let parse_error = |e: &openssl::error::ErrorStack| {
+            Error::Key(format!("Failed to parse cert file '{}': {}", p.display(), openssl_reason(e)))
+        };
+        let certs = X509::stack_from_pem(&pem).map_err(|e| parse_error(&e))?;
         if certs.is_empty() {
-            return Err(Error::Key(format!("No certificate found in '{}'", p.display())));
+            // OpenSSL's own reason for a file without one (no start line,
+            // "Expecting: CERTIFICATE"), as RAUC passes it on.
+            return Err(X509::from_pem(&pem).err().map_or_else(
+                || Error::Key(format!("Failed to parse cert file '{}': no certificate", p.display())),
+                |e| parse_error(&e),
+            ));
         }
         out.extend(certs);
     }

@@ -147,6 +147,22 @@ impl Signer {
         cms?.to_der().map_err(|e| Error::Other(e.to_string()))
     }
 
+    /// Whether this signer's certificate (with the intermediates it embeds)
+    /// chains up to `keyring` now; the error names OpenSSL's reason.
+    pub fn check_chain(&self, keyring: &Keyring) -> Result<()> {
+        let store = keyring.build_store(None, false)?;
+        let mut extra = Stack::<X509>::new().map_err(|e| Error::Other(e.to_string()))?;
+        for c in &self.intermediates {
+            extra.push(c.clone()).map_err(|e| Error::Other(e.to_string()))?;
+        }
+        let mut ctx = openssl::x509::X509StoreContext::new().map_err(|e| Error::Other(e.to_string()))?;
+        let verdict = ctx
+            .init(&store, &self.cert, &extra, |c| Ok(c.verify_cert()?.then_some(()).ok_or(c.error())))
+            .map_err(|e| Error::Other(e.to_string()))?;
+        verdict
+            .map_err(|e| Error::Signature(format!("signature verification failed: Verify error: {}", e.error_string())))
+    }
+
     /// Adds this signer to an existing SignedData, reusing the content digest
     /// of the signature already there (`resign --append`).
     pub fn append_to(&self, cms_der: &[u8]) -> Result<Vec<u8>> {
@@ -370,14 +386,24 @@ pub fn verify(cms_der: &[u8], detached: Option<&mut dyn Read>, opts: &VerifyOpti
     for c in &embedded {
         untrusted.push(c.clone()).map_err(|e| Error::Other(e.to_string()))?;
     }
+    let signer_certs = signer_infos(&cms)
+        .into_iter()
+        .map(|si| signer_cert(si).ok_or_else(|| Error::Signature("signer certificate not found".to_string())))
+        .collect::<Result<Vec<X509>>>()?;
+    let by: Vec<String> =
+        signer_certs.iter().map(|c| format!("'{}'", certinfo::name_oneline(c.subject_name()))).collect();
+    let kind = if content.is_some() { "inline" } else { "detached" };
+    tracing::info!("Verified {kind} signature by {}", by.join(", "));
+    // Every signature checks out, but which signer's chain would the
+    // bundle be trusted for? RAUC takes exactly one, and so does rota.
+    if signer_certs.len() != 1 {
+        return Err(Error::Signature(format!("Unsupported number of signers: {}", signer_certs.len())));
+    }
     let mut chains = Vec::new();
-    let mut signer_certs = Vec::new();
-    for si in signer_infos(&cms) {
-        let cert = signer_cert(si).ok_or_else(|| Error::Signature("signer certificate not found".to_string()))?;
-        let chain = build_chain(&store, &cert, &untrusted)?;
+    for cert in &signer_certs {
+        let chain = build_chain(&store, cert, &untrusted)?;
         opts.keyring.check_chain_purpose(&chain)?;
         chains.push(chain.iter().map(|c| CertInfo::of(c)).collect::<Vec<_>>());
-        signer_certs.push(cert);
     }
     if !opts.keyring.allowed_signer_cns.is_empty() {
         let allowed = signer_certs
@@ -388,9 +414,5 @@ pub fn verify(cms_der: &[u8], detached: Option<&mut dyn Read>, opts: &VerifyOpti
             return Err(Error::Signature("No signature CN matching allowed-signer-cns found".to_string()));
         }
     }
-    let by: Vec<String> =
-        signer_certs.iter().map(|c| format!("'{}'", certinfo::name_oneline(c.subject_name()))).collect();
-    let kind = if content.is_some() { "inline" } else { "detached" };
-    tracing::info!("Verified {kind} signature by {}", by.join(", "));
     Ok(SignatureInfo { content, verified: true, chains, signer_count })
 }

@@ -5,10 +5,11 @@
 //! with read-ahead when access is sequential. Every response must be `206`
 //! with a `Content-Range` that matches the request exactly.
 
+mod spellings;
 mod transport;
 
 use super::ReadAt;
-use reqwest::header::{CONTENT_RANGE, ETAG, HeaderMap, HeaderName, HeaderValue, LAST_MODIFIED, RANGE};
+use http::header::{CONTENT_RANGE, ETAG, HeaderMap, HeaderName, HeaderValue, LAST_MODIFIED, RANGE};
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::path::PathBuf;
@@ -95,7 +96,7 @@ impl Default for HttpOptions {
             tls_no_verify: false,
             headers: Vec::new(),
             info_headers: Vec::new(),
-            user_agent: concat!("rota/", env!("CARGO_PKG_VERSION")).to_string(),
+            user_agent: crate::cli::user_agent(&crate::cli::program_name(std::env::args_os().next().as_ref())),
             connect_timeout: Duration::from_secs(20),
             stall_timeout: Duration::from_secs(60),
             window: 512 * 1024,
@@ -317,6 +318,8 @@ struct Target {
     stall: Duration,
     min_speed: u64,
     cancel: Option<CancelCheck>,
+    /// The version every response must be of (see [`identity`]).
+    identity: Option<(HeaderName, String)>,
 }
 
 /// A successful range response.
@@ -326,15 +329,17 @@ struct Fetched {
     url: String,
 }
 
-/// The header that makes later requests fail with `412` once the file on
-/// the server is no longer the one opened: `If-Match` with a strong ETag,
-/// else `If-Unmodified-Since` with `Last-Modified`.
-fn validator(info: &RemoteInfo) -> Option<(HeaderName, HeaderValue)> {
-    if let Some(tag) = info.etag.as_deref().filter(|t| t.starts_with('"')) {
-        return HeaderValue::from_str(tag).ok().map(|v| (reqwest::header::IF_MATCH, v));
+/// What identifies the version of the file that was opened: its ETag, else
+/// its Last-Modified time. Every later response must name the same one, so
+/// that bytes of a file replaced on the server are never mixed in. (Asking
+/// with `If-Match` would let the server refuse instead, but RAUC sends no
+/// conditional headers and servers may tell requests apart by them.)
+fn identity(info: &RemoteInfo) -> Option<(HeaderName, String)> {
+    match (&info.etag, &info.last_modified) {
+        (Some(tag), _) => Some((ETAG, tag.clone())),
+        (None, Some(lm)) => Some((LAST_MODIFIED, lm.clone())),
+        (None, None) => None,
     }
-    let lm = info.last_modified.as_deref()?;
-    HeaderValue::from_str(lm).ok().map(|v| (reqwest::header::IF_UNMODIFIED_SINCE, v))
 }
 
 impl Target {
@@ -352,6 +357,7 @@ impl Target {
             stall: opts.stall_timeout,
             min_speed: opts.min_speed,
             cancel: opts.cancel.clone(),
+            identity: None,
         }
     }
 
@@ -384,6 +390,12 @@ impl Target {
             let msg = describe_status(status);
             let retry = status >= 500 || status == 408 || status == 429;
             return Err(if retry { FetchError::Transient(msg) } else { FetchError::Fatal(msg) });
+        }
+        if let Some((name, value)) = &self.identity {
+            let now = resp.headers.get(name).and_then(|v| v.to_str().ok());
+            if now.is_some_and(|now| now != value) {
+                return Err(FetchError::Fatal("bundle changed on the server since it was opened".to_string()));
+            }
         }
         let cr = resp.headers.get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
         let Some((a, b, total)) = cr.as_deref().and_then(parse_content_range) else {
@@ -538,7 +550,7 @@ impl HttpSource {
         let mut first_headers = headers.clone();
         first_headers.extend(header_map(&opts.info_headers).map_err(fail)?);
         if let Ok(ua) = HeaderValue::from_str(&opts.user_agent) {
-            first_headers.insert(reqwest::header::USER_AGENT, ua);
+            first_headers.insert(http::header::USER_AGENT, ua);
         }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -558,17 +570,15 @@ impl HttpSource {
             size: total,
             etag: get(ETAG),
             last_modified: get(LAST_MODIFIED),
-            date: get(reqwest::header::DATE),
+            date: get(http::header::DATE),
         };
         let mut headers = headers;
         if !same_host(url, &probe.url) {
             // Redirected to another host: the caller's credentials were for the first.
             transport::strip_credentials(&mut headers);
         }
-        if let Some((name, value)) = validator(&info) {
-            headers.insert(name, value);
-        }
-        let target = Target::new(&opts, client, request_url(url, &probe.url), headers, stats);
+        let mut target = Target::new(&opts, client, request_url(url, &probe.url), headers, stats);
+        target.identity = identity(&info);
         let shared = Arc::new(Shared {
             target,
             info,

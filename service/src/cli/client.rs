@@ -13,6 +13,9 @@ use rota_dbus::{Dict, InstallerProxy};
 use std::collections::HashMap;
 use zbus::{Connection, OwnedVariant, Variant};
 
+/// The error a service answers for a method it does not have.
+const UNKNOWN_METHOD: &str = "org.freedesktop.DBus.Error.UnknownMethod";
+
 /// A connection to a running (or activatable) service.
 pub struct Client {
     rt: tokio::runtime::Runtime,
@@ -140,15 +143,25 @@ impl Client {
                 }
             };
             let slots = proxy.get_slot_status().await.map_err(dbus_error)?;
-            let repos = proxy.get_artifact_status().await.map_err(dbus_error)?;
-            let system_version = proxy.system_version().await.map_err(dbus_error)?;
+            // Services before RAUC 1.12 (Debian's 1.8) have neither artifact
+            // repositories nor the system version.
+            let repos = match proxy.get_artifact_status().await {
+                Err(zbus::Error::MethodError(name, _, _)) if name.as_str() == UNKNOWN_METHOD => Vec::new(),
+                r => r.map_err(dbus_error)?,
+            };
+            let system_version = proxy.system_version().await.unwrap_or_default();
+            // The slots as RAUC's client shows them: put into a table of its
+            // own in the order received, then walked.
+            let names: Vec<&str> = slots.iter().map(|(name, _)| name.as_str()).collect();
+            let slots =
+                crate::slot_order::table_order(&names).into_iter().map(|i| slot_report(&slots[i].0, &slots[i].1));
             Ok(StatusReport {
                 compatible: proxy.compatible().await.map_err(dbus_error)?,
                 variant: proxy.variant().await.map_err(dbus_error)?,
                 system_version: (!system_version.is_empty()).then_some(system_version),
                 booted: proxy.boot_slot().await.map_err(dbus_error)?,
                 boot_primary,
-                slots: slots.iter().map(|(name, d)| slot_report(name, d)).collect(),
+                slots: slots.collect(),
                 repos: repos.iter().map(repo_report).collect(),
             })
         })
@@ -167,8 +180,7 @@ impl Client {
                 crate::dbus::dicts::bundle_info_from_dict(&d).map(Some).map_err(|message| CliError { message, code: 2 })
             }
             Err(zbus::Error::MethodError(name, _, _))
-                if ["org.freedesktop.DBus.Error.UnknownMethod", "org.freedesktop.DBus.Error.UnknownInterface"]
-                    .contains(&name.as_str()) =>
+                if [UNKNOWN_METHOD, "org.freedesktop.DBus.Error.UnknownInterface"].contains(&name.as_str()) =>
             {
                 Ok(None)
             }

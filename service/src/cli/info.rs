@@ -11,10 +11,23 @@ use rota_bundle::info::{OutputFormat, render};
 /// Options that describe a local verification.
 const LOCAL_ONLY: [&str; 4] = ["keyring", "no-verify", "no-check-time", "key"];
 
-/// The host-side `info` (local verification).
+/// The host-side `info` (local verification). With a configuration named
+/// on the command line the device is set up as RAUC sets up its target:
+/// the system-info handler runs, and what it reports (serial, system
+/// version, variant, `RAUC_HTTP_*`) goes into the automatic HTTP headers.
 fn local(ctx: &Context) -> Result<(), CliError> {
     let info = rota_bundle::cli::commands::HOST_COMMANDS.iter().find(|c| c.name == "info").expect("info command");
-    (info.run)(ctx)
+    let Some(conf) = ctx.path("conf") else {
+        return (info.run)(ctx);
+    };
+    // A file that is no complete device configuration is still read as the
+    // bundle tool reads it (which names what is wrong with it, if anything).
+    let Ok(config) = crate::config::load(Some(&conf), ctx.args.values("confopt")) else {
+        return (info.run)(ctx);
+    };
+    let facts = crate::system::target_header_facts(&config)?;
+    let ctx = Context { prog: ctx.prog.clone(), args: ctx.args.clone(), header_facts: Some(facts) };
+    (info.run)(&ctx)
 }
 
 pub(super) fn run(ctx: &Context) -> Result<(), CliError> {

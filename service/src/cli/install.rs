@@ -4,16 +4,13 @@
 
 use crate::install::engine::{self, InstallArgs};
 use crate::install::progress::ProgressSink;
-use rota_bundle::bundle::is_remote;
 use rota_bundle::cli::{CliError, Context};
 use std::io::{IsTerminal, Write};
 
-/// The bundle location for `arg`: a URL, or an existing local file.
+/// The bundle location for `arg`: a URL, or an existing local file (its
+/// absolute path; a `file:` URI converted), as RAUC resolves it.
 pub(super) fn location(arg: &str) -> Result<String, CliError> {
-    if !is_remote(arg) && !std::path::Path::new(arg).exists() {
-        return Err(CliError { message: format!("No such file: {arg}"), code: 1 });
-    }
-    Ok(rota_bundle::cli::commands::location(arg))
+    Ok(rota_bundle::bundle::resolve_location(arg)?)
 }
 
 fn bar(percentage: i32, message: &str) {

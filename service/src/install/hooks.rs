@@ -49,28 +49,29 @@ pub fn handler_env(system: &System, manifest: &Manifest, bundle_dir: &Path, txn:
     push(&mut env, "RAUC_BUNDLE_MOUNT_POINT", dir.as_ref());
     push(&mut env, "RAUC_UPDATE_SOURCE", dir.as_ref());
     push(&mut env, "RAUC_TRANSACTION_ID", txn);
-    let numbers: Vec<String> = (1..=system.slots.len()).map(|n| n.to_string()).collect();
+    // Slots are numbered in the order RAUC walks them (see `slot_order`).
+    let order = system.table_order();
+    let numbers: Vec<String> = (1..=order.len()).map(|n| n.to_string()).collect();
     push(&mut env, "RAUC_SLOTS", numbers.join(" "));
-    let targets: Vec<String> = group.iter().map(|i| (i + 1).to_string()).collect();
+    let targets: Vec<String> =
+        order.iter().enumerate().filter(|(_, i)| group.contains(i)).map(|(n, _)| (n + 1).to_string()).collect();
     push(&mut env, "RAUC_TARGET_SLOTS", targets.join(" "));
-    for (i, slot) in system.slots.iter().enumerate() {
-        let n = i + 1;
-        let c = &slot.config;
+    for (n, &i) in order.iter().enumerate() {
+        let n = n + 1;
+        let c = &system.slots[i].config;
+        if group.contains(&i)
+            && let Some(image) = manifest.images.iter().find(|im| im.slotclass == c.class)
+        {
+            push(&mut env, format!("RAUC_IMAGE_NAME_{n}"), image.filename.as_deref().unwrap_or(""));
+            push(&mut env, format!("RAUC_IMAGE_DIGEST_{n}"), image.sha256.as_deref().unwrap_or(""));
+            push(&mut env, format!("RAUC_IMAGE_CLASS_{n}"), c.class.as_str());
+        }
         push(&mut env, format!("RAUC_SLOT_NAME_{n}"), c.name.as_str());
         push(&mut env, format!("RAUC_SLOT_CLASS_{n}"), c.class.as_str());
         push(&mut env, format!("RAUC_SLOT_TYPE_{n}"), c.slot_type.as_str());
         push(&mut env, format!("RAUC_SLOT_DEVICE_{n}"), c.device.to_string_lossy());
         push(&mut env, format!("RAUC_SLOT_BOOTNAME_{n}"), c.bootname.as_deref().unwrap_or(""));
         push(&mut env, format!("RAUC_SLOT_PARENT_{n}"), c.parent.as_deref().unwrap_or(""));
-    }
-    for &i in group {
-        let n = i + 1;
-        let class = &system.slots[i].config.class;
-        if let Some(image) = manifest.images.iter().find(|im| &im.slotclass == class) {
-            push(&mut env, format!("RAUC_IMAGE_NAME_{n}"), image.filename.as_deref().unwrap_or(""));
-            push(&mut env, format!("RAUC_IMAGE_DIGEST_{n}"), image.sha256.as_deref().unwrap_or(""));
-            push(&mut env, format!("RAUC_IMAGE_CLASS_{n}"), class.as_str());
-        }
     }
     env.extend(manifest.meta_env());
     env

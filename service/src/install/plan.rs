@@ -127,37 +127,41 @@ fn timestamp_key(st: &SlotStatus) -> Option<std::time::SystemTime> {
     st.installed_timestamp.as_deref().and_then(|t| humantime::parse_rfc3339(t).ok())
 }
 
-/// The target group (spec §6.3): for each root class one inactive slot —
-/// the first that failed or was never installed, else the least recently
-/// installed — plus its children. Returns indices into `System::slots`.
+/// The target group (spec §6.3): for each root class one inactive slot,
+/// plus its children. With a central status file the first slot that
+/// failed or was never installed, else the least recently installed; with
+/// per-slot status files the first one. "First" is in the order RAUC walks
+/// its slots, and root classes come in RAUC's order too, so that A/B/C
+/// systems pick the slot RAUC picks. Returns indices into `System::slots`.
 pub fn target_group(system: &System) -> Vec<usize> {
-    let mut roots: Vec<&str> = Vec::new();
-    for s in system.slots.iter().filter(|s| s.config.parent.is_none()) {
-        if !roots.contains(&s.config.class.as_str()) {
-            roots.push(&s.config.class);
-        }
-    }
+    let order = system.table_order();
+    let roots = crate::slot_order::root_classes(
+        order.iter().map(|&i| &system.slots[i].config).filter(|c| c.parent.is_none()).map(|c| c.class.as_str()),
+    );
+    let per_slot = system.central().is_none();
     let mut chosen: Vec<usize> = Vec::new();
     for class in roots {
-        let candidates: Vec<usize> = (0..system.slots.len())
-            .filter(|&i| {
-                let s = &system.slots[i];
-                s.config.class == class
-                    && s.config.parent.is_none()
-                    && s.state == SlotState::Inactive
-                    && check_writable(system, i, false).is_ok()
-            })
-            .collect();
+        let mut candidates = order.iter().copied().filter(|&i| {
+            let s = &system.slots[i];
+            s.config.class == class
+                && s.config.parent.is_none()
+                && s.state == SlotState::Inactive
+                && check_writable(system, i, false).is_ok()
+        });
+        if per_slot {
+            chosen.extend(candidates.next());
+            continue;
+        }
         let mut best: Option<(usize, std::time::SystemTime)> = None;
         let mut pick = None;
-        for &i in &candidates {
+        for i in candidates {
             let st = system.load_status(&system.slots[i]);
             match timestamp_key(&st) {
-                None => {
+                _ if st.status.as_deref() == Some("failed") => {
                     pick = Some(i);
                     break;
                 }
-                Some(_) if st.status.as_deref() == Some("failed") => {
+                None => {
                     pick = Some(i);
                     break;
                 }
@@ -168,18 +172,16 @@ pub fn target_group(system: &System) -> Vec<usize> {
                 }
             }
         }
-        if let Some(i) = pick.or(best.map(|(i, _)| i)) {
-            chosen.push(i);
-        }
+        chosen.extend(pick.or(best.map(|(i, _)| i)));
     }
-    let mut group = Vec::new();
-    for (i, s) in system.slots.iter().enumerate() {
-        let root = s.config.parent.as_deref().unwrap_or(&s.config.name);
-        if chosen.iter().any(|&c| system.slots[c].config.name == root) {
-            group.push(i);
-        }
-    }
-    group
+    order
+        .into_iter()
+        .filter(|&i| {
+            let s = &system.slots[i].config;
+            let root = s.parent.as_deref().unwrap_or(&s.name);
+            chosen.iter().any(|&c| system.slots[c].config.name == root)
+        })
+        .collect()
 }
 
 /// One artifact image to install into one repository.

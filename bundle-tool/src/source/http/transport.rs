@@ -1,13 +1,18 @@
-//! How a GET reaches the server. reqwest (on OpenSSL through native-tls)
-//! carries every request, except when the TLS client key or certificate
-//! lives on a PKCS#11 token: native-tls only accepts key bytes, so those
-//! connections go through hyper with an OpenSSL connector that holds the
-//! token's key (`hyper-openssl`). Both answer with the same [`Response`];
-//! redirects, `user:password@` credentials, proxies from the environment
-//! and timeouts behave alike.
+//! How a GET reaches the server: hyper with an OpenSSL connector of our own
+//! (`hyper-openssl`), so that requests go out as curl, and so RAUC, sends
+//! them. reqwest cannot do three things this needs: trust a CA file's
+//! certificates as anchors, an intermediate one included (OpenSSL's partial
+//! chains, curl's default), hold a client key that lives on a PKCS#11 token
+//! (native-tls only takes key bytes), and send header names spelt as given
+//! (`RAUC-Boot-ID`, not `rauc-boot-id`: HTTP/1 servers may tell them apart,
+//! RAUC's own test server does). Redirects, `user:password@` credentials,
+//! proxies from the environment and timeouts are handled here.
 
 use super::HttpOptions;
 use crate::signature;
+use http::header::{
+    ACCEPT, AUTHORIZATION, COOKIE, HeaderMap, HeaderValue, LOCATION, PROXY_AUTHORIZATION, WWW_AUTHENTICATE,
+};
 use http_body_util::{BodyExt, Empty};
 use hyper::Uri;
 use hyper::body::{Bytes, Incoming};
@@ -19,7 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
 use openssl::x509::X509;
 use openssl::x509::store::X509StoreBuilder;
-use reqwest::header::{AUTHORIZATION, COOKIE, HeaderMap, HeaderValue, LOCATION, PROXY_AUTHORIZATION, WWW_AUTHENTICATE};
+use openssl::x509::verify::X509VerifyFlags;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
@@ -30,6 +35,18 @@ use tokio::net::TcpStream;
 
 /// Redirects followed per request, as RAUC (curl) does.
 const MAX_REDIRECTS: usize = 8;
+
+/// Headers of our own on the wire, spelt as curl spells them.
+const WIRE_NAMES: [&str; 8] = [
+    "Host",
+    "User-Agent",
+    "Accept",
+    "Range",
+    "If-Match",
+    "If-Unmodified-Since",
+    "Authorization",
+    "Proxy-Authorization",
+];
 
 /// Why a request got no usable response.
 pub(super) enum SendError {
@@ -43,20 +60,17 @@ pub(super) enum SendError {
     Fatal(String),
 }
 
-/// The configured HTTP client.
+/// The configured HTTP client: hyper's pooled client on an OpenSSL
+/// connector (clones share the pool).
 #[derive(Clone)]
-pub(super) enum Client {
-    /// reqwest, for everything without a token key.
-    Reqwest(reqwest::Client),
-    /// hyper on OpenSSL, holding a client key from a PKCS#11 token.
-    Token(Arc<TokenClient>),
-}
-
-/// hyper's pooled client on an OpenSSL connector.
-pub(super) struct TokenClient {
+pub(super) struct Client {
     client: hyper_util::client::legacy::Client<HttpsConnector<ProxyConnector>, Empty<Bytes>>,
     proxies: Arc<Matcher>,
     stall: Duration,
+    /// Header names as they are to be spelt on the wire.
+    names: Arc<[String]>,
+    /// The spellings in the form hyper writes requests with (made once).
+    spellings: Arc<tokio::sync::OnceCell<http::Extensions>>,
 }
 
 /// Status, headers and the body still to read.
@@ -70,13 +84,9 @@ pub(super) struct Response {
     body: Body,
 }
 
-enum Body {
-    Reqwest(reqwest::Response),
-    Hyper { body: Incoming, stall: Duration },
-}
-
-fn uses_token(path: Option<&Path>) -> bool {
-    path.and_then(Path::to_str).is_some_and(crate::pkcs11::is_uri)
+struct Body {
+    body: Incoming,
+    stall: Duration,
 }
 
 fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, String> {
@@ -84,32 +94,13 @@ fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, String> {
 }
 
 impl Client {
-    /// The client for `opts`: reqwest unless a client key or certificate is a PKCS#11 URI.
+    /// The client for `opts`.
     pub(super) fn build(opts: &HttpOptions) -> Result<Client, String> {
         match (&opts.tls_cert, &opts.tls_key) {
             (Some(_), None) | (None, Some(_)) => {
                 Err("TLS client certificate and key must be given together".to_string())
             }
-            (cert, key) if uses_token(cert.as_deref()) || uses_token(key.as_deref()) => {
-                TokenClient::build(opts).map(|c| Client::Token(Arc::new(c)))
-            }
-            _ => build_reqwest(opts).map(Client::Reqwest),
-        }
-    }
-
-    /// GETs `url` with `headers`, following redirects.
-    pub(super) async fn get(&self, url: &str, headers: &HeaderMap) -> Result<Response, SendError> {
-        match self {
-            Client::Reqwest(c) => {
-                let resp = c.get(url).headers(headers.clone()).send().await.map_err(|e| classify(&e))?;
-                Ok(Response {
-                    status: resp.status().as_u16(),
-                    headers: resp.headers().clone(),
-                    url: resp.url().to_string(),
-                    body: Body::Reqwest(resp),
-                })
-            }
-            Client::Token(c) => c.get(url, headers).await,
+            _ => Client::build_checked(opts),
         }
     }
 }
@@ -117,58 +108,26 @@ impl Client {
 impl Response {
     /// The next piece of the body; `None` at its end.
     pub(super) async fn chunk(&mut self) -> Result<Option<Bytes>, String> {
-        match &mut self.body {
-            Body::Reqwest(r) => r.chunk().await.map_err(|e| error_chain(&e)),
-            Body::Hyper { body, stall } => loop {
-                let frame =
-                    tokio::time::timeout(*stall, body.frame()).await.map_err(|_| "operation timed out".to_string())?;
-                match frame {
-                    None => return Ok(None),
-                    Some(Err(e)) => return Err(error_chain(&e)),
-                    Some(Ok(f)) => {
-                        if let Ok(data) = f.into_data() {
-                            return Ok(Some(data));
-                        }
+        let Body { body, stall } = &mut self.body;
+        loop {
+            let frame =
+                tokio::time::timeout(*stall, body.frame()).await.map_err(|_| "operation timed out".to_string())?;
+            match frame {
+                None => return Ok(None),
+                Some(Err(e)) => return Err(error_chain(&e)),
+                Some(Ok(f)) => {
+                    if let Ok(data) = f.into_data() {
+                        return Ok(Some(data));
                     }
                 }
-            },
+            }
         }
     }
 }
 
-fn build_reqwest(opts: &HttpOptions) -> Result<reqwest::Client, String> {
-    let mut b = reqwest::Client::builder()
-        .tls_backend_native()
-        .connect_timeout(opts.connect_timeout)
-        .read_timeout(opts.stall_timeout)
-        .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
-        .pool_max_idle_per_host(opts.max_in_flight.max(1));
-    if let Some(ca) = &opts.tls_ca {
-        let pem = read_file(ca, "CA file")?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| format!("Invalid CA file '{}': {e}", ca.display()))?;
-        b = b.tls_certs_only(certs);
-    }
-    if opts.tls_no_verify {
-        b = b.tls_danger_accept_invalid_certs(true);
-    }
-    if let (Some(cert), Some(key)) = (&opts.tls_cert, &opts.tls_key) {
-        let cert_pem = read_file(cert, "TLS certificate")?;
-        let key_pem = read_file(key, "TLS key")?;
-        // native-tls wants PKCS#8; accept traditional RSA/EC PEM keys too.
-        let pkey = openssl::pkey::PKey::private_key_from_pem(&key_pem)
-            .map_err(|e| format!("Invalid TLS key '{}': {e}", key.display()))?;
-        let pkcs8 = pkey.private_key_to_pem_pkcs8().map_err(|e| format!("Invalid TLS key '{}': {e}", key.display()))?;
-        let id = reqwest::Identity::from_pkcs8_pem(&cert_pem, &pkcs8)
-            .map_err(|e| format!("Invalid TLS client certificate: {e}"))?;
-        b = b.identity(id);
-    }
-    b.build().map_err(|e| format!("Failed to set up HTTP client: {e}"))
-}
-
-/// Connections for the token client: direct, or through the proxy the
+/// Connections for the client: direct, or through the proxy the
 /// environment names for the destination (`http_proxy`, `https_proxy`,
-/// `all_proxy`, `no_proxy`, as reqwest reads them): `https://` through a
+/// `all_proxy`, `no_proxy`, as curl reads them): `https://` through a
 /// `CONNECT` tunnel, `http://` as absolute-form requests to the proxy.
 #[derive(Clone)]
 struct ProxyConnector {
@@ -242,8 +201,8 @@ impl hyper::rt::Write for ProxyStream {
     }
 }
 
-impl TokenClient {
-    fn build(opts: &HttpOptions) -> Result<TokenClient, String> {
+impl Client {
+    fn build_checked(opts: &HttpOptions) -> Result<Client, String> {
         let ssl_err =
             |e: openssl::error::ErrorStack| format!("Failed to set up TLS: {}", signature::openssl_reason(&e));
         let mut ssl = SslConnector::builder(SslMethod::tls_client()).map_err(ssl_err)?;
@@ -251,11 +210,14 @@ impl TokenClient {
         if let Some(ca) = &opts.tls_ca {
             let pem = read_file(ca, "CA file")?;
             let certs = X509::stack_from_pem(&pem).map_err(|e| format!("Invalid CA file '{}': {e}", ca.display()))?;
-            // The CA file replaces the system trust store.
+            // The CA file replaces the system trust store; each of its
+            // certificates is an anchor, an intermediate one too (curl's
+            // default, and so RAUC's).
             let mut store = X509StoreBuilder::new().map_err(ssl_err)?;
             for c in certs {
                 store.add_cert(c).map_err(ssl_err)?;
             }
+            store.set_flags(X509VerifyFlags::PARTIAL_CHAIN).map_err(ssl_err)?;
             ssl.set_cert_store(store.build());
         }
         if opts.tls_no_verify {
@@ -286,10 +248,20 @@ impl TokenClient {
         let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(opts.max_in_flight.max(1))
             .build(https);
-        Ok(TokenClient { client, proxies, stall: opts.stall_timeout })
+        // Every name a request may carry, each as often as it may appear.
+        let mut names: Vec<String> = opts.headers.iter().chain(&opts.info_headers).map(|(k, _)| k.clone()).collect();
+        names.extend(WIRE_NAMES.iter().map(|n| n.to_string()));
+        let spellings = Arc::new(tokio::sync::OnceCell::new());
+        Ok(Client { client, proxies, stall: opts.stall_timeout, names: names.into(), spellings })
     }
 
-    async fn get(&self, url: &str, headers: &HeaderMap) -> Result<Response, SendError> {
+    /// GETs `url` with `headers`, following redirects.
+    pub(super) async fn get(&self, url: &str, headers: &HeaderMap) -> Result<Response, SendError> {
+        let spellings = self
+            .spellings
+            .get_or_try_init(|| super::spellings::of(&self.names))
+            .await
+            .map_err(|e| SendError::Fatal(format!("invalid HTTP header names: {e}")))?;
         let mut url = url::Url::parse(url)
             .map_err(|e| SendError::Fatal(format!("invalid URL '{}': {e}", super::shown_url(url))))?;
         let mut headers = headers.clone();
@@ -299,7 +271,9 @@ impl TokenClient {
             }
             let (uri, auth) = without_credentials(&url);
             let mut req = hyper::Request::get(uri.as_str());
+            *req.extensions_mut().expect("a valid request") = spellings.clone();
             let h = req.headers_mut().expect("a valid request");
+            h.insert(ACCEPT, HeaderValue::from_static("*/*"));
             h.extend(headers.iter().map(|(k, v)| (k.clone(), v.clone())));
             if let Some(auth) = auth {
                 h.insert(AUTHORIZATION, auth);
@@ -341,17 +315,17 @@ impl TokenClient {
             return Ok(Response {
                 status,
                 headers: parts.headers,
-                // As reqwest reports it: without `user:password@`.
+                // Without `user:password@`.
                 url: without_credentials(&url).0.to_string(),
-                body: Body::Hyper { body, stall: self.stall },
+                body: Body { body, stall: self.stall },
             });
         }
         Err(SendError::Fatal(format!("more than {MAX_REDIRECTS} redirects")))
     }
 }
 
-/// Drops the headers that carry credentials (as reqwest does when a
-/// redirect leaves the host): `Authorization`, `Cookie`,
+/// Drops the headers that carry credentials (as curl does when a redirect
+/// leaves the host): `Authorization`, `Cookie`,
 /// `Proxy-Authorization`, `WWW-Authenticate`.
 pub(super) fn strip_credentials(headers: &mut HeaderMap) {
     for name in [AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION, WWW_AUTHENTICATE] {
@@ -376,18 +350,6 @@ fn without_credentials(url: &url::Url) -> (url::Url, Option<HeaderValue>) {
     let _ = bare.set_username("");
     let _ = bare.set_password(None);
     (bare, value)
-}
-
-fn classify(e: &reqwest::Error) -> SendError {
-    if is_tls_failure(e) {
-        SendError::Tls(error_chain(e))
-    } else if e.is_connect() {
-        SendError::Connect(error_chain(e))
-    } else if e.is_timeout() || e.is_request() {
-        SendError::Transient(error_chain(e))
-    } else {
-        SendError::Fatal(error_chain(e))
-    }
 }
 
 /// The error and its causes, each text once (libraries often repeat their source).
