@@ -7,6 +7,8 @@ ROTA_PACKAGES=(
   nginx-light rauc casync dbus fuse3 time hyperfine faketime
   grub-common mtd-utils attr libcap2-bin mtools zstd xz-utils gzip fdisk python3-dasbus
   softhsm2 libengine-pkcs11-openssl opensc
+  python3-pytest python3-requests python3-pyasn1 python3-pyasn1-modules python3-aiohttp
+  python3-pytest-timeout tree
 )
 
 ensure_packages() {
