@@ -2,7 +2,8 @@
 //! command line (`rauc.slot=`, `rauc.external`, `root=`), and bootloader hints.
 //!
 //! The command line is read from `/proc/cmdline`, or from the file named by
-//! `ROTA_CMDLINE_PATH` (tests and simulated devices use it).
+//! `ROTA_CMDLINE_PATH` (tests and simulated devices use it); RAUC's test
+//! hook `RAUC_TEST_CMDLINE` gives the command line itself.
 
 use crate::bootloader::Bootloader;
 use crate::error::{Error, Result};
@@ -14,8 +15,14 @@ pub const EXTERNAL: &str = "_external_";
 /// Environment variable that replaces `/proc/cmdline`.
 pub const CMDLINE_ENV: &str = "ROTA_CMDLINE_PATH";
 
+/// RAUC's test hook: the kernel command line itself.
+pub const RAUC_CMDLINE_ENV: &str = "RAUC_TEST_CMDLINE";
+
 /// The kernel command line.
 pub fn read_cmdline() -> Result<String> {
+    if let Some(line) = std::env::var_os(RAUC_CMDLINE_ENV) {
+        return Ok(line.to_string_lossy().into_owned());
+    }
     let path = std::env::var_os(CMDLINE_ENV).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/proc/cmdline"));
     std::fs::read_to_string(&path).map_err(|e| Error::Failed(format!("Failed to read {}: {e}", path.display())))
 }

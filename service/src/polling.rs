@@ -17,11 +17,32 @@ pub const NO_CANDIDATE: &str = "no update candidate available";
 /// `summary` when the server has no bundle (`204`).
 pub const NO_BUNDLE: &str = "no update bundle available";
 
+/// RAUC's test hook `RAUC_TEST_POLLING_SPEEDUP`: every polling delay and
+/// the scheduler's tick divided by a factor from 1 to 1000.
+pub const SPEEDUP_ENV: &str = "RAUC_TEST_POLLING_SPEEDUP";
+
+/// The factor of [`SPEEDUP_ENV`] (1 without it); an error names a value
+/// out of range or not a number, in RAUC's words.
+pub fn speedup() -> Result<u32, String> {
+    let Some(value) = std::env::var_os(SPEEDUP_ENV) else { return Ok(1) };
+    let text = value.to_string_lossy();
+    // Leading digits count, as with RAUC's g_ascii_strtoll.
+    let digits: String = text.trim_start().chars().take_while(char::is_ascii_digit).collect();
+    match digits.parse::<u32>() {
+        Ok(n @ 1..=1000) => Ok(n),
+        _ => Err(format!("Invalid {SPEEDUP_ENV} value '{text}'")),
+    }
+}
+
+fn scaled(d: Duration) -> Duration {
+    d / speedup().unwrap_or(1)
+}
+
 /// The scheduler's tick (10 s; `ROTA_POLL_TICK_MS` shortens it for tests,
-/// and with it the short delay of three ticks).
+/// and with it the short delay of three ticks; RAUC's speedup divides it).
 pub fn tick() -> Duration {
     let ms = std::env::var("ROTA_POLL_TICK_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000u64);
-    Duration::from_millis(ms.max(1))
+    scaled(Duration::from_millis(ms.max(1))).max(Duration::from_millis(1))
 }
 
 /// The short delay: after `Poll()`, while busy or inhibited, after an
@@ -47,13 +68,13 @@ pub fn first_delay(p: &PollingSection) -> Duration {
         .map(|()| u16::from_le_bytes(r))
         .unwrap_or(0x8000);
     let share = 0.1 + 0.8 * f64::from(random) / f64::from(u16::MAX);
-    Duration::from_secs_f64(p.interval_sec as f64 * share)
+    scaled(Duration::from_secs_f64(p.interval_sec as f64 * share))
 }
 
 /// Delay after a poll: the interval, times one more than the recent
 /// errors, at most `max-interval-sec`.
 pub fn next_delay(p: &PollingSection, recent_errors: u64) -> Duration {
-    Duration::from_secs(p.interval_sec.saturating_mul(recent_errors + 1).min(p.max_interval_sec))
+    scaled(Duration::from_secs(p.interval_sec.saturating_mul(recent_errors + 1).min(p.max_interval_sec)))
 }
 
 /// Which candidate criterion a bundle of `bundle_version` meets on a system

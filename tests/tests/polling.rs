@@ -399,3 +399,25 @@ fn a_restarted_service_polls_without_a_new_mark() {
     poll(&bus);
     wait_status(&bus, "a poll after the restart", |s| attempts(s) >= 1);
 }
+
+#[test]
+fn rauc_test_polling_speedup_divides_every_delay() {
+    // RAUC's own hook for its tests: an out-of-range factor stops the
+    // service; 1000 turns the first delay (6–54 s for a 60 s interval) and
+    // the 10 s tick into milliseconds, so polls come without a Poll() call.
+    let srv = testkit::httpd::Server::start();
+    srv.put("/update.raucb", Vec::new());
+    srv.set_mode(testkit::httpd::Mode::Status(204));
+    let d = device("speedup", &format!("url={}\ninterval-sec=60\n", srv.url("/update.raucb")), Some("1.0.0"));
+    let bus = Bus::start();
+    for bad in ["0", "1001", "fast"] {
+        let out = run(d.rota().envs(bus.env()).env("RAUC_TEST_POLLING_SPEEDUP", bad).arg("service")).fails();
+        assert_eq!(out.stderr.trim_end(), format!("Invalid RAUC_TEST_POLLING_SPEEDUP value '{bad}'"));
+    }
+    let _svc = Service::start(&d, &bus, &[("RAUC_TEST_POLLING_SPEEDUP", "1000")]);
+    mark_good(&d, &bus);
+    // Without the factor two polls take more than a minute (wait_status
+    // gives up after 30 s).
+    let s = wait_status(&bus, "polls without Poll()", |s| attempts(s) >= 2);
+    assert_eq!(s["summary"]["data"], "no update bundle available", "{s}");
+}

@@ -127,3 +127,21 @@ fn config_errors_name_file_line_and_key() {
     let r = run(d.rota().args(["status", "-C", "system"])).fails();
     assert_eq!(r.stderr.trim_end(), "Error in parsing override: Missing '='");
 }
+
+#[test]
+fn rauc_test_hooks_replace_the_command_line_and_the_runtime_directory() {
+    // RAUC_TEST_CMDLINE is the kernel command line itself, ahead of the
+    // simulated device's file; RAUC_TEST_RUNTIME_DIRECTORY moves /run/rauc.
+    let d = device("status-rauc-test-hooks");
+    let shell = |cmdline: &str| {
+        let out = run(d.rota().env("RAUC_TEST_CMDLINE", cmdline).args(["status", "--output-format=shell"])).ok();
+        out.stdout.lines().find(|l| l.starts_with("RAUC_SYSTEM_BOOTED_BOOTNAME=")).unwrap().to_string()
+    };
+    assert_eq!(shell("quiet rauc.slot=B"), "RAUC_SYSTEM_BOOTED_BOOTNAME='B'");
+    assert_eq!(shell("rauc.external"), "RAUC_SYSTEM_BOOTED_BOOTNAME='_external_'");
+    let run_dir = d.path("rauc-test-run");
+    let bus = testkit::bus::Bus::start();
+    let _svc = testkit::bus::Service::start(&d, &bus, &[("RAUC_TEST_RUNTIME_DIRECTORY", run_dir.to_str().unwrap())]);
+    let link = run_dir.join("slots/active/rootfs");
+    assert_eq!(std::fs::read_link(&link).unwrap(), std::path::Path::new("/dev/null"), "{}", link.display());
+}

@@ -21,8 +21,10 @@ fn local(ctx: &Context) -> Result<(), CliError> {
         return (info.run)(ctx);
     };
     // A file that is no complete device configuration is still read as the
-    // bundle tool reads it (which names what is wrong with it, if anything).
+    // bundle tool reads it, before the bundle is looked at, as RAUC loads a
+    // configuration named with `-c` first (and names what is wrong with it).
     let Ok(config) = crate::config::load(Some(&conf), ctx.args.values("confopt")) else {
+        ctx.host_config()?;
         return (info.run)(ctx);
     };
     let facts = crate::system::target_header_facts(&config)?;

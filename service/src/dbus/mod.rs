@@ -193,13 +193,17 @@ pub async fn connect_bus(session: bool) -> zbus::Result<zbus::Connection> {
     Err(last)
 }
 
-/// Where the runtime links go (`ROTA_RUN_DIR` moves them for tests).
+/// Where the runtime links go (RAUC's test hook `RAUC_TEST_RUNTIME_DIRECTORY`,
+/// or `ROTA_RUN_DIR`, moves them for tests).
 pub(crate) fn run_dir() -> PathBuf {
-    std::env::var_os("ROTA_RUN_DIR").map_or_else(|| PathBuf::from(runtime::RUN_DIR), PathBuf::from)
+    std::env::var_os("RAUC_TEST_RUNTIME_DIRECTORY")
+        .or_else(|| std::env::var_os("ROTA_RUN_DIR"))
+        .map_or_else(|| PathBuf::from(runtime::RUN_DIR), PathBuf::from)
 }
 
 /// `rota service`.
 pub fn run(ctx: &Context) -> Result<(), CliError> {
+    crate::polling::speedup()?;
     installer::tune_allocator();
     let system = crate::cli::setup(ctx)?;
     let service = Arc::new(Service {
