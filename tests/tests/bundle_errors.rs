@@ -208,7 +208,12 @@ fn purposes_and_allowed_signer_cns() {
     let any = f.conf(&format!("path={}\ncheck-purpose=any", root.display()));
     run(rota().arg("info").arg("-c").arg(&any).arg(&codesign)).ok();
     let bad = f.conf(&format!("path={}\ncheck-purpose=space-travel", root.display()));
-    assert_eq!(info_error(&["-c", bad.to_str().unwrap()], &release), "failed to configure X509 purpose 'space-travel'");
+    // Named with -c, the file is read as the device reads it: file and line.
+    let e = info_error(&["-c", bad.to_str().unwrap()], &release);
+    assert_eq!(
+        e,
+        format!("Invalid system config: {}:7: failed to configure X509 purpose 'space-travel'", bad.display())
+    );
 
     let allowed = f.conf(&format!("path={}\nallowed-signer-cns=someone else;rota Release Signer;", root.display()));
     run(rota().arg("info").arg("-c").arg(&allowed).arg(&release)).ok();

@@ -23,9 +23,13 @@ fn local(ctx: &Context) -> Result<(), CliError> {
     // A file that is no complete device configuration is still read as the
     // bundle tool reads it, before the bundle is looked at, as RAUC loads a
     // configuration named with `-c` first (and names what is wrong with it).
-    let Ok(config) = crate::config::load(Some(&conf), ctx.args.values("confopt")) else {
-        ctx.host_config()?;
-        return (info.run)(ctx);
+    let config = match crate::config::load(Some(&conf), ctx.args.values("confopt")) {
+        Ok(config) => config,
+        Err(device_error) => {
+            // The device's reading names file and line where both fail.
+            ctx.host_config().map_err(|_| CliError::from(device_error))?;
+            return (info.run)(ctx);
+        }
     };
     let facts = crate::system::target_header_facts(&config)?;
     let ctx = Context { prog: ctx.prog.clone(), args: ctx.args.clone(), header_facts: Some(facts) };
