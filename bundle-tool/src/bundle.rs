@@ -138,6 +138,7 @@ struct Verified {
     signature: SignatureInfo,
     payload: Arc<dyn ReadAt>,
     verity: Option<Arc<PayloadVerity>>,
+    unusable: Option<String>,
 }
 
 fn parse_manifest(bytes: &[u8], what: &str) -> Result<Manifest> {
@@ -163,6 +164,8 @@ pub struct Bundle {
     enveloped: Option<Vec<u8>>,
     payload: Arc<dyn ReadAt>,
     verity: Option<Arc<PayloadVerity>>,
+    /// Why the payload cannot be used, though the signature holds.
+    unusable: Option<String>,
 }
 
 fn inline_manifest_check(m: &Manifest) -> Result<()> {
@@ -170,13 +173,34 @@ fn inline_manifest_check(m: &Manifest) -> Result<()> {
         BundleFormat::Plain => {
             Err(Error::Format("Bundle format 'plain' not allowed for external manifest".to_string()))
         }
-        _ if m.bundle.verity.is_none() => {
-            Err(Error::Format("Missing verity parameters in signed manifest".to_string()))
-        }
-        BundleFormat::Crypt if m.bundle.crypt_key.is_none() => {
-            Err(Error::Format("Missing crypt key in signed manifest".to_string()))
-        }
         _ => Ok(()),
+    }
+}
+
+/// What a signed manifest lacks to reach its payload, in RAUC's words; as
+/// in RAUC, such a bundle still opens (`info`, `replace-signature`) and
+/// fails where its payload is first needed.
+fn payload_parameters_missing(m: &Manifest) -> Option<String> {
+    let format = m.bundle.format;
+    if format == BundleFormat::Crypt && m.bundle.crypt_key.is_none() {
+        return Some("Missing key for crypt bundle".to_string());
+    }
+    if m.bundle.verity.is_none() {
+        return Some(format!("Missing hash for {format} bundle"));
+    }
+    None
+}
+
+/// The payload of a bundle whose manifest cannot reach it.
+struct NoPayload;
+
+impl ReadAt for NoPayload {
+    fn size(&self) -> u64 {
+        0
+    }
+
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        crate::source::check_range(offset, buf.len(), 0)
     }
 }
 
@@ -397,6 +421,7 @@ impl Bundle {
             enveloped,
             payload: v.payload,
             verity: v.verity,
+            unusable: v.unusable,
         })
     }
 
@@ -417,7 +442,20 @@ impl Bundle {
         if encrypted && format != BundleFormat::Crypt {
             return Err(Error::Format(format!("Encrypted signature found in a bundle using {format} format")));
         }
-        manifest.check_bundle_rules(format)?;
+        let problem = payload_parameters_missing(&manifest)
+            .or_else(|| manifest.check_bundle_rules(format).err().map(|e| e.to_string()));
+        if let Some(problem) = problem {
+            let payload: Arc<dyn ReadAt> = Arc::new(NoPayload);
+            return Ok(Verified {
+                format,
+                manifest,
+                manifest_bytes,
+                signature,
+                payload,
+                verity: None,
+                unusable: Some(problem),
+            });
+        }
         layout.require_aligned()?;
         let v = manifest.bundle.verity.expect("checked");
         if v.size > layout.payload_size {
@@ -440,7 +478,7 @@ impl Bundle {
             Some(key) if format == BundleFormat::Crypt => Arc::new(CryptReader::new(verity.clone(), key)),
             _ => verity.clone(),
         };
-        Ok(Verified { format, manifest, manifest_bytes, signature, payload, verity: Some(verity) })
+        Ok(Verified { format, manifest, manifest_bytes, signature, payload, verity: Some(verity), unusable: None })
     }
 
     /// plain: the detached signature covers the payload, which is pinned to the
@@ -487,7 +525,15 @@ impl Bundle {
             )));
         }
         manifest.check_bundle_rules(BundleFormat::Plain)?;
-        Ok(Verified { format: BundleFormat::Plain, manifest, manifest_bytes, signature, payload, verity: None })
+        Ok(Verified {
+            format: BundleFormat::Plain,
+            manifest,
+            manifest_bytes,
+            signature,
+            payload,
+            verity: None,
+            unusable: None,
+        })
     }
 
     /// Path or URL the bundle was opened from.
@@ -567,15 +613,26 @@ impl Bundle {
         }
     }
 
+    /// Fails when the signed manifest cannot reach the payload or breaks a
+    /// rule of bundled manifests (RAUC's "Checking manifest contents" step).
+    pub fn check_manifest_contents(&self) -> Result<()> {
+        match &self.unusable {
+            Some(problem) => Err(Error::Payload(problem.clone())),
+            None => Ok(()),
+        }
+    }
+
     /// The verified squashfs bytes (decrypted for crypt bundles).
-    pub fn payload(&self) -> Arc<dyn ReadAt> {
-        self.payload.clone()
+    pub fn payload(&self) -> Result<Arc<dyn ReadAt>> {
+        self.check_manifest_contents()?;
+        Ok(self.payload.clone())
     }
 
     /// The whole payload as stored (ciphertext and hash tree included), the
     /// data part read through the verifier; for copying into a new container.
-    pub fn payload_source(&self) -> Arc<dyn ReadAt> {
-        match &self.verity {
+    pub fn payload_source(&self) -> Result<Arc<dyn ReadAt>> {
+        self.check_manifest_contents()?;
+        Ok(match &self.verity {
             Some(v) => {
                 let data = v.size();
                 let tree = Slice::new(self.source.clone(), data, self.layout.payload_size - data)
@@ -583,11 +640,12 @@ impl Bundle {
                 Arc::new(Concat { first: v.clone(), second: tree })
             }
             None => self.payload.clone(),
-        }
+        })
     }
 
     /// Checks every payload byte now (plain bundles were checked at open).
     pub fn check_payload(&self) -> Result<()> {
+        self.check_manifest_contents()?;
         if let Some(v) = &self.verity {
             tracing::info!("Verifying bundle payload... ");
             v.check_all().map_err(|e| Error::Payload(e.to_string()))?;
@@ -597,6 +655,7 @@ impl Bundle {
 
     /// Opens the squashfs for listing, reading and extracting files.
     pub fn filesystem(&self) -> Result<BundleFs> {
+        self.check_manifest_contents()?;
         BundleFs::open(self.payload.clone())
     }
 

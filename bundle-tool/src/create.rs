@@ -635,7 +635,7 @@ pub fn resign(input: &str, output: &Path, opts: &ResignOptions) -> Result<Vec<St
     let cms = if opts.append {
         signer.append_to(bundle.signed_data())?
     } else if bundle.format() == BundleFormat::Plain {
-        let payload = bundle.payload();
+        let payload = bundle.payload()?;
         let mut r = crate::source::Cursor::with_capacity(payload, 1 << 20);
         signer.sign_detached(&mut r)?
     } else {
@@ -648,7 +648,7 @@ pub fn resign(input: &str, output: &Path, opts: &ResignOptions) -> Result<Vec<St
     let tmp = temp_path(output);
     let guard = Cleanup(Some(tmp.clone()));
     let mut file = new_output(&tmp)?;
-    copy_payload(bundle.payload_source().as_ref(), bundle.layout().payload_size, &mut file)?;
+    copy_payload(bundle.payload_source()?.as_ref(), bundle.layout().payload_size, &mut file)?;
     container::write_signature(&mut file, &cms)?;
     match &opts.signing.keyring {
         // Bundles with more than one signer cannot be verified (RAUC does
@@ -695,7 +695,13 @@ pub fn replace_signature(
         o.verify = VerifyOptions { keyring: k.clone(), no_verify: false, ..o.verify.clone() };
         o.trust_environment = true;
         let b = Bundle::open(&tmp.to_string_lossy(), &o)?;
-        b.check_payload()?;
+        // The payload is checked against what the new manifest says of it;
+        // a manifest that cannot reach it is kept, as RAUC keeps it (its
+        // installs fail where the payload is first needed).
+        match b.check_manifest_contents() {
+            Ok(()) => b.check_payload()?,
+            Err(e) => tracing::warn!("The new signed manifest cannot be used to install: {e}"),
+        }
     } else {
         tracing::info!("No keyring given, not verifying the new signature");
     }
@@ -727,7 +733,7 @@ pub fn encrypt(input: &str, output: &Path, recipients: &[PathBuf], open: &OpenOp
     let tmp = temp_path(output);
     let guard = Cleanup(Some(tmp.clone()));
     let mut file = new_output(&tmp)?;
-    copy_payload(bundle.payload_source().as_ref(), bundle.layout().payload_size, &mut file)?;
+    copy_payload(bundle.payload_source()?.as_ref(), bundle.layout().payload_size, &mut file)?;
     container::write_signature(&mut file, &env)?;
     finish_output(file, &tmp, output, guard)?;
     Ok(env.len())

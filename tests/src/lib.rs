@@ -368,3 +368,23 @@ pub fn mounted_below(dir: &Path) -> bool {
     let table = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     table.lines().filter_map(|l| l.split(' ').nth(4)).any(|t| Path::new(t).starts_with(&real))
 }
+
+/// Signs `input` with OpenSSL's own `cms -sign` as the release signer (its
+/// intermediate included), DER into `output`; `flags` add to the command
+/// (`-nodetach`, `-noattr`, ...). An independent signer for the tests.
+pub fn openssl_cms_sign(input: &Path, output: &Path, flags: &[&str]) {
+    run(Command::new("openssl")
+        .args(["cms", "-sign", "-binary", "-outform", "DER"])
+        .args(flags)
+        .arg("-signer")
+        .arg(pki_file("release.pem"))
+        .arg("-inkey")
+        .arg(pki_file("release.key"))
+        .arg("-certfile")
+        .arg(pki_file("inter.pem"))
+        .arg("-in")
+        .arg(input)
+        .arg("-out")
+        .arg(output))
+    .ok();
+}

@@ -253,3 +253,31 @@ fn a_filesystem_release_reuses_the_targets_blocks_and_fetches_what_is_new() {
     assert!(fetched >= new_bytes, "less than the new files' data: {fetched}");
     assert!(fetched <= new_bytes + index + 6 * MIB as u64, "fetched {fetched} of {v2_size} bytes");
 }
+
+#[test]
+fn a_target_too_large_for_an_index_gets_the_full_image() {
+    // A 512 GiB (sparse) target would need an index of 2^27 entries, over
+    // RAUC's bound: the adaptive write is given up before any hashing, in
+    // RAUC's words, and the image is copied in full.
+    let (_t, www) = web_root();
+    let v1 = pseudo_random(SIZE / 32, 91);
+    let v2 = changed(&v1, 5, 92);
+    publish(&www, "huge-target", &v2);
+    let d = device("huge-target", "data-directory=data", &v1);
+    let target = fs::OpenOptions::new().write(true).create(true).truncate(true).open(d.path("rootfs1.img")).unwrap();
+    target.set_len(1 << 39).unwrap();
+    drop(target);
+    let out = run(d.rota().arg("install").arg(www.join("huge-target.raucb"))).ok();
+    let log = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        log.contains(
+            "Continuing after adaptive mode error: failed to open target slot hash index for rootfs.1: \
+             image/partition size (549755813888) is too large"
+        ),
+        "{log}"
+    );
+    let mut written = vec![0u8; v2.len()];
+    std::os::unix::fs::FileExt::read_exact_at(&fs::File::open(d.path("rootfs1.img")).unwrap(), &mut written, 0)
+        .unwrap();
+    assert!(written == v2);
+}

@@ -139,8 +139,27 @@ fn bundle_signing_time_decides_validity_when_configured() {
     .ok();
     assert_eq!(
         info_error(&["-c", conf.to_str().unwrap()], &two),
-        "signature verification failed: Unsupported number of signers: 2"
+        "signature verification failed: multiple signerInfos are not supported with 'use-bundle-signing-time'"
     );
+
+    // A signature without signed attributes (openssl cms -noattr) over the
+    // bare manifest: it verifies, so replace-signature takes it, as RAUC
+    // does, though the manifest lacks the verity parameters.
+    let sig = f.dir.path().join("noattr.cms");
+    openssl_cms_sign(&f.content.dir.join("manifest.raucm"), &sig, &["-noattr", "-nodetach"]);
+    let noattr = f.dir.path().join("noattr.raucb");
+    let release = f.bundle("release.raucb", "release");
+    run(rota().arg("replace-signature").arg(&k).arg(&release).arg(&sig).arg(&noattr)).ok();
+    assert_eq!(
+        info_error(&["-c", conf.to_str().unwrap()], &noattr),
+        "signature verification failed: Bundle signing time attribute not found in signature"
+    );
+    let r = run(rota().arg("info").arg(&k).arg(&noattr)).ok();
+    assert!(r.stdout.contains("verity"), "{}", r.stdout);
+    // Its payload cannot be reached: what needs it fails in RAUC's words.
+    let e = run(rota().arg("extract").arg(&k).arg(&noattr).arg(f.dir.path().join("x"))).fails();
+    assert_eq!(e.stderr.lines().last(), Some("Missing hash for verity bundle"), "{}", e.stderr);
+    assert!(!f.dir.path().join("x").exists());
 }
 
 #[test]

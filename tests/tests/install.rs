@@ -358,18 +358,7 @@ fn lying_plain_bundle(name: &str) -> PathBuf {
     run(Command::new("mksquashfs").arg(&c.dir).arg(&sq).args(["-all-root", "-noappend", "-no-progress", "-quiet"]))
         .ok();
     let sig = dir.join("sig.der");
-    run(Command::new("openssl")
-        .args(["cms", "-sign", "-binary", "-nosmimecap", "-outform", "DER", "-in"])
-        .arg(&sq)
-        .arg("-signer")
-        .arg(pki_file("release.pem"))
-        .arg("-inkey")
-        .arg(pki_file("release.key"))
-        .arg("-certfile")
-        .arg(pki_file("inter.pem"))
-        .arg("-out")
-        .arg(&sig))
-    .ok();
+    testkit::openssl_cms_sign(&sq, &sig, &["-nosmimecap"]);
     let mut bytes = fs::read(&sq).unwrap();
     let sig = fs::read(&sig).unwrap();
     bytes.extend_from_slice(&sig);

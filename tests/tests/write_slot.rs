@@ -36,6 +36,16 @@ fn writes_raw_and_compressed_images_without_touching_anything_else() {
     run(Command::new("gzip").args(["-f", "-k"]).arg(d.path("firmware.bin"))).ok();
     run(d.rota().args(["write-slot", "-t", "raw", "rootfs.1"]).arg(d.path("firmware.bin.gz"))).ok();
     assert_eq!(&fs::read(d.path("rootfs1.img")).unwrap()[..image2.len()], &image2[..]);
+
+    // The long spelling and RAUC's hidden `-l` name the type as `-t` does.
+    let image3 = pseudo_random(64 * 1024, 7);
+    fs::write(d.path("firmware3.bin"), &image3).unwrap();
+    for args in [&["--image-type=raw"][..], &["-l", "raw"][..]] {
+        fs::write(d.path("rootfs1.img"), vec![0u8; 128 * 1024]).unwrap();
+        let r = run(d.rota().arg("write-slot").args(args).arg("rootfs.1").arg(d.path("firmware3.bin"))).ok();
+        assert_eq!(r.stdout, "Slot written successfully\n", "{args:?}");
+        assert_eq!(&fs::read(d.path("rootfs1.img")).unwrap()[..image3.len()], &image3[..], "{args:?}");
+    }
 }
 
 #[test]

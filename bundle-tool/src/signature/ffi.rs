@@ -35,6 +35,7 @@ unsafe extern "C" {
     pub fn CMS_get1_certs(cms: *mut CMS_ContentInfo) -> *mut stack_st_X509;
     pub fn CMS_get0_type(cms: *const CMS_ContentInfo) -> *const ASN1_OBJECT;
     pub fn CMS_get0_content(cms: *mut CMS_ContentInfo) -> *mut *mut ASN1_OCTET_STRING;
+    pub fn CMS_signed_get_attr_by_OBJ(si: *const CMS_SignerInfo, obj: *const ASN1_OBJECT, lastpos: c_int) -> c_int;
     pub fn CMS_signed_get0_data_by_OBJ(
         si: *mut CMS_SignerInfo,
         oid: *const ASN1_OBJECT,

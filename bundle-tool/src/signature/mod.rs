@@ -291,24 +291,30 @@ fn signer_cert(si: *mut ffi::CMS_SignerInfo) -> Option<X509> {
     }
 }
 
-/// The signingTime attribute of the only signer, as Unix seconds.
+/// The signingTime attribute of the only signer, as Unix seconds; the
+/// failures in RAUC's words.
 fn signing_time(cms: &CmsContentInfo) -> Result<i64> {
     let sis = signer_infos(cms);
     if sis.len() != 1 {
-        return Err(Error::Signature(format!("Unsupported number of signers: {}", sis.len())));
+        return Err(Error::Signature(
+            "multiple signerInfos are not supported with 'use-bundle-signing-time'".to_string(),
+        ));
     }
     unsafe {
         let obj = openssl_sys::OBJ_nid2obj(openssl_sys::NID_pkcs9_signingTime);
+        if ffi::CMS_signed_get_attr_by_OBJ(sis[0], obj, -1) < 0 {
+            return Err(Error::Signature("Bundle signing time attribute not found in signature".to_string()));
+        }
         let mut t = ffi::CMS_signed_get0_data_by_OBJ(sis[0], obj, -3, openssl_sys::V_ASN1_UTCTIME);
         if t.is_null() {
             t = ffi::CMS_signed_get0_data_by_OBJ(sis[0], obj, -3, openssl_sys::V_ASN1_GENERALIZEDTIME);
         }
         if t.is_null() {
-            return Err(Error::Signature("Bundle signature has no usable signing time".to_string()));
+            return Err(Error::Signature("Bundle signing time attribute has unexpected type".to_string()));
         }
         let mut tm: libc::tm = std::mem::zeroed();
         if ffi::ASN1_TIME_to_tm(t as *const openssl_sys::ASN1_TIME, &mut tm) != 1 {
-            return Err(Error::Signature("Bundle signature has an invalid signing time".to_string()));
+            return Err(Error::Signature("Failed to convert bundle signing time to struct tm".to_string()));
         }
         Ok(libc::timegm(&mut tm) as i64)
     }

@@ -55,6 +55,8 @@ const SERVICE_OPTS: &[OptSpec] = &[
 
 const WRITE_SLOT_OPTS: &[OptSpec] = &[
     OptSpec::value("image-type", "TYPE", "image type (instead of deriving it from the file name)").short('t'),
+    // RAUC's hidden spelling of the same option, kept for older scripts.
+    OptSpec::value("image-type-compat", "TYPE", "image type (compat)").short('l').hidden(),
     OVERRIDE_BOOT_SLOT,
 ];
 

@@ -48,7 +48,7 @@ fn serve(ctx: &Context) -> Result<(), CliError> {
     let opts = super::open_options(ctx, &config, &Default::default())?;
     let bundle = Bundle::open(&loc, &opts)?;
     let dir = config.system.mount_prefix.join("bundle");
-    let view = BundleView::mount(bundle.payload(), &dir)?;
+    let view = BundleView::mount(bundle.payload()?, &dir)?;
     let d = view.path().display();
     println!("Mounted bundle at {d}. Use 'umount {d}' to unmount.");
     let _ = std::io::stdout().flush();

@@ -18,7 +18,7 @@ pub(super) fn run(ctx: &Context) -> Result<(), CliError> {
     if let Err(e) = std::fs::File::open(image_path) {
         return fail(format!("Error opening file “{}”: {}", image_path.display(), crate::error::strerror(&e)));
     }
-    let explicit_type = match ctx.args.value("image-type") {
+    let explicit_type = match ctx.args.value("image-type").or(ctx.args.value("image-type-compat")) {
         Some(t) => match ImageType::parse(t) {
             Some(t) => Some(t),
             None => return fail(format!("Unsupported image type '{t}'")),

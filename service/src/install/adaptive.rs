@@ -52,6 +52,13 @@ fn sha(block: &[u8]) -> Digest32 {
 /// The index file of a slot's current content: cached under its installed
 /// image's digest (then `true`), else computed into `fresh` by reading the slot.
 fn slot_index(cache_root: &Path, slot: &SlotConfig, installed: Option<&str>, fresh: &Path) -> Result<(PathBuf, bool)> {
+    let size = std::fs::File::open(&slot.device)
+        .and_then(|mut f| std::io::Seek::seek(&mut f, std::io::SeekFrom::End(0)))
+        .map_err(|e| Error::Failed(format!("Failed to open '{}': {e}", slot.device.display())))?;
+    // RAUC's bound: an index of at most 2^27 - 1 entries (below 4 GiB).
+    if size / BLOCK > MAX_INDEX_ENTRIES {
+        return failed(format!("image/partition size ({size}) is too large"));
+    }
     if let Some(sha) = installed {
         let cached = slot_cache_dir(cache_root, slot).join(format!("hash-{sha}")).join(INDEX_NAME);
         if cached.is_file() {
@@ -61,6 +68,9 @@ fn slot_index(cache_root: &Path, slot: &SlotConfig, installed: Option<&str>, fre
     plan::hash_device(&slot.device, fresh).map_err(Error::Failed)?;
     Ok((fresh.to_path_buf(), false))
 }
+
+/// The most blocks a slot's hash index covers.
+const MAX_INDEX_ENTRIES: u64 = 0x7ff_ffff;
 
 fn slot_cache_dir(cache_root: &Path, slot: &SlotConfig) -> PathBuf {
     cache_root.join(format!("slot.{}", slot.name))
@@ -242,12 +252,14 @@ fn write(
         // Work files next to the staged index, removed before it is kept.
         let work = staging.join("work");
         std::fs::create_dir_all(&work).map_err(|e| Error::io("Failed to create", &work, e))?;
-        let (old, cached) = slot_index(root, slot, installed, &work.join("target.index"))?;
+        let (old, cached) = slot_index(root, slot, installed, &work.join("target.index"))
+            .map_err(|e| e.context(&format!("failed to open target slot hash index for {}", slot.name)))?;
         let seed_slot = system.slots.iter().find(|s| s.config.class == slot.class && s.state == SlotState::Booted);
         let seed = match seed_slot {
             Some(s) => {
                 let installed = system.load_status(s).sha256;
-                let (index, _) = slot_index(root, &s.config, installed.as_deref(), &work.join("seed.index"))?;
+                let (index, _) = slot_index(root, &s.config, installed.as_deref(), &work.join("seed.index"))
+                    .map_err(|e| e.context(&format!("failed to open active slot hash index for {}", s.config.name)))?;
                 let file = File::open(&s.config.device)
                     .map_err(|e| Error::Failed(format!("Failed to open '{}': {e}", s.config.device.display())))?;
                 Some((file, &s.config.device, index))

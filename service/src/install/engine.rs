@@ -230,10 +230,11 @@ fn run(
         || manifest.handler.filename.is_some()
         || nor_target;
     let (fs, mounted) = step(p, "Checking manifest contents", || {
+        bundle.check_manifest_contents()?;
         let fs = bundle.filesystem().map_err(|e| Error::Failed(format!("Failed mounting bundle: {e}")))?;
         let mounted = if needs_mount {
             let dir = system.config.system.mount_prefix.join("bundle");
-            let view = BundleView::mount(bundle.payload(), &dir)?;
+            let view = BundleView::mount(bundle.payload()?, &dir)?;
             Some(MountedBundle { view, spki_hashes: bundle.signature().spki_hashes() })
         } else {
             None
