@@ -9,6 +9,7 @@ ROTA_PACKAGES=(
   softhsm2 libengine-pkcs11-openssl opensc
   python3-pytest python3-requests python3-pyasn1 python3-pyasn1-modules python3-aiohttp
   python3-pytest-timeout tree
+  chrpath cpio diffstat gawk bzip2 locales python3-venv git
 )
 
 ensure_packages() {
