@@ -244,11 +244,10 @@ def check_signatures(work, release):
     log(f"{release}: adding meta-rota changes none of {len(a)} task signatures of {', '.join(SIGNATURE_SAMPLE)}")
 
 
-def check_rota_recipes(b):
+def check_rota_recipes(b, rust):
     """rota, rota-native and nativesdk-rota resolve their dependencies where
     oe-core's Rust is new enough, and are skipped with the reason where not."""
     r = b.run("bitbake", "-g", "core-bundle-minimal", "rota", "nativesdk-rota", check=False)
-    rust = b.getvar("rota-conf", "RUSTVERSION").rstrip("%")
     if b.release == "scarthgap":
         reason = f"rota needs Rust 1.90 or newer, this build has {rust}"
         if r.returncode == 0 or reason not in r.stdout + r.stderr:
@@ -262,6 +261,13 @@ def check_rota_recipes(b):
         if pn not in built:
             fail(f"{b.release}: {pn} missing from the dependency graph of the rota recipes")
     log(f"{b.release}: rota, rota-native, nativesdk-rota resolve with Rust {rust} ({len(built)} recipes)")
+
+
+def stage_deployed(ins, deploy):
+    """What the tests put into DEPLOY_DIR_IMAGE, as if other recipes had deployed it."""
+    deploy.mkdir(parents=True, exist_ok=True)
+    for f in (ins / "deploy").iterdir():
+        shutil.copy(f, deploy / f.name)
 
 
 def expected_path(release, recipe):
@@ -279,12 +285,11 @@ def check_bundles(work, release, ins, keys, tool, update, referee):
     b = Build(work, release, "bundles", [LAYER, TEST_LAYER], extra)
     check_clean_parse(b)
     info = b.getvars(RECIPES + CONFIGURE_ONLY,
-                     ["DEPLOY_DIR_IMAGE", "BUNDLE_DIR", "ROTA_TEST_WIRED_DEPENDS", "ROTA_TEST_WIRED_NATIVE"])
+                     ["DEPLOY_DIR_IMAGE", "BUNDLE_DIR", "ROTA_TEST_WIRED_DEPENDS", "ROTA_TEST_WIRED_NATIVE",
+                      "RUSTVERSION"])
     deploy = Path(info[RECIPES[0]]["DEPLOY_DIR_IMAGE"])
-    deploy.mkdir(parents=True, exist_ok=True)
-    for f in (ins / "deploy").iterdir():
-        shutil.copy(f, deploy / f.name)
-    check_rota_recipes(b)
+    stage_deployed(ins, deploy)
+    check_rota_recipes(b, info[RECIPES[0]]["RUSTVERSION"].rstrip("%"))
     b.run("bitbake", "-c", "cleanall", *RECIPES, *CONFIGURE_ONLY)
     b.run("bitbake", "-c", "deploy", *RECIPES)
     b.run("bitbake", "-c", "configure", *CONFIGURE_ONLY)
@@ -391,10 +396,7 @@ def check_referee(work, release, ins, keys, gitdir, ours):
     b = Build(work, release, "referee", [layer, TEST_LAYER], extra)
     # meta-rauc's layer is named "rauc": the test layer depends on "rota".
     (b.dir / "conf" / "local.conf").open("a").write('LAYERDEPENDS_rota-tests = "core"\n')
-    deploy = Path(b.getvar("bundle-common", "DEPLOY_DIR_IMAGE"))
-    deploy.mkdir(parents=True, exist_ok=True)
-    for f in (ins / "deploy").iterdir():
-        shutil.copy(f, deploy / f.name)
+    stage_deployed(ins, Path(b.getvar("bundle-common", "DEPLOY_DIR_IMAGE")))
     compared = []
     for recipe in RECIPES + CONFIGURE_ONLY:
         if recipe in masked:

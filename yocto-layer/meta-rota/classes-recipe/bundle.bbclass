@@ -113,10 +113,8 @@ def rota_decompressor(d, extension):
 def rota_slot_flags(d, slot):
     """The varflags of RAUC_SLOT_<slot> this class reads."""
     expanded = d.getVar('RAUC_VARFLAGS_SLOTS').split()
+    # Flags not in the list ('unpack') come back as written, unexpanded.
     flags = d.getVarFlags('RAUC_SLOT_%s' % slot, expand=expanded) or {}
-    unpack = d.getVarFlag('RAUC_SLOT_%s' % slot, 'unpack', False)
-    if unpack is not None:
-        flags['unpack'] = unpack
     return {k: v for k, v in flags.items() if k in expanded or k == 'unpack'}
 
 def rota_hook_flags(d):
