@@ -42,6 +42,15 @@ pub struct OpenOptions {
     pub keep_open: Vec<Arc<std::os::fd::OwnedFd>>,
 }
 
+/// Where [`Bundle::open_with_steps`] is in the signature check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureStep {
+    /// The signature (and for plain bundles the payload digest) is being checked.
+    Begin,
+    /// The signature check passed; the rest of the bundle check follows.
+    Passed,
+}
+
 /// Downloading remote plain bundles: into an unnamed temporary file (gone
 /// when closed, also after a crash) in `dir`, at most `max_size` bytes
 /// (`max-bundle-download-size`).
@@ -307,9 +316,17 @@ impl Read for DigestingReader<'_> {
 impl Bundle {
     /// Opens a local path, `file://` URI or `http(s)://` URL.
     pub fn open(location: &str, opts: &OpenOptions) -> Result<Bundle> {
+        Self::open_with_steps(location, opts, &mut |_| {})
+    }
+
+    /// [`Bundle::open`], telling `step` when the signature check begins and
+    /// when it has passed, as RAUC's `Verifying signature` step: everything
+    /// before it (reaching the server, reading the container and its
+    /// signature, decrypting) fails outside that step.
+    pub fn open_with_steps(location: &str, opts: &OpenOptions, step: &mut dyn FnMut(SignatureStep)) -> Result<Bundle> {
         if is_remote(location) {
             let http = Arc::new(HttpSource::open(location, opts.http.clone()).map_err(Error::Io)?);
-            let mut b = Self::open_source(location, http.clone(), None, opts)?;
+            let mut b = Self::open_verified(location, http.clone(), None, opts, step)?;
             b.remote = Some(http.remote_info().clone());
             b.http = Some(http);
             return Ok(b);
@@ -323,12 +340,18 @@ impl Bundle {
         let source = FileSource::from_file(file)
             .map_err(|e| Error::Io(format!("Failed to open bundle '{}': {e}", path.display())))?;
         let source = Arc::new(source);
-        Self::open_source(&path.to_string_lossy(), source.clone(), Some(source), opts)
+        Self::open_verified(&path.to_string_lossy(), source.clone(), Some(source), opts, step)
     }
 
     /// Copies the whole remote bundle into an unnamed temporary file and
     /// opens the copy like a local file.
-    fn open_downloaded(location: &str, source: &dyn ReadAt, download: &Download, opts: &OpenOptions) -> Result<Bundle> {
+    fn open_downloaded(
+        location: &str,
+        source: &dyn ReadAt,
+        download: &Download,
+        opts: &OpenOptions,
+        step: &mut dyn FnMut(SignatureStep),
+    ) -> Result<Bundle> {
         let location = &crate::source::http::shown_url(location);
         let size = source.size();
         if size > download.max_size {
@@ -351,7 +374,7 @@ impl Bundle {
         let file = Arc::new(FileSource::from_file(file).map_err(fail)?);
         // Nobody else can reach the unnamed file, and its payload is pinned while verifying.
         let opts = OpenOptions { trust_environment: true, ..opts.clone() };
-        Self::open_verified(location, file.clone(), Some(file), &opts)
+        Self::open_verified(location, file.clone(), Some(file), &opts, step)
     }
 
     /// Opens a bundle from any source; `file` enables the plain-bundle exclusivity checks.
@@ -361,8 +384,7 @@ impl Bundle {
         file: Option<Arc<FileSource>>,
         opts: &OpenOptions,
     ) -> Result<Bundle> {
-        tracing::info!("Reading bundle: {}", crate::source::http::shown_url(location));
-        Self::open_verified(location, source, file, opts)
+        Self::open_verified(location, source, file, opts, &mut |_| {})
     }
 
     fn open_verified(
@@ -370,7 +392,12 @@ impl Bundle {
         source: Arc<dyn ReadAt>,
         file: Option<Arc<FileSource>>,
         opts: &OpenOptions,
+        step: &mut dyn FnMut(SignatureStep),
     ) -> Result<Bundle> {
+        tracing::info!("Reading bundle: {}", crate::source::http::shown_url(location));
+        // Without verification there is no signature step (as in RAUC).
+        let mut silent = |_: SignatureStep| {};
+        let step: &mut dyn FnMut(SignatureStep) = if opts.verify.no_verify { &mut silent } else { step };
         let remote = file.is_none();
         let layout = Layout::read(source.as_ref(), opts.max_signature_size)?;
         // Streamed bundles must be aligned; verity and crypt ones are checked
@@ -401,11 +428,11 @@ impl Bundle {
             if let (None, Some(download), false) = (&file, &opts.download, encrypted) {
                 // Refused before the download, not after it.
                 check_format_allowed(BundleFormat::Plain, &opts.allowed_formats)?;
-                return Self::open_downloaded(location, source.as_ref(), download, opts);
+                return Self::open_downloaded(location, source.as_ref(), download, opts, step);
             }
-            Self::verify_plain(&source, file, layout, &signed_data, encrypted, opts)?
+            Self::verify_plain(&source, file, layout, &signed_data, encrypted, opts, step)?
         } else {
-            Self::verify_inline(&source, layout, &signed_data, encrypted, opts)?
+            Self::verify_inline(&source, layout, &signed_data, encrypted, opts, step)?
         };
         Ok(Bundle {
             location: location.to_string(),
@@ -432,8 +459,11 @@ impl Bundle {
         signed_data: &[u8],
         encrypted: bool,
         opts: &OpenOptions,
+        step: &mut dyn FnMut(SignatureStep),
     ) -> Result<Verified> {
+        step(SignatureStep::Begin);
         let signature = signature::verify(signed_data, None, &opts.verify)?;
+        step(SignatureStep::Passed);
         let manifest_bytes = signature.content.clone().expect("inline signature has content");
         let manifest = parse_manifest(&manifest_bytes, "Signed manifest")?;
         inline_manifest_check(&manifest)?;
@@ -490,6 +520,7 @@ impl Bundle {
         signed_data: &[u8],
         encrypted: bool,
         opts: &OpenOptions,
+        step: &mut dyn FnMut(SignatureStep),
     ) -> Result<Verified> {
         check_format_allowed(BundleFormat::Plain, &opts.allowed_formats)?;
         let Some(file) = file else {
@@ -509,11 +540,13 @@ impl Bundle {
             (signature::verify(signed_data, None, &opts.verify)?, slice)
         } else {
             let _lease = if opts.trust_environment { None } else { Some(crate::exclusive::ensure(file.file())?) };
+            step(SignatureStep::Begin);
             let mut reader = DigestingReader::new(slice.as_ref(), layout.payload_size);
             let sig = signature::verify(signed_data, Some(&mut reader), &opts.verify)?;
             let digests = reader.digester.finish();
             (sig, Arc::new(PinnedReader::new(slice, digests)?))
         };
+        step(SignatureStep::Passed);
         let manifest_bytes = BundleFs::open(payload.clone())?
             .read_file("manifest.raucm")
             .map_err(|e| Error::Other(format!("Failed to read manifest from bundle: {e}")))?;

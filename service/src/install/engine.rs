@@ -18,7 +18,7 @@ use crate::eventlog::{self, Event, ids};
 use crate::mounts;
 use crate::status::{SlotStatus, now_timestamp};
 use crate::system::{SlotState, System};
-use rota_bundle::bundle::{Bundle, OpenOptions};
+use rota_bundle::bundle::{Bundle, OpenOptions, SignatureStep};
 use rota_bundle::manifest::{BundleFormat, Image, Manifest};
 use rota_bundle::squashfs::BundleFs;
 use std::path::Path;
@@ -201,7 +201,13 @@ fn run(
     if send.iter().any(|h| h == "transaction-id") {
         open.http.info_headers = rota_bundle::hostconfig::automatic_headers(send, &system.header_facts(Some(txn)));
     }
-    let bundle = step(p, "Verifying signature", || Ok(Bundle::open(&args.location, &open)?))?;
+    // Reaching the server and reading the signature belong to "Checking
+    // bundle"; its "Verifying signature" step begins once the signature is
+    // in hand (EVerest tells DownloadFailed from InvalidSignature by this).
+    let bundle = Bundle::open_with_steps(&args.location, &open, &mut |s| match s {
+        SignatureStep::Begin => p.begin("Verifying signature", 1, 0),
+        SignatureStep::Passed => p.end(true),
+    })?;
     if let Some(expected) = &args.require_manifest_hash {
         if bundle.format() == BundleFormat::Plain {
             return failed("Refusing to install plain bundle when using require-manifest-hash");
