@@ -3,6 +3,7 @@
 //! servers (nginx, and an in-process one that can misbehave on purpose).
 
 pub mod bus;
+pub mod csms;
 pub mod device;
 pub mod httpd;
 pub mod nginx;

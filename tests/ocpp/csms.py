@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""A CSMS for rota-ocpp's tests, built on PyPI's `ocpp` (the library
+EVerest's own test harness plays the CSMS with) over `websockets`.
+
+It serves OCPP 1.6J and 2.0.1 on 127.0.0.1, answers the station's calls
+and writes each of them, and each answer to its own calls, as one JSON
+line to the log file:
+
+    {"station": ID, "kind": "call", "action": A, "payload": {...}}
+    {"station": ID, "kind": "result", "action": A, "payload": {...}}
+
+After a station's BootNotification it sends the calls given with
+--after-boot (ACTION=JSON, JSON in the library's snake_case fields), one
+after the other. With --password, stations must send HTTP basic
+authentication (user: station id). Prints the port it listens on.
+"""
+
+import argparse
+import asyncio
+import json
+import sys
+from datetime import datetime, timezone
+
+from ocpp.routing import on
+from ocpp.v16 import ChargePoint as Station16
+from ocpp.v16 import call as call16
+from ocpp.v16 import call_result as result16
+from ocpp.v16.enums import Action as Action16
+from ocpp.v16.enums import RegistrationStatus as Registration16
+from ocpp.v201 import ChargePoint as Station201
+from ocpp.v201 import call as call201
+from ocpp.v201 import call_result as result201
+from ocpp.v201.enums import Action as Action201
+from ocpp.v201.enums import RegistrationStatusEnumType as Registration201
+from websockets.asyncio.server import basic_auth, serve
+
+ARGS = None
+
+
+def now():
+    return datetime.now(timezone.utc).isoformat()
+
+
+def log(station, kind, action, payload):
+    with open(ARGS.log, "a") as f:
+        f.write(json.dumps({"station": station, "kind": kind, "action": action, "payload": payload}) + "\n")
+
+
+def snake_to_camel(d):
+    if isinstance(d, dict):
+        return {
+            k.split("_")[0] + "".join(w.title() for w in k.split("_")[1:]): snake_to_camel(v) for k, v in d.items()
+        }
+    return d
+
+
+class Csms16(Station16):
+    @on(Action16.boot_notification)
+    def boot(self, **kw):
+        log(self.id, "call", "BootNotification", snake_to_camel(kw))
+        asyncio.get_running_loop().create_task(self.after_boot(call16))
+        return result16.BootNotification(current_time=now(), interval=300, status=Registration16.accepted)
+
+    @on(Action16.heartbeat)
+    def heartbeat(self, **kw):
+        log(self.id, "call", "Heartbeat", snake_to_camel(kw))
+        return result16.Heartbeat(current_time=now())
+
+    @on(Action16.firmware_status_notification)
+    def firmware_status(self, **kw):
+        log(self.id, "call", "FirmwareStatusNotification", snake_to_camel(kw))
+        return result16.FirmwareStatusNotification()
+
+    @on(Action16.signed_firmware_status_notification)
+    def signed_firmware_status(self, **kw):
+        log(self.id, "call", "SignedFirmwareStatusNotification", snake_to_camel(kw))
+        return result16.SignedFirmwareStatusNotification()
+
+    @on(Action16.security_event_notification)
+    def security_event(self, **kw):
+        log(self.id, "call", "SecurityEventNotification", snake_to_camel(kw))
+        return result16.SecurityEventNotification()
+
+    async def after_boot(self, calls):
+        await run_after_boot(self, calls)
+
+
+class Csms201(Station201):
+    @on(Action201.boot_notification)
+    def boot(self, **kw):
+        log(self.id, "call", "BootNotification", snake_to_camel(kw))
+        asyncio.get_running_loop().create_task(self.after_boot(call201))
+        return result201.BootNotification(current_time=now(), interval=300, status=Registration201.accepted)
+
+    @on(Action201.heartbeat)
+    def heartbeat(self, **kw):
+        log(self.id, "call", "Heartbeat", snake_to_camel(kw))
+        return result201.Heartbeat(current_time=now())
+
+    @on(Action201.firmware_status_notification)
+    def firmware_status(self, **kw):
+        log(self.id, "call", "FirmwareStatusNotification", snake_to_camel(kw))
+        return result201.FirmwareStatusNotification()
+
+    @on(Action201.security_event_notification)
+    def security_event(self, **kw):
+        log(self.id, "call", "SecurityEventNotification", snake_to_camel(kw))
+        return result201.SecurityEventNotification()
+
+    async def after_boot(self, calls):
+        await run_after_boot(self, calls)
+
+
+async def run_after_boot(station, calls):
+    for spec in ARGS.after_boot:
+        action, _, body = spec.partition("=")
+        request = getattr(calls, action)(**json.loads(body or "{}"))
+        response = await station.call(request, suppress=False)
+        log(station.id, "result", action, snake_to_camel(vars(response)))
+
+
+async def handler(connection):
+    station = connection.request.path.strip("/").split("/")[-1]
+    if connection.subprotocol == "ocpp1.6":
+        cp = Csms16(station, connection)
+    elif connection.subprotocol == "ocpp2.0.1":
+        cp = Csms201(station, connection)
+    else:
+        await connection.close()
+        return
+    try:
+        await cp.start()
+    except Exception as e:  # the station went away
+        log(station, "closed", "", {"reason": str(e)})
+
+
+async def main():
+    global ARGS
+    p = argparse.ArgumentParser()
+    p.add_argument("--log", required=True)
+    p.add_argument("--password")
+    p.add_argument("--after-boot", action="append", default=[])
+    ARGS = p.parse_args()
+    kwargs = {}
+    if ARGS.password:
+        kwargs["process_request"] = basic_auth(
+            realm="csms", check_credentials=lambda user, password: password == ARGS.password
+        )
+    async with serve(handler, "127.0.0.1", 0, subprotocols=["ocpp1.6", "ocpp2.0.1"], **kwargs) as server:
+        port = server.sockets[0].getsockname()[1]
+        print(port, flush=True)
+        await asyncio.Future()
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        sys.exit(0)

@@ -1,0 +1,91 @@
+//! A CSMS for OCPP tests: `tests/ocpp/csms.py`, built on PyPI's `ocpp`
+//! (pinned below, in a venv under the target directory made on first use).
+
+use crate::{target_dir, workspace};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The PyPI packages the CSMS runs on.
+pub const PACKAGES: [&str; 2] = ["ocpp==2.1.0", "websockets==15.0.1"];
+
+/// The venv's Python, with [`PACKAGES`] installed.
+pub fn python() -> PathBuf {
+    static PY: OnceLock<PathBuf> = OnceLock::new();
+    PY.get_or_init(|| {
+        let venv = target_dir().join("ocpp-venv");
+        let stamp = venv.join(PACKAGES.join(" ").replace(['=', ' '], "_"));
+        if !stamp.exists() {
+            let _ = std::fs::remove_dir_all(&venv);
+            let ok = Command::new("/usr/bin/python3").args(["-m", "venv"]).arg(&venv).status().unwrap().success();
+            assert!(ok, "python3 -m venv failed (apt-get install python3-venv)");
+            let ok =
+                Command::new(venv.join("bin/pip")).args(["install", "-q"]).args(PACKAGES).status().unwrap().success();
+            assert!(ok, "pip install {PACKAGES:?} failed");
+            std::fs::write(&stamp, "").unwrap();
+        }
+        venv.join("bin/python")
+    })
+    .clone()
+}
+
+/// A running CSMS, stopped when dropped.
+pub struct Csms {
+    child: Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    log: PathBuf,
+}
+
+impl Csms {
+    /// Starts the CSMS with extra arguments (`--password`, `--after-boot`),
+    /// logging into `log`.
+    pub fn start(log: PathBuf, args: &[String]) -> Csms {
+        let _ = std::fs::remove_file(&log);
+        let mut child = Command::new(python())
+            .arg(workspace().join("tests/ocpp/csms.py"))
+            .arg("--log")
+            .arg(&log)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the CSMS");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port = line.trim().parse().unwrap_or_else(|_| panic!("the CSMS printed no port: {line:?}"));
+        Csms { child, port, log }
+    }
+
+    /// Its websocket URL (the station id is appended by the station).
+    pub fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ocpp", self.port)
+    }
+
+    /// Everything logged so far.
+    pub fn messages(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    /// Waits until a logged message satisfies `pred` and returns it.
+    pub fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(m) = self.messages().into_iter().find(&pred) {
+                return m;
+            }
+            assert!(Instant::now() < deadline, "the CSMS never saw {what}: {:#?}", self.messages());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Csms {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
