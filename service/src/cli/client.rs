@@ -79,7 +79,11 @@ impl Client {
             let owner = dbus.get_name_owner(name).await.map_err(|e| dbus_error(e.into()))?;
             let vanished = || CliError { message: "The service stopped during the installation".into(), code: 2 };
             loop {
+                // The service's own signals first: its Completed arrives
+                // before the bus says it left, but both streams can be ready
+                // at once, and an unbiased pick could take the departure.
                 let msg = tokio::select! {
+                    biased;
                     msg = signals.next() => msg,
                     change = owner_changes.next() => {
                         match change.as_ref().and_then(|c| c.args().ok()) {
