@@ -116,3 +116,26 @@ pub trait Poller {
     #[zbus(property)]
     fn status(&self) -> zbus::Result<Dict>;
 }
+
+/// One of the installer's signals, as a client reads it.
+#[derive(Debug)]
+pub enum InstallerSignal {
+    /// `Completed(result)`.
+    Completed(i32),
+    /// The installer properties a `PropertiesChanged` carries.
+    Changed(Dict),
+}
+
+/// Reads `msg` as one of the installer's signals; `None` for anything else
+/// (other interfaces' property changes, other signals, malformed bodies).
+pub fn installer_signal(msg: &zbus::Message) -> Option<InstallerSignal> {
+    let header = msg.header();
+    match (header.interface().map(|i| i.as_str()), header.member().map(|m| m.as_str())) {
+        (Some(INSTALLER_INTERFACE), Some("Completed")) => msg.body().deserialize().ok().map(InstallerSignal::Completed),
+        (Some("org.freedesktop.DBus.Properties"), Some("PropertiesChanged")) => {
+            let (interface, changed, _): (String, Dict, Vec<String>) = msg.body().deserialize().ok()?;
+            (interface == INSTALLER_INTERFACE).then_some(InstallerSignal::Changed(changed))
+        }
+        _ => None,
+    }
+}

@@ -104,23 +104,10 @@ impl Client {
                 if header.sender().map(|s| s.as_str()) != Some(owner.as_str()) {
                     continue;
                 }
-                let interface = header.interface().map(|i| i.as_str());
-                match (interface, header.member().map(|m| m.as_str())) {
-                    (Some(rota_dbus::INSTALLER_INTERFACE), Some("Completed")) => {
-                        return msg.body().deserialize::<i32>().map_err(dbus_error);
-                    }
-                    (Some("org.freedesktop.DBus.Properties"), Some("PropertiesChanged")) => {
-                        let Ok((interface, changed, _)) =
-                            msg.body().deserialize::<(String, HashMap<String, OwnedVariant>, Vec<String>)>()
-                        else {
-                            continue;
-                        };
-                        if interface != rota_dbus::INSTALLER_INTERFACE {
-                            continue;
-                        }
-                        print_changes(&mut term, &changed);
-                    }
-                    _ => {}
+                match rota_dbus::installer_signal(&msg) {
+                    Some(rota_dbus::InstallerSignal::Completed(code)) => return Ok(code),
+                    Some(rota_dbus::InstallerSignal::Changed(changed)) => print_changes(&mut term, &changed),
+                    None => {}
                 }
             }
         });
