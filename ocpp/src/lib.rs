@@ -13,9 +13,14 @@
 //! serde struct.
 #![deny(missing_docs)]
 
+pub mod certs;
+pub mod config;
 pub mod link;
 pub mod messages;
+pub mod rota;
 pub mod rpc;
+pub mod state;
+pub mod station;
 pub mod status;
 
 /// The OCPP version of a connection: its websocket subprotocol.

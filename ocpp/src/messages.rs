@@ -418,6 +418,10 @@ pub mod v201 {
         /// `TriggerMessage` with no update running).
         #[serde(skip_serializing_if = "Option::is_none", default)]
         pub request_id: Option<i64>,
+        /// Vendor data (`vendorId` and more): rota-ocpp sends the
+        /// installation's `progress` in percent here.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        pub custom_data: Option<serde_json::Value>,
     }
 
     impl Action for FirmwareStatusNotificationRequest {
@@ -450,6 +454,24 @@ pub mod v201 {
     impl Action for TriggerMessageRequest {
         const ACTION: &'static str = "TriggerMessage";
         type Response = TriggerMessageResponse;
+    }
+}
+
+impl From<v16::SignedUpdateFirmwareRequest> for v201::UpdateFirmwareRequest {
+    /// The same request in 2.0.1's shape (where signing data is optional).
+    fn from(r: v16::SignedUpdateFirmwareRequest) -> v201::UpdateFirmwareRequest {
+        v201::UpdateFirmwareRequest {
+            retries: r.retries,
+            retry_interval: r.retry_interval,
+            request_id: r.request_id,
+            firmware: v201::Firmware {
+                location: r.firmware.location,
+                retrieve_date_time: r.firmware.retrieve_date_time,
+                install_date_time: r.firmware.install_date_time,
+                signing_certificate: Some(r.firmware.signing_certificate),
+                signature: Some(r.firmware.signature),
+            },
+        }
     }
 }
 
@@ -501,7 +523,11 @@ mod tests {
 
     #[test]
     fn notifications_write_only_what_is_set() {
-        let n = v201::FirmwareStatusNotificationRequest { status: FirmwareStatus::Installing, request_id: Some(7) };
+        let n = v201::FirmwareStatusNotificationRequest {
+            status: FirmwareStatus::Installing,
+            request_id: Some(7),
+            custom_data: None,
+        };
         assert_eq!(serde_json::to_value(&n).unwrap(), json!({"status": "Installing", "requestId": 7}));
         let idle = v16::SignedFirmwareStatusNotificationRequest { status: FirmwareStatus::Idle, request_id: None };
         assert_eq!(serde_json::to_value(&idle).unwrap(), json!({"status": "Idle"}));

@@ -9,10 +9,12 @@ line to the log file:
     {"station": ID, "kind": "call", "action": A, "payload": {...}}
     {"station": ID, "kind": "result", "action": A, "payload": {...}}
 
-After a station's BootNotification it sends the calls given with
+After a station's first BootNotification it sends the calls given with
 --after-boot (ACTION=JSON, JSON in the library's snake_case fields), one
-after the other. With --password, stations must send HTTP basic
-authentication (user: station id). Prints the port it listens on.
+after the other; lines of the same form appended to the --commands file
+are sent to the station connected then. With --password, stations must
+send HTTP basic authentication (user: station id). Prints the port it
+listens on.
 """
 
 import argparse
@@ -35,6 +37,8 @@ from ocpp.v201.enums import RegistrationStatusEnumType as Registration201
 from websockets.asyncio.server import basic_auth, serve
 
 ARGS = None
+BOOTED = set()
+CONNECTED = {}
 
 
 def now():
@@ -111,27 +115,57 @@ class Csms201(Station201):
         await run_after_boot(self, calls)
 
 
+async def send(station, calls, spec):
+    action, _, body = spec.partition("=")
+    request = getattr(calls, action)(**json.loads(body or "{}"))
+    response = await station.call(request, suppress=False)
+    log(station.id, "result", action, snake_to_camel(vars(response)))
+
+
 async def run_after_boot(station, calls):
+    if station.id in BOOTED:
+        return
+    BOOTED.add(station.id)
     for spec in ARGS.after_boot:
-        action, _, body = spec.partition("=")
-        request = getattr(calls, action)(**json.loads(body or "{}"))
-        response = await station.call(request, suppress=False)
-        log(station.id, "result", action, snake_to_camel(vars(response)))
+        await send(station, calls, spec)
+
+
+async def follow_commands():
+    """Sends each line appended to the commands file to the station connected then."""
+    done = 0
+    while True:
+        await asyncio.sleep(0.1)
+        try:
+            with open(ARGS.commands) as f:
+                lines = [l.strip() for l in f if l.strip()]
+        except FileNotFoundError:
+            continue
+        for spec in lines[done:]:
+            done += 1
+            for station, calls in list(CONNECTED.values()):
+                try:
+                    await send(station, calls, spec)
+                except Exception as e:
+                    log(station.id, "error", spec.partition("=")[0], {"error": str(e)})
 
 
 async def handler(connection):
     station = connection.request.path.strip("/").split("/")[-1]
     if connection.subprotocol == "ocpp1.6":
-        cp = Csms16(station, connection)
+        cp, calls = Csms16(station, connection), call16
     elif connection.subprotocol == "ocpp2.0.1":
-        cp = Csms201(station, connection)
+        cp, calls = Csms201(station, connection), call201
     else:
         await connection.close()
         return
+    CONNECTED[station] = (cp, calls)
     try:
         await cp.start()
     except Exception as e:  # the station went away
         log(station, "closed", "", {"reason": str(e)})
+    finally:
+        if CONNECTED.get(station, (None,))[0] is cp:
+            del CONNECTED[station]
 
 
 async def main():
@@ -140,6 +174,7 @@ async def main():
     p.add_argument("--log", required=True)
     p.add_argument("--password")
     p.add_argument("--after-boot", action="append", default=[])
+    p.add_argument("--commands")
     ARGS = p.parse_args()
     kwargs = {}
     if ARGS.password:
@@ -149,6 +184,8 @@ async def main():
     async with serve(handler, "127.0.0.1", 0, subprotocols=["ocpp1.6", "ocpp2.0.1"], **kwargs) as server:
         port = server.sockets[0].getsockname()[1]
         print(port, flush=True)
+        if ARGS.commands:
+            await follow_commands()
         await asyncio.Future()
 
 

@@ -45,10 +45,14 @@ impl Csms {
     /// logging into `log`.
     pub fn start(log: PathBuf, args: &[String]) -> Csms {
         let _ = std::fs::remove_file(&log);
+        let commands = log.with_extension("commands");
+        let _ = std::fs::remove_file(&commands);
         let mut child = Command::new(python())
             .arg(workspace().join("tests/ocpp/csms.py"))
             .arg("--log")
             .arg(&log)
+            .arg("--commands")
+            .arg(&commands)
             .args(args)
             .stdout(Stdio::piped())
             .spawn()
@@ -62,6 +66,27 @@ impl Csms {
     /// Its websocket URL (the station id is appended by the station).
     pub fn url(&self) -> String {
         format!("ws://127.0.0.1:{}/ocpp", self.port)
+    }
+
+    /// Sends a call (`ACTION=JSON`, the library's snake_case fields) to the
+    /// station connected now.
+    pub fn command(&self, line: &str) {
+        use std::io::Write;
+        let path = self.log.with_extension("commands");
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+        writeln!(f, "{line}").unwrap();
+    }
+
+    /// The statuses the station reported (`FirmwareStatusNotification` and
+    /// `SignedFirmwareStatusNotification`), each with its `requestId`.
+    pub fn statuses(&self) -> Vec<(String, Option<i64>)> {
+        self.messages()
+            .iter()
+            .filter(|m| {
+                m["kind"] == "call" && m["action"].as_str().is_some_and(|a| a.ends_with("FirmwareStatusNotification"))
+            })
+            .map(|m| (m["payload"]["status"].as_str().unwrap().to_string(), m["payload"]["requestId"].as_i64()))
+            .collect()
     }
 
     /// Everything logged so far.

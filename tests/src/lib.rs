@@ -3,6 +3,7 @@
 //! servers (nginx, and an in-process one that can misbehave on purpose).
 
 pub mod bus;
+pub mod charger;
 pub mod csms;
 pub mod device;
 pub mod httpd;
@@ -91,7 +92,7 @@ pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let st = Command::new(env!("CARGO"))
-            .args(["build", "-q", "--bins", "-p", "rota", "-p", "rota-bundle"])
+            .args(["build", "-q", "--bins", "-p", "rota", "-p", "rota-bundle", "-p", "rota-ocpp"])
             .current_dir(workspace())
             .status()
             .expect("run cargo build");

@@ -14,13 +14,13 @@
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 use testkit::bus::{Bus, Service};
-use testkit::device::{Device, grubenv};
+use testkit::charger;
+use testkit::device::Device;
 use testkit::httpd::Server;
-use testkit::{Content, peer_rauc, pki_file, rota_bundle, run, target_dir};
+use testkit::peer_rauc;
 use zbus::OwnedVariant;
 
 /// The OCPP firmware statuses EVerest publishes (2.0.1 names).
@@ -67,55 +67,13 @@ struct Charger {
     answers: Vec<String>,
 }
 
-fn device(name: &str, target_device: &str) -> Device {
-    let dir = target_dir().join("test-devices").join(name);
-    let d = Device::new(&dir, "");
-    let target = if target_device.starts_with('/') {
-        target_device.to_string()
-    } else {
-        d.path(target_device).display().to_string()
-    };
-    // Absolute paths: RAUC 1.8 and rota resolve relative ones differently
-    // from the service's working directory.
-    let conf = format!(
-        "[system]\ncompatible=EVerest Charger\nbootloader=grub\ngrubenv={grubenv}\nstatusfile={status}\n\
-         mountprefix={mnt}\n[keyring]\npath={keyring}\n\
-         [slot.rootfs.0]\ndevice={a}\ntype=raw\nbootname=A\n[slot.rootfs.1]\ndevice={target}\ntype=raw\nbootname=B\n",
-        grubenv = d.path("grubenv").display(),
-        status = d.path("central.raucs").display(),
-        mnt = d.path("mnt").display(),
-        keyring = pki_file("keyring.pem").display(),
-        a = d.path("rootfs0.img").display(),
-    );
-    d.write_conf(&conf);
-    fs::create_dir_all(d.path("mnt")).unwrap();
-    d.grub_env(&["A", "B"]);
-    d.slot_file("rootfs0.img", 512 * 1024, 0xAA);
-    d.slot_file("rootfs1.img", 512 * 1024, 0xBB);
-    d
-}
-
-/// A one-image bundle for the charger, signed by `signer`.
-fn bundle(name: &str, format: &str, signer: &str) -> PathBuf {
-    let dir = target_dir().join("test-bundles").join(name);
-    let _ = fs::remove_dir_all(&dir);
-    let c = Content::new(dir.join("content"));
-    c.image("rootfs.img", 256 * 1024, 7);
-    c.manifest(&format!(
-        "[update]\ncompatible=EVerest Charger\nversion=2026.12.0\n[bundle]\nformat={format}\n[image.rootfs]\nfilename=rootfs.img\n"
-    ));
-    let out = dir.join("b.raucb");
-    rota_bundle(&c.dir, &out, signer).ok();
-    out
-}
-
 impl Charger {
     fn new(backend: Backend, name: &str, target_device: &str) -> Charger {
         let tag = match backend {
             Backend::Rota => "rota",
             Backend::Rauc => "rauc",
         };
-        let device = device(&format!("everest-{name}-{tag}"), target_device);
+        let device = charger::device(&format!("everest-{name}-{tag}"), target_device);
         let mut c = Charger {
             backend,
             device,
@@ -261,8 +219,8 @@ impl Charger {
     fn reboot(&mut self, new_slot_comes_up: bool) {
         self.stop_service();
         let env = self.device.path("grubenv");
-        let first = grub_boot(&env);
-        self.booted = if new_slot_comes_up || first == self.booted { first } else { grub_boot(&env) };
+        let first = charger::grub_boot(&env);
+        self.booted = if new_slot_comes_up || first == self.booted { first } else { charger::grub_boot(&env) };
         self.start_service();
     }
 
@@ -310,23 +268,6 @@ fn dbus_error_name(e: &zbus::Error) -> String {
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
-}
-
-/// One boot through RAUC's GRUB script: each slot of `ORDER` examined gets
-/// `TRY=1`; the first with `OK=1` and `TRY=0` before that boots.
-fn grub_boot(env: &Path) -> String {
-    let lines = grubenv(env);
-    let get = |k: &str| lines.iter().find_map(|l| l.strip_prefix(&format!("{k}=")).map(str::to_string));
-    let order = get("ORDER").expect("ORDER");
-    for slot in order.split(' ') {
-        let ok = get(&format!("{slot}_OK")).as_deref() == Some("1");
-        let tried = get(&format!("{slot}_TRY")).as_deref() != Some("0");
-        run(Command::new("grub-editenv").arg(env).args(["set", &format!("{slot}_TRY=1")])).ok();
-        if ok && !tried {
-            return slot.to_string();
-        }
-    }
-    panic!("GRUB found no bootable slot: {lines:?}");
 }
 
 /// The progress steps as (text, depth), repeats (copy percentages) left
@@ -386,7 +327,7 @@ fn assert_parity(name: &str, results: &[Outcome; 2], expected: &[Status]) {
 
 #[test]
 fn success_then_reboot_into_the_new_slot() {
-    let b = bundle("everest-good", "plain", "release");
+    let b = charger::bundle("everest-good", "plain", "release", 256 * 1024);
     let results = both("good", "rootfs1.img", |c| {
         let texts = c.update_firmware(b.to_str().unwrap());
         c.reboot(true);
@@ -403,7 +344,7 @@ fn success_then_reboot_into_the_new_slot() {
 
 #[test]
 fn a_new_slot_that_never_comes_up_falls_back_and_fails() {
-    let b = bundle("everest-fallback", "plain", "release");
+    let b = charger::bundle("everest-fallback", "plain", "release", 256 * 1024);
     let results = both("fallback", "rootfs1.img", |c| {
         let texts = c.update_firmware(b.to_str().unwrap());
         c.reboot(false);
@@ -420,7 +361,7 @@ fn a_new_slot_that_never_comes_up_falls_back_and_fails() {
 
 #[test]
 fn a_bundle_signed_by_an_unknown_ca_is_an_invalid_signature() {
-    let b = bundle("everest-badsig", "plain", "other");
+    let b = charger::bundle("everest-badsig", "plain", "other", 256 * 1024);
     let results = both("badsig", "rootfs1.img", |c| c.update_firmware(b.to_str().unwrap()));
     assert_parity("bad signature", &results, &[Downloading, Downloaded, InvalidSignature]);
 }
@@ -428,7 +369,7 @@ fn a_bundle_signed_by_an_unknown_ca_is_an_invalid_signature() {
 #[test]
 fn a_failed_write_is_an_install_verification_failure() {
     // /dev/full: every write fails with ENOSPC, as on a full medium.
-    let b = bundle("everest-full", "plain", "release");
+    let b = charger::bundle("everest-full", "plain", "release", 256 * 1024);
     let results = both("full", "/dev/full", |c| c.update_firmware(b.to_str().unwrap()));
     assert_parity(
         "failed write",
@@ -453,8 +394,8 @@ fn an_unreachable_url_is_a_download_failure_not_a_bad_signature() {
 #[test]
 fn streamed_bundles_from_http_map_to_the_same_statuses() {
     let _serial = testkit::serial();
-    let good = fs::read(bundle("everest-stream-good", "verity", "release")).unwrap();
-    let bad = fs::read(bundle("everest-stream-bad", "verity", "other")).unwrap();
+    let good = fs::read(charger::bundle("everest-stream-good", "verity", "release", 256 * 1024)).unwrap();
+    let bad = fs::read(charger::bundle("everest-stream-bad", "verity", "other", 256 * 1024)).unwrap();
     let server = Server::start();
     server.put("/good.raucb", good);
     server.put("/bad.raucb", bad);

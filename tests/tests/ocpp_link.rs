@@ -90,6 +90,7 @@ fn ocpp201_boot_trigger_and_a_status_pass_the_schema_checks() {
         let status = v201::FirmwareStatusNotificationRequest {
             status: rota_ocpp::status::FirmwareStatus::Idle,
             request_id: None,
+            custom_data: Some(json!({"vendorId": "dev.rota", "progress": 0})),
         };
         let call = link.next_call().await.unwrap();
         assert_eq!(call.action, "TriggerMessage");
