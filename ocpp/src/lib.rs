@@ -15,6 +15,7 @@
 
 pub mod certs;
 pub mod config;
+pub mod download;
 pub mod link;
 pub mod messages;
 pub mod rota;

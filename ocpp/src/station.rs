@@ -21,6 +21,7 @@
 use crate::Protocol;
 use crate::certs::{self, Verdict};
 use crate::config::Config;
+use crate::download::{self, FetchError};
 use crate::link::{IncomingCall, Link, LinkError};
 use crate::messages::{self, RegistrationStatus, TriggerMessageStatus, UpdateFirmwareStatus, v16, v201};
 use crate::rota::{InstallEvent, Rota};
@@ -383,6 +384,10 @@ impl Station {
             tracing::warn!("refusing update from '{}': rota-ocpp fetches http(s) URLs", request.location);
             return UpdateFirmwareStatus::Rejected;
         }
+        if request.signature.is_some() && request.signing_certificate.is_none() {
+            tracing::warn!("refusing update: a firmware signature without the certificate to check it");
+            return UpdateFirmwareStatus::InvalidCertificate;
+        }
         if let Some(pem) = &request.signing_certificate {
             match certs::check(pem, self.cfg.manufacturer_root.as_deref(), self.cfg.manufacturer_crl.as_deref()) {
                 Verdict::Valid => {}
@@ -447,6 +452,7 @@ impl Station {
         let number = self.jobs_started;
         let task = UpdateTask {
             number,
+            cfg: self.cfg.clone(),
             store: self.store.clone(),
             rota: self.rota.clone(),
             request: request.clone(),
@@ -559,6 +565,7 @@ async fn health_check(cfg: &Config) -> bool {
 /// One update, from the scheduled download to the reboot.
 struct UpdateTask {
     number: u64,
+    cfg: Arc<Config>,
     store: StateStore,
     rota: Arc<Rota>,
     request: UpdateRequest,
@@ -615,7 +622,6 @@ impl UpdateTask {
     }
 
     async fn carry_out(&mut self) -> Result<(), Cancelled> {
-        let location = self.request.location.clone();
         if self.request.retrieve_at > OffsetDateTime::now_utc() {
             self.emit(FirmwareStatus::DownloadScheduled, None);
             self.wait_until(self.request.retrieve_at).await?;
@@ -624,101 +630,13 @@ impl UpdateTask {
         loop {
             self.check_cancelled()?;
             self.emit(FirmwareStatus::Downloading, None);
-            let mut verified = false;
-            let scheduled = self.request.install_at.filter(|at| *at > OffsetDateTime::now_utc());
-            let mut unreachable = None;
-            if let Some(at) = scheduled {
-                // Verified now, installed at its time.
-                match self.rota.inspect(&location).await {
-                    Ok(()) => {
-                        verified = true;
-                        self.emit(FirmwareStatus::Downloaded, None);
-                        self.emit(FirmwareStatus::SignatureVerified, None);
-                        self.emit(FirmwareStatus::InstallScheduled, None);
-                        self.wait_until(at).await?;
-                    }
-                    Err(e) if is_signature_error(&e) => {
-                        self.emit(FirmwareStatus::Downloaded, None);
-                        self.security("InvalidFirmwareSignature", e);
-                        self.end(FirmwareStatus::InvalidSignature);
-                        return Ok(());
-                    }
-                    Err(e) => unreachable = Some(e),
-                }
-            }
-            if unreachable.is_none() {
-                self.check_cancelled()?;
-                let boot_slot_before = match self.rota.boot_slot().await {
-                    Ok(b) => b,
-                    Err(e) => {
-                        tracing::error!("cannot read the booted slot: {e}");
-                        self.end(FirmwareStatus::InstallationFailed);
-                        return Ok(());
-                    }
-                };
-                let mut last_progress = -10;
-                let result = {
-                    let events = &self.events;
-                    let request = &self.request;
-                    let send = |status, progress| {
-                        let n = Notice { channel: request.channel, request_id: request.request_id, status, progress };
-                        let _ = events.send(JobEvent::Out(Outgoing::Status(n)));
-                    };
-                    self.rota
-                        .install(&location, |ev| match ev {
-                            InstallEvent::SignatureVerified if !verified => {
-                                send(FirmwareStatus::Downloaded, None);
-                                send(FirmwareStatus::SignatureVerified, None);
-                            }
-                            InstallEvent::SignatureVerified => {}
-                            InstallEvent::SignatureFailed => send(FirmwareStatus::Downloaded, None),
-                            InstallEvent::Copying(p) => {
-                                if last_progress < 0 || p >= last_progress + 10 || p == 100 {
-                                    last_progress = p;
-                                    send(FirmwareStatus::Installing, Some(p));
-                                }
-                            }
-                        })
-                        .await
-                };
-                let finished = match result {
-                    Ok(f) => f,
-                    Err(e) => {
-                        tracing::error!("installation could not start: {e}");
-                        self.end(FirmwareStatus::InstallationFailed);
-                        return Ok(());
-                    }
-                };
-                if finished.code == 0 {
-                    self.past_no_return.store(true, Ordering::SeqCst);
-                    let saved = Saved { request: self.request.clone(), phase: Phase::Rebooting { boot_slot_before } };
-                    if let Err(e) = self.store.save(&saved) {
-                        tracing::error!("cannot save the state before rebooting: {e}");
-                    }
-                    self.emit(FirmwareStatus::InstallRebooting, None);
-                    let _ = self.events.send(JobEvent::Reboot);
-                    return Ok(());
-                }
-                self.check_cancelled()?;
-                tracing::warn!("installation failed: {}", finished.last_error);
-                if finished.signature_failed {
-                    self.security("InvalidFirmwareSignature", finished.last_error);
-                    self.end(FirmwareStatus::InvalidSignature);
-                    return Ok(());
-                }
-                if !finished.unreachable {
-                    let status =
-                        if finished.last_error.contains("read back") || finished.last_error.contains("read-back") {
-                            FirmwareStatus::InstallVerificationFailed
-                        } else {
-                            FirmwareStatus::InstallationFailed
-                        };
-                    self.end(status);
-                    return Ok(());
-                }
-                unreachable = Some(finished.last_error);
-            }
-            let why = unreachable.unwrap_or_default();
+            let attempt = self.attempt().await;
+            self.remove_download();
+            let why = match attempt? {
+                Attempt::Done => return Ok(()),
+                Attempt::Unreachable(why) => why,
+            };
+            let location = &self.request.location;
             if tries_left == 0 {
                 tracing::warn!("giving up on {location}: {why}");
                 self.end(FirmwareStatus::DownloadFailed);
@@ -730,6 +648,151 @@ impl UpdateTask {
             self.sleep(Duration::from_secs(self.request.retry_interval_sec)).await?;
         }
     }
+
+    /// Where a bundle with a detached signature is downloaded to.
+    fn download_path(&self) -> std::path::PathBuf {
+        self.cfg.state_dir.join("firmware.raucb")
+    }
+
+    fn remove_download(&self) {
+        match std::fs::remove_file(self.download_path()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => tracing::warn!("removing the download: {e}"),
+            _ => {}
+        }
+    }
+
+    /// One try: fetch (or stream), verify, wait for the install time, install.
+    async fn attempt(&mut self) -> Result<Attempt, Cancelled> {
+        let mut verified = false;
+        let mut source = self.request.location.clone();
+        if let (Some(signature), Some(certificate)) =
+            (self.request.signature.clone(), self.request.signing_certificate.clone())
+        {
+            let path = self.download_path();
+            let fetched = tokio::select! {
+                r = download::fetch(&self.request.location, &path, self.cfg.max_download_size) => r,
+                _ = self.cancelled.wait_for(|c| *c) => return Err(Cancelled),
+            };
+            match fetched {
+                Ok(_) => {}
+                Err(FetchError::Network(why)) => return Ok(Attempt::Unreachable(why)),
+                Err(e) => {
+                    tracing::error!("download failed: {e}");
+                    self.end(FirmwareStatus::DownloadFailed);
+                    return Ok(Attempt::Done);
+                }
+            }
+            self.emit(FirmwareStatus::Downloaded, None);
+            if let Err(why) = download::verify_signature(&path, &certificate, &signature) {
+                tracing::warn!("{why}");
+                self.security("InvalidFirmwareSignature", why);
+                self.end(FirmwareStatus::InvalidSignature);
+                return Ok(Attempt::Done);
+            }
+            self.emit(FirmwareStatus::SignatureVerified, None);
+            verified = true;
+            source = path.display().to_string();
+        }
+        if let Some(at) = self.request.install_at.filter(|at| *at > OffsetDateTime::now_utc()) {
+            if !verified {
+                // Verified now (the bundle's own signature), installed at its time.
+                match self.rota.inspect(&source).await {
+                    Ok(()) => {
+                        self.emit(FirmwareStatus::Downloaded, None);
+                        self.emit(FirmwareStatus::SignatureVerified, None);
+                        verified = true;
+                    }
+                    Err(e) if is_signature_error(&e) => {
+                        self.emit(FirmwareStatus::Downloaded, None);
+                        self.security("InvalidFirmwareSignature", e);
+                        self.end(FirmwareStatus::InvalidSignature);
+                        return Ok(Attempt::Done);
+                    }
+                    Err(e) => return Ok(Attempt::Unreachable(e)),
+                }
+            }
+            self.emit(FirmwareStatus::InstallScheduled, None);
+            self.wait_until(at).await?;
+        }
+        self.check_cancelled()?;
+        self.install(&source, verified).await
+    }
+
+    /// Installs `source` through rota and reports what happens.
+    async fn install(&mut self, source: &str, verified: bool) -> Result<Attempt, Cancelled> {
+        let boot_slot_before = match self.rota.boot_slot().await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!("cannot read the booted slot: {e}");
+                self.end(FirmwareStatus::InstallationFailed);
+                return Ok(Attempt::Done);
+            }
+        };
+        let mut last_progress = -10;
+        let result = {
+            let events = &self.events;
+            let request = &self.request;
+            let send = |status, progress| {
+                let n = Notice { channel: request.channel, request_id: request.request_id, status, progress };
+                let _ = events.send(JobEvent::Out(Outgoing::Status(n)));
+            };
+            self.rota
+                .install(source, |ev| match ev {
+                    InstallEvent::SignatureVerified if !verified => {
+                        send(FirmwareStatus::Downloaded, None);
+                        send(FirmwareStatus::SignatureVerified, None);
+                    }
+                    InstallEvent::SignatureVerified => {}
+                    InstallEvent::SignatureFailed => send(FirmwareStatus::Downloaded, None),
+                    InstallEvent::Copying(p) => {
+                        if last_progress < 0 || p >= last_progress + 10 || p == 100 {
+                            last_progress = p;
+                            send(FirmwareStatus::Installing, Some(p));
+                        }
+                    }
+                })
+                .await
+        };
+        let finished = match result {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!("installation could not start: {e}");
+                self.end(FirmwareStatus::InstallationFailed);
+                return Ok(Attempt::Done);
+            }
+        };
+        if finished.code == 0 {
+            self.past_no_return.store(true, Ordering::SeqCst);
+            let saved = Saved { request: self.request.clone(), phase: Phase::Rebooting { boot_slot_before } };
+            if let Err(e) = self.store.save(&saved) {
+                tracing::error!("cannot save the state before rebooting: {e}");
+            }
+            self.emit(FirmwareStatus::InstallRebooting, None);
+            let _ = self.events.send(JobEvent::Reboot);
+            return Ok(Attempt::Done);
+        }
+        self.check_cancelled()?;
+        tracing::warn!("installation failed: {}", finished.last_error);
+        if finished.signature_failed {
+            self.security("InvalidFirmwareSignature", finished.last_error);
+            self.end(FirmwareStatus::InvalidSignature);
+        } else if finished.unreachable {
+            return Ok(Attempt::Unreachable(finished.last_error));
+        } else if finished.last_error.contains("read back") || finished.last_error.contains("read-back") {
+            self.end(FirmwareStatus::InstallVerificationFailed);
+        } else {
+            self.end(FirmwareStatus::InstallationFailed);
+        }
+        Ok(Attempt::Done)
+    }
+}
+
+/// How one try ended.
+enum Attempt {
+    /// Reported and over (installed, or failed for good).
+    Done,
+    /// The bundle could not be fetched (why): worth another try.
+    Unreachable(String),
 }
 
 /// Whether an InspectBundle failure is about the signature (not the network).

@@ -354,3 +354,51 @@ fn an_install_time_ahead_verifies_first_and_a_bad_signature_is_reported() {
         ["Downloading", "Downloaded", "SignatureVerified", "InstallScheduled", "Installing", "InstallRebooting"]
     );
 }
+
+/// `openssl dgst -sha256 -sign KEY FILE`, base64: an OCPP firmware signature.
+fn firmware_signature(file: &std::path::Path, key: &str) -> String {
+    let out = Command::new("openssl").args(["dgst", "-sha256", "-sign"]).arg(pki_file(key)).arg(file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let b64 = Command::new("base64").arg("-w0").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    use std::io::Write;
+    b64.stdin.as_ref().unwrap().write_all(&out.stdout).unwrap();
+    String::from_utf8(b64.wait_with_output().unwrap().stdout).unwrap()
+}
+
+#[test]
+fn signed16_detached_signatures_are_checked_over_the_downloaded_bundle() {
+    let _serial = testkit::serial();
+    let bundle = verity_bundle("signed16-sig", "release");
+    let mut rig = Rig::new("signed16-sig", "ocpp1.6", &[]);
+    let url = rig.put("fw.raucb", &bundle);
+    rig.csms.wait_for("the boot", |m| m["action"] == "BootNotification");
+    let pem = fs::read_to_string(pki_file("release.pem")).unwrap();
+    let signed = |id: i64, signature: &str| {
+        let firmware =
+            json!({"location": url, "retrieve_date_time": at(-5), "signing_certificate": pem, "signature": signature});
+        format!("SignedUpdateFirmware={}", json!({"request_id": id, "firmware": firmware, "retries": 0}))
+    };
+    // Signed by another key than the certificate's: refused before rota installs.
+    let b_before = fs::read(rig.d.path("rootfs1.img")).unwrap();
+    rig.csms.command(&signed(20, &firmware_signature(&bundle, "other.key")));
+    rig.wait_for_status("InvalidSignature");
+    assert_eq!(rig.statuses(), ["Downloading", "Downloaded", "InvalidSignature"]);
+    assert_eq!(fs::read(rig.d.path("rootfs1.img")).unwrap(), b_before, "slot B untouched");
+    rig.csms.wait_for("the event", |m| m["payload"]["type"] == "InvalidFirmwareSignature");
+    assert!(!rig.d.path("ocpp-state/firmware.raucb").exists());
+    // The right signature: the downloaded file is what rota installs.
+    rig.csms.command(&signed(21, &firmware_signature(&bundle, "release.key")));
+    rig.wait_for_reboot();
+    let second: Vec<String> = rig.statuses()[3..].to_vec();
+    assert_eq!(second, ["Downloading", "Downloaded", "SignatureVerified", "Installing", "InstallRebooting"]);
+    assert!(rig.csms.statuses()[3..].iter().all(|(_, id)| *id == Some(21)));
+    assert!(!rig.d.path("ocpp-state/firmware.raucb").exists());
+    let fetched = rig.web.header_log().iter().filter(|l| l.uri == "/fw.raucb").count();
+    assert_eq!(fetched, 2, "one whole download per request, nothing streamed");
+    fs::write(rig.d.path("healthy"), "").unwrap();
+    rig.reboot();
+    rig.wait_for_status("Installed");
+    let signed_statuses =
+        rig.csms.messages().iter().filter(|m| m["action"] == "SignedFirmwareStatusNotification").count();
+    assert_eq!(signed_statuses, rig.csms.statuses().len());
+}
