@@ -1,5 +1,6 @@
 //! Every example in the top-level `system.conf.d/` loads, on its own and (for
-//! the drop-in) layered over a product configuration.
+//! the drop-in) layered over a product configuration; rota-ocpp's example
+//! with rota-ocpp's parser.
 
 use testkit::device::Device;
 use testkit::{run, target_dir, workspace};
@@ -47,4 +48,13 @@ fn drop_in_layers_over_a_product_config() {
     std::fs::copy(workspace().join("system.conf.d/drop-in-streaming.conf"), d.path("system.conf.d/50-streaming.conf"))
         .unwrap();
     run(d.rota().args(["status", "--override-boot-slot=_external_", "--output-format=json"])).ok();
+}
+
+#[test]
+fn the_rota_ocpp_example_loads() {
+    let text = std::fs::read_to_string(workspace().join("system.conf.d/everest-charger-ocpp.ini")).unwrap();
+    let c = rota_ocpp::config::Config::build(&text, &[]).unwrap();
+    assert_eq!(c.link.protocol, rota_ocpp::Protocol::Ocpp201);
+    assert!(c.link.client_cert.is_some() && c.link.ca_file.is_some());
+    assert_eq!(c.max_download_size, 1 << 30);
 }
