@@ -13,13 +13,16 @@ After a station's first BootNotification it sends the calls given with
 --after-boot (ACTION=JSON, JSON in the library's snake_case fields), one
 after the other; lines of the same form appended to the --commands file
 are sent to the station connected then. With --password, stations must
-send HTTP basic authentication (user: station id). Prints the port it
-listens on.
+send HTTP basic authentication (user: station id); with --tls-cert and
+--tls-key it serves wss:// (security profile 2), with --client-ca as well
+stations must present a certificate from that CA (profile 3). Prints the
+port it listens on.
 """
 
 import argparse
 import asyncio
 import json
+import ssl
 import sys
 from datetime import datetime, timezone
 
@@ -175,12 +178,22 @@ async def main():
     p.add_argument("--password")
     p.add_argument("--after-boot", action="append", default=[])
     p.add_argument("--commands")
+    p.add_argument("--tls-cert")
+    p.add_argument("--tls-key")
+    p.add_argument("--client-ca")
     ARGS = p.parse_args()
     kwargs = {}
     if ARGS.password:
         kwargs["process_request"] = basic_auth(
             realm="csms", check_credentials=lambda user, password: password == ARGS.password
         )
+    if ARGS.tls_cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(ARGS.tls_cert, ARGS.tls_key)
+        if ARGS.client_ca:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(ARGS.client_ca)
+        kwargs["ssl"] = context
     async with serve(handler, "127.0.0.1", 0, subprotocols=["ocpp1.6", "ocpp2.0.1"], **kwargs) as server:
         port = server.sockets[0].getsockname()[1]
         print(port, flush=True)

@@ -38,10 +38,12 @@ pub struct Csms {
     /// Its port on 127.0.0.1.
     pub port: u16,
     log: PathBuf,
+    tls: bool,
 }
 
 impl Csms {
-    /// Starts the CSMS with extra arguments (`--password`, `--after-boot`),
+    /// Starts the CSMS with extra arguments (`--password`, `--after-boot`,
+    /// `--tls-cert`/`--tls-key`/`--client-ca`),
     /// logging into `log`.
     pub fn start(log: PathBuf, args: &[String]) -> Csms {
         let _ = std::fs::remove_file(&log);
@@ -60,12 +62,14 @@ impl Csms {
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let port = line.trim().parse().unwrap_or_else(|_| panic!("the CSMS printed no port: {line:?}"));
-        Csms { child, port, log }
+        let tls = args.iter().any(|a| a.starts_with("--tls-cert"));
+        Csms { child, port, log, tls }
     }
 
     /// Its websocket URL (the station id is appended by the station).
     pub fn url(&self) -> String {
-        format!("ws://127.0.0.1:{}/ocpp", self.port)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://127.0.0.1:{}/ocpp", self.port)
     }
 
     /// Sends a call (`ACTION=JSON`, the library's snake_case fields) to the

@@ -124,3 +124,87 @@ fn a_wrong_password_is_refused_before_any_call_and_a_dead_csms_is_named() {
     assert!(err.to_string().contains(&format!("ws://127.0.0.1:{port}/ocpp/CP-1")), "{err}");
     assert!(csms.messages().is_empty(), "{:?}", csms.messages());
 }
+
+fn tls_csms(name: &str, client_ca: bool) -> Csms {
+    let mut args = vec![
+        format!("--tls-cert={}", testkit::pki_file("server.pem").display()),
+        format!("--tls-key={}", testkit::pki_file("server.key").display()),
+        "--password=s3cret".to_string(),
+    ];
+    if client_ca {
+        args.push(format!("--client-ca={}", testkit::pki_file("keyring.pem").display()));
+    }
+    Csms::start(log(name), &args)
+}
+
+async fn boot16(link: &Link) -> Result<(), LinkError> {
+    let boot = v16::BootNotificationRequest {
+        charge_point_vendor: "rota".into(),
+        charge_point_model: "tls".into(),
+        charge_point_serial_number: None,
+        firmware_version: None,
+    };
+    link.call(&boot).await.map(|_| ())
+}
+
+fn boot201() -> v201::BootNotificationRequest {
+    v201::BootNotificationRequest {
+        charging_station: v201::ChargingStation {
+            model: "m".into(),
+            vendor_name: "v".into(),
+            serial_number: None,
+            firmware_version: None,
+        },
+        reason: v201::BootReason::PowerUp,
+    }
+}
+
+#[test]
+fn security_profile_2_tls_with_the_csms_ca_and_basic_auth() {
+    let csms = tls_csms("link-tls", false);
+    assert!(csms.url().starts_with("wss://"));
+    let mut cfg = config(&csms, "CP-TLS", Protocol::Ocpp16, Some("s3cret"));
+    cfg.ca_file = Some(testkit::pki_file("keyring.pem"));
+    rt().block_on(async {
+        let link = Link::connect(&cfg).await.unwrap();
+        boot16(&link).await.unwrap();
+        link.close().await;
+    });
+    csms.wait_for("the boot", |m| is(m, "call", "BootNotification"));
+    // A CSMS certificate from another CA is refused before anything is sent.
+    cfg.ca_file = Some(testkit::pki_file("other-root.pem"));
+    let err = rt().block_on(Link::connect(&cfg)).err().unwrap();
+    assert!(matches!(err, LinkError::Connection(_)), "{err}");
+    assert!(err.to_string().contains("certificate"), "{err}");
+    // A CA file that holds no certificate is a configuration error.
+    let empty = target_dir().join("ocpp-tests/empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    cfg.ca_file = Some(empty);
+    let err = rt().block_on(Link::connect(&cfg)).err().unwrap();
+    assert!(matches!(err, LinkError::Config(_)), "{err}");
+    assert_eq!(csms.messages().iter().filter(|m| m["action"] == "BootNotification").count(), 1);
+}
+
+#[test]
+fn security_profile_3_client_certificates() {
+    let csms = tls_csms("link-mtls", true);
+    let mut cfg = config(&csms, "CP-MTLS", Protocol::Ocpp201, Some("s3cret"));
+    cfg.ca_file = Some(testkit::pki_file("keyring.pem"));
+    // Without a client certificate the CSMS ends the handshake.
+    let refused = rt().block_on(async {
+        match Link::connect(&cfg).await {
+            Err(e) => Some(e),
+            // TLS 1.3 reports the missing certificate after the handshake: on the first call.
+            Ok(link) => link.call(&boot201()).await.err(),
+        }
+    });
+    assert!(refused.is_some());
+    cfg.client_cert = Some((testkit::pki_file("client.pem"), testkit::pki_file("client.key")));
+    rt().block_on(async {
+        let link = Link::connect(&cfg).await.unwrap();
+        link.call(&boot201()).await.unwrap();
+        link.close().await;
+    });
+    let boots: Vec<Value> = csms.messages().into_iter().filter(|m| is(m, "call", "BootNotification")).collect();
+    assert_eq!(boots.len(), 1, "{boots:?}");
+}
