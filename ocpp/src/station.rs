@@ -91,6 +91,8 @@ pub struct Station {
     /// The last 1.6 core status sent, so that each change goes once.
     last_core: Option<CoreFirmwareStatus>,
     reboot_pending: bool,
+    /// The reboot command ran: the station is going down.
+    rebooting: bool,
     /// A reboot whose outcome is judged once the CSMS accepted the station.
     after_boot: Option<Saved>,
     heartbeat: Duration,
@@ -114,6 +116,7 @@ impl Station {
             current: None,
             last_core: None,
             reboot_pending: false,
+            rebooting: false,
             after_boot: None,
             heartbeat: Duration::from_secs(300),
         };
@@ -295,6 +298,9 @@ impl Station {
     /// Runs the reboot command once the queue is empty (or the CSMS is away).
     async fn reboot(&mut self) {
         self.reboot_pending = false;
+        // Nothing new starts until the station is back; the saved state
+        // tells the next start what this reboot was for.
+        self.rebooting = true;
         tracing::info!("rebooting: {}", self.cfg.reboot_command);
         let status = tokio::process::Command::new("/bin/sh").arg("-c").arg(&self.cfg.reboot_command).status().await;
         match status {
@@ -404,7 +410,7 @@ impl Station {
                 }
             }
         }
-        if self.after_boot.is_some() || self.reboot_pending {
+        if self.after_boot.is_some() || self.reboot_pending || self.rebooting {
             return UpdateFirmwareStatus::Rejected;
         }
         let mut answer = UpdateFirmwareStatus::Accepted;

@@ -402,3 +402,51 @@ fn signed16_detached_signatures_are_checked_over_the_downloaded_bundle() {
         rig.csms.messages().iter().filter(|m| m["action"] == "SignedFirmwareStatusNotification").count();
     assert_eq!(signed_statuses, rig.csms.statuses().len());
 }
+
+#[test]
+fn requests_are_rejected_while_rota_is_busy_and_once_the_station_reboots() {
+    let _serial = testkit::serial();
+    let bundle = verity_bundle("busy", "release");
+    let rig = Rig::new("busy", "ocpp2.0.1", &[]);
+    let url = rig.put("fw.raucb", &bundle);
+    rig.csms.wait_for("the boot", |m| m["action"] == "BootNotification");
+    // Another client's installation, held mid-way by its server.
+    let held = testkit::httpd::Server::start();
+    held.put("/held.raucb", fs::read(&bundle).unwrap());
+    held.hold(1 << 20, 2 << 20);
+    let mut other = rig.d.rota();
+    other.envs(rig.bus.env()).arg("install").arg(held.url("/held.raucb")).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut other = other.spawn().unwrap();
+    held.wait_for_range(1 << 20, 2 << 20);
+    rig.csms.command(&update201(30, &url, json!({})));
+    let r = rig.csms.wait_for("the answer", |m| m["kind"] == "result");
+    assert_eq!(r["payload"]["status"], "Rejected");
+    held.release();
+    assert!(other.wait().unwrap().success());
+    assert!(rig.csms.statuses().is_empty(), "{:?}", rig.csms.statuses());
+    // Its own update: once the reboot command ran, nothing new is taken.
+    rig.csms.command(&update201(31, &url, json!({"retrieve_date_time": at(2)})));
+    rig.wait_for_reboot();
+    rig.csms.command(&update201(32, &url, json!({})));
+    let answers = || -> Vec<Value> {
+        rig.csms
+            .messages()
+            .into_iter()
+            .filter(|m| m["kind"] == "result")
+            .map(|m| m["payload"]["status"].clone())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while answers().len() < 3 {
+        assert!(Instant::now() < deadline, "{:?}", rig.csms.messages());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(answers(), ["Rejected", "Accepted", "Rejected"]);
+    // The scheduled retrieve time was waited for.
+    assert_eq!(
+        rig.statuses(),
+        ["DownloadScheduled", "Downloading", "Downloaded", "SignatureVerified", "Installing", "InstallRebooting"]
+    );
+    let saved = fs::read_to_string(rig.d.path("ocpp-state/update.json")).unwrap();
+    assert!(saved.contains("Rebooting") && saved.contains("\"request_id\": 31"), "{saved}");
+}
