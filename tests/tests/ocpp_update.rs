@@ -131,6 +131,20 @@ impl Rig {
         out
     }
 
+    /// The CSMS's calls answered so far: their `status`.
+    fn answers(&self) -> Vec<Value> {
+        let results = self.csms.messages().into_iter().filter(|m| m["kind"] == "result");
+        results.map(|m| m["payload"]["status"].clone()).collect()
+    }
+
+    fn wait_for_answers(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.answers().len() < n {
+            assert!(Instant::now() < deadline, "{:?}\n{}", self.csms.messages(), self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn grub(&self, key: &str) -> Option<String> {
         grubenv(&self.d.path("grubenv"))
             .into_iter()
@@ -270,20 +284,8 @@ fn signed16_certificates_outside_the_manufacturer_root_are_refused_before_anythi
     rig.csms.command(&signed(1, "other.pem"));
     rig.csms.command(&signed(2, "revoked.pem"));
     rig.csms.command(&signed(3, "release.pem"));
-    let answers = || -> Vec<Value> {
-        rig.csms
-            .messages()
-            .into_iter()
-            .filter(|m| m["kind"] == "result")
-            .map(|m| m["payload"]["status"].clone())
-            .collect()
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while answers().len() < 3 {
-        assert!(Instant::now() < deadline, "{:?}\n{}", rig.csms.messages(), rig.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(answers(), ["InvalidCertificate", "RevokedCertificate", "Accepted"]);
+    rig.wait_for_answers(3);
+    assert_eq!(rig.answers(), ["InvalidCertificate", "RevokedCertificate", "Accepted"]);
     // The accepted one waits for its retrieve time, with its request id.
     rig.wait_for_status("DownloadScheduled");
     assert_eq!(rig.csms.statuses(), [("DownloadScheduled".to_string(), Some(3))]);
@@ -317,14 +319,7 @@ fn a_newer_request_cancels_a_scheduled_one_and_a_url_that_fails_is_retried() {
     rig.wait_for_status("DownloadPaused");
     rig.put("later.raucb", &bundle);
     rig.wait_for_reboot();
-    let answers: Vec<Value> = rig
-        .csms
-        .messages()
-        .into_iter()
-        .filter(|m| m["kind"] == "result")
-        .map(|m| m["payload"]["status"].clone())
-        .collect();
-    assert_eq!(answers, ["Accepted", "AcceptedCanceled"]);
+    assert_eq!(rig.answers(), ["Accepted", "AcceptedCanceled"]);
     let seq: Vec<(String, Option<i64>)> = rig.csms.statuses();
     assert_eq!(seq[0], ("DownloadScheduled".to_string(), Some(1)));
     let second: Vec<String> = rig.statuses()[1..].to_vec();
@@ -428,20 +423,8 @@ fn requests_are_rejected_while_rota_is_busy_and_once_the_station_reboots() {
     rig.csms.command(&update201(31, &url, json!({"retrieve_date_time": at(2)})));
     rig.wait_for_reboot();
     rig.csms.command(&update201(32, &url, json!({})));
-    let answers = || -> Vec<Value> {
-        rig.csms
-            .messages()
-            .into_iter()
-            .filter(|m| m["kind"] == "result")
-            .map(|m| m["payload"]["status"].clone())
-            .collect()
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while answers().len() < 3 {
-        assert!(Instant::now() < deadline, "{:?}", rig.csms.messages());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(answers(), ["Rejected", "Accepted", "Rejected"]);
+    rig.wait_for_answers(3);
+    assert_eq!(rig.answers(), ["Rejected", "Accepted", "Rejected"]);
     // The scheduled retrieve time was waited for.
     assert_eq!(
         rig.statuses(),
