@@ -423,12 +423,18 @@ impl Station {
             } else {
                 tracing::info!("cancelling the update from {} for the new one", job.request.location);
                 let _ = job.cancel.send(true);
-                if self.rota.operation().await.as_deref() == Ok("installing")
-                    && let Err(e) = self.rota.cancel().await
-                {
-                    tracing::warn!("cancelling rota's installation: {e}");
+                // The task may be between its last check and rota's
+                // installation: rota is asked to cancel for as long as the
+                // task runs.
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                while !job.handle.is_finished() && tokio::time::Instant::now() < deadline {
+                    if self.rota.operation().await.as_deref() == Ok("installing")
+                        && let Err(e) = self.rota.cancel().await
+                    {
+                        tracing::warn!("cancelling rota's installation: {e}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                let _ = tokio::time::timeout(Duration::from_secs(30), job.handle).await;
                 answer = UpdateFirmwareStatus::AcceptedCanceled;
             }
         }

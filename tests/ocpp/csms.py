@@ -135,7 +135,11 @@ async def run_after_boot(station, calls):
 
 async def follow_commands():
     """Sends each line appended to the commands file to the station connected then."""
-    done = 0
+    try:
+        with open(ARGS.commands) as f:
+            done = len([l for l in f if l.strip()])
+    except FileNotFoundError:
+        done = 0
     while True:
         await asyncio.sleep(0.1)
         try:
@@ -178,6 +182,7 @@ async def main():
     p.add_argument("--password")
     p.add_argument("--after-boot", action="append", default=[])
     p.add_argument("--commands")
+    p.add_argument("--port", type=int, default=0)
     p.add_argument("--tls-cert")
     p.add_argument("--tls-key")
     p.add_argument("--client-ca")
@@ -194,7 +199,7 @@ async def main():
             context.verify_mode = ssl.CERT_REQUIRED
             context.load_verify_locations(ARGS.client_ca)
         kwargs["ssl"] = context
-    async with serve(handler, "127.0.0.1", 0, subprotocols=["ocpp1.6", "ocpp2.0.1"], **kwargs) as server:
+    async with serve(handler, "127.0.0.1", ARGS.port, subprotocols=["ocpp1.6", "ocpp2.0.1"], **kwargs) as server:
         port = server.sockets[0].getsockname()[1]
         print(port, flush=True)
         if ARGS.commands:

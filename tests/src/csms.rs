@@ -39,6 +39,7 @@ pub struct Csms {
     pub port: u16,
     log: PathBuf,
     tls: bool,
+    args: Vec<String>,
 }
 
 impl Csms {
@@ -47,14 +48,20 @@ impl Csms {
     /// logging into `log`.
     pub fn start(log: PathBuf, args: &[String]) -> Csms {
         let _ = std::fs::remove_file(&log);
-        let commands = log.with_extension("commands");
-        let _ = std::fs::remove_file(&commands);
+        let _ = std::fs::remove_file(log.with_extension("commands"));
+        let (child, port) = Csms::spawn(&log, args, 0);
+        let tls = args.iter().any(|a| a.starts_with("--tls-cert"));
+        Csms { child, port, log, tls, args: args.to_vec() }
+    }
+
+    fn spawn(log: &std::path::Path, args: &[String], port: u16) -> (Child, u16) {
         let mut child = Command::new(python())
             .arg(workspace().join("tests/ocpp/csms.py"))
             .arg("--log")
-            .arg(&log)
+            .arg(log)
             .arg("--commands")
-            .arg(&commands)
+            .arg(log.with_extension("commands"))
+            .arg(format!("--port={port}"))
             .args(args)
             .stdout(Stdio::piped())
             .spawn()
@@ -62,8 +69,22 @@ impl Csms {
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let port = line.trim().parse().unwrap_or_else(|_| panic!("the CSMS printed no port: {line:?}"));
-        let tls = args.iter().any(|a| a.starts_with("--tls-cert"));
-        Csms { child, port, log, tls }
+        (child, port)
+    }
+
+    /// Stops the CSMS (its stations lose the connection).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port (asyncio servers reuse the
+    /// address), logging on into the same log.
+    pub fn restart(&mut self) {
+        self.stop();
+        let (child, port) = Csms::spawn(&self.log, &self.args, self.port);
+        assert_eq!(port, self.port);
+        self.child = child;
     }
 
     /// Its websocket URL (the station id is appended by the station).

@@ -433,3 +433,53 @@ fn requests_are_rejected_while_rota_is_busy_and_once_the_station_reboots() {
     let saved = fs::read_to_string(rig.d.path("ocpp-state/update.json")).unwrap();
     assert!(saved.contains("Rebooting") && saved.contains("\"request_id\": 31"), "{saved}");
 }
+
+#[test]
+fn a_newer_request_cancels_a_running_installation_through_rota() {
+    let _serial = testkit::serial();
+    let bundle = verity_bundle("cancel-running", "release");
+    let rig = Rig::new("cancel-running", "ocpp2.0.1", &[]);
+    let url = rig.put("fw.raucb", &bundle);
+    rig.csms.wait_for("the boot", |m| m["action"] == "BootNotification");
+    // The first bundle's server stalls in the middle of the image.
+    let held = testkit::httpd::Server::start();
+    held.put("/held.raucb", fs::read(&bundle).unwrap());
+    held.hold(1 << 20, 2 << 20);
+    rig.csms.command(&update201(40, &held.url("/held.raucb"), json!({})));
+    rig.wait_for_status("Installing");
+    held.wait_for_range(1 << 20, 2 << 20);
+    rig.csms.command(&update201(41, &url, json!({})));
+    rig.wait_for_reboot();
+    assert_eq!(rig.answers(), ["Accepted", "AcceptedCanceled"]);
+    let seq = rig.csms.statuses();
+    let first: Vec<&str> = seq.iter().filter(|(_, id)| *id == Some(40)).map(|(s, _)| s.as_str()).collect();
+    assert_eq!(first.last(), Some(&"Installing"), "the cancelled one says nothing more: {seq:?}");
+    let second: Vec<&str> = seq.iter().filter(|(_, id)| *id == Some(41)).map(|(s, _)| s.as_str()).collect();
+    assert_eq!(second.first(), Some(&"Downloading"));
+    assert_eq!(second.last(), Some(&"InstallRebooting"));
+    // rota's own record: the first installation was cancelled.
+    let log = fs::read_to_string(rig.d.path("service.log")).unwrap();
+    assert!(log.contains("cancel"), "{log}");
+}
+
+#[test]
+fn statuses_wait_for_a_csms_that_is_away_and_installed_follows_the_reconnection() {
+    let _serial = testkit::serial();
+    let bundle = verity_bundle("away", "release");
+    let mut rig = Rig::new("away", "ocpp1.6", &[]);
+    let url = rig.put("fw.raucb", &bundle);
+    rig.csms.wait_for("the boot", |m| m["action"] == "BootNotification");
+    rig.csms.command(&format!("UpdateFirmware={}", json!({"location": url, "retrieve_date": at(-5)})));
+    rig.wait_for_reboot();
+    // The CSMS is down while the charger reboots and checks its health.
+    rig.csms.stop();
+    fs::write(rig.d.path("healthy"), "").unwrap();
+    rig.reboot();
+    std::thread::sleep(Duration::from_secs(2));
+    // Not judged without the CSMS: the slot is not marked good yet.
+    assert_eq!(rig.grub("B_TRY").as_deref(), Some("1"));
+    rig.csms.restart();
+    rig.wait_for_status("Installed");
+    assert_eq!(rig.statuses(), ["Downloading", "Downloaded", "Installing", "Installed"]);
+    assert_eq!(rig.grub("B_TRY").as_deref(), Some("0"));
+}
