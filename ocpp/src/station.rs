@@ -790,10 +790,8 @@ impl UpdateTask {
             self.end(FirmwareStatus::InvalidSignature);
         } else if finished.unreachable {
             return Ok(Attempt::Unreachable(finished.last_error));
-        } else if finished.last_error.contains("read back") || finished.last_error.contains("read-back") {
-            self.end(FirmwareStatus::InstallVerificationFailed);
         } else {
-            self.end(FirmwareStatus::InstallationFailed);
+            self.end(failure_status(&finished.last_error));
         }
         Ok(Attempt::Done)
     }
@@ -807,7 +805,40 @@ enum Attempt {
     Unreachable(String),
 }
 
+/// The status of an installation that failed while writing: the written
+/// data did not read back as written (rota's read-back check), or anything
+/// else.
+fn failure_status(last_error: &str) -> FirmwareStatus {
+    let e = last_error.to_ascii_lowercase();
+    if e.contains("read-back check") || e.contains("failed to read back") {
+        FirmwareStatus::InstallVerificationFailed
+    } else {
+        FirmwareStatus::InstallationFailed
+    }
+}
+
 /// Whether an InspectBundle failure is about the signature (not the network).
 fn is_signature_error(e: &str) -> bool {
     e.contains("signature verification failed") || e.contains("Verify error") || e.contains("signer")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_read_back_is_a_verification_failure_and_other_errors_are_not() {
+        // rota's texts (service/src/install/write.rs), as LastError carries them.
+        let mismatch = "Installation error: Failed updating slot rootfs.1: Read-back check of '/dev/ubi0_1' failed: \
+                        sha256 aa of 10 bytes instead of bb of 10 bytes";
+        assert_eq!(failure_status(mismatch), FirmwareStatus::InstallVerificationFailed);
+        let unreadable = "Installation error: Failed updating slot rootfs.1: Failed to read back '/dev/mmcblk0p3': EIO";
+        assert_eq!(failure_status(unreadable), FirmwareStatus::InstallVerificationFailed);
+        let full = "Installation error: Failed updating slot rootfs.1: No space left on device (os error 28)";
+        assert_eq!(failure_status(full), FirmwareStatus::InstallationFailed);
+        assert!(is_signature_error(
+            "signature verification failed: Verify error: unable to get local issuer certificate"
+        ));
+        assert!(!is_signature_error("Failed to open bundle: HTTP 404"));
+    }
 }

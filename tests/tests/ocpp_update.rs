@@ -28,6 +28,8 @@ struct Rig {
     web: Nginx,
     www: PathBuf,
     booted: String,
+    /// Extra environment of rota service.
+    service_env: Vec<(&'static str, &'static str)>,
 }
 
 fn at(offset_secs: i64) -> String {
@@ -36,7 +38,19 @@ fn at(offset_secs: i64) -> String {
 
 impl Rig {
     fn new(name: &str, protocol: &str, after_boot: &[String]) -> Rig {
+        Rig::with(name, protocol, after_boot, |_| {}, vec![])
+    }
+
+    /// A rig whose device `edit` changes first, with `service_env` for rota service.
+    fn with(
+        name: &str,
+        protocol: &str,
+        after_boot: &[String],
+        edit: impl FnOnce(&Device),
+        service_env: Vec<(&'static str, &'static str)>,
+    ) -> Rig {
         let d = charger::device(&format!("ocpp-{name}"), "rootfs1.img");
+        edit(&d);
         let www = d.path("www");
         fs::create_dir_all(&www).unwrap();
         let csms = Csms::start(
@@ -57,14 +71,14 @@ impl Rig {
         fs::write(d.path("rota-ocpp.conf"), conf).unwrap();
         let bus = Bus::start();
         let web = Nginx::serve(&www);
-        let mut rig = Rig { d, bus, svc: None, ocpp: None, csms, web, www, booted: "A".into() };
+        let mut rig = Rig { d, bus, svc: None, ocpp: None, csms, web, www, booted: "A".into(), service_env };
         rig.start();
         rig
     }
 
     fn start(&mut self) {
         self.d.boot(&format!("rauc.slot={}", self.booted));
-        self.svc = Some(Service::start(&self.d, &self.bus, &[]));
+        self.svc = Some(Service::start(&self.d, &self.bus, &self.service_env));
         let child = Command::new(bin("rota-ocpp"))
             .arg(format!("--config={}", self.d.path("rota-ocpp.conf").display()))
             .env("DBUS_SYSTEM_BUS_ADDRESS", &self.bus.address)
@@ -482,4 +496,30 @@ fn statuses_wait_for_a_csms_that_is_away_and_installed_follows_the_reconnection(
     rig.wait_for_status("Installed");
     assert_eq!(rig.statuses(), ["Downloading", "Downloaded", "Installing", "Installed"]);
     assert_eq!(rig.grub("B_TRY").as_deref(), Some("0"));
+}
+
+#[test]
+fn a_slot_that_reads_back_other_bytes_is_an_install_verification_failure() {
+    let _serial = testkit::serial();
+    // An image that fits the 512 KiB slot.
+    let bundle = charger::bundle("ocpp-readback", "verity", "release", 256 * 1024);
+    // Slot B is a UBI volume whose (recording) ubiupdatevol stores other
+    // bytes than it was given: rota's read-back check fails.
+    let ubi = |d: &Device| {
+        let conf = fs::read_to_string(d.conf()).unwrap();
+        let b = format!("device={}\ntype=raw\nbootname=B", d.path("rootfs1.img").display());
+        assert!(conf.contains(&b));
+        d.write_conf(&conf.replace(&b, &b.replace("type=raw", "type=ubivol")));
+    };
+    let rig = Rig::with("readback", "ocpp2.0.1", &[], ubi, vec![("FAKE_UBI_FLIP", "1")]);
+    let url = rig.put("fw.raucb", &bundle);
+    rig.csms.wait_for("the boot", |m| m["action"] == "BootNotification");
+    rig.csms.command(&update201(50, &url, json!({})));
+    rig.wait_for_status("InstallVerificationFailed");
+    assert_eq!(
+        rig.statuses(),
+        ["Downloading", "Downloaded", "SignatureVerified", "Installing", "InstallVerificationFailed"]
+    );
+    assert_eq!(rig.grub("ORDER").as_deref(), Some("A B"), "nothing activated");
+    assert!(!rig.d.path("rebooted").exists());
 }
