@@ -1,0 +1,26 @@
+//! `casync-rs`: casync's formats without the casync binary
+//! (`spec/casync-format.md`). This first part holds what every other part
+//! stands on, byte-compatible with casync: the content-defined chunker
+//! ([`chunker`]), chunk IDs ([`digest`]) and the `.caibx`/`.caidx` index
+//! files ([`index`]). It depends on nothing of rota.
+#![deny(missing_docs)]
+
+mod buzhash_table;
+pub mod chunker;
+pub mod digest;
+pub mod index;
+
+/// Inputs of the spec's test vectors.
+#[cfg(test)]
+pub(crate) mod testdata {
+    /// The spec's LCG(seed, n) (§12.1): the top byte of each new state.
+    pub(crate) fn lcg(seed: u32, n: usize) -> Vec<u8> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (s >> 24) as u8
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,88 @@
+//! casync-rs against Debian's `casync` (2+20201210): for the same bytes and
+//! parameters, `casync make` writes the very index casync-rs writes, and
+//! casync-rs reads casync's index back to the same chunks. Inputs: random
+//! data with an insertion, a real ext4 image with files, and casync's
+//! SHA-256 and chunk-size options.
+
+use casync::chunker::ChunkSizes;
+use casync::digest::DigestKind;
+use casync::index::Index;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use testkit::{WorkDir, pseudo_random, run, target_dir};
+
+/// `casync make` of `input` with `args`: the index bytes it wrote.
+fn casync_make(dir: &Path, input: &Path, args: &[&str]) -> Vec<u8> {
+    let index = dir.join("out.caibx");
+    let _ = fs::remove_file(&index);
+    run(Command::new("casync")
+        .arg("make")
+        .arg(format!("--store={}", dir.join("store.castr").display()))
+        .args(args)
+        .arg(&index)
+        .arg(input))
+    .ok();
+    fs::read(index).unwrap()
+}
+
+fn ours(data: &[u8], sizes: ChunkSizes, digest: DigestKind) -> Vec<u8> {
+    let mut out = Vec::new();
+    Index::of_blob(data, sizes, digest).write(&mut out).unwrap();
+    out
+}
+
+fn same_as_casync(dir: &Path, name: &str, data: &[u8], sizes: ChunkSizes, digest: DigestKind, args: &[&str]) {
+    let input = dir.join(name);
+    fs::write(&input, data).unwrap();
+    let theirs = casync_make(dir, &input, args);
+    let mine = ours(data, sizes, digest);
+    let read = Index::read(&theirs[..]).unwrap();
+    assert_eq!(read, Index::of_blob(data, sizes, digest), "{name}: casync's index read back");
+    assert_eq!(read.stream_size(), data.len() as u64);
+    assert!(mine == theirs, "{name} {args:?}: the index files differ");
+}
+
+#[test]
+fn blob_indexes_match_casync_for_random_data_and_an_insertion() {
+    let work = WorkDir::new(target_dir().join("casync-interop/random"));
+    let dir = work.path();
+    let a = pseudo_random(3 << 20, 11);
+    let d = ChunkSizes::default();
+    same_as_casync(dir, "a.bin", &a, d, DigestKind::Sha512_256, &[]);
+    let mut b = a[..1_000_000].to_vec();
+    b.extend(pseudo_random(777, 12));
+    b.extend(&a[1_000_000..]);
+    same_as_casync(dir, "b.bin", &b, d, DigestKind::Sha512_256, &[]);
+    same_as_casync(dir, "a256.bin", &a, d, DigestKind::Sha256, &["--digest=sha256"]);
+    let small = ChunkSizes::from_avg(16384).unwrap();
+    same_as_casync(dir, "small.bin", &a, small, DigestKind::Sha512_256, &["--chunk-size=16384"]);
+    let odd = ChunkSizes { min: 5000, avg: 20000, max: 90000 };
+    same_as_casync(dir, "odd.bin", &a, odd, DigestKind::Sha512_256, &["--chunk-size=5000:20000:90000"]);
+    // Tiny inputs: below min, a single byte, nothing.
+    same_as_casync(dir, "tiny.bin", &a[..1000], d, DigestKind::Sha512_256, &[]);
+    same_as_casync(dir, "one.bin", &a[..1], d, DigestKind::Sha512_256, &[]);
+    same_as_casync(dir, "empty.bin", &[], d, DigestKind::Sha512_256, &[]);
+}
+
+#[test]
+fn blob_indexes_match_casync_for_an_ext4_image() {
+    let work = WorkDir::new(target_dir().join("casync-interop/ext4"));
+    let dir = work.path();
+    // A filesystem image with files in it, as a rootfs slot image would be.
+    let tree = dir.join("tree");
+    fs::create_dir_all(tree.join("usr/lib")).unwrap();
+    for i in 0..40 {
+        fs::write(tree.join(format!("usr/lib/lib{i}.so")), pseudo_random(20_000 + i * 997, i as u64)).unwrap();
+    }
+    fs::write(tree.join("usr/lib/zeros"), vec![0u8; 300_000]).unwrap();
+    let image = dir.join("rootfs.ext4");
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", "-d"])
+        .arg(&tree)
+        .arg(&image)
+        .arg("8M"))
+    .ok();
+    let data = fs::read(&image).unwrap();
+    same_as_casync(dir, "rootfs.ext4", &data, ChunkSizes::default(), DigestKind::Sha512_256, &[]);
+}
