@@ -5,10 +5,12 @@
 //! files ([`index`]). It depends on nothing of rota.
 #![deny(missing_docs)]
 
+pub mod blob;
 mod buzhash_table;
 pub mod chunker;
 pub mod digest;
 pub mod index;
+pub mod store;
 
 /// Inputs of the spec's test vectors.
 #[cfg(test)]
