@@ -7,6 +7,7 @@
 use crate::chunker::{ChunkSizes, Chunker};
 use crate::digest::DigestKind;
 use crate::index::{BLOB_FLAGS, FLAG_SHA512_256, Index, IndexItem};
+use crate::seed::Seed;
 use crate::store::{Compression, LocalStore, StoreError};
 use std::io::{self, Read, Write};
 
@@ -41,39 +42,17 @@ pub fn make(
     digest: DigestKind,
     store: Option<(&LocalStore, Compression)>,
 ) -> Result<Index, BlobError> {
-    let mut chunker = Chunker::new(sizes);
-    let mut chunk = Vec::with_capacity(sizes.max as usize);
     let mut items = Vec::new();
     let mut offset = 0u64;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut finish = |chunk: &mut Vec<u8>, items: &mut Vec<IndexItem>| -> Result<(), BlobError> {
+    Chunker::chunk_stream(&mut input, sizes, |chunk: &[u8]| -> Result<(), BlobError> {
         let id = digest.digest(chunk);
         if let Some((store, how)) = store {
             store.put(&id, chunk, how)?;
         }
         items.push(IndexItem { offset, size: chunk.len() as u64, id });
         offset += chunk.len() as u64;
-        chunk.clear();
         Ok(())
-    };
-    loop {
-        let n = match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e.into()),
-        };
-        let mut rest = &buf[..n];
-        while let Some(cut) = chunker.feed(rest) {
-            chunk.extend_from_slice(&rest[..cut]);
-            finish(&mut chunk, &mut items)?;
-            rest = &rest[cut..];
-        }
-        chunk.extend_from_slice(rest);
-    }
-    if !chunk.is_empty() {
-        finish(&mut chunk, &mut items)?;
-    }
+    })?;
     let flags = match digest {
         DigestKind::Sha512_256 => BLOB_FLAGS,
         DigestKind::Sha256 => BLOB_FLAGS & !FLAG_SHA512_256,
@@ -81,18 +60,51 @@ pub fn make(
     Ok(Index { flags, sizes, items })
 }
 
+/// Where the chunks of an extraction came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Chunks read from seeds.
+    pub chunks_from_seeds: u64,
+    /// Their bytes.
+    pub bytes_from_seeds: u64,
+    /// Chunks read from the store.
+    pub chunks_from_store: u64,
+    /// Their bytes (uncompressed).
+    pub bytes_from_store: u64,
+}
+
 /// Writes the stream `index` describes, chunk by chunk from `store`.
-pub fn extract(index: &Index, store: &LocalStore, mut out: impl Write) -> Result<u64, BlobError> {
+pub fn extract(index: &Index, store: &LocalStore, out: impl Write) -> Result<u64, BlobError> {
+    extract_seeded(index, store, &[], out).map(|s| s.bytes_from_seeds + s.bytes_from_store)
+}
+
+/// Writes the stream `index` describes, each chunk from the first seed
+/// that holds it (checked against its ID when read) or else from `store`.
+pub fn extract_seeded(
+    index: &Index,
+    store: &LocalStore,
+    seeds: &[&Seed],
+    mut out: impl Write,
+) -> Result<Stats, BlobError> {
     let digest = index.digest_kind();
+    let mut stats = Stats::default();
     for (i, item) in index.items.iter().enumerate() {
+        if let Some(data) = seeds.iter().find_map(|s| s.get(&item.id, item.size, digest)) {
+            out.write_all(&data)?;
+            stats.chunks_from_seeds += 1;
+            stats.bytes_from_seeds += item.size;
+            continue;
+        }
         let data = store.get(&item.id, digest, index.sizes.max)?;
         if data.len() as u64 != item.size {
             return Err(BlobError::Size { index: i, id: item.id, got: data.len() as u64, want: item.size });
         }
         out.write_all(&data)?;
+        stats.chunks_from_store += 1;
+        stats.bytes_from_store += item.size;
     }
     out.flush()?;
-    Ok(index.stream_size())
+    Ok(stats)
 }
 
 #[cfg(test)]

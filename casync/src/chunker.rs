@@ -165,6 +165,42 @@ impl Chunker {
         None
     }
 
+    /// Cuts everything `input` yields into chunks and hands each, in order,
+    /// to `each`; memory: one chunk and a 1 MiB read buffer.
+    pub fn chunk_stream<E: From<std::io::Error>>(
+        mut input: impl std::io::Read,
+        sizes: ChunkSizes,
+        mut each: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut chunker = Chunker::new(sizes);
+        let mut chunk = Vec::with_capacity(sizes.max as usize);
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = match input.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let mut rest = &buf[..n];
+            while let Some(cut) = chunker.feed(rest) {
+                if chunk.is_empty() {
+                    each(&rest[..cut])?;
+                } else {
+                    chunk.extend_from_slice(&rest[..cut]);
+                    each(&chunk)?;
+                    chunk.clear();
+                }
+                rest = &rest[cut..];
+            }
+            chunk.extend_from_slice(rest);
+        }
+        if !chunk.is_empty() {
+            each(&chunk)?;
+        }
+        Ok(())
+    }
+
     /// Cuts `data` (a whole stream) into chunk lengths.
     pub fn split(sizes: ChunkSizes, data: &[u8]) -> Vec<u64> {
         let mut c = Chunker::new(sizes);

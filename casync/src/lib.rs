@@ -10,6 +10,7 @@ mod buzhash_table;
 pub mod chunker;
 pub mod digest;
 pub mod index;
+pub mod seed;
 pub mod store;
 
 /// Inputs of the spec's test vectors.

@@ -130,3 +130,54 @@ fn stores_cross_over_both_ways() {
     let e = blob::extract(&index, &store, std::io::sink()).unwrap_err();
     assert_eq!(e.to_string(), format!("chunk {} is missing from the store", index.items[3].id));
 }
+
+#[test]
+fn seeded_extraction_needs_only_the_new_chunks_as_casync_does() {
+    use casync::blob;
+    use casync::seed::Seed;
+    use casync::store::LocalStore;
+    let work = WorkDir::new(target_dir().join("casync-interop/seed"));
+    let dir = work.path();
+    // An old image and a new one with 5 % of its 64 KiB blocks rewritten.
+    let old = pseudo_random(4 << 20, 31);
+    let mut new = old.clone();
+    for (n, block) in new.chunks_mut(64 << 10).enumerate().filter(|(n, _)| n % 20 == 7) {
+        block[100..4200].copy_from_slice(&pseudo_random(4100, 100 + n as u64));
+    }
+    let old_path = dir.join("old.img");
+    let new_path = dir.join("new.img");
+    fs::write(&old_path, &old).unwrap();
+    fs::write(&new_path, &new).unwrap();
+    let new_index = Index::read(&casync_make(dir, &new_path, &[])[..]).unwrap();
+    let old_index = Index::read(&casync_make(dir, &old_path, &[])[..]).unwrap();
+    // The delta store: casync's chunks of the new image that the old one lacks.
+    let full = LocalStore::new(dir.join("store.castr"));
+    let delta_dir = dir.join("delta.castr");
+    let mut delta_bytes = 0;
+    for item in new_index.items.iter().filter(|i| !old_index.items.iter().any(|o| o.id == i.id)) {
+        let to = LocalStore::new(&delta_dir).chunk_path(&item.id);
+        fs::create_dir_all(to.parent().unwrap()).unwrap();
+        fs::copy(full.chunk_path(&item.id), &to).unwrap();
+        delta_bytes += item.size;
+    }
+    assert!(delta_bytes > 0 && delta_bytes < new.len() as u64 / 2, "{delta_bytes}");
+    let index_path = dir.join("new.caibx");
+    new_index.write(fs::File::create(&index_path).unwrap()).unwrap();
+    // casync with the old image as seed ...
+    let theirs = dir.join("casync-out.img");
+    run(Command::new("casync")
+        .arg("extract")
+        .arg(format!("--store={}", delta_dir.display()))
+        .arg(format!("--seed={}", old_path.display()))
+        .arg(&index_path)
+        .arg(&theirs))
+    .ok();
+    assert!(fs::read(&theirs).unwrap() == new);
+    // ... and casync-rs, from the same delta store and seed.
+    let seed = Seed::open(&old_path, new_index.sizes, new_index.digest_kind()).unwrap();
+    let mut ours = Vec::new();
+    let stats = blob::extract_seeded(&new_index, &LocalStore::new(&delta_dir), &[&seed], &mut ours).unwrap();
+    assert!(ours == new);
+    assert_eq!(stats.bytes_from_store, delta_bytes);
+    assert_eq!(stats.bytes_from_seeds + stats.bytes_from_store, new.len() as u64);
+}
