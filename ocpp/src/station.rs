@@ -606,6 +606,11 @@ impl UpdateTask {
     }
 
     fn end(&self, status: FirmwareStatus) {
+        // A task cancelled for a newer request neither reports nor clears
+        // the saved state, which is the newer request's by now.
+        if *self.cancelled.borrow() {
+            return;
+        }
         self.emit(status, None);
         if let Err(e) = self.store.clear() {
             tracing::error!("cannot clear the saved update: {e}");
