@@ -49,6 +49,13 @@ pub struct Notice {
     pub progress: Option<i32>,
 }
 
+impl Notice {
+    /// A status of `request`.
+    fn of(request: &UpdateRequest, status: FirmwareStatus, progress: Option<i32>) -> Notice {
+        Notice { channel: request.channel, request_id: request.request_id, status, progress }
+    }
+}
+
 /// What goes to the CSMS, in order.
 #[derive(Debug, Clone)]
 enum Outgoing {
@@ -313,51 +320,41 @@ impl Station {
     // --- calls of the CSMS ---
 
     async fn on_call(&mut self, link: &Link, call: IncomingCall) -> Result<(), LinkError> {
-        let protocol = link.protocol();
-        let answer = match (protocol, call.action.as_str()) {
-            (Protocol::Ocpp16, "UpdateFirmware") => match parse::<v16::UpdateFirmwareRequest>(&call) {
-                Ok(r) => {
-                    // 1.6 core has no answer but an empty one: a request
-                    // that cannot start reports a failed installation.
-                    if self.take_request(UpdateRequest::from(r)).await == UpdateFirmwareStatus::Rejected {
-                        self.enqueue(Outgoing::Status(Notice {
-                            channel: Channel::Core16,
-                            request_id: None,
-                            status: FirmwareStatus::InstallationFailed,
-                            progress: None,
-                        }));
-                    }
-                    Ok(json!({}))
+        let answer = self.answer(link.protocol(), &call).await;
+        link.answer(&call, answer).await
+    }
+
+    /// The answer to a call of the CSMS.
+    async fn answer(&mut self, protocol: Protocol, call: &IncomingCall) -> Result<Value, (ErrorCode, String)> {
+        match (protocol, call.action.as_str()) {
+            (Protocol::Ocpp16, "UpdateFirmware") => {
+                let request = UpdateRequest::from(parse::<v16::UpdateFirmwareRequest>(call)?);
+                // 1.6 core has no answer but an empty one: a request that
+                // cannot start reports a failed installation.
+                if self.take_request(request.clone()).await == UpdateFirmwareStatus::Rejected {
+                    let failed = Notice::of(&request, FirmwareStatus::InstallationFailed, None);
+                    self.enqueue(Outgoing::Status(failed));
                 }
-                Err(e) => Err(e),
-            },
-            (Protocol::Ocpp16, "SignedUpdateFirmware") => match parse::<v16::SignedUpdateFirmwareRequest>(&call) {
-                Ok(r) => {
-                    let status = self.take_request(UpdateRequest::signed(Channel::Signed16, r.into())).await;
-                    Ok(serde_json::to_value(v16::SignedUpdateFirmwareResponse { status }).expect("serializes"))
-                }
-                Err(e) => Err(e),
-            },
-            (Protocol::Ocpp201, "UpdateFirmware") => match parse::<v201::UpdateFirmwareRequest>(&call) {
-                Ok(r) => {
-                    let status = self.take_request(UpdateRequest::signed(Channel::V201, r)).await;
-                    let response = v201::UpdateFirmwareResponse { status, status_info: None };
-                    Ok(serde_json::to_value(response).expect("serializes"))
-                }
-                Err(e) => Err(e),
-            },
+                Ok(json!({}))
+            }
+            (Protocol::Ocpp16, "SignedUpdateFirmware") => {
+                let r = parse::<v16::SignedUpdateFirmwareRequest>(call)?;
+                let status = self.take_request(UpdateRequest::signed(Channel::Signed16, r.into())).await;
+                Ok(response(&v16::SignedUpdateFirmwareResponse { status }))
+            }
+            (Protocol::Ocpp201, "UpdateFirmware") => {
+                let r = parse::<v201::UpdateFirmwareRequest>(call)?;
+                let status = self.take_request(UpdateRequest::signed(Channel::V201, r)).await;
+                Ok(response(&v201::UpdateFirmwareResponse { status, status_info: None }))
+            }
             (Protocol::Ocpp16, "TriggerMessage" | "ExtendedTriggerMessage") | (Protocol::Ocpp201, "TriggerMessage") => {
-                match call.payload.get("requestedMessage").and_then(Value::as_str) {
-                    Some(wanted) => {
-                        let status = self.trigger(protocol, &call.action, wanted);
-                        Ok(json!({ "status": status }))
-                    }
-                    None => Err((ErrorCode::OccurrenceConstraintViolation, "requestedMessage is missing".to_string())),
-                }
+                let wanted = call.payload.get("requestedMessage").and_then(Value::as_str).ok_or_else(|| {
+                    (ErrorCode::OccurrenceConstraintViolation, "requestedMessage is missing".to_string())
+                })?;
+                Ok(json!({ "status": self.trigger(protocol, &call.action, wanted) }))
             }
             (_, action) => Err((ErrorCode::NotImplemented, format!("{action} is not implemented by rota-ocpp"))),
-        };
-        link.answer(&call, answer).await
+        }
     }
 
     /// Queues what a TriggerMessage asks for and says whether it will come.
@@ -395,19 +392,19 @@ impl Station {
             return UpdateFirmwareStatus::InvalidCertificate;
         }
         if let Some(pem) = &request.signing_certificate {
-            match certs::check(pem, self.cfg.manufacturer_root.as_deref(), self.cfg.manufacturer_crl.as_deref()) {
-                Verdict::Valid => {}
-                Verdict::Invalid(why) => {
-                    tracing::warn!("refusing update: signing certificate: {why}");
-                    self.queue.push_back(Outgoing::Security(request.channel, "InvalidFirmwareSigningCertificate", why));
-                    return UpdateFirmwareStatus::InvalidCertificate;
-                }
-                Verdict::Revoked => {
-                    tracing::warn!("refusing update: the signing certificate is revoked");
-                    let why = "the signing certificate is revoked".to_string();
-                    self.queue.push_back(Outgoing::Security(request.channel, "InvalidFirmwareSigningCertificate", why));
-                    return UpdateFirmwareStatus::RevokedCertificate;
-                }
+            let refused =
+                match certs::check(pem, self.cfg.manufacturer_root.as_deref(), self.cfg.manufacturer_crl.as_deref()) {
+                    Verdict::Valid => None,
+                    Verdict::Invalid(why) => Some((UpdateFirmwareStatus::InvalidCertificate, why)),
+                    Verdict::Revoked => Some((
+                        UpdateFirmwareStatus::RevokedCertificate,
+                        "the signing certificate is revoked".to_string(),
+                    )),
+                };
+            if let Some((status, why)) = refused {
+                tracing::warn!("refusing update: signing certificate: {why}");
+                self.queue.push_back(Outgoing::Security(request.channel, "InvalidFirmwareSigningCertificate", why));
+                return status;
             }
         }
         if self.after_boot.is_some() || self.reboot_pending || self.rebooting {
@@ -481,14 +478,7 @@ impl Station {
     /// Judges the reboot an update asked for, with the CSMS connected.
     async fn judge_reboot(&mut self, saved: Saved) {
         let request = saved.request;
-        let notice = |status| {
-            Outgoing::Status(Notice {
-                channel: request.channel,
-                request_id: request.request_id,
-                status,
-                progress: None,
-            })
-        };
+        let notice = |status| Outgoing::Status(Notice::of(&request, status, None));
         match saved.phase {
             Phase::Rebooting { boot_slot_before } => {
                 let booted = match self.rota.boot_slot().await {
@@ -549,6 +539,10 @@ impl Station {
     }
 }
 
+fn response(r: &impl serde::Serialize) -> Value {
+    serde_json::to_value(r).expect("responses serialize")
+}
+
 fn parse<T: serde::de::DeserializeOwned>(call: &IncomingCall) -> Result<T, (ErrorCode, String)> {
     serde_json::from_value(call.payload.clone()).map_err(|e| (ErrorCode::FormatViolation, e.to_string()))
 }
@@ -596,8 +590,7 @@ impl UpdateTask {
     }
 
     fn emit(&self, status: FirmwareStatus, progress: Option<i32>) {
-        let r = &self.request;
-        let notice = Notice { channel: r.channel, request_id: r.request_id, status, progress };
+        let notice = Notice::of(&self.request, status, progress);
         let _ = self.events.send(JobEvent::Out(Outgoing::Status(notice)));
     }
 
@@ -746,30 +739,24 @@ impl UpdateTask {
             }
         };
         let mut last_progress = -10;
-        let result = {
-            let events = &self.events;
-            let request = &self.request;
-            let send = |status, progress| {
-                let n = Notice { channel: request.channel, request_id: request.request_id, status, progress };
-                let _ = events.send(JobEvent::Out(Outgoing::Status(n)));
-            };
-            self.rota
-                .install(source, |ev| match ev {
-                    InstallEvent::SignatureVerified if !verified => {
-                        send(FirmwareStatus::Downloaded, None);
-                        send(FirmwareStatus::SignatureVerified, None);
+        let this = &*self;
+        let result = this
+            .rota
+            .install(source, |ev| match ev {
+                InstallEvent::SignatureVerified if !verified => {
+                    this.emit(FirmwareStatus::Downloaded, None);
+                    this.emit(FirmwareStatus::SignatureVerified, None);
+                }
+                InstallEvent::SignatureVerified => {}
+                InstallEvent::SignatureFailed => this.emit(FirmwareStatus::Downloaded, None),
+                InstallEvent::Copying(p) => {
+                    if last_progress < 0 || p >= last_progress + 10 || p == 100 {
+                        last_progress = p;
+                        this.emit(FirmwareStatus::Installing, Some(p));
                     }
-                    InstallEvent::SignatureVerified => {}
-                    InstallEvent::SignatureFailed => send(FirmwareStatus::Downloaded, None),
-                    InstallEvent::Copying(p) => {
-                        if last_progress < 0 || p >= last_progress + 10 || p == 100 {
-                            last_progress = p;
-                            send(FirmwareStatus::Installing, Some(p));
-                        }
-                    }
-                })
-                .await
-        };
+                }
+            })
+            .await;
         let finished = match result {
             Ok(f) => f,
             Err(e) => {
