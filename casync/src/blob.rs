@@ -6,7 +6,7 @@
 
 use crate::chunker::{ChunkSizes, Chunker};
 use crate::digest::DigestKind;
-use crate::index::{BLOB_FLAGS, FLAG_SHA512_256, Index, IndexItem};
+use crate::index::{Index, IndexItem, blob_flags};
 use crate::seed::Seed;
 use crate::store::{Compression, LocalStore, StoreError};
 use std::io::{self, Read, Write};
@@ -53,11 +53,7 @@ pub fn make(
         offset += chunk.len() as u64;
         Ok(())
     })?;
-    let flags = match digest {
-        DigestKind::Sha512_256 => BLOB_FLAGS,
-        DigestKind::Sha256 => BLOB_FLAGS & !FLAG_SHA512_256,
-    };
-    Ok(Index { flags, sizes, items })
+    Ok(Index { flags: blob_flags(digest), sizes, items })
 }
 
 /// Where the chunks of an extraction came from.

@@ -19,6 +19,14 @@ pub const FLAG_SHA512_256: u64 = 0x2000_0000_0000_0000;
 /// exclude-file, SHA-512/256).
 pub const BLOB_FLAGS: u64 = 0xB000_0000_0000_0000;
 
+/// The feature flags `casync make` writes into a `.caibx` with IDs by `digest`.
+pub fn blob_flags(digest: DigestKind) -> u64 {
+    match digest {
+        DigestKind::Sha512_256 => BLOB_FLAGS,
+        DigestKind::Sha256 => BLOB_FLAGS & !FLAG_SHA512_256,
+    }
+}
+
 /// One chunk of the indexed stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IndexItem {
@@ -135,10 +143,7 @@ impl Index {
 
     /// Cuts `data` with `sizes` and names its chunks: the `.caibx` `casync make` writes.
     pub fn of_blob(data: &[u8], sizes: ChunkSizes, digest: DigestKind) -> Index {
-        let flags = match digest {
-            DigestKind::Sha512_256 => BLOB_FLAGS,
-            DigestKind::Sha256 => BLOB_FLAGS & !FLAG_SHA512_256,
-        };
+        let flags = blob_flags(digest);
         let mut offset = 0u64;
         let items = crate::chunker::Chunker::split(sizes, data)
             .into_iter()
