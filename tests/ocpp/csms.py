@@ -61,61 +61,53 @@ def snake_to_camel(d):
     return d
 
 
-class Csms16(Station16):
-    @on(Action16.boot_notification)
+def csms_class(base, action, result, calls, accepted, notifications):
+    """The CSMS side for one OCPP version: BootNotification (accepted, then
+    the --after-boot calls), Heartbeat, and the `notifications` (snake_case
+    actions, answered empty), each call logged."""
+
     def boot(self, **kw):
         log(self.id, "call", "BootNotification", snake_to_camel(kw))
-        asyncio.get_running_loop().create_task(self.after_boot(call16))
-        return result16.BootNotification(current_time=now(), interval=300, status=Registration16.accepted)
+        asyncio.get_running_loop().create_task(run_after_boot(self, calls))
+        return result.BootNotification(current_time=now(), interval=300, status=accepted)
 
-    @on(Action16.heartbeat)
     def heartbeat(self, **kw):
         log(self.id, "call", "Heartbeat", snake_to_camel(kw))
-        return result16.Heartbeat(current_time=now())
+        return result.Heartbeat(current_time=now())
 
-    @on(Action16.firmware_status_notification)
-    def firmware_status(self, **kw):
-        log(self.id, "call", "FirmwareStatusNotification", snake_to_camel(kw))
-        return result16.FirmwareStatusNotification()
+    def acknowledge(snake):
+        name = "".join(w.title() for w in snake.split("_"))
 
-    @on(Action16.signed_firmware_status_notification)
-    def signed_firmware_status(self, **kw):
-        log(self.id, "call", "SignedFirmwareStatusNotification", snake_to_camel(kw))
-        return result16.SignedFirmwareStatusNotification()
+        def handler(self, **kw):
+            log(self.id, "call", name, snake_to_camel(kw))
+            return getattr(result, name)()
 
-    @on(Action16.security_event_notification)
-    def security_event(self, **kw):
-        log(self.id, "call", "SecurityEventNotification", snake_to_camel(kw))
-        return result16.SecurityEventNotification()
+        # The library finds handlers by the decorated function's name.
+        handler.__name__ = snake
+        return handler
 
-    async def after_boot(self, calls):
-        await run_after_boot(self, calls)
+    handlers = {"boot": on(action.boot_notification)(boot), "heartbeat": on(action.heartbeat)(heartbeat)}
+    for snake in notifications:
+        handlers[snake] = on(getattr(action, snake))(acknowledge(snake))
+    return type("Csms" + base.__module__.split(".")[-1], (base,), handlers)
 
 
-class Csms201(Station201):
-    @on(Action201.boot_notification)
-    def boot(self, **kw):
-        log(self.id, "call", "BootNotification", snake_to_camel(kw))
-        asyncio.get_running_loop().create_task(self.after_boot(call201))
-        return result201.BootNotification(current_time=now(), interval=300, status=Registration201.accepted)
-
-    @on(Action201.heartbeat)
-    def heartbeat(self, **kw):
-        log(self.id, "call", "Heartbeat", snake_to_camel(kw))
-        return result201.Heartbeat(current_time=now())
-
-    @on(Action201.firmware_status_notification)
-    def firmware_status(self, **kw):
-        log(self.id, "call", "FirmwareStatusNotification", snake_to_camel(kw))
-        return result201.FirmwareStatusNotification()
-
-    @on(Action201.security_event_notification)
-    def security_event(self, **kw):
-        log(self.id, "call", "SecurityEventNotification", snake_to_camel(kw))
-        return result201.SecurityEventNotification()
-
-    async def after_boot(self, calls):
-        await run_after_boot(self, calls)
+Csms16 = csms_class(
+    Station16,
+    Action16,
+    result16,
+    call16,
+    Registration16.accepted,
+    ["firmware_status_notification", "signed_firmware_status_notification", "security_event_notification"],
+)
+Csms201 = csms_class(
+    Station201,
+    Action201,
+    result201,
+    call201,
+    Registration201.accepted,
+    ["firmware_status_notification", "security_event_notification"],
+)
 
 
 async def send(station, calls, spec):

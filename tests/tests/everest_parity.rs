@@ -325,16 +325,20 @@ fn assert_parity(name: &str, results: &[Outcome; 2], expected: &[Status]) {
     assert_eq!(rota_answers, &rauc_answers, "{name}: the services answered differently");
 }
 
+/// UpdateFirmware with `bundle`, the reboot (the new slot coming up or
+/// not), EVerest's judgement after it; the charger must run `booted` then.
+fn update_and_reboot(c: &mut Charger, bundle: &std::path::Path, new_slot_comes_up: bool, booted: &str) -> Progress {
+    let texts = c.update_firmware(bundle.to_str().unwrap());
+    c.reboot(new_slot_comes_up);
+    c.after_boot();
+    assert_eq!(c.booted, booted);
+    texts
+}
+
 #[test]
 fn success_then_reboot_into_the_new_slot() {
     let b = charger::bundle("everest-good", "plain", "release", 256 * 1024);
-    let results = both("good", "rootfs1.img", |c| {
-        let texts = c.update_firmware(b.to_str().unwrap());
-        c.reboot(true);
-        c.after_boot();
-        assert_eq!(c.booted, "B");
-        texts
-    });
+    let results = both("good", "rootfs1.img", |c| update_and_reboot(c, &b, true, "B"));
     assert_parity(
         "success",
         &results,
@@ -345,13 +349,7 @@ fn success_then_reboot_into_the_new_slot() {
 #[test]
 fn a_new_slot_that_never_comes_up_falls_back_and_fails() {
     let b = charger::bundle("everest-fallback", "plain", "release", 256 * 1024);
-    let results = both("fallback", "rootfs1.img", |c| {
-        let texts = c.update_firmware(b.to_str().unwrap());
-        c.reboot(false);
-        c.after_boot();
-        assert_eq!(c.booted, "A");
-        texts
-    });
+    let results = both("fallback", "rootfs1.img", |c| update_and_reboot(c, &b, false, "A"));
     assert_parity(
         "fallback",
         &results,

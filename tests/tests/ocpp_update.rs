@@ -37,15 +37,15 @@ fn at(offset_secs: i64) -> String {
 }
 
 impl Rig {
-    fn new(name: &str, protocol: &str, after_boot: &[String]) -> Rig {
-        Rig::with(name, protocol, after_boot, |_| {}, vec![])
+    fn new(name: &str, protocol: &str) -> Rig {
+        Rig::with(name, protocol, |_| {}, vec![])
     }
 
-    /// A rig whose device `edit` changes first, with `service_env` for rota service.
+    /// A rig whose device `edit` changes first, with `service_env` for rota
+    /// service; returned once rota-ocpp's first BootNotification arrived.
     fn with(
         name: &str,
         protocol: &str,
-        after_boot: &[String],
         edit: impl FnOnce(&Device),
         service_env: Vec<(&'static str, &'static str)>,
     ) -> Rig {
@@ -53,10 +53,7 @@ impl Rig {
         edit(&d);
         let www = d.path("www");
         fs::create_dir_all(&www).unwrap();
-        let csms = Csms::start(
-            d.path("csms.jsonl"),
-            &after_boot.iter().map(|a| format!("--after-boot={a}")).collect::<Vec<_>>(),
-        );
+        let csms = Csms::start(d.path("csms.jsonl"), &[]);
         let conf = format!(
             "[csms]\nurl={}\nid=CP-{name}\nprotocol={protocol}\ncall-timeout-sec=20\nreconnect-max-sec=1\n\
              [station]\nstate-dir={}\nvendor=rota-tests\nmodel=charger\n\
@@ -109,13 +106,18 @@ impl Rig {
         fs::read_to_string(self.d.path("rota-ocpp.log")).unwrap_or_default()
     }
 
-    /// Waits for rota-ocpp's reboot command.
-    fn wait_for_reboot(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !self.d.path("rebooted").exists() {
-            assert!(Instant::now() < deadline, "no reboot: {:?}\n{}", self.csms.statuses(), self.log());
+    /// Polls `done` for up to `secs`, failing with `what` and all the CSMS saw.
+    fn until(&self, what: &str, secs: u64, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}: {:#?}\n{}", self.csms.messages(), self.log());
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Waits for rota-ocpp's reboot command.
+    fn wait_for_reboot(&self) {
+        self.until("no reboot", 60, || self.d.path("rebooted").exists());
         fs::remove_file(self.d.path("rebooted")).unwrap();
     }
 
@@ -127,11 +129,7 @@ impl Rig {
     }
 
     fn wait_for_status(&self, status: &str) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !self.csms.statuses().iter().any(|(s, _)| s == status) {
-            assert!(Instant::now() < deadline, "no {status}: {:?}\n{}", self.csms.statuses(), self.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.until(&format!("no {status}"), 60, || self.csms.statuses().iter().any(|(s, _)| s == status));
     }
 
     /// The statuses so far, repeats (Installing with progress) folded.
@@ -152,11 +150,7 @@ impl Rig {
     }
 
     fn wait_for_answers(&self, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.answers().len() < n {
-            assert!(Instant::now() < deadline, "{:?}\n{}", self.csms.messages(), self.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.until(&format!("fewer than {n} answers"), 30, || self.answers().len() >= n);
     }
 
     fn grub(&self, key: &str) -> Option<String> {
@@ -187,6 +181,15 @@ fn update201(request_id: i64, location: &str, extra: Value) -> String {
     )
 }
 
+/// A server for `bundle` (at `/held.raucb`) that holds back its second MiB,
+/// the middle of the image, until released.
+fn held_server(bundle: &std::path::Path) -> testkit::httpd::Server {
+    let held = testkit::httpd::Server::start();
+    held.put("/held.raucb", fs::read(bundle).unwrap());
+    held.hold(1 << 20, 2 << 20);
+    held
+}
+
 fn verity_bundle(name: &str, signer: &str) -> PathBuf {
     charger::bundle(&format!("ocpp-{name}"), "verity", signer, 4 << 20)
 }
@@ -195,9 +198,8 @@ fn verity_bundle(name: &str, signer: &str) -> PathBuf {
 fn ocpp201_update_streams_reboots_checks_health_and_reports_installed() {
     let _serial = testkit::serial();
     let bundle = verity_bundle("201", "release");
-    let mut rig = Rig::new("201", "ocpp2.0.1", &[]);
+    let mut rig = Rig::new("201", "ocpp2.0.1");
     let url = rig.put("fw.raucb", &bundle);
-    rig.csms.wait_for("the boot", |m| m["kind"] == "call" && m["action"] == "BootNotification");
     rig.csms.command(&update201(11, &url, json!({})));
     rig.wait_for_reboot();
     let result = rig.csms.wait_for("the answer", |m| m["kind"] == "result" && m["action"] == "UpdateFirmware");
@@ -233,20 +235,15 @@ fn ocpp201_update_streams_reboots_checks_health_and_reports_installed() {
     assert!(!rig.d.path("ocpp-state/update.json").exists());
     // Asked afterwards: nothing runs.
     rig.csms.command(r#"TriggerMessage={"requested_message": "FirmwareStatusNotification"}"#);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while rig.csms.statuses().last() != Some(&("Idle".to_string(), None)) {
-        assert!(Instant::now() < deadline, "{:?}", rig.csms.statuses());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    rig.until("no Idle", 30, || rig.csms.statuses().last() == Some(&("Idle".to_string(), None)));
 }
 
 #[test]
 fn a_failed_health_check_marks_the_new_slot_bad_and_falls_back() {
     let _serial = testkit::serial();
     let bundle = verity_bundle("health", "release");
-    let mut rig = Rig::new("health", "ocpp2.0.1", &[]);
+    let mut rig = Rig::new("health", "ocpp2.0.1");
     let url = rig.put("fw.raucb", &bundle);
-    rig.csms.wait_for("the boot", |m| m["action"] == "BootNotification");
     rig.csms.command(&update201(5, &url, json!({})));
     rig.wait_for_reboot();
     rig.reboot();
@@ -268,9 +265,8 @@ fn a_failed_health_check_marks_the_new_slot_bad_and_falls_back() {
 fn ocpp16_core_reports_its_seven_statuses() {
     let _serial = testkit::serial();
     let bundle = verity_bundle("16", "release");
-    let mut rig = Rig::new("16", "ocpp1.6", &[]);
+    let mut rig = Rig::new("16", "ocpp1.6");
     let url = rig.put("fw.raucb", &bundle);
-    rig.csms.wait_for("the boot", |m| m["action"] == "BootNotification");
     rig.csms.command(&format!("UpdateFirmware={}", json!({"location": url, "retrieve_date": at(-5)})));
     rig.wait_for_reboot();
     fs::write(rig.d.path("healthy"), "").unwrap();
@@ -286,9 +282,8 @@ fn ocpp16_core_reports_its_seven_statuses() {
 fn signed16_certificates_outside_the_manufacturer_root_are_refused_before_anything_runs() {
     let _serial = testkit::serial();
     let bundle = verity_bundle("signed16", "release");
-    let rig = Rig::new("signed16", "ocpp1.6", &[]);
+    let rig = Rig::new("signed16", "ocpp1.6");
     let url = rig.put("fw.raucb", &bundle);
-    rig.csms.wait_for("the boot", |m| m["action"] == "BootNotification");
     let signed = |id: i64, cert: &str| {
         let pem = fs::read_to_string(pki_file(cert)).unwrap();
         let firmware =
@@ -305,11 +300,7 @@ fn signed16_certificates_outside_the_manufacturer_root_are_refused_before_anythi
     assert_eq!(rig.csms.statuses(), [("DownloadScheduled".to_string(), Some(3))]);
     // The security extension's trigger asks for the signed notification.
     rig.csms.command(r#"ExtendedTriggerMessage={"requested_message": "FirmwareStatusNotification"}"#);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while rig.csms.statuses().len() < 2 {
-        assert!(Instant::now() < deadline, "{:?}", rig.csms.messages());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    rig.until("no second status", 30, || rig.csms.statuses().len() >= 2);
     let last = rig.csms.messages().into_iter().rfind(|m| m["kind"] == "call").unwrap();
     assert_eq!(last["action"], "SignedFirmwareStatusNotification");
     assert_eq!(last["payload"], json!({"status": "DownloadScheduled", "requestId": 3}));
@@ -323,8 +314,7 @@ fn signed16_certificates_outside_the_manufacturer_root_are_refused_before_anythi
 fn a_newer_request_cancels_a_scheduled_one_and_a_url_that_fails_is_retried() {
     let _serial = testkit::serial();
     let bundle = verity_bundle("cancel", "release");
-    let rig = Rig::new("cancel", "ocpp2.0.1", &[]);
-    rig.csms.wait_for("the boot", |m| m["action"] == "BootNotification");
+    let rig = Rig::new("cancel", "ocpp2.0.1");
     let url = rig.web.url("/later.raucb");
     rig.csms.command(&update201(1, &url, json!({"retrieve_date_time": at(3600)})));
     rig.wait_for_status("DownloadScheduled");
@@ -348,10 +338,9 @@ fn an_install_time_ahead_verifies_first_and_a_bad_signature_is_reported() {
     let _serial = testkit::serial();
     let good = verity_bundle("sched", "release");
     let bad = verity_bundle("sched-bad", "other");
-    let rig = Rig::new("sched", "ocpp2.0.1", &[]);
+    let rig = Rig::new("sched", "ocpp2.0.1");
     let good_url = rig.put("good.raucb", &good);
     let bad_url = rig.put("bad.raucb", &bad);
-    rig.csms.wait_for("the boot", |m| m["action"] == "BootNotification");
     rig.csms.command(&update201(7, &bad_url, json!({})));
     rig.wait_for_status("InvalidSignature");
     assert_eq!(rig.statuses(), ["Downloading", "Downloaded", "InvalidSignature"]);
@@ -378,9 +367,8 @@ fn firmware_signature(file: &std::path::Path, key: &str) -> String {
 fn signed16_detached_signatures_are_checked_over_the_downloaded_bundle() {
     let _serial = testkit::serial();
     let bundle = verity_bundle("signed16-sig", "release");
-    let mut rig = Rig::new("signed16-sig", "ocpp1.6", &[]);
+    let mut rig = Rig::new("signed16-sig", "ocpp1.6");
     let url = rig.put("fw.raucb", &bundle);
-    rig.csms.wait_for("the boot", |m| m["action"] == "BootNotification");
     let pem = fs::read_to_string(pki_file("release.pem")).unwrap();
     let signed = |id: i64, signature: &str| {
         let firmware =
@@ -416,13 +404,10 @@ fn signed16_detached_signatures_are_checked_over_the_downloaded_bundle() {
 fn requests_are_rejected_while_rota_is_busy_and_once_the_station_reboots() {
     let _serial = testkit::serial();
     let bundle = verity_bundle("busy", "release");
-    let rig = Rig::new("busy", "ocpp2.0.1", &[]);
+    let rig = Rig::new("busy", "ocpp2.0.1");
     let url = rig.put("fw.raucb", &bundle);
-    rig.csms.wait_for("the boot", |m| m["action"] == "BootNotification");
     // Another client's installation, held mid-way by its server.
-    let held = testkit::httpd::Server::start();
-    held.put("/held.raucb", fs::read(&bundle).unwrap());
-    held.hold(1 << 20, 2 << 20);
+    let held = held_server(&bundle);
     let mut other = rig.d.rota();
     other.envs(rig.bus.env()).arg("install").arg(held.url("/held.raucb")).stdout(Stdio::null()).stderr(Stdio::null());
     let mut other = other.spawn().unwrap();
@@ -452,13 +437,10 @@ fn requests_are_rejected_while_rota_is_busy_and_once_the_station_reboots() {
 fn a_newer_request_cancels_a_running_installation_through_rota() {
     let _serial = testkit::serial();
     let bundle = verity_bundle("cancel-running", "release");
-    let rig = Rig::new("cancel-running", "ocpp2.0.1", &[]);
+    let rig = Rig::new("cancel-running", "ocpp2.0.1");
     let url = rig.put("fw.raucb", &bundle);
-    rig.csms.wait_for("the boot", |m| m["action"] == "BootNotification");
     // The first bundle's server stalls in the middle of the image.
-    let held = testkit::httpd::Server::start();
-    held.put("/held.raucb", fs::read(&bundle).unwrap());
-    held.hold(1 << 20, 2 << 20);
+    let held = held_server(&bundle);
     rig.csms.command(&update201(40, &held.url("/held.raucb"), json!({})));
     rig.wait_for_status("Installing");
     held.wait_for_range(1 << 20, 2 << 20);
@@ -480,9 +462,8 @@ fn a_newer_request_cancels_a_running_installation_through_rota() {
 fn statuses_wait_for_a_csms_that_is_away_and_installed_follows_the_reconnection() {
     let _serial = testkit::serial();
     let bundle = verity_bundle("away", "release");
-    let mut rig = Rig::new("away", "ocpp1.6", &[]);
+    let mut rig = Rig::new("away", "ocpp1.6");
     let url = rig.put("fw.raucb", &bundle);
-    rig.csms.wait_for("the boot", |m| m["action"] == "BootNotification");
     rig.csms.command(&format!("UpdateFirmware={}", json!({"location": url, "retrieve_date": at(-5)})));
     rig.wait_for_reboot();
     // The CSMS is down while the charger reboots and checks its health.
@@ -511,9 +492,8 @@ fn a_slot_that_reads_back_other_bytes_is_an_install_verification_failure() {
         assert!(conf.contains(&b));
         d.write_conf(&conf.replace(&b, &b.replace("type=raw", "type=ubivol")));
     };
-    let rig = Rig::with("readback", "ocpp2.0.1", &[], ubi, vec![("FAKE_UBI_FLIP", "1")]);
+    let rig = Rig::with("readback", "ocpp2.0.1", ubi, vec![("FAKE_UBI_FLIP", "1")]);
     let url = rig.put("fw.raucb", &bundle);
-    rig.csms.wait_for("the boot", |m| m["action"] == "BootNotification");
     rig.csms.command(&update201(50, &url, json!({})));
     rig.wait_for_status("InstallVerificationFailed");
     assert_eq!(
