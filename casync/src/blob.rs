@@ -8,7 +8,7 @@ use crate::chunker::{ChunkSizes, Chunker};
 use crate::digest::DigestKind;
 use crate::index::{Index, IndexItem, blob_flags};
 use crate::seed::Seed;
-use crate::store::{Compression, LocalStore, StoreError};
+use crate::store::{ChunkSource, Compression, LocalStore, StoreError};
 use std::io::{self, Read, Write};
 
 /// Why a blob could not be made or extracted.
@@ -42,18 +42,102 @@ pub fn make(
     digest: DigestKind,
     store: Option<(&LocalStore, Compression)>,
 ) -> Result<Index, BlobError> {
-    let mut items = Vec::new();
-    let mut offset = 0u64;
-    Chunker::chunk_stream(&mut input, sizes, |chunk: &[u8]| -> Result<(), BlobError> {
-        let id = digest.digest(chunk);
-        if let Some((store, how)) = store {
-            store.put(&id, chunk, how)?;
+    let mut maker = Maker::new(sizes, digest, store);
+    let copied = io::copy(&mut input, &mut maker);
+    if let Some(e) = maker.error.take() {
+        return Err(e.into());
+    }
+    copied?;
+    maker.finish()
+}
+
+/// [`make`] in push mode: a `Write` that chunks (and stores) whatever is
+/// written into it; [`Maker::finish`] gives the index. For producers that
+/// write (a bundle's file copied out of its squashfs) rather than read.
+pub struct Maker<'s> {
+    chunker: Chunker,
+    chunk: Vec<u8>,
+    digest: DigestKind,
+    store: Option<(&'s LocalStore, Compression)>,
+    items: Vec<IndexItem>,
+    offset: u64,
+    stored: u64,
+    error: Option<StoreError>,
+}
+
+impl<'s> Maker<'s> {
+    /// A maker with these chunk sizes, IDs by `digest`, chunks put into
+    /// `store` when given.
+    pub fn new(sizes: ChunkSizes, digest: DigestKind, store: Option<(&'s LocalStore, Compression)>) -> Maker<'s> {
+        Maker {
+            chunker: Chunker::new(sizes),
+            chunk: Vec::with_capacity(sizes.max as usize),
+            digest,
+            store,
+            items: Vec::new(),
+            offset: 0,
+            stored: 0,
+            error: None,
         }
-        items.push(IndexItem { offset, size: chunk.len() as u64, id });
-        offset += chunk.len() as u64;
+    }
+
+    fn emit(&mut self, chunk: &[u8]) -> io::Result<()> {
+        let id = self.digest.digest(chunk);
+        if let Some((store, how)) = self.store {
+            match store.put(&id, chunk, how) {
+                Ok(new) => self.stored += u64::from(new),
+                Err(e) => {
+                    let text = e.to_string();
+                    self.error = Some(e);
+                    return Err(io::Error::other(text));
+                }
+            }
+        }
+        self.items.push(IndexItem { offset: self.offset, size: chunk.len() as u64, id });
+        self.offset += chunk.len() as u64;
         Ok(())
-    })?;
-    Ok(Index { flags: blob_flags(digest), sizes, items })
+    }
+
+    /// Chunks new to the store so far (the others were there already).
+    pub fn stored_new(&self) -> u64 {
+        self.stored
+    }
+
+    /// Ends the stream: the last chunk is cut and the index returned.
+    pub fn finish(mut self) -> Result<Index, BlobError> {
+        if !self.chunk.is_empty() {
+            let chunk = std::mem::take(&mut self.chunk);
+            if let Err(e) = self.emit(&chunk) {
+                return Err(self.error.take().map_or(BlobError::Io(e), BlobError::Store));
+            }
+        }
+        Ok(Index { flags: blob_flags(self.digest), sizes: self.chunker.sizes(), items: self.items })
+    }
+}
+
+impl Write for Maker<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut rest = buf;
+        while let Some(cut) = self.chunker.feed(rest) {
+            if self.chunk.is_empty() {
+                self.emit(&rest[..cut])?;
+            } else {
+                let mut chunk = std::mem::take(&mut self.chunk);
+                chunk.extend_from_slice(&rest[..cut]);
+                let r = self.emit(&chunk);
+                chunk.clear();
+                self.chunk = chunk;
+                r?;
+            }
+            rest = &rest[cut..];
+        }
+        self.chunk.extend_from_slice(rest);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Where the chunks of an extraction came from.
@@ -69,23 +153,41 @@ pub struct Stats {
     pub bytes_from_store: u64,
 }
 
+/// Chunks announced to the store ahead of the one being written
+/// ([`ChunkSource::prefetch`]): what a remote store keeps in flight.
+pub const LOOKAHEAD: usize = 16;
+
 /// Writes the stream `index` describes, chunk by chunk from `store`.
-pub fn extract(index: &Index, store: &LocalStore, out: impl Write) -> Result<u64, BlobError> {
+pub fn extract(index: &Index, store: &dyn ChunkSource, out: impl Write) -> Result<u64, BlobError> {
     extract_seeded(index, store, &[], out).map(|s| s.bytes_from_seeds + s.bytes_from_store)
 }
 
 /// Writes the stream `index` describes, each chunk from the first seed
-/// that holds it (checked against its ID when read) or else from `store`.
+/// that holds it (checked against its ID when read) or else from `store`,
+/// which hears of the store-bound chunks [`LOOKAHEAD`] chunks ahead.
 pub fn extract_seeded(
     index: &Index,
-    store: &LocalStore,
+    store: &dyn ChunkSource,
     seeds: &[&Seed],
     mut out: impl Write,
 ) -> Result<Stats, BlobError> {
     let digest = index.digest_kind();
     let mut stats = Stats::default();
+    let from_store = |i: usize| {
+        let item = &index.items[i];
+        !seeds.iter().any(|s| s.has(&item.id, item.size, item.offset))
+    };
+    let mut announced = 0;
     for (i, item) in index.items.iter().enumerate() {
-        if let Some(data) = seeds.iter().find_map(|s| s.get(&item.id, item.size, digest)) {
+        if announced < (i + LOOKAHEAD).min(index.items.len()) {
+            let until = (i + 2 * LOOKAHEAD).min(index.items.len());
+            let ids: Vec<_> = (announced.max(i)..until).filter(|&j| from_store(j)).map(|j| index.items[j].id).collect();
+            if !ids.is_empty() {
+                store.prefetch(&ids);
+            }
+            announced = until;
+        }
+        if let Some(data) = seeds.iter().find_map(|s| s.get(&item.id, item.size, item.offset, digest)) {
             out.write_all(&data)?;
             stats.chunks_from_seeds += 1;
             stats.bytes_from_seeds += item.size;

@@ -33,6 +33,14 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+    /// A remote store could not deliver the chunk (after its own retries).
+    #[error("chunk {id} could not be fetched: {reason}")]
+    Fetch {
+        /// The chunk.
+        id: ChunkId,
+        /// Why not.
+        reason: String,
+    },
     /// Reading or writing failed.
     #[error("chunk store {path}: {source}")]
     Io {
@@ -41,6 +49,50 @@ pub enum StoreError {
         /// The error.
         source: io::Error,
     },
+}
+
+/// Where an extraction gets the chunks no seed holds: a local directory
+/// ([`LocalStore`]) or a remote store the caller provides.
+pub trait ChunkSource: Sync {
+    /// The chunk `id`, decompressed and checked against its ID; `max`
+    /// bounds its size.
+    fn get(&self, id: &ChunkId, digest: DigestKind, max: u64) -> Result<Vec<u8>, StoreError>;
+
+    /// Says that these chunks will be asked for next, in this order (each
+    /// once): a remote store starts fetching them so that several are in
+    /// flight. Local stores ignore it.
+    fn prefetch(&self, _ids: &[ChunkId]) {}
+}
+
+/// The bytes of chunk `id` from its stored form (compressed, or plain when
+/// `compressed` is false), checked against the ID: what every store does
+/// with a chunk file it read or fetched.
+pub fn unpack(
+    id: &ChunkId,
+    stored: &[u8],
+    compressed: bool,
+    digest: DigestKind,
+    max: u64,
+) -> Result<Vec<u8>, StoreError> {
+    let data = if compressed {
+        decompress(stored, max).map_err(|e| StoreError::Corrupt { id: *id, reason: e.to_string() })?
+    } else if stored.len() as u64 > max {
+        return Err(StoreError::Corrupt { id: *id, reason: format!("larger than {max} bytes") });
+    } else {
+        stored.to_vec()
+    };
+    let got = digest.digest(&data);
+    if got != *id {
+        return Err(StoreError::Corrupt { id: *id, reason: format!("its bytes hash to {got}") });
+    }
+    Ok(data)
+}
+
+/// The path of chunk `id` inside a store: `<first 4 hex>/<id>.cacnk`
+/// (relative; a URL path for remote stores).
+pub fn chunk_name(id: &ChunkId) -> String {
+    let hex = id.to_hex();
+    format!("{}/{hex}.cacnk", &hex[..4])
 }
 
 /// A chunk store in a local directory.
@@ -97,8 +149,7 @@ impl LocalStore {
 
     /// The file of a compressed chunk.
     pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {
-        let hex = id.to_hex();
-        self.dir.join(&hex[..4]).join(format!("{hex}.cacnk"))
+        self.dir.join(chunk_name(id))
     }
 
     /// The chunk `id`, checked against its name; `max` bounds its size.
@@ -106,25 +157,18 @@ impl LocalStore {
     pub fn get(&self, id: &ChunkId, digest: DigestKind, max: u64) -> Result<Vec<u8>, StoreError> {
         let path = self.chunk_path(id);
         let io = |path: &Path, source| StoreError::Io { path: path.to_path_buf(), source };
-        let data = match std::fs::read(&path) {
-            Ok(stored) => {
-                decompress(&stored, max).map_err(|e| StoreError::Corrupt { id: *id, reason: e.to_string() })?
-            }
+        match std::fs::read(&path) {
+            Ok(stored) => unpack(id, &stored, true, digest, max),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let plain = path.with_extension("");
                 match std::fs::read(&plain) {
-                    Ok(d) => d,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::Missing(*id)),
-                    Err(e) => return Err(io(&plain, e)),
+                    Ok(d) => unpack(id, &d, false, digest, max),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::Missing(*id)),
+                    Err(e) => Err(io(&plain, e)),
                 }
             }
-            Err(e) => return Err(io(&path, e)),
-        };
-        let got = digest.digest(&data);
-        if got != *id {
-            return Err(StoreError::Corrupt { id: *id, reason: format!("its bytes hash to {got}") });
+            Err(e) => Err(io(&path, e)),
         }
-        Ok(data)
     }
 
     /// Stores `data` as chunk `id` unless it is there already (then it is
@@ -150,6 +194,12 @@ impl LocalStore {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
             Err(e) => Err(io(&path, e)),
         }
+    }
+}
+
+impl ChunkSource for LocalStore {
+    fn get(&self, id: &ChunkId, digest: DigestKind, max: u64) -> Result<Vec<u8>, StoreError> {
+        LocalStore::get(self, id, digest, max)
     }
 }
 
