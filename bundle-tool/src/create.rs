@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions as FsOpen};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -37,7 +37,7 @@ pub struct SigningOptions {
 }
 
 impl SigningOptions {
-    fn signer(&self) -> Result<Signer> {
+    pub(crate) fn signer(&self) -> Result<Signer> {
         let cert = self.cert.as_ref().ok_or_else(|| Error::Key("Certificate missing: use --cert".to_string()))?;
         let key = self.key.as_ref().ok_or_else(|| Error::Key("Key missing: use --key".to_string()))?;
         let signer = Signer::load(cert, key, &self.intermediates)?;
@@ -88,7 +88,7 @@ impl Drop for Cleanup {
     }
 }
 
-fn check_new_output(output: &Path) -> Result<()> {
+pub(crate) fn check_new_output(output: &Path) -> Result<()> {
     if output.symlink_metadata().is_ok() {
         return Err(Error::Other(format!("bundle {} already exists", output.display())));
     }
@@ -263,15 +263,19 @@ fn hash_image(path: &Path, index: Option<&Path>) -> Result<(String, u64)> {
     Ok((hex::encode(sha.finalize()), size))
 }
 
-fn run_mksquashfs(content: &Path, out: &Path, extra: &[String]) -> Result<()> {
-    mksquashfs(content, out, &["-noappend"], extra, "")
+/// `mksquashfs` of a bundle's content; `keep_metadata` keeps owners and
+/// xattrs (a `tar-extract` converter put files into the bundle as they are
+/// to be installed).
+fn run_mksquashfs(content: &Path, out: &Path, extra: &[String], keep_metadata: bool) -> Result<()> {
+    let args: &[&str] = if keep_metadata { &["-noappend"] } else { &["-noappend", "-all-root", "-no-xattrs"] };
+    mksquashfs(content, out, args, extra, "")
 }
 
-/// Runs `mksquashfs content out` quietly (owners root, no xattrs) with
-/// `args` and `extra`; a failure says what it was for (`purpose`, e.g. " to …").
+/// Runs `mksquashfs content out` quietly with `args` and `extra`; a
+/// failure says what it was for (`purpose`, e.g. " to …").
 fn mksquashfs(content: &Path, out: &Path, args: &[&str], extra: &[String], purpose: &str) -> Result<()> {
     let mut cmd = Command::new("mksquashfs");
-    cmd.arg(content).arg(out).args(args).args(["-no-progress", "-all-root", "-no-xattrs", "-quiet"]).args(extra);
+    cmd.arg(content).arg(out).args(args).args(["-no-progress", "-quiet"]).args(extra);
     let output = cmd.output().map_err(|e| Error::Other(format!("Failed to run mksquashfs: {e}")))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -324,7 +328,7 @@ fn append_block_sums(squashfs: &Path, trees: &[String]) -> Result<()> {
         maps
     };
     // Without -noappend: added to the existing filesystem, after its data.
-    mksquashfs(sums_dir.path(), squashfs, &["-no-recovery"], &[], " to append block sums")?;
+    mksquashfs(sums_dir.path(), squashfs, &["-no-recovery", "-all-root", "-no-xattrs"], &[], " to append block sums")?;
     let fs = open_squashfs(squashfs)?;
     for (tree, before) in trees.iter().zip(maps) {
         let map = fs.block_map(&crate::tree::contents_file(tree))?;
@@ -421,6 +425,52 @@ fn check_new_bundle(path: &Path, keyring: &Keyring, open: &OpenOptions) -> Resul
     Ok(warnings)
 }
 
+/// Runs an image's bundle-time converters (`convert=`, RAUC 1.15) in the
+/// staged content `work`, after its digest was taken: `tar-extract`
+/// unpacks the archive into `<name>.extracted/` (numeric owners kept),
+/// `keep` leaves the input in the bundle, which otherwise goes. Returns
+/// the `converted=` names, one per method.
+fn convert_image(work: &Path, name: &str, methods: &[String]) -> Result<Vec<String>> {
+    let mut converted = Vec::new();
+    for method in methods {
+        match method.as_str() {
+            "tar-extract" => {
+                let out = format!("{name}.extracted");
+                let dir = work.join(&out);
+                fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&dir)
+                    .map_err(|e| Error::Other(format!("failed to create directory '{}': {e}", dir.display())))?;
+                let result = Command::new("tar")
+                    .arg("--numeric-owner")
+                    .arg("-xf")
+                    .arg(work.join(name))
+                    .arg("-C")
+                    .arg(&dir)
+                    .output()
+                    .map_err(|e| Error::Other(format!("failed to run tar extract: {e}")))?;
+                if !result.status.success() {
+                    let why = String::from_utf8_lossy(&result.stderr);
+                    return Err(Error::Other(format!("failed to run tar extract: {}", why.trim())));
+                }
+                converted.push(out);
+            }
+            "keep" => converted.push(name.to_string()),
+            "composefs" => {
+                return Err(Error::Other("Convert method 'composefs' is not supported by rota".to_string()));
+            }
+            other => return Err(Error::Other(format!("Unsupported convert method: {other}"))),
+        }
+    }
+    if !methods.iter().any(|m| m == "keep") {
+        let input = work.join(name);
+        fs::remove_file(&input).map_err(|e| {
+            Error::Other(format!("Failed to remove input artifact image after conversion '{}': {e}", input.display()))
+        })?;
+    }
+    Ok(converted)
+}
+
 /// `bundle <INPUTDIR> <BUNDLE>`; `announce` learns the format once the
 /// manifest is read.
 pub fn create(
@@ -474,13 +524,10 @@ pub fn create(
     if format == BundleFormat::Plain && manifest.images.iter().any(|i| i.artifact.is_some()) {
         return Err(Error::Other("Artifacts are not supported in bundles using plain format".to_string()));
     }
+    if format == BundleFormat::Plain && manifest.images.iter().any(|i| !i.convert.is_empty()) {
+        return Err(Error::Other("Image converters are not supported in plain bundles".to_string()));
+    }
     for img in &mut manifest.images {
-        if !img.convert.is_empty() {
-            return Err(Error::Other(format!(
-                "Converters ('convert=' in '[{}]') are not supported by rota's bundle tool yet",
-                img.group_name()
-            )));
-        }
         for m in &img.adaptive {
             if m != "block-hash-index" {
                 return Err(Error::Other(format!("Unsupported adaptive method: {m}")));
@@ -526,7 +573,31 @@ pub fn create(
         let (sha, size) = hash_image(&path, index.as_deref())?;
         img.sha256 = Some(sha);
         img.size = Some(size);
+        if !img.convert.is_empty() {
+            img.converted = convert_image(&work, &name, &img.convert)?;
+        }
     }
+    let warnings =
+        seal(&work, &mut manifest, &opts.mksquashfs_args, &trees, &signer, opts.signing.keyring.as_ref(), output)?;
+    Ok(Created { format, manifest, warnings })
+}
+
+/// The last steps of making a bundle, shared by `bundle` and `convert`:
+/// `manifest` written into the staged content `work`, squashed (tree
+/// images' block sums appended), sealed in the manifest's format (verity
+/// tree, encryption), signed, checked against `keyring` when given and
+/// moved to `output`. Returns the warnings.
+pub(crate) fn seal(
+    work: &Path,
+    manifest: &mut Manifest,
+    mksquashfs_args: &[String],
+    trees: &[String],
+    signer: &Signer,
+    keyring: Option<&Keyring>,
+    output: &Path,
+) -> Result<Vec<String>> {
+    let format = manifest.bundle.format;
+    let manifest_path = work.join("manifest.raucm");
     // Replace (never write through) the hard link to the author's manifest.
     fs::remove_file(&manifest_path).map_err(|e| io_err("replace", &manifest_path, e))?;
     fs::write(&manifest_path, manifest.to_text(ManifestCopy::Internal))
@@ -536,13 +607,14 @@ pub fn create(
     let mut out_guard = Cleanup(Some(tmp.clone()));
     // Contents of a tree image are read one by one: without fragments, the
     // tail of the contents file shares no compressed block with other files.
-    let mut squashfs_args = opts.mksquashfs_args.clone();
+    let mut squashfs_args = mksquashfs_args.to_vec();
     if !trees.is_empty() && !squashfs_args.iter().any(|a| a == "-no-fragments") {
         squashfs_args.push("-no-fragments".into());
     }
-    run_mksquashfs(&work, &tmp, &squashfs_args)?;
+    let keep_metadata = manifest.images.iter().any(|i| i.convert.iter().any(|c| c == "tar-extract"));
+    run_mksquashfs(work, &tmp, &squashfs_args, keep_metadata)?;
     if !trees.is_empty() {
-        append_block_sums(&tmp, &trees)?;
+        append_block_sums(&tmp, trees)?;
     }
     let file = FsOpen::new().read(true).write(true).open(&tmp).map_err(|e| io_err("open", &tmp, e))?;
     let data_size = file.metadata()?.len();
@@ -579,13 +651,13 @@ pub fn create(
     file.sync_all()?;
     drop(file);
     let mut warnings = signature_warnings(cms.len());
-    if let Some(k) = &opts.signing.keyring {
+    if let Some(k) = keyring {
         warnings.extend(check_new_bundle(&tmp, k, &OpenOptions::default())?);
     }
     check_new_output(output)?;
     fs::rename(&tmp, output).map_err(|e| io_err("create", output, e))?;
     out_guard.disarm();
-    Ok(Created { format, manifest, warnings })
+    Ok(warnings)
 }
 
 /// Copies the first `len` bytes of `source` into a new file at `out`.

@@ -6,8 +6,10 @@
 #![deny(missing_docs)]
 
 pub mod bundle;
+pub mod castore;
 pub mod cli;
 pub mod container;
+pub mod convert;
 pub mod create;
 pub mod error;
 pub mod exclusive;

@@ -331,6 +331,15 @@ pub struct Image {
 }
 
 impl Image {
+    /// The output of converter `method` (`converted=` entry at the same
+    /// place as `method` in `convert=`), when the two lists agree.
+    pub fn converted_for(&self, method: &str) -> Option<&str> {
+        if self.convert.len() != self.converted.len() {
+            return None;
+        }
+        self.convert.iter().position(|m| m == method).map(|i| self.converted[i].as_str())
+    }
+
     /// The group name this image is written under, e.g. `image.rootfs.variant`.
     pub fn group_name(&self) -> String {
         let mut n = format!("image.{}", self.slotclass);

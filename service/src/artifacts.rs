@@ -94,21 +94,46 @@ pub fn install(
     src: &ImageSource<'_>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<()> {
+    install_with(repo, name, digest, |tmp| {
+        let written = write_instance(repo, tmp, src, progress)?;
+        if written.1 != digest {
+            return failed(format!("Image '{}' has sha256 {} but the manifest says {digest}", src.name(), written.1));
+        }
+        Ok(())
+    })
+}
+
+/// Installs tree artifact `name` (`digest`: the sha256 of the archive it
+/// was extracted from) from the directory `dir` of the verified bundle
+/// `fs`, which a `tar-extract` converter made when the bundle was built:
+/// copied with owners, modes, times and links as they are in the bundle.
+pub fn install_extracted(
+    repo: &ArtifactRepoConfig,
+    name: &str,
+    digest: &str,
+    fs: &rota_bundle::squashfs::BundleFs,
+    dir: &str,
+) -> Result<()> {
+    install_with(repo, name, digest, |tmp| {
+        fs.extract_dir_to(dir, tmp).map_err(|e| Error::Failed(format!("Failed to copy tree '{dir}': {e}")))
+    })
+}
+
+/// The instance of `name` with `digest` as `write` makes it in a temporary
+/// entry, synced and renamed into place; nothing is left behind on failure.
+fn install_with(
+    repo: &ArtifactRepoConfig,
+    name: &str,
+    digest: &str,
+    write: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
     let target = repo.path.join(instance_entry(name, digest));
     let tmp = repo.path.join(format!("{}.tmp", instance_entry(name, digest)));
     crate::files::remove_any(&tmp).map_err(|e| Error::io("Failed to remove", &tmp, e))?;
-    let written = write_instance(repo, &tmp, src, progress);
-    let written = match written {
-        Ok(w) => w,
-        Err(e) => {
-            // Cancelled or failed halfway: nothing is left behind.
-            let _ = crate::files::remove_any(&tmp);
-            return Err(e);
-        }
-    };
-    if written.1 != digest {
+    if let Err(e) = write(&tmp) {
+        // Cancelled or failed halfway: nothing is left behind.
         let _ = crate::files::remove_any(&tmp);
-        return failed(format!("Image '{}' has sha256 {} but the manifest says {digest}", src.name(), written.1));
+        return Err(e);
     }
     sync_dir(&repo.path, true)?;
     std::fs::rename(&tmp, &target).map_err(|e| Error::io("Failed to rename artifact to", &target, e))?;

@@ -89,6 +89,8 @@ struct State {
     max_active: usize,
     /// Ranges overlapping these bytes wait until it is cleared.
     hold: Option<(u64, u64)>,
+    /// Requests for these paths wait until the hold is cleared.
+    held_paths: Vec<String>,
     /// Pending faults: what, at which byte, how many more times.
     faults: Vec<(Fault, u64, usize)>,
     /// Faults served so far.
@@ -177,9 +179,17 @@ impl Server {
         self.state.lock().unwrap().hold = Some((start, end));
     }
 
-    /// Lets held ranges through.
+    /// Holds back every request for `path` until [`Server::release`]: a
+    /// server that accepts the request and then says nothing.
+    pub fn hold_path(&self, path: &str) {
+        self.state.lock().unwrap().held_paths.push(path.to_string());
+    }
+
+    /// Lets held ranges and paths through.
     pub fn release(&self) {
-        self.state.lock().unwrap().hold = None;
+        let mut st = self.state.lock().unwrap();
+        st.hold = None;
+        st.held_paths.clear();
     }
 
     /// Misbehaves `times` times, for the next requests whose range covers byte `at`.
@@ -254,6 +264,9 @@ fn serve_connection(conn: TcpStream, state: &Mutex<State>, mode: &Mutex<Mode>) -
             continue;
         }
         thread::sleep(delay);
+        while state.lock().unwrap().held_paths.contains(&path) {
+            thread::sleep(std::time::Duration::from_millis(10));
+        }
         let end = file.as_ref().and_then(|d| req.header("range").and_then(|r| parse_range(r, d.len() as u64)));
         while end.is_some_and(|(a, b)| state.lock().unwrap().hold.is_some_and(|(s, e)| a < e && b >= s)) {
             thread::sleep(std::time::Duration::from_millis(10));

@@ -181,3 +181,40 @@ fn a_missing_repository_directory_is_reported_where_it_is_used() {
     fs::write(d.path("new.img"), vec![1u8; 4096]).unwrap();
     run(d.rota().args(["write-slot", "rootfs.1"]).arg(d.path("new.img"))).ok();
 }
+
+#[test]
+fn converted_tree_artifacts_install_from_the_extracted_tree_with_owners_and_modes() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let d = device("artifacts-converted");
+    let web = d.path("repos/web");
+    // tar-extract: the bundle holds web.tar.extracted/ and no web.tar; the
+    // tree keeps the owners and modes of the archive.
+    let images = "[image.rootfs]\nfilename=rootfs.img\n[image.web/site]\nfilename=web.tar\nconvert=tar-extract\n";
+    let b = bundle("artifacts-converted-1", &[], Some("<h1>extracted</h1>\n"), images);
+    let listing = run(Command::new("unsquashfs").arg("-lls").arg(&b)).ok().stdout;
+    assert!(
+        listing.contains("web.tar.extracted/index.html") && !listing.contains("squashfs-root/web.tar\n"),
+        "{listing}"
+    );
+    let info = run(d.rota().args(["info", "--output-format=json"]).arg(&b)).ok().stdout;
+    assert!(info.contains("\"converted\":[\"web.tar.extracted\"]"), "{info}");
+    run(d.rota().arg("install").arg(&b)).ok();
+    assert_eq!(fs::read_to_string(web.join("site/index.html")).unwrap(), "<h1>extracted</h1>\n");
+    assert_eq!(fs::read_to_string(web.join("site/css/site.css")).unwrap(), "body{}\n");
+    let meta = fs::metadata(web.join("site/index.html")).unwrap();
+    assert_eq!((meta.uid(), meta.permissions().mode() & 0o777), (0, 0o644));
+    // tar-extract;keep: both outputs are in the bundle; the tree is installed from the extracted one.
+    let images = "[image.rootfs]\nfilename=rootfs.img\n[image.web/site]\nfilename=web.tar\nconvert=tar-extract;keep\n";
+    let b = bundle("artifacts-converted-2", &[], Some("<h1>kept</h1>\n"), images);
+    let listing = run(Command::new("unsquashfs").arg("-lls").arg(&b)).ok().stdout;
+    assert!(listing.contains("squashfs-root/web.tar\n") && listing.contains("web.tar.extracted/index.html"));
+    run(d.rota().arg("install").arg(&b)).ok();
+    assert_eq!(fs::read_to_string(web.join("site/index.html")).unwrap(), "<h1>kept</h1>\n");
+    // A files repository cannot take an extracted tree: refused by name, nothing changes.
+    let images = "[image.rootfs]\nfilename=rootfs.img\n[image.apps/app]\nfilename=web.tar\nconvert=tar-extract\n";
+    let b = bundle("artifacts-converted-3", &[], Some("<h1>x</h1>\n"), images);
+    let r = run(d.rota().arg("install").arg(&b)).fails();
+    assert!(r.stderr.contains("Image 'apps/app' has unsupported format for repo type 'files'"), "{}", r.stderr);
+    assert!(!d.path("repos/apps/app").exists());
+    assert_eq!(fs::read_to_string(web.join("site/index.html")).unwrap(), "<h1>kept</h1>\n");
+}

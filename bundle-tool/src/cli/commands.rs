@@ -1,4 +1,4 @@
-//! The bundle commands: `bundle`, `resign`, `replace-signature`,
+//! The bundle commands: `bundle`, `resign`, `convert`, `replace-signature`,
 //! `extract-signature`, `extract`, `encrypt` and `info`.
 
 use super::options::OptSpec;
@@ -38,6 +38,18 @@ const RESIGN_OPTS: &[OptSpec] = &[
     NO_VERIFY,
     NO_CHECK_TIME,
     OptSpec::flag("append", "add a signer, keeping the existing signature"),
+];
+const CONVERT_OPTS: &[OptSpec] = &[
+    CERT,
+    SIGN_KEY,
+    INTERMEDIATE,
+    SIGNING_KEYRING,
+    TRUST_ENV,
+    KEYRING,
+    NO_VERIFY,
+    OptSpec::value("mksquashfs-args", "ARGS", "extra arguments for mksquashfs"),
+    OptSpec::value("casync-args", "ARGS", "casync make options: --chunk-size, --digest, --compression"),
+    OptSpec::value("ignore-image", "SLOTCLASS", "leave the images of this slot class as they are (repeatable)"),
 ];
 const REPLACE_OPTS: &[OptSpec] = &[KEYRING, SIGNING_KEYRING, NO_VERIFY, TRUST_ENV];
 const EXTRACT_SIG_OPTS: &[OptSpec] = &[KEYRING, DECRYPT_KEY, TRUST_ENV];
@@ -79,6 +91,16 @@ pub const HOST_COMMANDS: &[Command] = &[
         positionals: (2, 2),
         missing_args: "An input bundle and an output bundle name must be provided",
         run: cmd_resign,
+    },
+    Command {
+        name: "convert",
+        usage: "<INBUNDLE> <OUTBUNDLE>",
+        summary: "Convert a bundle to a casync bundle and chunk store",
+        group_title: "Convert options:",
+        options: CONVERT_OPTS,
+        positionals: (2, 2),
+        missing_args: "An input bundle and an output bundle name must be provided",
+        run: cmd_convert,
     },
     Command {
         name: "encrypt",
@@ -215,10 +237,7 @@ fn cmd_bundle(ctx: &Context) -> Result<(), CliError> {
     if signing.cert.is_none() || signing.key.is_none() {
         return fail("Cert and key files must be provided");
     }
-    let mksquashfs_args = match ctx.args.value("mksquashfs-args") {
-        Some(a) => shell_words::split(a).map_err(|e| CliError::from(format!("Invalid --mksquashfs-args: {e}")))?,
-        None => Vec::new(),
-    };
+    let mksquashfs_args = shell_args(ctx, "mksquashfs-args")?;
     if signing.keyring.is_none() {
         tracing::info!("No keyring given, skipping signature verification");
     }
@@ -234,6 +253,36 @@ fn cmd_resign(ctx: &Context) -> Result<(), CliError> {
     let opts = ResignOptions { signing: signing(ctx)?, open, append: ctx.args.has("append") };
     let warnings = create::resign(&location(ctx.arg(0)), Path::new(ctx.arg(1)), &opts)?;
     print_warnings(&warnings);
+    Ok(())
+}
+
+fn shell_args(ctx: &Context, option: &str) -> Result<Vec<String>, CliError> {
+    match ctx.args.value(option) {
+        Some(a) => shell_words::split(a).map_err(|e| CliError::from(format!("Invalid --{option}: {e}"))),
+        None => Ok(Vec::new()),
+    }
+}
+
+fn cmd_convert(ctx: &Context) -> Result<(), CliError> {
+    let signing = signing(ctx)?;
+    if signing.cert.is_none() || signing.key.is_none() {
+        return fail("Cert and key files must be provided");
+    }
+    let mut open = open_options(ctx, false)?;
+    open.verify.keyring = keyring_for(ctx, &Keyring::default(), "keyring");
+    let opts = crate::convert::ConvertOptions {
+        signing,
+        open,
+        ignore_images: ctx.args.values("ignore-image").iter().map(|s| s.to_string()).collect(),
+        casync_args: shell_args(ctx, "casync-args")?,
+        mksquashfs_args: shell_args(ctx, "mksquashfs-args")?,
+    };
+    let out = ctx.arg(1);
+    let converted =
+        crate::convert::convert(&location(ctx.arg(0)), Path::new(out), &opts, &mut |line| tracing::info!("{line}"))
+            .map_err(|e| CliError::from(format!("Failed to create bundle: {e}")))?;
+    print_warnings(&converted.warnings);
+    println!("Bundle written to {out}");
     Ok(())
 }
 

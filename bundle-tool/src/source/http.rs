@@ -5,6 +5,7 @@
 //! with read-ahead when access is sequential. Every response must be `206`
 //! with a `Content-Range` that matches the request exactly.
 
+pub mod objects;
 mod spellings;
 mod transport;
 
@@ -322,6 +323,39 @@ struct Target {
     identity: Option<(HeaderName, String)>,
 }
 
+/// The slowest transfer accepted: at least `min_speed` bytes per second
+/// over each measuring period (one stall timeout).
+struct SpeedCheck {
+    start: tokio::time::Instant,
+    bytes: u64,
+    period: Duration,
+    min_speed: u64,
+}
+
+impl SpeedCheck {
+    fn new(period: Duration, min_speed: u64) -> SpeedCheck {
+        SpeedCheck { start: tokio::time::Instant::now(), bytes: 0, period, min_speed }
+    }
+
+    /// Counts `n` bytes that arrived; fails a transfer too slow over the
+    /// period that just ended, when more bytes are still expected.
+    fn add(&mut self, n: u64, more_expected: bool) -> Result<(), FetchError> {
+        self.bytes += n;
+        let elapsed = self.start.elapsed();
+        if elapsed >= self.period && more_expected {
+            if self.bytes < self.min_speed.saturating_mul(elapsed.as_secs()) {
+                return Err(FetchError::Transient(format!(
+                    "transfer slower than {} bytes/s for {} s",
+                    self.min_speed,
+                    elapsed.as_secs()
+                )));
+            }
+            *self = SpeedCheck::new(self.period, self.min_speed);
+        }
+        Ok(())
+    }
+}
+
 /// A successful range response.
 struct Fetched {
     body: Vec<u8>,
@@ -418,8 +452,7 @@ impl Target {
         let headers = std::mem::take(&mut resp.headers);
         let want = (end - from + 1) as usize;
         let mut got = 0;
-        // Bytes since the start of the current measuring period (one stall timeout).
-        let mut period = (tokio::time::Instant::now(), 0u64);
+        let mut speed = SpeedCheck::new(self.stall, self.min_speed);
         loop {
             let chunk = resp.chunk().await.map_err(|e| FetchError::Transient(format!("transfer failed: {e}")))?;
             let Some(chunk) = chunk else { break };
@@ -432,18 +465,7 @@ impl Target {
             if CancelCheck::cancelled(&self.cancel) {
                 return Err(FetchError::Fatal(CANCELLED.to_string()));
             }
-            period.1 += chunk.len() as u64;
-            let elapsed = period.0.elapsed();
-            if elapsed >= self.stall && got < want {
-                if period.1 < self.min_speed.saturating_mul(elapsed.as_secs()) {
-                    return Err(FetchError::Transient(format!(
-                        "transfer slower than {} bytes/s for {} s",
-                        self.min_speed,
-                        elapsed.as_secs()
-                    )));
-                }
-                period = (tokio::time::Instant::now(), 0);
-            }
+            speed.add(chunk.len() as u64, got < want)?;
         }
         if got != want {
             return Err(FetchError::Transient(format!("short response: got {got} of {want} bytes")));
@@ -510,6 +532,88 @@ impl Target {
     }
 }
 
+impl Target {
+    /// One attempt at a whole file (`GET` without a range): `Ok(None)` for
+    /// 404, the body when it is `200` and at most `limit` bytes.
+    async fn fetch_object_once(&self, url: &str, limit: u64) -> Result<Option<Vec<u8>>, FetchError> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let mut resp = self.client.get(url, &self.headers).await.map_err(|e| match e {
+            SendError::Tls(m) => FetchError::Fatal(format!("TLS handshake failed: {m}")),
+            SendError::Connect(m) => FetchError::NoResponse(m),
+            SendError::Transient(m) => FetchError::Transient(m),
+            SendError::Fatal(m) => FetchError::Fatal(m),
+        })?;
+        match resp.status {
+            200 => {}
+            404 | 410 => return Ok(None),
+            s => {
+                let msg = format!("unexpected HTTP response code {s}");
+                let retry = s >= 500 || s == 408 || s == 429;
+                return Err(if retry { FetchError::Transient(msg) } else { FetchError::Fatal(msg) });
+            }
+        }
+        let mut body = Vec::new();
+        let mut speed = SpeedCheck::new(self.stall, self.min_speed);
+        loop {
+            let chunk = resp.chunk().await.map_err(|e| FetchError::Transient(format!("transfer failed: {e}")))?;
+            let Some(chunk) = chunk else { break };
+            self.stats.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            if (body.len() + chunk.len()) as u64 > limit {
+                return Err(FetchError::Fatal(format!("larger than {limit} bytes")));
+            }
+            body.extend_from_slice(&chunk);
+            if CancelCheck::cancelled(&self.cancel) {
+                return Err(FetchError::Fatal(CANCELLED.to_string()));
+            }
+            speed.add(chunk.len() as u64, true)?;
+        }
+        Ok(Some(body))
+    }
+
+    /// A whole file, with the retries, pauses, attempt cap and deadline of
+    /// [`Target::fetch`] (a failed attempt starts over: no range to resume).
+    async fn fetch_object(&self, url: &str, limit: u64) -> Result<Option<Vec<u8>>, String> {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let late = || format!("no complete response within {} s", self.request_timeout.as_secs());
+        let (mut attempt, mut pause) = (0, self.retry_pause);
+        loop {
+            if CancelCheck::cancelled(&self.cancel) {
+                return Err(CANCELLED.to_string());
+            }
+            let Ok(outcome) = tokio::time::timeout_at(deadline, self.fetch_object_once(url, limit)).await else {
+                return Err(late());
+            };
+            match outcome {
+                Ok(body) => return Ok(body),
+                Err(FetchError::Transient(m) | FetchError::NoResponse(m))
+                    if attempt < self.retries && attempt + 1 < self.max_attempts =>
+                {
+                    attempt += 1;
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("request for {} failed: {m} (retrying {attempt}/{})", shown_url(url), self.retries);
+                    if !self.pause(pause, deadline).await {
+                        return Err(if CancelCheck::cancelled(&self.cancel) { CANCELLED.to_string() } else { late() });
+                    }
+                    pause = (pause * 2).min(self.max_retry_pause);
+                }
+                Err(FetchError::NoResponse(m)) => return Err(format!("server not responding: {m}")),
+                Err(FetchError::Transient(m)) => return Err(format!("{m} (gave up after {} attempts)", attempt + 1)),
+                Err(FetchError::Fatal(m)) => return Err(m),
+            }
+        }
+    }
+}
+
+/// The runtime HTTP work runs on: one worker thread of its own.
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("rota-http")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("failed to start HTTP runtime: {e}"))
+}
+
 /// How often a wait looks whether its work was cancelled.
 const CANCEL_POLL: Duration = Duration::from_millis(100);
 
@@ -552,12 +656,7 @@ impl HttpSource {
         if let Ok(ua) = HeaderValue::from_str(&opts.user_agent) {
             first_headers.insert(http::header::USER_AGENT, ua);
         }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("rota-http")
-            .enable_all()
-            .build()
-            .map_err(|e| fail(format!("failed to start HTTP runtime: {e}")))?;
+        let runtime = runtime().map_err(fail)?;
         let stats = Arc::new(HttpStats::default());
         let probe_target = Target::new(&opts, client.clone(), url.to_string(), first_headers, stats.clone());
         let probe = wait_for(&runtime, &opts.cancel, async move { probe_target.fetch(0, 3, None).await })

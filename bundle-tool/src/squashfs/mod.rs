@@ -263,6 +263,35 @@ impl BundleFs {
     /// written by a few workers that take them in on-disk order, sparse (zero
     /// 4 KiB pages become holes).
     pub fn extract_to(&self, dest: &Path) -> Result<()> {
+        self.extract_mapped(dest, &|relp, _| Some(relp.to_string()))
+    }
+
+    /// [`BundleFs::extract_to`] leaving out the regular files (by path
+    /// inside the bundle) for which `wanted` says no.
+    pub fn extract_files_to(&self, dest: &Path, wanted: &dyn Fn(&str) -> bool) -> Result<()> {
+        self.extract_mapped(dest, &|relp, is_file| (!is_file || wanted(relp)).then(|| relp.to_string()))
+    }
+
+    /// [`BundleFs::extract_to`] of the directory `dir` of the bundle only:
+    /// its contents land directly below `dest`.
+    pub fn extract_dir_to(&self, dir: &str, dest: &Path) -> Result<()> {
+        let prefix = format!("{}/", dir.trim_matches('/'));
+        if !matches!(self.node(dir).map(|n| &n.inner), Some(InnerNode::Dir(_))) {
+            return Err(Error::Other(format!("'{dir}' in bundle is not a directory")));
+        }
+        self.extract_mapped(dest, &|relp, _| {
+            if relp == prefix.trim_end_matches('/') {
+                Some(String::new())
+            } else {
+                relp.strip_prefix(&prefix).map(str::to_string)
+            }
+        })
+    }
+
+    /// Extracts the entries `place` maps (path inside the bundle, whether
+    /// it is a regular file) to a path below `dest` (`""`: `dest` itself);
+    /// the others are left out.
+    fn extract_mapped(&self, dest: &Path, place: &dyn Fn(&str, bool) -> Option<String>) -> Result<()> {
         std::fs::create_dir_all(dest).map_err(|e| io_err("create", dest, e))?;
         let is_root = unsafe { libc::geteuid() } == 0;
         let mut dirs = Vec::new();
@@ -272,6 +301,7 @@ impl BundleFs {
             if relp.split('/').any(|c| c == ".." || c == ".") {
                 return Err(Error::Payload(format!("Invalid path in bundle: {relp}")));
             }
+            let Some(relp) = place(&relp, matches!(node.inner, InnerNode::File(_))) else { continue };
             let target = if relp.is_empty() { dest.to_path_buf() } else { dest.join(&relp) };
             let mode = u32::from(node.header.permissions) & 0o7777;
             match &node.inner {
@@ -283,7 +313,7 @@ impl BundleFs {
                     continue;
                 }
                 InnerNode::File(f) => {
-                    files.push((target, relp, f, node));
+                    files.push((target, rel(&node.fullpath), f, node));
                     continue;
                 }
                 InnerNode::Symlink(s) => {

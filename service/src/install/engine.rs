@@ -3,6 +3,7 @@
 use super::adaptive;
 use super::archive;
 use super::bootregion;
+use super::casync::{self, StoreSetup};
 use super::control::InstallControl;
 use super::emmc;
 use super::flash;
@@ -221,6 +222,7 @@ fn run(
         return failed("Refusing to install unencrypted crypt bundles");
     }
     p.end(true);
+    let store = StoreSetup::new(system, &args.location, open.http.clone());
     let manifest = bundle.manifest().clone();
     let manifest_hash = bundle.manifest_hash();
     *info = (Some(manifest.clone()), Some(manifest_hash.clone()));
@@ -278,8 +280,11 @@ fn run(
             p.end(true);
             Outcome { transaction_id: txn.to_string(), written: Vec::new(), artifacts: Vec::new(), activated: None }
         }
-        _ => default_handler(system, &fs, mounted.as_ref(), &manifest, &manifest_hash, &group, txn, control, p)
-            .map_err(|e| e.context("Installation error"))?,
+        _ => {
+            let src = Sources { fs: &fs, mounted: mounted.as_ref(), store: &store };
+            default_handler(system, &src, &manifest, &manifest_hash, &group, txn, control, p)
+                .map_err(|e| e.context("Installation error"))?
+        }
     };
     bundle.log_http_stats();
     if let Some(post) = &system.config.handlers.post_install {
@@ -290,11 +295,18 @@ fn run(
     Ok(outcome)
 }
 
+/// Where images come from: the bundle's files, the bundle mounted for
+/// hooks (when it is), the chunk store of casync images.
+struct Sources<'a> {
+    fs: &'a BundleFs,
+    mounted: Option<&'a MountedBundle>,
+    store: &'a StoreSetup,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn default_handler(
     system: &System,
-    fs: &BundleFs,
-    mounted: Option<&MountedBundle>,
+    src: &Sources<'_>,
     manifest: &Manifest,
     manifest_hash: &str,
     group: &[usize],
@@ -302,6 +314,7 @@ fn default_handler(
     control: &InstallControl,
     p: &mut Progress<'_>,
 ) -> Result<Outcome> {
+    let fs = src.fs;
     let images = manifest.select_images(system.variant()).map_err(Error::Failed)?;
     let plans = plan::plans(system, group, &images)?;
     artifacts::init(system)?;
@@ -310,8 +323,12 @@ fn default_handler(
         return failed("No installable image found");
     }
     // Pre-checks for every plan before anything is written.
+    // An artifact whose converted outputs are in the bundle may lack its
+    // input (converters drop it unless told to keep it).
     let check_source = |image: &Image| match image.filename.as_deref() {
-        Some(f) if fs.entry(f).is_none() => failed(format!("Source image '{f}' not found in bundle")),
+        Some(f) if fs.entry(f).is_none() && (image.artifact.is_none() || image.converted.is_empty()) => {
+            failed(format!("Source image '{f}' not found in bundle"))
+        }
         _ => Ok(()),
     };
     for ap in &artifact_plans {
@@ -345,7 +362,7 @@ fn default_handler(
     let mut written = Vec::new();
     for pl in &plans {
         control.check()?;
-        update_slot(system, fs, mounted, manifest, manifest_hash, pl, txn, control, p)?;
+        update_slot(system, src, manifest, manifest_hash, pl, txn, control, p)?;
         written.push(system.slots[pl.slot].config.name.clone());
     }
     // Artifacts are staged next to the running system's, which keep being
@@ -397,8 +414,7 @@ fn default_handler(
 #[allow(clippy::too_many_arguments)]
 fn update_slot(
     system: &System,
-    fs: &BundleFs,
-    mounted: Option<&MountedBundle>,
+    sources: &Sources<'_>,
     manifest: &Manifest,
     manifest_hash: &str,
     pl: &Plan<'_>,
@@ -406,6 +422,7 @@ fn update_slot(
     control: &InstallControl,
     p: &mut Progress<'_>,
 ) -> Result<()> {
+    let (fs, mounted) = (sources.fs, sources.mounted);
     let slot = &system.slots[pl.slot];
     let name = &slot.config.name;
     let check_text = match &slot.config.bootname {
@@ -477,11 +494,29 @@ fn update_slot(
             p.fraction(n as f64 / total);
             p.bytes(name, n, size);
         };
-        let src = pl.image.filename.as_deref().map(|f| write::ImageSource::Bundle(fs, f));
-        let guarded = src.as_ref().map(|s| write::ImageSource::Guarded(s, control));
-        let before = previous.sha256.as_deref();
-        let dir = mounted.map(|m| m.dir());
-        write_image(system, guarded.as_ref(), pl, dir, slot_hooks.as_ref(), before, &mut on_bytes)
+        let blob = match pl.image.filename.as_deref() {
+            Some(f) if casync::is_blob_index(image) => {
+                Some(casync::BlobImage::open(system, fs, f, pl.slot, sources.store))
+            }
+            _ => None,
+        }
+        .transpose();
+        let written = blob.and_then(|blob| {
+            let src = match (&blob, pl.image.filename.as_deref()) {
+                (Some(b), _) => Some(write::ImageSource::Casync(b)),
+                (None, f) => f.map(|f| write::ImageSource::Bundle(fs, f)),
+            };
+            let guarded = src.as_ref().map(|s| write::ImageSource::Guarded(s, control));
+            let before = previous.sha256.as_deref();
+            let dir = mounted.map(|m| m.dir());
+            write_image(system, guarded.as_ref(), pl, dir, slot_hooks.as_ref(), before, &mut on_bytes)?;
+            Ok(blob.map(|b| b.summary()))
+        });
+        written.map(|summary| {
+            if let Some(s) = summary {
+                p.message(&s);
+            }
+        })
     };
     if let Err(e) = r {
         if let Err(se) = system.save_status(slot, &fresh("failed")) {
@@ -515,13 +550,25 @@ fn stage_artifact(
     if !reuse {
         let size = image.size.unwrap_or(0);
         let total = size.max(1) as f64;
-        let f = image.filename.as_deref().unwrap_or("");
-        let src = write::ImageSource::Bundle(fs, f);
-        artifacts::install(repo, name, digest, &write::ImageSource::Guarded(&src, control), &mut |n| {
-            p.fraction(n as f64 / total);
-            p.bytes(&repo.name, n, size);
-        })
-        .map_err(|e| e.context(&format!("Failed updating artifact '{name}' in repo '{}'", repo.name)))?;
+        let trees = repo.repo_type == crate::config::ArtifactRepoType::Trees;
+        let extracted = image.converted_for("tar-extract").filter(|_| trees);
+        let f = image.converted_for("keep").or(image.filename.as_deref()).unwrap_or("");
+        let r = match extracted {
+            Some(dir) => artifacts::install_extracted(repo, name, digest, fs, dir),
+            None if fs.entry(f).is_none() => failed(format!(
+                "Image '{}/{name}' has unsupported format for repo type '{}'",
+                image.slotclass,
+                repo.repo_type.as_str()
+            )),
+            None => {
+                let src = write::ImageSource::Bundle(fs, f);
+                artifacts::install(repo, name, digest, &write::ImageSource::Guarded(&src, control), &mut |n| {
+                    p.fraction(n as f64 / total);
+                    p.bytes(&repo.name, n, size);
+                })
+            }
+        };
+        r.map_err(|e| e.context(&format!("Failed updating artifact '{name}' in repo '{}'", repo.name)))?;
     }
     p.end(true);
     Ok(!reuse)

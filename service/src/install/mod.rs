@@ -5,6 +5,7 @@
 pub mod adaptive;
 pub mod archive;
 pub mod bootregion;
+pub mod casync;
 pub mod control;
 pub mod emmc;
 pub mod engine;

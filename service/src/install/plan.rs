@@ -82,6 +82,23 @@ pub fn method_for(image: &Image, slot_type: SlotType) -> Result<Method> {
         (I::Tar, S::Ubifs | S::Jffs2) => Some(Method::ArchiveToFs),
         (I::Raw, S::BootEmmc) => Some(Method::Emmc),
         (I::Tree, S::Ext4 | S::Vfat) => Some(Method::TreeToFs),
+        // casync blob indexes: the reassembled image is written as RAUC's
+        // handler table says (raw, except ext4 into ext4), flash through
+        // the flash writers.
+        (I::Ext4Caibx, S::Ext4) => Some(Method::ImageToFs),
+        (I::RawCaibx, S::Ext4 | S::Vfat | S::Jffs2) => Some(Method::Copy),
+        (I::Ext4Caibx | I::VfatCaibx | I::RawCaibx | I::SquashfsCaibx, S::Raw) => Some(Method::Copy),
+        (I::RawCaibx, S::Nor) => Some(Method::Flash(Flash::Nor)),
+        (I::RawCaibx, S::Nand) => Some(Method::Flash(Flash::Nand)),
+        (I::SquashfsCaibx | I::UbifsCaibx | I::RawCaibx, S::Ubivol) | (I::UbifsCaibx | I::RawCaibx, S::Ubifs) => {
+            Some(Method::Flash(Flash::UbiVolume))
+        }
+        (I::Caidx | I::Catar, S::Ext4 | S::Ubifs | S::Vfat) => {
+            return failed(format!(
+                "casync directory archive '{}' cannot be installed: rota reads casync blob indexes (.caibx) but not yet directory archives",
+                image.filename.as_deref().unwrap_or("")
+            ));
+        }
         _ => None,
     };
     let m =

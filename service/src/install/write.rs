@@ -60,6 +60,8 @@ pub enum ImageSource<'a> {
     Bundle(&'a BundleFs, &'a str),
     /// A local file (`write-slot`).
     File(&'a Path),
+    /// A casync blob image reassembled from seeds and its chunk store.
+    Casync(&'a super::casync::BlobImage),
     /// Another source whose copy stops once its installation is cancelled.
     Guarded(&'a ImageSource<'a>, &'a super::control::InstallControl),
 }
@@ -70,6 +72,7 @@ impl ImageSource<'_> {
         match self {
             ImageSource::Bundle(_, p) => p.to_string(),
             ImageSource::File(p) => p.display().to_string(),
+            ImageSource::Casync(b) => b.name().to_string(),
             ImageSource::Guarded(inner, _) => inner.name(),
         }
     }
@@ -80,6 +83,7 @@ impl ImageSource<'_> {
         match self {
             ImageSource::Bundle(_, p) => bundle_dir.map(|d| d.join(p)),
             ImageSource::File(p) => Some(p.to_path_buf()),
+            ImageSource::Casync(_) => None,
             ImageSource::Guarded(inner, _) => inner.local_path(bundle_dir),
         }
     }
@@ -92,6 +96,7 @@ impl ImageSource<'_> {
                     File::open(p).map_err(|e| Error::Failed(format!("Failed to open '{}': {e}", p.display())))?;
                 std::io::copy(&mut f, out).map_err(|e| Error::Failed(format!("Failed writing image: {e}")))
             }
+            ImageSource::Casync(b) => b.copy_to(out),
             ImageSource::Guarded(inner, control) => {
                 let r = inner.copy_to(&mut super::control::Guarded { out, control });
                 // A cancelled copy says so, whatever layer reported the refused write.
