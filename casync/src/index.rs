@@ -76,7 +76,7 @@ impl Index {
     }
 
     /// Reads an index from `r`, with casync's checks (§3.4): record sizes
-    /// and magics, chunk sizes in range, end offsets rising, no chunk over
+    /// and magics, known and normalised feature flags (§4.3), chunk sizes in range, end offsets rising, no chunk over
     /// max, a well-formed tail and nothing after it.
     pub fn read(mut r: impl Read) -> Result<Index, IndexError> {
         let bad = |m: String| IndexError::Invalid(m);
@@ -85,7 +85,7 @@ impl Index {
         if u64_at(&head, 0) != 48 || u64_at(&head, 8) != INDEX_MAGIC {
             return Err(bad("no INDEX record at the start".into()));
         }
-        let flags = u64_at(&head, 16);
+        let flags = crate::flags::check(u64_at(&head, 16)).map_err(|e| bad(e.to_string()))?;
         let sizes = ChunkSizes { min: u64_at(&head, 24), avg: u64_at(&head, 32), max: u64_at(&head, 40) };
         let sizes = sizes.checked().map_err(|e| bad(e.to_string()))?;
         if u64_at(&head, 48) != u64::MAX || u64_at(&head, 56) != TABLE_MAGIC {
@@ -231,6 +231,12 @@ mod tests {
         let mut sizes = b.clone();
         sizes[24..32].copy_from_slice(&(1u64 << 40).to_le_bytes());
         assert!(err(&sizes).contains("invalid chunk sizes"));
+        let mut flags = b.clone();
+        // 16- and 32-bit uids together: not casync's normal form.
+        flags[16..24].copy_from_slice(&(BLOB_FLAGS | 3).to_le_bytes());
+        assert!(err(&flags).contains("are not normalised"), "{}", err(&flags));
+        flags[16..24].copy_from_slice(&(BLOB_FLAGS | 1 << 40).to_le_bytes());
+        assert!(err(&flags).contains("unknown feature flags"), "{}", err(&flags));
         let mut big = b;
         // First chunk longer than max (256 KiB).
         big[64..72].copy_from_slice(&(300_000u64).to_le_bytes());

@@ -5,10 +5,13 @@
 //! files ([`index`]). It depends on nothing of rota.
 #![deny(missing_docs)]
 
+pub mod archive;
 pub mod blob;
 mod buzhash_table;
+pub mod catar;
 pub mod chunker;
 pub mod digest;
+pub mod flags;
 pub mod index;
 pub mod seed;
 pub mod store;

@@ -1,8 +1,9 @@
 //! Seeds (spec §10): chunks already on the device. An image file or block
 //! device (the booted slot, the old content of the target) is cut with the
-//! index's chunk sizes; a chunk of the index that the seed holds is read
-//! from there instead of the store, and used only when its bytes hash to
-//! its ID at the time they are read.
+//! index's chunk sizes; a directory tree (a mounted slot) is encoded as the
+//! catar stream the index's flags give and cut the same way. A chunk of the
+//! index that the seed holds is read from there instead of the store, and
+//! used only when its bytes hash to its ID at the time they are read.
 
 use crate::chunker::{ChunkSizes, Chunker};
 use crate::digest::{ChunkId, DigestKind};
@@ -12,14 +13,121 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-/// A seed: a file or block device and where its chunks are.
+/// A seed: a file, block device or directory tree and where its chunks are.
 #[derive(Debug)]
 pub struct Seed {
     path: PathBuf,
-    file: File,
+    bytes: Bytes,
     chunks: HashMap<ChunkId, (u64, u64)>,
     /// The seed is the output being written (in place, front to back).
     output: bool,
+}
+
+/// Where a seed's stream comes from.
+#[derive(Debug)]
+enum Bytes {
+    /// A file or device read at the chunk's offset.
+    Blob(File),
+    /// A tree's catar stream, rebuilt from its map.
+    Tree(TreeMap),
+}
+
+/// The catar stream of a tree as pieces: the archive's own records kept in
+/// memory (about 150 bytes per entry), file contents by path and offset.
+#[derive(Debug, Default)]
+struct TreeMap {
+    /// The record bytes, back to back.
+    records: Vec<u8>,
+    /// Pieces in stream order: start in the stream, length, where.
+    pieces: Vec<(u64, u64, Piece)>,
+    files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Piece {
+    /// At this offset of `records`.
+    Records(u64),
+    /// From the start of file `files[i]`.
+    File(usize),
+}
+
+impl TreeMap {
+    /// The stream's bytes `[offset, offset + len)`.
+    fn read(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(len as usize);
+        let end = offset + len;
+        let mut i = self.pieces.partition_point(|p| p.0 + p.1 <= offset);
+        let mut at = offset;
+        while at < end {
+            let Some(&(start, plen, piece)) = self.pieces.get(i) else {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "beyond the seed's stream"));
+            };
+            let from = at - start;
+            let n = (plen - from).min(end - at);
+            match piece {
+                Piece::Records(r) => {
+                    let s = (r + from) as usize;
+                    out.extend_from_slice(&self.records[s..s + n as usize]);
+                }
+                Piece::File(f) => {
+                    let mut buf = vec![0u8; n as usize];
+                    File::open(&self.files[f])?.read_exact_at(&mut buf, from)?;
+                    out.extend(buf);
+                }
+            }
+            at += n;
+            i += 1;
+        }
+        Ok(out)
+    }
+}
+
+/// The sink a tree seed is encoded into: chunks the stream and maps it.
+struct TreeRecorder {
+    map: TreeMap,
+    maker: crate::blob::Maker<'static>,
+    pos: u64,
+    /// Where the file contents being written end.
+    file_end: u64,
+}
+
+impl io::Write for TreeRecorder {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.maker.write_all(buf)?;
+        let mut rest = buf;
+        while !rest.is_empty() {
+            if self.pos < self.file_end {
+                let n = rest.len().min((self.file_end - self.pos) as usize);
+                self.pos += n as u64;
+                rest = &rest[n..];
+                continue;
+            }
+            // Record bytes: extend the last records piece or start one.
+            let r = self.map.records.len() as u64;
+            match self.map.pieces.last_mut() {
+                Some((start, len, Piece::Records(_))) if *start + *len == self.pos => *len += rest.len() as u64,
+                _ => self.map.pieces.push((self.pos, rest.len() as u64, Piece::Records(r))),
+            }
+            self.map.records.extend_from_slice(rest);
+            self.pos += rest.len() as u64;
+            rest = &[];
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl crate::catar::encode::Sink for TreeRecorder {
+    fn payload(&mut self, path: &Path, len: u64) {
+        if len > 0 {
+            self.map.files.push(path.to_path_buf());
+            self.map.pieces.push((self.pos, len, Piece::File(self.map.files.len() - 1)));
+        }
+        self.file_end = self.pos + len;
+    }
 }
 
 impl Seed {
@@ -39,6 +147,34 @@ impl Seed {
         Self::read(path, sizes, digest, true)
     }
 
+    /// A seed of the directory tree at `root` (a mounted slot), encoded
+    /// with the archive `flags` of the index it will serve. Memory: the
+    /// tree's archive records (about 150 bytes per entry) and paths, plus
+    /// about 48 bytes per chunk.
+    pub fn open_tree(
+        root: &Path,
+        flags: u64,
+        sizes: ChunkSizes,
+        digest: DigestKind,
+    ) -> Result<Seed, crate::catar::CatarError> {
+        let mut rec = TreeRecorder {
+            map: TreeMap::default(),
+            maker: crate::blob::Maker::new(sizes, digest, None),
+            pos: 0,
+            file_end: 0,
+        };
+        crate::catar::encode::encode_to(root, flags, &mut rec)?;
+        let index = rec.maker.finish().map_err(|e| crate::catar::CatarError::Io {
+            path: root.display().to_string(),
+            source: io::Error::other(e.to_string()),
+        })?;
+        let mut chunks = HashMap::new();
+        for item in index.items {
+            chunks.entry(item.id).or_insert((item.offset, item.size));
+        }
+        Ok(Seed { path: root.to_path_buf(), bytes: Bytes::Tree(rec.map), chunks, output: false })
+    }
+
     fn read(path: &Path, sizes: ChunkSizes, digest: DigestKind, output: bool) -> io::Result<Seed> {
         let file = File::open(path)?;
         let mut chunks = HashMap::new();
@@ -54,7 +190,7 @@ impl Seed {
             offset += len;
             Ok(())
         })?;
-        Ok(Seed { path: path.to_path_buf(), file, chunks, output })
+        Ok(Seed { path: path.to_path_buf(), bytes: Bytes::Blob(file), chunks, output })
     }
 
     /// The seed's path.
@@ -85,8 +221,14 @@ impl Seed {
             return None;
         }
         let &(offset, len) = self.chunks.get(id)?;
-        let mut data = vec![0u8; len as usize];
-        self.file.read_exact_at(&mut data, offset).ok()?;
+        let data = match &self.bytes {
+            Bytes::Blob(file) => {
+                let mut data = vec![0u8; len as usize];
+                file.read_exact_at(&mut data, offset).ok()?;
+                data
+            }
+            Bytes::Tree(map) => map.read(offset, len).ok()?,
+        };
         (digest.digest(&data) == *id).then_some(data)
     }
 }
