@@ -42,7 +42,7 @@ pub struct Converted {
 }
 
 /// How chunks are made: the `casync make` options RAUC passes on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MakeArgs {
     /// `--chunk-size=AVG` or `MIN:AVG:MAX`.
     pub sizes: ChunkSizes,
@@ -50,11 +50,32 @@ pub struct MakeArgs {
     pub digest: DigestKind,
     /// `--compression=zstd|xz|gzip`.
     pub compression: Compression,
+    /// `--with=` words (archives), after RAUC's own `unix`.
+    pub with: Vec<String>,
+    /// `--without=` words (archives).
+    pub without: Vec<String>,
 }
 
 impl Default for MakeArgs {
     fn default() -> MakeArgs {
-        MakeArgs { sizes: ChunkSizes::default(), digest: DigestKind::Sha512_256, compression: Compression::Zstd }
+        MakeArgs {
+            sizes: ChunkSizes::default(),
+            digest: DigestKind::Sha512_256,
+            compression: Compression::Zstd,
+            with: Vec::new(),
+            without: Vec::new(),
+        }
+    }
+}
+
+impl MakeArgs {
+    /// The feature flags of archive indexes: RAUC's `--with=unix` plus the
+    /// words given, minus the `--without` ones.
+    pub fn archive_flags(&self) -> Result<u64> {
+        let with: Vec<&str> = std::iter::once("unix").chain(self.with.iter().map(String::as_str)).collect();
+        let without: Vec<&str> = self.without.iter().map(String::as_str).collect();
+        casync::flags::archive_flags(&with, &without, self.digest == DigestKind::Sha512_256)
+            .map_err(|e| Error::Other(format!("Invalid casync argument: {e}")))
     }
 }
 
@@ -75,9 +96,8 @@ fn parse_size(text: &str) -> Option<u64> {
     n.checked_mul(factor)
 }
 
-/// Reads the `casync make` options of `--casync-args`. Options that shape
-/// only directory archives (`--with`, `--without`) are accepted; anything
-/// else is refused rather than silently ignored.
+/// Reads the `casync make` options of `--casync-args`; anything else is
+/// refused rather than silently ignored.
 pub fn parse_make_args(args: &[String]) -> Result<MakeArgs> {
     let mut out = MakeArgs::default();
     let bad = |m: String| Err(Error::Other(format!("Invalid casync argument: {m}")));
@@ -119,7 +139,11 @@ pub fn parse_make_args(args: &[String]) -> Result<MakeArgs> {
                     _ => return bad(format!("unknown compression '{value}' (zstd, xz or gzip)")),
                 }
             }
-            _ => {}
+            "--with" | "--without" => {
+                casync::flags::parse_word(&value).map_err(|e| Error::Other(format!("Invalid casync argument: {e}")))?;
+                if name == "--with" { out.with.push(value) } else { out.without.push(value) }
+            }
+            _ => unreachable!("only options that take a value get here"),
         }
     }
     Ok(out)
@@ -128,6 +152,62 @@ pub fn parse_make_args(args: &[String]) -> Result<MakeArgs> {
 /// Whether RAUC treats the image as a directory archive (`*.tar*`, `*.catar`).
 fn is_archive(filename: &str) -> bool {
     filename.contains(".tar") || filename.ends_with(".catar")
+}
+
+/// GNU tar's decompression option for an archive named `filename`.
+pub fn tar_compression_flag(filename: &str) -> Option<&'static str> {
+    const FLAGS: &[(&[&str], &str)] = &[
+        (&[".gz", ".tgz", ".taz"], "-z"),
+        (&[".Z", ".taZ"], "-Z"),
+        (&[".bz2", ".tbz", ".tbz2", ".tz2"], "-j"),
+        (&[".lz"], "--lzip"),
+        (&[".lzma", ".tlz"], "--lzma"),
+        (&[".lzo"], "--lzop"),
+        (&[".xz", ".txz"], "-J"),
+        (&[".zst", ".tzst"], "--zstd"),
+    ];
+    FLAGS.iter().find(|(suffixes, _)| suffixes.iter().any(|s| filename.ends_with(s))).map(|(_, flag)| *flag)
+}
+
+/// Whether this process can give unpacked files any owner: root, or under
+/// fakeroot or bitbake's pseudo (which answer for the files they made).
+fn can_own_files() -> bool {
+    let pseudo = std::env::var_os("PSEUDO_LOCALSTATEDIR").is_some()
+        && std::env::var("PSEUDO_DISABLED").map_or(true, |v| v != "1");
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    root || pseudo || std::env::var_os("FAKEROOTKEY").is_some()
+}
+
+/// Unpacks the archive image `name` of the bundle `fs` into `dir`: a tar
+/// through GNU tar with numeric owners (as RAUC unpacks it), a catar with
+/// casync-rs's decoder.
+fn unpack_archive(fs: &crate::squashfs::BundleFs, name: &str, dir: &Path) -> Result<()> {
+    let fail = |m: String| Error::Other(format!("Failed to unpack '{name}': {m}"));
+    let (reader, mut writer) = std::io::pipe().map_err(|e| fail(e.to_string()))?;
+    std::thread::scope(|scope| {
+        let feeder = scope.spawn(move || fs.copy_file(name, &mut writer));
+        let unpacked = if name.ends_with(".catar") {
+            casync::catar::decode::extract(std::io::BufReader::new(reader), dir)
+                .map(|_| ())
+                .map_err(|e| fail(e.to_string()))
+        } else {
+            let mut cmd = std::process::Command::new("tar");
+            cmd.args(["xf", "-", "-C"]).arg(dir).arg("--numeric-owner");
+            if let Some(flag) = tar_compression_flag(name) {
+                cmd.arg(flag);
+            }
+            let out = cmd.stdin(reader).output().map_err(|e| fail(format!("tar: {e}")))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(fail(format!("tar: {}", String::from_utf8_lossy(&out.stderr).trim())))
+            }
+        };
+        let fed = feeder.join().expect("archive feeder thread");
+        unpacked?;
+        fed.map(|_| ()).map_err(|e| fail(e.to_string()))
+    })
 }
 
 /// The store `convert` writes for `output`: `X.raucb` → `X.castr`, else `output` + `.castr`.
@@ -163,9 +243,9 @@ pub fn convert(input: &str, output: &Path, opts: &ConvertOptions, say: &mut dyn 
                 image.slotclass
             )));
         }
-        if is_archive(name) {
+        if is_archive(name) && !can_own_files() {
             return Err(Error::Other(format!(
-                "Archive image '{name}' would become a casync directory index (.caidx), which rota cannot make yet; skip it with --ignore-image={}",
+                "Archive image '{name}' must be unpacked with its owners: run convert as root or under fakeroot or pseudo, or skip it with --ignore-image={}",
                 image.slotclass
             )));
         }
@@ -182,12 +262,26 @@ pub fn convert(input: &str, output: &Path, opts: &ConvertOptions, say: &mut dyn 
     let mut new_chunks = 0;
     for image in manifest.images.iter_mut() {
         let Some(name) = image.filename.clone().filter(|n| converting.contains(n)) else { continue };
-        let idx_name = format!("{name}.caibx");
-        say(&format!("Converting {name} to casync blob idx {idx_name}"));
-        let mut maker = Maker::new(make.sizes, make.digest, Some((&store, make.compression)));
-        fs.copy_file(&name, &mut maker).map_err(|e| Error::Other(format!("Failed to convert '{name}': {e}")))?;
-        new_chunks += maker.stored_new();
-        let index = maker.finish().map_err(|e| Error::Other(format!("Failed to convert '{name}': {e}")))?;
+        let converted = |e: &dyn std::fmt::Display| Error::Other(format!("Failed to convert '{name}': {e}"));
+        let (idx_name, index) = if is_archive(&name) {
+            let idx_name = format!("{name}.caidx");
+            say(&format!("Converting {name} to casync directory tree idx {idx_name}"));
+            let tree = work.path().join("archive");
+            std::fs::create_dir(&tree).map_err(|e| converted(&e))?;
+            unpack_archive(&fs, &name, &tree)?;
+            let flags = make.archive_flags()?;
+            let index = casync::archive::make(&tree, flags, make.sizes, make.digest, Some((&store, make.compression)))
+                .map_err(|e| converted(&e))?;
+            let _ = std::fs::remove_dir_all(&tree);
+            (idx_name, index)
+        } else {
+            let idx_name = format!("{name}.caibx");
+            say(&format!("Converting {name} to casync blob idx {idx_name}"));
+            let mut maker = Maker::new(make.sizes, make.digest, Some((&store, make.compression)));
+            fs.copy_file(&name, &mut maker).map_err(|e| converted(&e))?;
+            new_chunks += maker.stored_new();
+            (idx_name, maker.finish().map_err(|e| converted(&e))?)
+        };
         let idx_path = content.join(&idx_name);
         let mut bytes = Vec::new();
         index.write(&mut bytes)?;
@@ -215,13 +309,16 @@ mod tests {
         assert_eq!(a.sizes, ChunkSizes { min: 16000, avg: 64000, max: 256000 });
         let a = args(&["--chunk-size", "16K:64K:256K", "--digest=sha256", "--compression=xz"]).unwrap();
         assert_eq!((a.sizes, a.digest, a.compression), (ChunkSizes::default(), DigestKind::Sha256, Compression::Xz));
-        assert!(args(&["--with=unix"]).is_ok());
+        let a = args(&["--with=xattrs", "--without=sec-time"]).unwrap();
+        assert_eq!(a.archive_flags().unwrap(), 0xB000_0000_1000_1F01);
+        assert_eq!(MakeArgs::default().archive_flags().unwrap(), 0xB000_0000_0000_1F09);
         for (bad, says) in [
             (&["--store=/x"][..], "'--store=/x' is not supported"),
             (&["--chunk-size=1:2"], "neither AVG nor MIN:AVG:MAX"),
             (&["--chunk-size=64:16:256"], "min <= avg <= max"),
             (&["--digest=md5"], "unknown digest 'md5'"),
             (&["--compression"], "'--compression' needs a value"),
+            (&["--with=colour"], "unknown feature 'colour'"),
         ] {
             let e = args(bad).unwrap_err().to_string();
             assert!(e.contains(says), "{bad:?}: {e}");

@@ -43,17 +43,20 @@ pub fn make(
 
 /// Recreates the tree `index` describes in the directory `dest`, each chunk
 /// from the first seed that holds it or else from `store` (all checked
-/// against their IDs). Returns what was decoded and where chunks came from.
+/// against their IDs); `progress` hears the stream bytes decoded so far.
+/// Returns what was decoded and where chunks came from.
 pub fn extract(
     index: &Index,
     store: &dyn ChunkSource,
     seeds: &[&Seed],
     dest: &Path,
+    progress: &mut dyn FnMut(u64),
 ) -> Result<(decode::Extracted, Stats), ArchiveError> {
     let (reader, writer) = std::io::pipe().map_err(BlobError::Io)?;
     std::thread::scope(|scope| {
         let feeder = scope.spawn(move || blob::extract_seeded(index, store, seeds, writer));
-        let decoded = decode::extract(std::io::BufReader::with_capacity(1 << 20, reader), dest);
+        let counted = Counted { inner: reader, bytes: 0, progress };
+        let decoded = decode::extract(std::io::BufReader::with_capacity(1 << 20, counted), dest);
         let fed = feeder.join().expect("chunk feeder thread");
         match (decoded, fed) {
             (Ok(d), Ok(s)) => Ok((d, s)),
@@ -64,6 +67,22 @@ pub fn extract(
             (Err(d), Ok(_)) => Err(d.into()),
         }
     })
+}
+
+/// A reader that reports how many bytes went through it.
+struct Counted<'p, R> {
+    inner: R,
+    bytes: u64,
+    progress: &'p mut dyn FnMut(u64),
+}
+
+impl<R: std::io::Read> std::io::Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes += n as u64;
+        (self.progress)(self.bytes);
+        Ok(n)
+    }
 }
 
 #[cfg(test)]
@@ -98,7 +117,7 @@ mod tests {
         // Without seeds, from the full store.
         let out = dir.join("out1");
         std::fs::create_dir(&out).unwrap();
-        let (done, stats) = extract(&index, &full, &[], &out).unwrap();
+        let (done, stats) = extract(&index, &full, &[], &out, &mut |_| {}).unwrap();
         assert_eq!(done.entries, 47);
         assert_eq!(stats.chunks_from_seeds, 0);
         let mut a = Vec::new();
@@ -116,7 +135,7 @@ mod tests {
         }
         let out = dir.join("out2");
         std::fs::create_dir(&out).unwrap();
-        let (_, stats) = extract(&index, &delta, &[&seed], &out).unwrap();
+        let (_, stats) = extract(&index, &delta, &[&seed], &out, &mut |_| {}).unwrap();
         assert!(stats.chunks_from_seeds > 3 * stats.chunks_from_store, "{stats:?}");
         let mut c = Vec::new();
         encode::encode(&out, flags, &mut c).unwrap();
@@ -124,7 +143,7 @@ mod tests {
         // A missing chunk stops the extraction with the store's error.
         let out = dir.join("out3");
         std::fs::create_dir(&out).unwrap();
-        let e = extract(&index, &delta, &[], &out).unwrap_err().to_string();
+        let e = extract(&index, &delta, &[], &out, &mut |_| {}).unwrap_err().to_string();
         assert!(e.contains("is missing from the store"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -155,6 +155,15 @@ fn chunk_bytes(nginx: &Nginx) -> u64 {
         .sum()
 }
 
+/// Bytes from seeds and from the store, as an installer summary gives them.
+fn seeded_and_stored(summary: &str) -> (u64, u64) {
+    let bytes = |after: &str| -> u64 {
+        let rest = summary.split(after).next().unwrap();
+        rest.rsplit('(').next().unwrap().split(' ').next().unwrap().parse().unwrap()
+    };
+    (bytes(" bytes) from seeds"), bytes(" bytes) from the store"))
+}
+
 /// The lines of `r`'s output mentioning where chunks came from.
 fn summary(r: &Run) -> String {
     format!("{}{}", r.stdout, r.stderr).lines().filter(|l| l.contains("from seeds")).collect::<Vec<_>>().join("\n")
@@ -329,4 +338,129 @@ fn missing_damaged_lying_and_stalling_chunks_fail_clearly_and_activate_nothing()
     let d = device("http-good", &v1, quick);
     install(&d, &server.url("/good.raucb")).ok();
     assert_installed(&d, &v2, &v1, "the repaired store over HTTP");
+}
+
+fn losetup(file: &Path) -> String {
+    run(Command::new("losetup").args(["-f", "--show"]).arg(file)).ok().stdout.trim().to_string()
+}
+
+/// Every entry below `root` with its type, mode, owner, mtime (seconds)
+/// and content digest or target (fifos and devices are not opened).
+fn digest(root: &Path) -> Vec<String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            if rel == "lost+found" {
+                continue;
+            }
+            let m = fs::symlink_metadata(&p).unwrap();
+            let what = if m.is_dir() {
+                stack.push(p.clone());
+                "dir".to_string()
+            } else if m.file_type().is_symlink() {
+                format!("-> {}", fs::read_link(&p).unwrap().display())
+            } else if m.is_file() {
+                sha256_hex(&fs::read(&p).unwrap())
+            } else if m.file_type().is_fifo() {
+                "fifo".into()
+            } else {
+                format!("dev {}", m.rdev())
+            };
+            let time = if m.is_dir() { 0 } else { m.mtime() };
+            out.push(format!("{rel} {:o} {}:{} {time} {what}", m.mode(), m.uid(), m.gid()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// [`digest`] of the file system on `dev`.
+fn fs_digest(dev: &str, at: &Path) -> Vec<String> {
+    fs::create_dir_all(at).unwrap();
+    run(Command::new("mount").args(["-o", "ro"]).arg(dev).arg(at)).ok();
+    let d = digest(at);
+    run(Command::new("umount").arg(at)).ok();
+    d
+}
+
+#[test]
+fn directory_indexes_rauc_and_rota_make_alike_install_into_ext4_seeded_from_the_booted_tree() {
+    let _s = serial();
+    let dir = target_dir().join("test-bundles/casync-install/caidx");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let tree = dir.join("tree");
+    testkit::rootfs::generate(&tree, 300, 8 << 10, 4);
+    let v1 = dir.join("v1");
+    run(Command::new("cp").arg("-a").arg(&tree).arg(&v1)).ok();
+    testkit::rootfs::change(&tree, 5, 5);
+    // The bundle: the new tree as a tar, as a rootfs recipe would ship it.
+    let c = Content::new(dir.join("content"));
+    run(Command::new("tar")
+        .arg("--numeric-owner")
+        .arg("-cf")
+        .arg(c.dir.join("root.tar"))
+        .arg("-C")
+        .arg(&tree)
+        .arg("."))
+    .ok();
+    c.file("release-notes.bin", &testkit::pseudo_random(16 << 10, 3));
+    c.manifest(
+        "[update]\ncompatible=Test Config\nversion=2\n[bundle]\nformat=verity\n[image.rootfs]\nfilename=root.tar\n",
+    );
+    let plain = dir.join("b.raucb");
+    rota_bundle(&c.dir, &plain, "release").ok();
+    let (_t, www) = web_root();
+    let theirs = www.join("rauc.raucb");
+    rauc_convert(&plain, &theirs);
+    let ours = dir.join("rota.raucb");
+    let _ = fs::remove_dir_all(dir.join("rota.castr"));
+    rota_convert(&plain, &ours, &[]).ok();
+    assert!(cat(&ours, "root.tar.caidx") == cat(&theirs, "root.tar.caidx"), "the .caidx differs from rauc convert's");
+    // ext4 slots on loop devices; the booted one holds the old tree.
+    let d = Device::new(target_dir().join("test-devices/casync-install/caidx"), "");
+    let files = [d.slot_file("r0.img", 24 << 20, 0), d.slot_file("r1.img", 24 << 20, 0)];
+    run(Command::new("mkfs.ext4").args(["-q", "-F", "-d"]).arg(&v1).arg(&files[0])).ok();
+    let loops: Vec<String> = files.iter().map(|f| losetup(f)).collect();
+    d.write_conf(&format!(
+        "[system]\ncompatible=Test Config\nbootloader=grub\ngrubenv=grubenv\ndata-directory=data\nmountprefix={}\n\
+         [keyring]\npath={}\n[slot.rootfs.0]\ndevice={}\ntype=ext4\nbootname=A\n[slot.rootfs.1]\ndevice={}\ntype=ext4\nbootname=B\n",
+        d.path("mnt").display(),
+        pki_file("keyring.pem").display(),
+        loops[0],
+        loops[1]
+    ));
+    d.grub_env(&["A", "B"]);
+    d.boot("root=/dev/null rauc.slot=A");
+    let nginx = Nginx::serve(&www);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // Without its store the update cannot be completed: refused, nothing switched.
+        fs::rename(www.join("rauc.castr"), www.join("away.castr")).unwrap();
+        let r = install(&d, &nginx.url("/rauc.raucb")).fails();
+        assert!(
+            r.stderr.contains("Failed to unpack 'root.tar.caidx'") && r.stderr.contains("is missing from the store"),
+            "{}",
+            r.stderr
+        );
+        assert_eq!(selected(&d), "A");
+        fs::rename(www.join("away.castr"), www.join("rauc.castr")).unwrap();
+        let r = install(&d, &nginx.url("/rauc.raucb")).ok();
+        assert_eq!(selected(&d), "B");
+        assert_eq!(fs_digest(&loops[1], &d.path("check")), digest(&tree), "slot B does not hold the new tree");
+        // Most of the stream came from the booted tree, the rest was fetched.
+        let (seeded, stored) = seeded_and_stored(&summary(&r));
+        assert!(stored * 5 < seeded + stored, "{}", summary(&r));
+        assert!(chunk_bytes(&nginx) > 0);
+        assert!(!d.path("mnt/rootfs.0-seed").exists() || !testkit::mounted_below(&d.path("mnt")), "seed left mounted");
+    }));
+    for l in &loops {
+        run(Command::new("losetup").args(["-d", l]));
+    }
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
 }

@@ -1,7 +1,8 @@
 //! Filesystem slots filled from an archive (spec §4.2 TAR-EXT4, TAR-VFAT,
-//! TAR-UBIFS, TAR-JFFS2, `emptyfs`): mkfs (for JFFS2 an erase), mount,
-//! extract the tar stream from the verified bundle through GNU tar (xattrs
-//! and file capabilities kept, except on FAT), unmount.
+//! TAR-UBIFS, TAR-JFFS2, `emptyfs`, casync's CAIDX/CATAR): mkfs (for JFFS2
+//! an erase), mount, extract — a tar stream from the verified bundle
+//! through GNU tar (xattrs and file capabilities kept, except on FAT), a
+//! catar stream or a casync directory index with casync-rs — unmount.
 
 use super::write::{ImageSource, pipe_image};
 use crate::config::{SlotConfig, SlotType};
@@ -56,19 +57,40 @@ pub fn mkfs(slot: &SlotConfig) -> Result<()> {
     tools::run(program, &args).map(|_| ())
 }
 
-/// The tar decompression flag for an archive name.
-fn compression_flag(filename: &str) -> Option<&'static str> {
-    const FLAGS: &[(&[&str], &str)] = &[
-        (&[".gz", ".tgz", ".taz"], "-z"),
-        (&[".Z", ".taZ"], "-Z"),
-        (&[".bz2", ".tbz", ".tbz2", ".tz2"], "-j"),
-        (&[".lz"], "--lzip"),
-        (&[".lzma", ".tlz"], "--lzma"),
-        (&[".lzo"], "--lzop"),
-        (&[".xz", ".txz"], "-J"),
-        (&[".zst", ".tzst"], "--zstd"),
-    ];
-    FLAGS.iter().find(|(suffixes, _)| suffixes.iter().any(|s| filename.ends_with(s))).map(|(_, flag)| *flag)
+use rota_bundle::convert::tar_compression_flag as compression_flag;
+
+/// Unpacks the archive `src` into `dir` (see [`extract_tar`]): a casync
+/// directory index from its seeds and store, a `.catar` with casync-rs's
+/// decoder, anything else with tar. Returns (bytes, sha256) of the stream
+/// as stored in the bundle; for a directory index, whose chunks were each
+/// checked against their IDs and whose manifest digest describes the
+/// archive it was made from, the digest is empty.
+pub fn extract_archive(
+    src: &ImageSource<'_>,
+    dir: &Path,
+    keep_metadata: bool,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(u64, String)> {
+    if let Some(a) = src.casync_archive() {
+        return a.unpack(dir, progress).map(|n| (n, String::new()));
+    }
+    if !src.name().ends_with(".catar") {
+        return extract_tar(src, dir, keep_metadata, progress);
+    }
+    let (reader, writer) = std::io::pipe().map_err(|e| Error::Failed(format!("Failed to create a pipe: {e}")))?;
+    std::thread::scope(|scope| {
+        let decoder = scope.spawn(move || casync::catar::decode::extract(std::io::BufReader::new(reader), dir));
+        let streamed = super::write::stream_hashed(src, writer, progress).map(|(n, sha, _)| (n, sha));
+        let decoded = decoder.join().expect("catar decoder thread");
+        let decoded = decoded.map_err(|e| Error::Failed(format!("Failed to extract '{}': {e}", src.name())));
+        match (decoded, streamed) {
+            (Ok(_), streamed) => streamed,
+            // The stream's own failure (cancelled, unreadable) is the cause,
+            // unless it only failed because the decoder stopped reading.
+            (Err(_), Err(s)) if !s.to_string().contains("Broken pipe") => Err(s),
+            (Err(d), _) => Err(d),
+        }
+    })
 }
 
 /// Extracts the archive `src` into `dir`, with owners, ACLs, xattrs and file
@@ -99,7 +121,7 @@ pub fn extract_tar(
 /// Works on kernels without vfat support (containers).
 fn fill_vfat(src: &ImageSource<'_>, slot: &SlotConfig, progress: &mut dyn FnMut(u64)) -> Result<(u64, String)> {
     let tmp = tempfile::tempdir().map_err(|e| Error::Failed(format!("Failed to create a temporary directory: {e}")))?;
-    let r = extract_tar(src, tmp.path(), false, progress)?;
+    let r = extract_archive(src, tmp.path(), false, progress)?;
     let mut entries: Vec<std::path::PathBuf> = std::fs::read_dir(tmp.path())
         .map_err(|e| Error::Failed(format!("Failed to read extracted archive: {e}")))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -157,7 +179,7 @@ pub fn install_archive(
     }
     mounts::with_slot_mounted(slot, mount_dir, |dir| {
         let r = match src {
-            Some(s) => extract_tar(s, dir, true, progress).and_then(|(n, sha)| verify(n, &sha)),
+            Some(s) => extract_archive(s, dir, true, progress).and_then(|(n, sha)| verify(n, &sha)),
             None => Ok(()),
         };
         let r = match (r, post) {

@@ -1,5 +1,6 @@
-//! casync blob images (`*.caibx`, casync-format spec §8.3, §10): the image
-//! is reassembled from its index instead of read from the bundle. Each
+//! casync images (casync-format spec §8.3, §10): blob indexes (`*.caibx`)
+//! are reassembled into the image, directory indexes (`*.caidx`) unpacked
+//! into a fresh file system, instead of read from the bundle. Each
 //! chunk comes from a seed — the booted slot of the same class, or the old
 //! content of the target where it lies at or after the write position — or
 //! else from the chunk store (next to the bundle, or `[casync] storepath`;
@@ -81,21 +82,34 @@ fn seed(path: &std::path::Path, index: &Index, output: bool) -> Option<Seed> {
     }
 }
 
+/// The index `name` of the bundle `fs`, read and checked, its store, and
+/// the booted slot of the class of slot `slot` (the seed), if any.
+fn opened<'s>(
+    system: &'s System,
+    fs: &BundleFs,
+    name: &str,
+    slot: usize,
+    setup: &StoreSetup,
+) -> Result<(Index, Store, Option<&'s crate::system::Slot>)> {
+    let bytes = fs.read_file(name).map_err(|e| Error::Failed(format!("Failed to read '{name}': {e}")))?;
+    let index = Index::read(&bytes[..]).map_err(|e| Error::Failed(format!("Invalid casync index '{name}': {e}")))?;
+    let store = Store::open(&setup.location, &setup.http, index.sizes.max)
+        .map_err(|e| Error::Failed(format!("Failed to open casync store '{}': {e}", setup.location)))?;
+    let class = &system.slots[slot].config.class;
+    let booted = system
+        .slots
+        .iter()
+        .find(|s| &s.config.class == class && matches!(s.state, SlotState::Booted | SlotState::Active));
+    Ok((index, store, booted))
+}
+
 impl BlobImage {
     /// Opens image `name` of the bundle `fs` for slot `slot` (index into
     /// `system.slots`): reads and checks the index, opens the store and
     /// reads the seeds (both at once).
     pub fn open(system: &System, fs: &BundleFs, name: &str, slot: usize, setup: &StoreSetup) -> Result<BlobImage> {
-        let bytes = fs.read_file(name).map_err(|e| Error::Failed(format!("Failed to read '{name}': {e}")))?;
-        let index =
-            Index::read(&bytes[..]).map_err(|e| Error::Failed(format!("Invalid casync index '{name}': {e}")))?;
-        let store = Store::open(&setup.location, &setup.http, index.sizes.max)
-            .map_err(|e| Error::Failed(format!("Failed to open casync store '{}': {e}", setup.location)))?;
+        let (index, store, booted) = opened(system, fs, name, slot, setup)?;
         let target = &system.slots[slot].config;
-        let booted = system
-            .slots
-            .iter()
-            .find(|s| s.config.class == target.class && matches!(s.state, SlotState::Booted | SlotState::Active));
         if booted.is_none() {
             tracing::info!("No casync seed slot available for {}", target.class);
         }
@@ -126,14 +140,132 @@ impl BlobImage {
 
     /// Where the chunks came from, in words.
     pub fn summary(&self) -> String {
-        let s = *self.stats.lock().expect("stats lock");
-        let fetched = match &self.store {
-            Store::Http(h) => format!(", {} bytes downloaded", h.stats().1),
-            Store::Local(_) => String::new(),
-        };
-        format!(
-            "{}: {} chunks ({} bytes) from seeds, {} chunks ({} bytes) from the store{fetched}",
-            self.name, s.chunks_from_seeds, s.bytes_from_seeds, s.chunks_from_store, s.bytes_from_store
-        )
+        summary(&self.name, &self.store, *self.stats.lock().expect("stats lock"))
     }
+}
+
+/// Whether `image` is a casync directory index (`*.caidx`).
+pub fn is_archive_index(image: &Image) -> bool {
+    image.image_type() == Some(ImageType::Caidx)
+}
+
+/// The booted slot's file system mounted read-only for seeding, unmounted
+/// when dropped.
+struct SeedMount(std::path::PathBuf);
+
+impl Drop for SeedMount {
+    fn drop(&mut self) {
+        if let Err(e) = crate::mounts::umount_or_detach(&self.0) {
+            tracing::warn!("Failed to unmount seed {}: {e}", self.0.display());
+        }
+    }
+}
+
+/// A directory index image ready to be unpacked into a file system: its
+/// index, store and the booted slot's tree as a seed.
+pub struct ArchiveImage {
+    name: String,
+    location: String,
+    index: Index,
+    store: Store,
+    seed: Option<Seed>,
+    stats: Mutex<Stats>,
+    // Dropped last: the seed reads files below it until then.
+    _mount: Option<SeedMount>,
+}
+
+impl ArchiveImage {
+    /// Opens image `name` of the bundle `fs` for slot `slot`: reads and
+    /// checks the index, opens the store and encodes the booted slot of
+    /// the class as a seed (its mount point, or mounted read-only for the
+    /// installation when it is not mounted).
+    pub fn open(system: &System, fs: &BundleFs, name: &str, slot: usize, setup: &StoreSetup) -> Result<ArchiveImage> {
+        let (index, store, booted) = opened(system, fs, name, slot, setup)?;
+        let target = &system.slots[slot].config;
+        let mut mount = None;
+        let seed_dir = match booted {
+            None => {
+                tracing::info!("No casync seed slot available for {}", target.class);
+                None
+            }
+            Some(b) => match &b.mount_point {
+                Some(mp) => Some(mp.clone()),
+                None => {
+                    let dir = system.config.system.mount_prefix.join(format!("{}-seed", b.config.name));
+                    match crate::mounts::mount_slot(&b.config, &dir, &["ro"]) {
+                        Ok(()) => {
+                            mount = Some(SeedMount(dir.clone()));
+                            Some(dir)
+                        }
+                        Err(e) => {
+                            tracing::warn!("Failed mounting {} for seeding: {e}", b.config.name);
+                            None
+                        }
+                    }
+                }
+            },
+        };
+        let seed = seed_dir.and_then(|d| match Seed::open_tree(&d, index.flags, index.sizes, index.digest_kind()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!("Not seeding from {}: {e}", d.display());
+                None
+            }
+        });
+        let location = rota_bundle::source::http::shown_url(&setup.location);
+        Ok(ArchiveImage {
+            name: name.to_string(),
+            location,
+            index,
+            store,
+            seed,
+            stats: Mutex::new(Stats::default()),
+            _mount: mount,
+        })
+    }
+
+    /// The index file's name in the bundle.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn seeds(&self) -> Vec<&Seed> {
+        self.seed.iter().collect()
+    }
+
+    /// Recreates the archived tree in the (fresh, mounted) directory `dir`;
+    /// returns the bytes of the archive stream.
+    pub fn unpack(&self, dir: &std::path::Path, progress: &mut dyn FnMut(u64)) -> Result<u64> {
+        let (done, stats) = casync::archive::extract(&self.index, self.store.source(), &self.seeds(), dir, progress)
+            .map_err(|e| {
+                Error::Failed(format!("Failed to unpack '{}' from store {}: {e}", self.name, self.location))
+            })?;
+        *self.stats.lock().expect("stats lock") = stats;
+        Ok(done.bytes)
+    }
+
+    /// Writes the archive stream itself into `out`; returns its length.
+    pub fn copy_to(&self, out: &mut dyn Write) -> Result<u64> {
+        let stats = blob::extract_seeded(&self.index, self.store.source(), &self.seeds(), out).map_err(|e| {
+            Error::Failed(format!("Failed to reassemble '{}' from store {}: {e}", self.name, self.location))
+        })?;
+        Ok(stats.bytes_from_seeds + stats.bytes_from_store)
+    }
+
+    /// Where the chunks came from, in words.
+    pub fn summary(&self) -> String {
+        summary(&self.name, &self.store, *self.stats.lock().expect("stats lock"))
+    }
+}
+
+/// "<name>: N chunks (B bytes) from seeds, …" for an image's extraction.
+fn summary(name: &str, store: &Store, s: Stats) -> String {
+    let fetched = match store {
+        Store::Http(h) => format!(", {} bytes downloaded", h.stats().1),
+        Store::Local(_) => String::new(),
+    };
+    format!(
+        "{name}: {} chunks ({} bytes) from seeds, {} chunks ({} bytes) from the store{fetched}",
+        s.chunks_from_seeds, s.bytes_from_seeds, s.chunks_from_store, s.bytes_from_store
+    )
 }

@@ -295,6 +295,13 @@ fn run(
     Ok(outcome)
 }
 
+/// A casync image opened for writing, if the image is one.
+enum Casync {
+    Blob(casync::BlobImage),
+    Archive(casync::ArchiveImage),
+    None,
+}
+
 /// Where images come from: the bundle's files, the bundle mounted for
 /// hooks (when it is), the chunk store of casync images.
 struct Sources<'a> {
@@ -494,23 +501,30 @@ fn update_slot(
             p.fraction(n as f64 / total);
             p.bytes(name, n, size);
         };
-        let blob = match pl.image.filename.as_deref() {
+        let opened = match pl.image.filename.as_deref() {
             Some(f) if casync::is_blob_index(image) => {
-                Some(casync::BlobImage::open(system, fs, f, pl.slot, sources.store))
+                casync::BlobImage::open(system, fs, f, pl.slot, sources.store).map(Casync::Blob)
             }
-            _ => None,
-        }
-        .transpose();
-        let written = blob.and_then(|blob| {
-            let src = match (&blob, pl.image.filename.as_deref()) {
-                (Some(b), _) => Some(write::ImageSource::Casync(b)),
-                (None, f) => f.map(|f| write::ImageSource::Bundle(fs, f)),
+            Some(f) if casync::is_archive_index(image) => {
+                casync::ArchiveImage::open(system, fs, f, pl.slot, sources.store).map(Casync::Archive)
+            }
+            _ => Ok(Casync::None),
+        };
+        let written = opened.and_then(|opened| {
+            let src = match (&opened, pl.image.filename.as_deref()) {
+                (Casync::Blob(b), _) => Some(write::ImageSource::Casync(b)),
+                (Casync::Archive(a), _) => Some(write::ImageSource::CasyncArchive(a)),
+                (Casync::None, f) => f.map(|f| write::ImageSource::Bundle(fs, f)),
             };
             let guarded = src.as_ref().map(|s| write::ImageSource::Guarded(s, control));
             let before = previous.sha256.as_deref();
             let dir = mounted.map(|m| m.dir());
             write_image(system, guarded.as_ref(), pl, dir, slot_hooks.as_ref(), before, &mut on_bytes)?;
-            Ok(blob.map(|b| b.summary()))
+            Ok(match &opened {
+                Casync::Blob(b) => Some(b.summary()),
+                Casync::Archive(a) => Some(a.summary()),
+                Casync::None => None,
+            })
         });
         written.map(|summary| {
             if let Some(s) = summary {
@@ -656,9 +670,13 @@ pub fn write_image(
             }?;
             let run_post = |dir: &Path| run(SlotHook::PostInstall, Some(dir));
             let post: archive::PostHook<'_> = if enabled(SlotHook::PostInstall) { Some(&run_post) } else { None };
+            // A directory index's chunks were each checked against their
+            // IDs; the manifest's digest is that of the archive it was made from.
             let verify = |bytes: u64, sha: &str| match src {
-                Some(src) => write::check_manifest(src, bytes, sha, image.size, image.sha256.as_deref()),
-                None => Ok(()),
+                Some(src) if src.casync_archive().is_none() => {
+                    write::check_manifest(src, bytes, sha, image.size, image.sha256.as_deref())
+                }
+                _ => Ok(()),
             };
             archive::install_archive(src, slot, &slot_dir, &verify, post, progress)
         }

@@ -93,12 +93,7 @@ pub fn method_for(image: &Image, slot_type: SlotType) -> Result<Method> {
         (I::SquashfsCaibx | I::UbifsCaibx | I::RawCaibx, S::Ubivol) | (I::UbifsCaibx | I::RawCaibx, S::Ubifs) => {
             Some(Method::Flash(Flash::UbiVolume))
         }
-        (I::Caidx | I::Catar, S::Ext4 | S::Ubifs | S::Vfat) => {
-            return failed(format!(
-                "casync directory archive '{}' cannot be installed: rota reads casync blob indexes (.caibx) but not yet directory archives",
-                image.filename.as_deref().unwrap_or("")
-            ));
-        }
+        (I::Caidx, S::Ext4 | S::Ubifs | S::Vfat) | (I::Catar, S::Ext4) => Some(Method::ArchiveToFs),
         _ => None,
     };
     let m =

@@ -62,6 +62,8 @@ pub enum ImageSource<'a> {
     File(&'a Path),
     /// A casync blob image reassembled from seeds and its chunk store.
     Casync(&'a super::casync::BlobImage),
+    /// A casync directory index: its archive stream, or its tree unpacked.
+    CasyncArchive(&'a super::casync::ArchiveImage),
     /// Another source whose copy stops once its installation is cancelled.
     Guarded(&'a ImageSource<'a>, &'a super::control::InstallControl),
 }
@@ -73,6 +75,7 @@ impl ImageSource<'_> {
             ImageSource::Bundle(_, p) => p.to_string(),
             ImageSource::File(p) => p.display().to_string(),
             ImageSource::Casync(b) => b.name().to_string(),
+            ImageSource::CasyncArchive(a) => a.name().to_string(),
             ImageSource::Guarded(inner, _) => inner.name(),
         }
     }
@@ -83,8 +86,17 @@ impl ImageSource<'_> {
         match self {
             ImageSource::Bundle(_, p) => bundle_dir.map(|d| d.join(p)),
             ImageSource::File(p) => Some(p.to_path_buf()),
-            ImageSource::Casync(_) => None,
+            ImageSource::Casync(_) | ImageSource::CasyncArchive(_) => None,
             ImageSource::Guarded(inner, _) => inner.local_path(bundle_dir),
+        }
+    }
+
+    /// The casync directory index behind this source, if it is one.
+    pub fn casync_archive(&self) -> Option<&super::casync::ArchiveImage> {
+        match self {
+            ImageSource::CasyncArchive(a) => Some(a),
+            ImageSource::Guarded(inner, _) => inner.casync_archive(),
+            _ => None,
         }
     }
 
@@ -97,6 +109,7 @@ impl ImageSource<'_> {
                 std::io::copy(&mut f, out).map_err(|e| Error::Failed(format!("Failed writing image: {e}")))
             }
             ImageSource::Casync(b) => b.copy_to(out),
+            ImageSource::CasyncArchive(a) => a.copy_to(out),
             ImageSource::Guarded(inner, control) => {
                 let r = inner.copy_to(&mut super::control::Guarded { out, control });
                 // A cancelled copy says so, whatever layer reported the refused write.
