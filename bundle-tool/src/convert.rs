@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 pub struct ConvertOptions {
     /// Signer of the new bundle.
     pub signing: SigningOptions,
-    /// How the input is opened and verified (its keyring also checks the output).
+    /// How the input was opened and verified (its keyring also checks the output).
     pub open: OpenOptions,
     /// Slot classes whose images stay as they are (`--ignore-image`).
     pub ignore_images: Vec<String>,
@@ -215,14 +215,14 @@ pub fn store_path(output: &Path) -> PathBuf {
     PathBuf::from(crate::castore::store_location(&output.to_string_lossy(), None))
 }
 
-/// `convert <IN> <OUT>`: see the module text. `say` hears the progress
-/// lines RAUC prints. Nothing is left at `output` on failure; chunks
-/// already put into the store stay (the store is shared and append-only).
-pub fn convert(input: &str, output: &Path, opts: &ConvertOptions, say: &mut dyn FnMut(&str)) -> Result<Converted> {
+/// `convert <IN> <OUT>` of the opened (and verified) input `bundle`: see
+/// the module text. `say` hears the progress lines RAUC prints. Nothing is
+/// left at `output` on failure; chunks already put into the store stay
+/// (the store is shared and append-only).
+pub fn convert(bundle: &Bundle, output: &Path, opts: &ConvertOptions, say: &mut dyn FnMut(&str)) -> Result<Converted> {
     check_new_output(output)?;
     let make = parse_make_args(&opts.casync_args)?;
     let signer = opts.signing.signer()?;
-    let bundle = Bundle::open(input, &opts.open)?;
     bundle.check_payload()?;
     let store_dir = store_path(output);
     let mut warnings = Vec::new();

@@ -1,8 +1,11 @@
 //! `casync-rs`: casync's formats without the casync binary
-//! (`spec/casync-format.md`). This first part holds what every other part
-//! stands on, byte-compatible with casync: the content-defined chunker
-//! ([`chunker`]), chunk IDs ([`digest`]) and the `.caibx`/`.caidx` index
-//! files ([`index`]). It depends on nothing of rota.
+//! (`spec/casync-format.md`), byte-compatible with casync: the
+//! content-defined chunker ([`chunker`]), chunk IDs ([`digest`]), feature
+//! flags ([`flags`]), `.caibx`/`.caidx` index files ([`index`]), `.catar`
+//! archives ([`catar`]), chunk stores ([`store`]), seeds ([`seed`]), and
+//! blobs and directory trees to and from a store ([`blob`], [`archive`]).
+//! Remote stores plug in through [`store::ChunkSource`]. It depends on
+//! nothing of rota.
 #![deny(missing_docs)]
 
 pub mod archive;

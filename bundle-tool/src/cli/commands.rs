@@ -278,9 +278,10 @@ fn cmd_convert(ctx: &Context) -> Result<(), CliError> {
         mksquashfs_args: shell_args(ctx, "mksquashfs-args")?,
     };
     let out = ctx.arg(1);
-    let converted =
-        crate::convert::convert(&location(ctx.arg(0)), Path::new(out), &opts, &mut |line| tracing::info!("{line}"))
-            .map_err(|e| CliError::from(format!("Failed to create bundle: {e}")))?;
+    // As RAUC: a bundle that does not open or verify is reported as such.
+    let bundle = Bundle::open(&location(ctx.arg(0)), &opts.open)?;
+    let converted = crate::convert::convert(&bundle, Path::new(out), &opts, &mut |line| tracing::info!("{line}"))
+        .map_err(|e| CliError::from(format!("Failed to create bundle: {e}")))?;
     print_warnings(&converted.warnings);
     println!("Bundle written to {out}");
     Ok(())
