@@ -147,6 +147,24 @@ impl Seed {
         Self::read(path, sizes, digest, true)
     }
 
+    /// A seed of the file or device `path` whose chunks `index` already
+    /// lists (the index it was written from, kept by the installer): no
+    /// read of the whole seed first. Chunks are still checked against their
+    /// IDs when read, so a seed changed since is caught chunk by chunk.
+    /// `output`: it is the file being written (see [`Seed::open_output`]).
+    pub fn from_index(path: &Path, index: &crate::index::Index, output: bool) -> io::Result<Seed> {
+        let file = File::open(path)?;
+        let mut chunks = HashMap::new();
+        for item in &index.items {
+            if output {
+                chunks.insert(item.id, (item.offset, item.size));
+            } else {
+                chunks.entry(item.id).or_insert((item.offset, item.size));
+            }
+        }
+        Ok(Seed { path: path.to_path_buf(), bytes: Bytes::Blob(file), chunks, output })
+    }
+
     /// A seed of the directory tree at `root` (a mounted slot), encoded
     /// with the archive `flags` of the index it will serve. Memory: the
     /// tree's archive records (about 150 bytes per entry) and paths, plus

@@ -338,6 +338,8 @@ fn missing_damaged_lying_and_stalling_chunks_fail_clearly_and_activate_nothing()
     let d = device("http-good", &v1, quick);
     install(&d, &server.url("/good.raucb")).ok();
     assert_installed(&d, &v2, &v1, "the repaired store over HTTP");
+    // Chunks were fetched several at a time.
+    assert!(server.max_concurrent() > 1, "one request at a time");
 }
 
 fn losetup(file: &Path) -> String {
@@ -463,4 +465,51 @@ fn directory_indexes_rauc_and_rota_make_alike_install_into_ext4_seeded_from_the_
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }
+}
+
+#[test]
+fn the_kept_index_seeds_the_next_update_and_a_changed_booted_slot_is_caught_chunk_by_chunk() {
+    let _s = serial();
+    let (dir, v1, v2) = releases("kept");
+    let b1 = dir.join("v1-casync.raucb");
+    let b2 = dir.join("v2-casync.raucb");
+    for (sub, image, out) in [("v1", &v1, &b1), ("v2", &v2, &b2)] {
+        fs::create_dir_all(dir.join(sub)).unwrap();
+        rota_convert(&bundle(&dir.join(sub), "verity", image), out, &[]).ok();
+    }
+    let other = testkit::pseudo_random(v1.len(), 9);
+    let d = device("kept", &other, "");
+    let kept = |d: &Device| -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(d.path("data/casync"))
+            .map(|r| r.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    // Booted A: v1 goes to B, and its index is kept under v1's digest.
+    let r = install(&d, &b1.display().to_string()).ok();
+    assert!(!r.stderr.contains("by its kept index"), "nothing kept yet: {}", r.stderr);
+    assert_eq!(kept(&d), vec![format!("{}.caibx", sha256_hex(&v1))]);
+    // Booted B: v2 goes to A, seeded from B by the kept index (no read of B first).
+    d.boot("root=/dev/null rauc.slot=B");
+    let r = install(&d, &b2.display().to_string()).ok();
+    assert!(r.stderr.contains("rootfs1.img by its kept index"), "{}", r.stderr);
+    let (seeded, stored) = seeded_and_stored(&summary(&r));
+    assert!(stored < seeded, "{}", summary(&r));
+    assert!(fs::read(d.path("rootfs0.img")).unwrap()[..v2.len()] == v2[..]);
+    let mut want = vec![format!("{}.caibx", sha256_hex(&v1)), format!("{}.caibx", sha256_hex(&v2))];
+    want.sort();
+    assert_eq!(kept(&d), want, "the indexes of what the slots hold, and nothing else");
+    // The booted slot changed since (a writable file system, a bad block):
+    // its chunks there no longer match their IDs and come from the store.
+    // The target lost what its kept index says it holds, too.
+    let mut b = fs::read(d.path("rootfs1.img")).unwrap();
+    b[1 << 20..3 << 20].fill(0xEE);
+    fs::write(d.path("rootfs1.img"), &b).unwrap();
+    fs::write(d.path("rootfs0.img"), &other).unwrap();
+    let r = install(&d, &b2.display().to_string()).ok();
+    assert!(r.stderr.contains("by its kept index"), "{}", r.stderr);
+    let (_, stored_now) = seeded_and_stored(&summary(&r));
+    assert!(stored_now > stored, "{} after {}", summary(&r), stored);
+    assert!(fs::read(d.path("rootfs0.img")).unwrap()[..v2.len()] == v2[..], "slot A does not hold v2");
 }

@@ -103,19 +103,66 @@ fn opened<'s>(
     Ok((index, store, booted))
 }
 
+/// Where the indexes of installed blob images are kept, by the SHA-256 of
+/// the image: `<data-directory>/casync/<sha256>.caibx` (no data directory,
+/// no cache).
+fn index_cache(system: &System) -> Option<std::path::PathBuf> {
+    system.config.system.data_directory.as_ref().map(|d| d.join("casync"))
+}
+
+/// The kept index of the image with digest `sha256`, if there is one cut
+/// like `like` (same chunk sizes and digest).
+fn cached_index(system: &System, sha256: Option<&str>, like: &Index) -> Option<Index> {
+    let path = index_cache(system)?.join(format!("{}.caibx", sha256?));
+    let index = Index::read(std::fs::File::open(&path).ok()?).ok()?;
+    (index.sizes == like.sizes && index.digest_kind() == like.digest_kind()).then_some(index)
+}
+
+/// A seed of slot device `device` from the kept index `cached`; `None` if
+/// the device cannot be opened.
+fn seed_from(device: &std::path::Path, cached: &Index, output: bool) -> Option<Seed> {
+    tracing::info!("Seeding from {} by its kept index", device.display());
+    Seed::from_index(device, cached, output).ok()
+}
+
 impl BlobImage {
     /// Opens image `name` of the bundle `fs` for slot `slot` (index into
-    /// `system.slots`): reads and checks the index, opens the store and
-    /// reads the seeds (both at once).
-    pub fn open(system: &System, fs: &BundleFs, name: &str, slot: usize, setup: &StoreSetup) -> Result<BlobImage> {
+    /// `system.slots`), whose image before this installation had the digest
+    /// `installed`: reads and checks the index, opens the store and makes
+    /// the seeds. A slot whose image rota installed from a casync bundle
+    /// has its index kept (see [`BlobImage::remember`]) and is a seed
+    /// without being read first; otherwise the booted slot and the target
+    /// are read and cut (both at once). The target is read only when the
+    /// booted slot is: it would otherwise decide the wait alone.
+    pub fn open(
+        system: &System,
+        fs: &BundleFs,
+        name: &str,
+        slot: usize,
+        installed: Option<&str>,
+        setup: &StoreSetup,
+    ) -> Result<BlobImage> {
         let (index, store, booted) = opened(system, fs, name, slot, setup)?;
         let target = &system.slots[slot].config;
         if booted.is_none() {
             tracing::info!("No casync seed slot available for {}", target.class);
         }
+        let booted_cached = booted.and_then(|b| cached_index(system, system.load_status(b).sha256.as_deref(), &index));
+        let target_cached = cached_index(system, installed, &index);
+        let scan_target = booted_cached.is_none();
         let (from_booted, from_target) = std::thread::scope(|scope| {
-            let b = booted.map(|b| scope.spawn(|| seed(&b.config.device, &index, false)));
-            let t = seed(&target.device, &index, true);
+            let (index, cached) = (&index, booted_cached.as_ref());
+            let b = booted.map(|b| {
+                scope.spawn(move || match cached {
+                    Some(c) => seed_from(&b.config.device, c, false),
+                    None => seed(&b.config.device, index, false),
+                })
+            });
+            let t = match &target_cached {
+                Some(c) => seed_from(&target.device, c, true),
+                None if scan_target => seed(&target.device, index, true),
+                None => None,
+            };
             (b.and_then(|h| h.join().expect("seed thread")), t)
         });
         let seeds = from_booted.into_iter().chain(from_target).collect();
@@ -126,6 +173,38 @@ impl BlobImage {
     /// The index file's name in the bundle.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Keeps this index as that of the image with digest `sha256` (just
+    /// written and checked), and drops the kept indexes of images no slot
+    /// holds any more. Only a cache: failures are logged.
+    pub fn remember(&self, system: &System, sha256: &str) {
+        let Some(dir) = index_cache(system) else { return };
+        let keep: Vec<String> = system
+            .slots
+            .iter()
+            .filter_map(|s| system.load_status(s).sha256)
+            .chain(std::iter::once(sha256.to_string()))
+            .collect();
+        let r = (|| -> std::io::Result<()> {
+            std::fs::create_dir_all(&dir)?;
+            let tmp = dir.join(format!(".{sha256}.tmp"));
+            let mut bytes = Vec::new();
+            self.index.write(&mut bytes)?;
+            std::fs::write(&tmp, bytes)?;
+            std::fs::rename(&tmp, dir.join(format!("{sha256}.caibx")))?;
+            for e in std::fs::read_dir(&dir)? {
+                let p = e?.path();
+                let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                if !keep.contains(&stem) {
+                    std::fs::remove_file(&p)?;
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = r {
+            tracing::warn!("Failed to keep the casync index of {}: {e}", self.name);
+        }
     }
 
     /// Writes the image into `out`; returns its length.

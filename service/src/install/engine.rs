@@ -503,7 +503,8 @@ fn update_slot(
         };
         let opened = match pl.image.filename.as_deref() {
             Some(f) if casync::is_blob_index(image) => {
-                casync::BlobImage::open(system, fs, f, pl.slot, sources.store).map(Casync::Blob)
+                casync::BlobImage::open(system, fs, f, pl.slot, previous.sha256.as_deref(), sources.store)
+                    .map(Casync::Blob)
             }
             Some(f) if casync::is_archive_index(image) => {
                 casync::ArchiveImage::open(system, fs, f, pl.slot, sources.store).map(Casync::Archive)
@@ -520,6 +521,9 @@ fn update_slot(
             let before = previous.sha256.as_deref();
             let dir = mounted.map(|m| m.dir());
             write_image(system, guarded.as_ref(), pl, dir, slot_hooks.as_ref(), before, &mut on_bytes)?;
+            if let (Casync::Blob(b), Some(sha)) = (&opened, image.sha256.as_deref()) {
+                b.remember(system, sha);
+            }
             Ok(match &opened {
                 Casync::Blob(b) => Some(b.summary()),
                 Casync::Archive(a) => Some(a.summary()),
