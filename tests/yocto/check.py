@@ -41,10 +41,10 @@ RELEASES = {
     "wrynose": ("openembedded-core-yocto-6.0.2.tar.zst", "bitbake-yocto-6.0.2.tar.zst"),
     "scarthgap": ("openembedded-core-yocto-5.0.19.tar.zst", "bitbake-yocto-5.0.19.tar.zst"),
 }
-RECIPES = ["bundle-every-variable", "bundle-common", "bundle-tree", "bundle-encrypted"]
-# Recipes whose manifest is checked (do_configure) but not yet bundled:
-# converters (convert=) come with rota-bundle's casync/convert support.
-CONFIGURE_ONLY = ["bundle-convert"]
+RECIPES = ["bundle-every-variable", "bundle-common", "bundle-tree", "bundle-encrypted", "bundle-convert",
+           "bundle-casync"]
+# Recipes whose manifest is checked (do_configure) but not bundled.
+CONFIGURE_ONLY = []
 # Recipes that leave RAUC_BUNDLE_BUILD at its default (DATETIME).
 DEFAULT_BUILD = {"bundle-tree"}
 MACHINE = "qemux86-64"
@@ -292,7 +292,8 @@ def check_bundles(work, release, ins, keys, tool, update, referee):
     check_rota_recipes(b, info[RECIPES[0]]["RUSTVERSION"].rstrip("%"))
     b.run("bitbake", "-c", "cleanall", *RECIPES, *CONFIGURE_ONLY)
     b.run("bitbake", "-c", "deploy", *RECIPES)
-    b.run("bitbake", "-c", "configure", *CONFIGURE_ONLY)
+    if CONFIGURE_ONLY:
+        b.run("bitbake", "-c", "configure", *CONFIGURE_ONLY)
     manifests = {}
     for recipe in RECIPES + CONFIGURE_ONLY:
         bundle_dir = Path(info[recipe]["BUNDLE_DIR"])
@@ -344,6 +345,8 @@ def check_bundles(work, release, ins, keys, tool, update, referee):
         "bundle-common": ["bundle-common"],
         "bundle-tree": ["bundle-tree"],
         "bundle-encrypted": ["secret", "encrypted-secret"],
+        "bundle-convert": ["bundle-convert"],
+        "bundle-casync": ["bundle-casync", "casync-bundle-casync"],
     }
     rota = ROOT / "target" / "release" / "rota"
     for recipe, bases in names.items():
@@ -367,9 +370,10 @@ def check_bundles(work, release, ins, keys, tool, update, referee):
             fmt = re.search(r"^RAUC_MF_FORMAT='?(\w+)", r.stdout, re.M)
             log(f"{release}: {link.name} -> {target}: rota info ok (format {fmt.group(1) if fmt else '?'})")
             # Debian's rauc (1.8) is the referee for what it knows: not the
-            # image 'type=' key (RAUC 1.10) that imagetype writes.
-            if "\ntype=" in manifests[recipe]:
-                log(f"{release}: {link.name}: Debian's rauc 1.8 skipped (its manifest has 'type=')")
+            # image 'type=' key (RAUC 1.10) that imagetype writes, nor the
+            # converters of RAUC 1.15.
+            if "\ntype=" in manifests[recipe] or "\nconvert=" in manifests[recipe]:
+                log(f"{release}: {link.name}: Debian's rauc 1.8 skipped (its manifest has 'type=' or 'convert=')")
                 continue
             rargs = ["rauc", "info", keyring, str(link)] + (
                 [f"--key={keys}/rsa-recipient.key"] if base == "encrypted-secret" else [])
@@ -378,8 +382,48 @@ def check_bundles(work, release, ins, keys, tool, update, referee):
                 fail(f"{release}: Debian's rauc info {link.name}: {r.stderr}")
             log(f"{release}: {link.name}: Debian's rauc info accepts it")
 
+    check_casync_variant(release, deploy, ins, keyring)
     if referee:
         check_referee(work, release, ins, keys, referee, manifests)
+
+
+def check_casync_variant(release, deploy, ins, keyring):
+    """The casync variant of bundle-casync: its store deployed and linked,
+    a blob index of the ext4 image and a directory index of the tar that
+    read back to the image and to the tree (casync-rs against Debian's
+    casync extract)."""
+    link = deploy / f"casync-bundle-casync-{MACHINE}.castr"
+    if not link.is_symlink() or not (deploy / os.readlink(link)).is_dir():
+        fail(f"{release}: {link.name} is not a link to the deployed chunk store")
+    bundle = deploy / f"casync-bundle-casync-{MACHINE}.raucb"
+    listing = subprocess.run(["unsquashfs", "-l", str(bundle)], capture_output=True, text=True, check=True).stdout
+    idx = {"blob": f"core-image-minimal-{MACHINE}.rootfs.ext4.caibx",
+           "tree": f"container-test-image-{MACHINE}.rootfs.tar.gz.caidx"}
+    for name in idx.values():
+        if f"squashfs-root/{name}" not in listing:
+            fail(f"{release}: {bundle.name} lacks {name}:\n{listing}")
+    tmp = deploy.parent / "casync-check"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for kind, name in idx.items():
+        data = subprocess.run(["unsquashfs", "-cat", str(bundle), name], capture_output=True, check=True).stdout
+        (tmp / name).write_bytes(data)
+        out = tmp / f"out-{kind}"
+        subprocess.run(["casync", "extract", f"--store={link}", str(tmp / name), str(out)], check=True,
+                       capture_output=True)
+        if kind == "blob":
+            if out.read_bytes() != (ins / f"core-image-minimal-{MACHINE}.rootfs.ext4").read_bytes():
+                fail(f"{release}: casync extract of {name} is not the ext4 image")
+        else:
+            tree = tmp / "tree"
+            tree.mkdir()
+            subprocess.run(["tar", "-xzf", str(ins / f"container-test-image-{MACHINE}.rootfs.tar.gz"),
+                            "-C", str(tree), "--numeric-owner"], check=True)
+            diff = subprocess.run(["diff", "-r", "--no-dereference", str(tree), str(out)], capture_output=True, text=True)
+            if diff.returncode != 0:
+                fail(f"{release}: casync extract of {name} differs from the tar:\n{diff.stdout[-2000:]}")
+    shutil.rmtree(tmp)
+    log(f"{release}: casync variant deployed with its store; Debian's casync extracts both indexes")
 
 
 def check_referee(work, release, ins, keys, gitdir, ours):
@@ -390,7 +434,7 @@ def check_referee(work, release, ins, keys, gitdir, ours):
     subprocess.run(f"git -C '{gitdir}' archive {release} | tar -x -C '{layer}'", shell=True, check=True)
     # What meta-rauc's class of this release cannot parse: rota's tree type
     # everywhere; on scarthgap also type none, imagetype, unpack, convert.
-    masked = ["bundle-tree"] + (["bundle-every-variable", "bundle-convert"] if release == "scarthgap" else [])
+    masked = ["bundle-tree", "bundle-casync"] + (["bundle-every-variable", "bundle-convert"] if release == "scarthgap" else [])
     extra = (f'ROTA_TEST_INPUTS = "{ins}"\nROTA_TEST_BUNDLE_TOOL = "/bin/false"\n'
              'SKIP_META_RAUC_FEATURE_CHECK = "1"\n' + "".join(f'BBMASK += "{m}"\n' for m in masked))
     b = Build(work, release, "referee", [layer, TEST_LAYER], extra)

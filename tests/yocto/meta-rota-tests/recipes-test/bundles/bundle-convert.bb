@@ -1,4 +1,4 @@
-SUMMARY = "An artifact image with a converter (manifest only until rota-bundle converts)"
+SUMMARY = "An artifact image with converters: unpacked into the bundle, the archive kept"
 
 inherit bundle
 require rota-test-offline.inc
@@ -11,4 +11,4 @@ RAUC_BUNDLE_FORMAT = "verity"
 RAUC_BUNDLE_SLOTS = "containers/test"
 RAUC_SLOT_containers/test = "container-test-image"
 RAUC_SLOT_containers/test[fstype] = "tar.gz"
-RAUC_SLOT_containers/test[convert] = "tar-extract;composefs"
+RAUC_SLOT_containers/test[convert] = "tar-extract;keep"
