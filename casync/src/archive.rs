@@ -43,14 +43,15 @@ pub fn make(
 
 /// Recreates the tree `index` describes in the directory `dest`, each chunk
 /// from the first seed that holds it or else from `store` (all checked
-/// against their IDs); `progress` hears the stream bytes decoded so far.
+/// against their IDs); `progress` hears the stream bytes decoded so far and
+/// stops the extraction by returning an error (a cancelled installation).
 /// Returns what was decoded and where chunks came from.
 pub fn extract(
     index: &Index,
     store: &dyn ChunkSource,
     seeds: &[&Seed],
     dest: &Path,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut dyn FnMut(u64) -> std::io::Result<()>,
 ) -> Result<(decode::Extracted, Stats), ArchiveError> {
     let (reader, writer) = std::io::pipe().map_err(BlobError::Io)?;
     std::thread::scope(|scope| {
@@ -69,18 +70,19 @@ pub fn extract(
     })
 }
 
-/// A reader that reports how many bytes went through it.
+/// A reader that reports how many bytes went through it, and fails once
+/// the report is answered with an error.
 struct Counted<'p, R> {
     inner: R,
     bytes: u64,
-    progress: &'p mut dyn FnMut(u64),
+    progress: &'p mut dyn FnMut(u64) -> std::io::Result<()>,
 }
 
 impl<R: std::io::Read> std::io::Read for Counted<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.bytes += n as u64;
-        (self.progress)(self.bytes);
+        (self.progress)(self.bytes)?;
         Ok(n)
     }
 }
@@ -117,7 +119,7 @@ mod tests {
         // Without seeds, from the full store.
         let out = dir.join("out1");
         std::fs::create_dir(&out).unwrap();
-        let (done, stats) = extract(&index, &full, &[], &out, &mut |_| {}).unwrap();
+        let (done, stats) = extract(&index, &full, &[], &out, &mut |_| Ok(())).unwrap();
         assert_eq!(done.entries, 47);
         assert_eq!(stats.chunks_from_seeds, 0);
         let mut a = Vec::new();
@@ -135,7 +137,7 @@ mod tests {
         }
         let out = dir.join("out2");
         std::fs::create_dir(&out).unwrap();
-        let (_, stats) = extract(&index, &delta, &[&seed], &out, &mut |_| {}).unwrap();
+        let (_, stats) = extract(&index, &delta, &[&seed], &out, &mut |_| Ok(())).unwrap();
         assert!(stats.chunks_from_seeds > 3 * stats.chunks_from_store, "{stats:?}");
         let mut c = Vec::new();
         encode::encode(&out, flags, &mut c).unwrap();
@@ -143,8 +145,14 @@ mod tests {
         // A missing chunk stops the extraction with the store's error.
         let out = dir.join("out3");
         std::fs::create_dir(&out).unwrap();
-        let e = extract(&index, &delta, &[], &out, &mut |_| {}).unwrap_err().to_string();
+        let e = extract(&index, &delta, &[], &out, &mut |_| Ok(())).unwrap_err().to_string();
         assert!(e.contains("is missing from the store"), "{e}");
+        // A progress callback that says stop stops it, with its own error.
+        let out = dir.join("out4");
+        std::fs::create_dir(&out).unwrap();
+        let stop = |n: u64| if n > 100_000 { Err(std::io::Error::other("stop here")) } else { Ok(()) };
+        let e = extract(&index, &full, &[], &out, &mut { stop }).unwrap_err().to_string();
+        assert!(e.contains("stop here"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

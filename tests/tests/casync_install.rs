@@ -513,3 +513,45 @@ fn the_kept_index_seeds_the_next_update_and_a_changed_booted_slot_is_caught_chun
     assert!(stored_now > stored, "{} after {}", summary(&r), stored);
     assert!(fs::read(d.path("rootfs0.img")).unwrap()[..v2.len()] == v2[..], "slot A does not hold v2");
 }
+
+#[test]
+fn cancel_ends_a_casync_install_waiting_for_a_chunk() {
+    use testkit::bus::{Bus, Service};
+    use testkit::httpd::Server;
+    let _s = serial();
+    let (dir, v1, v2) = releases("cancel");
+    let good = dir.join("good.raucb");
+    rota_convert(&bundle(&dir, "verity", &v2), &good, &[]).ok();
+    let store = good.with_extension("castr");
+    let index = casync::index::Index::read(&cat(&good, "rootfs.ext4.caibx")[..]).unwrap();
+    let old = casync::index::Index::of_blob(&v1, index.sizes, index.digest_kind());
+    let needed = index.items.iter().find(|i| !old.items.iter().any(|o| o.id == i.id)).unwrap();
+    let server = Server::start();
+    server.put("/good.raucb", fs::read(&good).unwrap());
+    for c in walk(&store) {
+        let rel = c.strip_prefix(&store).unwrap().display().to_string();
+        server.put(&format!("/good.castr/{rel}"), fs::read(&c).unwrap());
+    }
+    let held = format!("/good.castr/{}", casync::store::chunk_name(&needed.id));
+    server.hold_path(&held);
+    let d = device("cancel", &v1, "");
+    let bus = Bus::start();
+    let _svc = Service::start(&d, &bus, &[]);
+    let mut client = d.rota();
+    client.envs(bus.env()).arg("install").arg(server.url("/good.raucb"));
+    client.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let child = client.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !server.requests().iter().any(|r| r.path == held) {
+        assert!(std::time::Instant::now() < deadline, "the held chunk was never asked for");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    run(&mut bus.busctl(&["call", "de.pengutronix.rauc", "/", "dev.rota.Installer1", "Cancel"])).ok();
+    let out = child.wait_with_output().unwrap();
+    server.release();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(format!("{stdout}{stderr}").contains("Installation cancelled"), "{stdout}{stderr}");
+    assert_eq!(selected(&d), "A", "nothing activated");
+}

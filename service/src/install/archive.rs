@@ -72,7 +72,7 @@ pub fn extract_archive(
     progress: &mut dyn FnMut(u64),
 ) -> Result<(u64, String)> {
     if let Some(a) = src.casync_archive() {
-        return a.unpack(dir, progress).map(|n| (n, String::new()));
+        return a.unpack(dir, src.control(), progress).map(|n| (n, String::new()));
     }
     if !src.name().ends_with(".catar") {
         return extract_tar(src, dir, keep_metadata, progress);

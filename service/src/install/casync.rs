@@ -313,12 +313,28 @@ impl ArchiveImage {
     }
 
     /// Recreates the archived tree in the (fresh, mounted) directory `dir`;
-    /// returns the bytes of the archive stream.
-    pub fn unpack(&self, dir: &std::path::Path, progress: &mut dyn FnMut(u64)) -> Result<u64> {
-        let (done, stats) = casync::archive::extract(&self.index, self.store.source(), &self.seeds(), dir, progress)
-            .map_err(|e| {
-                Error::Failed(format!("Failed to unpack '{}' from store {}: {e}", self.name, self.location))
-            })?;
+    /// returns the bytes of the archive stream. Stops once `control` (the
+    /// installation's) is cancelled.
+    pub fn unpack(
+        &self,
+        dir: &std::path::Path,
+        control: Option<&super::control::InstallControl>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<u64> {
+        let mut report = |n: u64| {
+            progress(n);
+            match control {
+                Some(c) if c.is_cancelled() => Err(std::io::Error::other("cancelled")),
+                _ => Ok(()),
+            }
+        };
+        let r = casync::archive::extract(&self.index, self.store.source(), &self.seeds(), dir, &mut report);
+        if let Some(c) = control {
+            c.check()?;
+        }
+        let (done, stats) = r.map_err(|e| {
+            Error::Failed(format!("Failed to unpack '{}' from store {}: {e}", self.name, self.location))
+        })?;
         *self.stats.lock().expect("stats lock") = stats;
         Ok(done.bytes)
     }

@@ -92,6 +92,14 @@ impl ImageSource<'_> {
         }
     }
 
+    /// The installation control that guards this source, if any.
+    pub fn control(&self) -> Option<&super::control::InstallControl> {
+        match self {
+            ImageSource::Guarded(_, control) => Some(control),
+            _ => None,
+        }
+    }
+
     /// The casync directory index behind this source, if it is one.
     pub fn casync_archive(&self) -> Option<&super::casync::ArchiveImage> {
         match self {
