@@ -272,24 +272,33 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-#[test]
-fn missing_damaged_lying_and_stalling_chunks_fail_clearly_and_activate_nothing() {
-    use testkit::httpd::Server;
-    let _s = serial();
-    let (dir, v1, v2) = releases("faults");
+/// Work directory `name` with the two releases, the new one as a
+/// rota-converted verity bundle `good.raucb` (store next to it); returns
+/// (bundle, store, old release, new release, the chunks the old release
+/// cannot supply, as store paths).
+fn converted(name: &str) -> (PathBuf, PathBuf, Vec<u8>, Vec<u8>, Vec<PathBuf>) {
+    let (dir, v1, v2) = releases(name);
     let good = dir.join("good.raucb");
     rota_convert(&bundle(&dir, "verity", &v2), &good, &[]).ok();
     let store = good.with_extension("castr");
-    let chunks = walk(&store);
-    // Chunks the booted slot cannot supply: those a fault must hit.
     let index = casync::index::Index::read(&cat(&good, "rootfs.ext4.caibx")[..]).unwrap();
     let old = casync::index::Index::of_blob(&v1, index.sizes, index.digest_kind());
-    let needed: Vec<PathBuf> = index
+    let needed = index
         .items
         .iter()
         .filter(|i| !old.items.iter().any(|o| o.id == i.id))
         .map(|i| store.join(casync::store::chunk_name(&i.id)))
         .collect();
+    (good, store, v1, v2, needed)
+}
+
+#[test]
+fn missing_damaged_lying_and_stalling_chunks_fail_clearly_and_activate_nothing() {
+    use testkit::httpd::Server;
+    let _s = serial();
+    // Chunks the booted slot cannot supply: those a fault must hit.
+    let (good, store, v1, v2, needed) = converted("faults");
+    let chunks = walk(&store);
     assert!(!needed.is_empty() && chunks.len() > needed.len());
     let victim = &needed[needed.len() / 2];
     let case = |name: &str, extra: &str, location: &str, says: &[&str]| {
@@ -519,20 +528,14 @@ fn cancel_ends_a_casync_install_waiting_for_a_chunk() {
     use testkit::bus::{Bus, Service};
     use testkit::httpd::Server;
     let _s = serial();
-    let (dir, v1, v2) = releases("cancel");
-    let good = dir.join("good.raucb");
-    rota_convert(&bundle(&dir, "verity", &v2), &good, &[]).ok();
-    let store = good.with_extension("castr");
-    let index = casync::index::Index::read(&cat(&good, "rootfs.ext4.caibx")[..]).unwrap();
-    let old = casync::index::Index::of_blob(&v1, index.sizes, index.digest_kind());
-    let needed = index.items.iter().find(|i| !old.items.iter().any(|o| o.id == i.id)).unwrap();
+    let (good, store, v1, _, needed) = converted("cancel");
     let server = Server::start();
     server.put("/good.raucb", fs::read(&good).unwrap());
     for c in walk(&store) {
         let rel = c.strip_prefix(&store).unwrap().display().to_string();
         server.put(&format!("/good.castr/{rel}"), fs::read(&c).unwrap());
     }
-    let held = format!("/good.castr/{}", casync::store::chunk_name(&needed.id));
+    let held = format!("/good.castr/{}", needed[0].strip_prefix(&store).unwrap().display());
     server.hold_path(&held);
     let d = device("cancel", &v1, "");
     let bus = Bus::start();
