@@ -5,10 +5,11 @@
 //! stream: memory stays at one chunk plus one read buffer.
 
 use crate::chunker::{ChunkSizes, Chunker};
-use crate::digest::DigestKind;
+use crate::digest::{ChunkId, DigestKind};
 use crate::index::{Index, IndexItem, blob_flags};
 use crate::seed::Seed;
 use crate::store::{ChunkSource, Compression, LocalStore, StoreError};
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 
 /// Why a blob could not be made or extracted.
@@ -151,7 +152,23 @@ pub struct Stats {
     pub chunks_from_store: u64,
     /// Their bytes (uncompressed).
     pub bytes_from_store: u64,
+    /// Chunks the stream held before (fetched once, written again).
+    pub chunks_repeated: u64,
+    /// Their bytes.
+    pub bytes_repeated: u64,
 }
+
+impl Stats {
+    /// Bytes written in all.
+    pub fn bytes(&self) -> u64 {
+        self.bytes_from_seeds + self.bytes_from_store + self.bytes_repeated
+    }
+}
+
+/// Bytes of fetched chunks an extraction keeps for their later places in
+/// the same stream, so that no chunk is fetched twice (casync keeps a
+/// per-run cache for the same reason); beyond it a chunk is fetched again.
+pub const REPEAT_BUDGET: u64 = 16 << 20;
 
 /// Chunks announced to the store ahead of the one being written
 /// ([`ChunkSource::prefetch`]): what a remote store keeps in flight.
@@ -159,7 +176,7 @@ pub const LOOKAHEAD: usize = 16;
 
 /// Writes the stream `index` describes, chunk by chunk from `store`.
 pub fn extract(index: &Index, store: &dyn ChunkSource, out: impl Write) -> Result<u64, BlobError> {
-    extract_seeded(index, store, &[], out).map(|s| s.bytes_from_seeds + s.bytes_from_store)
+    extract_seeded(index, store, &[], out).map(|s| s.bytes())
 }
 
 /// Writes the stream `index` describes, each chunk from the first seed
@@ -177,11 +194,20 @@ pub fn extract_seeded(
         let item = &index.items[i];
         !seeds.iter().any(|s| s.has(&item.id, item.size, item.offset))
     };
+    // Where each chunk is last needed, and fetched chunks kept until then.
+    let last_use: HashMap<ChunkId, usize> = index.items.iter().enumerate().map(|(i, it)| (it.id, i)).collect();
+    let mut kept: HashMap<ChunkId, Vec<u8>> = HashMap::new();
+    let mut kept_bytes = 0u64;
+    let mut announced_ids: HashSet<ChunkId> = HashSet::new();
     let mut announced = 0;
     for (i, item) in index.items.iter().enumerate() {
         if announced < (i + LOOKAHEAD).min(index.items.len()) {
             let until = (i + 2 * LOOKAHEAD).min(index.items.len());
-            let ids: Vec<_> = (announced.max(i)..until).filter(|&j| from_store(j)).map(|j| index.items[j].id).collect();
+            let ids: Vec<_> = (announced.max(i)..until)
+                .filter(|&j| from_store(j))
+                .map(|j| index.items[j].id)
+                .filter(|id| announced_ids.insert(*id))
+                .collect();
             if !ids.is_empty() {
                 store.prefetch(&ids);
             }
@@ -193,6 +219,17 @@ pub fn extract_seeded(
             stats.bytes_from_seeds += item.size;
             continue;
         }
+        let last = last_use.get(&item.id).copied().unwrap_or(i);
+        if let Some(data) = kept.get(&item.id) {
+            out.write_all(data)?;
+            stats.chunks_repeated += 1;
+            stats.bytes_repeated += item.size;
+            if last == i {
+                kept_bytes -= data.len() as u64;
+                kept.remove(&item.id);
+            }
+            continue;
+        }
         let data = store.get(&item.id, digest, index.sizes.max)?;
         if data.len() as u64 != item.size {
             return Err(BlobError::Size { index: i, id: item.id, got: data.len() as u64, want: item.size });
@@ -200,6 +237,10 @@ pub fn extract_seeded(
         out.write_all(&data)?;
         stats.chunks_from_store += 1;
         stats.bytes_from_store += item.size;
+        if last > i && kept_bytes + item.size <= REPEAT_BUDGET {
+            kept_bytes += item.size;
+            kept.insert(item.id, data);
+        }
     }
     out.flush()?;
     Ok(stats)
@@ -227,6 +268,34 @@ mod tests {
         lying.items[0].size += 1;
         let e = extract(&lying, &store, &mut Vec::new()).unwrap_err();
         assert!(e.to_string().contains("holds 116777 bytes where the index says 116778"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_chunk_the_stream_repeats_is_fetched_once() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        /// Counts the chunks asked of a store.
+        struct Counting<'a>(&'a LocalStore, AtomicU64);
+        impl ChunkSource for Counting<'_> {
+            fn get(&self, id: &ChunkId, d: DigestKind, max: u64) -> Result<Vec<u8>, StoreError> {
+                self.1.fetch_add(1, Ordering::Relaxed);
+                self.0.get(id, d, max)
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("casync-rs-repeat-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = LocalStore::new(&dir);
+        // Three equal runs of fixed-size chunks: every chunk appears three times.
+        let sizes = ChunkSizes { min: 4096, avg: 4096, max: 4096 };
+        let part = lcg(5, 40_960);
+        let data: Vec<u8> = [&part[..], &part[..], &part[..]].concat();
+        let index = make(&data[..], sizes, DigestKind::Sha256, Some((&store, Compression::Zstd))).unwrap();
+        let counting = Counting(&store, AtomicU64::new(0));
+        let mut out = Vec::new();
+        let stats = extract_seeded(&index, &counting, &[], &mut out).unwrap();
+        assert_eq!(out, data);
+        assert_eq!(counting.1.load(Ordering::Relaxed), 10, "each of the 10 distinct chunks fetched once");
+        assert_eq!((stats.chunks_from_store, stats.chunks_repeated), (10, 20));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -291,7 +291,8 @@ mod tests {
                 chunks_from_seeds: 25,
                 bytes_from_seeds: 1_444_909,
                 chunks_from_store: 1,
-                bytes_from_store: 56_091
+                bytes_from_store: 56_091,
+                ..Stats::default()
             }
         );
         // A seed changed since it was read: its chunk no longer hashes, the store is asked.

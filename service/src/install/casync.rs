@@ -214,7 +214,7 @@ impl BlobImage {
             Error::Failed(format!("Failed to reassemble '{}' from store {}: {e}", self.name, self.location))
         })?;
         *self.stats.lock().expect("stats lock") = stats;
-        Ok(stats.bytes_from_seeds + stats.bytes_from_store)
+        Ok(stats.bytes())
     }
 
     /// Where the chunks came from, in words.
@@ -344,7 +344,7 @@ impl ArchiveImage {
         let stats = blob::extract_seeded(&self.index, self.store.source(), &self.seeds(), out).map_err(|e| {
             Error::Failed(format!("Failed to reassemble '{}' from store {}: {e}", self.name, self.location))
         })?;
-        Ok(stats.bytes_from_seeds + stats.bytes_from_store)
+        Ok(stats.bytes())
     }
 
     /// Where the chunks came from, in words.
@@ -359,8 +359,12 @@ fn summary(name: &str, store: &Store, s: Stats) -> String {
         Store::Http(h) => format!(", {} bytes downloaded", h.stats().1),
         Store::Local(_) => String::new(),
     };
+    let repeated = match s.chunks_repeated {
+        0 => String::new(),
+        n => format!(", {n} chunks ({} bytes) repeated", s.bytes_repeated),
+    };
     format!(
-        "{name}: {} chunks ({} bytes) from seeds, {} chunks ({} bytes) from the store{fetched}",
+        "{name}: {} chunks ({} bytes) from seeds, {} chunks ({} bytes) from the store{repeated}{fetched}",
         s.chunks_from_seeds, s.bytes_from_seeds, s.chunks_from_store, s.bytes_from_store
     )
 }
