@@ -82,12 +82,12 @@ fn bundle(dir: &Path, format: &str, image: &[u8]) -> PathBuf {
     out
 }
 
-/// Debian's `rauc convert` of `input` to `output` (its store next to it).
-fn rauc_convert(input: &Path, output: &Path) {
+/// Debian's `rauc convert` of `input` to `output` (its store next to it), with `extra` options.
+fn rauc_convert(input: &Path, output: &Path, extra: &[&str]) {
     let _ = fs::remove_file(output);
     let _ = fs::remove_dir_all(output.with_extension("castr"));
     let keyring = format!("--keyring={}", pki_file("keyring.pem").display());
-    run(peer_rauc().arg("convert").args(signer_args("release")).arg(keyring).arg(input).arg(output)).ok();
+    run(peer_rauc().arg("convert").args(signer_args("release")).arg(keyring).args(extra).arg(input).arg(output)).ok();
 }
 
 /// rota's `convert` of `input` to `output`.
@@ -176,7 +176,7 @@ fn bundles_rauc_converted_install_from_nginx_and_locally_seeded_from_the_booted_
     let (_t, www) = web_root();
     for format in ["verity", "plain"] {
         let converted = www.join(format!("{format}-casync.raucb"));
-        rauc_convert(&bundle(&dir, format, &v2), &converted);
+        rauc_convert(&bundle(&dir, format, &v2), &converted, &[]);
         assert!(www.join(format!("{format}-casync.castr")).is_dir(), "rauc convert made a store");
     }
     let nginx = Nginx::serve(&www);
@@ -420,48 +420,73 @@ fn directory_indexes_rauc_and_rota_make_alike_install_into_ext4_seeded_from_the_
         .arg("."))
     .ok();
     c.file("release-notes.bin", &testkit::pseudo_random(16 << 10, 3));
-    c.manifest(
-        "[update]\ncompatible=Test Config\nversion=2\n[bundle]\nformat=verity\n[image.rootfs]\nfilename=root.tar\n",
-    );
+    // An app tree shipped as a catar Debian's casync made (not converted:
+    // rauc convert would run tar on it).
+    let app = dir.join("app");
+    fs::create_dir_all(app.join("bin")).unwrap();
+    fs::write(app.join("bin/app"), testkit::pseudo_random(50_000, 8)).unwrap();
+    fs::set_permissions(app.join("bin/app"), fs::Permissions::from_mode(0o750)).unwrap();
+    std::os::unix::fs::symlink("bin/app", app.join("run")).unwrap();
+    run(Command::new("casync").arg("make").arg("--with=unix").arg(c.dir.join("app.catar")).arg(&app)).ok();
+    let manifest =
+        "[update]\ncompatible=Test Config\nversion=2\n[bundle]\nformat=verity\n[image.rootfs]\nfilename=root.tar\n";
+    // Debian's rauc convert (1.8: no --ignore-image, and it would run tar
+    // on a catar) gets the rootfs alone; rota must make the same .caidx.
+    c.manifest(manifest);
+    let (_t, www) = web_root();
+    let root_only = dir.join("root-only.raucb");
+    let _ = fs::rename(c.dir.join("app.catar"), dir.join("app.catar"));
+    rota_bundle(&c.dir, &root_only, "release").ok();
+    let theirs = dir.join("rauc.raucb");
+    rauc_convert(&root_only, &theirs, &[]);
+    let mine = dir.join("mine.raucb");
+    rota_convert(&root_only, &mine, &[]).ok();
+    assert!(cat(&mine, "root.tar.caidx") == cat(&theirs, "root.tar.caidx"), "the .caidx differs from rauc convert's");
+    // What is installed: both images, the catar left as it is.
+    fs::rename(dir.join("app.catar"), c.dir.join("app.catar")).unwrap();
+    c.manifest(&format!("{manifest}[image.appfs]\nfilename=app.catar\n"));
     let plain = dir.join("b.raucb");
     rota_bundle(&c.dir, &plain, "release").ok();
-    let (_t, www) = web_root();
-    let theirs = www.join("rauc.raucb");
-    rauc_convert(&plain, &theirs);
-    let ours = dir.join("rota.raucb");
-    let _ = fs::remove_dir_all(dir.join("rota.castr"));
-    rota_convert(&plain, &ours, &[]).ok();
-    assert!(cat(&ours, "root.tar.caidx") == cat(&theirs, "root.tar.caidx"), "the .caidx differs from rauc convert's");
+    rota_convert(&plain, &www.join("rota.raucb"), &["--ignore-image=appfs"]).ok();
     // ext4 slots on loop devices; the booted one holds the old tree.
     let d = Device::new(target_dir().join("test-devices/casync-install/caidx"), "");
-    let files = [d.slot_file("r0.img", 24 << 20, 0), d.slot_file("r1.img", 24 << 20, 0)];
+    let files = [
+        d.slot_file("r0.img", 24 << 20, 0),
+        d.slot_file("r1.img", 24 << 20, 0),
+        d.slot_file("a0.img", 4 << 20, 0),
+        d.slot_file("a1.img", 4 << 20, 0),
+    ];
     run(Command::new("mkfs.ext4").args(["-q", "-F", "-d"]).arg(&v1).arg(&files[0])).ok();
     let loops: Vec<String> = files.iter().map(|f| losetup(f)).collect();
     d.write_conf(&format!(
         "[system]\ncompatible=Test Config\nbootloader=grub\ngrubenv=grubenv\ndata-directory=data\nmountprefix={}\n\
-         [keyring]\npath={}\n[slot.rootfs.0]\ndevice={}\ntype=ext4\nbootname=A\n[slot.rootfs.1]\ndevice={}\ntype=ext4\nbootname=B\n",
+         [keyring]\npath={}\n[slot.rootfs.0]\ndevice={}\ntype=ext4\nbootname=A\n[slot.rootfs.1]\ndevice={}\ntype=ext4\nbootname=B\n\
+         [slot.appfs.0]\ndevice={}\ntype=ext4\nparent=rootfs.0\n[slot.appfs.1]\ndevice={}\ntype=ext4\nparent=rootfs.1\n",
         d.path("mnt").display(),
         pki_file("keyring.pem").display(),
         loops[0],
-        loops[1]
+        loops[1],
+        loops[2],
+        loops[3]
     ));
     d.grub_env(&["A", "B"]);
     d.boot("root=/dev/null rauc.slot=A");
     let nginx = Nginx::serve(&www);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         // Without its store the update cannot be completed: refused, nothing switched.
-        fs::rename(www.join("rauc.castr"), www.join("away.castr")).unwrap();
-        let r = install(&d, &nginx.url("/rauc.raucb")).fails();
+        fs::rename(www.join("rota.castr"), www.join("away.castr")).unwrap();
+        let r = install(&d, &nginx.url("/rota.raucb")).fails();
         assert!(
             r.stderr.contains("Failed to unpack 'root.tar.caidx'") && r.stderr.contains("is missing from the store"),
             "{}",
             r.stderr
         );
         assert_eq!(selected(&d), "A");
-        fs::rename(www.join("away.castr"), www.join("rauc.castr")).unwrap();
-        let r = install(&d, &nginx.url("/rauc.raucb")).ok();
+        fs::rename(www.join("away.castr"), www.join("rota.castr")).unwrap();
+        let r = install(&d, &nginx.url("/rota.raucb")).ok();
         assert_eq!(selected(&d), "B");
         assert_eq!(fs_digest(&loops[1], &d.path("check")), digest(&tree), "slot B does not hold the new tree");
+        assert_eq!(fs_digest(&loops[3], &d.path("check")), digest(&app), "appfs.1 does not hold the catar's tree");
         // Most of the stream came from the booted tree, the rest was fetched.
         let (seeded, stored) = seeded_and_stored(&summary(&r));
         assert!(stored * 5 < seeded + stored, "{}", summary(&r));
