@@ -14,10 +14,14 @@ const MIB: usize = 1 << 20;
 /// A device with raw A/B root slots and `bootloader.0` = `disk.img` of `slot_type`.
 fn device(name: &str, slot_type: &str, region: &str) -> Device {
     let dir = target_dir().join("test-devices").join(name);
+    // Each device mounts its bundle below its own directory: the tests of
+    // this file run at once, and two installs with hooks would otherwise
+    // meet at the default /mnt/rauc/bundle.
     let conf = format!(
-        "[system]\ncompatible=Test Config\nbootloader=noop\n[keyring]\npath={}\n\
+        "[system]\ncompatible=Test Config\nbootloader=noop\nmountprefix={}\n[keyring]\npath={}\n\
          [slot.rootfs.0]\ndevice=rootfs0.img\nbootname=A\n[slot.rootfs.1]\ndevice=rootfs1.img\nbootname=B\n\
          [slot.bootloader.0]\ndevice=disk.img\ntype={slot_type}\n{region}\n",
+        dir.join("mnt").display(),
         pki_file("keyring.pem").display()
     );
     let d = Device::new(&dir, &conf);
