@@ -57,37 +57,10 @@ PY
 fi
 NEW=$W/c/plain/rootfs.img
 
-cat > "$W/system.conf" <<CONF
-[system]
-compatible=rota-bench
-bootloader=grub
-grubenv=$W/grubenv
-data-directory=$W/data
-mountprefix=$W/mnt
-
-[keyring]
-path=$K
-
-[slot.rootfs.0]
-device=$W/slot-a
-type=raw
-bootname=A
-
-[slot.rootfs.1]
-device=$W/slot-b
-type=raw
-bootname=B
-CONF
-mkdir -p "$W/mnt"
+ab_system_conf "$W" raw "data-directory=$W/data" "$K"
 cp "$W/base.img" "$W/slot-a"
 
-start_nginx "$W/nginx" "$W/www"
-shaped=0
-cleanup() {
-  kill "$nginx_pid" 2>/dev/null || true
-  [ "$shaped" = 1 ] && tc qdisc del dev lo root 2>/dev/null || true
-}
-trap cleanup EXIT
+serve "$W/nginx" "$W/www"
 URL=http://127.0.0.1:$port
 
 prepare() {

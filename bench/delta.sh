@@ -34,27 +34,7 @@ if [ ! -f "$W/slot-a" ]; then
 fi
 echo "Tree: $FILES files, $(mib $((TREE_BYTES / 1024))) MiB; slots of $SLOT_MIB MiB" >&2
 
-cat > "$W/system.conf" <<CONF
-[system]
-compatible=rota-bench
-bootloader=grub
-grubenv=$W/grubenv
-data-directory=$W/data
-mountprefix=$W/mnt
-
-[keyring]
-path=$W/pki/keyring.pem
-
-[slot.rootfs.0]
-device=$W/slot-a
-type=ext4
-bootname=A
-
-[slot.rootfs.1]
-device=$W/slot-b
-type=ext4
-bootname=B
-CONF
+ab_system_conf "$W" ext4 "data-directory=$W/data" "$W/pki/keyring.pem"
 reset="rm -rf $W/slot-b $W/data $W/grubenv; truncate -s ${SLOT_MIB}M $W/slot-b;
   grub-editenv $W/grubenv set ORDER='A B' A_OK=1 B_OK=1 A_TRY=0 B_TRY=0; sync"
 

@@ -55,12 +55,7 @@ if [ ! -f "$R/.done" ]; then
   rm -rf "$R"
   mkdir -p "$R/content"
   head -c "${MIB}M" /dev/urandom > "$R/content/rootfs.img"
-  for fmt in verity plain; do
-    printf '[update]\ncompatible=rota-bench\nversion=1.0\n\n[bundle]\nformat=%s\n\n[image.rootfs]\nfilename=rootfs.img\n' \
-      "$fmt" > "$R/content/manifest.raucm"
-    "$ROTA" bundle "${SIGN[@]}" "$R/content" "$R/$fmt.raucb" 2>/dev/null
-  done
-  rm "$R/content/manifest.raucm"
+  raw_bundles "$R/content" "$R"
   touch "$R/.done"
 fi
 

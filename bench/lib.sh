@@ -25,6 +25,54 @@ measure() {
 ratio() { echo "scale=2; $1 / $2" | bc -l | sed 's/^\./0./'; }
 mib() { echo "scale=1; $1 / 1024" | bc -l | sed 's/^\./0./'; }
 
+# ab_system_conf DIR SLOT_TYPE STATUS_LINE KEYRING: DIR/system.conf of a GRUB
+# A/B device with slots DIR/slot-a (booted A) and DIR/slot-b of SLOT_TYPE,
+# status kept as STATUS_LINE says (statusfile=… or data-directory=…).
+ab_system_conf() {
+  cat > "$1/system.conf" <<CONF
+[system]
+compatible=rota-bench
+bootloader=grub
+grubenv=$1/grubenv
+$3
+mountprefix=$1/mnt
+
+[keyring]
+path=$4
+
+[slot.rootfs.0]
+device=$1/slot-a
+type=$2
+bootname=A
+
+[slot.rootfs.1]
+device=$1/slot-b
+type=$2
+bootname=B
+CONF
+  mkdir -p "$1/mnt"
+}
+
+# raw_bundles CONTENT OUT: verity and plain bundles OUT/verity.raucb and
+# OUT/plain.raucb of CONTENT/rootfs.img (needs $ROTA and $SIGN).
+raw_bundles() {
+  local fmt
+  for fmt in verity plain; do
+    printf '[update]\ncompatible=rota-bench\nversion=1.0\n\n[bundle]\nformat=%s\n\n[image.rootfs]\nfilename=rootfs.img\n' \
+      "$fmt" > "$1/manifest.raucm"
+    "$ROTA" bundle "${SIGN[@]}" "$1" "$2/$fmt.raucb" 2>/dev/null
+  done
+  rm "$1/manifest.raucm"
+}
+
+# serve DIR ROOT: start_nginx, and on exit stop it and remove the traffic
+# shaping of lo when $shaped is 1.
+serve() {
+  start_nginx "$1" "$2"
+  shaped=0
+  trap 'kill "$nginx_pid" 2>/dev/null || true; [ "$shaped" = 1 ] && tc qdisc del dev lo root 2>/dev/null || true' EXIT
+}
+
 # install_fixture: the device and bundles both install benchmarks use, in
 # $W=$BENCH_DIR/install: a ROTA_BENCH_IMAGE_MIB (default 1024) MiB raw image
 # $IMG (half random, a quarter zeros, a quarter log text), verity and plain
@@ -48,39 +96,13 @@ if [ ! -f "$W/content-$MIB/.done" ]; then
     yes 'Nov 22 04:49:18 charger evse[812]: session 42 energy=12.34kWh state=Charging' | head -c $((MIB / 4))M; } \
     > "$W/content-$MIB/rootfs.img"
   set -o pipefail
-  for fmt in verity plain; do
-    printf '[update]\ncompatible=rota-bench\nversion=1.0\n\n[bundle]\nformat=%s\n\n[image.rootfs]\nfilename=rootfs.img\n' \
-      "$fmt" > "$W/content-$MIB/manifest.raucm"
-    "$ROTA" bundle "${SIGN[@]}" "$W/content-$MIB" "$W/$fmt.raucb" 2>/dev/null
-  done
-  rm "$W/content-$MIB/manifest.raucm"
+  raw_bundles "$W/content-$MIB" "$W"
   touch "$W/content-$MIB/.done"
 fi
 IMG=$W/content-$MIB/rootfs.img
 
 # One device for both tools: GRUB environment, booted slot A, target B.
-cat > "$W/system.conf" <<CONF
-[system]
-compatible=rota-bench
-bootloader=grub
-grubenv=$W/grubenv
-statusfile=$W/status.raucs
-mountprefix=$W/mnt
-
-[keyring]
-path=$K
-
-[slot.rootfs.0]
-device=$W/slot-a
-type=raw
-bootname=A
-
-[slot.rootfs.1]
-device=$W/slot-b
-type=raw
-bootname=B
-CONF
-mkdir -p "$W/mnt"
+ab_system_conf "$W" raw "statusfile=$W/status.raucs" "$K"
 : > "$W/slot-a"
 # Every run starts from an empty target file, a fresh status and a clean
 # GRUB environment; dirty pages of the previous run are flushed first.

@@ -11,13 +11,7 @@ install_fixture
 RATE=${ROTA_BENCH_LINK:-400mbit}
 
 # nginx serving the bundles.
-start_nginx "$W/nginx" "$W"
-shaped=0
-cleanup() {
-  kill "$nginx_pid" 2>/dev/null || true
-  [ "$shaped" = 1 ] && tc qdisc del dev lo root 2>/dev/null || true
-}
-trap cleanup EXIT
+serve "$W/nginx" "$W"
 URL=http://127.0.0.1:$port/verity.raucb
 SIZE=$(stat -c %s "$W/verity.raucb")
 ROTA_INSTALL=("$ROTA" install --conf "$W/system.conf" --override-boot-slot=A)
