@@ -51,9 +51,7 @@ fi
 # rauc 1.8 writes its normalized manifest back into the input directory
 # (through the hard links of its work copy); every run starts from the original.
 restore="cp $W/manifest.in $W/content/manifest.raucm"
-[ -f "$W/pki/keyring.pem" ] || sh tests/pki/make-pki.sh "$W/pki" >/dev/null
-K=$W/pki/keyring.pem
-SIGN=(--cert "$W/pki/release.pem" --key "$W/pki/release.key" --intermediate "$W/pki/inter.pem")
+bench_pki "$W"
 files=$(find "$W/content" -type f | wc -l)
 eval "$restore"
 bytes=$(du -sb --exclude=.done "$W/content" | cut -f1)

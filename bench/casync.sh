@@ -14,9 +14,7 @@ W=$BENCH_DIR/casync
 MIB=${ROTA_BENCH_CASYNC_MIB:-1024}
 RATE=${ROTA_BENCH_LINK:-400mbit}
 mkdir -p "$W/www"
-[ -f "$W/pki/keyring.pem" ] || sh tests/pki/make-pki.sh "$W/pki" >/dev/null
-K=$W/pki/keyring.pem
-SIGN=(--cert "$W/pki/release.pem" --key "$W/pki/release.key" --intermediate "$W/pki/inter.pem")
+bench_pki "$W"
 
 if [ ! -f "$W/.done2-$MIB" ]; then
   echo "Generating a $MIB MiB image (half random, a quarter zeros, a quarter text) and its 5 % change" >&2

@@ -17,8 +17,7 @@ RATE=${ROTA_BENCH_LINK:-400mbit}
 cargo build --release --locked -q -p rota-tests --bin rota-rootfs
 GEN=$PWD/target/release/rota-rootfs
 mkdir -p "$W/www" "$W/mnt"
-[ -f "$W/pki/keyring.pem" ] || sh tests/pki/make-pki.sh "$W/pki" >/dev/null
-SIGN=(--cert "$W/pki/release.pem" --key "$W/pki/release.key" --intermediate "$W/pki/inter.pem")
+bench_pki "$W"
 
 # Version 1 and the booted slot A holding it.
 if [ ! -f "$W/.done-$FILES-$MEAN" ]; then

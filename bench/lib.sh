@@ -25,6 +25,14 @@ measure() {
 ratio() { echo "scale=2; $1 / $2" | bc -l | sed 's/^\./0./'; }
 mib() { echo "scale=1; $1 / 1024" | bc -l | sed 's/^\./0./'; }
 
+# bench_pki DIR: the test PKI in DIR/pki (made once); sets K (keyring)
+# and SIGN (the release signer's options).
+bench_pki() {
+  [ -f "$1/pki/keyring.pem" ] || sh tests/pki/make-pki.sh "$1/pki" >/dev/null
+  K=$1/pki/keyring.pem
+  SIGN=(--cert "$1/pki/release.pem" --key "$1/pki/release.key" --intermediate "$1/pki/inter.pem")
+}
+
 # ab_system_conf DIR SLOT_TYPE STATUS_LINE KEYRING: DIR/system.conf of a GRUB
 # A/B device with slots DIR/slot-a (booted A) and DIR/slot-b of SLOT_TYPE,
 # status kept as STATUS_LINE says (statusfile=… or data-directory=…).
@@ -83,9 +91,7 @@ install_fixture() {
 W=$BENCH_DIR/install
 MIB=${ROTA_BENCH_IMAGE_MIB:-1024}
 mkdir -p "$W"
-[ -f "$W/pki/keyring.pem" ] || sh tests/pki/make-pki.sh "$W/pki" >/dev/null
-K=$W/pki/keyring.pem
-SIGN=(--cert "$W/pki/release.pem" --key "$W/pki/release.key" --intermediate "$W/pki/inter.pem")
+bench_pki "$W"
 
 if [ ! -f "$W/content-$MIB/.done" ]; then
   echo "Generating a $MIB MiB raw image (half random, a quarter zeros, a quarter log text)" >&2
