@@ -42,22 +42,15 @@ rauc_install() {
     rss=$(grep -E '^[0-9]+$' "$W/.rauc-rss" | tail -n1)
     ((rss > peak)) && peak=$rss
   done
-  printf -v "RESULT_rauc_plain_${2}_S" '%s' "$(printf '%s\n' "${times[@]}" | sort -g | awk '{a[NR]=$1} END {printf "%.2f", (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}')"
+  printf -v "RESULT_rauc_plain_${2}_S" '%.2f' "$(median "${times[@]}")"
   printf -v "RESULT_rauc_plain_${2}_KB" '%s' "$peak"
   local s=RESULT_rauc_plain_${2}_S
   printf '  %-22s %8.2f s  %8.1f MiB peak  (%d runs)\n' "rauc_plain_$2" "${!s}" "$(mib "$peak")" "$1" >&2
 }
 
-# A random image of the same size and its bundles (made once).
+# A random image of the same size and its bundles.
 R=$W/random-$MIB
-if [ ! -f "$R/.done" ]; then
-  echo "Generating a $MIB MiB random image" >&2
-  rm -rf "$R"
-  mkdir -p "$R/content"
-  head -c "${MIB}M" /dev/urandom > "$R/content/rootfs.img"
-  raw_bundles "$R/content" "$R"
-  touch "$R/.done"
-fi
+random_bundles "$R" "$MIB"
 
 # run_case TAG IMAGE VERITY PLAIN: the floor and its parts, rota (verity and
 # plain) and Debian's rauc (plain) for one image; results as RESULT_<x>_<TAG>_*.
@@ -65,18 +58,21 @@ run_case() {
   local tag=$1
   IMG=$2 VERITY=$3 PLAIN=$4
   cat "$IMG" "$VERITY" "$PLAIN" > /dev/null
-  echo "Installing the $tag image (3 runs each):" >&2
-  measure "write_sync_$tag" 3 "$reset" bash -c "cat '$IMG' > '$W/slot-b' && sync"
-  measure "dgst_$tag" 3 "" openssl dgst -sha256 "$IMG"
-  measure "floor_$tag" 3 "$reset" bash -c "{ cat '$IMG' > '$W/slot-b' && sync; } & openssl dgst -sha256 '$IMG' > /dev/null; wait"
+  echo "Installing the $tag image ($RUNS runs each):" >&2
+  measure "write_sync_$tag" "$RUNS" "$reset" bash -c "cat '$IMG' > '$W/slot-b' && sync"
+  measure "dgst_$tag" "$RUNS" "" openssl dgst -sha256 "$IMG"
+  measure "floor_$tag" "$RUNS" "$reset" bash -c "{ cat '$IMG' > '$W/slot-b' && sync; } & openssl dgst -sha256 '$IMG' > /dev/null; wait"
   check_installed "the floor"
-  measure "rota_verity_$tag" 3 "$reset" "${ROTA_INSTALL[@]}" "$VERITY"
+  measure "floor_back_$tag" "$RUNS" "$reset" bash -c "{ cat '$IMG' > '$W/slot-b' && sync && dd if='$W/slot-b' of=/dev/null bs=1M iflag=direct status=none; } & openssl dgst -sha256 '$IMG' > /dev/null; wait"
+  measure "rota_verity_$tag" "$RUNS" "$reset" "${ROTA_INSTALL[@]}" "$VERITY"
   check_installed "rota install (verity)"
-  measure "rota_plain_$tag" 3 "$reset" "${ROTA_INSTALL[@]}" "$PLAIN"
+  measure "rota_plain_$tag" "$RUNS" "$reset" "${ROTA_INSTALL[@]}" "$PLAIN"
   check_installed "rota install (plain)"
-  rauc_install 3 "$tag"
+  rauc_install "$RUNS" "$tag"
 }
 ROTA_INSTALL=("$ROTA" install --conf "$W/system.conf" --override-boot-slot=A)
+# The disk of a virtual machine is noisy: median of 5.
+RUNS=${ROTA_BENCH_RUNS:-5}
 run_case mixed "$W/content-$MIB/rootfs.img" "$W/verity.raucb" "$W/plain.raucb"
 run_case random "$R/content/rootfs.img" "$R/verity.raucb" "$R/plain.raucb"
 
@@ -89,8 +85,11 @@ rows() {
   echo "| floor: \`cat image > slot; sync\` ‖ \`openssl dgst -sha256 image\` | $floor s | 1.00 | $(mib "$(v floor KB)") MiB |"
   echo "| (part of the floor: \`cat image > slot; sync\` alone) | $(v write_sync S) s | $(ratio "$(v write_sync S)" "$floor") × floor | $(mib "$(v write_sync KB)") MiB |"
   echo "| (part of the floor: \`openssl dgst -sha256 image\` alone) | $(v dgst S) s | $(ratio "$(v dgst S)" "$floor") × floor | $(mib "$(v dgst KB)") MiB |"
-  echo "| **\`rota install\`**, verity bundle | $(v rota_verity S) s | $(ratio "$(v rota_verity S)" "$floor") × floor | $(mib "$(v rota_verity KB)") MiB |"
-  echo "| **\`rota install\`**, plain bundle | $(v rota_plain S) s | $(ratio "$(v rota_plain S)" "$floor") × floor | $(mib "$(v rota_plain KB)") MiB |"
+  echo "| floor with read-back: the floor, then \`dd if=slot iflag=direct\` (every byte from the medium) | $(v floor_back S) s | $(ratio "$(v floor_back S)" "$floor") × floor | $(mib "$(v floor_back KB)") MiB |"
+  local back
+  back=$(v floor_back S)
+  echo "| **\`rota install\`**, verity bundle | $(v rota_verity S) s | $(ratio "$(v rota_verity S)" "$floor") × floor, $(ratio "$(v rota_verity S)" "$back") × floor with read-back | $(mib "$(v rota_verity KB)") MiB |"
+  echo "| **\`rota install\`**, plain bundle | $(v rota_plain S) s | $(ratio "$(v rota_plain S)" "$floor") × floor, $(ratio "$(v rota_plain S)" "$back") × floor with read-back | $(mib "$(v rota_plain KB)") MiB |"
   echo "| \`rauc install\` (Debian 1.8), same plain bundle | $(v rauc_plain S) s | $(ratio "$(v rauc_plain S)" "$floor") × floor, $(ratio "$(v rauc_plain S)" "$(v rota_plain S)") × rota | $(mib "$(v rauc_plain KB)") MiB (service) |"
 }
 
@@ -99,8 +98,10 @@ cat <<MD
 
 A $MIB MiB raw image from a local bundle into a file-backed slot on the root filesystem (ext4 on
 virtio); bundle and image warm in the page cache, the target file emptied before each run; median
-of 3. The floor is the fastest way this machine does the bare job: the copy and sync, and
-alongside it \`openssl dgst -sha256\` (SHA-NI). $(nproc) cores. Command: \`bench/run install\`.
+of $RUNS. The floor is the fastest way this machine does the bare job: the copy and sync, and
+alongside it \`openssl dgst -sha256\` (SHA-NI). rota also reads every written byte back from the
+medium; the floor with read-back adds that read (\`O_DIRECT\`, 1 MiB requests) after the sync.
+$(nproc) cores. Command: \`bench/run install\`.
 
 Half-compressible image (half random, a quarter zeros, a quarter text; verity bundle
 $(bundle_mib "$W/verity.raucb") MiB, plain $(bundle_mib "$W/plain.raucb") MiB, gzip):

@@ -16,12 +16,14 @@ measure() {
     ((rss > peak)) && peak=$rss
   done
   local median
-  median=$(printf '%s\n' "${times[@]}" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}')
+  median=$(median "${times[@]}")
   printf -v "RESULT_${name}_S" '%.2f' "$median"
   printf -v "RESULT_${name}_KB" '%s' "$peak"
   printf '  %-22s %8.2f s  %8.1f MiB peak  (%d runs)\n' "$name" "$median" "$(echo "$peak / 1024" | bc -l)" "$runs" >&2
 }
 
+# median X...: the median of the numbers given.
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 ratio() { echo "scale=2; $1 / $2" | bc -l | sed 's/^\./0./'; }
 mib() { echo "scale=1; $1 / 1024" | bc -l | sed 's/^\./0./'; }
 
@@ -71,6 +73,18 @@ raw_bundles() {
     "$ROTA" bundle "${SIGN[@]}" "$1" "$2/$fmt.raucb" 2>/dev/null
   done
   rm "$1/manifest.raucm"
+}
+
+# random_bundles DIR MIB: a random (incompressible) image of MIB MiB in
+# DIR/content/rootfs.img and its verity and plain bundles in DIR (made once).
+random_bundles() {
+  [ -f "$1/.done" ] && return
+  echo "Generating a $2 MiB random image" >&2
+  rm -rf "$1"
+  mkdir -p "$1/content"
+  head -c "${2}M" /dev/urandom > "$1/content/rootfs.img"
+  raw_bundles "$1/content" "$1" >&2
+  touch "$1/.done"
 }
 
 # serve DIR ROOT: start_nginx, and on exit stop it and remove the traffic

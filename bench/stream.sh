@@ -1,36 +1,49 @@
 #!/usr/bin/env bash
-# Issue 5's benchmark: a streaming install of the 1 GiB raw image's verity
-# bundle from a local nginx against `curl -o /dev/null` of the same bundle
-# from the same nginx, in one run, twice: over plain loopback (CPU-bound:
-# what the install costs beyond moving bytes) and over loopback shaped to a
-# 400 Mbit/s link with tbf (network-bound: does the install keep the link
-# as busy as curl does).
+# Issue 5's benchmark, with issue 21's floor: streaming installs of verity
+# bundles from a local nginx against `curl -o file && sync` of the same
+# bundle from the same nginx onto the same disk, in one run, twice: over
+# plain loopback (CPU-bound: what the install costs beyond moving bytes)
+# and over loopback shaped to a 400 Mbit/s link with tbf (network-bound:
+# does the install keep the link as busy as curl does). Two bundles: the
+# 1 GiB half-compressible image of the install benchmark, and a random
+# image of ROTA_BENCH_STREAM_MIB (default 256) MiB (incompressible).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 install_fixture
 RATE=${ROTA_BENCH_LINK:-400mbit}
+SMIB=${ROTA_BENCH_STREAM_MIB:-256}
+
+# The random image and its bundles.
+RS=$W/stream-random-$SMIB
+random_bundles "$RS" "$SMIB"
 
 # nginx serving the bundles.
 serve "$W/nginx" "$W"
-URL=http://127.0.0.1:$port/verity.raucb
-SIZE=$(stat -c %s "$W/verity.raucb")
 ROTA_INSTALL=("$ROTA" install --conf "$W/system.conf" --override-boot-slot=A)
+FIXTURE_IMG=$IMG
 
+# run_pair TAG URL IMAGE: curl to a file and sync, then rota, 3 runs each.
 run_pair() {
-  local tag=$1
-  measure "curl_$tag" 3 "" curl -s -o /dev/null "$URL"
-  measure "rota_$tag" 3 "$reset" "${ROTA_INSTALL[@]}" "$URL"
+  local tag=$1 url=$2
+  IMG=$3
+  measure "curl_$tag" 3 "$reset" bash -c "curl -s -o '$W/slot-b' '$url' && sync"
+  measure "rota_$tag" 3 "$reset" "${ROTA_INSTALL[@]}" "$url"
   # The share of the bundle the last run fetched, as the install logged it.
   printf -v "FETCHED_$tag" '%s' "$(grep -o '[0-9.]*% of the full bundle' "$BENCH_DIR/.err" | tail -n1 | cut -d'%' -f1)"
-  check_installed "rota install $URL"
+  check_installed "rota install $url"
+  IMG=$FIXTURE_IMG
 }
 
+MIXED_URL=http://127.0.0.1:$port/verity.raucb
+RANDOM_URL=http://127.0.0.1:$port/stream-random-$SMIB/verity.raucb
 echo "Streaming from nginx, loopback (3 runs each):" >&2
-run_pair loopback
+run_pair mixed_loopback "$MIXED_URL" "$IMG"
+run_pair random_loopback "$RANDOM_URL" "$RS/content/rootfs.img"
 echo "Streaming from nginx, loopback shaped to $RATE (3 runs each):" >&2
 tc qdisc add dev lo root tbf rate "$RATE" burst 256kb latency 50ms
 shaped=1
-run_pair link
+run_pair mixed_link "$MIXED_URL" "$IMG"
+run_pair random_link "$RANDOM_URL" "$RS/content/rootfs.img"
 tc qdisc del dev lo root
 shaped=0
 
@@ -96,21 +109,37 @@ adaptive_row() {
   echo "| $pct % | $(mib $((size / 1024))) MiB | $(mib $((changed / 1024))) MiB | $(mib $((got / 1024))) MiB | $(echo "scale=3; $got / $size" | bc -l | sed 's/^\./0./') | $(ratio "$got" "$changed") | $(mib "$kb") MiB |"
 }
 
-mibps() { echo "scale=1; $SIZE / 1048576 / $1" | bc -l; }
+# stream_rows TAG LINK SIZE: the curl and rota rows of one bundle on one link.
+stream_rows() {
+  local t=$1 link=$2 size=$3 c r ck rk f
+  c=RESULT_curl_${t}_S r=RESULT_rota_${t}_S ck=RESULT_curl_${t}_KB rk=RESULT_rota_${t}_KB f=FETCHED_$t
+  echo "| $link | \`curl -o file && sync\` | ${!c} s | $(echo "scale=1; $size / 1048576 / ${!c}" | bc -l) MiB/s | 1.00 | $(mib "${!ck}") MiB | 100 % |"
+  echo "| $link | **\`rota install URL\`** | ${!r} s | $(echo "scale=1; $size / 1048576 / ${!r}" | bc -l) MiB/s | $(ratio "${!c}" "${!r}") | $(mib "${!rk}") MiB | ${!f} % |"
+}
+MIXED_SIZE=$(stat -c %s "$W/verity.raucb")
+RANDOM_SIZE=$(stat -c %s "$RS/verity.raucb")
 cat <<MD
-### Streaming install from nginx (issue 5)
+### Streaming install from nginx (issue 5, floor of issue 21)
 
-The $MIB MiB raw image's verity bundle ($(bundle_mib "$W/verity.raucb") MiB) from nginx on 127.0.0.1
-into a file-backed slot (as in the install benchmark), against \`curl -o /dev/null\` of the same
-bundle from the same nginx. Throughput = bundle size / wall time; the install also inflates,
-verifies, writes, syncs and reads back the image. $(nproc) cores. Command: \`bench/run stream\`.
+Verity bundles from nginx on 127.0.0.1 into a file-backed slot (as in the install benchmark),
+against \`curl -o file && sync\` of the same bundle from the same nginx onto the same disk (a
+file emptied before each run, as the slot is). Throughput = bundle size / wall time; the install
+also inflates, verifies, writes, syncs and reads back the image. Median of 3, $(nproc) cores.
+Command: \`bench/run stream\`.
+
+Half-compressible $MIB MiB image (verity bundle $(bundle_mib "$W/verity.raucb") MiB):
 
 | link | operation | time | throughput | ratio to curl | peak memory | fetched |
 |---|---|---:|---:|---:|---:|---:|
-| loopback | \`curl -o /dev/null\` | ${RESULT_curl_loopback_S} s | $(mibps "$RESULT_curl_loopback_S") MiB/s | 1.00 | $(mib "$RESULT_curl_loopback_KB") MiB | 100 % |
-| loopback | **\`rota install URL\`** | ${RESULT_rota_loopback_S} s | $(mibps "$RESULT_rota_loopback_S") MiB/s | $(ratio "$RESULT_curl_loopback_S" "$RESULT_rota_loopback_S") | $(mib "$RESULT_rota_loopback_KB") MiB | $FETCHED_loopback % |
-| $RATE (tbf) | \`curl -o /dev/null\` | ${RESULT_curl_link_S} s | $(mibps "$RESULT_curl_link_S") MiB/s | 1.00 | $(mib "$RESULT_curl_link_KB") MiB | 100 % |
-| $RATE (tbf) | **\`rota install URL\`** | ${RESULT_rota_link_S} s | $(mibps "$RESULT_rota_link_S") MiB/s | $(ratio "$RESULT_curl_link_S" "$RESULT_rota_link_S") | $(mib "$RESULT_rota_link_KB") MiB | $FETCHED_link % |
+$(stream_rows mixed_loopback loopback "$MIXED_SIZE")
+$(stream_rows mixed_link "$RATE (tbf)" "$MIXED_SIZE")
+
+Random $SMIB MiB image (incompressible; verity bundle $(bundle_mib "$RS/verity.raucb") MiB):
+
+| link | operation | time | throughput | ratio to curl | peak memory | fetched |
+|---|---|---:|---:|---:|---:|---:|
+$(stream_rows random_loopback loopback "$RANDOM_SIZE")
+$(stream_rows random_link "$RATE (tbf)" "$RANDOM_SIZE")
 
 Adaptive updates (\`adaptive=block-hash-index\`): a random $AMIB MiB image in the booted slot, the
 same image with 1, 5 and 25 % of its blocks changed (128 KiB runs at random places) in a verity

@@ -13,6 +13,7 @@ use crate::squashfs::BundleFs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 /// How to open a bundle.
 #[derive(Debug, Clone)]
@@ -268,49 +269,80 @@ impl<A: ReadAt, B: ReadAt> ReadAt for Concat<A, B> {
     }
 }
 
+/// Buffers in flight between the signature check and the pinning thread.
+const PIN_BUFFERS: usize = 3;
+/// Size of each of them: one read of the payload.
+const PIN_READ: usize = 1 << 20;
+
 /// Reads a source in 1 MiB steps (OpenSSL asks for 4 KiB at a time) and
-/// feeds every byte to a [`ChunkDigester`].
+/// hands every buffer, once OpenSSL has taken it, to the thread that pins
+/// the payload (see [`pin_while`]).
 struct DigestingReader<'a> {
     source: &'a dyn ReadAt,
     pos: u64,
     end: u64,
-    digester: ChunkDigester,
-    buffer: Vec<u8>,
+    buffer: Option<Vec<u8>>,
     filled: usize,
     consumed: usize,
-}
-
-impl<'a> DigestingReader<'a> {
-    fn new(source: &'a dyn ReadAt, end: u64) -> Self {
-        DigestingReader {
-            source,
-            pos: 0,
-            end,
-            digester: ChunkDigester::default(),
-            buffer: vec![0; 1 << 20],
-            filled: 0,
-            consumed: 0,
-        }
-    }
+    pin: SyncSender<(Vec<u8>, usize)>,
+    free: Receiver<Vec<u8>>,
 }
 
 impl Read for DigestingReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.filled == self.consumed {
-            let n = (self.end - self.pos).min(self.buffer.len() as u64) as usize;
+            let n = (self.end - self.pos).min(PIN_READ as u64) as usize;
             if n == 0 {
                 return Ok(0);
             }
-            self.source.read_exact_at(self.pos, &mut self.buffer[..n])?;
-            self.digester.update(&self.buffer[..n]);
+            if let Some(done) = self.buffer.take() {
+                self.pin.send((done, self.filled)).map_err(|_| io::Error::other("pinning stopped"))?;
+            }
+            let mut next = self.free.recv().map_err(|_| io::Error::other("pinning stopped"))?;
+            self.source.read_exact_at(self.pos, &mut next[..n])?;
             self.pos += n as u64;
-            (self.filled, self.consumed) = (n, 0);
+            (self.buffer, self.filled, self.consumed) = (Some(next), n, 0);
         }
+        let data = self.buffer.as_ref().expect("a filled buffer");
         let n = (self.filled - self.consumed).min(buf.len());
-        buf[..n].copy_from_slice(&self.buffer[self.consumed..self.consumed + n]);
+        buf[..n].copy_from_slice(&data[self.consumed..self.consumed + n]);
         self.consumed += n;
         Ok(n)
     }
+}
+
+/// Runs `check` with a reader of the first `end` bytes of `source` while
+/// another thread records the [`ChunkDigester`] digests of every byte the
+/// check read (its SHA-256 and the pins' BLAKE3 on two cores).
+fn pin_while<T>(
+    source: &dyn ReadAt,
+    end: u64,
+    check: impl FnOnce(&mut dyn Read) -> Result<T>,
+) -> Result<(T, Vec<[u8; 32]>)> {
+    std::thread::scope(|scope| {
+        let (pin, pinned) = sync_channel::<(Vec<u8>, usize)>(PIN_BUFFERS);
+        let (give_back, free) = sync_channel::<Vec<u8>>(PIN_BUFFERS);
+        for _ in 0..PIN_BUFFERS {
+            give_back.send(vec![0; PIN_READ]).expect("room for every buffer");
+        }
+        let pinning = scope.spawn(move || {
+            let mut digester = ChunkDigester::default();
+            for (buf, n) in pinned {
+                digester.update(&buf[..n]);
+                // Room for it: there are only PIN_BUFFERS buffers.
+                let _ = give_back.send(buf);
+            }
+            digester.finish()
+        });
+        let mut reader = DigestingReader { source, pos: 0, end, buffer: None, filled: 0, consumed: 0, pin, free };
+        let checked = check(&mut reader);
+        if let Some(last) = reader.buffer.take() {
+            let _ = reader.pin.send((last, reader.filled));
+        }
+        drop(reader);
+        let digests = pinning.join().expect("pinning thread");
+        Ok((checked?, digests))
+    })
 }
 
 impl Bundle {
@@ -541,9 +573,9 @@ impl Bundle {
         } else {
             let _lease = if opts.trust_environment { None } else { Some(crate::exclusive::ensure(file.file())?) };
             step(SignatureStep::Begin);
-            let mut reader = DigestingReader::new(slice.as_ref(), layout.payload_size);
-            let sig = signature::verify(signed_data, Some(&mut reader), &opts.verify)?;
-            let digests = reader.digester.finish();
+            let (sig, digests) = pin_while(slice.as_ref(), layout.payload_size, |reader| {
+                signature::verify(signed_data, Some(reader), &opts.verify)
+            })?;
             (sig, Arc::new(PinnedReader::new(slice, digests)?))
         };
         step(SignatureStep::Passed);

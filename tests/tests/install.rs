@@ -7,6 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use testkit::device::{Device, grubenv};
+use testkit::medium::FlakyMedium;
 use testkit::{Content, Run, peer_bundle, pki_file, rota, rota_bundle, run, serial, sha256_hex, target_dir};
 
 const AB: &str = "[slot.rootfs.0]\ndevice=rootfs0.img\nbootname=A\n[slot.rootfs.1]\ndevice=rootfs1.img\nbootname=B\n\
@@ -478,4 +479,84 @@ fn progress_is_a_bar_on_a_terminal() {
     assert!(out.contains("] 100% Installing done."), "{out:?}");
     assert!(!out.contains(" 40% Checking slot rootfs.1 (B)\n"), "no plain lines on a terminal: {out:?}");
     assert!(out.contains("succeeded"), "{out:?}");
+}
+
+/// The flaky medium on `dev`, decaying the byte at `flip_at` once written.
+fn flaky(dev: &Path, backing: &Path, flip_at: u64) -> FlakyMedium {
+    FlakyMedium::mount(Path::new(env!("CARGO_BIN_EXE_rota-flaky-medium")), dev, backing, &[format!("decay@{flip_at}")])
+}
+
+#[test]
+fn a_block_that_goes_bad_on_the_medium_after_the_write_is_caught() {
+    let _g = serial();
+    let d = device("install-medium", "", AB);
+    let (verity, root, _) = bundle("medium", "verity", "");
+    let plain = bundle("medium-plain", "plain", "").0;
+    let dev = d.path("rootfs1.img");
+    let backing = d.path("rootfs1.backing");
+
+    // An honest medium first: the reads reach it, and the install passes.
+    let m = flaky(&dev, &backing, 1 << 40);
+    install(&d, &verity).ok();
+    let served = m.unmount();
+    assert!(served.reads > 0 && served.writes > 0 && served.faults == 0, "{served:?}");
+    assert_eq!(head(&backing, root.len()), root);
+    d.grub_env(&["A", "B", "C"]);
+
+    // One byte in the middle of the image decays once written: the read-back
+    // (SHA-256 of the medium against the signed manifest) catches it, for a
+    // verity and a plain bundle alike; nothing is activated.
+    for b in [&verity, &plain] {
+        let m = flaky(&dev, &backing, root.len() as u64 / 2 + 5);
+        let before = snapshot(&d);
+        let r = install(&d, b).fails();
+        assert!(m.unmount().faults > 0, "the medium decayed");
+        assert!(
+            r.stderr.contains(&format!(
+                "Failed updating slot rootfs.1: Read-back check of '{}' failed: sha256 ",
+                dev.display()
+            )),
+            "{}",
+            r.stderr
+        );
+        assert!(
+            r.stderr.contains(&format!("instead of {} of {} bytes", sha256_hex(&root), root.len())),
+            "{}",
+            r.stderr
+        );
+        // What was written was right: the medium changed it afterwards.
+        assert_eq!(head(&backing, root.len()), root);
+        let (root0, app0, env) = snapshot(&d);
+        assert_eq!((root0, app0), (before.0, before.1), "booted slots untouched");
+        assert!(env.contains(&"ORDER=A B C".to_string()) && env.contains(&"B_OK=0".to_string()), "{env:?}");
+        let central = fs::read_to_string(d.path("data/central.raucs")).unwrap();
+        assert!(central.contains("[slot.rootfs.1]") && central.contains("status=failed"), "{central}");
+        d.grub_env(&["A", "B", "C"]);
+    }
+
+    // A compressed image is compared by BLAKE3 of what was written.
+    let dir = target_dir().join("test-bundles/medium-gz");
+    let _ = fs::remove_dir_all(&dir);
+    let c = Content::new(dir.join("content"));
+    let mut img = testkit::pseudo_random(100 * 1024, 21);
+    img.extend(vec![0u8; 100 * 1024]);
+    fs::write(c.dir.join("rootfs.img"), &img).unwrap();
+    compress("gzip", &c.dir.join("rootfs.img"));
+    fs::remove_file(c.dir.join("rootfs.img")).unwrap();
+    c.manifest("[update]\ncompatible=Test Config\nversion=1\n[bundle]\nformat=verity\n[image.rootfs]\nfilename=rootfs.img.gz\n");
+    let gz = dir.join("b.raucb");
+    rota_bundle(&c.dir, &gz, "release").ok();
+    let m = flaky(&dev, &backing, 4096 * 3 + 1);
+    let r = install(&d, &gz).fails();
+    assert!(m.unmount().faults > 0, "the medium decayed");
+    assert!(
+        r.stderr.contains(&format!(
+            "Failed updating slot rootfs.1: Read-back check of '{}' failed: blake3 ",
+            dev.display()
+        )),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(head(&backing, img.len()), img);
+    assert_eq!(primary(&d), "A");
 }

@@ -90,18 +90,39 @@ pub fn decrypt(enveloped: &[u8], key: &PKey<Private>, cert: Option<&X509>) -> Re
         result
     };
     // A random content key (the countermeasure) decrypts to garbage that
-    // now and then has valid padding: it must fail the same way.
+    // now and then has valid padding, and so does altered ciphertext (1 in
+    // about 256 alterations of the last blocks): the result is then no
+    // SignedData, or one whose signature no longer matches its content.
+    // Both must fail as a bad padding does, or the error tells the padding
+    // apart (a CBC padding oracle on the signed manifest, which holds the
+    // payload key). A bundle whose signature holds is no such alteration:
+    // its signer is judged by the keyring later, with its own messages.
     match plain {
-        Some(p) if is_signed_data(&p) => Ok(p),
+        Some(p) if is_intact_signed_data(&p) => Ok(p),
         _ => Err(fail()),
     }
 }
 
-/// Whether `der` is a CMS ContentInfo holding SignedData.
-fn is_signed_data(der: &[u8]) -> bool {
-    CmsContentInfo::from_der(der).is_ok_and(|c| unsafe {
-        openssl_sys::OBJ_obj2nid(ffi::CMS_get0_type(c.as_ptr())) == openssl_sys::NID_pkcs7_signed
-    })
+/// Whether `der` is a CMS ContentInfo holding SignedData whose every
+/// signature matches its inline content, by the certificates it carries (no
+/// trust decision: that is the keyring's, later). Errors are dropped: they
+/// must not reach anyone.
+fn is_intact_signed_data(der: &[u8]) -> bool {
+    let Ok(cms) = CmsContentInfo::from_der(der) else { return false };
+    let signed = unsafe { openssl_sys::OBJ_obj2nid(ffi::CMS_get0_type(cms.as_ptr())) == openssl_sys::NID_pkcs7_signed };
+    let ok = signed
+        && unsafe {
+            openssl_sys::CMS_verify(
+                cms.as_ptr(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                openssl_sys::CMS_BINARY | openssl_sys::CMS_NO_SIGNER_CERT_VERIFY,
+            ) == 1
+        };
+    openssl::error::ErrorStack::get();
+    ok
 }
 
 /// Who an EnvelopedData is encrypted to.

@@ -136,6 +136,19 @@ pub struct BlockMap {
 }
 
 impl BlockMap {
+    /// Stored blocks `first..end` as one run: (offset in the run, stored
+    /// size, stored uncompressed, output length) each.
+    fn run(&self, first: usize, end: usize) -> Vec<(u64, u32, bool, u64)> {
+        let bs = self.block_size;
+        (first..end)
+            .map(|k| {
+                let ds = self.sizes[k];
+                let out_len = bs.min(self.file_size - k as u64 * bs);
+                (self.starts[k] - self.starts[first], ds.size(), ds.uncompressed(), out_len)
+            })
+            .collect()
+    }
+
     /// The file's size.
     pub fn file_size(&self) -> u64 {
         self.file_size
@@ -279,24 +292,22 @@ impl DataReader {
 
     /// Reads the compressed bytes `start..start + len` of a run of blocks
     /// (offset in run, stored size, stored uncompressed, output length) with
-    /// one call and decompresses them in parallel; `None` for sparse blocks.
-    /// With `sums` (one per block of the run) the bytes are read unverified
-    /// and each block is checked against its sum before it is decompressed.
-    fn read_run(
-        &self,
-        start: u64,
-        len: u64,
-        run: &[(u64, u32, bool, u64)],
-        sums: Option<BlockSums>,
-    ) -> Result<Vec<io::Result<Option<Vec<u8>>>>> {
+    /// one call and decompresses them in parallel. Blocks stored as is are
+    /// left in the run's bytes, not copied. `check` says how the bytes are
+    /// checked (see [`Check`]).
+    fn read_run(&self, start: u64, len: u64, run: &[(u64, u32, bool, u64)], check: Check) -> Result<Run> {
         let bs = self.block_size;
         let mut raw = vec![0u8; len as usize];
-        let read = match sums {
-            None => self.source.read_exact_at(start, &mut raw),
-            Some(_) => self.source.read_exact_at_unverified(start, &mut raw),
+        let read = match check {
+            Check::Verified => self.source.read_exact_at(start, &mut raw),
+            Check::Summed(_) | Check::ByCaller => self.source.read_exact_at_unverified(start, &mut raw),
+        };
+        let sums = match check {
+            Check::Summed(sums) => Some(sums),
+            _ => None,
         };
         read.map_err(|e| Error::Payload(e.to_string()))?;
-        Ok(run
+        let blocks = run
             .par_iter()
             .enumerate()
             .map(|(i, &(off, size, uncompressed, out_len))| {
@@ -308,23 +319,26 @@ impl DataReader {
                     ));
                 }
                 if size == 0 {
-                    return Ok(None); // sparse
+                    return Ok(Block::Sparse(out_len));
                 }
-                let mut out = Vec::with_capacity(out_len as usize);
-                if uncompressed {
-                    out.extend_from_slice(input);
+                let (block, held) = if uncompressed {
+                    (Block::Stored(off as usize..off as usize + input.len()), input.len())
                 } else {
+                    let mut out = Vec::with_capacity(out_len as usize);
                     decompress(self.compressor, input, bs as usize, &mut out)?;
-                }
-                if out.len() as u64 != out_len {
+                    let held = out.len();
+                    (Block::Decoded(out), held)
+                };
+                if held as u64 != out_len {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
-                        format!("block holds {} bytes, expected {out_len}", out.len()),
+                        format!("block holds {held} bytes, expected {out_len}"),
                     ));
                 }
-                Ok(Some(out))
+                Ok(block)
             })
-            .collect())
+            .collect();
+        Ok(Run { raw, blocks })
     }
 
     /// Where the blocks of `file` lie, for reading some of them on their own.
@@ -386,20 +400,10 @@ impl DataReader {
         let data_end = (first + count).min(stored);
         if first < data_end {
             let (a, b) = (first as usize, data_end as usize);
-            let run: Vec<(u64, u32, bool, u64)> = (a..b)
-                .map(|i| {
-                    let ds = map.sizes[i];
-                    let out_len = bs.min(map.file_size - i as u64 * bs);
-                    (map.starts[i] - map.starts[a], ds.size(), ds.uncompressed(), out_len)
-                })
-                .collect();
-            let blocks = self.read_run(map.starts[a], map.starts[b] - map.starts[a], &run, sums)?;
-            for (block, &(_, _, _, out_len)) in blocks.into_iter().zip(&run) {
-                match block.map_err(|e| Self::corrupt(&map.path, e))? {
-                    Some(data) => out.extend_from_slice(&data),
-                    None => out.resize(out.len() + out_len as usize, 0),
-                }
-            }
+            let run = map.run(a, b);
+            let check = sums.map_or(Check::Verified, Check::Summed);
+            let r = self.read_run(map.starts[a], map.starts[b] - map.starts[a], &run, check)?;
+            r.put_into(&mut out, &map.path, |e| Error::Io(e.to_string()))?;
         }
         if first + count > stored {
             let (index, offset) = map.fragment.ok_or_else(|| Self::corrupt(&map.path, "missing tail fragment"))?;
@@ -425,37 +429,59 @@ impl DataReader {
         self.source.advise_scattered(scattered)
     }
 
-    /// Streams the contents of `file` into `sink`; returns the length.
+    /// Streams the contents of `file` into `sink`; returns the length. The
+    /// next runs of blocks are read, checked and decompressed on another
+    /// thread while this one writes.
     pub fn copy(&self, file: &SquashfsFileReader, path: &str, sink: &mut dyn Sink) -> Result<u64> {
+        self.copy_as(file, path, sink, false)
+    }
+
+    /// [`DataReader::copy`] for a caller that checks the whole stream against
+    /// a trusted digest before it uses any of it (an image and its signed
+    /// SHA-256): blocks stored as is are passed on without the source's own
+    /// check. Every byte a decompressor sees is still checked first.
+    pub fn copy_digest_checked(&self, file: &SquashfsFileReader, path: &str, sink: &mut dyn Sink) -> Result<u64> {
+        self.copy_as(file, path, sink, true)
+    }
+
+    fn copy_as(&self, file: &SquashfsFileReader, path: &str, sink: &mut dyn Sink, by_caller: bool) -> Result<u64> {
         let map = self.block_map(file, path)?;
         let bs = self.block_size;
         let write_err = |e: io::Error| Error::Io(format!("Failed to write '{path}': {e}"));
         let stored = map.sizes.len();
         let max_blocks = (RUN_BYTES / bs).max(1) as usize;
         let mut written = 0u64;
-        let mut i = 0usize;
-        while i < stored {
-            // A run of blocks whose compressed bytes are read in one go.
-            let mut j = i + 1;
-            while j < stored && map.starts[j + 1] - map.starts[i] <= RUN_BYTES && j - i < max_blocks {
-                j += 1;
-            }
-            let run: Vec<(u64, u32, bool, u64)> = (i..j)
-                .map(|k| {
-                    let ds = map.sizes[k];
-                    (map.starts[k] - map.starts[i], ds.size(), ds.uncompressed(), bs.min(map.file_size - k as u64 * bs))
-                })
-                .collect();
-            let blocks = self.read_run(map.starts[i], map.starts[j] - map.starts[i], &run, None)?;
-            for (block, &(_, _, _, out_len)) in blocks.into_iter().zip(&run) {
-                match block.map_err(|e| Self::corrupt(path, e))? {
-                    Some(data) => sink.put(&data).map_err(write_err)?,
-                    None => sink.zeros(out_len).map_err(write_err)?,
+        std::thread::scope(|scope| -> Result<()> {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(Run, u64)>>(RUNS_AHEAD);
+            let map = &map;
+            scope.spawn(move || {
+                let mut i = 0usize;
+                while i < stored {
+                    // A run of blocks whose compressed bytes are read in one go.
+                    let mut j = i + 1;
+                    while j < stored && map.starts[j + 1] - map.starts[i] <= RUN_BYTES && j - i < max_blocks {
+                        j += 1;
+                    }
+                    let run = map.run(i, j);
+                    let len = run.iter().map(|r| r.3).sum();
+                    let as_is = run.iter().all(|&(_, size, uncompressed, _)| uncompressed || size == 0);
+                    let check = if by_caller && as_is { Check::ByCaller } else { Check::Verified };
+                    let r = self.read_run(map.starts[i], map.starts[j] - map.starts[i], &run, check);
+                    let stop = r.is_err();
+                    // The writer gone (it failed) or a failed read: stop reading.
+                    if tx.send(r.map(|r| (r, len))).is_err() || stop {
+                        return;
+                    }
+                    i = j;
                 }
-                written += out_len;
+            });
+            for r in rx {
+                let (run, len) = r?;
+                run.put_into(sink, path, write_err)?;
+                written += len;
             }
-            i = j;
-        }
+            Ok(())
+        })?;
         if written < map.file_size {
             let tail = self.read_blocks(&map, stored as u64, 1)?;
             sink.put(&tail).map_err(write_err)?;
@@ -463,6 +489,52 @@ impl DataReader {
         }
         sink.finish(written).map_err(write_err)?;
         Ok(written)
+    }
+}
+
+/// How the stored bytes of a run are checked.
+#[derive(Clone, Copy)]
+enum Check<'a> {
+    /// By the source, as they are read.
+    Verified,
+    /// Against one SHA-256 per block from verified data.
+    Summed(BlockSums<'a>),
+    /// By the caller, after the whole stream (blocks stored as is only).
+    ByCaller,
+}
+
+/// Runs queued between a copy's reading thread and its writer: none, a
+/// rendezvous (one run is read while the one before it is written), which
+/// keeps memory at two runs of at most `RUN_BYTES` stored and inflated each.
+const RUNS_AHEAD: usize = 0;
+
+/// One block of a run as read: stored as is (a range of the run's bytes),
+/// decompressed, or sparse (its length).
+enum Block {
+    Stored(std::ops::Range<usize>),
+    Decoded(Vec<u8>),
+    Sparse(u64),
+}
+
+/// A run of blocks read with one call: its stored bytes and its blocks.
+struct Run {
+    raw: Vec<u8>,
+    blocks: Vec<io::Result<Block>>,
+}
+
+impl Run {
+    /// Puts the run's blocks into `sink` in order; a corrupt block is an
+    /// error naming `path`, a failing sink one made by `sink_err`.
+    fn put_into(self, sink: &mut dyn Sink, path: &str, sink_err: impl Fn(io::Error) -> Error) -> Result<()> {
+        for block in self.blocks {
+            match block.map_err(|e| DataReader::corrupt(path, e))? {
+                Block::Stored(range) => sink.put(&self.raw[range]),
+                Block::Decoded(data) => sink.put(&data),
+                Block::Sparse(n) => sink.zeros(n),
+            }
+            .map_err(&sink_err)?;
+        }
+        Ok(())
     }
 }
 

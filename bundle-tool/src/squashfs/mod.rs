@@ -167,6 +167,13 @@ impl BundleFs {
         self.data.copy(self.regular_file(path)?, path, &mut data::WriteSink(out))
     }
 
+    /// [`BundleFs::copy_file`] for a caller that checks the whole stream
+    /// against a trusted digest (the image's signed SHA-256) before anything
+    /// is used: blocks stored as is skip the payload's own check.
+    pub fn copy_file_digest_checked(&self, path: &str, out: &mut dyn Write) -> Result<u64> {
+        self.data.copy_digest_checked(self.regular_file(path)?, path, &mut data::WriteSink(out))
+    }
+
     /// Where the blocks of the regular file at `path` lie, for reading some
     /// of them on their own with [`BundleFs::read_blocks`].
     pub fn block_map(&self, path: &str) -> Result<data::BlockMap> {

@@ -18,7 +18,7 @@ use crate::error::{Error, Result, failed};
 use crate::eventlog::{self, Event, ids};
 use crate::mounts;
 use crate::status::{SlotStatus, now_timestamp};
-use crate::system::{SlotState, System};
+use crate::system::System;
 use rota_bundle::bundle::{Bundle, OpenOptions, SignatureStep};
 use rota_bundle::manifest::{BundleFormat, Image, Manifest};
 use rota_bundle::squashfs::BundleFs;
@@ -183,10 +183,7 @@ fn run(
     p.phase("checking");
     // The slots this installation may write stay locked until it ends.
     let _locks = step(p, "Determining slot states", || {
-        let writable = system.slots.iter().filter(|s| s.state == SlotState::Inactive).map(|s| &s.config);
-        let locks = mounts::lock_slots(writable)?;
-        let all = system.slots.iter().map(|s| &s.config);
-        mounts::release_stale(&locks, &system.config.system.mount_prefix, all);
+        let locks = system.lock_writable_slots()?;
         system.refresh_mounts();
         Ok(locks)
     })?;
