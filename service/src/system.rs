@@ -237,6 +237,17 @@ impl System {
         s
     }
 
+    /// Locks the slots an installation may write (the inactive ones) and
+    /// unmounts what a killed installation left at rota's own mount points
+    /// (see [`mounts::release_stale`]); fails when another installation
+    /// holds a slot. The locks are held for as long as the result lives.
+    pub fn lock_writable_slots(&self) -> Result<mounts::SlotLocks> {
+        let writable = self.slots.iter().filter(|s| s.state == SlotState::Inactive).map(|s| &s.config);
+        let locks = mounts::lock_slots(writable)?;
+        mounts::release_stale(&locks, &self.config.system.mount_prefix, self.slots.iter().map(|s| &s.config));
+        Ok(locks)
+    }
+
     /// Re-reads the mount table (spec §6.4 step 2).
     pub fn refresh_mounts(&mut self) {
         let table = mounts::table();

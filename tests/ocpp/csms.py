@@ -125,23 +125,28 @@ async def run_after_boot(station, calls):
         await send(station, calls, spec)
 
 
-async def follow_commands():
-    """Sends each line appended to the commands file to the station connected then."""
+def commands_given():
+    """The lines of the commands file so far."""
     try:
         with open(ARGS.commands) as f:
-            done = len([l for l in f if l.strip()])
+            return [l.strip() for l in f if l.strip()]
     except FileNotFoundError:
-        done = 0
+        return []
+
+
+async def follow_commands(done):
+    """Sends each line appended to the commands file after the first `done`
+    to the stations connected and booted then; a line given while none is
+    waits for one (a station still starting does not lose it)."""
     while True:
         await asyncio.sleep(0.1)
-        try:
-            with open(ARGS.commands) as f:
-                lines = [l.strip() for l in f if l.strip()]
-        except FileNotFoundError:
-            continue
+        lines = commands_given()
         for spec in lines[done:]:
+            booted = [v for k, v in list(CONNECTED.items()) if k in BOOTED]
+            if not booted:
+                break
             done += 1
-            for station, calls in list(CONNECTED.values()):
+            for station, calls in booted:
                 try:
                     await send(station, calls, spec)
                 except Exception as e:
@@ -191,11 +196,14 @@ async def main():
             context.verify_mode = ssl.CERT_REQUIRED
             context.load_verify_locations(ARGS.client_ca)
         kwargs["ssl"] = context
+    # Lines already given belong to an earlier run of this CSMS (a restart):
+    # counted before the port is printed, so none given after is skipped.
+    done = len(commands_given()) if ARGS.commands else 0
     async with serve(handler, "127.0.0.1", ARGS.port, subprotocols=["ocpp1.6", "ocpp2.0.1"], **kwargs) as server:
         port = server.sockets[0].getsockname()[1]
         print(port, flush=True)
         if ARGS.commands:
-            await follow_commands()
+            await follow_commands(done)
         await asyncio.Future()
 
 

@@ -113,6 +113,23 @@ impl Service {
         self.child.as_ref().expect("running").id()
     }
 
+    /// File descriptors the service holds open, once the count has settled
+    /// (two equal counts 200 ms apart): a worker thread may still be
+    /// closing what a call opened.
+    pub fn settled_fds(&self) -> usize {
+        let count = || std::fs::read_dir(format!("/proc/{}/fd", self.pid())).expect("the service runs").count();
+        let mut last = count();
+        for _ in 0..50 {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = count();
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+        last
+    }
+
     /// Whether the service still runs.
     pub fn running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| c.try_wait().is_ok_and(|s| s.is_none()))
@@ -138,4 +155,57 @@ pub fn interface_element<'a>(xml: &'a str, name: &str) -> &'a str {
     let start = xml.find(&format!("<interface name=\"{name}\">")).expect("interface present");
     let end = xml[start..].find("</interface>").expect("interface closed") + start + "</interface>".len();
     &xml[start..end]
+}
+
+/// A zbus connection to `rota service` (`de.pengutronix.rauc` on `/`) on a
+/// test bus, with the calls service tests make; every call must be
+/// answered within the bound it was made with, else the test fails.
+pub struct Client {
+    /// The connection, for calls of other shapes.
+    pub conn: zbus::Connection,
+    answer: Duration,
+}
+
+impl Client {
+    /// Connects to `bus`; calls must be answered within `answer`.
+    pub async fn connect(bus: &Bus, answer: Duration) -> Client {
+        let conn = zbus::connection::Builder::address(bus.address.as_str()).build().await.expect("connect to the bus");
+        Client { conn, answer }
+    }
+
+    /// `iface.method(body)` on the service's object; panics, naming `what`,
+    /// unless it is answered in time.
+    pub async fn call<B>(&self, iface: &str, method: &str, body: &B, what: &str) -> zbus::Result<zbus::Message>
+    where
+        B: serde::Serialize + zbus::zvariant::DynamicType,
+    {
+        let call = self.conn.call_method(Some("de.pengutronix.rauc"), "/", Some(iface), method, body);
+        match tokio::time::timeout(self.answer, call).await {
+            Ok(answer) => answer,
+            Err(_) => panic!("{what}: {iface}.{method} not answered within {:?}", self.answer),
+        }
+    }
+
+    /// A property of `de.pengutronix.rauc.Installer`.
+    pub async fn property(&self, name: &str) -> zbus::OwnedVariant {
+        let body = ("de.pengutronix.rauc.Installer", name);
+        let msg = self.call("org.freedesktop.DBus.Properties", "Get", &body, name).await.expect("Get succeeds");
+        msg.body().deserialize().expect("a variant")
+    }
+
+    /// A string property of `de.pengutronix.rauc.Installer`.
+    pub async fn text(&self, name: &str) -> String {
+        String::try_from(self.property(name).await).expect("a string")
+    }
+
+    /// Waits (at most `within`, failing `what` after) until no
+    /// installation runs; its `LastError`.
+    pub async fn idle(&self, within: Duration, what: &str) -> String {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.text("Operation").await != "idle" {
+            assert!(tokio::time::Instant::now() < deadline, "{what}: the installation does not end");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.text("LastError").await
+    }
 }

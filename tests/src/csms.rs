@@ -94,7 +94,7 @@ impl Csms {
     }
 
     /// Sends a call (`ACTION=JSON`, the library's snake_case fields) to the
-    /// station connected now.
+    /// stations connected and booted now, or to the first that is, if none.
     pub fn command(&self, line: &str) {
         use std::io::Write;
         let path = self.log.with_extension("commands");

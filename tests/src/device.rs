@@ -100,19 +100,30 @@ impl Device {
         text.lines().map(str::to_string).collect()
     }
 
-    fn prepare(&self, mut cmd: Command) -> Command {
+    fn prepare(&self, cmd: Command) -> Command {
+        self.prepare_in(cmd, &self.dir)
+    }
+
+    /// `cmd` with the device environment, the device seen at `dir` (a copy
+    /// of it, or a file system serving it).
+    fn prepare_in(&self, mut cmd: Command, dir: &Path) -> Command {
         let path = std::env::var("PATH").unwrap_or_default();
-        cmd.env("ROTA_CMDLINE_PATH", self.path("cmdline"))
-            .env("FAKE_STATE", self.fake_state())
+        cmd.env("ROTA_CMDLINE_PATH", dir.join("cmdline"))
+            .env("FAKE_STATE", dir.join("fake"))
             .env("PATH", format!("{}:{path}", fakes_dir().display()))
             .env_remove("DBUS_STARTER_BUS_TYPE")
             // Hermetic: no system bus, so no service (e.g. an activatable
             // Debian rauc) is found there; service tests put a private bus
             // in as the session bus.
             .env("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent/rota-test-no-system-bus")
-            .arg(format!("--conf={}", self.conf().display()))
-            .current_dir(&self.dir);
+            .arg(format!("--conf={}", dir.join("system.conf").display()))
+            .current_dir(dir);
         cmd
+    }
+
+    /// `rota` on the device as seen at `dir` (see `prepare_in`).
+    pub fn rota_in(&self, dir: &Path) -> Command {
+        self.prepare_in(rota(), dir)
     }
 
     /// `rota --conf=<device conf>` with the device environment.

@@ -7,8 +7,10 @@ pub mod charger;
 pub mod csms;
 pub mod device;
 pub mod httpd;
+pub mod medium;
 pub mod nginx;
 pub mod pkcs11;
+pub mod powercut;
 pub mod proxy;
 pub mod rootfs;
 pub mod trees;
@@ -126,7 +128,26 @@ pub fn peer_rauc() -> Command {
         Path::new("/usr/bin/rauc").exists(),
         "Debian's rauc is not installed: run scripts/test, or apt-get install rauc"
     );
-    Command::new("/usr/bin/rauc")
+    // RAUC leaves the `arch-XXXXXX` directories it makes in `convert` in
+    // its TMPDIR: keep them below the target directory, emptied per run.
+    static TMP: OnceLock<PathBuf> = OnceLock::new();
+    let tmp = TMP.get_or_init(|| {
+        let base = target_dir().join("tmp");
+        // Those of test processes that have ended go first.
+        for e in fs::read_dir(&base).into_iter().flatten().flatten() {
+            let name = e.file_name();
+            let pid = name.to_str().and_then(|n| n.strip_prefix("peer-rauc-"));
+            if pid.is_some_and(|p| !Path::new("/proc").join(p).exists()) {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+        let dir = base.join(format!("peer-rauc-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    });
+    let mut rauc = Command::new("/usr/bin/rauc");
+    rauc.env("TMPDIR", tmp);
+    rauc
 }
 
 /// The test PKI (see `tests/pki/make-pki.sh`), made once per checkout.
@@ -228,6 +249,31 @@ fn read_all(mut f: fs::File) -> String {
     f.rewind().unwrap();
     f.read_to_string(&mut s).unwrap();
     s
+}
+
+/// A small deterministic generator (xorshift64): test cases drawn from it
+/// are reproducible from the seed a test prints.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator for `seed` (any value, 0 included).
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// The next 64 random bits.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
 }
 
 /// Deterministic pseudo-random bytes (xorshift), different per `seed`.
@@ -364,11 +410,51 @@ pub fn have(prog: impl AsRef<OsStr>) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Whether anything is mounted at or below `dir` (per `/proc/self/mountinfo`).
+/// The mount points at or below `dir` (per `/proc/self/mountinfo`).
+pub fn mounts_below(dir: &Path) -> Vec<String> {
+    mounts_below_seen_by("self", dir)
+}
+
+/// The same, as process `pid` ("self" for this one) sees its mounts: in
+/// its own mount namespace, if it has one.
+pub fn mounts_below_seen_by(pid: &str, dir: &Path) -> Vec<String> {
+    let Ok(real) = fs::canonicalize(dir) else { return Vec::new() };
+    let table = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+    table
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|t| Path::new(t).starts_with(&real))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits, 20 s at most, until a file system is mounted on `path`, whose
+/// device was `before` (`st_dev`); `what` names the server in the panic.
+pub fn wait_mounted(path: &Path, before: u64, what: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let t0 = std::time::Instant::now();
+    while fs::metadata(path).map(|m| m.dev()).unwrap_or(before) == before {
+        assert!(t0.elapsed().as_secs() < 20, "{what} did not mount");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Whether anything is mounted at or below `dir`.
 pub fn mounted_below(dir: &Path) -> bool {
-    let Ok(real) = fs::canonicalize(dir) else { return false };
-    let table = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    table.lines().filter_map(|l| l.split(' ').nth(4)).any(|t| Path::new(t).starts_with(&real))
+    !mounts_below(dir).is_empty()
+}
+
+/// Loop devices whose backing file lies below `dir` (per sysfs).
+pub fn loops_below(dir: &Path) -> Vec<String> {
+    let Ok(dir) = fs::canonicalize(dir) else { return Vec::new() };
+    fs::read_dir("/sys/block")
+        .expect("sysfs")
+        .flatten()
+        .filter_map(|e| {
+            let backing = fs::read_to_string(e.path().join("loop/backing_file")).ok()?;
+            Path::new(backing.trim()).starts_with(&dir).then(|| format!("{:?}: {}", e.file_name(), backing.trim()))
+        })
+        .collect()
 }
 
 /// Signs `input` with OpenSSL's own `cms -sign` as the release signer (its

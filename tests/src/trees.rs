@@ -92,12 +92,24 @@ pub fn scan_image(img: &Path) -> FileIndex {
 /// Asserts that `got` has exactly the entries of `want`.
 #[track_caller]
 pub fn assert_same_tree(got: &FileIndex, want: &FileIndex) {
+    if let Err(m) = tree_difference(got, want) {
+        panic!("{m}");
+    }
+}
+
+/// The first difference between `got` and `want`, if any.
+pub fn tree_difference(got: &FileIndex, want: &FileIndex) -> Result<(), String> {
     let by_path = |i: &FileIndex| i.entries.iter().map(|e| (e.path.clone(), e.clone())).collect::<HashMap<_, _>>();
     let (g, w) = (by_path(got), by_path(want));
     for (p, e) in &w {
-        assert_eq!(g.get(p), Some(e), "{}", String::from_utf8_lossy(p));
+        if g.get(p) != Some(e) {
+            return Err(format!("{}: {:?}, expected {e:?}", String::from_utf8_lossy(p), g.get(p)));
+        }
     }
-    assert_eq!(got.entries.len(), want.entries.len(), "extra entries");
+    if got.entries.len() != want.entries.len() {
+        return Err(format!("{} entries, expected {}", got.entries.len(), want.entries.len()));
+    }
+    Ok(())
 }
 
 /// The entry of `path` in `index`.

@@ -159,10 +159,18 @@ fn every_failure_to_decrypt_reads_the_same() {
     // 3. The encrypted content's last block altered: its padding is broken.
     let mut bad_content = cms.clone();
     *bad_content.last_mut().unwrap() ^= 0x01;
+    // 4. A block three from the end altered (CBC): its plaintext block is
+    //    garbled, the next one has a bit flipped and the last one, with the
+    //    padding, is intact, so the padding holds and the damage is inside
+    //    the SignedData (its signature). With (3) that happens 1 time in 256.
+    let mut damaged = cms.clone();
+    let n = damaged.len();
+    damaged[n - 40] ^= 0x10;
     let bundles = [
         with_cms(&bytes, &bad_padding, &dir.join("bad-padding.raucb")),
         with_cms(&bytes, &wrong_length, &dir.join("wrong-length.raucb")),
         with_cms(&bytes, &bad_content, &dir.join("bad-content.raucb")),
+        with_cms(&bytes, &damaged, &dir.join("damaged-content.raucb")),
     ];
 
     // On the command line, with the recipient's key; and with a key the

@@ -112,11 +112,26 @@ fn only_root_and_group_rota_change_state() {
     let op = as_nobody(bus, "", &with_installer("get-property", &["Operation"])).ok();
     assert_eq!(op.stdout.trim(), "s \"idle\"");
     as_nobody(bus, "", &["introspect", "de.pengutronix.rauc", "/"]).ok();
-    // … but no install, no mark, no slot queries.
+    // … but no method of any interface: no install, inspection, mark,
+    // cancel, poll or query, and no property set.
+    let on = |iface: &'static str, rest: &[&'static str]| {
+        let mut v = vec!["call", "de.pengutronix.rauc", "/", iface];
+        v.extend(rest);
+        v
+    };
     for call in [
         with_installer("call", &["InstallBundle", "sa{sv}", "/tmp/x.raucb", "0"]),
+        with_installer("call", &["Install", "s", "/tmp/x.raucb"]),
+        with_installer("call", &["InspectBundle", "sa{sv}", "/tmp/x.raucb", "0"]),
+        with_installer("call", &["Info", "s", "/tmp/x.raucb"]),
         with_installer("call", &["Mark", "ss", "good", "booted"]),
         with_installer("call", &["GetSlotStatus"]),
+        with_installer("call", &["GetArtifactStatus"]),
+        with_installer("call", &["GetPrimary"]),
+        on("dev.rota.Installer1", &["Cancel"]),
+        on("dev.rota.Installer1", &["Inspect", "sa{sv}", "/tmp/x.raucb", "0"]),
+        on("de.pengutronix.rauc.Poller", &["Poll"]),
+        on("org.freedesktop.DBus.Properties", &["Set", "ssv", "de.pengutronix.rauc.Installer", "Operation", "s", "x"]),
     ] {
         let r = as_nobody(bus, "", &call).fails();
         assert!(r.stderr.contains("Access denied"), "{call:?}: {}", r.stderr);

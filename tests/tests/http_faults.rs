@@ -96,7 +96,7 @@ fn transient_faults_are_retried_and_partial_ranges_resumed() {
     ];
     for (case, fault, times, resumes) in cases {
         let d = device(case);
-        let (srv, len) = serve(fault, times);
+        let (srv, _) = serve(fault, times);
         install(&d, &srv).ok();
         assert_eq!(srv.faults_served(), times, "{case}");
         assert_installed(&d, case);
@@ -105,10 +105,15 @@ fn transient_faults_are_retried_and_partial_ranges_resumed() {
             .iter()
             .filter_map(|r| r.header("range")?.strip_prefix("bytes=")?.split_once('-')?.0.parse().ok())
             .collect();
-        // Payload ranges start at window boundaries, except a resumed one: it
-        // starts where the broken response stopped. (The signature and the
-        // trailer at the end of the file are read at their own offsets.)
-        let resumed: Vec<&u64> = starts.iter().filter(|s| **s % 4096 != 0 && **s < len - 65536).collect();
+        // A resumed request starts where the broken response stopped: 100 000
+        // bytes into a range asked for before. (Images stored as is are
+        // fetched run by run at their own offsets, the rest window by window.)
+        let resumed: Vec<&u64> = starts
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| s.checked_sub(100_000).is_some_and(|from| starts[..*i].contains(&from)))
+            .map(|(_, s)| s)
+            .collect();
         assert_eq!(resumed.len(), resumes as usize, "{case}: resumed requests {resumed:?} of {starts:?}");
     }
 }
@@ -120,8 +125,10 @@ fn lasting_or_lying_faults_end_in_clear_errors() {
         ("404", Fault::Status(404), 1, "not found"),
         ("200", Fault::IgnoreRange, 1, "range requests not supported by server"),
         ("wrong-range", Fault::WrongRange, 1, "server answered range"),
-        // Data that arrives intact but differs from what was signed.
-        ("corrupt", Fault::Corrupt, 1, "bundle payload is corrupted: data block"),
+        // Data that arrives intact but differs from what was signed (here
+        // in an image stored as is: found by the image's signed digest, and
+        // told apart from a bad medium by a second read).
+        ("corrupt", Fault::Corrupt, 1, "bundle payload is corrupted: image 'rootfs.img' as first read"),
     ];
     for (case, fault, times, message) in cases {
         let d = device(case);

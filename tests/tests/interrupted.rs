@@ -109,21 +109,6 @@ fn sigkill_at_any_point_loses_nothing() {
     assert_eq!((digest(&d, "rootfs0.img"), digest(&d, "appfs0.img")), booted);
 }
 
-/// Loop devices whose backing file lies below `dir`.
-fn loops_below(dir: &std::path::Path) -> Vec<String> {
-    let dir = fs::canonicalize(dir).unwrap();
-    fs::read_dir("/sys/block")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let backing = fs::read_to_string(e.path().join("loop/backing_file")).ok()?;
-            std::path::Path::new(backing.trim())
-                .starts_with(&dir)
-                .then(|| format!("{:?}: {}", e.file_name(), backing.trim()))
-        })
-        .collect()
-}
-
 #[test]
 fn the_service_killed_at_any_point_leaves_nothing_that_stops_the_next_install() {
     use testkit::bus::{Bus, Service};
@@ -173,17 +158,21 @@ fn the_service_killed_at_any_point_leaves_nothing_that_stops_the_next_install() 
         if selected(&env) == "B" {
             assert!(holds_update(&d), "kill {i} after {delay:?}: B selected but not completely written: {env:?}");
         }
-        // The next install through a restarted service succeeds, and once the
-        // service stopped nothing of either is left: no mount, no loop
-        // device, no FUSE session, no payload directory.
+        // A restarted service releases what the killed one left mounted
+        // before it takes its name, with no installation needed; the next
+        // install through it succeeds, and once the service stopped nothing
+        // of either is left: no mount, no loop device, no FUSE session, no
+        // payload directory.
         let svc = Service::start(&d, &bus, &[]);
+        assert!(!testkit::mounted_below(&d.path("mnt")), "kill {i}: still mounted after the restart");
+        assert_eq!(testkit::loops_below(&d.dir), Vec::<String>::new(), "kill {i}: loop devices after the restart");
         let out = install(&d).wait_with_output().unwrap();
         assert!(out.status.success(), "kill {i}: {}", fs::read_to_string(d.path("service.log")).unwrap());
         assert!(holds_update(&d));
         assert_eq!(selected(&grubenv(&d.path("grubenv"))), "B");
         assert!(svc.stop().success());
         assert!(!testkit::mounted_below(&d.dir), "kill {i}: {}", fs::read_to_string("/proc/self/mountinfo").unwrap());
-        assert_eq!(loops_below(&d.dir), Vec::<String>::new(), "kill {i}");
+        assert_eq!(testkit::loops_below(&d.dir), Vec::<String>::new(), "kill {i}");
         let left: Vec<_> = fs::read_dir(d.path("mnt")).unwrap().flatten().map(|e| e.file_name()).collect();
         assert!(left.iter().all(|n| !n.to_string_lossy().starts_with(".payload-")), "kill {i}: {left:?}");
         run(Command::new("grub-editenv").arg(d.path("grubenv")).args(["set", "ORDER=A B", "B_OK=0"])).ok();

@@ -156,7 +156,8 @@ pub async fn update(iref: &InterfaceRef<Control>, f: impl FnOnce(&mut Details) -
 impl Control {
     /// Cancels the running installation; refused once it activates, and while
     /// the bundle's own update handler installs it.
-    fn cancel(&self) -> Result<(), RaucError> {
+    fn cancel(&self, #[zbus(header)] header: zbus::message::Header<'_>) -> Result<(), RaucError> {
+        super::no_arguments(&header)?;
         let current = self.service.current.lock().expect("not poisoned").clone();
         match current.map(|c| c.cancel()) {
             None => Err(RaucError::Code30("No installation running".into())),

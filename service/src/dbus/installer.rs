@@ -38,6 +38,12 @@ pub enum RaucError {
     Code30(String),
 }
 
+impl From<zbus::fdo::Error> for RaucError {
+    fn from(e: zbus::fdo::Error) -> RaucError {
+        RaucError::ZBus(zbus::Error::FDO(Box::new(e)))
+    }
+}
+
 impl RaucError {
     fn failed(message: impl std::fmt::Display) -> RaucError {
         RaucError::Code30(message.to_string())
@@ -49,20 +55,24 @@ const BUSY_INSTALL: &str = "Already processing a different method";
 /// The busy error of the other state-changing methods.
 const BUSY: &str = "already processing a different method";
 
-/// Keys `InstallBundle` accepts.
-const INSTALL_KEYS: &[&str] = &[
-    "ignore-compatible",
-    "ignore-version-limit",
-    "transaction-id",
-    "require-manifest-hash",
-    "tls-cert",
-    "tls-key",
-    "tls-ca",
-    "tls-no-verify",
-    "http-headers",
+/// Longest state or slot identifier `Mark` looks at.
+const MAX_MARK_ARG: usize = 256;
+
+/// Keys `InstallBundle` accepts, with their D-Bus types.
+const INSTALL_KEYS: &[(&str, &str)] = &[
+    ("ignore-compatible", "b"),
+    ("ignore-version-limit", "b"),
+    ("transaction-id", "s"),
+    ("require-manifest-hash", "s"),
+    ("tls-cert", "s"),
+    ("tls-key", "s"),
+    ("tls-ca", "s"),
+    ("tls-no-verify", "b"),
+    ("http-headers", "as"),
 ];
-/// Keys `InspectBundle` accepts.
-pub(super) const INSPECT_KEYS: &[&str] = &["tls-cert", "tls-key", "tls-ca", "tls-no-verify", "http-headers"];
+/// Keys `InspectBundle` accepts, with their D-Bus types.
+pub(super) const INSPECT_KEYS: &[(&str, &str)] =
+    &[("tls-cert", "s"), ("tls-key", "s"), ("tls-ca", "s"), ("tls-no-verify", "b"), ("http-headers", "as")];
 
 /// One installation for the worker.
 pub struct InstallJob {
@@ -258,10 +268,20 @@ impl Installer {
     }
 }
 
-pub(super) fn check_keys(args: &HashMap<String, OwnedVariant>, allowed: &[&str]) -> Result<(), RaucError> {
+/// Refuses, before anything is opened, a key that is not `allowed` or whose
+/// value has another type: RAUC looks each key up with its type, so a
+/// wrongly typed key is left over and refused as unsupported like an unknown
+/// one (`Unsupported key: <key>`, the first in sorted order).
+pub(super) fn check_keys(args: &HashMap<String, OwnedVariant>, allowed: &[(&str, &str)]) -> Result<(), RaucError> {
     let mut keys: Vec<&String> = args.keys().collect();
     keys.sort();
-    match keys.into_iter().find(|k| !allowed.contains(&k.as_str())) {
+    let fits = |k: &String| allowed.iter().any(|(name, ty)| name == k && args[k].value_signature().to_string() == *ty);
+    match keys.into_iter().find(|k| !fits(k)) {
+        // A key of absurd length is not echoed whole.
+        Some(k) if k.len() > 256 => {
+            let shown: String = k.chars().take(64).collect();
+            Err(RaucError::failed(format!("Unsupported key: {shown}… ({} bytes)", k.len())))
+        }
         Some(k) => Err(RaucError::failed(format!("Unsupported key: {k}"))),
         None => Ok(()),
     }
@@ -281,6 +301,7 @@ impl Installer {
         if self.busy.load(AtomicOrdering::SeqCst) != IDLE {
             return Err(RaucError::failed(BUSY_INSTALL));
         }
+        super::check_location(&source)?;
         let caller = Caller::of(conn, &header).await.map_err(RaucError::failed)?;
         let args = self.install_args(rota_bundle::cli::commands::location(&source), &args, Some(&caller))?;
         self.start(InstallJob { args, done: None }, &emitter).await
@@ -328,6 +349,14 @@ impl Installer {
     /// Marks slots; returns (marked slot names, message).
     #[zbus(out_args("slot_name", "message"))]
     async fn mark(&self, state: String, slot_identifier: String) -> Result<(String, String), RaucError> {
+        // Slot names, bootnames and states are short: longer ones are not
+        // looked up, and not echoed into the error whole.
+        if let Some(long) = [&state, &slot_identifier].into_iter().find(|a| a.len() > MAX_MARK_ARG) {
+            return Err(RaucError::failed(format!(
+                "Invalid argument to Mark: {} bytes (at most {MAX_MARK_ARG})",
+                long.len()
+            )));
+        }
         if !self.claim(MARKING) {
             return Err(RaucError::failed(BUSY));
         }
@@ -355,7 +384,11 @@ impl Installer {
 
     /// (slot name, status) of every configured slot (spec §8.4).
     #[zbus(out_args("slot_status_array"))]
-    async fn get_slot_status(&self) -> Result<Vec<(String, Dict)>, RaucError> {
+    async fn get_slot_status(
+        &self,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+    ) -> Result<Vec<(String, Dict)>, RaucError> {
+        super::no_arguments(&header)?;
         self.with_system(|system| {
             let report = StatusReport::gather_slots(system);
             Ok(report.iter().map(|s| (s.name.clone(), dicts::slot_dict(s))).collect())
@@ -365,7 +398,11 @@ impl Installer {
 
     /// One dict per artifact repository.
     #[zbus(out_args("artifacts"))]
-    async fn get_artifact_status(&self) -> Result<Vec<Dict>, RaucError> {
+    async fn get_artifact_status(
+        &self,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+    ) -> Result<Vec<Dict>, RaucError> {
+        super::no_arguments(&header)?;
         self.with_system(|system| {
             Ok(report::gather_repos(system)
                 .iter()
@@ -377,7 +414,8 @@ impl Installer {
 
     /// The bootloader's primary slot.
     #[zbus(out_args("primary"))]
-    async fn get_primary(&self) -> Result<String, RaucError> {
+    async fn get_primary(&self, #[zbus(header)] header: zbus::message::Header<'_>) -> Result<String, RaucError> {
+        super::no_arguments(&header)?;
         self.with_system(|system| {
             system.primary().map_err(|e| RaucError::failed(format!("Failed getting primary slot: {e}")))
         })

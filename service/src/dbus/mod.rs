@@ -38,6 +38,31 @@ pub struct Service {
     pub stopping: std::sync::atomic::AtomicBool,
 }
 
+/// Longest bundle location a caller may give: a path longer than the
+/// kernel's PATH_MAX cannot be opened, and no server takes such a URL.
+pub const MAX_LOCATION: usize = 4096;
+
+/// Refuses a location longer than [`MAX_LOCATION`] before it is used, so it
+/// is neither opened nor echoed into errors, logs and `LastError`.
+pub fn check_location(source: &str) -> Result<(), RaucError> {
+    match source.len() {
+        n if n > MAX_LOCATION => {
+            Err(RaucError::Code30(format!("Bundle location too long: {n} bytes (at most {MAX_LOCATION})")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a call that brings arguments to a method that takes none, with
+/// `InvalidArgs` as for any other signature mismatch (zbus checks the
+/// arguments only of methods that have some; RAUC's GDBus checks all).
+pub fn no_arguments(header: &zbus::message::Header<'_>) -> zbus::fdo::Result<()> {
+    match header.signature().to_string() {
+        s if s.is_empty() => Ok(()),
+        s => Err(zbus::fdo::Error::InvalidArgs(format!("Signature mismatch: got `{s}`, expected ``"))),
+    }
+}
+
 /// How a caller wants a bundle reached: TLS material and extra HTTP headers.
 #[derive(Debug, Default, Clone)]
 pub struct Access {
@@ -54,14 +79,15 @@ pub struct Access {
 }
 
 /// The value of `key` in D-Bus call arguments as `T`; a value of another
-/// type fails with `Invalid type for key <key>`.
+/// type is refused as RAUC refuses it, `Unsupported key: <key>` (callers
+/// check the types first with `installer::check_keys`).
 pub fn arg<T: TryFrom<OwnedVariant>>(args: &HashMap<String, OwnedVariant>, key: &str) -> Result<Option<T>, RaucError> {
     args.get(key)
         .map(|v| {
             v.try_clone()
                 .ok()
                 .and_then(|v| T::try_from(v).ok())
-                .ok_or_else(|| RaucError::Code30(format!("Invalid type for key {key}")))
+                .ok_or_else(|| RaucError::Code30(format!("Unsupported key: {key}")))
         })
         .transpose()
 }
@@ -130,6 +156,12 @@ impl Service {
     }
 }
 
+/// Retries of a failed request while a caller waits for an inspection: an
+/// unreachable server is given up on within seconds (pauses of 1 and 2 s),
+/// so the caller hears why before its D-Bus call times out (25 s by
+/// default), not after. Installations keep the configured retries.
+const INSPECT_RETRIES: u32 = 2;
+
 /// Opens and verifies `source` for a caller with `args` (the bundle-access
 /// keys of `InspectBundle`) on a blocking thread: what `info` shows, and the
 /// exact manifest text.
@@ -139,12 +171,14 @@ pub async fn open_bundle(
     args: HashMap<String, OwnedVariant>,
     caller: Caller,
 ) -> Result<(rota_bundle::info::BundleInfo, String), RaucError> {
+    check_location(&source)?;
     installer::check_keys(&args, installer::INSPECT_KEYS)?;
     let access = access_from_args(&args)?;
     let service = service.clone();
     tokio::task::spawn_blocking(move || {
         let location = rota_bundle::cli::commands::location(&source);
-        let open = service.caller_open_options(&location, &access, &caller)?;
+        let mut open = service.caller_open_options(&location, &access, &caller)?;
+        open.http.retries = open.http.retries.min(INSPECT_RETRIES);
         let bundle =
             rota_bundle::bundle::Bundle::open(&location, &open).map_err(|e| RaucError::Code30(e.to_string()))?;
         let text = String::from_utf8_lossy(bundle.manifest_bytes()).into_owned();
@@ -217,6 +251,7 @@ pub fn run(ctx: &Context) -> Result<(), CliError> {
         return Err(fail("system version not provided via system-info handler".into()));
     }
     crate::artifacts::init(&service.system)?;
+    release_left_mounts(&service.system);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -225,7 +260,18 @@ pub fn run(ctx: &Context) -> Result<(), CliError> {
     rt.block_on(serve(service))
 }
 
-/// Once the name is ours: the boot event and the runtime links.
+/// A service killed during an installation leaves the slot it was writing
+/// mounted under the mount prefix (with its loop device), or a bundle view;
+/// the next start releases them, as the next installation would — unless
+/// another installation (`rota install` in direct mode) holds the slots.
+fn release_left_mounts(system: &System) {
+    if let Err(e) = system.lock_writable_slots() {
+        tracing::info!("Leaving the mounts under the mount prefix alone: {e}");
+    }
+}
+
+/// Once the name is ours: the boot event (a second instance that cannot
+/// take the name logs nothing).
 fn record_start(system: &System) {
     match runtime::current_boot_id() {
         Ok(id) => {
@@ -234,9 +280,6 @@ fn record_start(system: &System) {
             }
         }
         Err(e) => tracing::warn!("{e}"),
-    }
-    if let Err(e) = runtime::create_links(system, &run_dir()) {
-        tracing::warn!("{e}");
     }
 }
 
@@ -249,6 +292,11 @@ async fn serve(service: Arc<Service>) -> Result<(), CliError> {
     let session = use_session_bus();
     let bus = if session { "session" } else { "system" };
     let (jobs, queue) = tokio::sync::mpsc::unbounded_channel();
+    // The runtime links exist before the name is visible, as in RAUC: a
+    // client that sees the service also sees `slots/active`.
+    if let Err(e) = runtime::create_links(&service.system, &run_dir()) {
+        tracing::warn!("{e}");
+    }
     let polling = service.system.config.polling.clone();
     // The first of the bus's addresses that answers.
     let mut last = zbus::Error::Address("no bus address".into());

@@ -102,7 +102,12 @@ impl Poller {
 #[interface(name = "de.pengutronix.rauc.Poller")]
 impl Poller {
     /// Schedules a poll soon (the short delay, about 30 s).
-    async fn poll(&mut self, #[zbus(signal_emitter)] emitter: SignalEmitter<'_>) -> zbus::fdo::Result<()> {
+    async fn poll(
+        &mut self,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+    ) -> zbus::fdo::Result<()> {
+        super::no_arguments(&header)?;
         if self.next.is_some() {
             self.next = Some(polling::boottime() + polling::short_delay());
             self.next_poll_changed(&emitter).await?;
