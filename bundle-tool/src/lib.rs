@@ -24,6 +24,7 @@ pub mod signature;
 pub mod source;
 pub mod sparse;
 pub mod squashfs;
+pub mod system_manifest;
 pub mod tree;
 pub mod uri;
 pub mod verity;

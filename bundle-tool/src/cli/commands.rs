@@ -1,5 +1,6 @@
 //! The bundle commands: `bundle`, `resign`, `convert`, `replace-signature`,
-//! `extract-signature`, `extract`, `encrypt` and `info`.
+//! `extract-signature`, `extract`, `encrypt` and `info`; the system manifest
+//! commands `system-manifest` and `system-info` (in [`super::system`]).
 
 use super::options::OptSpec;
 use super::{CliError, Command, Context, fail};
@@ -151,6 +152,26 @@ pub const HOST_COMMANDS: &[Command] = &[
         positionals: (1, 1),
         missing_args: "A bundle file or URL must be provided",
         run: cmd_info,
+    },
+    Command {
+        name: "system-manifest",
+        usage: "<INPUT> <OUTPUT>",
+        summary: "Sign the system manifest of a multi-ECU update",
+        group_title: "System manifest options:",
+        options: super::system::SYSTEM_MANIFEST_OPTS,
+        positionals: (2, 2),
+        missing_args: "A system manifest and an output file name must be provided",
+        run: super::system::cmd_system_manifest,
+    },
+    Command {
+        name: "system-info",
+        usage: "<FILE>",
+        summary: "Verify and print a signed system manifest",
+        group_title: "System info options:",
+        options: super::system::SYSTEM_INFO_OPTS,
+        positionals: (1, 1),
+        missing_args: "A signed system manifest must be provided",
+        run: super::system::cmd_system_info,
     },
 ];
 

@@ -5,6 +5,7 @@
 pub mod commands;
 pub mod logging;
 pub mod options;
+pub mod system;
 
 use crate::hostconfig::HostConfig;
 use options::{OptGroup, OptSpec, Parsed};

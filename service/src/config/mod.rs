@@ -3,10 +3,12 @@
 //! (later keys win), then `-C SECTION:KEY=VALUE` overrides. Every error names
 //! the file and line it comes from.
 
+mod ecu;
 mod load;
 mod sections;
 mod slots;
 
+pub use ecu::{EcuRole, EcuSection, SecondaryConfig};
 pub use load::{ConfigError, SEARCH_PATHS, load, load_text};
 pub use slots::{SlotConfig, SlotType};
 
@@ -295,6 +297,8 @@ pub struct SystemConfig {
     pub artifacts: Vec<ArtifactRepoConfig>,
     /// Event loggers.
     pub logs: Vec<LogConfig>,
+    /// `[ecu]` with `[secondary.*]`: this device's part in multi-ECU updates.
+    pub ecu: Option<EcuSection>,
 }
 
 impl SystemConfig {

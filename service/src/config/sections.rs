@@ -13,8 +13,8 @@ use std::path::Path;
 /// Default `max-bundle-download-size`.
 pub const DEFAULT_MAX_DOWNLOAD_SIZE: u64 = 8 * 1024 * 1024;
 
-const GLOBAL_GROUPS: [&str; 9] =
-    ["system", "keyring", "streaming", "polling", "encryption", "casync", "tree", "autoinstall", "handlers"];
+const GLOBAL_GROUPS: [&str; 10] =
+    ["system", "keyring", "streaming", "polling", "encryption", "casync", "tree", "autoinstall", "handlers", "ecu"];
 
 /// Helpers around a [`GroupReader`] that produce config errors.
 pub(super) struct Reader<'a> {
@@ -473,7 +473,8 @@ pub(super) fn interpret(kf: &KeyFile, origins: &Origins, base: &Path) -> Result<
         let known = GLOBAL_GROUPS.contains(&g.name.as_str())
             || g.name.starts_with("slot.")
             || g.name.starts_with("artifacts.")
-            || g.name.starts_with("log.");
+            || g.name.starts_with("log.")
+            || g.name.starts_with("secondary.");
         if !known {
             return Err(origins.error(KeyFileError::at_group(g, format!("Invalid group '[{}]'", g.name))));
         }
@@ -530,6 +531,7 @@ pub(super) fn interpret(kf: &KeyFile, origins: &Origins, base: &Path) -> Result<
         )));
     }
 
+    let ecu = super::ecu::ecu_section(kf, origins, base)?;
     let slots = parse_slots(kf, origins, base, &system)?;
     let classes: Vec<&str> = slots.iter().map(|s| s.class.as_str()).collect();
     let mut artifacts = Vec::new();
@@ -561,5 +563,6 @@ pub(super) fn interpret(kf: &KeyFile, origins: &Origins, base: &Path) -> Result<
         slots,
         artifacts,
         logs,
+        ecu,
     })
 }

@@ -171,3 +171,78 @@ fn a_missing_explicit_file_fails() {
     let e = load(Some(Path::new("/nonexistent/system.conf")), &[]).unwrap_err().to_string();
     assert!(e.starts_with("Invalid system config: /nonexistent/system.conf: Failed to read: No such file"), "{e}");
 }
+
+#[test]
+fn main_and_secondary_ecus_are_read() {
+    let c = load_text(
+        &format!(
+            "{BASE}[ecu]\nid=main\nrole=main\ncert=ecu.pem\nkey=ecu.key\nhealth-check=/usr/lib/health\n\
+             proxy-listen=10.0.0.1:8480\nproxy-cache-size=256M\nhealth-timeout-sec=60\n\
+             [secondary.display]\naddress=10.0.0.2:50151\ncert=display.pem\n\
+             [secondary.pay]\naddress=pay.local:50151\ncert=/etc/pki/pay.pem\n"
+        ),
+        "t.conf",
+        Path::new("/etc/rauc"),
+    )
+    .unwrap();
+    let ecu = c.ecu.unwrap();
+    assert_eq!((ecu.id.as_str(), ecu.cert.as_path()), ("main", Path::new("/etc/rauc/ecu.pem")));
+    assert_eq!(ecu.health_check.as_deref(), Some(Path::new("/usr/lib/health")));
+    let EcuRole::Main { secondaries, proxy_listen, proxy_cache_size, prepare_timeout_sec, health_timeout_sec } =
+        ecu.role
+    else {
+        panic!("main")
+    };
+    assert_eq!(proxy_listen, Some("10.0.0.1:8480".parse().unwrap()));
+    assert_eq!((proxy_cache_size, prepare_timeout_sec, health_timeout_sec), (256 << 20, 3600, 60));
+    assert_eq!(
+        secondaries,
+        [
+            SecondaryConfig {
+                id: "display".into(),
+                address: "10.0.0.2:50151".into(),
+                cert: "/etc/rauc/display.pem".into()
+            },
+            SecondaryConfig { id: "pay".into(), address: "pay.local:50151".into(), cert: "/etc/pki/pay.pem".into() },
+        ]
+    );
+
+    let c = load_text(
+        &format!(
+            "{BASE}[ecu]\nid=display\nrole=secondary\ncert=e.pem\nkey=e.key\nlisten=0.0.0.0:50151\nmain-cert=m.pem\n"
+        ),
+        "t.conf",
+        Path::new("/etc/rauc"),
+    )
+    .unwrap();
+    assert_eq!(
+        c.ecu.unwrap().role,
+        EcuRole::Secondary { listen: "0.0.0.0:50151".parse().unwrap(), main_cert: "/etc/rauc/m.pem".into() }
+    );
+    assert!(load_text(BASE, "t", Path::new("/")).unwrap().ecu.is_none());
+}
+
+#[test]
+fn ecu_configuration_errors_name_the_key() {
+    let main = "[ecu]\nid=main\nrole=main\ncert=c\nkey=k\n";
+    let sec = "[ecu]\nid=s\nrole=secondary\ncert=c\nkey=k\nlisten=0.0.0.0:1\nmain-cert=m\n";
+    let cases = [
+        ("[ecu]\nrole=main\ncert=c\nkey=k\n".to_string(), "Key 'id' in group '[ecu]' is required"),
+        ("[ecu]\nid=a b\nrole=main\ncert=c\nkey=k\n".to_string(), "Invalid ECU id 'a b' in group '[ecu]'"),
+        ("[ecu]\nid=m\nrole=boss\ncert=c\nkey=k\n".to_string(), "'boss' is neither main nor secondary"),
+        ("[ecu]\nid=m\nrole=main\nkey=k\n".to_string(), "Key 'cert' in group '[ecu]' is required"),
+        (format!("{main}listen=0.0.0.0:1\n"), "Invalid key 'listen' in group '[ecu]'"),
+        (format!("{main}proxy-listen=host:1\n"), "'host:1' is not an IP address and port"),
+        (format!("{main}[secondary.d]\naddress=10.0.0.2\ncert=d\n"), "'10.0.0.2' has no port"),
+        (format!("{main}[secondary.d]\naddress=10.0.0.2:1\n"), "Key 'cert' in group '[secondary.d]' is required"),
+        (format!("{main}[secondary.main]\naddress=a:1\ncert=d\n"), "Secondary 'main' has the main ECU's own id"),
+        ("[secondary.d]\naddress=a:1\ncert=d\n".to_string(), "needs an '[ecu]' group with role=main"),
+        (sec.replace("main-cert=m\n", ""), "Key 'main-cert' in group '[ecu]' is required for role=secondary"),
+        (sec.replace("listen=0.0.0.0:1\n", ""), "Key 'listen' in group '[ecu]' is required for role=secondary"),
+        (format!("{sec}[secondary.d]\naddress=a:1\ncert=d\n"), "is for role=main; this ECU is a secondary"),
+    ];
+    for (text, want) in cases {
+        let e = err(&format!("{BASE}{text}")).to_string();
+        assert!(e.contains(want), "{want:?} not in {e:?}");
+    }
+}
