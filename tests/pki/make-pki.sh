@@ -8,6 +8,8 @@
 #   server.pem/key         TLS server 127.0.0.1     client.pem/key  TLS client certificate
 #   inter-server.pem/key   TLS server 127.0.0.1 signed by inter
 #   keyring.pem            root only                keyring-crl.pem root + CRLs of root and inter
+#   ecu-main, ecu-display, ecu-pay, ecu-spare (.pem/.key)  ECU identities (TLS server and client), signed by root
+#   ecu-rogue.pem/key      an ECU identity from other-root
 set -eu
 out=$1
 mkdir -p "$out"
@@ -58,6 +60,10 @@ subjectAltName = IP:127.0.0.1, DNS:localhost
 basicConstraints = CA:false
 keyUsage = critical, digitalSignature
 extendedKeyUsage = clientAuth
+[ v3_ecu ]
+basicConstraints = CA:false
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth, clientAuth
 [ v3_recipient ]
 basicConstraints = CA:false
 keyUsage = critical, keyEncipherment, keyAgreement
@@ -99,6 +105,8 @@ openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ec-recipient
 csr ec-recipient "/O=rota test/CN=rota EC Recipient"
 CA=root-ca openssl ca -batch -config ca.cnf -keyfile root.key -cert root.pem -extensions v3_recipient -startdate 20200101000000Z -enddate 20991231235959Z -in ec-recipient.csr -out ec-recipient.pem -notext 2>/dev/null
 leaf other "Unrelated Signer" v3_leaf 20200101000000Z 20991231235959Z other-root
+for e in main display pay spare; do leaf "ecu-$e" "rota ECU $e" v3_ecu 20200101000000Z 20991231235959Z root; done
+leaf ecu-rogue "rota ECU main" v3_ecu 20200101000000Z 20991231235959Z other-root
 CA=inter-ca openssl ca -batch -config ca.cnf -keyfile inter.key -cert inter.pem -revoke revoked.pem 2>/dev/null
 CA=inter-ca openssl ca -batch -config ca.cnf -keyfile inter.key -cert inter.pem -gencrl -out inter.crl 2>/dev/null
 CA=root-ca openssl ca -batch -config ca.cnf -keyfile root.key -cert root.pem -gencrl -out root.crl 2>/dev/null

@@ -23,8 +23,10 @@ const RAUC: &str = "de.pengutronix.rauc.Installer";
 const ROTA: &str = "dev.rota.Installer1";
 const INVALID_ARGS: &str = "org.freedesktop.DBus.Error.InvalidArgs";
 const RAUC_FAILED: &str = "org.gtk.GDBus.UnmappedGError.Quark._g_2dio_2derror_2dquark.Code30";
-/// Every call must be answered within this.
-const ANSWER: Duration = Duration::from_secs(10);
+/// Every call must be answered within this: D-Bus's default call timeout,
+/// what a real client waits (a tighter bound failed on loaded machines
+/// without telling a stall from a slow answer).
+const ANSWER: Duration = Duration::from_secs(25);
 
 /// A device; `streaming` is its `[streaming]` group (retry tuning).
 fn device(name: &str, streaming: &str) -> Device {
