@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod confined;
 pub mod dbus;
+pub mod ecu;
 pub mod error;
 pub mod eventlog;
 pub mod files;

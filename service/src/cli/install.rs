@@ -116,6 +116,7 @@ pub(super) fn run(ctx: &Context) -> Result<(), CliError> {
         transaction_id: ctx.args.value("transaction-id").map(str::to_string),
         require_manifest_hash: ctx.args.value("require-manifest-hash").map(str::to_string),
         handler_args: ctx.args.value("handler-args").map(str::to_string),
+        no_activate: false,
         control: Default::default(),
     };
     let mut sink = Terminal::new(ctx.args.has("progress") || std::io::stderr().is_terminal());

@@ -65,6 +65,11 @@ pub struct EcuSection {
     /// `health-check`: run after booting into a new slot during a system
     /// update; exit 0 means healthy.
     pub health_check: Option<PathBuf>,
+    /// `reboot-command`, shell-split: how this ECU reboots into a switched
+    /// or reverted slot (default `reboot`).
+    pub reboot_command: Vec<String>,
+    /// Where the ECU keeps its transaction state (`<data-directory>/ecu`).
+    pub state_directory: PathBuf,
 }
 
 /// Default `proxy-cache-size`.
@@ -99,7 +104,12 @@ fn secondary(r: &mut Reader<'_>, id: &str, base: &Path) -> Result<SecondaryConfi
 }
 
 /// Reads `[ecu]` and the `[secondary.*]` groups; `None` without `[ecu]`.
-pub(super) fn ecu_section(kf: &KeyFile, origins: &Origins, base: &Path) -> Result<Option<EcuSection>, ConfigError> {
+pub(super) fn ecu_section(
+    kf: &KeyFile,
+    origins: &Origins,
+    base: &Path,
+    data_directory: Option<&Path>,
+) -> Result<Option<EcuSection>, ConfigError> {
     let secondary_groups: Vec<&Group> = kf.groups.iter().filter(|g| g.name.starts_with("secondary.")).collect();
     let Some(group) = kf.group("ecu") else {
         return match secondary_groups.first() {
@@ -121,6 +131,18 @@ pub(super) fn ecu_section(kf: &KeyFile, origins: &Origins, base: &Path) -> Resul
     let key =
         r.path("key", Some(base))?.ok_or_else(|| r.group_error("Key 'key' in group '[ecu]' is required".into()))?;
     let health_check = r.path("health-check", Some(base))?;
+    let reboot_command = match r.string("reboot-command")? {
+        Some(v) => shell_words::split(&v).map_err(|e| {
+            r.bad(r.entry("reboot-command").expect("read"), format!("Key 'reboot-command' in group '[ecu]': {e}"))
+        })?,
+        None => vec!["reboot".to_string()],
+    };
+    let Some(data_directory) = data_directory else {
+        return Err(r.group_error(
+            "Group '[ecu]' requires a data-directory in '[system]' (it keeps the transaction state)".into(),
+        ));
+    };
+    let state_directory = data_directory.join("ecu");
     let role = match role_name.as_str() {
         "main" => {
             let proxy_listen = match r.string("proxy-listen")? {
@@ -165,5 +187,5 @@ pub(super) fn ecu_section(kf: &KeyFile, origins: &Origins, base: &Path) -> Resul
             ));
         }
     };
-    Ok(Some(EcuSection { id, role, cert, key, health_check }))
+    Ok(Some(EcuSection { id, role, cert, key, health_check, reboot_command, state_directory }))
 }

@@ -531,7 +531,7 @@ pub(super) fn interpret(kf: &KeyFile, origins: &Origins, base: &Path) -> Result<
         )));
     }
 
-    let ecu = super::ecu::ecu_section(kf, origins, base)?;
+    let ecu = super::ecu::ecu_section(kf, origins, base, system.data_directory.as_deref())?;
     let slots = parse_slots(kf, origins, base, &system)?;
     let classes: Vec<&str> = slots.iter().map(|s| s.class.as_str()).collect();
     let mut artifacts = Vec::new();

@@ -176,7 +176,7 @@ fn a_missing_explicit_file_fails() {
 fn main_and_secondary_ecus_are_read() {
     let c = load_text(
         &format!(
-            "{BASE}[ecu]\nid=main\nrole=main\ncert=ecu.pem\nkey=ecu.key\nhealth-check=/usr/lib/health\n\
+            "{BASE}[system]\ndata-directory=/data\n[ecu]\nid=main\nrole=main\ncert=ecu.pem\nkey=ecu.key\nhealth-check=/usr/lib/health\n\
              proxy-listen=10.0.0.1:8480\nproxy-cache-size=256M\nhealth-timeout-sec=60\n\
              [secondary.display]\naddress=10.0.0.2:50151\ncert=display.pem\n\
              [secondary.pay]\naddress=pay.local:50151\ncert=/etc/pki/pay.pem\n"
@@ -209,16 +209,20 @@ fn main_and_secondary_ecus_are_read() {
 
     let c = load_text(
         &format!(
-            "{BASE}[ecu]\nid=display\nrole=secondary\ncert=e.pem\nkey=e.key\nlisten=0.0.0.0:50151\nmain-cert=m.pem\n"
+            "{BASE}[system]\ndata-directory=/data\n[ecu]\nid=display\nrole=secondary\ncert=e.pem\nkey=e.key\n\
+             listen=0.0.0.0:50151\nmain-cert=m.pem\nreboot-command=systemctl reboot --force\n"
         ),
         "t.conf",
         Path::new("/etc/rauc"),
     )
     .unwrap();
+    let ecu = c.ecu.unwrap();
     assert_eq!(
-        c.ecu.unwrap().role,
+        ecu.role,
         EcuRole::Secondary { listen: "0.0.0.0:50151".parse().unwrap(), main_cert: "/etc/rauc/m.pem".into() }
     );
+    assert_eq!(ecu.reboot_command, ["systemctl", "reboot", "--force"]);
+    assert_eq!(ecu.state_directory, Path::new("/data/ecu"));
     assert!(load_text(BASE, "t", Path::new("/")).unwrap().ecu.is_none());
 }
 
@@ -241,8 +245,10 @@ fn ecu_configuration_errors_name_the_key() {
         (sec.replace("listen=0.0.0.0:1\n", ""), "Key 'listen' in group '[ecu]' is required for role=secondary"),
         (format!("{sec}[secondary.d]\naddress=a:1\ncert=d\n"), "is for role=main; this ECU is a secondary"),
     ];
+    let no_data = err(&format!("{BASE}{main}")).to_string();
+    assert!(no_data.contains("Group '[ecu]' requires a data-directory"), "{no_data}");
     for (text, want) in cases {
-        let e = err(&format!("{BASE}{text}")).to_string();
+        let e = err(&format!("{BASE}[system]\ndata-directory=/d\n{text}")).to_string();
         assert!(e.contains(want), "{want:?} not in {e:?}");
     }
 }

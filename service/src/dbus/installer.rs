@@ -208,16 +208,21 @@ impl Installer {
         self.busy.load(AtomicOrdering::SeqCst) == INSTALLING
     }
 
-    /// Queues the installation of a polled bundle, refusing any other
-    /// manifest than the one polled; returns how it will end.
-    pub async fn install_polled(
+    /// Queues the installation of `url` without a caller, refusing any
+    /// other manifest than `manifest_hash`: a polled bundle (`activate`), or
+    /// a system update's prepare step (nothing activated: the main switches
+    /// later). Returns how it will end.
+    pub async fn install_required(
         &self,
         url: String,
         manifest_hash: String,
+        activate: bool,
         emitter: &SignalEmitter<'_>,
     ) -> Result<oneshot::Receiver<Result<engine::Outcome, String>>, RaucError> {
+        super::check_location(&url)?;
         let mut args = self.install_args(url, &HashMap::new(), None)?;
         args.require_manifest_hash = Some(manifest_hash);
+        args.no_activate = !activate;
         let (tx, rx) = oneshot::channel();
         self.start(InstallJob { args, done: Some(tx) }, emitter).await?;
         Ok(rx)
@@ -246,6 +251,7 @@ impl Installer {
             transaction_id: arg(args, "transaction-id")?,
             require_manifest_hash: arg(args, "require-manifest-hash")?,
             handler_args: self.service.handler_args.clone(),
+            no_activate: false,
             control: Default::default(),
         })
     }

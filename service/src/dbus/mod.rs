@@ -348,6 +348,11 @@ async fn serve(service: Arc<Service>) -> Result<(), CliError> {
         tracing::info!("Polling {} every {} s", rota_bundle::source::http::shown_url(&p.url), p.interval_sec);
         tokio::spawn(poller::run(service.clone(), p, pref, iref.clone()));
     }
+    if let Some(ecu) = service.system.config.ecu.clone() {
+        crate::ecu::start(service.clone(), iref.clone(), ecu)
+            .await
+            .map_err(|e| fail(format!("Failed to set up the ECU interface: {e}")))?;
+    }
     if let Some(path) = service.system.config.autoinstall.clone().filter(|p| p.exists()) {
         let location = path.to_string_lossy().into_owned();
         tracing::info!("Installing {location} (autoinstall)");

@@ -262,7 +262,8 @@ async fn poll_once(
     let hash = install?;
     drop(guard);
     tracing::info!("Installing {} (polling, manifest hash {hash})", shown_url(&p.url));
-    let started = installer.get().await.install_polled(p.url.clone(), hash.clone(), installer.signal_emitter()).await;
+    let started =
+        installer.get().await.install_required(p.url.clone(), hash.clone(), true, installer.signal_emitter()).await;
     let mut guard = poller.get_mut().await;
     let done = match started {
         Ok(done) => {

@@ -41,6 +41,9 @@ pub struct InstallArgs {
     pub require_manifest_hash: Option<String>,
     /// Extra arguments for the full custom handler (shell words, `--handler-args`).
     pub handler_args: Option<String>,
+    /// Leave the written slots as they are, activating nothing (a system
+    /// update's prepare step; its main switches later).
+    pub no_activate: bool,
     /// Lets another thread cancel the installation before activation.
     pub control: std::sync::Arc<InstallControl>,
 }
@@ -267,6 +270,11 @@ fn run(
     }
     control.check()?;
     let outcome = match (&manifest.handler.filename, &mounted) {
+        (Some(_), Some(_)) if args.no_activate => {
+            return failed(
+                "A bundle with its own update handler activates on its own and cannot be prepared for a system update",
+            );
+        }
         (Some(handler), Some(m)) => {
             let argv = handler_argv(&manifest, args.handler_args.as_deref())?;
             // The handler writes and activates on its own: from here on Cancel is refused.
@@ -279,7 +287,7 @@ fn run(
         }
         _ => {
             let src = Sources { fs: &fs, mounted: mounted.as_ref(), store: &store };
-            default_handler(system, &src, &manifest, &manifest_hash, &group, txn, control, p)
+            default_handler(system, &src, &manifest, &manifest_hash, &group, txn, control, !args.no_activate, p)
                 .map_err(|e| e.context("Installation error"))?
         }
     };
@@ -316,6 +324,7 @@ fn default_handler(
     group: &[usize],
     txn: &str,
     control: &InstallControl,
+    activate: bool,
     p: &mut Progress<'_>,
 ) -> Result<Outcome> {
     let fs = src.fs;
@@ -401,6 +410,7 @@ fn default_handler(
     let mut activated = None;
     if let Some(s) = boot_mark
         && system.config.system.activate_installed
+        && activate
     {
         let b = s.config.bootname.as_deref().expect("has bootname");
         system.bootloader.set_primary(b).map_err(|e| {

@@ -1,0 +1,142 @@
+//! The transaction state an ECU keeps across reboots: which system update
+//! it takes part in, how far it got, and what it had booted before.
+
+use crate::error::{Error, Result};
+use rota_ecu::proto::State;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// A step of the transaction lifecycle (`rota-ecu-v1.proto`'s `State`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    /// No transaction.
+    #[default]
+    Idle,
+    /// Fetching, verifying and writing.
+    Preparing,
+    /// Written, nothing activated.
+    Prepared,
+    /// Activated; rebooting into it.
+    Switching,
+    /// Booted the new slot; the health check runs.
+    BootedNew,
+    /// Booted the new slot and healthy.
+    Healthy,
+    /// The health check failed, or the old slot came up after the switch.
+    Unhealthy,
+    /// Marked good: final.
+    Committed,
+    /// The old slot is active again; rebooting into it.
+    Reverting,
+    /// Back on the old slot.
+    Reverted,
+    /// Preparing failed; nothing was activated.
+    Failed,
+}
+
+impl Step {
+    /// The protocol's name for it.
+    pub fn proto(self) -> State {
+        match self {
+            Step::Idle => State::Idle,
+            Step::Preparing => State::Preparing,
+            Step::Prepared => State::Prepared,
+            Step::Switching => State::Switching,
+            Step::BootedNew => State::BootedNew,
+            Step::Healthy => State::Healthy,
+            Step::Unhealthy => State::Unhealthy,
+            Step::Committed => State::Committed,
+            Step::Reverting => State::Reverting,
+            Step::Reverted => State::Reverted,
+            Step::Failed => State::Failed,
+        }
+    }
+
+    /// Whether the transaction can still be reverted here.
+    pub fn revertible(self) -> bool {
+        !matches!(self, Step::Idle | Step::Committed)
+    }
+}
+
+/// What the ECU keeps in `<state directory>/transaction.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", default)]
+pub struct Record {
+    /// The transaction (SHA-256 of its signed system manifest).
+    pub transaction_id: String,
+    /// Its system version.
+    pub system_version: u64,
+    /// Where it stands.
+    pub step: Step,
+    /// Why it failed, or why the ECU is unhealthy.
+    pub error: String,
+    /// Progress of preparing, in percent.
+    pub progress: u32,
+    /// The slot the bundle was written to.
+    pub target_slot: Option<String>,
+    /// Its bootname.
+    pub target_bootname: Option<String>,
+    /// The bootname booted when the transaction began.
+    pub previous_bootname: Option<String>,
+    /// The system version of the last committed transaction.
+    pub committed_system_version: Option<u64>,
+}
+
+/// The record's file below `dir`.
+pub fn path(dir: &Path) -> PathBuf {
+    dir.join("transaction.json")
+}
+
+/// Reads the record; none yet is an idle one. A record that does not parse
+/// is kept as `transaction.json.broken` and counts as idle, with a warning.
+pub fn load(dir: &Path) -> Result<Record> {
+    let p = path(dir);
+    let bytes = match std::fs::read(&p) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Record::default()),
+        Err(e) => return Err(Error::Failed(format!("Failed to read ECU state {}: {e}", p.display()))),
+    };
+    serde_json::from_slice(&bytes).or_else(|e| {
+        let broken = PathBuf::from(format!("{}.broken", p.display()));
+        tracing::warn!("ECU state {} is unreadable ({e}); kept as {}", p.display(), broken.display());
+        std::fs::rename(&p, &broken).map_err(|e| {
+            Error::Failed(format!("Failed to keep ECU state {} as {}: {e}", p.display(), broken.display()))
+        })?;
+        Ok(Record::default())
+    })
+}
+
+/// Writes the record atomically and durably.
+pub fn save(dir: &Path, record: &Record) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::Failed(format!("Failed to create ECU state directory {}: {e}", dir.display())))?;
+    let text = serde_json::to_vec_pretty(record).expect("a record serialises");
+    crate::status::write_atomic(&path(dir), &text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_broken_ones_count_as_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Record::default());
+        let r = Record {
+            transaction_id: "ab".into(),
+            system_version: 7,
+            step: Step::Switching,
+            target_slot: Some("rootfs.1".into()),
+            committed_system_version: Some(6),
+            ..Default::default()
+        };
+        save(dir.path(), &r).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), r);
+        let text = std::fs::read_to_string(path(dir.path())).unwrap();
+        assert!(text.contains("\"step\": \"switching\""), "{text}");
+        std::fs::write(path(dir.path()), "{ not json").unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Record::default());
+        assert!(dir.path().join("transaction.json.broken").exists());
+    }
+}
