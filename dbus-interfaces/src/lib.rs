@@ -102,6 +102,41 @@ pub trait Control {
     fn details(&self) -> zbus::Result<Dict>;
 }
 
+/// `dev.rota.System1`: system updates across ECUs, exported by a main ECU.
+#[proxy(interface = "dev.rota.System1", default_service = "de.pengutronix.rauc", default_path = "/")]
+pub trait System {
+    /// Starts the system update of a signed system manifest (path or URL);
+    /// returns its transaction id once the manifest was checked.
+    fn update(&self, url: &str, options: HashMap<&str, zbus::Variant<'_>>) -> zbus::Result<String>;
+
+    /// Cancels a system update no ECU has switched to yet.
+    fn cancel(&self) -> zbus::Result<()>;
+
+    /// `idle`, `preparing`, `switching`, `committing`, `reverting`, `committed`, `reverted`, `failed`.
+    #[zbus(property)]
+    fn state(&self) -> zbus::Result<String>;
+
+    /// The running or last transaction.
+    #[zbus(property)]
+    fn transaction_id(&self) -> zbus::Result<String>;
+
+    /// Its system version.
+    #[zbus(property)]
+    fn system_version(&self) -> zbus::Result<u64>;
+
+    /// The system version last committed (0: none).
+    #[zbus(property)]
+    fn committed_system_version(&self) -> zbus::Result<u64>;
+
+    /// Why the last transaction reverted or failed.
+    #[zbus(property)]
+    fn last_error(&self) -> zbus::Result<String>;
+
+    /// Per ECU: id, state, error, booted slot, booted version, progress.
+    #[zbus(property)]
+    fn ecus(&self) -> zbus::Result<Vec<(String, String, String, String, String, u32)>>;
+}
+
 /// `de.pengutronix.rauc.Poller` (spec §8.5), exported when `[polling] url` is set.
 #[proxy(interface = "de.pengutronix.rauc.Poller", default_service = "de.pengutronix.rauc", default_path = "/")]
 pub trait Poller {

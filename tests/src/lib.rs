@@ -6,6 +6,7 @@ pub mod bus;
 pub mod charger;
 pub mod csms;
 pub mod device;
+pub mod ecu;
 pub mod httpd;
 pub mod medium;
 pub mod nginx;

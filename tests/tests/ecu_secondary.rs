@@ -11,12 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use testkit::bus::{Bus, Service};
 use testkit::device::{Device, grub_selected, grubenv};
+use testkit::ecu::{ecu_device, free_port};
 use testkit::{Content, pki_file, rota_bundle, run, serial, signer_args, target_dir};
-
-/// A free port on loopback.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 struct Ecu {
     d: Device,
@@ -28,32 +24,9 @@ struct Ecu {
 impl Ecu {
     fn new(name: &str) -> Ecu {
         let port = free_port();
-        let dir = target_dir().join("test-devices").join(name);
-        let conf = format!(
-            "[system]\ncompatible=Test Config\nbootloader=grub\ngrubenv=grubenv\ndata-directory=data\nmountprefix=mnt\n\
-             [keyring]\npath={}\n\
-             [slot.rootfs.0]\ndevice=rootfs0.img\nbootname=A\n[slot.rootfs.1]\ndevice=rootfs1.img\nbootname=B\n\
-             [ecu]\nid=display\nrole=secondary\nlisten=127.0.0.1:{port}\ncert={}\nkey={}\nmain-cert={}\n\
-             health-check={}\nreboot-command=touch {}\n",
-            pki_file("keyring.pem").display(),
-            pki_file("ecu-display.pem").display(),
-            pki_file("ecu-display.key").display(),
-            pki_file("ecu-main.pem").display(),
-            dir.join("health.sh").display(),
-            dir.join("rebooted").display(),
-        );
-        let d = Device::new(dir, &conf);
-        d.grub_env(&["A", "B"]);
-        for f in ["rootfs0.img", "rootfs1.img"] {
-            d.slot_file(f, 512 * 1024, 0xAA);
-        }
-        fs::write(
-            d.path("health.sh"),
-            "#!/bin/sh\nv=$(cat \"$(dirname \"$0\")/health\")\necho \"verdict $v\" >&2\nexit \"$v\"\n",
-        )
-        .unwrap();
-        run(std::process::Command::new("chmod").arg("+x").arg(d.path("health.sh"))).ok();
-        fs::write(d.path("health"), "0").unwrap();
+        let role =
+            format!("role=secondary\nlisten=127.0.0.1:{port}\nmain-cert={}\n", pki_file("ecu-main.pem").display());
+        let d = ecu_device(target_dir().join("test-devices").join(name), "display", "Test Config", &role);
         let bus = Bus::start();
         let mut e = Ecu { d, bus, svc: None, addr: format!("127.0.0.1:{port}") };
         e.start();

@@ -8,6 +8,7 @@ mod info;
 mod install;
 mod mount;
 mod status;
+mod system;
 mod write_slot;
 
 use crate::config::{self, SystemConfig};
@@ -24,6 +25,8 @@ const STATUS_OPTS: &[OptSpec] = &[
     OptSpec::value("output-format", "FORMAT", "readable, shell, json or json-pretty"),
     OVERRIDE_BOOT_SLOT,
 ];
+
+const SYSTEM_OPTS: &[OptSpec] = &[OptSpec::value("output-format", "FORMAT", "readable or json (status)")];
 
 const INSTALL_OPTS: &[OptSpec] = &[
     OptSpec::flag("ignore-compatible", "install even if the compatible does not match"),
@@ -111,6 +114,16 @@ pub const DEVICE_COMMANDS: &[Command] = &[
         positionals: (0, 2),
         missing_args: "",
         run: status::run,
+    },
+    Command {
+        name: "system",
+        usage: "update <URL>|status|cancel",
+        summary: "Update the whole system (main ECU)",
+        group_title: "System options:",
+        options: SYSTEM_OPTS,
+        positionals: (1, 2),
+        missing_args: "A system command (update, status or cancel) must be given",
+        run: system::run,
     },
 ];
 

@@ -278,7 +278,7 @@ impl Installer {
 /// value has another type: RAUC looks each key up with its type, so a
 /// wrongly typed key is left over and refused as unsupported like an unknown
 /// one (`Unsupported key: <key>`, the first in sorted order).
-pub(super) fn check_keys(args: &HashMap<String, OwnedVariant>, allowed: &[(&str, &str)]) -> Result<(), RaucError> {
+pub(crate) fn check_keys(args: &HashMap<String, OwnedVariant>, allowed: &[(&str, &str)]) -> Result<(), RaucError> {
     let mut keys: Vec<&String> = args.keys().collect();
     keys.sort();
     let fits = |k: &String| allowed.iter().any(|(name, ty)| name == k && args[k].value_signature().to_string() == *ty);

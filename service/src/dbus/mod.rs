@@ -10,6 +10,7 @@ pub mod control;
 pub mod dicts;
 pub mod installer;
 pub mod poller;
+pub mod system_update;
 
 use crate::runtime;
 use crate::system::System;
@@ -349,7 +350,7 @@ async fn serve(service: Arc<Service>) -> Result<(), CliError> {
         tokio::spawn(poller::run(service.clone(), p, pref, iref.clone()));
     }
     if let Some(ecu) = service.system.config.ecu.clone() {
-        crate::ecu::start(service.clone(), iref.clone(), ecu)
+        crate::ecu::start(service.clone(), &conn, iref.clone(), ecu)
             .await
             .map_err(|e| fail(format!("Failed to set up the ECU interface: {e}")))?;
     }

@@ -1,0 +1,412 @@
+//! System updates across ECUs: a main and two secondaries, each a real
+//! `rota service` with its own bus, file-backed A/B slots and GRUB
+//! environment; the main drives them over the ECU interface (mutual TLS on
+//! loopback) and is driven itself through `dev.rota.System1` with busctl.
+//! Reboots are simulated: an ECU's reboot command leaves a mark, the harness
+//! restarts that ECU's service in the slot its GRUB environment selects.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use testkit::bus::{Bus, Service};
+use testkit::device::{Device, grub_selected, grubenv};
+use testkit::ecu::{ecu_device, free_port};
+use testkit::{Content, pki_file, rota_bundle, run, serial, signer_args, target_dir};
+
+/// One ECU: its device, bus and service.
+struct Ecu {
+    id: &'static str,
+    d: Device,
+    bus: Bus,
+    svc: Option<Service>,
+    reboots: usize,
+}
+
+impl Ecu {
+    /// An ECU `id` with compatible `Charger <id>`; `role` is its `[ecu]`
+    /// group's role-specific part.
+    fn new(test: &str, id: &'static str, role: &str) -> Ecu {
+        let dir = target_dir().join("test-devices").join(format!("{test}-{id}"));
+        let d = ecu_device(dir, id, &format!("Charger {id}"), role);
+        let bus = Bus::start();
+        let mut e = Ecu { id, d, bus, svc: None, reboots: 0 };
+        e.svc = Some(Service::start(&e.d, &e.bus, &[]));
+        e
+    }
+
+    /// Reboots the ECU if it asked to: the service stops and comes back in
+    /// the slot GRUB selects.
+    fn reboot_if_asked(&mut self) {
+        let mark = self.d.path("rebooted");
+        if !mark.exists() {
+            return;
+        }
+        fs::remove_file(&mark).unwrap();
+        assert!(self.svc.take().unwrap().stop().success());
+        let slot = grub_selected(&grubenv(&self.d.path("grubenv"))).expect("GRUB selects a slot");
+        self.d.boot(&format!("rauc.slot={slot}"));
+        self.svc = Some(Service::start(&self.d, &self.bus, &[]));
+        self.reboots += 1;
+    }
+
+    fn selected(&self) -> String {
+        grub_selected(&grubenv(&self.d.path("grubenv"))).unwrap()
+    }
+
+    fn booted(&self) -> String {
+        fs::read_to_string(self.d.path("cmdline")).unwrap().trim().trim_start_matches("rauc.slot=").to_string()
+    }
+}
+
+/// A main with secondaries `display` and `pay`.
+struct System {
+    main: Ecu,
+    secondaries: Vec<Ecu>,
+}
+
+impl System {
+    fn new(test: &str) -> System {
+        System::with(test, "", &[])
+    }
+
+    /// A system whose main gets `main_extra` in its `[ecu]` group and whose
+    /// ECUs get the configuration text `extra` names for them.
+    fn with(test: &str, main_extra: &str, extra: &[(&str, &str)]) -> System {
+        let extra_of = |id: &str| extra.iter().find(|(i, _)| *i == id).map(|(_, t)| t.to_string()).unwrap_or_default();
+        let ports = [free_port(), free_port()];
+        let secondaries: Vec<Ecu> = ["display", "pay"]
+            .iter()
+            .zip(ports)
+            .map(|(id, port)| {
+                let role = format!(
+                    "role=secondary\nlisten=127.0.0.1:{port}\nmain-cert={}\n{}",
+                    pki_file("ecu-main.pem").display(),
+                    extra_of(id)
+                );
+                Ecu::new(test, id, &role)
+            })
+            .collect();
+        let mut role = format!("role=main\nhealth-timeout-sec=60\nprepare-timeout-sec=60\n{main_extra}");
+        for (s, port) in secondaries.iter().zip(ports) {
+            role.push_str(&format!(
+                "[secondary.{}]\naddress=127.0.0.1:{port}\ncert={}\n",
+                s.id,
+                pki_file(&format!("ecu-{}.pem", s.id)).display()
+            ));
+        }
+        role.push_str(&extra_of("main"));
+        let main = Ecu::new(test, "main", &role);
+        System { main, secondaries }
+    }
+
+    fn all(&mut self) -> impl Iterator<Item = &mut Ecu> {
+        std::iter::once(&mut self.main).chain(self.secondaries.iter_mut())
+    }
+
+    fn ecu(&self, id: &str) -> &Ecu {
+        std::iter::once(&self.main).chain(&self.secondaries).find(|e| e.id == id).unwrap()
+    }
+
+    fn property(&self, name: &str) -> String {
+        let r = run(&mut self.main.bus.busctl(&["get-property", "de.pengutronix.rauc", "/", "dev.rota.System1", name]));
+        // busctl escapes quotes inside strings.
+        r.stdout.trim().replace("\\'", "'")
+    }
+
+    fn update(&self, manifest: &Path) -> testkit::Run {
+        run(&mut self.main.bus.busctl(&[
+            "call",
+            "de.pengutronix.rauc",
+            "/",
+            "dev.rota.System1",
+            "Update",
+            "sa{sv}",
+            manifest.to_str().unwrap(),
+            "0",
+        ]))
+    }
+
+    /// Plays the bootloader until the main's state is one of `ends`.
+    fn run_until(&mut self, ends: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            for e in self.all() {
+                e.reboot_if_asked();
+            }
+            let state = self.property("State");
+            if ends.iter().any(|s| state == format!("s \"{s}\"")) {
+                return state;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "state {state}; ECUs {}; main log:\n{}",
+                self.property("Ecus"),
+                fs::read_to_string(self.main.d.path("service.log")).unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn stop(mut self) {
+        for e in self.all() {
+            assert!(e.svc.take().unwrap().stop().success(), "{}", e.id);
+        }
+    }
+}
+
+/// A verity bundle for ECU `id` at `version`, in `dir`.
+fn bundle(dir: &Path, id: &str, version: &str, seed: u64) -> PathBuf {
+    let c = Content::new(dir.join(format!("content-{id}-{version}-{seed}")));
+    c.image("rootfs.img", 128 * 1024, seed);
+    c.manifest(&format!(
+        "[update]\ncompatible=Charger {id}\nversion={version}\n[bundle]\nformat=verity\n[image.rootfs]\nfilename=rootfs.img\n"
+    ));
+    let out = dir.join(format!("{id}-{version}-{seed}.raucb"));
+    let _ = fs::remove_file(&out);
+    rota_bundle(&c.dir, &out, "release").ok();
+    out
+}
+
+/// The signed system manifest of `bundles` at system version `version`.
+fn system_manifest(dir: &Path, version: u64, bundles: &[(&str, &Path, &str)]) -> PathBuf {
+    let mut text = format!("[system]\ncompatible=Charger\nversion={version}\n");
+    for (id, b, extra) in bundles {
+        text.push_str(&format!("[ecu.{id}]\nbundle={}\n{extra}", b.display()));
+    }
+    let input = dir.join(format!("system-{version}.conf"));
+    fs::write(&input, text).unwrap();
+    let out = dir.join(format!("system-{version}.sig"));
+    let _ = fs::remove_file(&out);
+    run(std::process::Command::new(testkit::bin("rota-bundle"))
+        .arg("system-manifest")
+        .args(signer_args("release"))
+        .arg(format!("--keyring={}", pki_file("keyring.pem").display()))
+        .arg(&input)
+        .arg(&out))
+    .ok();
+    out
+}
+
+fn setup(test: &str) -> (System, PathBuf, [PathBuf; 3]) {
+    setup_with(System::new(test))
+}
+
+fn setup_with(s: System) -> (System, PathBuf, [PathBuf; 3]) {
+    let dir = s.main.d.path("updates");
+    fs::create_dir_all(&dir).unwrap();
+    let b = [bundle(&dir, "main", "2.0", 1), bundle(&dir, "display", "2.0", 2), bundle(&dir, "pay", "2.0", 3)];
+    (s, dir, b)
+}
+
+#[test]
+fn a_system_update_commits_on_every_ecu() {
+    let _g = serial();
+    let (mut s, dir, b) = setup("sysupdate-commit");
+    // The main reboots last, the display first.
+    let m = system_manifest(
+        &dir,
+        1,
+        &[("main", &b[0], ""), ("display", &b[1], "reboot-priority=2\n"), ("pay", &b[2], "reboot-priority=1\n")],
+    );
+    // `rota system update` on the main follows it to the end, across the
+    // main's own reboot.
+    let client = s
+        .main
+        .d
+        .rota()
+        .envs(s.main.bus.env())
+        .args(["system", "update", m.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert_eq!(s.run_until(&["committed", "reverted", "failed"]), "s \"committed\"", "{}", s.property("LastError"));
+    let out = client.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    for want in [
+        "System update ",
+        " started\n",
+        "preparing\n",
+        "switching\n",
+        "committed\n",
+        "System update committed: system version 1\n",
+    ] {
+        assert!(stdout.contains(want), "{want:?} in {stdout}");
+    }
+    assert!(stdout.contains("  display          committed    booted B 2.0"), "{stdout}");
+    let status = run(s.main.d.rota().envs(s.main.bus.env()).args(["system", "status", "--output-format=json"])).ok();
+    let v: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!((v["state"].as_str(), v["committed-system-version"].as_u64()), (Some("committed"), Some(1)));
+    assert_eq!(v["ecus"].as_array().unwrap().len(), 3);
+    for e in s.all() {
+        assert_eq!((e.booted(), e.selected(), e.reboots), ("B".to_string(), "B".to_string(), 1), "{}", e.id);
+        let env = grubenv(&e.d.path("grubenv"));
+        assert!(env.contains(&"B_OK=1".to_string()), "{}: {env:?}", e.id);
+    }
+    assert_eq!(s.property("CommittedSystemVersion"), "t 1");
+    let ecus = s.property("Ecus");
+    assert_eq!(ecus.matches("\"committed\"").count(), 3, "{ecus}");
+
+    // The same system version again is refused before anything moves.
+    let again = system_manifest(&dir, 1, &[("display", &b[1], "")]);
+    let r = s.update(&again).fails();
+    assert!(
+        r.stderr.contains("Refusing system version 1: not newer than the installed system version 1"),
+        "{}",
+        r.stderr
+    );
+    s.stop();
+}
+
+#[test]
+fn an_unhealthy_ecu_reverts_every_ecu() {
+    let _g = serial();
+    let (mut s, dir, b) = setup("sysupdate-unhealthy");
+    fs::write(s.ecu("pay").d.path("health"), "4").unwrap();
+    let m = system_manifest(&dir, 2, &[("main", &b[0], ""), ("display", &b[1], ""), ("pay", &b[2], "")]);
+    s.update(&m).ok();
+    assert_eq!(s.run_until(&["committed", "reverted", "failed"]), "s \"reverted\"");
+    let error = s.property("LastError");
+    assert!(error.contains("ECU 'pay' is unhealthy: health check failed") && error.contains("verdict 4"), "{error}");
+    for e in s.all() {
+        assert_eq!((e.booted(), e.selected()), ("A".to_string(), "A".to_string()), "{}", e.id);
+    }
+    assert_eq!(s.property("CommittedSystemVersion"), "t 0");
+    s.stop();
+}
+
+#[test]
+fn a_failed_prepare_switches_no_ecu() {
+    let _g = serial();
+    let (mut s, dir, b) = setup("sysupdate-prepare");
+    let m = system_manifest(&dir, 3, &[("main", &b[0], ""), ("display", &b[1], ""), ("pay", &b[2], "")]);
+    // The pay bundle is replaced after signing: its manifest hash differs.
+    let other = bundle(&dir, "pay", "2.0", 9);
+    fs::rename(&other, &b[2]).unwrap();
+    s.update(&m).ok();
+    assert_eq!(s.run_until(&["committed", "reverted", "failed"]), "s \"reverted\"");
+    let error = s.property("LastError");
+    assert!(error.contains("prepare failed") && error.contains("pay"), "{error}");
+    for e in s.all() {
+        assert_eq!((e.booted(), e.selected(), e.reboots), ("A".to_string(), "A".to_string(), 0), "{}", e.id);
+    }
+    s.stop();
+}
+
+#[test]
+fn a_secondary_cut_off_while_preparing_is_named_and_the_others_revert() {
+    let _g = serial();
+    // Pay's preparation hangs in its pre-install handler; then pay is gone.
+    let hang = "[handlers]\npre-install=/bin/sleep-forever\n";
+    let sys = System::with("sysupdate-cutoff", "prepare-timeout-sec=15\n", &[("pay", hang)]);
+    let hook = sys.ecu("pay").d.path("hang.sh");
+    fs::write(&hook, "#!/bin/sh\nexec sleep 600\n").unwrap();
+    run(std::process::Command::new("chmod").arg("+x").arg(&hook)).ok();
+    let conf =
+        fs::read_to_string(sys.ecu("pay").d.conf()).unwrap().replace("/bin/sleep-forever", hook.to_str().unwrap());
+    sys.ecu("pay").d.write_conf(&conf);
+    let (mut s, dir, b) = setup_with(sys);
+    // Pay's service reads the new configuration at its next start.
+    {
+        let pay = s.secondaries.iter_mut().find(|e| e.id == "pay").unwrap();
+        assert!(pay.svc.take().unwrap().stop().success());
+        pay.svc = Some(Service::start(&pay.d, &pay.bus, &[]));
+    }
+    let m = system_manifest(&dir, 4, &[("main", &b[0], ""), ("display", &b[1], ""), ("pay", &b[2], "")]);
+    s.update(&m).ok();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !s.property("Ecus").contains("\"pay\" \"preparing\"") {
+        assert!(Instant::now() < deadline, "{}", s.property("Ecus"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pay = s.secondaries.iter_mut().find(|e| e.id == "pay").unwrap();
+    let svc = pay.svc.take().unwrap();
+    svc.signal(libc::SIGKILL);
+    svc.wait();
+    let _ = run(std::process::Command::new("pkill").args(["-f", hook.to_str().unwrap()]));
+    // The main gives up at its prepare timeout (15 s here) and reverts the
+    // others.
+    assert_eq!(s.run_until(&["committed", "reverted", "failed"]), "s \"reverted\"");
+    let error = s.property("LastError");
+    assert!(error.contains("prepare failed: timed out") && error.contains("pay (unreachable"), "{error}");
+    for e in [&s.main, s.ecu("display")] {
+        assert_eq!((e.booted(), e.selected(), e.reboots), ("A".to_string(), "A".to_string(), 0), "{}", e.id);
+    }
+    assert_eq!(s.ecu("pay").selected(), "A", "pay never switched");
+    s.main.svc.take().unwrap().stop();
+    for e in s.secondaries.iter_mut().filter(|e| e.svc.is_some()) {
+        e.svc.take().unwrap().stop();
+    }
+}
+
+#[test]
+fn a_main_killed_mid_transaction_resumes_it() {
+    let _g = serial();
+    let (mut s, dir, b) = setup("sysupdate-mainkill");
+    let m = system_manifest(
+        &dir,
+        5,
+        &[("main", &b[0], ""), ("display", &b[1], "reboot-priority=2\n"), ("pay", &b[2], "reboot-priority=1\n")],
+    );
+    s.update(&m).ok();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut killed = false;
+    loop {
+        for e in s.all() {
+            e.reboot_if_asked();
+        }
+        if !killed && s.ecu("display").reboots == 1 {
+            // The display switched and rebooted: the main dies with SIGKILL
+            // and comes back (in its old slot: it has not switched yet).
+            let svc = s.main.svc.take().unwrap();
+            svc.signal(libc::SIGKILL);
+            svc.wait();
+            s.main.svc = Some(Service::start(&s.main.d, &s.main.bus, &[]));
+            killed = true;
+        }
+        let state = s.property("State");
+        if state == "s \"committed\"" || state == "s \"reverted\"" || state == "s \"failed\"" {
+            assert_eq!(state, "s \"committed\"", "{}", s.property("LastError"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "{state}: {}", s.property("Ecus"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(killed);
+    for e in s.all() {
+        assert_eq!((e.booted(), e.reboots), ("B".to_string(), 1), "{}", e.id);
+    }
+    let log = fs::read_to_string(s.main.d.path("service.log")).unwrap();
+    assert!(log.contains("Resuming system update"), "{log}");
+    s.stop();
+}
+
+#[test]
+fn a_secondary_with_another_certificate_is_refused_before_anything_moves() {
+    let _g = serial();
+    let (mut s, dir, b) = setup("sysupdate-wrongcert");
+    // The main pins a certificate the pay ECU does not have.
+    let conf = fs::read_to_string(s.main.d.conf()).unwrap();
+    let pinned = pki_file("ecu-pay.pem").display().to_string();
+    s.main.d.write_conf(&conf.replace(&pinned, pki_file("ecu-spare.pem").to_str().unwrap()));
+    assert!(s.main.svc.take().unwrap().stop().success());
+    s.main.svc = Some(Service::start(&s.main.d, &s.main.bus, &[]));
+    let m = system_manifest(&dir, 6, &[("main", &b[0], ""), ("pay", &b[2], "")]);
+    let r = s.update(&m).fails();
+    assert!(
+        r.stderr.contains("ECU 'pay': Connecting to ECU at") && r.stderr.contains("certificate verify failed"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(s.property("State"), "s \"idle\"");
+    for e in s.all() {
+        assert_eq!(
+            (e.selected(), fs::read(e.d.path("rootfs1.img")).unwrap()),
+            ("A".to_string(), vec![0xAA; 512 * 1024]),
+            "{}",
+            e.id
+        );
+    }
+    s.stop();
+}
