@@ -80,7 +80,15 @@ impl Service {
     /// Starts the service of `d` on `bus` with extra environment `env`, and
     /// waits until it owns `de.pengutronix.rauc`.
     pub fn start(d: &Device, bus: &Bus, env: &[(&str, &str)]) -> Service {
+        Service::start_in(d, bus, env, None)
+    }
+
+    /// [`Service::start`] inside network namespace `netns`, if one is given.
+    pub fn start_in(d: &Device, bus: &Bus, env: &[(&str, &str)], netns: Option<&crate::netns::Netns>) -> Service {
         let mut cmd = d.rota();
+        if let Some(ns) = netns {
+            ns.enter(&mut cmd);
+        }
         cmd.envs(bus.env()).envs(env.iter().copied()).env("ROTA_RUN_DIR", d.path("run")).arg("service");
         cmd.stdout(Stdio::null()).stderr(std::fs::File::create(d.path("service.log")).expect("log file"));
         let mut child = cmd.spawn().expect("start rota service");

@@ -9,6 +9,7 @@ pub mod device;
 pub mod ecu;
 pub mod httpd;
 pub mod medium;
+pub mod netns;
 pub mod nginx;
 pub mod pkcs11;
 pub mod powercut;

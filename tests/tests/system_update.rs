@@ -1,7 +1,8 @@
 //! System updates across ECUs: a main and two secondaries, each a real
-//! `rota service` with its own bus, file-backed A/B slots and GRUB
-//! environment; the main drives them over the ECU interface (mutual TLS on
-//! loopback) and is driven itself through `dev.rota.System1` with busctl.
+//! `rota service` in its own network namespace with its own bus, file-backed
+//! A/B slots and GRUB environment, joined by veth links to a bridge; the main
+//! drives them over the ECU interface (mutual TLS) and is driven itself
+//! through `dev.rota.System1` with busctl and `rota system`.
 //! Reboots are simulated: an ECU's reboot command leaves a mark, the harness
 //! restarts that ECU's service in the slot its GRUB environment selects.
 
@@ -10,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use testkit::bus::{Bus, Service};
 use testkit::device::{Device, grub_selected, grubenv};
-use testkit::ecu::{ecu_device, free_port};
+use testkit::ecu::ecu_device;
 use testkit::{Content, pki_file, rota_bundle, run, serial, signer_args, target_dir};
 
 /// One ECU: its device, bus and service.
@@ -20,18 +21,23 @@ struct Ecu {
     bus: Bus,
     svc: Option<Service>,
     reboots: usize,
+    netns: testkit::netns::Netns,
 }
 
 impl Ecu {
     /// An ECU `id` with compatible `Charger <id>`; `role` is its `[ecu]`
     /// group's role-specific part.
-    fn new(test: &str, id: &'static str, role: &str) -> Ecu {
+    fn new(test: &str, id: &'static str, role: &str, netns: testkit::netns::Netns) -> Ecu {
         let dir = target_dir().join("test-devices").join(format!("{test}-{id}"));
         let d = ecu_device(dir, id, &format!("Charger {id}"), role);
         let bus = Bus::start();
-        let mut e = Ecu { id, d, bus, svc: None, reboots: 0 };
-        e.svc = Some(Service::start(&e.d, &e.bus, &[]));
+        let mut e = Ecu { id, d, bus, svc: None, reboots: 0, netns };
+        e.start();
         e
+    }
+
+    fn start(&mut self) {
+        self.svc = Some(Service::start_in(&self.d, &self.bus, &[], Some(&self.netns)));
     }
 
     /// Reboots the ECU if it asked to: the service stops and comes back in
@@ -45,7 +51,7 @@ impl Ecu {
         assert!(self.svc.take().unwrap().stop().success());
         let slot = grub_selected(&grubenv(&self.d.path("grubenv"))).expect("GRUB selects a slot");
         self.d.boot(&format!("rauc.slot={slot}"));
-        self.svc = Some(Service::start(&self.d, &self.bus, &[]));
+        self.start();
         self.reboots += 1;
     }
 
@@ -58,10 +64,11 @@ impl Ecu {
     }
 }
 
-/// A main with secondaries `display` and `pay`.
+/// A main with secondaries `display` and `pay` on a LAN.
 struct System {
     main: Ecu,
     secondaries: Vec<Ecu>,
+    lan: testkit::netns::Lan,
 }
 
 impl System {
@@ -73,30 +80,33 @@ impl System {
     /// ECUs get the configuration text `extra` names for them.
     fn with(test: &str, main_extra: &str, extra: &[(&str, &str)]) -> System {
         let extra_of = |id: &str| extra.iter().find(|(i, _)| *i == id).map(|(_, t)| t.to_string()).unwrap_or_default();
-        let ports = [free_port(), free_port()];
+        let prefix = format!("rota-{}", test.trim_start_matches("sysupdate-"));
+        let mut lan = testkit::netns::Lan::new(&prefix);
+        lan.host(&prefix, "main");
+        let addrs: Vec<String> = ["display", "pay"].iter().map(|id| lan.host(&prefix, id)).collect();
         let secondaries: Vec<Ecu> = ["display", "pay"]
             .iter()
-            .zip(ports)
-            .map(|(id, port)| {
+            .zip(&addrs)
+            .map(|(id, addr)| {
                 let role = format!(
-                    "role=secondary\nlisten=127.0.0.1:{port}\nmain-cert={}\n{}",
+                    "role=secondary\nlisten={addr}:50151\nmain-cert={}\n{}",
                     pki_file("ecu-main.pem").display(),
                     extra_of(id)
                 );
-                Ecu::new(test, id, &role)
+                Ecu::new(test, id, &role, lan.netns(id).handle())
             })
             .collect();
         let mut role = format!("role=main\nhealth-timeout-sec=60\nprepare-timeout-sec=60\n{main_extra}");
-        for (s, port) in secondaries.iter().zip(ports) {
+        for (s, addr) in secondaries.iter().zip(&addrs) {
             role.push_str(&format!(
-                "[secondary.{}]\naddress=127.0.0.1:{port}\ncert={}\n",
+                "[secondary.{}]\naddress={addr}:50151\ncert={}\n",
                 s.id,
                 pki_file(&format!("ecu-{}.pem", s.id)).display()
             ));
         }
         role.push_str(&extra_of("main"));
-        let main = Ecu::new(test, "main", &role);
-        System { main, secondaries }
+        let main = Ecu::new(test, "main", &role, lan.netns("main").handle());
+        System { main, secondaries, lan }
     }
 
     fn all(&mut self) -> impl Iterator<Item = &mut Ecu> {
@@ -297,11 +307,13 @@ fn a_failed_prepare_switches_no_ecu() {
 #[test]
 fn a_secondary_cut_off_while_preparing_is_named_and_the_others_revert() {
     let _g = serial();
-    // Pay's preparation hangs in its pre-install handler; then pay is gone.
+    // Pay's preparation hangs in its pre-install handler; then its link is cut.
     let hang = "[handlers]\npre-install=/bin/sleep-forever\n";
     let sys = System::with("sysupdate-cutoff", "prepare-timeout-sec=15\n", &[("pay", hang)]);
     let hook = sys.ecu("pay").d.path("hang.sh");
-    fs::write(&hook, "#!/bin/sh\nexec sleep 600\n").unwrap();
+    // It leaves its process id (the sleep's, after exec) for the end.
+    fs::write(&hook, format!("#!/bin/sh\necho $$ > {}\nexec sleep 600\n", hook.with_extension("pid").display()))
+        .unwrap();
     run(std::process::Command::new("chmod").arg("+x").arg(&hook)).ok();
     let conf =
         fs::read_to_string(sys.ecu("pay").d.conf()).unwrap().replace("/bin/sleep-forever", hook.to_str().unwrap());
@@ -311,7 +323,7 @@ fn a_secondary_cut_off_while_preparing_is_named_and_the_others_revert() {
     {
         let pay = s.secondaries.iter_mut().find(|e| e.id == "pay").unwrap();
         assert!(pay.svc.take().unwrap().stop().success());
-        pay.svc = Some(Service::start(&pay.d, &pay.bus, &[]));
+        pay.start();
     }
     let m = system_manifest(&dir, 4, &[("main", &b[0], ""), ("display", &b[1], ""), ("pay", &b[2], "")]);
     s.update(&m).ok();
@@ -320,13 +332,10 @@ fn a_secondary_cut_off_while_preparing_is_named_and_the_others_revert() {
         assert!(Instant::now() < deadline, "{}", s.property("Ecus"));
         std::thread::sleep(Duration::from_millis(50));
     }
-    let pay = s.secondaries.iter_mut().find(|e| e.id == "pay").unwrap();
-    let svc = pay.svc.take().unwrap();
-    svc.signal(libc::SIGKILL);
-    svc.wait();
-    let _ = run(std::process::Command::new("pkill").args(["-f", hook.to_str().unwrap()]));
-    // The main gives up at its prepare timeout (15 s here) and reverts the
-    // others.
+    // Pay's link goes down: it still runs, but nothing reaches it.
+    s.lan.cut("pay");
+    // The main gives up at its prepare timeout (15 s here), names pay, and
+    // reverts the others.
     assert_eq!(s.run_until(&["committed", "reverted", "failed"]), "s \"reverted\"");
     let error = s.property("LastError");
     assert!(error.contains("prepare failed: timed out") && error.contains("pay (unreachable"), "{error}");
@@ -334,10 +343,11 @@ fn a_secondary_cut_off_while_preparing_is_named_and_the_others_revert() {
         assert_eq!((e.booted(), e.selected(), e.reboots), ("A".to_string(), "A".to_string(), 0), "{}", e.id);
     }
     assert_eq!(s.ecu("pay").selected(), "A", "pay never switched");
-    s.main.svc.take().unwrap().stop();
-    for e in s.secondaries.iter_mut().filter(|e| e.svc.is_some()) {
-        e.svc.take().unwrap().stop();
-    }
+    // Back on the LAN, pay leaves the old transaction at the next one.
+    s.lan.mend("pay");
+    let hung = fs::read_to_string(hook.with_extension("pid")).unwrap();
+    run(std::process::Command::new("kill").arg(hung.trim())).ok();
+    s.stop();
 }
 
 #[test]
@@ -362,7 +372,7 @@ fn a_main_killed_mid_transaction_resumes_it() {
             let svc = s.main.svc.take().unwrap();
             svc.signal(libc::SIGKILL);
             svc.wait();
-            s.main.svc = Some(Service::start(&s.main.d, &s.main.bus, &[]));
+            s.main.start();
             killed = true;
         }
         let state = s.property("State");
@@ -391,7 +401,7 @@ fn a_secondary_with_another_certificate_is_refused_before_anything_moves() {
     let pinned = pki_file("ecu-pay.pem").display().to_string();
     s.main.d.write_conf(&conf.replace(&pinned, pki_file("ecu-spare.pem").to_str().unwrap()));
     assert!(s.main.svc.take().unwrap().stop().success());
-    s.main.svc = Some(Service::start(&s.main.d, &s.main.bus, &[]));
+    s.main.start();
     let m = system_manifest(&dir, 6, &[("main", &b[0], ""), ("pay", &b[2], "")]);
     let r = s.update(&m).fails();
     assert!(

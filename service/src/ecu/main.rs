@@ -121,6 +121,34 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// Largest signed system manifest fetched.
 const MAX_MANIFEST: u64 = system_manifest::MAX_SIZE as u64;
 
+/// Why a command to an ECU did not succeed.
+#[derive(Debug, Clone)]
+struct CallError {
+    /// Whether the ECU answered (and refused) rather than was out of reach;
+    /// an answer lost to a reboot or a link is not a refusal.
+    refused: bool,
+    message: String,
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl CallError {
+    fn unreachable(message: impl std::fmt::Display) -> CallError {
+        CallError { refused: false, message: message.to_string() }
+    }
+
+    fn of(status: tonic::Status) -> CallError {
+        use tonic::Code;
+        let refused =
+            !matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded);
+        CallError { refused, message: status.message().to_string() }
+    }
+}
+
 /// One command to an ECU.
 enum Command {
     Status,
@@ -314,7 +342,7 @@ impl Driver {
     }
 
     /// Sends `cmd` to ECU `id` (this ECU itself without the network).
-    async fn call(&self, id: &str, cmd: Command) -> Result<EcuStatus, String> {
+    async fn call(&self, id: &str, cmd: Command) -> Result<EcuStatus, CallError> {
         use tonic::Request;
         if id == self.ecu.id {
             let l = &self.local;
@@ -325,13 +353,20 @@ impl Driver {
                 Command::Commit(t) => l.commit(Request::new(t)).await,
                 Command::Revert(t) => l.revert(Request::new(t)).await,
             };
-            return r.map(|r| r.into_inner()).map_err(|s| s.message().to_string());
+            return r
+                .map(|r| r.into_inner())
+                .map_err(|s| CallError { refused: true, message: s.message().to_string() });
         }
-        let s = self.secondaries.iter().find(|s| s.id == id).ok_or_else(|| format!("unknown ECU '{id}'"))?;
+        let s = self
+            .secondaries
+            .iter()
+            .find(|s| s.id == id)
+            .ok_or_else(|| CallError { refused: true, message: format!("unknown ECU '{id}'") })?;
         let tls =
             rota_ecu::tls::TlsConfig { cert: self.ecu.cert.clone(), key: self.ecu.key.clone(), peer: s.cert.clone() };
-        let connector = rota_ecu::tls::connector(&tls).map_err(|e| e.to_string())?;
-        let mut c = rota_ecu::client::connect(&s.address, connector, CALL_TIMEOUT).await.map_err(|e| e.to_string())?;
+        let connector = rota_ecu::tls::connector(&tls).map_err(CallError::unreachable)?;
+        let mut c =
+            rota_ecu::client::connect(&s.address, connector, CALL_TIMEOUT).await.map_err(CallError::unreachable)?;
         let r = match cmd {
             Command::Status => c.get_status(StatusRequest {}).await,
             Command::Prepare(p) => c.prepare(p).await,
@@ -339,11 +374,11 @@ impl Driver {
             Command::Commit(t) => c.commit(t).await,
             Command::Revert(t) => c.revert(t).await,
         };
-        r.map(|r| r.into_inner()).map_err(|s| s.message().to_string())
+        r.map(|r| r.into_inner()).map_err(CallError::of)
     }
 
     /// Records what an ECU said (or that it could not be reached).
-    async fn note(&self, id: &str, answer: &Result<EcuStatus, String>) {
+    async fn note(&self, id: &str, answer: &Result<EcuStatus, CallError>) {
         let mut r = self.record.lock().await;
         let view = match answer {
             Ok(s) => EcuView {
@@ -354,9 +389,11 @@ impl Driver {
                 progress: s.progress,
                 switched: false,
             },
-            Err(e) => {
-                EcuView { state: "unreachable".into(), error: e.clone(), ..r.ecus.get(id).cloned().unwrap_or_default() }
-            }
+            Err(e) => EcuView {
+                state: if e.refused { "refused".into() } else { "unreachable".into() },
+                error: e.message.clone(),
+                ..r.ecus.get(id).cloned().unwrap_or_default()
+            },
         };
         if r.ecus.get(id) != Some(&view) {
             r.ecus.insert(id.to_string(), view);
@@ -428,7 +465,11 @@ impl Driver {
                             };
                             let a = self.call(&e.id, Command::Prepare(req)).await;
                             self.note(&e.id, &a).await;
-                            if let Err(err) = a {
+                            // An ECU out of reach may still have taken it:
+                            // the wait below asks until the prepare timeout.
+                            if let Err(err) = &a
+                                && err.refused
+                            {
                                 failure = Some(format!("ECU '{}': {err}", e.id));
                                 break 'groups;
                             }
@@ -473,7 +514,12 @@ impl Driver {
                         drop(r);
                         let a = self.call(id, Command::Switch(t.clone())).await;
                         self.note(id, &a).await;
-                        if let Err(e) = a {
+                        // An answer lost (the ECU reboots at once, or its
+                        // link failed) is no refusal: the wait for it to be
+                        // healthy asks again until the health timeout.
+                        if let Err(e) = a
+                            && e.refused
+                        {
                             failure = Some(format!("ECU '{id}': switching failed: {e}"));
                             break;
                         }
