@@ -8,7 +8,7 @@ ROTA_PACKAGES=(
   grub-common mtd-utils attr libcap2-bin mtools zstd xz-utils gzip fdisk python3-dasbus
   softhsm2 libengine-pkcs11-openssl opensc
   python3-pytest python3-requests python3-pyasn1 python3-pyasn1-modules python3-aiohttp
-  python3-pytest-timeout tree
+  python3-pytest-timeout tree iproute2
   chrpath cpio diffstat gawk bzip2 locales python3-venv git
 )
 

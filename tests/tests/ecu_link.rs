@@ -195,3 +195,24 @@ fn openssl_s_client_sees_mutual_tls_with_h2() {
     );
     assert_eq!(s.service.calls.load(Ordering::SeqCst), 0);
 }
+
+#[test]
+fn idle_and_garbage_connections_hold_up_nobody() {
+    rt().block_on(async {
+        let s = serve(&identity("ecu-display", "ecu-main.pem")).await;
+        // 200 connections that never start a handshake, and one that sends
+        // an HTTP request instead of TLS.
+        let mut idle = Vec::new();
+        for _ in 0..200 {
+            idle.push(tokio::net::TcpStream::connect(s.addr).await.unwrap());
+        }
+        let mut garbage = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut garbage, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        // The pinned main still gets through meanwhile.
+        assert_eq!(status_of(s.addr, &identity("ecu-main", "ecu-display.pem")).await.unwrap(), "display");
+        let refused = refusals(&s, 1).await;
+        assert!(!refused.is_empty(), "the non-TLS peer is refused with a reason");
+        assert_eq!(s.service.calls.load(Ordering::SeqCst), 1);
+        drop(idle);
+    });
+}
