@@ -279,6 +279,19 @@ pub struct SignedSystemManifest {
     pub signature: SignatureInfo,
 }
 
+/// Reads a signed system manifest from `path` (a regular file), at most one
+/// byte more than [`MAX_SIZE`], so that [`open`] refuses a larger one.
+pub fn read_file(path: &std::path::Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let f = crate::bundle::open_regular(path)
+        .map_err(|e| Error::Io(format!("Failed to open system manifest '{}': {e}", path.display())))?;
+    let mut der = Vec::new();
+    f.take(MAX_SIZE as u64 + 1)
+        .read_to_end(&mut der)
+        .map_err(|e| Error::Io(format!("Failed to read system manifest '{}': {e}", path.display())))?;
+    Ok(der)
+}
+
 /// Signs manifest text (checked by parsing first) as CMS SignedData with
 /// the text inside (DER).
 pub fn sign(text: &str, signer: &Signer) -> Result<Vec<u8>> {

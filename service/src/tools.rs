@@ -7,6 +7,20 @@ use std::ffi::OsStr;
 use std::io::Write;
 use std::process::{Command, ExitStatus, Stdio};
 
+/// Runs a configured reboot command (`argv`, already split) on a blocking
+/// thread; its failure as a message.
+pub async fn run_reboot_command(argv: &[String]) -> std::result::Result<(), String> {
+    let Some((cmd, args)) = argv.split_first() else { return Err("No reboot command configured".into()) };
+    let (cmd, args) = (cmd.clone(), args.to_vec());
+    let ran = tokio::task::spawn_blocking(move || (Command::new(&cmd).args(&args).status(), cmd)).await;
+    match ran {
+        Ok((Ok(s), _)) if s.success() => Ok(()),
+        Ok((Ok(s), cmd)) => Err(format!("Reboot command {cmd} failed: {s}")),
+        Ok((Err(e), cmd)) => Err(format!("Failed to run reboot command {cmd}: {e}")),
+        Err(e) => Err(format!("Failed to run the reboot command: {e}")),
+    }
+}
+
 /// What a finished program printed.
 #[derive(Debug, Clone)]
 pub struct Output {

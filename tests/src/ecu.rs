@@ -4,9 +4,9 @@
 //! and a reboot command that leaves a `rebooted` mark for the harness.
 
 use crate::device::Device;
-use crate::{pki_file, run};
+use crate::{Content, pki_file, rota_bundle, run, signer_args};
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// A free TCP port on loopback (for an ECU interface to listen on).
 pub fn free_port() -> u16 {
@@ -40,4 +40,44 @@ pub fn ecu_device(dir: PathBuf, id: &str, compatible: &str, role: &str) -> Devic
     run(std::process::Command::new("chmod").arg("+x").arg(d.path("health.sh"))).ok();
     fs::write(d.path("health"), "0").unwrap();
     d
+}
+
+/// A verity bundle `<dir>/<name>.raucb` of `compatible` and `version` with a
+/// `rootfs.img` of `size` pseudo-random bytes from `seed`; its image.
+pub fn ecu_bundle(
+    dir: &Path,
+    name: &str,
+    compatible: &str,
+    version: &str,
+    size: usize,
+    seed: u64,
+) -> (PathBuf, Vec<u8>) {
+    let c = Content::new(dir.join(format!("content-{name}")));
+    let image = c.image("rootfs.img", size, seed);
+    c.manifest(&format!(
+        "[update]\ncompatible={compatible}\nversion={version}\n[bundle]\nformat=verity\n[image.rootfs]\nfilename=rootfs.img\n"
+    ));
+    let out = dir.join(format!("{name}.raucb"));
+    let _ = fs::remove_file(&out);
+    rota_bundle(&c.dir, &out, "release").ok();
+    (out, image)
+}
+
+/// Signs the system manifest `text` into `out` with `rota-bundle
+/// system-manifest` as `signer` of the test PKI (its facts read from the
+/// bundles with the test keyring; the new signature checked against the
+/// signer's own root).
+pub fn sign_system_manifest(text: &str, out: &Path, signer: &str) {
+    let input = out.with_extension("conf");
+    fs::write(&input, text).unwrap();
+    let _ = fs::remove_file(out);
+    let root = if signer == "other" { "other-root.pem" } else { "keyring.pem" };
+    run(std::process::Command::new(crate::bin("rota-bundle"))
+        .arg("system-manifest")
+        .args(signer_args(signer))
+        .arg(format!("--keyring={}", pki_file("keyring.pem").display()))
+        .arg(format!("--signing-keyring={}", pki_file(root).display()))
+        .arg(&input)
+        .arg(out))
+    .ok();
 }

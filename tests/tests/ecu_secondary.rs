@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use testkit::bus::{Bus, Service};
 use testkit::device::{Device, grub_selected, grubenv};
-use testkit::ecu::{ecu_device, free_port};
-use testkit::{Content, pki_file, rota_bundle, run, serial, signer_args, target_dir};
+use testkit::ecu::{ecu_bundle, ecu_device, free_port, sign_system_manifest};
+use testkit::{pki_file, serial, target_dir};
 
 struct Ecu {
     d: Device,
@@ -86,42 +86,18 @@ async fn wait_for(addr: &str, want: State) -> rota_ecu::proto::EcuStatus {
 
 /// A verity bundle of version `version` for the ECU, and its image.
 fn bundle(dir: &Path, version: &str) -> (PathBuf, Vec<u8>) {
-    let c = Content::new(dir.join(format!("content-{version}")));
-    let image = c.image("rootfs.img", 256 * 1024, version.len() as u64 + 40);
-    c.manifest(&format!(
-        "[update]\ncompatible=Test Config\nversion={version}\n[bundle]\nformat=verity\n[image.rootfs]\nfilename=rootfs.img\n"
-    ));
-    let out = dir.join(format!("display-{version}.raucb"));
-    let _ = fs::remove_file(&out);
-    rota_bundle(&c.dir, &out, "release").ok();
-    (out, image)
+    ecu_bundle(dir, &format!("display-{version}"), "Test Config", version, 256 * 1024, version.len() as u64 + 40)
 }
 
 /// A system manifest with `system_version` naming `bundle` for ECU display,
 /// signed by `signer` (DER).
 fn system_manifest(dir: &Path, system_version: u64, bundle: &Path, extra: &str, signer: &str) -> Vec<u8> {
-    let input = dir.join(format!("system-{system_version}.conf"));
-    fs::write(
-        &input,
-        format!(
-            "[system]\ncompatible=Test System\nversion={system_version}\n{extra}\n[ecu.display]\nbundle={}\n",
-            bundle.display()
-        ),
-    )
-    .unwrap();
+    let text = format!(
+        "[system]\ncompatible=Test System\nversion={system_version}\n{extra}\n[ecu.display]\nbundle={}\n",
+        bundle.display()
+    );
     let out = dir.join(format!("system-{system_version}-{signer}.sig"));
-    let _ = fs::remove_file(&out);
-    run(std::process::Command::new(testkit::bin("rota-bundle"))
-        .arg("system-manifest")
-        .args(signer_args(signer))
-        .arg(format!("--keyring={}", pki_file("keyring.pem").display()))
-        .arg(format!(
-            "--signing-keyring={}",
-            pki_file(if signer == "other" { "other-root.pem" } else { "keyring.pem" }).display()
-        ))
-        .arg(&input)
-        .arg(&out))
-    .ok();
+    sign_system_manifest(&text, &out, signer);
     fs::read(&out).unwrap()
 }
 

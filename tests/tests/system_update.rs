@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use testkit::bus::{Bus, Service};
 use testkit::device::{Device, grub_selected, grubenv};
-use testkit::ecu::ecu_device;
-use testkit::{Content, pki_file, rota_bundle, run, serial, signer_args, target_dir};
+use testkit::ecu::{ecu_bundle, ecu_device, sign_system_manifest};
+use testkit::{pki_file, run, serial, target_dir};
 
 /// One ECU: its device, bus and service.
 struct Ecu {
@@ -166,15 +166,7 @@ impl System {
 
 /// A verity bundle for ECU `id` at `version`, in `dir`.
 fn bundle(dir: &Path, id: &str, version: &str, seed: u64) -> PathBuf {
-    let c = Content::new(dir.join(format!("content-{id}-{version}-{seed}")));
-    c.image("rootfs.img", 128 * 1024, seed);
-    c.manifest(&format!(
-        "[update]\ncompatible=Charger {id}\nversion={version}\n[bundle]\nformat=verity\n[image.rootfs]\nfilename=rootfs.img\n"
-    ));
-    let out = dir.join(format!("{id}-{version}-{seed}.raucb"));
-    let _ = fs::remove_file(&out);
-    rota_bundle(&c.dir, &out, "release").ok();
-    out
+    ecu_bundle(dir, &format!("{id}-{version}-{seed}"), &format!("Charger {id}"), version, 128 * 1024, seed).0
 }
 
 /// The signed system manifest of `bundles` at system version `version`.
@@ -183,17 +175,8 @@ fn system_manifest(dir: &Path, version: u64, bundles: &[(&str, &Path, &str)]) ->
     for (id, b, extra) in bundles {
         text.push_str(&format!("[ecu.{id}]\nbundle={}\n{extra}", b.display()));
     }
-    let input = dir.join(format!("system-{version}.conf"));
-    fs::write(&input, text).unwrap();
     let out = dir.join(format!("system-{version}.sig"));
-    let _ = fs::remove_file(&out);
-    run(std::process::Command::new(testkit::bin("rota-bundle"))
-        .arg("system-manifest")
-        .args(signer_args("release"))
-        .arg(format!("--keyring={}", pki_file("keyring.pem").display()))
-        .arg(&input)
-        .arg(&out))
-    .ok();
+    sign_system_manifest(&text, &out, "release");
     out
 }
 

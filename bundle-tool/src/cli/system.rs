@@ -147,19 +147,7 @@ pub fn cmd_system_manifest(ctx: &Context) -> Result<(), CliError> {
 
 /// Reads and verifies a signed system manifest file.
 pub fn open_file(path: &Path, verify: &VerifyOptions) -> Result<SignedSystemManifest, CliError> {
-    let der = read_limited(path)?;
-    Ok(system_manifest::open(&der, verify)?)
-}
-
-fn read_limited(path: &Path) -> Result<Vec<u8>, CliError> {
-    use std::io::Read;
-    let f = crate::bundle::open_regular(path)
-        .map_err(|e| CliError::from(format!("Failed to open system manifest '{}': {e}", path.display())))?;
-    let mut der = Vec::new();
-    f.take(system_manifest::MAX_SIZE as u64 + 1)
-        .read_to_end(&mut der)
-        .map_err(|e| CliError::from(format!("Failed to read system manifest '{}': {e}", path.display())))?;
-    Ok(der)
+    Ok(system_manifest::open(&system_manifest::read_file(path)?, verify)?)
 }
 
 /// The readable rendering of `system-info`.

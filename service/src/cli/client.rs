@@ -22,7 +22,9 @@ pub struct Client {
     conn: Connection,
 }
 
-fn dbus_error(e: zbus::Error) -> CliError {
+/// A D-Bus failure as the command line reports it: the service's own
+/// message (exit 1), or the transport's (exit 2).
+pub(super) fn dbus_error(e: zbus::Error) -> CliError {
     match e {
         zbus::Error::MethodError(_, Some(message), _) => CliError { message, code: 1 },
         other => CliError { message: format!("D-Bus error: {other}"), code: 2 },

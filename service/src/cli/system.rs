@@ -1,6 +1,7 @@
 //! `rota system update <URL>|status|cancel`: a client of the main ECU's
 //! `dev.rota.System1`.
 
+use super::client::dbus_error;
 use rota_bundle::cli::{CliError, Context, fail};
 use rota_dbus::SystemProxy;
 use std::collections::HashMap;
@@ -71,13 +72,6 @@ fn json(s: &Snapshot) -> serde_json::Value {
     })
 }
 
-fn dbus(e: zbus::Error) -> CliError {
-    match e {
-        zbus::Error::MethodError(_, Some(message), _) => CliError { message, code: 1 },
-        other => CliError { message: format!("D-Bus error: {other}"), code: 2 },
-    }
-}
-
 /// Runs `rota system …`.
 pub fn run(ctx: &Context) -> Result<(), CliError> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -85,7 +79,7 @@ pub fn run(ctx: &Context) -> Result<(), CliError> {
         let conn = crate::dbus::connect_bus(crate::dbus::use_session_bus())
             .await
             .map_err(|e| CliError::from(format!("Failed to connect to the bus: {e}")))?;
-        let p = SystemProxy::new(&conn).await.map_err(dbus)?;
+        let p = SystemProxy::new(&conn).await.map_err(dbus_error)?;
         match (ctx.arg(0), ctx.args.positionals.get(1)) {
             ("status", None) => {
                 let s = snapshot(&p).await.map_err(|e| {
@@ -98,10 +92,10 @@ pub fn run(ctx: &Context) -> Result<(), CliError> {
                 }
                 Ok(())
             }
-            ("cancel", None) => p.cancel().await.map_err(dbus),
+            ("cancel", None) => p.cancel().await.map_err(dbus_error),
             ("update", Some(url)) => {
                 let location = rota_bundle::cli::commands::location(url);
-                let id = p.update(&location, HashMap::new()).await.map_err(dbus)?;
+                let id = p.update(&location, HashMap::new()).await.map_err(dbus_error)?;
                 println!("System update {id} started");
                 let mut shown: Vec<String> = Vec::new();
                 let mut last_state = String::new();

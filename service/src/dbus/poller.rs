@@ -356,14 +356,5 @@ async fn reboot(p: &PollingSection, poller: &InterfaceRef<Poller>) -> Result<(),
         let _ = g.next_poll_changed(poller.signal_emitter()).await;
     }
     tracing::info!("Rebooting after the automatic installation: {}", p.reboot_cmd.join(" "));
-    let Some((cmd, args)) = p.reboot_cmd.split_first() else { return Err("No reboot command configured".into()) };
-    let (cmd, args) = (cmd.clone(), args.to_vec());
-    let ran = tokio::task::spawn_blocking(move || (std::process::Command::new(&cmd).args(&args).status(), cmd)).await;
-    match ran {
-        Ok((Ok(s), _)) if s.success() => {}
-        Ok((Ok(s), cmd)) => return Err(format!("Reboot command {cmd} failed: {s}")),
-        Ok((Err(e), cmd)) => return Err(format!("Failed to run reboot command {cmd}: {e}")),
-        Err(e) => return Err(format!("Failed to run the reboot command: {e}")),
-    }
-    Ok(())
+    crate::tools::run_reboot_command(&p.reboot_cmd).await
 }

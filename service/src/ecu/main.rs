@@ -297,16 +297,10 @@ impl Driver {
                 src.read_small_at(0, &mut buf).map_err(|e| format!("Failed to fetch {location}: {e}"))?;
                 Ok(buf)
             } else {
-                use std::io::Read;
+                // A larger file is read one byte past the limit, which
+                // system_manifest::open refuses.
                 let path = location.strip_prefix("file://").unwrap_or(&location);
-                let f = rota_bundle::bundle::open_regular(Path::new(path))
-                    .map_err(|e| format!("Failed to open system manifest {path}: {e}"))?;
-                let mut buf = Vec::new();
-                f.take(MAX_MANIFEST + 1).read_to_end(&mut buf).map_err(|e| format!("Failed to read {path}: {e}"))?;
-                if buf.len() as u64 > MAX_MANIFEST {
-                    return Err(format!("System manifest {path} is larger than {MAX_MANIFEST} bytes"));
-                }
-                Ok(buf)
+                system_manifest::read_file(Path::new(path)).map_err(|e| e.to_string())
             }
         })
         .await
@@ -673,7 +667,5 @@ fn load_record(dir: &Path) -> crate::error::Result<SystemRecord> {
 }
 
 fn save_record(dir: &Path, r: &SystemRecord) -> crate::error::Result<()> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| crate::error::Error::Failed(format!("Failed to create {}: {e}", dir.display())))?;
-    crate::status::write_atomic(&record_path(dir), &serde_json::to_vec_pretty(r).expect("serialises"))
+    super::state::save_json(&record_path(dir), r)
 }

@@ -35,6 +35,11 @@ fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
+/// The bootname of the booted slot, if one matched.
+fn booted_bootname(system: &crate::system::System) -> Option<String> {
+    system.booted().and_then(|s| system.bootname_of(&s.config)).map(str::to_string)
+}
+
 fn refused(message: impl Into<String>) -> Status {
     Status::failed_precondition(message)
 }
@@ -50,7 +55,7 @@ impl Secondary {
         ecu: EcuSection,
     ) -> crate::error::Result<Secondary> {
         let mut record = state::load(&ecu.state_directory)?;
-        let booted = service.system.booted().and_then(|s| service.system.bootname_of(&s.config)).map(str::to_string);
+        let booted = booted_bootname(&service.system);
         match record.step {
             Step::Switching if booted.is_some() && booted == record.target_bootname => {
                 record.step = Step::BootedNew;
@@ -98,7 +103,7 @@ impl Secondary {
             state: record.step.proto().into(),
             progress: record.progress,
             error: record.error.clone(),
-            booted_slot: booted.and_then(|s| system.bootname_of(&s.config)).unwrap_or_default().to_string(),
+            booted_slot: booted_bootname(system).unwrap_or_default(),
             booted_version: booted.and_then(|s| system.load_status(s).bundle_version).unwrap_or_default(),
             compatible: system.config.system.compatible.clone(),
             boot_id: self.boot_id.clone(),
@@ -110,7 +115,7 @@ impl Secondary {
         Ok(Response::new(self.status_of(&r)))
     }
 
-    /// The record, if it belongs to `t`.
+    /// Refuses a command whose transaction is not the one recorded.
     fn check_transaction(record: &Record, t: &Option<TransactionRef>) -> Result<(), Status> {
         let id = t.as_ref().map(|t| t.transaction_id.as_str()).unwrap_or("");
         if record.transaction_id != id || id.is_empty() {
@@ -209,11 +214,8 @@ impl Secondary {
         tokio::spawn(async move {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             tracing::info!("Rebooting for the system update: {}", cmd.join(" "));
-            let Some((prog, args)) = cmd.split_first() else { return };
-            let (prog, args) = (prog.clone(), args.to_vec());
-            match tokio::task::spawn_blocking(move || std::process::Command::new(&prog).args(&args).status()).await {
-                Ok(Ok(s)) if s.success() => {}
-                other => tracing::warn!("Reboot command failed: {other:?}"),
+            if let Err(e) = crate::tools::run_reboot_command(&cmd).await {
+                tracing::warn!("{e}");
             }
         });
     }
@@ -242,12 +244,7 @@ impl Ecu for Secondary {
             transaction_id: t.transaction_id.clone(),
             system_version: t.system_version,
             step: Step::Preparing,
-            previous_bootname: self
-                .service
-                .system
-                .booted()
-                .and_then(|s| self.service.system.bootname_of(&s.config))
-                .map(str::to_string),
+            previous_bootname: booted_bootname(&self.service.system),
             committed_system_version: committed,
             ..Default::default()
         };
@@ -370,7 +367,7 @@ impl Ecu for Secondary {
             let _ = control.cancel();
         }
         let system = &self.service.system;
-        let booted = system.booted().and_then(|s| system.bootname_of(&s.config)).map(str::to_string);
+        let booted = booted_bootname(system);
         let on_new = booted.is_some() && booted == r.target_bootname;
         // The slot booted before the transaction is made the primary again
         // (when a switch happened; a prepared slot was never activated).

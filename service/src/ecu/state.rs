@@ -109,10 +109,17 @@ pub fn load(dir: &Path) -> Result<Record> {
 
 /// Writes the record atomically and durably.
 pub fn save(dir: &Path, record: &Record) -> Result<()> {
+    save_json(&path(dir), record)
+}
+
+/// Writes `value` as JSON to `path` (in the ECU state directory, made if
+/// missing) atomically and durably.
+pub fn save_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let dir = path.parent().expect("a file in a directory");
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::Failed(format!("Failed to create ECU state directory {}: {e}", dir.display())))?;
-    let text = serde_json::to_vec_pretty(record).expect("a record serialises");
-    crate::status::write_atomic(&path(dir), &text)
+    let text = serde_json::to_vec_pretty(value).expect("ECU state serialises");
+    crate::status::write_atomic(path, &text)
 }
 
 #[cfg(test)]
