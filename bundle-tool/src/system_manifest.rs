@@ -303,8 +303,8 @@ pub fn sign(text: &str, signer: &Signer) -> Result<Vec<u8>> {
 /// `verify`'s keyring and parses the text it carries.
 pub fn open(der: &[u8], verify: &VerifyOptions) -> Result<SignedSystemManifest> {
     if der.len() > MAX_SIZE {
-        return Err(Error::Format(format!(
-            "system manifest of {} bytes is larger than the {MAX_SIZE} bytes allowed",
+        return Err(Error::Other(format!(
+            "Invalid system manifest: {} bytes, larger than the {MAX_SIZE} bytes allowed",
             der.len()
         )));
     }
@@ -312,7 +312,7 @@ pub fn open(der: &[u8], verify: &VerifyOptions) -> Result<SignedSystemManifest> 
     let text = signature
         .content
         .clone()
-        .ok_or_else(|| Error::Format("system manifest signature carries no content".into()))?;
+        .ok_or_else(|| Error::Other("Invalid system manifest: its signature carries no content".into()))?;
     let s = std::str::from_utf8(&text).map_err(|_| invalid("System manifest is not UTF-8 text"))?;
     Ok(SignedSystemManifest { manifest: SystemManifest::parse(s)?, text, signature })
 }
@@ -342,6 +342,15 @@ mod tests {
         assert_eq!(m.ecus.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["main", "display", "pay"]);
         assert_eq!(m.ecu("pay").unwrap().update_priority, 0);
         assert_eq!(SystemManifest::parse(&m.to_text()).unwrap(), m);
+    }
+
+    #[test]
+    fn an_oversized_manifest_is_refused_before_its_signature_is_read() {
+        let e = open(&vec![0; MAX_SIZE + 1], &VerifyOptions::default()).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!("Invalid system manifest: {} bytes, larger than the {MAX_SIZE} bytes allowed", MAX_SIZE + 1)
+        );
     }
 
     #[test]

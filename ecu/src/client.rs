@@ -48,12 +48,17 @@ async fn tls_connect(connector: &SslConnector, uri: Uri) -> std::io::Result<Toki
 }
 
 /// Connects to the ECU interface at `address` (`host:port`), giving up
-/// after `timeout`; each call then has `timeout` too.
-pub async fn connect(address: &str, connector: SslConnector, timeout: Duration) -> Result<Client, Error> {
+/// after `connect_timeout`; each call then has `call_timeout`.
+pub async fn connect(
+    address: &str,
+    connector: SslConnector,
+    connect_timeout: Duration,
+    call_timeout: Duration,
+) -> Result<Client, Error> {
     let endpoint = Endpoint::from_shared(format!("http://{address}"))
         .map_err(|e| Error::Transport(format!("Invalid ECU address '{address}': {e}")))?
-        .connect_timeout(timeout)
-        .timeout(timeout);
+        .connect_timeout(connect_timeout)
+        .timeout(call_timeout);
     let connector = Arc::new(connector);
     let channel = endpoint
         .connect_with_connector(tower::service_fn(move |uri: Uri| {

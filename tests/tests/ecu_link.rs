@@ -94,9 +94,10 @@ async fn serve(config: &TlsConfig) -> Served {
 
 async fn status_of(addr: SocketAddr, config: &TlsConfig) -> Result<String, String> {
     let connector = tls::connector(config).map_err(|e| e.to_string())?;
-    let mut client = rota_ecu::client::connect(&addr.to_string(), connector, Duration::from_secs(10))
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut client =
+        rota_ecu::client::connect(&addr.to_string(), connector, Duration::from_secs(10), Duration::from_secs(10))
+            .await
+            .map_err(|e| e.to_string())?;
     let s = client.get_status(StatusRequest {}).await.map_err(|e| e.to_string())?;
     Ok(s.into_inner().ecu_id)
 }

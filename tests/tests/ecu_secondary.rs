@@ -64,7 +64,14 @@ fn main_tls() -> TlsConfig {
 }
 
 async fn client(addr: &str) -> rota_ecu::client::Client {
-    rota_ecu::client::connect(addr, tls::connector(&main_tls()).unwrap(), Duration::from_secs(10)).await.unwrap()
+    rota_ecu::client::connect(
+        addr,
+        tls::connector(&main_tls()).unwrap(),
+        Duration::from_secs(10),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap()
 }
 
 async fn status(addr: &str) -> rota_ecu::proto::EcuStatus {

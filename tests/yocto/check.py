@@ -348,7 +348,7 @@ def check_bundles(work, release, ins, keys, tool, update, referee):
         "bundle-convert": ["bundle-convert"],
         "bundle-casync": ["bundle-casync", "casync-bundle-casync"],
     }
-    rota = ROOT / "target" / "release" / "rota"
+    rota = tool.parent / "rota"
     for recipe, bases in names.items():
         for base in bases:
             link = deploy / (f"{base}-latest.raucb" if base == "secret" else
@@ -485,12 +485,14 @@ def main():
     ap.add_argument("--signature-release", action="append", choices=list(RELEASES),
                     help="check signatures only on these releases (each takes two full parses)")
     ap.add_argument("--skip-oelint", action="store_true")
+    ap.add_argument("--bin-dir", default=str(ROOT / "target" / "release"),
+                    help="where rota and rota-bundle are (default: the release build)")
     args = ap.parse_args()
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    tool = ROOT / "target" / "release" / "rota-bundle"
+    tool = Path(args.bin_dir).resolve() / "rota-bundle"
     if not tool.is_file():
-        fail(f"{tool} missing: cargo build --release first")
+        fail(f"{tool} missing: cargo build (--release) first")
     keys = pki(work)
     ins = inputs(work)
     if not args.skip_oelint:

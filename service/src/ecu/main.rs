@@ -118,6 +118,10 @@ fn state_name(s: i32) -> String {
 const POLL: Duration = Duration::from_millis(500);
 /// Longest wait for one ECU call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a TCP connect plus TLS handshake to a secondary may take: a
+/// LAN peer that has not answered in this time is out of reach, and the
+/// phase's loop asks again.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest signed system manifest fetched.
 const MAX_MANIFEST: u64 = system_manifest::MAX_SIZE as u64;
 
@@ -359,8 +363,9 @@ impl Driver {
         let tls =
             rota_ecu::tls::TlsConfig { cert: self.ecu.cert.clone(), key: self.ecu.key.clone(), peer: s.cert.clone() };
         let connector = rota_ecu::tls::connector(&tls).map_err(CallError::unreachable)?;
-        let mut c =
-            rota_ecu::client::connect(&s.address, connector, CALL_TIMEOUT).await.map_err(CallError::unreachable)?;
+        let mut c = rota_ecu::client::connect(&s.address, connector, CONNECT_TIMEOUT, CALL_TIMEOUT)
+            .await
+            .map_err(CallError::unreachable)?;
         let r = match cmd {
             Command::Status => c.get_status(StatusRequest {}).await,
             Command::Prepare(p) => c.prepare(p).await,
@@ -655,17 +660,51 @@ fn record_path(dir: &Path) -> PathBuf {
     dir.join("system.json")
 }
 
+/// The main's record; a record that does not parse is kept as
+/// `system.json.broken` and the service starts with the update `failed`:
+/// where each ECU stands is unknown, which needs an operator's look, and a
+/// new update may start.
 fn load_record(dir: &Path) -> crate::error::Result<SystemRecord> {
-    let p = record_path(dir);
-    match std::fs::read(&p) {
-        Ok(b) => serde_json::from_slice(&b).map_err(|e| {
-            crate::error::Error::Failed(format!("System update record {} is unreadable: {e}", p.display()))
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(SystemRecord::default()),
-        Err(e) => Err(crate::error::Error::Failed(format!("Failed to read {}: {e}", p.display()))),
-    }
+    Ok(match super::state::load_json(&record_path(dir))? {
+        super::state::Stored::Read(r) => r,
+        super::state::Stored::Missing => SystemRecord::default(),
+        super::state::Stored::Broken(text) => SystemRecord {
+            phase: Phase::Failed,
+            since: now(),
+            error: format!("{text}: where each ECU stands is unknown"),
+            ..Default::default()
+        },
+    })
 }
 
 fn save_record(dir: &Path, r: &SystemRecord) -> crate::error::Result<()> {
     super::state::save_json(&record_path(dir), r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreadable_record_is_kept_and_reads_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load_record(dir.path()).unwrap(), SystemRecord::default());
+        let r = SystemRecord {
+            transaction_id: "ab".into(),
+            system_version: 3,
+            phase: Phase::Switching,
+            committed_system_version: Some(2),
+            ..Default::default()
+        };
+        save_record(dir.path(), &r).unwrap();
+        assert_eq!(load_record(dir.path()).unwrap(), r);
+        std::fs::write(record_path(dir.path()), "{\"phase\": \"switching\", ").unwrap();
+        let failed = load_record(dir.path()).unwrap();
+        assert_eq!(failed.phase, Phase::Failed);
+        assert!(!failed.phase.running());
+        assert!(failed.error.contains("system.json.broken"), "{}", failed.error);
+        assert!(failed.error.ends_with("where each ECU stands is unknown"), "{}", failed.error);
+        assert!(dir.path().join("system.json.broken").exists());
+        assert!(!record_path(dir.path()).exists());
+    }
 }

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use rota_ecu::proto::State;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::path::{Path, PathBuf};
 
 /// A step of the transaction lifecycle (`rota-ecu-v1.proto`'s `State`).
@@ -88,22 +88,47 @@ pub fn path(dir: &Path) -> PathBuf {
     dir.join("transaction.json")
 }
 
-/// Reads the record; none yet is an idle one. A record that does not parse
-/// is kept as `transaction.json.broken` and counts as idle, with a warning.
-pub fn load(dir: &Path) -> Result<Record> {
-    let p = path(dir);
-    let bytes = match std::fs::read(&p) {
+/// What a JSON record file held.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stored<T> {
+    /// No file.
+    Missing,
+    /// The record.
+    Read(T),
+    /// The file did not parse; it was kept beside itself as `<name>.broken`
+    /// and this says so.
+    Broken(String),
+}
+
+/// Reads the JSON record at `path`, keeping one that does not parse as
+/// `<path>.broken` (a service that refused to start over it would also
+/// refuse RAUC's interface, and an operator could not look at it).
+pub fn load_json<T: DeserializeOwned>(path: &Path) -> Result<Stored<T>> {
+    let bytes = match std::fs::read(path) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Record::default()),
-        Err(e) => return Err(Error::Failed(format!("Failed to read ECU state {}: {e}", p.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Stored::Missing),
+        Err(e) => return Err(Error::Failed(format!("Failed to read ECU state {}: {e}", path.display()))),
     };
-    serde_json::from_slice(&bytes).or_else(|e| {
-        let broken = PathBuf::from(format!("{}.broken", p.display()));
-        tracing::warn!("ECU state {} is unreadable ({e}); kept as {}", p.display(), broken.display());
-        std::fs::rename(&p, &broken).map_err(|e| {
-            Error::Failed(format!("Failed to keep ECU state {} as {}: {e}", p.display(), broken.display()))
-        })?;
-        Ok(Record::default())
+    match serde_json::from_slice(&bytes) {
+        Ok(v) => Ok(Stored::Read(v)),
+        Err(e) => {
+            let broken = PathBuf::from(format!("{}.broken", path.display()));
+            std::fs::rename(path, &broken).map_err(|e| {
+                Error::Failed(format!("Failed to keep ECU state {} as {}: {e}", path.display(), broken.display()))
+            })?;
+            let text = format!("ECU state {} was unreadable ({e}); kept as {}", path.display(), broken.display());
+            tracing::warn!("{text}");
+            Ok(Stored::Broken(text))
+        }
+    }
+}
+
+/// Reads the record; none yet, or one that does not parse (kept as
+/// `transaction.json.broken`), is an idle one.
+pub fn load(dir: &Path) -> Result<Record> {
+    Ok(match load_json(&path(dir))? {
+        Stored::Read(r) => r,
+        Stored::Missing | Stored::Broken(_) => Record::default(),
     })
 }
 
