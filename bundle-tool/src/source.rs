@@ -37,6 +37,14 @@ pub trait ReadAt: Send + Sync {
     fn read_exact_at_unverified(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.read_exact_at(offset, buf)
     }
+
+    /// Fills `buf` again from the origin, past every cache on the way (a
+    /// caching proxy drops what it held of these bytes), after they failed
+    /// verification. `Ok(false)`: this source has no cache to pass, so a
+    /// second read would bring the same bytes; `buf` is left as it was.
+    fn read_fresh_at(&self, _offset: u64, _buf: &mut [u8]) -> io::Result<bool> {
+        Ok(false)
+    }
 }
 
 impl<T: ReadAt + ?Sized> ReadAt for Arc<T> {
@@ -58,6 +66,10 @@ impl<T: ReadAt + ?Sized> ReadAt for Arc<T> {
 
     fn read_exact_at_unverified(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         (**self).read_exact_at_unverified(offset, buf)
+    }
+
+    fn read_fresh_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<bool> {
+        (**self).read_fresh_at(offset, buf)
     }
 }
 
@@ -139,6 +151,11 @@ impl<S: ReadAt> ReadAt for Slice<S> {
     fn read_exact_at_unverified(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         check_range(offset, buf.len(), self.len)?;
         self.inner.read_exact_at_unverified(self.start + offset, buf)
+    }
+
+    fn read_fresh_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<bool> {
+        check_range(offset, buf.len(), self.len)?;
+        self.inner.read_fresh_at(self.start + offset, buf)
     }
 }
 

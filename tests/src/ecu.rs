@@ -68,6 +68,12 @@ pub fn ecu_bundle(
 /// bundles with the test keyring; the new signature checked against the
 /// signer's own root).
 pub fn sign_system_manifest(text: &str, out: &Path, signer: &str) {
+    sign_system_manifest_with(text, out, signer, &[]);
+}
+
+/// [`sign_system_manifest`], reading the bundles of the ECUs `files` names
+/// from those local copies (`--bundle-file`: their URLs are out of reach).
+pub fn sign_system_manifest_with(text: &str, out: &Path, signer: &str, files: &[(&str, &Path)]) {
     let input = out.with_extension("conf");
     fs::write(&input, text).unwrap();
     let _ = fs::remove_file(out);
@@ -77,6 +83,7 @@ pub fn sign_system_manifest(text: &str, out: &Path, signer: &str) {
         .args(signer_args(signer))
         .arg(format!("--keyring={}", pki_file("keyring.pem").display()))
         .arg(format!("--signing-keyring={}", pki_file(root).display()))
+        .args(files.iter().map(|(id, f)| format!("--bundle-file={id}={}", f.display())))
         .arg(&input)
         .arg(out))
     .ok();

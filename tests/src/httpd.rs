@@ -103,6 +103,7 @@ pub struct Server {
     state: Arc<Mutex<State>>,
     mode: Arc<Mutex<Mode>>,
     stop: Arc<AtomicBool>,
+    netns: Option<crate::netns::Netns>,
 }
 
 impl Server {
@@ -122,7 +123,17 @@ impl Server {
 
     /// Starts on an ephemeral port of 127.0.0.1.
     pub fn start() -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        Server::start_on(TcpListener::bind("127.0.0.1:0").expect("bind"), None)
+    }
+
+    /// Starts on `addr` inside network namespace `netns` (a host of a
+    /// [`crate::netns::Lan`]: an origin server the ECUs reach over the LAN).
+    pub fn start_in(netns: &crate::netns::Netns, addr: &str) -> Server {
+        let listener = netns.run(|| TcpListener::bind(addr).expect("bind in the namespace"));
+        Server::start_on(listener, Some(netns.handle()))
+    }
+
+    fn start_on(listener: TcpListener, netns: Option<crate::netns::Netns>) -> Server {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State::default()));
         let mode = Arc::new(Mutex::new(Mode::Normal));
@@ -140,7 +151,7 @@ impl Server {
                 });
             }
         });
-        Server { addr, state, mode, stop }
+        Server { addr, state, mode, stop, netns }
     }
 
     /// Serves `data` at `path` (e.g. `/b.raucb`).
@@ -211,7 +222,11 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr);
+        match &self.netns {
+            // A namespace already gone took the listener with it.
+            Some(ns) => drop(ns.try_run(|| drop(TcpStream::connect(self.addr)))),
+            None => drop(TcpStream::connect(self.addr)),
+        }
     }
 }
 

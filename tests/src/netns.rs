@@ -35,6 +35,29 @@ impl Netns {
         Netns { name: self.name.clone(), owned: false }
     }
 
+    /// Runs `f` on a thread inside this namespace (sockets it opens live
+    /// there; the caller's thread stays where it is).
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        self.try_run(f).unwrap_or_else(|e| panic!("entering namespace {}: {e}", self.name))
+    }
+
+    /// [`Netns::run`], or why the namespace could not be entered (it is gone).
+    pub fn try_run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> std::io::Result<T> {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let ns = std::fs::File::open(&path)?;
+                // SAFETY: setns on an fd we own; it changes this thread only.
+                if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(f())
+            })
+            .join()
+            .expect("thread in the namespace")
+        })
+    }
+
     /// Makes `cmd` run inside this namespace.
     pub fn enter(&self, cmd: &mut Command) {
         let path = std::ffi::CString::new(format!("/run/netns/{}", self.name)).expect("no NUL");

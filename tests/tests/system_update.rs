@@ -25,11 +25,11 @@ struct Ecu {
 }
 
 impl Ecu {
-    /// An ECU `id` with compatible `Charger <id>`; `role` is its `[ecu]`
-    /// group's role-specific part.
-    fn new(test: &str, id: &'static str, role: &str, netns: testkit::netns::Netns) -> Ecu {
+    /// An ECU `id` of `compatible`; `role` is its `[ecu]` group's
+    /// role-specific part.
+    fn new(test: &str, id: &'static str, compatible: &str, role: &str, netns: testkit::netns::Netns) -> Ecu {
         let dir = target_dir().join("test-devices").join(format!("{test}-{id}"));
-        let d = ecu_device(dir, id, &format!("Charger {id}"), role);
+        let d = ecu_device(dir, id, compatible, role);
         let bus = Bus::start();
         let mut e = Ecu { id, d, bus, svc: None, reboots: 0, netns };
         e.start();
@@ -69,6 +69,7 @@ struct System {
     main: Ecu,
     secondaries: Vec<Ecu>,
     lan: testkit::netns::Lan,
+    prefix: String,
 }
 
 impl System {
@@ -77,8 +78,14 @@ impl System {
     }
 
     /// A system whose main gets `main_extra` in its `[ecu]` group and whose
-    /// ECUs get the configuration text `extra` names for them.
+    /// ECUs get the configuration text `extra` names for them; ECU `id` is
+    /// of compatible `Charger <id>`.
     fn with(test: &str, main_extra: &str, extra: &[(&str, &str)]) -> System {
+        System::build(test, main_extra, extra, &|id| format!("Charger {id}"))
+    }
+
+    /// [`System::with`], ECU `id` of compatible `compatible(id)`.
+    fn build(test: &str, main_extra: &str, extra: &[(&str, &str)], compatible: &dyn Fn(&str) -> String) -> System {
         let extra_of = |id: &str| extra.iter().find(|(i, _)| *i == id).map(|(_, t)| t.to_string()).unwrap_or_default();
         let prefix = format!("rota-{}", test.trim_start_matches("sysupdate-"));
         let mut lan = testkit::netns::Lan::new(&prefix);
@@ -93,7 +100,7 @@ impl System {
                     pki_file("ecu-main.pem").display(),
                     extra_of(id)
                 );
-                Ecu::new(test, id, &role, lan.netns(id).handle())
+                Ecu::new(test, id, &compatible(id), &role, lan.netns(id).handle())
             })
             .collect();
         let mut role = format!("role=main\nhealth-timeout-sec=60\nprepare-timeout-sec=60\n{main_extra}");
@@ -105,8 +112,8 @@ impl System {
             ));
         }
         role.push_str(&extra_of("main"));
-        let main = Ecu::new(test, "main", &role, lan.netns("main").handle());
-        System { main, secondaries, lan }
+        let main = Ecu::new(test, "main", &compatible("main"), &role, lan.netns("main").handle());
+        System { main, secondaries, lan, prefix }
     }
 
     fn all(&mut self) -> impl Iterator<Item = &mut Ecu> {
@@ -402,4 +409,149 @@ fn a_secondary_with_another_certificate_is_refused_before_anything_moves() {
         );
     }
     s.stop();
+}
+
+/// Bytes the origin sent for `path` (the lengths of the ranges asked for).
+fn origin_bytes(origin: &testkit::httpd::Server, path: &str) -> u64 {
+    origin.requests().iter().filter(|r| r.path == path).map(|r| r.range_len()).sum()
+}
+
+#[test]
+fn secondaries_fetch_through_the_mains_cache_and_the_origin_sends_each_bundle_once() {
+    let _g = serial();
+    // display and pay take the same bundle; the main its own. Every ECU,
+    // the main too, fetches through the main's proxy (10.77.0.1).
+    let mut s = System::build("sysupdate-proxy", "proxy-listen=10.77.0.1:8470\nproxy-cache-size=64M\n", &[], &|id| {
+        if id == "main" { "Charger main".into() } else { "Charger panel".into() }
+    });
+    let addr = s.lan.host(&s.prefix.clone(), "origin");
+    let origin = testkit::httpd::Server::start_in(s.lan.netns("origin"), &format!("{addr}:8080"));
+    let dir = s.main.d.path("updates");
+    fs::create_dir_all(&dir).unwrap();
+    let size = 6 << 20;
+    let (main_b, _) = ecu_bundle(&dir, "main-proxy", "Charger main", "2.0", size, 11);
+    let (panel_b, _) = ecu_bundle(&dir, "panel-proxy", "Charger panel", "2.0", size, 12);
+    let (main_len, panel_len) = (fs::metadata(&main_b).unwrap().len(), fs::metadata(&panel_b).unwrap().len());
+    origin.put("/main.raucb", fs::read(&main_b).unwrap());
+    origin.put("/panel.raucb", fs::read(&panel_b).unwrap());
+    // The origin corrupts one byte of the main's bundle once: the proxy
+    // keeps that chunk, the main's verification fails, it asks again past
+    // the cache, and the proxy fetches the chunk again.
+    let bad = (2 << 20) + 4321;
+    origin.inject(testkit::httpd::Fault::Corrupt, bad, 1);
+    let mut text = "[system]\ncompatible=Charger\nversion=1\n".to_string();
+    for (id, path) in [("main", "/main.raucb"), ("display", "/panel.raucb"), ("pay", "/panel.raucb")] {
+        text.push_str(&format!("[ecu.{id}]\nbundle={}\n", origin.url(path)));
+    }
+    let m = dir.join("system-1.sig");
+    testkit::ecu::sign_system_manifest_with(
+        &text,
+        &m,
+        "release",
+        &[("main", &main_b), ("display", &panel_b), ("pay", &panel_b)],
+    );
+    s.update(&m).ok();
+    assert_eq!(s.run_until(&["committed", "reverted", "failed"]), "s \"committed\"", "{}", s.property("LastError"));
+    for e in s.all() {
+        assert_eq!((e.booted(), e.reboots), ("B".to_string(), 1), "{}", e.id);
+    }
+    assert_eq!(origin.faults_served(), 1, "the corrupted range was served");
+    // ... and the proxy fetched that chunk again.
+    let covers = |r: &&testkit::httpd::Request| {
+        let range = r.header("range").and_then(|v| v.strip_prefix("bytes=")).and_then(|v| v.split_once('-'));
+        range.is_some_and(|(a, b)| a.parse::<u64>().unwrap() <= bad && b.parse::<u64>().unwrap() >= bad)
+    };
+    let requests = origin.requests();
+    assert_eq!(requests.iter().filter(|r| r.path == "/main.raucb").filter(covers).count(), 2);
+    // Two ECUs installed the panel bundle: it crossed the origin link once
+    // (within 5 %: the proxy fetches whole chunks, the probe asks 4 bytes).
+    let panel = origin_bytes(&origin, "/panel.raucb");
+    assert!(panel >= panel_len && panel * 100 <= panel_len * 105, "panel bundle: {panel} origin bytes for {panel_len}");
+    // The main's bundle once, plus the chunks asked for past the cache
+    // (the bad one, and perhaps those of the hash tree) once more.
+    let main = origin_bytes(&origin, "/main.raucb");
+    assert!(main > main_len && main <= main_len + (3 << 20), "main bundle: {main} origin bytes for {main_len}");
+    // The proxy serves the running update's bundles and nothing else.
+    let proxy_get = |path: &str| {
+        let mut c = std::process::Command::new("curl");
+        c.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-r", "0-3"])
+            .arg(format!("http://10.77.0.1:8470{path}"));
+        s.lan.netns("display").enter(&mut c);
+        run(&mut c).ok().stdout
+    };
+    let key = |url: &str| hex_sha256(url.as_bytes());
+    assert_eq!(proxy_get(&format!("/bundle/{}", key(&origin.url("/panel.raucb")))), "206");
+    assert_eq!(proxy_get(&format!("/bundle/{}", key(&origin.url("/other.raucb")))), "404");
+    assert_eq!(proxy_get(&format!("/{}", origin.url("/panel.raucb"))), "404");
+    assert_eq!(proxy_get("/bundle/../../etc/passwd"), "404");
+    s.stop();
+}
+
+fn hex_sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+#[test]
+fn a_download_cache_smaller_than_the_bundles_stays_within_its_bound() {
+    let _g = serial();
+    // 2 MiB of cache for two different 4 MiB bundles read at once: chunks
+    // go least recently used first, and come back from the origin when an
+    // ECU still needs them.
+    let mut s =
+        System::build("sysupdate-small-cache", "proxy-listen=10.77.0.1:8470\nproxy-cache-size=2M\n", &[], &|id| {
+            format!("Charger {id}")
+        });
+    let addr = s.lan.host(&s.prefix.clone(), "origin");
+    let origin = testkit::httpd::Server::start_in(s.lan.netns("origin"), &format!("{addr}:8080"));
+    let dir = s.main.d.path("updates");
+    fs::create_dir_all(&dir).unwrap();
+    let (display_b, _) = ecu_bundle(&dir, "display-small", "Charger display", "2.0", 4 << 20, 21);
+    let (pay_b, _) = ecu_bundle(&dir, "pay-small", "Charger pay", "2.0", 4 << 20, 22);
+    origin.put("/display.raucb", fs::read(&display_b).unwrap());
+    origin.put("/pay.raucb", fs::read(&pay_b).unwrap());
+    let text = format!(
+        "[system]\ncompatible=Charger\nversion=1\n[ecu.display]\nbundle={}\n[ecu.pay]\nbundle={}\n",
+        origin.url("/display.raucb"),
+        origin.url("/pay.raucb")
+    );
+    let m = dir.join("system-1.sig");
+    testkit::ecu::sign_system_manifest_with(&text, &m, "release", &[("display", &display_b), ("pay", &pay_b)]);
+    let cache = s.main.d.path("data/ecu/cache");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let most = std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| {
+            let mut most = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                most = most.max(dir_bytes(&cache));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            most
+        });
+        s.update(&m).ok();
+        let state = s.run_until(&["committed", "reverted", "failed"]);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(state, "s \"committed\"", "{}", s.property("LastError"));
+        watcher.join().unwrap()
+    });
+    assert!(most > 0, "the cache at {} was used", cache.display());
+    // The bound, plus chunks being written (.part) before the oldest go.
+    assert!(most <= (2 << 20) + 6 * (1 << 20), "cache held {most} bytes");
+    for id in ["display", "pay"] {
+        assert_eq!(s.ecu(id).booted(), "B", "{id}");
+    }
+    s.stop();
+}
+
+/// Bytes of the regular files below `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(_) => e.metadata().map(|m| m.len()).unwrap_or(0),
+            Err(_) => 0,
+        })
+        .sum()
 }

@@ -878,7 +878,12 @@ impl HttpSource {
 
     /// Bytes `start..=last`, fetched now (retries included) and waited for.
     fn fetch_now(&self, start: u64, last: u64) -> io::Result<Vec<u8>> {
-        let (target, total) = (self.shared.target.clone(), self.shared.info.size);
+        self.fetch_now_from(self.shared.target.clone(), start, last)
+    }
+
+    /// [`Self::fetch_now`] with `target`'s headers.
+    fn fetch_now_from(&self, target: Target, start: u64, last: u64) -> io::Result<Vec<u8>> {
+        let total = self.shared.info.size;
         let fetched =
             wait_for(
                 self.runtime(),
@@ -1042,6 +1047,33 @@ impl ReadAt for HttpSource {
 
     fn advise_scattered(&self, scattered: bool) {
         self.shared.scattered.store(scattered, Ordering::Relaxed);
+    }
+
+    /// Fetched with `Cache-Control: no-cache` (and HTTP/1.0's `Pragma`), so
+    /// a caching proxy passes the request to the origin.
+    fn read_fresh_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<bool> {
+        super::check_range(offset, buf.len(), self.size())?;
+        if buf.is_empty() {
+            return Ok(true);
+        }
+        let mut target = self.shared.target.clone();
+        target.headers.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        target.headers.insert(http::header::PRAGMA, HeaderValue::from_static("no-cache"));
+        let last = offset + buf.len() as u64 - 1;
+        buf.copy_from_slice(&self.fetch_now_from(target, offset, last)?);
+        // What this source kept of these bytes is what failed: forget it.
+        let mut st = self.shared.state.lock().expect("state lock");
+        let win = self.shared.opts.window as u64;
+        for w in offset / win..=last / win {
+            if matches!(st.windows.get(&w), Some(Window::Ready(..))) {
+                st.windows.remove(&w);
+                st.fresh.retain(|&x| x != w);
+                st.used.retain(|&x| x != w);
+                st.pinned.retain(|&x| x != w);
+            }
+        }
+        st.pieces.retain(|(s, p)| s + p.len() as u64 <= offset || *s > last);
+        Ok(true)
     }
 
     fn read_small_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {

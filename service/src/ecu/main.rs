@@ -6,6 +6,7 @@
 //! phase change, so a main that reboots or is killed resumes where it was:
 //! every command is idempotent on the secondaries.
 
+use super::proxy::Proxy;
 use super::secondary::Secondary;
 use crate::config::{EcuRole, EcuSection, SecondaryConfig};
 use crate::dbus::Service;
@@ -171,6 +172,8 @@ pub struct Driver {
     prepare_timeout: Duration,
     health_timeout: Duration,
     local: Secondary,
+    /// The download cache secondaries fetch through, if `proxy-listen` is set.
+    proxy: Option<Proxy>,
     record: Arc<Mutex<SystemRecord>>,
     /// Told whenever the record changed (the D-Bus interface announces it).
     changed: Arc<dyn Fn(SystemRecord) + Send + Sync>,
@@ -191,6 +194,7 @@ impl Driver {
         service: Arc<Service>,
         ecu: EcuSection,
         local: Secondary,
+        proxy: Option<Proxy>,
         changed: Arc<dyn Fn(SystemRecord) + Send + Sync>,
     ) -> crate::error::Result<Driver> {
         let EcuRole::Main { secondaries, prepare_timeout_sec, health_timeout_sec, .. } = &ecu.role else {
@@ -204,6 +208,7 @@ impl Driver {
             health_timeout: Duration::from_secs(*health_timeout_sec),
             ecu,
             local,
+            proxy,
             record: Arc::new(Mutex::new(record.clone())),
             changed,
             running: Arc::new(Mutex::new(())),
@@ -443,6 +448,10 @@ impl Driver {
             return;
         };
         let m = signed.manifest;
+        let remote = |u: &str| u.starts_with("http://") || u.starts_with("https://");
+        if let Some(p) = &self.proxy {
+            p.serve_only(&m.ecus.iter().filter(|e| remote(&e.bundle)).map(|e| e.bundle.clone()).collect::<Vec<_>>());
+        }
         let t = {
             let r = self.record.lock().await;
             TransactionRef { transaction_id: r.transaction_id.clone(), system_version: r.system_version }
@@ -456,7 +465,10 @@ impl Driver {
                         for e in &group {
                             let req = PrepareRequest {
                                 transaction: Some(t.clone()),
-                                bundle_url: e.bundle.clone(),
+                                bundle_url: match &self.proxy {
+                                    Some(p) if remote(&e.bundle) => p.url_for(&e.bundle),
+                                    _ => e.bundle.clone(),
+                                },
                                 manifest_hash: e.manifest_hash.clone(),
                                 compatible: e.compatible.clone(),
                                 version: e.version.clone(),

@@ -5,6 +5,7 @@
 //! ([`main`]) and offers it on D-Bus as `dev.rota.System1`.
 
 pub mod main;
+pub mod proxy;
 pub mod secondary;
 pub mod state;
 
@@ -48,12 +49,20 @@ pub async fn start(
                 }
             });
         }
-        EcuRole::Main { .. } => {
+        EcuRole::Main { proxy_listen, proxy_cache_size, .. } => {
+            let proxy = match proxy_listen {
+                Some(listen) => {
+                    let http = service.system.config.host_config().http_options(&service.system.header_facts(None));
+                    let dir = ecu.state_directory.join("cache");
+                    Some(proxy::Proxy::start(*listen, dir, *proxy_cache_size, http).await?)
+                }
+                None => None,
+            };
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
             let changed = Arc::new(move |r| {
                 let _ = tx.send(r);
             });
-            let driver = main::Driver::start(service, ecu.clone(), local, changed).map_err(|e| e.to_string())?;
+            let driver = main::Driver::start(service, ecu.clone(), local, proxy, changed).map_err(|e| e.to_string())?;
             let record = driver.record().await;
             conn.object_server()
                 .at(rota_dbus::OBJECT_PATH, SystemUpdate::new(driver, record))

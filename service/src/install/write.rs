@@ -822,6 +822,10 @@ pub fn check_manifest(
 /// changed between reads (their BLAKE3 differs) and a medium that did not
 /// keep what it was given (the read-back message) apart. Any other image's
 /// read-back is compared with the stream's BLAKE3.
+///
+/// Bytes that changed between reads (a cache on the way handed out bad ones
+/// and the verified second read went past it) do not fail the install: the
+/// image is written once more, every block verified as it is read.
 pub fn copy_image(
     src: &ImageSource<'_>,
     compression: Option<Compression>,
@@ -830,6 +834,42 @@ pub fn copy_image(
     expected_sha256: Option<&str>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<()> {
+    match copy_image_once(src, compression, device, expected_size, expected_sha256, true, progress)? {
+        Copied::Done => Ok(()),
+        Copied::ChangedBetweenReads => {
+            tracing::warn!(
+                "Image '{}' as first read did not have its signed sha256 (a second read had): writing it again, verified",
+                src.name()
+            );
+            match copy_image_once(src, compression, device, expected_size, expected_sha256, false, progress)? {
+                Copied::Done => Ok(()),
+                Copied::ChangedBetweenReads => failed(format!(
+                    "bundle payload is corrupted: image '{}' as first read does not have its signed sha256 (a second read has)",
+                    src.name()
+                )),
+            }
+        }
+    }
+}
+
+/// How one pass of [`copy_image`] ended, when it did not fail.
+enum Copied {
+    Done,
+    /// The image as streamed was not the signed one, a verified read is.
+    ChangedBetweenReads,
+}
+
+/// One pass of [`copy_image`]; `trust_end_to_end`: the stream may skip the
+/// bundle's block checks, as the image's SHA-256 is compared end to end.
+fn copy_image_once(
+    src: &ImageSource<'_>,
+    compression: Option<Compression>,
+    device: &Path,
+    expected_size: Option<u64>,
+    expected_sha256: Option<&str>,
+    trust_end_to_end: bool,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Copied> {
     let file = open_device(device, if compression.is_none() { expected_size.unwrap_or(0) } else { 0 })?;
     let reader = File::open(device)
         .map_err(|e| Error::Failed(format!("Failed to open '{}' for reading back: {e}", device.display())))?;
@@ -844,7 +884,7 @@ pub fn copy_image(
         let window = WindowWriter { file, pos: 0, sent: 0, tx: Some(tx), device, refused: &refused };
         let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, window);
         let streamed = match compression {
-            None => stream_digested(src, &mut out, Algorithm::Blake3, end_to_end, progress)
+            None => stream_digested(src, &mut out, Algorithm::Blake3, end_to_end && trust_end_to_end, progress)
                 .map(|(n, d, _)| (None, (n, Some(d)))),
             Some(c) => stream_decompressed(src, c, &mut out, Some(Algorithm::Blake3), progress)
                 .map(|(stored, written)| (Some(stored), written)),
@@ -876,11 +916,11 @@ pub fn copy_image(
         if back != (bytes, written.clone()) {
             return Err(read_back_mismatch(device, 0, back_algorithm, (back.0, &back.1), (bytes, &written)));
         }
-        return Ok(());
+        return Ok(Copied::Done);
     }
     let expected = expected_sha256.expect("end-to-end check has a digest");
     if back == (bytes, expected.to_string()) {
-        return Ok(());
+        return Ok(Copied::Done);
     }
     // The image, the bytes read from the bundle or the medium: which is
     // wrong? A second, verified read of the image tells (on failure only).
@@ -889,10 +929,7 @@ pub fn copy_image(
     let BothDigests(sha, again, n) = both;
     check_manifest(src, n, &sha.finish(), expected_size, expected_sha256)?;
     if again.finish() != written {
-        return failed(format!(
-            "bundle payload is corrupted: image '{}' as first read does not have its signed sha256 (a second read has)",
-            src.name()
-        ));
+        return Ok(Copied::ChangedBetweenReads);
     }
     Err(read_back_mismatch(device, 0, back_algorithm, (back.0, &back.1), (bytes, expected)))
 }
