@@ -381,6 +381,14 @@ impl Driver {
         r.map(|r| r.into_inner()).map_err(CallError::of)
     }
 
+    /// `ids` with this ECU last: its own switch or revert reboots it, so
+    /// the others are told first.
+    fn own_last<'a>(&self, ids: &[&'a str]) -> Vec<&'a str> {
+        let (mut others, own): (Vec<&str>, Vec<&str>) = ids.iter().partition(|id| **id != self.ecu.id);
+        others.extend(own);
+        others
+    }
+
     /// Records what an ECU said (or that it could not be reached).
     async fn note(&self, id: &str, answer: &Result<EcuStatus, CallError>) {
         let mut r = self.record.lock().await;
@@ -515,7 +523,8 @@ impl Driver {
                     };
                     let ids: Vec<&str> = group.iter().map(|e| e.id.as_str()).collect();
                     let mut failure = None;
-                    for id in &ids {
+                    for id in self.own_last(&ids) {
+                        let id = &id;
                         // Recorded before it is sent: a revert then knows to undo it.
                         let mut r = self.record.lock().await;
                         if let Some(v) = r.ecus.get_mut(*id).filter(|v| !v.switched) {
@@ -567,7 +576,9 @@ impl Driver {
                 }
                 Phase::Reverting => {
                     let mut done = true;
-                    for e in &m.ecus {
+                    let ids: Vec<&str> = m.ecus.iter().map(|e| e.id.as_str()).collect();
+                    for id in self.own_last(&ids) {
+                        let e = m.ecu(id).expect("an ECU of the manifest");
                         let a = match self.call(&e.id, Command::Revert(t.clone())).await {
                             Err(err) => match self.call(&e.id, Command::Status).await {
                                 // It never took part (its prepare did not arrive).

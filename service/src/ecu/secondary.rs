@@ -221,13 +221,10 @@ impl Secondary {
     }
 }
 
-#[tonic::async_trait]
-impl Ecu for Secondary {
-    async fn get_status(&self, _: Request<StatusRequest>) -> Result<Response<EcuStatus>, Status> {
-        self.answer().await
-    }
-
-    async fn prepare(&self, request: Request<PrepareRequest>) -> Result<Response<EcuStatus>, Status> {
+/// The commands, run to their end whatever happens to the caller's
+/// connection (see [`Secondary::detached`]).
+impl Secondary {
+    async fn prepare_now(&self, request: Request<PrepareRequest>) -> Result<Response<EcuStatus>, Status> {
         let req = request.into_inner();
         let t = req.transaction.clone().unwrap_or_default();
         let mut r = self.record.lock().await;
@@ -309,7 +306,7 @@ impl Ecu for Secondary {
         self.answer().await
     }
 
-    async fn switch(&self, request: Request<TransactionRef>) -> Result<Response<EcuStatus>, Status> {
+    async fn switch_now(&self, request: Request<TransactionRef>) -> Result<Response<EcuStatus>, Status> {
         let t = Some(request.into_inner());
         let mut r = self.record.lock().await;
         Self::check_transaction(&r, &t)?;
@@ -335,7 +332,7 @@ impl Ecu for Secondary {
         Ok(Response::new(self.status_of(&r)))
     }
 
-    async fn commit(&self, request: Request<TransactionRef>) -> Result<Response<EcuStatus>, Status> {
+    async fn commit_now(&self, request: Request<TransactionRef>) -> Result<Response<EcuStatus>, Status> {
         let t = Some(request.into_inner());
         let mut r = self.record.lock().await;
         Self::check_transaction(&r, &t)?;
@@ -351,7 +348,7 @@ impl Ecu for Secondary {
         Ok(Response::new(self.status_of(&r)))
     }
 
-    async fn revert(&self, request: Request<TransactionRef>) -> Result<Response<EcuStatus>, Status> {
+    async fn revert_now(&self, request: Request<TransactionRef>) -> Result<Response<EcuStatus>, Status> {
         let t = Some(request.into_inner());
         let mut r = self.record.lock().await;
         Self::check_transaction(&r, &t)?;
@@ -389,5 +386,42 @@ impl Ecu for Secondary {
             self.save(&r).await?;
         }
         Ok(Response::new(self.status_of(&r)))
+    }
+}
+
+/// Runs a command on its own task: a caller that hangs up (the main
+/// rebooting while it sends Switch to the others) must not stop it between
+/// what it records and what it does, say between activating the new slot and
+/// rebooting into it.
+async fn detached(
+    command: impl std::future::Future<Output = Result<Response<EcuStatus>, Status>> + Send + 'static,
+) -> Result<Response<EcuStatus>, Status> {
+    tokio::spawn(command).await.unwrap_or_else(|e| Err(Status::internal(format!("the command failed: {e}"))))
+}
+
+#[tonic::async_trait]
+impl Ecu for Secondary {
+    async fn get_status(&self, _: Request<StatusRequest>) -> Result<Response<EcuStatus>, Status> {
+        self.answer().await
+    }
+
+    async fn prepare(&self, request: Request<PrepareRequest>) -> Result<Response<EcuStatus>, Status> {
+        let me = self.clone();
+        detached(async move { me.prepare_now(request).await }).await
+    }
+
+    async fn switch(&self, request: Request<TransactionRef>) -> Result<Response<EcuStatus>, Status> {
+        let me = self.clone();
+        detached(async move { me.switch_now(request).await }).await
+    }
+
+    async fn commit(&self, request: Request<TransactionRef>) -> Result<Response<EcuStatus>, Status> {
+        let me = self.clone();
+        detached(async move { me.commit_now(request).await }).await
+    }
+
+    async fn revert(&self, request: Request<TransactionRef>) -> Result<Response<EcuStatus>, Status> {
+        let me = self.clone();
+        detached(async move { me.revert_now(request).await }).await
     }
 }
