@@ -16,14 +16,20 @@ pub fn free_port() -> u16 {
 /// The device of ECU `id` in `dir`, of `compatible`; `role` ends its `[ecu]`
 /// group (role and what it needs) and may add groups after it.
 pub fn ecu_device(dir: PathBuf, id: &str, compatible: &str, role: &str) -> Device {
+    ecu_device_as(dir, id, id, compatible, role)
+}
+
+/// [`ecu_device`] presenting the test PKI's ECU identity `identity`
+/// (`ecu-<identity>.pem`): more ECUs than the PKI has identities.
+pub fn ecu_device_as(dir: PathBuf, id: &str, identity: &str, compatible: &str, role: &str) -> Device {
     let conf = format!(
         "[system]\ncompatible={compatible}\nbootloader=grub\ngrubenv=grubenv\ndata-directory=data\nmountprefix=mnt\n\
          [keyring]\npath={}\n\
          [slot.rootfs.0]\ndevice=rootfs0.img\nbootname=A\n[slot.rootfs.1]\ndevice=rootfs1.img\nbootname=B\n\
          [ecu]\nid={id}\ncert={}\nkey={}\nhealth-check={}\nreboot-command=touch {}\n{role}",
         pki_file("keyring.pem").display(),
-        pki_file(&format!("ecu-{id}.pem")).display(),
-        pki_file(&format!("ecu-{id}.key")).display(),
+        pki_file(&format!("ecu-{identity}.pem")).display(),
+        pki_file(&format!("ecu-{identity}.key")).display(),
         dir.join("health.sh").display(),
         dir.join("rebooted").display(),
     );

@@ -81,6 +81,8 @@ impl Request {
 #[derive(Default)]
 struct State {
     files: HashMap<String, Arc<Vec<u8>>>,
+    /// Each file's ETag, derived from its content once when it is put.
+    etags: HashMap<String, String>,
     /// Paths answered with `302 Found` and this `Location`.
     redirects: HashMap<String, String>,
     requests: Vec<Request>,
@@ -156,7 +158,9 @@ impl Server {
 
     /// Serves `data` at `path` (e.g. `/b.raucb`).
     pub fn put(&self, path: &str, data: Vec<u8>) {
-        self.state.lock().unwrap().files.insert(path.to_string(), Arc::new(data));
+        let mut st = self.state.lock().unwrap();
+        st.etags.insert(path.to_string(), etag_of(&data));
+        st.files.insert(path.to_string(), Arc::new(data));
     }
 
     /// Answers requests for `path` with `302 Found` to `location`.
@@ -271,7 +275,8 @@ fn serve_connection(conn: TcpStream, state: &Mutex<State>, mode: &Mutex<Mode>) -
             st.requests.push(req.clone());
             st.active += 1;
             st.max_active = st.max_active.max(st.active);
-            (st.files.get(&path).cloned(), st.delay, st.redirects.get(&path).cloned())
+            let etag = st.etags.get(&path).cloned().unwrap_or_default();
+            (st.files.get(&path).cloned().map(|f| (f, etag)), st.delay, st.redirects.get(&path).cloned())
         };
         if let Some(location) = redirect {
             state.lock().unwrap().active -= 1;
@@ -282,7 +287,7 @@ fn serve_connection(conn: TcpStream, state: &Mutex<State>, mode: &Mutex<Mode>) -
         while state.lock().unwrap().held_paths.contains(&path) {
             thread::sleep(std::time::Duration::from_millis(10));
         }
-        let end = file.as_ref().and_then(|d| req.header("range").and_then(|r| parse_range(r, d.len() as u64)));
+        let end = file.as_ref().and_then(|(d, _)| req.header("range").and_then(|r| parse_range(r, d.len() as u64)));
         while end.is_some_and(|(a, b)| state.lock().unwrap().hold.is_some_and(|(s, e)| a < e && b >= s)) {
             thread::sleep(std::time::Duration::from_millis(10));
         }
@@ -307,12 +312,12 @@ fn respond(
     out: &mut TcpStream,
     req: &Request,
     method: &str,
-    file: Option<Arc<Vec<u8>>>,
+    file: Option<(Arc<Vec<u8>>, String)>,
     mode: &Mutex<Mode>,
 ) -> std::io::Result<()> {
     let mode = mode.lock().unwrap().clone();
     let head = method == "HEAD";
-    let Some(data) = file else {
+    let Some((data, tag)) = file else {
         return write!(out, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
     };
     let len = data.len() as u64;
@@ -325,8 +330,8 @@ fn respond(
                 out.write_all(&data)?;
             }
         }
-        (Mode::WrongRange, Some((a, b))) => partial(out, req, &data, a + 1, (b + 1).min(len - 1), head, false)?,
-        (Mode::Normal, Some((a, b))) => partial(out, req, &data, a, b, head, true)?,
+        (Mode::WrongRange, Some((a, b))) => partial(out, req, (&data, &tag), a + 1, (b + 1).min(len - 1), head, false)?,
+        (Mode::Normal, Some((a, b))) => partial(out, req, (&data, &tag), a, b, head, true)?,
     }
     out.flush()
 }
@@ -342,7 +347,7 @@ fn etag_of(data: &[u8]) -> String {
 fn misbehave(
     out: &mut TcpStream,
     req: &Request,
-    data: Arc<Vec<u8>>,
+    (data, tag): (Arc<Vec<u8>>, String),
     (a, b): (u64, u64),
     fault: Fault,
     at: u64,
@@ -352,8 +357,7 @@ fn misbehave(
     let head = |out: &mut TcpStream, n: usize| {
         write!(
             out,
-            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a}-{b}/{len}\r\nContent-Length: {n}\r\nETag: {}\r\n\r\n",
-            etag_of(&data)
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a}-{b}/{len}\r\nContent-Length: {n}\r\nETag: {tag}\r\n\r\n",
         )
     };
     match fault {
@@ -386,7 +390,7 @@ fn misbehave(
             out.write_all(&data)?;
             out.flush()
         }
-        Fault::WrongRange => partial(out, req, &data, a + 1, (b + 1).min(len as u64 - 1), false, true),
+        Fault::WrongRange => partial(out, req, (&data, &tag), a + 1, (b + 1).min(len as u64 - 1), false, true),
         Fault::Corrupt => {
             let mut body = body.to_vec();
             body[at as usize] ^= 0xff;
@@ -406,17 +410,17 @@ fn misbehave(
     }
 }
 
-/// Writes a `206` with bytes `a..=b` of `data` (`412` when `If-Match` names another version).
+/// Writes a `206` with bytes `a..=b` of `data`, whose ETag is `tag` (`412`
+/// when `If-Match` names another version).
 fn partial(
     out: &mut TcpStream,
     req: &Request,
-    data: &[u8],
+    (data, tag): (&[u8], &str),
     a: u64,
     b: u64,
     head: bool,
     etag: bool,
 ) -> std::io::Result<()> {
-    let tag = etag_of(data);
     if etag && req.header("if-match").is_some_and(|m| m != tag) {
         return write!(out, "HTTP/1.1 412 Precondition Failed\r\nContent-Length: 0\r\n\r\n");
     }

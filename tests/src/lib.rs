@@ -91,8 +91,12 @@ fn with_lock<T>(name: &str, f: impl FnOnce() -> T) -> T {
     r
 }
 
-/// Path of a workspace binary, built (once per process) if needed.
+/// Path of a workspace binary, built (once per process) if needed; with
+/// `ROTA_BIN_DIR` set (a benchmark's release build), the one there.
 pub fn bin(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("ROTA_BIN_DIR") {
+        return workspace().join(dir).join(name);
+    }
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let st = Command::new(env!("CARGO"))

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use testkit::bus::{Bus, Service};
 use testkit::device::{Device, grub_selected, grubenv};
-use testkit::ecu::{ecu_bundle, ecu_device, sign_system_manifest};
+use testkit::ecu::{ecu_bundle, ecu_device_as, sign_system_manifest};
 use testkit::{pki_file, run, serial, target_dir};
 
 /// One ECU: its device, bus and service.
@@ -28,8 +28,20 @@ impl Ecu {
     /// An ECU `id` of `compatible`; `role` is its `[ecu]` group's
     /// role-specific part.
     fn new(test: &str, id: &'static str, compatible: &str, role: &str, netns: testkit::netns::Netns) -> Ecu {
+        Ecu::new_as(test, id, id, compatible, role, netns)
+    }
+
+    /// [`Ecu::new`] with the test PKI's identity `identity`.
+    fn new_as(
+        test: &str,
+        id: &'static str,
+        identity: &str,
+        compatible: &str,
+        role: &str,
+        netns: testkit::netns::Netns,
+    ) -> Ecu {
         let dir = target_dir().join("test-devices").join(format!("{test}-{id}"));
-        let d = ecu_device(dir, id, compatible, role);
+        let d = ecu_device_as(dir, id, identity, compatible, role);
         let bus = Bus::start();
         let mut e = Ecu { id, d, bus, svc: None, reboots: 0, netns };
         e.start();
@@ -64,7 +76,18 @@ impl Ecu {
     }
 }
 
-/// A main with secondaries `display` and `pay` on a LAN.
+/// The secondaries of a test system and how they are set up.
+struct Layout<'a> {
+    /// Their ids.
+    secondaries: &'a [&'static str],
+    /// The test PKI identity (`ecu-<name>`) ECU `id` presents.
+    identity: &'a dyn Fn(&str) -> String,
+    /// The main's `prepare-timeout-sec`.
+    prepare_timeout_sec: u64,
+}
+
+/// A main with secondaries (`display` and `pay` unless a layout says
+/// otherwise) on a LAN.
 struct System {
     main: Ecu,
     secondaries: Vec<Ecu>,
@@ -86,12 +109,26 @@ impl System {
 
     /// [`System::with`], ECU `id` of compatible `compatible(id)`.
     fn build(test: &str, main_extra: &str, extra: &[(&str, &str)], compatible: &dyn Fn(&str) -> String) -> System {
+        let layout =
+            Layout { secondaries: &["display", "pay"], identity: &|id| id.to_string(), prepare_timeout_sec: 60 };
+        System::build_from(test, &layout, main_extra, extra, compatible)
+    }
+
+    /// A system of `layout`, as [`System::build`] says.
+    fn build_from(
+        test: &str,
+        layout: &Layout<'_>,
+        main_extra: &str,
+        extra: &[(&str, &str)],
+        compatible: &dyn Fn(&str) -> String,
+    ) -> System {
         let extra_of = |id: &str| extra.iter().find(|(i, _)| *i == id).map(|(_, t)| t.to_string()).unwrap_or_default();
         let prefix = format!("rota-{}", test.trim_start_matches("sysupdate-"));
         let mut lan = testkit::netns::Lan::new(&prefix);
         lan.host(&prefix, "main");
-        let addrs: Vec<String> = ["display", "pay"].iter().map(|id| lan.host(&prefix, id)).collect();
-        let secondaries: Vec<Ecu> = ["display", "pay"]
+        let addrs: Vec<String> = layout.secondaries.iter().map(|id| lan.host(&prefix, id)).collect();
+        let secondaries: Vec<Ecu> = layout
+            .secondaries
             .iter()
             .zip(&addrs)
             .map(|(id, addr)| {
@@ -100,15 +137,18 @@ impl System {
                     pki_file("ecu-main.pem").display(),
                     extra_of(id)
                 );
-                Ecu::new(test, id, &compatible(id), &role, lan.netns(id).handle())
+                Ecu::new_as(test, id, &(layout.identity)(id), &compatible(id), &role, lan.netns(id).handle())
             })
             .collect();
-        let mut role = format!("role=main\nhealth-timeout-sec=60\nprepare-timeout-sec=60\n{main_extra}");
+        let mut role = format!(
+            "role=main\nhealth-timeout-sec=60\nprepare-timeout-sec={}\n{main_extra}",
+            layout.prepare_timeout_sec
+        );
         for (s, addr) in secondaries.iter().zip(&addrs) {
             role.push_str(&format!(
                 "[secondary.{}]\naddress={addr}:50151\ncert={}\n",
                 s.id,
-                pki_file(&format!("ecu-{}.pem", s.id)).display()
+                pki_file(&format!("ecu-{}.pem", (layout.identity)(s.id))).display()
             ));
         }
         role.push_str(&extra_of("main"));
@@ -145,7 +185,12 @@ impl System {
 
     /// Plays the bootloader until the main's state is one of `ends`.
     fn run_until(&mut self, ends: &[&str]) -> String {
-        let deadline = Instant::now() + Duration::from_secs(180);
+        self.run_until_within(ends, Duration::from_secs(180))
+    }
+
+    /// [`System::run_until`], for at most `limit`.
+    fn run_until_within(&mut self, ends: &[&str], limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
         loop {
             for e in self.all() {
                 e.reboot_if_asked();
@@ -554,4 +599,71 @@ fn dir_bytes(dir: &Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
+}
+
+/// Issue 23's benchmark (`bench/run ecu`; ignored in the test suite): N
+/// secondaries (1, 2, 4, 8) update to the same bundle of
+/// `ROTA_BENCH_ECU_MIB` (default 256) MiB from an origin whose link is
+/// shaped to `ROTA_BENCH_ECU_LINK` (default 100mbit), through the main's
+/// download cache and each fetching directly. Prints one line per run:
+/// bytes the origin sent, and the wall time from `Update` to committed.
+#[test]
+#[ignore]
+fn benchmark_download_cache() {
+    let _g = serial();
+    let mib: usize = std::env::var("ROTA_BENCH_ECU_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
+    let rate = std::env::var("ROTA_BENCH_ECU_LINK").unwrap_or_else(|_| "100mbit".into());
+    let counts: Vec<usize> = std::env::var("ROTA_BENCH_ECU_COUNTS")
+        .unwrap_or_else(|_| "1 2 4 8".into())
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    const IDS: [&str; 8] = ["s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8"];
+    let dir = target_dir().join("bench-ecu");
+    fs::create_dir_all(&dir).unwrap();
+    let (bundle, _) = ecu_bundle(&dir, &format!("panel-{mib}"), "Charger panel", "2.0", mib << 20, 42);
+    let bundle_bytes = fs::read(&bundle).unwrap();
+    let size = bundle_bytes.len() as u64;
+    println!("ecu-bench bundle={size} link={rate}");
+    for &n in &counts {
+        for proxy in [true, false] {
+            let layout =
+                Layout { secondaries: &IDS[..n], identity: &|_| "display".to_string(), prepare_timeout_sec: 3600 };
+            let extra = if proxy { "proxy-listen=10.77.0.1:8470\n" } else { "" };
+            let mut s = System::build_from("sysupdate-bench", &layout, extra, &[], &|_| "Charger panel".into());
+            let addr = s.lan.host(&s.prefix.clone(), "origin");
+            let origin = testkit::httpd::Server::start_in(s.lan.netns("origin"), &format!("{addr}:8080"));
+            origin.put("/panel.raucb", bundle_bytes.clone());
+            let mut tc = std::process::Command::new("tc");
+            tc.args(["qdisc", "add", "dev", "eth0", "root", "tbf", "rate", &rate, "burst", "256kb", "latency", "50ms"]);
+            s.lan.netns("origin").enter(&mut tc);
+            run(&mut tc).ok();
+            if n == counts[0] && proxy {
+                // The floor: one client fetching the bundle over the same link.
+                let mut curl = std::process::Command::new("curl");
+                curl.args(["-s", "-o", "/dev/null", "-w", "%{time_total}", &origin.url("/panel.raucb")]);
+                s.lan.netns("main").enter(&mut curl);
+                println!("ecu-bench floor curl_s={}", run(&mut curl).ok().stdout.trim());
+            }
+            let mut text = "[system]\ncompatible=Charger\nversion=1\n".to_string();
+            for id in &IDS[..n] {
+                text.push_str(&format!("[ecu.{id}]\nbundle={}\n", origin.url("/panel.raucb")));
+            }
+            let m = dir.join(format!("system-{n}-{proxy}.sig"));
+            let files: Vec<(&str, &Path)> = IDS[..n].iter().map(|id| (*id, bundle.as_path())).collect();
+            testkit::ecu::sign_system_manifest_with(&text, &m, "release", &files);
+            let t0 = Instant::now();
+            s.update(&m).ok();
+            let state = s.run_until_within(&["committed", "reverted", "failed"], Duration::from_secs(3600));
+            let wall = t0.elapsed().as_secs_f64();
+            assert_eq!(state, "s \"committed\"", "{}", s.property("LastError"));
+            let bytes = origin_bytes(&origin, "/panel.raucb");
+            println!(
+                "ecu-bench secondaries={n} mode={} origin_bytes={bytes} origin_per_bundle={:.3} wall_s={wall:.1}",
+                if proxy { "proxy" } else { "direct" },
+                bytes as f64 / size as f64
+            );
+            s.stop();
+        }
+    }
 }
