@@ -213,7 +213,12 @@ enum Seen {
 /// returns to `idle` after a `Completed`.
 async fn signals_until_idle(stream: &mut zbus::MessageStream) -> Vec<Seen> {
     let mut seen = Vec::new();
-    while let Some(msg) = stream.next().await {
+    loop {
+        // A signal that never comes fails the test with what did, not hangs it.
+        let Ok(next) = tokio::time::timeout(std::time::Duration::from_secs(60), stream.next()).await else {
+            panic!("no signal for 60 s; seen: {seen:?}");
+        };
+        let Some(msg) = next else { break };
         let msg = msg.unwrap();
         let header = msg.header();
         let member = header.member().map(|m| m.to_string()).unwrap_or_default();
@@ -253,7 +258,10 @@ async fn signals_until_idle(stream: &mut zbus::MessageStream) -> Vec<Seen> {
 async fn connect(bus: &Bus) -> (zbus::Connection, rota_dbus::InstallerProxy<'static>, zbus::MessageStream) {
     let conn = zbus::connection::Builder::address(bus.address.as_str()).build().await.unwrap();
     let rule = zbus::MatchRule::builder().msg_type(zbus::message::Type::Signal).path("/").build().unwrap();
-    let stream = zbus::MessageStream::for_match_rule(rule, &conn, None).await.unwrap();
+    // The tests call methods while signals queue up unread; a full queue
+    // (zbus's default is 64) would hold back the replies on the same
+    // connection for good.
+    let stream = zbus::MessageStream::for_match_rule(rule, &conn, std::num::NonZeroUsize::new(1 << 16)).await.unwrap();
     let proxy = rota_dbus::InstallerProxy::new(&conn).await.unwrap();
     (conn, proxy, stream)
 }
