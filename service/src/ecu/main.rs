@@ -456,7 +456,7 @@ impl Driver {
             return;
         };
         let m = signed.manifest;
-        let remote = |u: &str| u.starts_with("http://") || u.starts_with("https://");
+        let remote = rota_bundle::bundle::is_remote;
         if let Some(p) = &self.proxy {
             p.serve_only(&m.ecus.iter().filter(|e| remote(&e.bundle)).map(|e| e.bundle.clone()).collect::<Vec<_>>());
         }

@@ -23,7 +23,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{OnceCell, Semaphore, watch};
 
@@ -63,6 +62,14 @@ struct Cache {
     fetching: u64,
 }
 
+impl Cache {
+    /// The next tick of the clock that orders uses (least recent first).
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+}
+
 struct Inner {
     dir: PathBuf,
     limit: u64,
@@ -70,7 +77,6 @@ struct Inner {
     base: String,
     cache: Mutex<Cache>,
     fetches: Semaphore,
-    origin_bytes: AtomicU64,
 }
 
 /// The proxy; clones share it.
@@ -114,7 +120,6 @@ impl Proxy {
                 base: format!("http://{listen}/bundle/"),
                 cache: Mutex::new(Cache::default()),
                 fetches: Semaphore::new(ORIGIN_FETCHES),
-                origin_bytes: AtomicU64::new(0),
             }),
         };
         tracing::info!("Download cache proxy listening on {listen}");
@@ -160,11 +165,6 @@ impl Proxy {
     /// Where a secondary fetches `url` through the proxy.
     pub fn url_for(&self, url: &str) -> String {
         format!("{}{}", self.inner.base, key(url))
-    }
-
-    /// Bytes fetched from origins since the start.
-    pub fn origin_bytes(&self) -> u64 {
-        self.inner.origin_bytes.load(Ordering::Relaxed)
     }
 
     fn chunk_path(&self, (k, i): &(String, u64)) -> PathBuf {
@@ -316,8 +316,7 @@ impl Proxy {
         loop {
             let waiting = {
                 let mut c = self.inner.cache.lock().expect("cache lock");
-                c.clock += 1;
-                let now = c.clock;
+                let now = c.tick();
                 match c.chunks.get_mut(&(k.to_string(), i)) {
                     Some(Chunk::Ready { used, .. }) => {
                         *used = now;
@@ -366,8 +365,7 @@ impl Proxy {
                     let file = std::fs::File::open(me.chunk_path(&id))
                         .map(Arc::new)
                         .map_err(|e| format!("Download cache {}: {e}", me.chunk_path(&id).display()));
-                    c.clock += 1;
-                    let used = c.clock;
+                    let used = c.tick();
                     c.chunks.insert(id.clone(), Chunk::Ready { len, used });
                     c.used += len;
                     me.evict(&mut c);
@@ -388,16 +386,14 @@ impl Proxy {
         let from = id.1 * CHUNK;
         let len = CHUNK.min(source.size() - from);
         let (path, source) = (self.chunk_path(id), source.clone());
-        let got = tokio::task::spawn_blocking(move || -> Result<u64, String> {
+        tokio::task::spawn_blocking(move || -> Result<u64, String> {
             let mut buf = vec![0; len as usize];
             source.read_small_at(from, &mut buf).map_err(|e| e.to_string())?;
             write_chunk(&path, &buf).map_err(|e| format!("Download cache {}: {e}", path.display()))?;
             Ok(len)
         })
         .await
-        .map_err(|e| e.to_string())??;
-        self.inner.origin_bytes.fetch_add(got, Ordering::Relaxed);
-        Ok(got)
+        .map_err(|e| e.to_string())?
     }
 
     /// Drops least recently used chunks until the cache fits its bound.
